@@ -1,9 +1,14 @@
 """Training throughput: flowlm's engine vs a plain PyTorch loop over HF Olmo3 vs TRL's SFTTrainer.
 
 Same tiny model shape, same tokenizer and data (built-in stdlib docstrings), same threads, fp32, 8 x 512
-tokens per step, AdamW. Each system: fresh model + optimizer per run, 2 warm-up steps, then timed steps;
-the median of the runs is reported (the machine is noisy). Prints a table and a final
-`RESULT {json}` line: `flowlm`, `peer` (best peer tok/s), `ratio`, `mfu`, per-peer numbers.
+tokens per step, AdamW. Every run is a fresh subprocess (so process-wide state such as the malloc
+setting flowlm's trainer applies on CPU, `flowlm.train.host`, cannot leak into a peer's run); runs of
+the systems alternate; each run does 2 warm-up steps, then timed steps; the median over runs is
+reported (the machine is noisy). `hf_plain_keepmem` is the plain HF loop with that same malloc setting,
+shown so the reader can see how much of the gap is the allocator and how much the engine; it is not
+one of the peers the ratio is taken against (users run them with the default allocator).
+Prints a table and a final `RESULT {json}` line: `flowlm`, `peer` (best peer tok/s), `ratio`, `mfu`,
+per-system numbers.
 
 On a CUDA machine it instead trains a ~1B preset in bf16 with FSDP2 on one device (flowlm only) and
 reports tok/s and MFU against the GPU's bf16 peak.
@@ -16,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,14 +33,22 @@ B, T = 8, 512
 
 
 def build_data(tmp: Path, vocab: int):
-    from flowlm.data import builtin
-    from flowlm.data.store import tokenize_to_store
-    from flowlm.model.tokenizer import train_tokenizer
+    """Tokenizer and token store under `tmp` (built once, then opened by every run's process)."""
+    from flowlm.data.store import TokenStore, tokenize_to_store
+    from flowlm.model.tokenizer import load_tokenizer, train_tokenizer
 
-    docs = builtin.pretrain_docs(0, 1_500_000)
-    tok = train_tokenizer([d["text"] for d in docs], vocab, tmp / "tok")
-    store = tokenize_to_store(tok, docs, tmp / "store")
-    return tok, docs, store
+    docs = bench_docs()
+    if not (tmp / "store").exists():
+        tok = train_tokenizer([d["text"] for d in docs], vocab, tmp / "tok")
+        tokenize_to_store(tok, docs, tmp / "store")
+    tok = load_tokenizer(tmp / "tok")
+    return tok, docs, TokenStore.open(tmp / "store")
+
+
+def bench_docs() -> list[dict]:
+    from flowlm.data import builtin
+
+    return builtin.pretrain_docs(0, 1_500_000)
 
 
 def time_steps(step_fn, steps: int, warmup: int = 2) -> float:
@@ -67,9 +82,14 @@ def bench_flowlm(store, model_cfg, steps: int, device: torch.device, precision: 
     return B * T / s, model.flops_per_token(T)
 
 
-def bench_hf_plain(store, model_cfg, steps: int) -> float:
+def bench_hf_plain(store, model_cfg, steps: int, keep_freed_memory: bool = False) -> float:
     """The peers' plain loop: HF Olmo3ForCausalLM, 8 x 512 rows, loss from `labels`, AdamW."""
     from transformers import Olmo3ForCausalLM
+
+    if keep_freed_memory:
+        from flowlm.train.host import keep_freed_memory as keep
+
+        keep()
 
     from flowlm.data.loader import PackedLoader
     from flowlm.data.pack import PackedDataset
@@ -133,6 +153,34 @@ def bench_trl(tok, docs, model_cfg, steps: int) -> float:
     return sum(tokens[1:]) / sum(times[1:])
 
 
+SYSTEMS = ("flowlm", "hf_plain", "hf_plain_keepmem", "trl_sft")
+
+
+def run_one(system: str, data_dir: Path, steps: int, threads: int) -> dict:
+    """One run of one system in this process: `{"tok_s": ..., "flops_per_token": ...}`."""
+    from flowlm.model.config import ModelConfig
+
+    torch.set_num_threads(threads)
+    tok, docs, store = build_data(data_dir, 8192)
+    model_cfg = ModelConfig.preset("tiny", vocab_size=len(tok))
+    if system == "flowlm":
+        tps, fpt = bench_flowlm(store, model_cfg, steps, torch.device("cpu"))
+        return {"tok_s": tps, "flops_per_token": fpt}
+    if system in ("hf_plain", "hf_plain_keepmem"):
+        return {"tok_s": bench_hf_plain(store, model_cfg, steps, keep_freed_memory=system == "hf_plain_keepmem")}
+    if system == "trl_sft":
+        return {"tok_s": bench_trl(tok, docs, model_cfg, steps)}
+    raise SystemExit(f"unknown system {system!r}; choose from {SYSTEMS}")
+
+
+def spawn(system: str, data_dir: Path, steps: int, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--one", system, "--data", str(data_dir), "--steps", str(steps), "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{system} run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
@@ -141,37 +189,45 @@ def main() -> None:
     ap.add_argument("--trl-runs", type=int, default=1)
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--one", choices=SYSTEMS, help=argparse.SUPPRESS)
+    ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    from flowlm.model.config import ModelConfig
+    if args.one:
+        print(json.dumps(run_one(args.one, args.data, args.steps, args.threads)))
+        return
     from flowlm.train.metrics import peak_flops
 
     if torch.cuda.is_available():
         return gpu_main(args)
     with tempfile.TemporaryDirectory() as d:
-        tok, docs, store = build_data(Path(d), 8192)
-        model_cfg = ModelConfig.preset("tiny", vocab_size=len(tok))
-        results: dict[str, list[float]] = {"flowlm": [], "hf_plain": [], "trl_sft": []}
+        build_data(Path(d), 8192)
+        results: dict[str, list[float]] = {k: [] for k in SYSTEMS}
         fpt = 0.0
         for _ in range(args.runs):
-            tps, fpt = bench_flowlm(store, model_cfg, args.steps, torch.device("cpu"))
-            results["flowlm"].append(tps)
-            results["hf_plain"].append(bench_hf_plain(store, model_cfg, args.steps))
+            for system in ("flowlm", "hf_plain", "hf_plain_keepmem"):
+                r = spawn(system, Path(d), args.steps, args.threads)
+                results[system].append(r["tok_s"])
+                fpt = r.get("flops_per_token", fpt)
         if not args.skip_trl:
             for _ in range(args.trl_runs):
-                results["trl_sft"].append(bench_trl(tok, docs, model_cfg, args.trl_steps))
+                results["trl_sft"].append(spawn("trl_sft", Path(d), args.trl_steps, args.threads)["tok_s"])
     med = {k: statistics.median(v) for k, v in results.items() if v}
     peak = peak_flops(torch.device("cpu"))
-    print(f"{'system':<12}{'min':>10}{'median':>10}{'max':>10}   tok/s, {B}x{T}, fp32, {args.threads} threads")
+    print(f"{'system':<18}{'min':>10}{'median':>10}{'max':>10}   tok/s, {B}x{T}, fp32, {args.threads} threads")
     for k, v in results.items():
         if v:
-            print(f"{k:<12}{min(v):>10.0f}{med[k]:>10.0f}{max(v):>10.0f}")
-    peers = {k: v for k, v in med.items() if k != "flowlm"}
+            print(f"{k:<18}{min(v):>10.0f}{med[k]:>10.0f}{max(v):>10.0f}")
+    peers = {k: v for k, v in med.items() if k in ("hf_plain", "trl_sft")}
     best = max(peers.values())
     mfu = med["flowlm"] * fpt / peak
-    print(f"flowlm / hf_plain = {med['flowlm'] / med['hf_plain']:.2f}x" + (f"; flowlm / trl_sft = {med['flowlm'] / med['trl_sft']:.2f}x" if "trl_sft" in med else ""))
+    print(f"flowlm / hf_plain = {med['flowlm'] / med['hf_plain']:.2f}x"
+          + (f"; flowlm / trl_sft = {med['flowlm'] / med['trl_sft']:.2f}x" if "trl_sft" in med else "")
+          + f"; flowlm / hf_plain_keepmem (same malloc setting) = {med['flowlm'] / med['hf_plain_keepmem']:.2f}x")
     print(f"CPU MFU {mfu:.1%} (model FLOPs {fpt / 1e6:.1f} MFLOP/token, peak {peak / 1e9:.0f} GFLOP/s)")
-    result = {"flowlm": round(med["flowlm"], 1), "peer": round(best, 1), "ratio": round(med["flowlm"] / best, 3), "mfu": round(mfu, 4), "unit": "tok/s", **{f"{k}_tok_s": round(v, 1) for k, v in peers.items()}, "ratio_vs_hf_plain": round(med["flowlm"] / med["hf_plain"], 3)}
+    result = {"flowlm": round(med["flowlm"], 1), "peer": round(best, 1), "ratio": round(med["flowlm"] / best, 3),
+              "mfu": round(mfu, 4), "unit": "tok/s", **{f"{k}_tok_s": round(v, 1) for k, v in med.items() if k != "flowlm"},
+              "ratio_vs_hf_plain": round(med["flowlm"] / med["hf_plain"], 3),
+              "ratio_vs_hf_plain_keepmem": round(med["flowlm"] / med["hf_plain_keepmem"], 3)}
     if "trl_sft" in med:
         result["ratio_vs_trl"] = round(med["flowlm"] / med["trl_sft"], 3)
     print("RESULT " + json.dumps(result))

@@ -266,12 +266,19 @@ class Olmo3(nn.Module):
                 out[SLIDING] = build_mask(seq_len, window=window, doc_ids=doc_ids, device=device)
         return out
 
+    # Training objectives may pass `labels` to get the loss without materialised logits.
+    supports_fused_loss = True
+
     def forward(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
-                doc_ids: torch.Tensor | None = None, return_hidden: bool = False) -> torch.Tensor:
+                doc_ids: torch.Tensor | None = None, return_hidden: bool = False,
+                labels: torch.Tensor | None = None, z_loss: float = 0.0):
         """Logits `[B, T, V]` for `input_ids[B, T]`, or final-normed hidden states `[B, T, D]`.
 
         `position_ids` `[T]` or `[B, T]` default to `arange(T)` (packed batches pass per-document
         positions, see `positions_from_doc_ids`); `doc_ids[B, T]` confine attention to one document.
+        With `labels[B, T]` it returns `(loss_sum, z_sum, n_tokens)` from
+        `flowlm.train.losses.fused_linear_cross_entropy` instead, never holding the `[B, T, V]` logits
+        (inside `forward`, so wrappers such as FSDP2 see the LM head used).
         """
         T = input_ids.shape[1]
         if position_ids is None:
@@ -283,6 +290,10 @@ class Olmo3(nn.Module):
             cos, sin = tables[layer.layer_type]
             h = layer(h, cos, sin, masks[layer.layer_type])
         h = self.model.norm(h)
+        if labels is not None:
+            from flowlm.train.losses import fused_linear_cross_entropy
+
+            return fused_linear_cross_entropy(h, self.lm_head.weight, labels, z_loss)
         return h if return_hidden else self.lm_head(h)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:

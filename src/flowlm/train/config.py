@@ -44,6 +44,8 @@ class EngineConfig(Strict):
     z_loss: float = Field(0.0, ge=0, description="z-loss multiplier (OLMo 3 pretraining: 1e-5)")
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
+    keep_freed_memory: bool = Field(True, description="CPU only: keep freed activations in the malloc heap "
+                                    "(whole process; see flowlm.train.host)")
     checkpoint_every: int = Field(50, gt=0)
     keep_last: int = Field(2, gt=0)
     eval_every: int = Field(0, ge=0, description="0 = evaluate only at the start and the end")

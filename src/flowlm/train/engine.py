@@ -21,6 +21,7 @@ from torch import nn
 
 from flowlm.train import checkpoint as ckpt
 from flowlm.train.config import EngineConfig, OptimConfig
+from flowlm.train.host import keep_freed_memory
 from flowlm.train.metrics import MetricsLogger, make_progress, peak_flops
 from flowlm.train.objectives import Objective
 from flowlm.train.parallel import World, all_reduce_sum, barrier
@@ -113,6 +114,8 @@ class Trainer:
         self.tokens_seen = 0
         self.logger = MetricsLogger(self.out_dir, enabled=self.world.is_main, resume=True)
         self._peak = peak_flops(self.world.device, cfg.precision)
+        if cfg.keep_freed_memory and self.world.device.type == "cpu":
+            keep_freed_memory()
 
     # -- resume -------------------------------------------------------------------------------------
     def resume(self, path: Path | None = None) -> bool:

@@ -22,6 +22,9 @@ class LMObjective:
         return int((batch["labels"] != IGNORE).sum())
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        logits = model(batch["input_ids"], position_ids=batch.get("position_ids"), doc_ids=batch.get("doc_ids"))
-        total, z_sum, n = lm_loss_sum(logits, batch["labels"], self.z_loss)
+        kw = {"position_ids": batch.get("position_ids"), "doc_ids": batch.get("doc_ids")}
+        if getattr(model, "supports_fused_loss", False):  # native model: chunked LM head + loss
+            total, z_sum, n = model(batch["input_ids"], labels=batch["labels"], z_loss=self.z_loss, **kw)
+        else:
+            total, z_sum, n = lm_loss_sum(model(batch["input_ids"], **kw), batch["labels"], self.z_loss)
         return total, n, {"z_loss_sum": float(z_sum)}
