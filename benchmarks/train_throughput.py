@@ -8,7 +8,8 @@ reported (the machine is noisy). `hf_plain_keepmem` is the plain HF loop with th
 shown so the reader can see how much of the gap is the allocator and how much the engine; it is not
 one of the peers the ratio is taken against (users run them with the default allocator).
 Prints a table and a final `RESULT {json}` line: `flowlm`, `peer` (best peer tok/s), `ratio`, `mfu`,
-per-system numbers.
+per-system numbers. `flowlm_compiled` is the same engine with `compile: true` (inductor; compile time
+is in the warm-up steps, not timed); the headline `flowlm` is the eager default the recipes use.
 
 On a CUDA machine it instead trains a ~1B preset in bf16 with FSDP2 on one device (flowlm only) and
 reports tok/s and MFU against the GPU's bf16 peak.
@@ -61,7 +62,8 @@ def time_steps(step_fn, steps: int, warmup: int = 2) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def bench_flowlm(store, model_cfg, steps: int, device: torch.device, precision: str = "fp32") -> tuple[float, float]:
+def bench_flowlm(store, model_cfg, steps: int, device: torch.device, precision: str = "fp32",
+                 compile: bool = False) -> tuple[float, float]:
     from flowlm.data.loader import PackedLoader
     from flowlm.data.pack import PackedDataset
     from flowlm.model.olmo3 import Olmo3
@@ -72,7 +74,7 @@ def bench_flowlm(store, model_cfg, steps: int, device: torch.device, precision: 
 
     torch.manual_seed(0)
     world = World(device=device)
-    model = parallelize(Olmo3(model_cfg).to(device), world, bf16=precision == "bf16")
+    model = parallelize(Olmo3(model_cfg).to(device), world, compile=compile, bf16=precision == "bf16")
     cfg = EngineConfig(steps=10**6, seq_len=T, batch_size=B, precision=precision)
     loader = PackedLoader(PackedDataset(store, T, seed=0), B, seed=0)
     with tempfile.TemporaryDirectory() as d:
@@ -153,7 +155,7 @@ def bench_trl(tok, docs, model_cfg, steps: int) -> float:
     return sum(tokens[1:]) / sum(times[1:])
 
 
-SYSTEMS = ("flowlm", "hf_plain", "hf_plain_keepmem", "trl_sft")
+SYSTEMS = ("flowlm", "flowlm_compiled", "hf_plain", "hf_plain_keepmem", "trl_sft")
 
 
 def run_one(system: str, data_dir: Path, steps: int, threads: int) -> dict:
@@ -163,8 +165,8 @@ def run_one(system: str, data_dir: Path, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     tok, docs, store = build_data(data_dir, 8192)
     model_cfg = ModelConfig.preset("tiny", vocab_size=len(tok))
-    if system == "flowlm":
-        tps, fpt = bench_flowlm(store, model_cfg, steps, torch.device("cpu"))
+    if system in ("flowlm", "flowlm_compiled"):
+        tps, fpt = bench_flowlm(store, model_cfg, steps, torch.device("cpu"), compile=system == "flowlm_compiled")
         return {"tok_s": tps, "flops_per_token": fpt}
     if system in ("hf_plain", "hf_plain_keepmem"):
         return {"tok_s": bench_hf_plain(store, model_cfg, steps, keep_freed_memory=system == "hf_plain_keepmem")}
@@ -188,6 +190,7 @@ def main() -> None:
     ap.add_argument("--trl-steps", type=int, default=4)
     ap.add_argument("--trl-runs", type=int, default=1)
     ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument("--skip-compile", action="store_true", help="skip flowlm with `compile: true` (inductor)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--one", choices=SYSTEMS, help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -204,7 +207,7 @@ def main() -> None:
         results: dict[str, list[float]] = {k: [] for k in SYSTEMS}
         fpt = 0.0
         for _ in range(args.runs):
-            for system in ("flowlm", "hf_plain", "hf_plain_keepmem"):
+            for system in ("flowlm", "hf_plain", "hf_plain_keepmem") + (() if args.skip_compile else ("flowlm_compiled",)):
                 r = spawn(system, Path(d), args.steps, args.threads)
                 results[system].append(r["tok_s"])
                 fpt = r.get("flops_per_token", fpt)
@@ -223,11 +226,16 @@ def main() -> None:
     print(f"flowlm / hf_plain = {med['flowlm'] / med['hf_plain']:.2f}x"
           + (f"; flowlm / trl_sft = {med['flowlm'] / med['trl_sft']:.2f}x" if "trl_sft" in med else "")
           + f"; flowlm / hf_plain_keepmem (same malloc setting) = {med['flowlm'] / med['hf_plain_keepmem']:.2f}x")
+    if "flowlm_compiled" in med:
+        print(f"flowlm with compile: true = {med['flowlm_compiled']:.0f} tok/s, {med['flowlm_compiled'] / med['hf_plain']:.2f}x hf_plain, "
+              f"{med['flowlm_compiled'] / med['hf_plain_keepmem']:.2f}x hf_plain_keepmem (not the headline: the default recipes run eager)")
     print(f"CPU MFU {mfu:.1%} (model FLOPs {fpt / 1e6:.1f} MFLOP/token, peak {peak / 1e9:.0f} GFLOP/s)")
     result = {"flowlm": round(med["flowlm"], 1), "peer": round(best, 1), "ratio": round(med["flowlm"] / best, 3),
               "mfu": round(mfu, 4), "unit": "tok/s", **{f"{k}_tok_s": round(v, 1) for k, v in med.items() if k != "flowlm"},
               "ratio_vs_hf_plain": round(med["flowlm"] / med["hf_plain"], 3),
               "ratio_vs_hf_plain_keepmem": round(med["flowlm"] / med["hf_plain_keepmem"], 3)}
+    if "flowlm_compiled" in med:
+        result["ratio_compiled_vs_hf_plain_keepmem"] = round(med["flowlm_compiled"] / med["hf_plain_keepmem"], 3)
     if "trl_sft" in med:
         result["ratio_vs_trl"] = round(med["flowlm"] / med["trl_sft"], 3)
     print("RESULT " + json.dumps(result))

@@ -28,6 +28,9 @@ MICRO = [
     "stages.midtrain.steps=3",
     "stages.midtrain.seq_len=128",
     "stages.midtrain.batch_size=4",
+    "stages.midtrain_2.steps=3",
+    "stages.midtrain_2.seq_len=128",
+    "stages.midtrain_2.batch_size=4",
     "stages.long_context.steps=4",
     "stages.long_context.seq_len=512",
     "stages.long_context.batch_size=1",
@@ -59,7 +62,7 @@ def record(d: Path) -> dict:
 
 def test_record_has_every_stage_with_lineage(run_dir):
     rec = record(run_dir)
-    assert list(rec["stages"]) == ["corpus", "tokenizer", "pretrain", "midtrain", "long_context", "soup"]
+    assert list(rec["stages"]) == ["corpus", "tokenizer", "pretrain", "midtrain", "midtrain_2", "soup", "long_context"]
     assert rec["recipe"]["overrides"] == MICRO and rec["code"]["source_sha256"]
     for name, st in rec["stages"].items():
         assert st["status"] == "done", name
@@ -69,7 +72,10 @@ def test_record_has_every_stage_with_lineage(run_dir):
     assert set(rec["stages"]["pretrain"]["inputs"]) == {"tokenizer", "corpus"}
     assert set(rec["stages"]["midtrain"]["inputs"]) == {"tokenizer", "corpus", "pretrain"}
     assert rec["stages"]["midtrain"]["inputs"]["pretrain"] == rec["stages"]["pretrain"]["output_hash"]
-    assert len(rec["stages"]["soup"]["metrics"]["ingredients"]) == 2
+    soup = rec["stages"]["soup"]
+    assert soup["metrics"]["ingredients"] == ["midtrain/checkpoints/step_0000003", "midtrain_2/checkpoints/step_0000003"]
+    assert set(soup["inputs"]) >= {"midtrain", "midtrain_2"}
+    assert rec["stages"]["long_context"]["inputs"]["soup"] == soup["output_hash"]
     # the pretraining corpus went through the curation pipeline with conserved accounting
     cur = rec["stages"]["corpus"]["metrics"]["curation"]
     assert cur["conserved"] is True and all(step["conserved"] for step in cur["steps"].values())
@@ -80,7 +86,7 @@ def test_bpb_recorded_after_every_stage_and_falls_from_untrained(run_dir):
     from flowlm.flow.report import bpb_rows
 
     rows = dict(bpb_rows(record(run_dir)))
-    assert list(rows) == ["untrained", "pretrain", "midtrain", "long_context", "soup"]
+    assert list(rows) == ["untrained", "pretrain", "midtrain", "midtrain_2", "soup", "long_context"]
     for label, r in rows.items():
         assert {"code_docstring/bpb", "math/bpb", "prose/bpb", "bpb", "heldout_loss"} <= set(r), label
     assert rows["pretrain"]["bpb"] < rows["untrained"]["bpb"]
@@ -104,13 +110,13 @@ def test_checkpoint_loads_in_transformers_with_equal_logits(run_dir):
 def test_rerun_skips_unchanged_and_reruns_downstream_of_a_change(run_dir):
     before = record(run_dir)["stages"]
     proc = flowlm("run", "tiny", "--run-dir", str(run_dir), "--no-progress", *MICRO)
-    assert proc.stderr.count("[skip]") == 6
+    assert proc.stderr.count("[skip]") == 7
     assert record(run_dir)["stages"]["pretrain"]["started"] == before["pretrain"]["started"]
     proc = flowlm("run", "tiny", "--run-dir", str(run_dir), "--no-progress", *MICRO, "stages.midtrain.steps=2")
     after = record(run_dir)["stages"]
-    for name in ("corpus", "tokenizer", "pretrain"):
+    for name in ("corpus", "tokenizer", "pretrain", "midtrain_2"):
         assert after[name]["fingerprint"] == before[name]["fingerprint"] and f"[skip] {name}" in proc.stderr
-    for name in ("midtrain", "long_context", "soup"):
+    for name in ("midtrain", "soup", "long_context"):
         assert after[name]["fingerprint"] != before[name]["fingerprint"], name
     assert after["midtrain"]["metrics"]["steps"] == 2
 
@@ -137,7 +143,7 @@ def test_killed_stage_resumes_from_its_checkpoint(tmp_path):
 def test_bad_inputs_fail_with_one_line_and_keep_finished_work(run_dir, tmp_path):
     before = (run_dir / "flow.json").read_text()
     last = json.loads(before)["recipe"]["overrides"]  # the config the directory holds now
-    proc = flowlm("run", "tiny", "--run-dir", str(run_dir), *last, "stages.soup.from=[long_context, /nonexistent/ckpt]", check=False)
+    proc = flowlm("run", "tiny", "--run-dir", str(run_dir), *last, "stages.soup.from=[midtrain, /nonexistent/ckpt]", check=False)
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert proc.returncode == 1 and len(errors) == 1 and "/nonexistent/ckpt" in errors[0]
     assert "Traceback" not in proc.stderr

@@ -88,7 +88,7 @@ class Engine(Driver):
     """Continuous-batching generator over a native `Olmo3` or any HF causal LM (see module docstring)."""
 
     def __init__(self, model: nn.Module, tokenizer: Any = None, config: EngineConfig | None = None, *,
-                 eos_token_ids: Iterable[int] | None = None, copy_model: bool = True) -> None:
+                 eos_token_ids: Iterable[int] | None = None, copy_model: bool = True, _owned: bool = False) -> None:
         from flowlm.generate.hf_runner import HFRunner, find_hf_model
         from flowlm.generate.native import NativeRunner
         from flowlm.model.olmo3 import Olmo3
@@ -97,7 +97,8 @@ class Engine(Driver):
         self.tokenizer = tokenizer
         model = (copy.deepcopy(model) if copy_model else model).eval()
         if isinstance(model, Olmo3):
-            self.runner: Any = NativeRunner(model, self.config.max_slots, self.config.context)
+            self.runner: Any = NativeRunner(model, self.config.max_slots, self.config.context,
+                                            owned=copy_model or _owned)
         else:
             hf = find_hf_model(model)
             if hf is None:
@@ -124,7 +125,7 @@ class Engine(Driver):
 
         model = _load_model(Path(path))
         tok = load_tokenizer(path) if (Path(path) / "tokenizer.json").exists() else None
-        return cls(model, tok, config, copy_model=False, **kwargs)
+        return cls(model, tok, config, copy_model=False, _owned=True, **kwargs)
 
     # ---- public API ----------------------------------------------------------------------------
     @property

@@ -24,14 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from flowlm.model.config import SLIDING
-from flowlm.model.olmo3 import Olmo3
+from flowlm.model.olmo3 import Olmo3, fuse_projections
 from flowlm.model.rope import cos_sin, layer_rope
 
 
 class NativeRunner:
     """Drives an `Olmo3`'s weights through a slot KV cache (see module docstring)."""
 
-    def __init__(self, model: Olmo3, num_slots: int, context: int | None = None) -> None:
+    def __init__(self, model: Olmo3, num_slots: int, context: int | None = None, *, owned: bool = False) -> None:
+        """`owned`: the runner may re-lay the model's weights (`fuse_projections`, no per-step concat)."""
         cfg = model.cfg
         self.model, self.cfg = model, cfg
         self.context = min(context or cfg.max_seq_len, cfg.max_seq_len)
@@ -46,8 +47,11 @@ class NativeRunner:
             self.caches.append((torch.zeros(shape, device=self.device, dtype=self.dtype),
                                 torch.zeros(shape, device=self.device, dtype=self.dtype)))
         self.lens = [0] * num_slots  # tokens cached per slot (Python: no device sync to read)
-        self.rope = {kind: layer_rope(cfg, kind, self.device) for kind in set(cfg.layer_types)}
         self.arange = torch.arange(self.context, device=self.device)
+        # cos/sin of every position, per layer kind, computed once; decode gathers its rows
+        self.rope_tables = {kind: cos_sin(self.arange, *layer_rope(cfg, kind, self.device))
+                            for kind in set(cfg.layer_types)}
+        self.fused = fuse_projections(model) if owned else [(None, None)] * len(model.model.layers)
 
     # ---- weights -------------------------------------------------------------------------------
     def load_weights(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
@@ -72,13 +76,13 @@ class NativeRunner:
         tables = model.rope_tables(torch.arange(T, device=self.device))
         masks = model.masks(T, None, self.device)
         h = model.model.embed_tokens(ids)
-        for layer, (kc, vc) in zip(model.model.layers, self.caches):
+        for layer, (kc, vc), (w_qkv, w_gu) in zip(model.model.layers, self.caches, self.fused):
             attn = layer.self_attn
             cos, sin = tables[layer.layer_type]
-            q, k, v = attn.project(h, cos, sin)
+            q, k, v = attn.project(h, cos, sin, w_qkv)
             self._store_prompt(kc, vc, k, v, lengths, slot_groups, layer.layer_type == SLIDING)
             h = h + layer.post_attention_layernorm(attn.attend(q, k, v, masks[layer.layer_type]))
-            h = h + layer.post_feedforward_layernorm(layer.mlp(h))
+            h = h + layer.post_feedforward_layernorm(layer.mlp(h, w_gu))
         last = torch.as_tensor(lengths, device=self.device) - 1
         h_last = h[torch.arange(len(prompts), device=self.device), last]
         logits = model.lm_head(model.model.norm(h_last))
@@ -114,13 +118,13 @@ class NativeRunner:
         pos = torch.as_tensor(self.lens[:n], device=self.device)
         rows = torch.arange(n, device=self.device)
         valid = (self.arange[:span][None, :] <= pos[:, None])[:, None, None, :]  # [n, 1, 1, span]
-        tables = {kind: cos_sin(pos[:, None], inv_freq, scale) for kind, (inv_freq, scale) in self.rope.items()}
+        tables = {kind: (cos[pos][:, None], sin[pos][:, None]) for kind, (cos, sin) in self.rope_tables.items()}
         model = self.model
         h = model.model.embed_tokens(tokens.to(self.device))[:, None, :]
-        for layer, (kc, vc) in zip(model.model.layers, self.caches):
+        for layer, (kc, vc), (w_qkv, w_gu) in zip(model.model.layers, self.caches, self.fused):
             attn = layer.self_attn
             cos, sin = tables[layer.layer_type]
-            q, k, v = attn.project(h, cos, sin)  # [n, heads, 1, hd]
+            q, k, v = attn.project(h, cos, sin, w_qkv)  # [n, heads, 1, hd]
             cap = kc.shape[2]
             slot_pos = pos % cap if layer.layer_type == SLIDING else pos
             kc[rows, :, slot_pos] = k[:, :, 0]
@@ -128,7 +132,7 @@ class NativeRunner:
             width = min(span, cap)
             out = self._attend(attn, q, kc[:n, :, :width], vc[:n, :, :width], valid[..., :width])
             h = h + layer.post_attention_layernorm(attn.o_proj(out))
-            h = h + layer.post_feedforward_layernorm(layer.mlp(h))
+            h = h + layer.post_feedforward_layernorm(layer.mlp(h, w_gu))
         for i in range(n):
             self.lens[i] += 1
         return model.lm_head(model.model.norm(h[:, 0])).float()

@@ -135,13 +135,17 @@ class Olmo3Attention(nn.Module):
         self.q_norm = RMSNorm(q_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(kv_dim, cfg.rms_norm_eps)
 
-    def project(self, x: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys (rotated) and values `[B, heads, T, head_dim]` for hidden states `x[B, T, D]`."""
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                qkv_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys (rotated) and values `[B, heads, T, head_dim]` for hidden states `x[B, T, D]`.
+
+        `qkv_weight` is the q/k/v weights already concatenated (an inference engine keeps one, see
+        `fuse_projections`); by default they are concatenated on the fly.
+        """
         B, T, _ = x.shape
-        # One GEMM for q, k and v (weights concatenated on the fly; the parameters keep HF's names).
+        # One GEMM for q, k and v (the parameters keep HF's names).
         # A single wider matmul runs measurably faster on CPU than three narrow ones.
-        w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+        w = qkv_weight if qkv_weight is not None else torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
         q, k, v = F.linear(x, w).split([self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features], dim=-1)
         q = self.q_norm(q).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_norm(k).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -186,10 +190,37 @@ class Olmo3MLP(nn.Module):
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # gate and up in one GEMM (weights concatenated on the fly; names stay HF's).
-        gate, up = F.linear(x, torch.cat((self.gate_proj.weight, self.up_proj.weight))).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, gate_up_weight: torch.Tensor | None = None) -> torch.Tensor:
+        # gate and up in one GEMM (weights concatenated on the fly unless given; names stay HF's).
+        w = gate_up_weight if gate_up_weight is not None else torch.cat((self.gate_proj.weight, self.up_proj.weight))
+        gate, up = F.linear(x, w).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
+
+
+@torch.no_grad()
+def fuse_projections(model: "Olmo3") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, one contiguous q/k/v matrix and one gate/up matrix, with the parameters made views
+    into them; returns `[(qkv_weight, gate_up_weight)]` to pass to `project` / `Olmo3MLP.forward`.
+
+    For inference on a model the caller owns: values and names are unchanged and in-place writes
+    (`load_state_dict`, optimizer steps) go through the views, so the fused matrices never go stale
+    and no step pays for concatenating weights. The parameters then share storage, which
+    safetensors refuses to save, so do not call this on a model you will save.
+    """
+    fused = []
+    for layer in model.model.layers:
+        groups = []
+        for parts in ((layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
+                      (layer.mlp.gate_proj, layer.mlp.up_proj)):
+            whole = torch.cat([m.weight for m in parts])
+            start = 0
+            for m in parts:
+                rows = m.weight.shape[0]
+                m.weight.data = whole[start:start + rows]
+                start += rows
+            groups.append(whole)
+        fused.append((groups[0], groups[1]))
+    return fused
 
 
 class Olmo3DecoderLayer(nn.Module):
