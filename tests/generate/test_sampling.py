@@ -59,3 +59,20 @@ def test_params_validation_messages() -> None:
     assert SamplingParams(stop="</s>").stop == ("</s>",)
     with pytest.raises(Exception, match="temperature"):
         SamplingParams.checked(temperature=float("nan"))
+
+
+def test_unit_temperature_fast_path_samples_the_same_tokens() -> None:
+    # The engine takes the fast path only when every row has temperature 1; a temperature-1 row must
+    # get identical tokens either way, or a seeded request would depend on its batch-mates.
+    torch.manual_seed(0)
+    n = 512
+    logits = torch.randn(n, 300) * 3
+    common = dict(top_k=torch.zeros(n, dtype=torch.long), top_p=torch.ones(n), min_p=torch.zeros(n),
+                  uniform=torch.rand(n), needs_filter=False)
+    fast, lp_fast = sample(logits, temperature=torch.ones(n), all_unit_temperature=True, any_greedy=False, **common)
+    temps = torch.ones(n)
+    temps[::2] = 0.5  # other rows hot or cold: the temperature-1 rows must not notice
+    general, lp_general = sample(logits, temperature=temps, **common)
+    assert torch.equal(fast[1::2], general[1::2])
+    assert torch.equal(lp_fast[1::2], lp_general[1::2])
+    assert not torch.equal(fast[::2], general[::2])  # the 0.5 rows really took the other path

@@ -273,7 +273,8 @@ class Engine(Driver):
             logits, temperature=torch.tensor([p.temperature for p in ps], device=dev, dtype=torch.float32),
             top_k=torch.tensor([p.top_k for p in ps], device=dev), top_p=torch.tensor([p.top_p for p in ps], device=dev),
             min_p=torch.tensor([p.min_p for p in ps], device=dev), uniform=torch.from_numpy(uniform).to(dev),
-            needs_filter=any(p.top_k > 0 or p.top_p < 1 or p.min_p > 0 for p in ps))
+            needs_filter=any(p.top_k > 0 or p.top_p < 1 or p.min_p > 0 for p in ps),
+            any_greedy=any(p.temperature <= 0 for p in ps), all_unit_temperature=all(p.temperature == 1 for p in ps))
         now = time.perf_counter()
         finished = []
         for i, (s, tok, lp) in enumerate(zip(seqs, tokens.tolist(), logps.tolist())):

@@ -36,24 +36,34 @@ def filter_probs(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
 
 
 def sample(logits: torch.Tensor, *, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-           min_p: torch.Tensor, uniform: torch.Tensor,
-           needs_filter: bool) -> tuple[torch.Tensor, torch.Tensor]:
+           min_p: torch.Tensor, uniform: torch.Tensor, needs_filter: bool,
+           any_greedy: bool = True, all_unit_temperature: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row; returns `(tokens[B] int64, raw logprobs[B] fp32)`.
 
     `logits[B, V]` are the model's raw logits. Rows with `temperature == 0` take the argmax of the raw
-    logits (greedy). `uniform[B]` in [0, 1) drives inverse-CDF sampling. `needs_filter` False skips
-    the sort when no row uses top-k/top-p/min-p (the common RL case, temperature only).
+    logits (greedy). `uniform[B]` in [0, 1) drives inverse-CDF sampling. The flags only skip work the
+    caller knows is unneeded (all three are facts about `temperature`/filters the caller already
+    holds, so no device sync is needed to learn them): `needs_filter` False skips the sort when no
+    row uses top-k/top-p/min-p (the common RL case), `any_greedy` False skips the argmax, and
+    `all_unit_temperature` reuses the raw log-softmax as the sampling distribution.
     """
     logits = logits.float()
     raw_logp = torch.log_softmax(logits, dim=-1)
-    greedy = temperature <= 0
-    safe_t = torch.where(greedy, torch.ones_like(temperature), temperature)
-    probs = torch.softmax(logits / safe_t[:, None], dim=-1)
+    if all_unit_temperature:
+        probs = raw_logp.exp()
+    else:
+        greedy = temperature <= 0
+        safe_t = torch.where(greedy, torch.ones_like(temperature), temperature)
+        # exp(log_softmax) rather than softmax: a temperature-1 row then gets bit-for-bit the same
+        # probabilities as on the fast path, so a seeded request samples the same tokens whatever
+        # else shares its batch.
+        probs = torch.log_softmax(logits / safe_t[:, None], dim=-1).exp()
     if needs_filter:
         probs = filter_probs(probs, top_k, top_p, min_p)
     cdf = probs.cumsum(dim=-1)
     target = uniform.to(cdf.dtype)[:, None] * cdf[:, -1:]
     # right=True: the first index whose cdf exceeds the target, which always has probability > 0.
-    sampled = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)
-    tokens = torch.where(greedy, logits.argmax(dim=-1), sampled)
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)
+    if any_greedy and not all_unit_temperature:
+        tokens = torch.where(temperature <= 0, logits.argmax(dim=-1), tokens)
     return tokens, raw_logp.gather(-1, tokens[:, None]).squeeze(-1)
