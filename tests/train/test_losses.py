@@ -88,3 +88,16 @@ def test_fused_linear_cross_entropy_under_bf16_autocast_matches_unfused():
     for a, b in zip(g1, g2):
         assert b.dtype == a.dtype == torch.float32
         assert float((a - b).abs().max() / a.abs().max()) < 1e-2  # bf16 matmuls
+
+
+def test_fused_linear_cross_entropy_without_grad_gives_the_loss_only():
+    from flowlm.train.losses import fused_linear_cross_entropy
+
+    torch.manual_seed(0)
+    h, w = torch.randn(10, 8), torch.randn(30, 8)
+    labels = torch.randint(0, 30, (10,))
+    with torch.no_grad():
+        total, _, n = fused_linear_cross_entropy(h, w, labels, chunk_rows=4)
+    ref, _, _ = lm_loss_sum(h @ w.T, labels)
+    assert n == 10 and not total.requires_grad
+    assert float(total) == pytest.approx(float(ref), rel=1e-5)
