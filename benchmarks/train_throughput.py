@@ -38,12 +38,11 @@ def build_data(tmp: Path, vocab: int):
     from flowlm.data.store import TokenStore, tokenize_to_store
     from flowlm.model.tokenizer import load_tokenizer, train_tokenizer
 
-    docs = bench_docs()
     if not (tmp / "store").exists():
+        docs = bench_docs()
         tok = train_tokenizer([d["text"] for d in docs], vocab, tmp / "tok")
         tokenize_to_store(tok, docs, tmp / "store")
-    tok = load_tokenizer(tmp / "tok")
-    return tok, docs, TokenStore.open(tmp / "store")
+    return load_tokenizer(tmp / "tok"), TokenStore.open(tmp / "store")
 
 
 def bench_docs() -> list[dict]:
@@ -163,7 +162,7 @@ def run_one(system: str, data_dir: Path, steps: int, threads: int) -> dict:
     from flowlm.model.config import ModelConfig
 
     torch.set_num_threads(threads)
-    tok, docs, store = build_data(data_dir, 8192)
+    tok, store = build_data(data_dir, 8192)
     model_cfg = ModelConfig.preset("tiny", vocab_size=len(tok))
     if system in ("flowlm", "flowlm_compiled"):
         tps, fpt = bench_flowlm(store, model_cfg, steps, torch.device("cpu"), compile=system == "flowlm_compiled")
@@ -171,7 +170,7 @@ def run_one(system: str, data_dir: Path, steps: int, threads: int) -> dict:
     if system in ("hf_plain", "hf_plain_keepmem"):
         return {"tok_s": bench_hf_plain(store, model_cfg, steps, keep_freed_memory=system == "hf_plain_keepmem")}
     if system == "trl_sft":
-        return {"tok_s": bench_trl(tok, docs, model_cfg, steps)}
+        return {"tok_s": bench_trl(tok, bench_docs(), model_cfg, steps)}
     raise SystemExit(f"unknown system {system!r}; choose from {SYSTEMS}")
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from flowlm.errors import ConfigError, FlowError
+from flowlm.jsonlines import iter_json_objects
 from flowlm.generate.params import SamplingParams
 
 PROMPT_KEYS = ("prompt", "messages", "prompt_ids")
@@ -59,25 +60,16 @@ def read_rows(path: Path, base: dict[str, Any]) -> list[tuple[dict[str, Any], An
     if not path.exists():
         raise FlowError(f"{path}: no such prompts file")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            rows.append(_parse_row(path, lineno, line, base, len(rows)))
+    for lineno, row in iter_json_objects(path):
+        rows.append(_parse_row(path, lineno, row, base, len(rows)))
     if not rows:
         raise FlowError(f"{path}: no prompts")
     return rows
 
 
-def _parse_row(path: Path, lineno: int, line: str, base: dict[str, Any],
+def _parse_row(path: Path, lineno: int, row: dict[str, Any], base: dict[str, Any],
                index: int) -> tuple[dict[str, Any], Any, SamplingParams]:
     where = f"{path}:{lineno}"
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise FlowError(f"{where}: invalid JSON ({exc.msg})") from None
-    if not isinstance(row, dict):
-        raise FlowError(f"{where}: expected a JSON object, got {type(row).__name__}")
     keys = [k for k in PROMPT_KEYS if k in row]
     if len(keys) != 1:
         raise FlowError(f"{where}: a row needs exactly one of {', '.join(PROMPT_KEYS)} (found {keys or 'none'})")

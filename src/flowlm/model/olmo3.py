@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from flowlm.model.config import FULL, SLIDING, ModelConfig
 from flowlm.model.rope import apply_rope, cos_sin, layer_rope
+from flowlm.train.losses import fused_linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -331,8 +332,6 @@ class Olmo3(nn.Module):
             h = layer(h, cos, sin, masks[layer.layer_type])
         h = self.model.norm(h)
         if labels is not None:
-            from flowlm.train.losses import fused_linear_cross_entropy
-
             return fused_linear_cross_entropy(h, self.lm_head.weight, labels, z_loss)
         return h if return_hidden else self.lm_head(h)
 

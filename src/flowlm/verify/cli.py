@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flowlm.errors import FlowError
+from flowlm.jsonlines import iter_json_objects
 
 
 def add_parser(subparsers: Any) -> None:
@@ -39,22 +40,13 @@ def load_rows(path: Path, name: str | None) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FlowError(f"{path}: no such file")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FlowError(f"{path}:{n}: invalid JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise FlowError(f"{path}:{n}: expected a JSON object")
-            try:
-                validate_row(row, name)
-            except (GroundTruthError, UnknownVerifierError) as exc:
-                msg = exc.args[0] if exc.args else str(exc)
-                raise FlowError(f"{path}:{n}: {msg}") from None
-            rows.append(row)
+    for n, row in iter_json_objects(path):
+        try:
+            validate_row(row, name)
+        except (GroundTruthError, UnknownVerifierError) as exc:
+            msg = exc.args[0] if exc.args else str(exc)
+            raise FlowError(f"{path}:{n}: {msg}") from None
+        rows.append(row)
     return rows
 
 

@@ -98,12 +98,7 @@ class HttpJudge:
 
     def complete(self, messages: list[dict[str, str]]) -> str:
         body = self.request_body(messages)
-        if self.cache and (hit := self.cache.get(body)) is not None:
-            return hit
-        reply = self._post_with_retries(body)
-        if self.cache:
-            self.cache.put(body, reply)
-        return reply
+        return _cached(self.cache, body, lambda: self._post_with_retries(body))
 
     def _post_with_retries(self, body: dict[str, Any]) -> str:
         headers = {"Content-Type": "application/json"}
@@ -137,13 +132,17 @@ class CallableJudge:
     name: str = "callable"
 
     def complete(self, messages: list[dict[str, str]]) -> str:
-        body = {"model": self.name, "messages": messages}
-        if self.cache and (hit := self.cache.get(body)) is not None:
-            return hit
-        reply = self.fn(messages)
-        if self.cache:
-            self.cache.put(body, reply)
-        return reply
+        return _cached(self.cache, {"model": self.name, "messages": messages}, lambda: self.fn(messages))
+
+
+def _cached(cache: JudgeCache | None, body: dict[str, Any], ask: Callable[[], str]) -> str:
+    """The cached reply for `body`, or `ask()`'s reply, stored in the cache when there is one."""
+    if cache and (hit := cache.get(body)) is not None:
+        return hit
+    reply = ask()
+    if cache:
+        cache.put(body, reply)
+    return reply
 
 
 _SCORE_RE = re.compile(r'"?SCORE"?\s*[:=]\s*"?(-?\d+(?:\.\d+)?)', re.I)
