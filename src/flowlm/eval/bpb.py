@@ -91,11 +91,26 @@ def score_segments(
                 start += n
             docs[r, start:] = len(seg_ids)  # padding is its own document
             pos[r, start:] = torch.arange(row_len - start)
-        logits = model(ids.to(device), position_ids=pos.to(device), doc_ids=docs.to(device))
-        logp = token_logprobs(logits, targets.to(device)).cpu()
+        logp = _target_logprobs(model, ids.to(device), pos.to(device), docs.to(device), targets.to(device)).cpu()
         for s, r, start, n in spans:
             results[s] = (float(logp[r, start : start + n].sum()), segments[s].n_cont)
     return results
+
+
+def _target_logprobs(model: nn.Module, ids: torch.Tensor, pos: torch.Tensor, docs: torch.Tensor,
+                     targets: torch.Tensor) -> torch.Tensor:
+    """`token_logprobs` of the model's logits at every position (0 where the target is -100).
+
+    Models that expose `lm_head` and `return_hidden` (the native `Olmo3`, the HF adapter) project only
+    the positions that are scored: context tokens never pay for the vocabulary-sized head and softmax.
+    """
+    if getattr(model, "lm_head", None) is None:
+        return token_logprobs(model(ids, position_ids=pos, doc_ids=docs), targets)
+    hidden = model(ids, position_ids=pos, doc_ids=docs, return_hidden=True)
+    scored = targets != -100
+    out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
+    out[scored] = token_logprobs(model.lm_head(hidden[scored]), targets[scored])
+    return out
 
 
 def evaluate_bpb(

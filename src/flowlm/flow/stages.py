@@ -59,8 +59,9 @@ def run_corpus(ctx: StageContext, name: str, cfg: CorpusStageConfig) -> tuple[di
         corpora = {
             "pretrain": pretrain,
             "midtrain": midtrain,
-            # short data for the long-context mix: the midtraining mix first, then pretraining text
-            "long": long_mix(builtin.long_docs(cfg.seed, cfg.long_docs), midtrain + pretrain, cfg),
+            # short data for the long-context mix: the midtraining mix, as OLMo 3 took it from Dolmino
+            # (seed 3.5: 66% high-quality short data); long docs are trimmed if it runs short
+            "long": long_mix(builtin.long_docs(cfg.seed, cfg.long_docs), midtrain, cfg),
         }
     else:
         corpora = {cname: _read_jsonl_files(paths) for cname, paths in cfg.files.items()}

@@ -24,6 +24,7 @@ from torch import nn
 from typing import NamedTuple
 
 from flowlm.model.config import FULL, SLIDING, ModelConfig
+from flowlm.model.kernels import rms_norm, swiglu
 from flowlm.model.rope import apply_rope, cos_sin, layer_rope
 from flowlm.train.losses import fused_linear_cross_entropy
 
@@ -38,8 +39,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            # Fused kernel, no upcast copy needed.
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+            # No upcast copy needed; hand-written backward (`flowlm.model.kernels`).
+            return rms_norm(x, self.weight, self.eps)
         normed = F.rms_norm(x.float(), self.weight.shape, None, self.eps)
         return (self.weight * normed).to(x.dtype)
 
@@ -194,8 +195,7 @@ class Olmo3MLP(nn.Module):
     def forward(self, x: torch.Tensor, gate_up_weight: torch.Tensor | None = None) -> torch.Tensor:
         # gate and up in one GEMM (weights concatenated on the fly unless given; names stay HF's).
         w = gate_up_weight if gate_up_weight is not None else torch.cat((self.gate_proj.weight, self.up_proj.weight))
-        gate, up = F.linear(x, w).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(swiglu(F.linear(x, w)))
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ import math
 import torch
 
 from flowlm.model.config import ModelConfig, YarnConfig
+from flowlm.model.kernels import rope
 
 
 def rope_inv_freq(head_dim: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
@@ -90,6 +91,5 @@ def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
     models) and the result is cast back to the inputs' dtype.
     """
     cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
-    q_out = q * cos + rotate_half(q) * sin
-    k_out = k * cos + rotate_half(k) * sin
+    q_out, k_out = rope(q, cos, sin), rope(k, cos, sin)  # = x * cos + rotate_half(x) * sin
     return q_out.to(q.dtype), k_out.to(k.dtype)

@@ -53,7 +53,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def fused_linear_cross_entropy(
     hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, z_loss: float = 0.0,
-    chunk_rows: int = 256,
+    chunk_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """`lm_loss_sum(hidden @ weight.T, labels, z_loss)` computed in row chunks, gradients included.
 
@@ -62,7 +62,10 @@ def fused_linear_cross_entropy(
         weight: `[V, D]` LM head.
         labels: `[...]` target ids, `-100` where no loss is taken.
         z_loss: z-loss multiplier, as in `lm_loss_sum`.
-        chunk_rows: rows of logits alive at once (`chunk_rows x V` fp32).
+        chunk_rows: rows of logits alive at once (`chunk_rows x V` fp32); default: as many as fit in
+            64 MiB, at least 256 (2,048 rows for V = 8,192; 256 for V = 100,352). Larger chunks make
+            larger GEMMs: 256 -> 2,048 rows cut forward + backward of the `[4096, 256] x [256, 8192]`
+            head by ~20% on our CPU.
 
     Returns the same triple as `lm_loss_sum`. Per chunk the forward computes the logits, their
     log-sum-exp, the loss terms and, since the loss is a sum, the exact gradient with respect to the
@@ -76,6 +79,8 @@ def fused_linear_cross_entropy(
     (evaluation under `no_grad`) only the loss is computed.
     Matmuls run in the autocast dtype when autocast is on, logits and their reductions in fp32.
     """
+    if chunk_rows is None:
+        chunk_rows = max(256, (1 << 24) // weight.shape[0])
     return _FusedLinearCE.apply(hidden, weight, labels, float(z_loss), int(chunk_rows))
 
 
