@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-
 from flowlm.data.accounting import StepStats, count_tokens
 from flowlm.data.docs import JsonlWriter, Quarantine, read_docs, read_jsonl
 

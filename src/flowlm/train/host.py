@@ -6,8 +6,8 @@ lies free there. A training step frees and re-allocates the same activation tens
 CPU each step pays first-touch page faults for many of them again (measured on our 2-core machine: a
 `[4096, 256] @ [256, 2048]` GEMM into a fresh 32 MiB output takes 45-59 ms, 34-40 ms with this on;
 a whole tiny-model training step is ~25% faster). `keep_freed_memory()` turns both off with
-`mallopt`: allocations come from the heap and freed blocks stay there for the next step. The cost is that the process holds its peak heap
-until it exits, which is what a training process does anyway.
+`mallopt`: allocations come from the heap and freed blocks stay there for the next step. The cost is
+that the process holds its peak heap until it exits, which is what a training process does anyway.
 
 This is the effect PyTorch's CPU performance guide gets by preloading jemalloc or tcmalloc, done
 in-process so `flowlm` users get it without an `LD_PRELOAD`. It changes the whole process; it is a no-op

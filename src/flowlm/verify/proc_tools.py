@@ -29,7 +29,7 @@ def pids_of_uid(uid: int) -> list[int]:
     return found
 
 
-def _kill_until_gone(find: "Callable[[], list[int]]", rounds: int) -> int:
+def _kill_until_gone(find: Callable[[], list[int]], rounds: int) -> int:
     """SIGKILL what `find()` lists, again and again, until it lists nothing (forks may race us)."""
     killed = 0
     for _ in range(rounds):
