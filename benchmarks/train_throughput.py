@@ -11,10 +11,16 @@ Prints a table and a final `RESULT {json}` line: `flowlm`, `peer` (best peer tok
 per-system numbers. `flowlm_compiled` is the same engine with `compile: true` (inductor; compile time
 is in the warm-up steps, not timed); the headline `flowlm` is the eager default the recipes use.
 
-On a CUDA machine it instead trains a ~1B preset in bf16 with FSDP2 on one device (flowlm only) and
-reports tok/s and MFU against the GPU's bf16 peak.
+On a CUDA machine it instead trains the 1B preset in bf16 with FSDP2 on one device (one-process NCCL
+group, as at scale) on synthetic packed rows (4 x 4096 tokens by default, documents of 256-8191
+tokens, so the FlexAttention path masks across document boundaries): flowlm with `compile: true` and
+eager, and with `--gpu-peer` the plain HF loop (bf16 autocast, SDPA, fused AdamW). It reports tok/s and
+MFU against the GPU's dense bf16 peak (989 TFLOP/s for an H100); MFU counts 6N + attention FLOPs at the
+full row length, as `Olmo3.flops_per_token` documents. `benchmarks/gpu_check.sh` runs the CUDA tests
+and this benchmark in one call.
 
     python benchmarks/train_throughput.py [--runs 3] [--steps 5] [--trl-steps 4] [--skip-trl]
+    python benchmarks/train_throughput.py --steps 12 [--gpu-batch 8 --gpu-accum 2] [--gpu-peer] [--gpu-profile]
 """
 
 from __future__ import annotations
@@ -52,17 +58,21 @@ def bench_docs() -> list[dict]:
 
 
 def time_steps(step_fn, steps: int, warmup: int = 2) -> float:
-    """Seconds per step over `steps` timed steps after `warmup` untimed ones."""
+    """Seconds per step over `steps` timed steps after `warmup` untimed ones (GPU work included: the
+    device is synchronised before the clock starts and before it stops, not between steps)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         step_fn()
+    sync()
     t0 = time.perf_counter()
     for _ in range(steps):
         step_fn()
+    sync()
     return (time.perf_counter() - t0) / steps
 
 
 def bench_flowlm(store, model_cfg, steps: int, device: torch.device, precision: str = "fp32",
-                 compile: bool = False) -> tuple[float, float]:
+                 compile: bool = False, grad_accum: int = 1, profile: bool = False) -> tuple[float, float]:
     from flowlm.data.loader import PackedLoader
     from flowlm.data.pack import PackedDataset
     from flowlm.model.olmo3 import Olmo3
@@ -74,13 +84,44 @@ def bench_flowlm(store, model_cfg, steps: int, device: torch.device, precision: 
     torch.manual_seed(0)
     world = World(device=device)
     model = parallelize(Olmo3(model_cfg).to(device), world, compile=compile, bf16=precision == "bf16")
-    cfg = EngineConfig(steps=10**6, seq_len=T, batch_size=B, precision=precision)
+    cfg = EngineConfig(steps=10**6, seq_len=T, batch_size=B, precision=precision, grad_accum=grad_accum)
     loader = PackedLoader(PackedDataset(store, T, seed=0), B, seed=0)
     with tempfile.TemporaryDirectory() as d:
         trainer = Trainer(model, LMObjective(), loader, cfg, Path(d), world=world, show_progress=False)
         batches = iter(loader)
-        s = time_steps(lambda: trainer.train_step(next(batches)), steps)
-    return B * T / s, model.flops_per_token(T)
+
+        def step() -> None:
+            trainer.train_step(next(batches))
+
+        s = time_steps(step, steps)
+        if profile:
+            profile_steps(step)
+    flops = (model.module if hasattr(model, "module") else model).flops_per_token(T)
+    return B * T / s, flops
+
+
+def profile_steps(step_fn, steps: int = 2) -> None:
+    """Where the GPU time goes: the top kernels by self time over `steps` steps, and totals by kind."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step_fn()
+    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events)
+    kinds: dict[str, float] = {}
+    for e in events:
+        n = e.key.lower()
+        kind = ("gemm" if any(k in n for k in ("gemm", "sm90_xmma", "cutlass", "nvjet", "mm_")) else
+                "attention" if any(k in n for k in ("flex", "flash", "attention", "fmha")) else
+                "optimizer" if any(k in n for k in ("adam", "foreach", "multi_tensor")) else
+                "nccl/copy" if any(k in n for k in ("nccl", "memcpy", "copy", "chunk_cat", "split_with_sizes")) else
+                "other")
+        kinds[kind] = kinds.get(kind, 0.0) + e.self_device_time_total
+    print(f"profile: {total / steps / 1e3:.1f} ms GPU time per step; " +
+          ", ".join(f"{k} {v / total:.1%}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:25]:
+        print(f"  {e.self_device_time_total / steps / 1e3:8.2f} ms  x{e.count // steps:<4} {e.key[:110]}")
 
 
 def bench_hf_plain(store, model_cfg, steps: int, keep_freed_memory: bool = False) -> float:
@@ -191,6 +232,13 @@ def main() -> None:
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--skip-compile", action="store_true", help="skip flowlm with `compile: true` (inductor)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gpu-preset", default="1b", help="GPU: model preset")
+    ap.add_argument("--gpu-batch", type=int, default=4, help="GPU: rows per step")
+    ap.add_argument("--gpu-seq", type=int, default=4096, help="GPU: tokens per row")
+    ap.add_argument("--gpu-compile", choices=("on", "off", "both"), default="both", help="GPU: flowlm with compile")
+    ap.add_argument("--gpu-peer", action="store_true", help="GPU: also time the plain HF loop")
+    ap.add_argument("--gpu-accum", type=int, default=1, help="GPU: micro-batches per step (rows split evenly)")
+    ap.add_argument("--gpu-profile", action="store_true", help="GPU: print the top kernels of the compiled run")
     ap.add_argument("--one", choices=SYSTEMS, help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -241,31 +289,94 @@ def main() -> None:
 
 
 def gpu_main(args: argparse.Namespace) -> None:
-    """~1B preset, bf16, FSDP2 on one device; tok/s and MFU vs the GPU's bf16 peak."""
+    """~1B preset, bf16, FSDP2 on one device; tok/s and MFU vs the GPU's bf16 peak, side by side with
+    the plain HF loop (bf16 autocast, SDPA, no packing masks) on the same rows."""
     import os
 
     import torch.distributed as dist
 
+    from flowlm.data.store import TokenStore
     from flowlm.model.config import ModelConfig
     from flowlm.train.metrics import peak_flops
 
+    global B, T
+    B, T = args.gpu_batch, args.gpu_seq
+    cfg = ModelConfig.preset(args.gpu_preset, max_seq_len=max(T, ModelConfig.preset(args.gpu_preset).max_seq_len))
+    peak = peak_flops(torch.device("cuda"), "bf16")
+    torch.backends.cuda.matmul.allow_tf32 = True
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29512")
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    dist.init_process_group("nccl", rank=0, world_size=1)
+    rows: list[tuple[str, float, float, float]] = []
     with tempfile.TemporaryDirectory() as d:
-        from flowlm.data.store import TokenStore
-
         rng = torch.Generator().manual_seed(0)
-        docs = [torch.randint(0, 100_000, (int(n),), generator=rng).tolist() for n in torch.randint(256, 4096, (600,), generator=rng)]
-        store = TokenStore.write(Path(d) / "s", docs, vocab_size=100_352, tokenizer_hash="synthetic")
-        cfg = ModelConfig.preset("1b")
-        global B, T
-        B, T = 8, 4096
-        tps, fpt = bench_flowlm(store, cfg, args.steps, torch.device("cuda"), precision="bf16")
-    mfu = tps * fpt / peak_flops(torch.device("cuda"), "bf16")
-    print(f"GPU {torch.cuda.get_device_name()}: flowlm 1b bf16 FSDP2(1 GPU) {tps:,.0f} tok/s, MFU {mfu:.1%}")
-    print("RESULT " + json.dumps({"flowlm": round(tps, 1), "peer": None, "ratio": None, "mfu": round(mfu, 4), "device": torch.cuda.get_device_name()}))
+        lengths = torch.randint(256, 2 * T, (B * (args.steps + 4) * 2,), generator=rng)
+        docs = [torch.randint(0, cfg.vocab_size, (int(n),), generator=rng).tolist() for n in lengths]
+        store = TokenStore.write(Path(d) / "s", docs, vocab_size=cfg.vocab_size, tokenizer_hash="synthetic")
+        for compile in {"on": (True,), "off": (False,), "both": (True, False)}[args.gpu_compile]:
+            dist.init_process_group("nccl", rank=0, world_size=1)  # FSDP2 over one GPU, as at scale
+            t0 = time.perf_counter()
+            tps, fpt = bench_flowlm(store, cfg, args.steps, torch.device("cuda"), precision="bf16", compile=compile,
+                                    grad_accum=args.gpu_accum, profile=args.gpu_profile and compile)
+            dist.destroy_process_group()
+            mem = torch.cuda.max_memory_allocated() / 2**30
+            name = f"flowlm {'compiled' if compile else 'eager'}"
+            rows.append((name, tps, tps * fpt / peak, mem))
+            print(f"{name}: {tps:,.0f} tok/s, MFU {tps * fpt / peak:.1%}, peak mem {mem:.1f} GiB, "
+                  f"{time.perf_counter() - t0:.0f} s with warm-up", flush=True)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        if args.gpu_peer:
+            tps = bench_hf_gpu(store, cfg, args.steps)
+            rows.append(("hf_plain bf16", tps, tps * fpt / peak, torch.cuda.max_memory_allocated() / 2**30))
+    print(f"\n{torch.cuda.get_device_name()}, preset {args.gpu_preset} ({Olmo3Params(cfg) / 1e9:.2f} B params), "
+          f"{B} x {T} tokens/step, bf16, model FLOPs {fpt / 1e9:.2f} GFLOP/token, peak {peak / 1e12:.0f} TFLOP/s")
+    print(f"{'system':<20}{'tok/s':>12}{'MFU':>8}{'mem GiB':>10}")
+    for name, tps, mfu, mem in rows:
+        print(f"{name:<20}{tps:>12,.0f}{mfu:>8.1%}{mem:>10.1f}")
+    best = max((r for r in rows if r[0].startswith("flowlm")), key=lambda r: r[1])
+    peer = next((r[1] for r in rows if r[0].startswith("hf_plain")), None)
+    print("RESULT " + json.dumps({
+        "flowlm": round(best[1], 1), "flowlm_mode": best[0], "peer": round(peer, 1) if peer else None,
+        "ratio": round(best[1] / peer, 3) if peer else None, "mfu": round(best[2], 4),
+        "device": torch.cuda.get_device_name(), "preset": args.gpu_preset, "batch": B, "seq_len": T,
+        **{r[0].replace(" ", "_") + "_tok_s": round(r[1], 1) for r in rows}}))
+
+
+def Olmo3Params(cfg) -> int:  # noqa: N802 - parameter count without building the weights
+    from flowlm.model.olmo3 import Olmo3
+
+    with torch.device("meta"):
+        return Olmo3(cfg).num_params()
+
+
+def bench_hf_gpu(store, model_cfg, steps: int) -> float:
+    """Plain loop over HF Olmo3ForCausalLM on the GPU: bf16 autocast, SDPA, loss from `labels`, fused AdamW."""
+    from transformers import Olmo3ForCausalLM
+
+    from flowlm.data.loader import PackedLoader
+    from flowlm.data.pack import PackedDataset
+    from flowlm.model.hf import to_hf_config
+
+    torch.manual_seed(0)
+    hf_cfg = to_hf_config(model_cfg)
+    hf_cfg._attn_implementation = "sdpa"
+    model = Olmo3ForCausalLM(hf_cfg).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    batches = iter(PackedLoader(PackedDataset(store, T, seed=0), B, seed=0))
+
+    def step() -> None:
+        # 2 rows per forward: HF upcasts the [rows, T, V] logits to fp32 for the loss, and 4 x 4096 x
+        # 100,352 of them (with their gradient) do not fit in 80 GB next to the model.
+        rows = next(batches)["input_ids"].cuda()
+        for ids in rows.split(2):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(input_ids=ids, labels=ids)
+            (out.loss * ids.shape[0] / rows.shape[0]).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return B * T / time_steps(step, steps)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from typing import NamedTuple
 
+from flowlm.model import flex
 from flowlm.model.config import FULL, SLIDING, ModelConfig
 from flowlm.model.kernels import rms_norm, swiglu
 from flowlm.model.rope import apply_rope, cos_sin, layer_rope
@@ -173,6 +174,10 @@ class Olmo3Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | LocalWindow | None) -> torch.Tensor:
         q, k, v = self.project(x, cos, sin)
+        if flex.available() and isinstance(mask, flex.BlockMask):
+            out = flex.attend(q, k, v, mask)
+            B, _, T, _ = out.shape
+            return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
         if isinstance(mask, LocalWindow):
             if self.num_kv_heads != self.num_heads:
                 rep = self.num_heads // self.num_kv_heads
@@ -289,13 +294,18 @@ class Olmo3(nn.Module):
                 for kind in set(self.cfg.layer_types)}
 
     def masks(self, seq_len: int, doc_ids: torch.Tensor | None, device: torch.device,
-              local: bool = False) -> dict[str, torch.Tensor | LocalWindow | None]:
+              local: bool = False, use_flex: bool = False) -> dict[str, torch.Tensor | LocalWindow | None]:
         """One mask per layer kind present, built once per forward.
 
         With `local`, sliding layers get a `LocalWindow` marker (block-local kernel) instead of a dense
-        `T x T` mask when the sequence spans at least two windows; callers that drive `attend` themselves
-        (the generation engine) keep the default dense masks.
+        `T x T` mask when the sequence spans at least two windows; with `use_flex`, every kind gets a
+        FlexAttention `BlockMask` (`flowlm.model.flex`). Callers that drive `attend` themselves (the
+        generation engine) keep the default dense masks.
         """
+        if use_flex:
+            window = self.cfg.sliding_window
+            return {kind: flex.block_mask(seq_len, window=window if kind == SLIDING else None, doc_ids=doc_ids,
+                                          device=device) for kind in set(self.cfg.layer_types)}
         out: dict[str, torch.Tensor | None] = {}
         if FULL in self.cfg.layer_types:
             out[FULL] = build_mask(seq_len, doc_ids=doc_ids, device=device)
@@ -309,6 +319,19 @@ class Olmo3(nn.Module):
 
     # Training objectives may pass `labels` to get the loss without materialised logits.
     supports_fused_loss = True
+    # Attention kernel for `forward`: "auto" = FlexAttention for training on CUDA (block-sparse masks,
+    # `flowlm.model.flex`), the SDPA paths otherwise (block-local sliding window on CPU); "flex" or "sdpa"
+    # force one. Evaluation keeps SDPA on CUDA: its batch shapes vary and each would recompile flex.
+    attention: str = "auto"  # "flex" on CPU: forward only (no CPU backward in torch 2.13)
+
+    def _use_flex(self, device: torch.device) -> bool:
+        if self.attention not in ("auto", "flex", "sdpa"):
+            raise ValueError(f"Olmo3.attention must be 'auto', 'flex' or 'sdpa', got {self.attention!r}")
+        if self.attention == "auto":
+            return device.type == "cuda" and self.training and flex.available()
+        if self.attention == "flex" and not flex.available():
+            raise RuntimeError("Olmo3.attention = 'flex' needs torch.nn.attention.flex_attention (torch >= 2.5)")
+        return self.attention == "flex"
 
     def forward(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
                 doc_ids: torch.Tensor | None = None, return_hidden: bool = False,
@@ -325,7 +348,7 @@ class Olmo3(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(T, device=input_ids.device)
         tables = self.rope_tables(position_ids)
-        masks = self.masks(T, doc_ids, input_ids.device, local=True)
+        masks = self.masks(T, doc_ids, input_ids.device, local=True, use_flex=self._use_flex(input_ids.device))
         h = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
             cos, sin = tables[layer.layer_type]

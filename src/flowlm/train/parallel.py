@@ -60,9 +60,12 @@ def parallelize(model: nn.Module, world: World, *, compile: bool = False, bf16: 
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    # One rank holds every shard anyway: keep the gathered (bf16) parameters from forward to backward
+    # instead of casting and gathering them again.
+    reshard = dist.get_world_size() > 1
     for layer in layers:
-        fully_shard(layer, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
+        fully_shard(layer, mp_policy=mp, reshard_after_forward=reshard)
+    fully_shard(model, mp_policy=mp, reshard_after_forward=reshard)
     return model
 
 
