@@ -119,3 +119,22 @@ def test_chunk_loss_grad_equals_autograd(z_loss):
         assert float(z) == pytest.approx(float(z_ref), rel=1e-6)
     torch.testing.assert_close(g, ref_grad, rtol=1e-5, atol=1e-6)
     assert g[2].abs().max() == 0 and g[5].abs().max() == 0  # ignored rows get no gradient
+
+
+def test_fused_linear_cross_entropy_compiled_chunks_equal_in_place():
+    # The compiled per-chunk path (the CUDA default) gives the in-place path's loss and gradients.
+    from flowlm.train.losses import fused_linear_cross_entropy
+
+    torch.manual_seed(0)
+    h = torch.randn(64, 16, requires_grad=True)
+    w = torch.randn(40, 16, requires_grad=True)
+    labels = torch.randint(0, 40, (64,))
+    labels[::5] = -100
+    out = []
+    for compiled in (False, True):
+        total, z, n = fused_linear_cross_entropy(h, w, labels, z_loss=1e-3, chunk_rows=16, compiled=compiled)
+        out.append((float(total.detach()), float(z), n, *torch.autograd.grad(total, (h, w))))
+    assert out[0][2] == out[1][2] == 51
+    assert out[1][0] == pytest.approx(out[0][0], rel=1e-5) and out[1][1] == pytest.approx(out[0][1], rel=1e-5)
+    torch.testing.assert_close(out[1][3], out[0][3], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out[1][4], out[0][4], rtol=1e-4, atol=1e-6)
