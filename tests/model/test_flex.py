@@ -37,15 +37,16 @@ def test_block_mask_equals_dense_mask(window) -> None:
 
 
 def test_flex_forward_equals_sdpa() -> None:
-    # 3 sliding layers (window 32) + 1 full layer, GQA 4 q / 2 kv heads, 2 packed rows of 128 tokens.
+    # 3 sliding layers (window 32) + 1 full layer, GQA 4 q / 2 kv heads, 2 packed rows of 200 tokens
+    # (not a multiple of FlexAttention's 128-token blocks).
     # Forward only: FlexAttention has no CPU backward (torch 2.13); tests/test_cuda.py checks gradients.
-    cfg = micro_config(sliding_window=32, max_seq_len=128, hidden_size=128, num_heads=4, num_kv_heads=2)
+    cfg = micro_config(sliding_window=32, max_seq_len=256, hidden_size=128, num_heads=4, num_kv_heads=2)
     ref = Olmo3(cfg)
     ref.attention = "sdpa"
     model = Olmo3(cfg)
     model.load_state_dict(ref.state_dict())
     model.attention = "flex"
-    ids, doc_ids = _packed(2, 128, cfg.vocab_size)
+    ids, doc_ids = _packed(2, 200, cfg.vocab_size)
     pos = positions_from_doc_ids(doc_ids)
     with torch.no_grad():
         a = ref(ids, position_ids=pos, doc_ids=doc_ids)
