@@ -328,7 +328,7 @@ def gpu_main(args: argparse.Namespace) -> None:
         if args.gpu_peer:
             tps = bench_hf_gpu(store, cfg, args.steps)
             rows.append(("hf_plain bf16", tps, tps * fpt / peak, torch.cuda.max_memory_allocated() / 2**30))
-    print(f"\n{torch.cuda.get_device_name()}, preset {args.gpu_preset} ({Olmo3Params(cfg) / 1e9:.2f} B params), "
+    print(f"\n{torch.cuda.get_device_name()}, preset {args.gpu_preset} ({param_count(cfg) / 1e9:.2f} B params), "
           f"{B} x {T} tokens/step, bf16, model FLOPs {fpt / 1e9:.2f} GFLOP/token, peak {peak / 1e12:.0f} TFLOP/s")
     print(f"{'system':<20}{'tok/s':>12}{'MFU':>8}{'mem GiB':>10}")
     for name, tps, mfu, mem in rows:
@@ -342,7 +342,8 @@ def gpu_main(args: argparse.Namespace) -> None:
         **{r[0].replace(" ", "_") + "_tok_s": round(r[1], 1) for r in rows}}))
 
 
-def Olmo3Params(cfg) -> int:  # noqa: N802 - parameter count without building the weights
+def param_count(cfg) -> int:
+    """Parameters of an Olmo3 with config `cfg`, counted on the meta device (no weights built)."""
     from flowlm.model.olmo3 import Olmo3
 
     with torch.device("meta"):
