@@ -129,3 +129,21 @@ def test_bf16_autocast_step_and_tensorboard_events(tmp_path, store_dir):
     assert list((tmp_path / "bf" / "tensorboard").glob("events.out.tfevents.*"))
     rows = [json.loads(line) for line in (tmp_path / "bf" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all({"loss", "lr", "grad_norm", "tok_s"} <= set(r) for r in rows)
+
+
+def test_compiled_layers_train_like_eager_and_keep_parameter_names(tmp_path, store_dir):
+    # EngineConfig.compile -> parallelize(compile=True): per-layer torch.compile (inductor on CPU).
+    from flowlm.train.parallel import World, parallelize
+
+    torch.set_num_threads(1)
+    eager = _worker.build(tmp_path / "eager", store_dir, steps=3)
+    compiled = _worker.build(tmp_path / "compiled", store_dir, steps=3)
+    compiled.model.load_state_dict(eager.model.state_dict())
+    parallelize(compiled.model, World(), compile=True)
+    batches = list(zip(range(3), iter(eager.loader)))
+    la = [eager.train_step(b)["loss"] for _, b in batches]
+    lb = [compiled.train_step(b)["loss"] for _, b in batches]
+    assert lb == pytest.approx(la, rel=1e-4)
+    assert la[-1] != la[0]  # the steps really updated the weights
+    msd, _ = ckpt.full_state(compiled.model, None)
+    assert set(msd) == set(eager.model.state_dict())  # no "_orig_mod." in checkpoint names
