@@ -96,8 +96,7 @@ def bench_flowlm(store, model_cfg, steps: int, device: torch.device, precision: 
         s = time_steps(step, steps)
         if profile:
             profile_steps(step)
-    flops = (model.module if hasattr(model, "module") else model).flops_per_token(T)
-    return B * T / s, flops
+    return B * T / s, model.flops_per_token(T)  # fully_shard keeps the module itself (no wrapper)
 
 
 def profile_steps(step_fn, steps: int = 2) -> None:

@@ -162,30 +162,30 @@ class Olmo3Attention(nn.Module):
 
         `mask` None means plain causal over equal-length q and k (SDPA `is_causal` fast path).
         """
-        if self.num_kv_heads != self.num_heads:
-            # Expanding kv heads is faster on CPU than SDPA's enable_gqa math fallback (measured).
-            rep = self.num_heads // self.num_kv_heads
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
-        B, _, T, _ = out.shape
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+        k, v = self._expand_kv(k, v)
+        return self._output(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | LocalWindow | None) -> torch.Tensor:
         q, k, v = self.project(x, cos, sin)
         if flex.available() and isinstance(mask, flex.BlockMask):
-            out = flex.attend(q, k, v, mask)
-            B, _, T, _ = out.shape
-            return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+            return self._output(flex.attend(q, k, v, mask))  # GQA inside the kernel
         if isinstance(mask, LocalWindow):
-            if self.num_kv_heads != self.num_heads:
-                rep = self.num_heads // self.num_kv_heads
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            out = local_window_attention(q, k, v, mask.window, mask.doc_ids)
-            B, _, T, _ = out.shape
-            return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+            k, v = self._expand_kv(k, v)
+            return self._output(local_window_attention(q, k, v, mask.window, mask.doc_ids))
         return self.attend(q, k, v, mask)
+
+    def _expand_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Expanding kv heads is faster on CPU than SDPA's enable_gqa math fallback (measured).
+        if self.num_kv_heads == self.num_heads:
+            return k, v
+        rep = self.num_heads // self.num_kv_heads
+        return k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+
+    def _output(self, out: torch.Tensor) -> torch.Tensor:
+        """`[B, heads, T, hd]` attention output -> output projection `[B, T, D]`."""
+        B, _, T, _ = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
 class Olmo3MLP(nn.Module):

@@ -113,30 +113,29 @@ class _FusedLinearCE(torch.autograd.Function):
             for s in range(0, x_all.shape[0], chunk_rows):
                 x = x_all[s:s + chunk_rows].to(dt)
                 lbl = lab[s:s + chunk_rows]
-                if fused_chunk:  # one generated kernel pair instead of ~10 passes over [c, V] (see below)
-                    g, ce_c, z_c = _compiled_chunk()(torch.mm(x, w.t(), out=buf[:x.shape[0]]), lbl, z_loss)
+                # one logits buffer reused by every chunk (no fresh allocation per chunk)
+                logits = torch.mm(x, w.t(), out=buf[:x.shape[0]])  # [c, V]
+                if fused_chunk:  # one generated kernel pair instead of ~10 passes over [c, V]
+                    g, ce_c, z_c = _compiled_chunk()(logits, lbl, z_loss)
                     ce += ce_c
                     z += z_c
-                    grad_h[s:s + chunk_rows] = (g @ w).to(hidden.dtype)
-                    _add_weight_grad(grad_w, g, x)
-                    continue
-                valid = (lbl != IGNORE).to(torch.float32)
-                idx = lbl.clamp_min(0).unsqueeze(1)
-                # one logits buffer reused by every chunk (no fresh allocation per chunk)
-                logits = torch.mm(x, w.t(), out=buf[:x.shape[0]]).float()  # [c, V]
-                target = logits.gather(1, idx).squeeze(1)
-                m = logits.amax(dim=1)
-                logits.sub_(m.unsqueeze(1)).exp_()  # exp(logit - max)
-                sumexp = logits.sum(dim=1)
-                lse = m + sumexp.log()
-                ce += ((lse - target) * valid).sum()
-                z += (lse * lse * valid).sum()
-                if not need_grad:
-                    continue
-                # d(loss)/d(logits) = softmax * valid * (1 + 2 z lse) - onehot * valid
-                logits.mul_((valid * (1.0 + 2.0 * z_loss * lse) / sumexp).unsqueeze(1))
-                logits.scatter_add_(1, idx, -valid.unsqueeze(1))
-                g = logits.to(dt)
+                else:
+                    logits = logits.float()
+                    valid = (lbl != IGNORE).to(torch.float32)
+                    idx = lbl.clamp_min(0).unsqueeze(1)
+                    target = logits.gather(1, idx).squeeze(1)
+                    m = logits.amax(dim=1)
+                    logits.sub_(m.unsqueeze(1)).exp_()  # exp(logit - max)
+                    sumexp = logits.sum(dim=1)
+                    lse = m + sumexp.log()
+                    ce += ((lse - target) * valid).sum()
+                    z += (lse * lse * valid).sum()
+                    if not need_grad:
+                        continue
+                    # d(loss)/d(logits) = softmax * valid * (1 + 2 z lse) - onehot * valid
+                    logits.mul_((valid * (1.0 + 2.0 * z_loss * lse) / sumexp).unsqueeze(1))
+                    logits.scatter_add_(1, idx, -valid.unsqueeze(1))
+                    g = logits.to(dt)
                 grad_h[s:s + chunk_rows] = (g @ w).to(hidden.dtype)
                 _add_weight_grad(grad_w, g, x)
         ctx.save_for_backward(grad_h.view(hidden.shape), grad_w.to(weight.dtype))
