@@ -94,3 +94,18 @@ def test_rope_refuses_table_gradients() -> None:
     cos = torch.randn(2, 4, requires_grad=True)
     with pytest.raises(RuntimeError, match="cos/sin"):
         rope(x, cos, torch.randn(2, 4)).sum().backward()
+
+
+@pytest.mark.parametrize("name", ["rms_norm", "swiglu", "rope"])
+def test_composite_forms_equal_the_hand_written_functions(name) -> None:
+    # Under torch.compile each entry point returns its `*_composite` form: same values and gradients.
+    from flowlm.model import kernels
+
+    x = torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True)
+    args = {"rms_norm": (torch.randn(8, dtype=torch.float64), 1e-6), "swiglu": (),
+            "rope": (torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64))}[name]
+    hand, composite = getattr(kernels, name), getattr(kernels, f"{name}_composite")
+    out = hand(x, *args)
+    torch.testing.assert_close(composite(x, *args), out)
+    gy = torch.randn_like(out)
+    torch.testing.assert_close(torch.autograd.grad(composite(x, *args), x, gy)[0], torch.autograd.grad(out, x, gy)[0])

@@ -158,3 +158,29 @@ def test_presets_parameter_counts() -> None:
     assert 32.0e9 < big.num_params() < 32.5e9  # OLMo 3 32B: 32.2 B
     assert 5e6 < tiny.num_params() < 11e6  # 10.5 M
     assert seven.cfg.layer_types.count(FULL) == 8 and seven.cfg.layer_types[3] == FULL
+
+
+def test_decoder_layers_compile_as_one_graph_and_match_eager() -> None:
+    # `compile: true` compiles each decoder layer; a graph break inside one (the hand-written kernels'
+    # backwards once caused several) splits it and loses the fusion. fullgraph=True fails on any break.
+    cfg = micro_config(max_seq_len=32)
+    model = Olmo3(cfg)
+    T = 32  # >= 2 windows: sliding layers take the block-local kernel
+    ids = torch.randint(0, cfg.vocab_size, (2, T))
+    doc_ids = torch.tensor([[0] * 20 + [1] * 12, [0] * 32])
+    pos = positions_from_doc_ids(doc_ids)
+    tables = model.rope_tables(pos)
+    masks = model.masks(T, doc_ids, ids.device, local=True)
+    x = model.model.embed_tokens(ids).detach()
+    for kind in (SLIDING, FULL):
+        layer = next(lay for lay in model.model.layers if lay.layer_type == kind)
+        compiled = torch.compile(layer, fullgraph=True)
+        outs, grads = [], []
+        for fn in (layer, compiled):
+            xi = x.clone().requires_grad_()
+            out = fn(xi, *tables[kind], masks[kind])
+            out.square().sum().backward()
+            outs.append(out.detach())
+            grads.append(xi.grad)
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-4)

@@ -11,6 +11,11 @@ gradients in float64), but in fewer passes over memory, which is what these ops 
 * `rope`: rotates with one multiply and two half-width fused multiply-adds instead of negate, concat,
   two multiplies and an add; the backward is the inverse rotation, computed the same way.
 
+Under `torch.compile` each entry point returns the plain composite expression instead (`*_composite`
+below): inductor fuses those into a few generated kernels, forward and backward, whereas tracing the
+hand-written backwards broke the compiled decoder layer into several graphs (an `out=` into a strided
+view is not traceable) and compiled layers then ran no faster than eager ones.
+
 Model code calls these through `flowlm.model.olmo3` / `flowlm.model.rope`; nothing here knows about
 devices or distribution.
 """
@@ -44,7 +49,13 @@ class _RMSNorm(torch.autograd.Function):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """`weight * x / sqrt(mean(x^2, -1) + eps)` over the last dimension (same dtype in and out)."""
+    if torch.compiler.is_compiling():
+        return rms_norm_composite(x, weight, eps)
     return _RMSNorm.apply(x, weight, eps)
+
+
+def rms_norm_composite(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return weight * (x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps))
 
 
 class _SwiGLU(torch.autograd.Function):
@@ -69,7 +80,14 @@ class _SwiGLU(torch.autograd.Function):
 
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     """`silu(gate) * up` where `gate_up = [gate, up]` along the last dimension."""
+    if torch.compiler.is_compiling():
+        return swiglu_composite(gate_up)
     return _SwiGLU.apply(gate_up)
+
+
+def swiglu_composite(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 class _Rope(torch.autograd.Function):
@@ -98,4 +116,11 @@ class _Rope(torch.autograd.Function):
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """`x * cos + rotate_half(x) * sin` (HF convention) in the tables' dtype; tables broadcast to x."""
+    if torch.compiler.is_compiling():
+        return rope_composite(x, cos, sin)
     return _Rope.apply(x, cos, sin)
+
+
+def rope_composite(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
