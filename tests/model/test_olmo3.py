@@ -184,3 +184,24 @@ def test_decoder_layers_compile_as_one_graph_and_match_eager() -> None:
             grads.append(xi.grad)
         torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", ["block_attention", "sdpa"])
+@pytest.mark.parametrize("with_docs", [True, False])
+def test_local_window_attention_equals_dense_mask(monkeypatch, kernel, with_docs) -> None:
+    # T = 45 is not a multiple of the window 8 (padded last block); values and q/k/v gradients
+    # equal SDPA under the dense sliding-window mask.
+    from flowlm.model import olmo3
+
+    if kernel == "sdpa":
+        monkeypatch.setattr(olmo3, "LOCAL_BMM_BYTES", 0)
+    B, H, T, D, W = 2, 3, 45, 16, 8
+    q, k, v = (torch.randn(B, H, T, D, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    doc_ids = torch.tensor([[0] * 20 + [1] * 25, [0] * 3 + [1] * 30 + [2] * 12]) if with_docs else None
+    gy = torch.randn(B, H, T, D, dtype=torch.float64)
+    out = olmo3.local_window_attention(q, k, v, W, doc_ids)
+    mask = build_mask(T, window=W, doc_ids=doc_ids)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), gy), torch.autograd.grad(ref, (q, k, v), gy)):
+        torch.testing.assert_close(a, b)
