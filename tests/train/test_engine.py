@@ -147,3 +147,24 @@ def test_compiled_layers_train_like_eager_and_keep_parameter_names(tmp_path, sto
     assert la[-1] != la[0]  # the steps really updated the weights
     msd, _ = ckpt.full_state(compiled.model, None)
     assert set(msd) == set(eager.model.state_dict())  # no "_orig_mod." in checkpoint names
+
+
+def test_compile_on_cpu_without_a_cxx_compiler_is_a_config_error(monkeypatch):
+    # inductor would fail only at the first step, deep in a traceback; parallelize says it up front.
+    from flowlm.errors import ConfigError
+    from flowlm.model.config import ModelConfig
+    from flowlm.model.olmo3 import Olmo3
+    from flowlm.train import parallel
+
+    micro_config = lambda: ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2,  # noqa: E731
+                                       num_kv_heads=2, intermediate_size=48, max_seq_len=32, sliding_window=8)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(parallel.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="compile: true on CPU needs a C\\+\\+ compiler"):
+        parallel.parallelize(Olmo3(micro_config()), parallel.World(), compile=True)
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    with pytest.raises(ConfigError, match="CXX=/nonexistent/g\\+\\+ is not on PATH"):
+        parallel.parallelize(Olmo3(micro_config()), parallel.World(), compile=True)
+    monkeypatch.undo()
+    model = parallel.parallelize(Olmo3(micro_config()), parallel.World(), compile=True)  # g++ is here
+    assert all(hasattr(layer, "_orig_mod") for layer in model.model.layers)

@@ -8,11 +8,14 @@ layer when asked. Works on CPU with gloo (tests) and on CUDA with NCCL.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from flowlm.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ def parallelize(model: nn.Module, world: World, *, compile: bool = False, bf16: 
     """
     layers = _decoder_layers(model)
     if compile:
+        if world.device.type == "cpu":
+            require_cxx()
         for i, layer in enumerate(layers):
             layers[i] = torch.compile(layer)  # type: ignore[assignment]
     if not (world.distributed or dist.is_initialized()):
@@ -67,6 +72,16 @@ def parallelize(model: nn.Module, world: World, *, compile: bool = False, bf16: 
         fully_shard(layer, mp_policy=mp, reshard_after_forward=reshard)
     fully_shard(model, mp_policy=mp, reshard_after_forward=reshard)
     return model
+
+
+def require_cxx() -> None:
+    """Fail now, in one line, where torch.compile on CPU would fail at the first step: inductor
+    builds its CPU kernels with a C++ compiler (`$CXX`, else g++ / clang++ / c++ on PATH)."""
+    cxx = os.environ.get("CXX")
+    if not (shutil.which(cxx) if cxx else any(shutil.which(c) for c in ("g++", "clang++", "c++"))):
+        raise ConfigError("compile: true on CPU needs a C++ compiler for torch.compile's kernels "
+                           f"({'CXX=' + cxx + ' is not on PATH' if cxx else 'no g++, clang++ or c++ on PATH'}); "
+                           "install one (e.g. apt-get install g++) or set compile: false")
 
 
 def _decoder_layers(model: nn.Module) -> nn.ModuleList:
