@@ -128,23 +128,12 @@ def profile_steps(step_fn, steps: int = 2) -> None:
 
 def bench_hf_plain(store, model_cfg, steps: int, keep_freed_memory: bool = False) -> float:
     """The peers' plain loop: HF Olmo3ForCausalLM, 8 x 512 rows, loss from `labels`, AdamW."""
-    from transformers import Olmo3ForCausalLM
-
     if keep_freed_memory:
         from flowlm.train.host import keep_freed_memory as keep
 
         keep()
-
-    from flowlm.data.loader import PackedLoader
-    from flowlm.data.pack import PackedDataset
-    from flowlm.model.hf import to_hf_config
-
-    torch.manual_seed(0)
-    hf_cfg = to_hf_config(model_cfg)
-    hf_cfg._attn_implementation = "sdpa"
-    model = Olmo3ForCausalLM(hf_cfg)
+    model, batches = hf_model_and_batches(store, model_cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    batches = iter(PackedLoader(PackedDataset(store, T, seed=0), B, seed=0))
 
     def step() -> None:
         b = next(batches)
@@ -155,6 +144,20 @@ def bench_hf_plain(store, model_cfg, steps: int, keep_freed_memory: bool = False
         opt.zero_grad(set_to_none=True)
 
     return B * T / time_steps(step, steps)
+
+
+def hf_model_and_batches(store, model_cfg):
+    """The peers' model (HF `Olmo3ForCausalLM`, SDPA attention, seed 0) and an iterator over B x T rows."""
+    from transformers import Olmo3ForCausalLM
+
+    from flowlm.data.loader import PackedLoader
+    from flowlm.data.pack import PackedDataset
+    from flowlm.model.hf import to_hf_config
+
+    torch.manual_seed(0)
+    hf_cfg = to_hf_config(model_cfg)
+    hf_cfg._attn_implementation = "sdpa"
+    return Olmo3ForCausalLM(hf_cfg), iter(PackedLoader(PackedDataset(store, T, seed=0), B, seed=0))
 
 
 def bench_trl(tok, docs, model_cfg, steps: int) -> float:
@@ -360,18 +363,9 @@ def param_count(cfg) -> int:
 
 def bench_hf_gpu(store, model_cfg, steps: int) -> float:
     """Plain loop over HF Olmo3ForCausalLM on the GPU: bf16 autocast, SDPA, loss from `labels`, fused AdamW."""
-    from transformers import Olmo3ForCausalLM
-
-    from flowlm.data.loader import PackedLoader
-    from flowlm.data.pack import PackedDataset
-    from flowlm.model.hf import to_hf_config
-
-    torch.manual_seed(0)
-    hf_cfg = to_hf_config(model_cfg)
-    hf_cfg._attn_implementation = "sdpa"
-    model = Olmo3ForCausalLM(hf_cfg).cuda()
+    model, batches = hf_model_and_batches(store, model_cfg)
+    model.cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-    batches = iter(PackedLoader(PackedDataset(store, T, seed=0), B, seed=0))
 
     def step() -> None:
         # 2 rows per forward: HF upcasts the [rows, T, V] logits to fp32 for the loss, and 4 x 4096 x

@@ -199,7 +199,7 @@ def test_local_window_attention_equals_dense_mask(monkeypatch, kernel, with_docs
     q, k, v = (torch.randn(B, H, T, D, dtype=torch.float64, requires_grad=True) for _ in range(3))
     doc_ids = torch.tensor([[0] * 20 + [1] * 25, [0] * 3 + [1] * 30 + [2] * 12]) if with_docs else None
     gy = torch.randn(B, H, T, D, dtype=torch.float64)
-    out = olmo3.local_window_attention(q, k, v, W, doc_ids)
+    out = olmo3.local_window_attention(q, k, v, W, olmo3.local_window_mask(T, W, doc_ids))
     mask = build_mask(T, window=W, doc_ids=doc_ids)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     torch.testing.assert_close(out, ref)

@@ -68,14 +68,41 @@ def build_mask(seq_len: int, *, window: int | None = None, doc_ids: torch.Tensor
     return mask
 
 
+def local_window_mask(seq_len: int, window: int, doc_ids: torch.Tensor | None,
+                      device: torch.device | None = None) -> torch.Tensor:
+    """Block-local form of the sliding-window mask for `local_window_attention`: `[1 or B, nb, W, 2W]` bool.
+
+    Query block b (positions b*W .. b*W+W-1, the last block padded) against keys of blocks b-1 and b.
+    Query i sees key j iff 0 <= i - j < window and, with `doc_ids[B, T]`, both lie in the same document.
+    Built once per forward and shared by every sliding layer.
+    """
+    W = window
+    nb = -(-seq_len // W)
+    pad = nb * W - seq_len
+    if doc_ids is not None:
+        device = doc_ids.device
+    i = torch.arange(W, device=device)[:, None]
+    j = torch.arange(2 * W, device=device)[None, :]
+    # query at b*W+i, key at (b-1)*W+j: distance W+i-j must lie in [0, W)
+    mask = ((j > i) & (j <= i + W)).expand(nb, W, 2 * W).clone()
+    mask[0, :, :W] = False  # block 0 has no previous block
+    mask = mask[None]
+    if doc_ids is not None:
+        d = F.pad(doc_ids, (0, pad), value=-1) if pad else doc_ids  # padding: a document of its own
+        db = d.view(d.shape[0], nb, W)
+        dk = torch.cat((F.pad(db, (0, 0, 1, 0), value=-2)[:, :-1], db), dim=2)
+        mask = mask & (db[:, :, :, None] == dk[:, :, None, :])
+    return mask
+
+
 def local_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
-                           doc_ids: torch.Tensor | None) -> torch.Tensor:
+                           mask: torch.Tensor) -> torch.Tensor:
     """Sliding-window causal attention computed block-locally: `[B, H, T, hd]` in and out.
 
     Queries are cut into blocks of `window`; each block attends only to its own and the previous block
     (every key a query may see lies there), so the cost is O(T * 2W) instead of O(T^2) with a mostly-False
-    dense mask. Same result as `build_mask(window=...)` + SDPA (tested). Query i sees key j iff
-    0 <= i - j < window and, with `doc_ids`, both belong to the same document.
+    dense mask. `mask` is `local_window_mask(T, window, doc_ids)`. Same result as
+    `build_mask(window=...)` + SDPA (tested).
     On CPU, while the block scores stay small (`LOCAL_BMM_BYTES`), the blocks go through
     `kernels.block_attention` (batched GEMMs, faster there for such short blocks); otherwise through SDPA.
     """
@@ -89,17 +116,6 @@ def local_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, wi
     kb, vb = k.view(B, k.shape[1], nb, W, D), v.view(B, v.shape[1], nb, W, D)
     kk = torch.cat((F.pad(kb, (0, 0, 0, 0, 1, 0))[:, :, :-1], kb), dim=3)  # [B, Hk, nb, 2W, D]
     vv = torch.cat((F.pad(vb, (0, 0, 0, 0, 1, 0))[:, :, :-1], vb), dim=3)
-    i = torch.arange(W, device=q.device)[:, None]
-    j = torch.arange(2 * W, device=q.device)[None, :]
-    # query at b*W+i, key at (b-1)*W+j: distance W+i-j must lie in [0, W)
-    mask = ((j > i) & (j <= i + W)).expand(nb, W, 2 * W).clone()
-    mask[0, :, :W] = False  # block 0 has no previous block
-    mask = mask[None]  # [1 or B, nb, W, 2W]
-    if doc_ids is not None:
-        d = F.pad(doc_ids, (0, pad), value=-1) if pad else doc_ids  # padding: a document of its own
-        db = d.view(B, nb, W)
-        dk = torch.cat((F.pad(db, (0, 0, 1, 0), value=-2)[:, :-1], db), dim=2)
-        mask = mask & (db[:, :, :, None] == dk[:, :, None, :])
     if q.device.type == "cpu" and B * H * nb * W * 2 * W * 4 <= LOCAL_BMM_BYTES:
         bias = torch.zeros(mask.shape, dtype=torch.float32, device=q.device).masked_fill_(~mask, float("-inf"))
         out = block_attention(qb.reshape(B * H * nb, W, D), kk.reshape(B * H * nb, 2 * W, D),
@@ -129,10 +145,10 @@ def positions_from_doc_ids(doc_ids: torch.Tensor) -> torch.Tensor:
 
 
 class LocalWindow(NamedTuple):
-    """Marker passed instead of a dense mask: attend block-locally within `window` (see above)."""
+    """Passed instead of a dense mask: attend block-locally within `window` (see above)."""
 
     window: int
-    doc_ids: torch.Tensor | None
+    mask: torch.Tensor  # local_window_mask(...)
 
 
 class Olmo3Attention(nn.Module):
@@ -184,7 +200,7 @@ class Olmo3Attention(nn.Module):
             return self._output(flex.attend(q, k, v, mask))  # GQA inside the kernel
         if isinstance(mask, LocalWindow):
             k, v = self._expand_kv(k, v)
-            return self._output(local_window_attention(q, k, v, mask.window, mask.doc_ids))
+            return self._output(local_window_attention(q, k, v, mask.window, mask.mask))
         return self.attend(q, k, v, mask)
 
     def _expand_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -324,7 +340,7 @@ class Olmo3(nn.Module):
         if SLIDING in self.cfg.layer_types:
             window = self.cfg.sliding_window if self.cfg.sliding_window < seq_len else None
             if local and window is not None and seq_len >= 2 * window:
-                out[SLIDING] = LocalWindow(window, doc_ids)  # block-local kernel, no T x T mask
+                out[SLIDING] = LocalWindow(window, local_window_mask(seq_len, window, doc_ids, device))
             else:
                 out[SLIDING] = build_mask(seq_len, window=window, doc_ids=doc_ids, device=device)
         return out

@@ -13,7 +13,7 @@ import math
 import torch
 
 from flowlm.model.config import ModelConfig, YarnConfig
-from flowlm.model.kernels import rope
+from flowlm.model.kernels import rope, rotate_half  # noqa: F401 (rotate_half: public here too)
 
 
 def rope_inv_freq(head_dim: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
@@ -75,12 +75,6 @@ def cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float = 1.0,
     if scale != 1.0:
         cos, sin = cos * scale, sin * scale
     return cos.to(dtype), sin.to(dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """`[x1, x2] -> [-x2, x1]` over the last dimension (HF convention)."""
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
