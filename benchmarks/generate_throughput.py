@@ -16,9 +16,16 @@ median of `--repeats` interleaved rounds after one warm-up round; `ratio` in the
 median of the per-round flowlm / HF-static ratios (robust to the shared machine's swings). Ends
 with `RESULT {json}`.
 
-    python benchmarks/generate_throughput.py [--threads 2] [--repeats 3] [--skip-cb] [--large]
+    python benchmarks/generate_throughput.py [--threads 2] [--repeats 3] [--skip-cb] [--large] [--smoke]
 
+Needs no extra (`pip install -e .`: the peers are transformers' own generation paths).
 `--large` (CUDA only) adds a ~1B-preset run with a few hundred requests (flowlm vs HF static).
+`--smoke` runs 4 + 2 short requests, one timed round, without continuous batching (which takes 1-2 s
+per token on the loaded 2-core machine): seconds, and the numbers mean nothing.
+
+RESULT keys: `flowlm`, `peer`, `ratio`, `ratio_of_medians`, `flowlm_waste`, `peer_waste`, `B_ratio`,
+`threads`, `omp_wait_policy`, `device`, `repeats`, `table`. The tokenizer and checkpoint live in a
+temporary directory removed on success, failure, Ctrl-C and SIGTERM.
 """
 
 from __future__ import annotations
@@ -36,28 +43,28 @@ import json
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from scratch import scratch_dir
 
-from flowlm.generate.engine import Engine, EngineConfig
+from flowlm.generate.engine import Engine, GenerateConfig
 from flowlm.generate.params import SamplingParams
 from flowlm.model.config import ModelConfig
 from flowlm.model.hf import save_pretrained
 from flowlm.model.olmo3 import Olmo3
 
 
-def build(workdir: Path, preset: str, device: str) -> tuple[Olmo3, Any, Any]:
+def build(workdir: Path, preset: str, device: str, tok_bytes: int = 400_000) -> tuple[Olmo3, Any, Any]:
     """Tiny tokenizer trained on built-in docs, a random-init model, and its HF twin loaded from disk."""
     from transformers import AutoModelForCausalLM
 
     from flowlm.data.builtin import pretrain_docs
     from flowlm.model.tokenizer import train_tokenizer
 
-    tok = train_tokenizer((d["text"] for d in pretrain_docs(0, max_bytes=400_000)), 8192, workdir / "tok")
+    tok = train_tokenizer((d["text"] for d in pretrain_docs(0, max_bytes=tok_bytes)), 8192, workdir / "tok")
     cfg = ModelConfig.preset(preset, vocab_size=8192)
     torch.manual_seed(0)
     model = Olmo3(cfg).eval()
@@ -86,7 +93,7 @@ def run_flowlm(model: Olmo3, tok: Any, prompts: list[list[int]], lengths: list[i
     # 8,192-token default would pre-allocate tens of GB of KV cache for 256 slots.
     context = min(model.cfg.max_seq_len, max(len(p) for p in prompts) + max(lengths) + 1)
     # the engine's own copy of the weights (the default), made before the clock starts
-    engine = Engine(model, tok, EngineConfig(max_slots=slots, seed=0, context=context))
+    engine = Engine(model, tok, GenerateConfig(max_slots=slots, seed=0, context=context))
     params = [SamplingParams(temperature=1.0, max_new_tokens=n, ignore_eos=True, seed=i) for i, n in enumerate(lengths)]
     t0 = time.perf_counter()
     results = engine.generate(prompts, params)
@@ -175,9 +182,9 @@ def measure(contenders: dict[str, tuple[Callable[..., dict[str, float]], Any]], 
                    "waste": 1.0 - last[name]["useful"] / last[name]["computed"]} for name, v in rates.items()}
 
 
-def workloads(n_a: int = 64, n_b: int = 32) -> dict[str, list[int]]:
+def workloads(n_a: int = 64, n_b: int = 32, b_len: int = 128) -> dict[str, list[int]]:
     random.seed(0)  # reproduces the peer draw: sum 9,217, longest 255
-    return {"A": [random.randint(8, 256) for _ in range(n_a)], "B": [128] * n_b}
+    return {"A": [random.randint(8, 256) for _ in range(n_a)], "B": [b_len] * n_b}
 
 
 def main() -> int:
@@ -186,13 +193,16 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-cb", action="store_true", help="skip transformers continuous batching (slow on CPU)")
     ap.add_argument("--large", action="store_true", help="CUDA only: also a ~1B preset with 256 requests")
+    ap.add_argument("--smoke", action="store_true", help="4 + 2 short requests, 1 timed round, no CB: checks the script runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.repeats, args.large, args.skip_cb = 1, False, True
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     table: dict[str, dict[str, dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        model, tok, hf = build(Path(tmp), "tiny", device)
-        for name, lengths in workloads().items():
+    with scratch_dir("genbench-") as tmp:
+        model, tok, hf = build(tmp, "tiny", device, tok_bytes=100_000 if args.smoke else 400_000)
+        for name, lengths in (workloads(4, 2, 16) if args.smoke else workloads()).items():
             prompts = make_prompts(tok, len(lengths))
             contenders = {"flowlm": (run_flowlm, model), "hf_static": (run_hf_static, hf)}
             if not args.skip_cb:
@@ -200,7 +210,7 @@ def main() -> int:
             print(f"workload {name}", file=sys.stderr, flush=True)
             table[name] = measure(contenders, args.repeats, tok, prompts, lengths, 64)
         if args.large and device == "cuda":
-            table["large_1b"] = run_large(Path(tmp), args.repeats)
+            table["large_1b"] = run_large(tmp, args.repeats)
     print_table(table)
     a = table["A"]
     summary = {"flowlm": round(a["flowlm"]["tok_s"], 1), "peer": round(a["hf_static"]["tok_s"], 1),

@@ -5,20 +5,37 @@
     flowlm eval --model DIR                                   BPB of a checkpoint on the built-in eval sets
     flowlm report RUN_DIR                                     tables from a run's flow.json
 Sub-packages add verbs (verify, data, generate) through `add_parser` / `main` in their `cli.py`.
+
+One convention for every verb that reads records (verify, generate, data): the input is `--file PATH`
+(`-`, or no `--file` while stdin is piped, reads stdin); the records go to stdout unless `--out PATH` is
+given, in which case they are written to a temporary sibling and renamed into place. Progress bars and
+summaries go to stderr, so stdout stays machine-readable JSONL. `add_io_arguments`, `iter_input_objects`
+and `open_output` below implement it once for all of them.
+
+No traceback reaches a user: `run_guarded` turns a `FlowError` into `error: <message>` (its exit code), an
+unexpected exception into one `error: internal error: ...` line plus a crash log under the temp dir (exit
+1; `FLOWLM_DEBUG=1` re-raises instead), Ctrl-C into exit 130, and a closed stdout pipe (`| head`) into a
+quiet exit 141. Argument errors stay argparse's (usage + message, exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import json
 import os
 import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TextIO
 
 from flowlm.errors import ConfigError, FlowError
 
 DEFAULT_RECIPE = "tiny"
-PLUGIN_VERBS = ("flowlm.verify.cli", "flowlm.data.cli", "flowlm.generate.cli")
+PLUGIN_VERBS = ("flowlm.verify.cli", "flowlm.data.cli", "flowlm.generate.cli", "flowlm.eval.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,11 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run only the named stages of a recipe (torchrun-friendly)")
     _recipe_args(train, default=None)
     train.add_argument("--stage", action="append", required=True, help="stage to run (repeatable)")
-
-    ev = sub.add_parser("eval", help="BPB of a checkpoint on the built-in held-out gold continuations")
-    ev.add_argument("--model", required=True, help="checkpoint directory (flowlm or Hugging Face)")
-    ev.add_argument("--max-items", type=int, default=200)
-    ev.add_argument("--seed", type=int, default=0, help="seed of the built-in eval sets")
 
     rep = sub.add_parser("report", help="print the stage and BPB tables of a run")
     rep.add_argument("run_dir", type=Path)
@@ -76,23 +88,15 @@ def cmd_run(args: argparse.Namespace, only: list[str] | None = None) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
-    from flowlm.data.builtin import bpb_eval_sets, heldout_docs
-    from flowlm.eval.bpb import evaluate_bpb
-    from flowlm.model.adapter import load_causal_lm
-    from flowlm.model.tokenizer import load_tokenizer
-
-    model = load_causal_lm(args.model).eval()
-    tok = load_tokenizer(args.model)
-    sets = bpb_eval_sets(args.seed)
-    heldout = heldout_docs(64)
-    print(json.dumps(evaluate_bpb(model, tok, sets, max_items=args.max_items, heldout_docs=heldout), indent=1))
-    return 0
+RESUME_HINT = "interrupted: finished stages and checkpoints are kept; rerun to resume"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `flowlm` entry point: parse, dispatch, and turn every failure into one line (see module docstring)."""
+    return run_guarded(lambda: _dispatch(argv))
+
+
+def _dispatch(argv: list[str] | None) -> int:
     parser = build_parser()
     # Overrides may come after options (`run tiny --run-dir d a.b=1`); argparse leaves those over.
     args, extra = parser.parse_known_args(argv)
@@ -100,25 +104,151 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb not in ("run", "train") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
-    try:
-        if args.verb == "run":
-            return cmd_run(args)
-        if args.verb == "train":
-            return cmd_run(args, only=args.stage)
-        if args.verb == "eval":
-            return cmd_eval(args)
-        if args.verb == "report":
-            from flowlm.flow.report import print_report
+    if args.verb in ("run", "train"):
+        try:
+            return cmd_run(args, only=args.stage if args.verb == "train" else None)
+        except KeyboardInterrupt:
+            print(RESUME_HINT, file=sys.stderr)
+            return 130
+    if args.verb == "report":
+        from flowlm.flow.report import print_report
 
-            print_report(args.run_dir)
-            return 0
-        return int(args.func(args))
+        print_report(args.run_dir)
+        return 0
+    return int(args.func(args))
+
+
+# --- failures: one line each ------------------------------------------------------------------------------
+
+
+def run_guarded(fn: Callable[[], int]) -> int:
+    """Run a verb and return its exit code; no exception but SystemExit (argparse) leaves this function.
+
+    Shared by `main` and the standalone `python -m flowlm.<pkg>.cli` entry points.
+    """
+    try:
+        return int(fn())
     except FlowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: finished stages and checkpoints are kept; rerun to resume", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():
+            # The reader of our stdout went away (`flowlm verify ... | head`): stop quietly, as `cat` would.
+            # stdout is pointed at /dev/null so the interpreter's final flush does not fail again.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
+        if os.environ.get("FLOWLM_DEBUG", "") not in ("", "0"):
+            raise
+        print(internal_error(exc), file=sys.stderr)
+        return 1
+
+
+def internal_error(exc: BaseException) -> str:
+    """Save the traceback of an unexpected exception to `<tmp>/flowlm-crash-<pid>.log`; return the one-line message."""
+    from flowlm import __version__
+
+    path = Path(tempfile.gettempdir()) / f"flowlm-crash-{os.getpid()}.log"
+    try:
+        path.write_text(f"flowlm {__version__}, python {sys.version.split()[0]}, argv: {sys.argv!r}\n"
+                        + "".join(traceback.format_exception(exc)), encoding="utf-8")
+        where = f"full traceback in {path}"
+    except OSError as err:
+        where = f"traceback not saved: {path}: {err.strerror}; rerun with FLOWLM_DEBUG=1 to see it"
+    lines = str(exc).strip().splitlines()
+    msg = f": {lines[0]}{' ...' if len(lines) > 1 else ''}" if lines else ""
+    return f"error: internal error: {type(exc).__name__}{msg} ({where})"
+
+
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reading end is closed (poll reports POLLERR on the writing end)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is not a real file
+        return False
+
+
+# --- records in, records out: the I/O convention of verify / generate / data ------------------------------
+
+
+def add_io_arguments(p: argparse.ArgumentParser, what: str, *, input_aliases: tuple[str, ...] = (),
+                     out_help: str = "write the output records here (atomically) instead of to stdout") -> None:
+    """`--file PATH` (plus old spellings in `input_aliases`) and `--out PATH`, as every record verb spells them."""
+    p.add_argument("--file", *input_aliases, dest="file", type=Path, default=None, metavar="PATH",
+                   help=f"{what} (JSONL); '-' = stdin, which is also the default when stdin is piped")
+    p.add_argument("--out", type=Path, default=None, metavar="PATH", help=out_help)
+
+
+def is_stdio(path: Path | str | None) -> bool:
+    return path is not None and str(path) == "-"
+
+
+def input_path(path: Path | None, verb: str) -> Path | None:
+    """The file named by `--file`, or None for stdin (`--file -`, or no `--file` while stdin is piped)."""
+    if path is not None and not is_stdio(path):
+        return path
+    if path is None and stdin_is_terminal():
+        raise ConfigError(f"{verb}: no input: give --file PATH (or '-' for stdin), or pipe JSONL into stdin")
+    return None
+
+
+def stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is None or sys.stdin.closed or sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return True
+
+
+def iter_input_objects(path: Path | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`("FILE:LINE", object)` per non-blank line of `path` (None: stdin, named `<stdin>`); the first bad
+    line raises a FlowError naming FILE:LINE (`flowlm.jsonlines`, strict)."""
+    from flowlm.jsonlines import BadLine, iter_json_objects, parse_object
+
+    if path is not None:
+        if path.is_dir():
+            raise FlowError(f"{path}: is a directory, not a JSONL file")
+        for lineno, row in iter_json_objects(path):
+            yield f"{path}:{lineno}", row
+        return
+    if sys.stdin is None:  # started with fd 0 closed
+        raise FlowError("<stdin>: no standard input to read")
+    for lineno, raw in enumerate(sys.stdin.buffer, start=1):  # bytes: JSON lines are UTF-8 whatever the locale
+        if raw.strip():
+            try:
+                yield f"<stdin>:{lineno}", parse_object(raw)
+            except BadLine as exc:
+                raise FlowError(f"<stdin>:{lineno}: {exc}") from None
+
+
+@contextlib.contextmanager
+def open_output(out: Path | None) -> Iterator[TextIO]:
+    """stdout (None or `-`), or a text file written beside `out` and renamed onto it when the block succeeds;
+    on failure (or Ctrl-C) the temporary is removed and an existing `out` is left untouched."""
+    if out is None or is_stdio(out):
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    from flowlm.atomic import replacing
+
+    if out.is_dir():
+        raise FlowError(f"{out}: is a directory (--out names the output file)")
+    try:
+        with replacing(out) as tmp, tmp.open("w", encoding="utf-8") as fh:
+            yield fh
+    except OSError as exc:
+        raise FlowError(f"{out}: cannot write ({exc.strerror or exc})") from None
+
+
+def write_json_line(fh: TextIO, obj: Any) -> None:
+    """One record per line, UTF-8 (not ASCII-escaped)."""
+    fh.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
 
 
 if __name__ == "__main__":

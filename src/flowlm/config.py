@@ -82,6 +82,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: `base` with `over` laid on top. Where both hold a dict at a key they merge
+    recursively; any other value in `over` (None included) replaces. Neither input is changed, and
+    the result shares no dict or list with them.
+    """
+    out = _deepcopy(base)
+    _merge_into(out, over)
+    return out
+
+
+def _merge_into(dst: dict[str, Any], over: dict[str, Any]) -> None:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _merge_into(dst[k], v)
+        else:
+            dst[k] = _deepcopy(v)
+
+
 def _deepcopy(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _deepcopy(v) for k, v in obj.items()}

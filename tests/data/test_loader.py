@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowlm.data.loader import PackedLoader, split_micro
+from flowlm.data.loader import PackedLoader
 from flowlm.data.pack import PackedDataset
 from flowlm.data.store import TokenStore
 from flowlm.errors import ConfigError
@@ -98,15 +98,6 @@ def test_drop_last_false_yields_ragged_tail(dataset: PackedDataset) -> None:
     assert sum(sizes) == len(dataset) and sizes[-1] == len(dataset) - 7 * (len(sizes) - 1)
     with pytest.raises(ConfigError, match="drop_last"):
         loader.shard(0, 7)
-
-
-def test_split_micro() -> None:
-    batch = {"input_ids": torch.arange(24).view(6, 4), "labels": torch.arange(24).view(6, 4) + 100}
-    parts = split_micro(batch, 3)
-    assert len(parts) == 3 and all(p["input_ids"].shape == (2, 4) for p in parts)
-    assert torch.equal(torch.cat([p["labels"] for p in parts]), batch["labels"])
-    with pytest.raises(ConfigError):
-        split_micro(batch, 4)
 
 
 def test_bad_arguments(dataset: PackedDataset) -> None:

@@ -135,9 +135,35 @@ def test_killed_stage_resumes_from_its_checkpoint(tmp_path):
     assert record(d)["stages"]["pretrain"]["status"] == "running"
     flowlm("train", "tiny", "--stage", "pretrain", "--run-dir", str(d), "--no-progress", *only)
     st = record(d)["stages"]["pretrain"]
-    assert st["status"] == "done" and st["metrics"]["resumed_from_checkpoint"] is True and st["metrics"]["steps"] == 10
+    assert st["status"] == "done" and st["resumed"] is True and st["attempts"] == 2 and st["metrics"]["steps"] == 10
     steps = [json.loads(l)["step"] for l in (d / "pretrain" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
     assert steps == list(range(1, 11))  # no step lost or duplicated across the crash
+
+
+def test_kill_before_a_stage_is_marked_done_loses_no_recorded_metric(run_dir, tmp_path):
+    """Killed after pretrain's final checkpoint, export and eval, before the record says done: the resumed
+    entry equals the uninterrupted run's in every metric (timings aside), eval_init included."""
+    d = tmp_path / "run"
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "FLOWLM_PLUGINS": "tests.plugins.toy",
+           "FLOWLM_TOY_KILL_BEFORE_DONE": "pretrain"}
+    args = [sys.executable, "-m", "flowlm.cli", "train", "tiny", "--stage", "corpus", "--stage", "tokenizer",
+            "--stage", "pretrain", "--run-dir", str(d), "--no-progress", *MICRO]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert record(d)["stages"]["pretrain"]["status"] == "running"
+    assert (d / "pretrain" / "checkpoints" / "step_0000006").is_dir()
+    flowlm("train", "tiny", "--stage", "pretrain", "--run-dir", str(d), "--no-progress", *MICRO)
+    timings = {"tok_s", "mfu"}
+    for name in ("corpus", "tokenizer", "pretrain"):
+        got, want = record(d)["stages"][name], record(run_dir)["stages"][name]
+        assert got["status"] == "done"
+        assert {k: v for k, v in got["metrics"].items() if k not in timings} == \
+            {k: v for k, v in want["metrics"].items() if k not in timings}, name
+        assert got["output_hash"] == want["output_hash"], name
+    got = record(d)["stages"]["pretrain"]
+    assert got["resumed"] is True and got["metrics"]["eval_init"] and got["metrics"]["final_loss"] is not None
+    assert got["metrics"]["tok_s"] > 0 and got["metrics"]["mfu"] > 0
 
 
 def test_bad_inputs_fail_with_one_line_and_keep_finished_work(run_dir, tmp_path):

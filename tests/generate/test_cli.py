@@ -1,10 +1,19 @@
-"""`flowlm generate`: JSONL in, JSONL out in input order; bad lines name file:line; bad rows fail alone."""
+"""`flowlm generate`: JSONL in, JSONL out in input order; bad lines name file:line; bad rows fail alone.
+
+The entry-point tests run the installed `flowlm generate` as a user does: --file (or the older --prompts)
+or stdin in, stdout or --out out, the progress bar and summary on stderr, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,3 +90,72 @@ def test_bad_command_line_sampling_is_a_config_error(ckpt: Path, tmp_path: Path)
                    "--temperature", "-1"])
     with pytest.raises(ConfigError, match="temperature"):
         cli.main(args)
+
+
+def test_prompts_is_an_alias_of_file(tmp_path: Path) -> None:
+    a = _parse(["--model", "m", "--prompts", "p.jsonl"])
+    b = _parse(["--model", "m", "--file", "p.jsonl", "--out", "o.jsonl"])
+    assert a.file == b.file == Path("p.jsonl") and a.out is None and b.out == Path("o.jsonl")
+
+
+# --- the installed entry point ----------------------------------------------------------------------------
+
+
+def _flowlm() -> list[str]:
+    """The installed console script of this interpreter (else the one on PATH; `-m` only if none is installed)."""
+    beside = Path(sys.executable).with_name("flowlm")
+    if beside.is_file():
+        return [str(beside)]
+    found = shutil.which("flowlm")
+    return [found] if found else [sys.executable, "-m", "flowlm.cli"]
+
+
+def _run(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    r = subprocess.run([*_flowlm(), "generate", *args], input=stdin,
+                       stdin=None if stdin is not None else subprocess.DEVNULL, capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert "Traceback" not in r.stdout and "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+def _records(text: str) -> list[dict[str, Any]]:
+    """Output rows without their timings (the only field that differs between two identical runs)."""
+    return [{k: v for k, v in json.loads(line).items() if k != "timings"} for line in text.splitlines()]
+
+
+def test_entry_point_stdout_out_and_stdin_agree(ckpt: Path, tmp_path: Path) -> None:
+    prompts = _write(tmp_path / "in.jsonl", [json.dumps({"prompt": "def add(a, b):", "id": "a"}),
+                                             json.dumps({"prompt_ids": [5, 6, 7], "id": "b"}),
+                                             json.dumps({"prompt": "", "id": "c"})])
+    common = ["--model", str(ckpt), "--n", "2", "--max-new-tokens", "4", "--seed", "3"]
+    r = _run([*common, "--file", str(prompts)])  # progress bar on: it must stay off stdout
+    assert r.returncode == 0, r.stderr
+    rows = _records(r.stdout)
+    assert [x["id"] for x in rows] == ["a", "b", "c"] and rows[2]["error"] == "empty prompt"
+    assert all(len(c["tokens"]) <= 4 for x in rows[:2] for c in x["completions"])
+    assert "generate: 2/3 requests done, 1 failed" in r.stderr
+
+    out = tmp_path / "o" / "out.jsonl"
+    r = _run([*common, "--prompts", str(prompts), "--out", str(out), "--no-progress"])
+    assert r.returncode == 0 and r.stdout == ""
+    assert r.stderr == f"generate: 2/3 requests done, 1 failed -> {out}\n"
+    assert _records(out.read_text()) == rows  # same seed, same records, whichever way they are written
+    assert [p.name for p in out.parent.iterdir()] == ["out.jsonl"]
+
+    r = _run([*common, "--no-progress"], stdin=prompts.read_text())
+    assert r.returncode == 0 and _records(r.stdout) == rows
+
+
+def test_entry_point_errors_are_one_line(ckpt: Path, tmp_path: Path) -> None:
+    prompts = _write(tmp_path / "in.jsonl", [json.dumps({"prompt": "ok"}), '{"text": "x"}'])
+    out = tmp_path / "out.jsonl"
+    r = _run(["--model", str(ckpt), "--file", str(prompts), "--out", str(out)])
+    assert r.returncode == 1 and r.stdout == "" and not out.exists()
+    assert r.stderr.startswith(f"error: {prompts}:2: a row needs exactly one of") and r.stderr.count("\n") == 1
+    r = _run(["--model", str(ckpt), "--temperature", "-1"], stdin=json.dumps({"prompt": "ok"}) + "\n")
+    assert r.returncode == 2 and r.stderr.startswith("error: generate: ") and "temperature" in r.stderr
+    r = _run(["--model", str(tmp_path / "no_ckpt"), "--file", str(prompts.with_name("none.jsonl"))])
+    assert r.returncode == 1 and r.stderr == f"error: {prompts.with_name('none.jsonl')}: file not found\n"
+    r = _run(["--model", str(tmp_path / "no_ckpt"), "--file", "-"], stdin="")
+    assert r.returncode == 1 and r.stderr == "error: <stdin>: no prompts\n"

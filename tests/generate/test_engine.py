@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from flowlm.generate.engine import Engine, EngineConfig
+from flowlm.generate.engine import Engine, GenerateConfig
 from flowlm.generate.params import SamplingParams
 from flowlm.model.hf import save_pretrained
 from flowlm.train.losses import token_logprobs
@@ -49,7 +49,7 @@ def test_greedy_matches_transformers_generate(exported, slots: int) -> None:
     model, hf, _ = exported
     prompts = _prompts()
     # 2 slots < 6 requests: requests join and leave the batch between decode steps.
-    results = Engine(model, config=EngineConfig(max_slots=slots)).generate(prompts, GREEDY)
+    results = Engine(model, config=GenerateConfig(max_slots=slots)).generate(prompts, GREEDY)
     for prompt, res in zip(prompts, results):
         assert res.ok, res.error
         assert res.completions[0].tokens == _hf_greedy(hf, prompt, 24), len(prompt)
@@ -59,8 +59,8 @@ def test_greedy_matches_transformers_generate(exported, slots: int) -> None:
 def test_hf_runner_matches_native_engine(exported) -> None:
     model, hf, _ = exported
     prompts = _prompts((3, 12))
-    native = Engine(model, config=EngineConfig(max_slots=4)).generate(prompts, GREEDY)
-    via_hf = Engine(hf, config=EngineConfig(max_slots=4)).generate(prompts, GREEDY)
+    native = Engine(model, config=GenerateConfig(max_slots=4)).generate(prompts, GREEDY)
+    via_hf = Engine(hf, config=GenerateConfig(max_slots=4)).generate(prompts, GREEDY)
     assert [r.completions[0].tokens for r in native] == [r.completions[0].tokens for r in via_hf]
     lp_native = torch.tensor(native[1].completions[0].logprobs)
     assert torch.allclose(lp_native, torch.tensor(via_hf[1].completions[0].logprobs), atol=1e-4)
@@ -73,7 +73,7 @@ def test_hf_runner_matches_native_engine(exported) -> None:
 def test_sampled_logprobs_equal_training_forward(params: SamplingParams) -> None:
     model = micro_model()
     prompts = _prompts((4, 11, 20))
-    results = Engine(model, config=EngineConfig(max_slots=2)).generate(prompts, params)
+    results = Engine(model, config=GenerateConfig(max_slots=2)).generate(prompts, params)
     for prompt, res in zip(prompts, results):
         c = res.completions[0]
         seq = torch.tensor([prompt + c.tokens])
@@ -86,7 +86,7 @@ def test_sampled_logprobs_equal_training_forward(params: SamplingParams) -> None
 
 
 def test_slots_are_freed_at_once_and_no_idle_slot_is_computed() -> None:
-    engine = Engine(micro_model(), config=EngineConfig(max_slots=2))
+    engine = Engine(micro_model(), config=GenerateConfig(max_slots=2))
     lengths = [3, 20, 5, 4]
     for i, n in enumerate(lengths):
         engine.submit([1 + i, 2, 3], SamplingParams(max_new_tokens=n, ignore_eos=True, seed=i))
@@ -103,20 +103,20 @@ def test_n_samples_share_one_prefill_and_seed_reproduces() -> None:
     model = micro_model()
     prompt = _prompts((10,))[0]
     params = SamplingParams(temperature=1.0, n=4, max_new_tokens=12, ignore_eos=True, seed=7)
-    engine = Engine(model, config=EngineConfig(max_slots=8))
+    engine = Engine(model, config=GenerateConfig(max_slots=8))
     alone = engine.generate([prompt], params)[0]
     assert engine.stats["prefill_tokens"] == len(prompt)
     samples = [tuple(c.tokens) for c in alone.completions]
     assert len(set(samples)) > 1  # the n samples differ
     # Same seed in a different batch composition gives the same samples.
     other = SamplingParams(temperature=1.0, max_new_tokens=5, ignore_eos=True)
-    mixed = Engine(model, config=EngineConfig(max_slots=8)).generate(_prompts((3, 10, 6), seed=9)[:1] + [prompt],
-                                                                     [other, params])[1]
+    mixed = Engine(model, config=GenerateConfig(max_slots=8)).generate(_prompts((3, 10, 6), seed=9)[:1] + [prompt],
+                                                                       [other, params])[1]
     assert [tuple(c.tokens) for c in mixed.completions] == samples
 
 
 def test_bad_requests_fail_alone() -> None:
-    engine = Engine(micro_model(), config=EngineConfig(max_slots=4))
+    engine = Engine(micro_model(), config=GenerateConfig(max_slots=4))
     good = SamplingParams(max_new_tokens=4, ignore_eos=True)
     cases = [
         ([1, 2, 3], SamplingParams(top_p=2.0), "top_p"),
@@ -142,7 +142,7 @@ def test_bad_requests_fail_alone() -> None:
 
 def test_stop_token_and_context_limit() -> None:
     model = micro_model()
-    engine = Engine(model, config=EngineConfig(max_slots=2))
+    engine = Engine(model, config=GenerateConfig(max_slots=2))
     ref = engine.generate([[5, 6, 7]], GREEDY)[0].completions[0].tokens
     stop_at = ref[5]
     first = ref.index(stop_at)
@@ -167,7 +167,7 @@ def test_eos_stops_unless_ignored() -> None:
 
 def test_text_and_chat_prompts_and_stop_strings(tok, tok_dir: Path) -> None:
     model = micro_model(vocab_size=len(tok))
-    engine = Engine(model, tok, EngineConfig(max_slots=4))
+    engine = Engine(model, tok, GenerateConfig(max_slots=4))
     from flowlm.model.tokenizer import render_chat
 
     msgs = [{"role": "user", "content": "What is 2+2?"}]

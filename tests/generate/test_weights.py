@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flowlm.errors import ConfigError
-from flowlm.generate.engine import Engine, EngineConfig
+from flowlm.generate.engine import Engine, GenerateConfig
 from flowlm.generate.params import SamplingParams
 
 from .conftest import micro_model
@@ -31,7 +31,7 @@ def test_update_mid_generation_switches_versions_and_continues() -> None:
     new = micro_model(seed=0)
     torch.manual_seed(5)
     new.lm_head.weight.data.normal_(0, 0.2)
-    engine = Engine(old, config=EngineConfig(max_slots=4))
+    engine = Engine(old, config=GenerateConfig(max_slots=4))
     prompts = [[3, 4, 5], [7] * 11]
     ids = [engine.submit(p, GREEDY) for p in prompts]
     for _ in range(6):  # 1 token from prefill + 1 per decode step: 7 tokens each
@@ -47,7 +47,7 @@ def test_update_mid_generation_switches_versions_and_continues() -> None:
 
 
 def test_update_from_a_module_and_logprobs_follow_new_policy() -> None:
-    engine = Engine(micro_model(seed=0), config=EngineConfig(max_slots=2))
+    engine = Engine(micro_model(seed=0), config=GenerateConfig(max_slots=2))
     new = micro_model(seed=1)
     engine.submit([1, 2, 3, 4], SamplingParams(temperature=1.0, max_new_tokens=8, ignore_eos=True, seed=0))
     engine.step()
@@ -62,7 +62,7 @@ def test_update_from_a_module_and_logprobs_follow_new_policy() -> None:
 
 def test_engine_owns_a_copy_of_the_model() -> None:
     model = micro_model(seed=0)
-    engine = Engine(model, config=EngineConfig(max_slots=2))
+    engine = Engine(model, config=GenerateConfig(max_slots=2))
     before = engine.generate([[1, 2]], GREEDY)[0].completions[0].tokens
     with torch.no_grad():
         model.lm_head.weight.mul_(-1)  # a trainer stepping in place must not leak into the engine
@@ -70,7 +70,7 @@ def test_engine_owns_a_copy_of_the_model() -> None:
 
 
 def test_update_from_another_thread_while_streaming() -> None:
-    engine = Engine(micro_model(seed=0), config=EngineConfig(max_slots=4))
+    engine = Engine(micro_model(seed=0), config=GenerateConfig(max_slots=4))
     new = micro_model(seed=1).state_dict()
     for i in range(4):
         engine.submit([i + 1, 2, 3], SamplingParams(max_new_tokens=40, ignore_eos=True, seed=i))
@@ -97,7 +97,7 @@ def test_update_from_another_thread_while_streaming() -> None:
 
 
 def test_update_is_queued_while_a_step_runs_and_bad_keys_are_rejected() -> None:
-    engine = Engine(micro_model(seed=0), config=EngineConfig(max_slots=2))
+    engine = Engine(micro_model(seed=0), config=GenerateConfig(max_slots=2))
     engine.submit([1, 2, 3], GREEDY)
     engine.step()
     with engine._step_lock:  # as if a step were running in another thread

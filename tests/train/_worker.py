@@ -34,7 +34,7 @@ def build(out: Path, store_dir: Path, steps: int, grad_accum: int = 1, checkpoin
     world = init_world()
     torch.manual_seed(0)
     model = Olmo3(ModelConfig.preset("tiny", **SMALL))
-    cfg = EngineConfig(steps=steps, seq_len=64, batch_size=8, grad_accum=grad_accum, checkpoint_every=checkpoint_every, keep_last=3, z_loss=1e-4)
+    cfg = EngineConfig(steps=steps, seq_len=64, batch_size=8, grad_accum=grad_accum, checkpoint_every=checkpoint_every, keep_last=3)
     loader = PackedLoader(PackedDataset(TokenStore.open(store_dir), 64, seed=0), 8, seed=0)
     if world.distributed:
         loader = loader.shard(world.rank, world.size)

@@ -28,7 +28,7 @@ TokenCounter = Callable[[str], int]
 
 
 @dataclass
-class Counter2:
+class DocTokenCount:
     """A (documents, tokens) pair."""
 
     docs: int = 0
@@ -47,13 +47,13 @@ class StepStats:
     """Counts for one step. Token drops may come from kept documents (e.g. substring removal)."""
 
     name: str
-    inp: Counter2 = field(default_factory=Counter2)
-    kept: Counter2 = field(default_factory=Counter2)
-    added: Counter2 = field(default_factory=Counter2)
-    dropped: dict[str, Counter2] = field(default_factory=dict)
+    inp: DocTokenCount = field(default_factory=DocTokenCount)
+    kept: DocTokenCount = field(default_factory=DocTokenCount)
+    added: DocTokenCount = field(default_factory=DocTokenCount)
+    dropped: dict[str, DocTokenCount] = field(default_factory=dict)
     # kept documents whose text was rewritten (PII masking, substring removal): docs touched and
     # tokens removed. `kept` counts tokens as they came in, so conservation stays exact.
-    modified: dict[str, Counter2] = field(default_factory=dict)
+    modified: dict[str, DocTokenCount] = field(default_factory=dict)
 
     def record_in(self, tokens: int, docs: int = 1) -> None:
         self.inp.add(docs, tokens)
@@ -65,10 +65,10 @@ class StepStats:
         self.added.add(docs, tokens)
 
     def record_drop(self, reason: str, tokens: int, docs: int = 1) -> None:
-        self.dropped.setdefault(reason, Counter2()).add(docs, tokens)
+        self.dropped.setdefault(reason, DocTokenCount()).add(docs, tokens)
 
     def record_modified(self, reason: str, tokens_removed: int) -> None:
-        self.modified.setdefault(reason, Counter2()).add(1, tokens_removed)
+        self.modified.setdefault(reason, DocTokenCount()).add(1, tokens_removed)
 
     def out(self) -> tuple[int, int]:
         """(docs, tokens) this step hands to the next one."""
@@ -83,7 +83,7 @@ class StepStats:
         for reason, c in other.dropped.items():
             self.record_drop(reason, c.tokens, c.docs)
         for reason, c in other.modified.items():
-            self.modified.setdefault(reason, Counter2()).add(c.docs, c.tokens)
+            self.modified.setdefault(reason, DocTokenCount()).add(c.docs, c.tokens)
 
     def conserved(self) -> bool:
         d_docs = sum(c.docs for c in self.dropped.values())
@@ -109,11 +109,11 @@ class StepStats:
     @classmethod
     def from_dict(cls, name: str, d: dict[str, Any]) -> "StepStats":
         s = cls(name)
-        s.inp = Counter2(**d["in"])
-        s.kept = Counter2(**d["kept"])
-        s.added = Counter2(**d.get("added", {"docs": 0, "tokens": 0}))
-        s.dropped = {k: Counter2(**v) for k, v in d["dropped"].items()}
-        s.modified = {k: Counter2(**v) for k, v in d.get("modified", {}).items()}
+        s.inp = DocTokenCount(**d["in"])
+        s.kept = DocTokenCount(**d["kept"])
+        s.added = DocTokenCount(**d.get("added", {"docs": 0, "tokens": 0}))
+        s.dropped = {k: DocTokenCount(**v) for k, v in d["dropped"].items()}
+        s.modified = {k: DocTokenCount(**v) for k, v in d.get("modified", {}).items()}
         return s
 
 

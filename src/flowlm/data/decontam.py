@@ -16,7 +16,6 @@ Items have components `question`, `answer` and `qa` (both); the best component's
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import numpy as np
 from flowlm.config import Strict
 from flowlm.data.dedup.minhash import WordHasher
 from flowlm.errors import FlowError
+from flowlm.jsonlines import open_binary, read_json_objects
 
 QUESTION_KEYS = ("question", "problem", "prompt", "instruction", "input")
 ANSWER_KEYS = ("answer", "solution", "canonical_solution", "response", "output")
@@ -83,18 +83,19 @@ def ngram_hashes(words: np.ndarray, n: int) -> np.ndarray:
 
 
 def load_benchmark(path: str | Path, name: str | None = None) -> list[dict[str, Any]]:
-    """Items {benchmark, item_id, question, answer} from jsonl(.gz) or a JSON array file."""
+    """Items {benchmark, item_id, question, answer} from jsonl (.gz/.zst) or a JSON array file."""
     path = Path(path)
     if not path.exists():
         raise FlowError(f"{path}: benchmark file not found")
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:
+    with open_binary(path) as fh:
         raw = fh.read()
-    try:
-        rows = json.loads(raw) if raw.lstrip().startswith("[") else \
-            [json.loads(ln) for ln in raw.splitlines() if ln.strip()]
-    except json.JSONDecodeError as e:
-        raise FlowError(f"{path}:{e.lineno}: invalid JSON in benchmark file") from None
+    if not raw.lstrip().startswith(b"["):
+        rows: list[Any] = read_json_objects(path)  # JSON lines: errors name FILE:LINE
+    else:
+        try:
+            rows = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise FlowError(f"{path}:{e.lineno}: invalid JSON in benchmark file") from None
     name = name or path.parent.name or path.stem
     items = []
     for i, r in enumerate(rows):

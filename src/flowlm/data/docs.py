@@ -8,13 +8,14 @@ bad JSON, bad UTF-8, a non-object, or a missing/non-string `text` goes to the `Q
 from __future__ import annotations
 
 import gzip
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
+from flowlm.atomic import temp_sibling
 from flowlm.errors import FlowError
+from flowlm.jsonlines import iter_lines, parse_object
 
 Doc = dict[str, Any]
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst", ".json")
@@ -45,41 +46,21 @@ def normalize_doc(obj: Any, default_id: str, default_source: str) -> Doc:
             "source": str(obj.get("source") or default_source), "metadata": meta}
 
 
-def _open_binary(path: Path) -> IO[bytes]:
-    name = path.name
-    if name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if name.endswith(".zst"):
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-    return open(path, "rb")
-
-
 def read_jsonl(path: str | Path, quarantine: Quarantine | None = None) -> Iterator[Doc]:
-    """Stream documents from a jsonl file; malformed lines go to `quarantine` (or raise FlowError)."""
+    """Stream documents from a jsonl file; malformed lines go to `quarantine` (or raise FlowError).
+
+    The lenient reader (see `flowlm.jsonlines` for the strict one it shares line decoding with).
+    """
     path = Path(path)
     if not path.exists():
         raise FlowError(f"{path}: input file not found")
-    with _open_binary(path) as fh:
-        reader = io.BufferedReader(fh) if not isinstance(fh, io.BufferedReader) else fh
-        for lineno, raw in enumerate(reader, start=1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-                doc = normalize_doc(json.loads(line), f"{path.name}:{lineno}", path.stem)
-            except UnicodeDecodeError:
-                _bad(quarantine, where, "invalid UTF-8", raw.decode("utf-8", "replace"))
-                continue
-            except json.JSONDecodeError as e:
-                _bad(quarantine, where, f"invalid JSON ({e.msg})", line)
-                continue
-            except ValueError as e:
-                _bad(quarantine, where, str(e), line)
-                continue
-            yield doc
+    for lineno, raw in iter_lines(path):
+        try:
+            doc = normalize_doc(parse_object(raw), f"{path.name}:{lineno}", path.stem)
+        except ValueError as e:  # BadLine (not one JSON object) or a schema error
+            _bad(quarantine, f"{path}:{lineno}", str(e), raw.decode("utf-8", "replace"))
+            continue
+        yield doc
 
 
 def _bad(quarantine: Quarantine | None, where: str, reason: str, raw: str) -> None:
@@ -152,7 +133,7 @@ class JsonlWriter:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.tmp = temp_sibling(self.path)
         raw = open(self.tmp, "wb")
         if self.path.name.endswith(".gz"):
             self._fh: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
@@ -183,6 +164,10 @@ class JsonlWriter:
 
 
 def write_jsonl(path: str | Path, docs: Iterable[Doc]) -> int:
+    """Write documents to one jsonl file, compressed by suffix, atomically; returns the count.
+
+    (`flowlm.atomic.write_jsonl` is the plain-text writer for rows that are not corpus documents.)
+    """
     with JsonlWriter(path) as w:
         for d in docs:
             w.write(d)

@@ -11,24 +11,18 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from flowlm.atomic import atomic_write_json
 from flowlm.errors import ConfigError
+from flowlm.extras import require
 
 Task = tuple[str, Callable[..., Any], tuple[Any, ...]]
 
 
 def _marker(markers: Path, stage: str, key: str) -> Path:
     return markers / stage / f"{key}.done"
-
-
-def _write_marker(path: Path, result: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"result": result}))
-    tmp.replace(path)
 
 
 def _run_one(task: Task) -> Any:
@@ -62,7 +56,7 @@ class Executor:
         for i, res in zip(pending, self._execute([tasks[i] for i in pending])):
             results[i] = res
             if self.markers:
-                _write_marker(_marker(self.markers, stage, tasks[i][0]), res)
+                atomic_write_json(_marker(self.markers, stage, tasks[i][0]), {"result": res}, indent=None)
         return results
 
     def _execute(self, tasks: list[Task]) -> list[Any]:
@@ -90,7 +84,7 @@ class LocalExecutor(Executor):
         method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
         ctx = mp.get_context(method)
         if method == "forkserver":
-            ctx.set_forkserver_preload(["flowlm.data.steps"])
+            ctx.set_forkserver_preload(["flowlm.data.shard_tasks"])
         with ctx.Pool(min(self.workers, len(tasks))) as pool:
             return pool.map(_run_one, tasks, chunksize=1)
 
@@ -103,11 +97,7 @@ class RayExecutor(Executor):
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
                  markers_dir: str | Path | None = None) -> None:
         super().__init__(markers_dir)
-        try:
-            import ray
-        except ImportError as e:
-            raise ConfigError("executor 'ray' needs `pip install ray`") from e
-        self.ray = ray
+        self.ray = ray = require("ray", "ray", "executor 'ray'")
         self._owns = not ray.is_initialized()
         if self._owns:
             ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,

@@ -1,4 +1,13 @@
-"""Deterministic, resumable, shardable batch loader over a `PackedDataset`.
+"""Deterministic, resumable, shardable batch loader over an indexed dataset (packed LM, chat, pairs).
+
+The data-source contract the training engine relies on: an infinite iterable of batches (dicts of
+tensors) with `state_dict()` / `load_state_dict()` for exact resume and a `split_rule`
+(`flowlm.train.batch.SplitRule`) saying how a batch splits into micro-batches. `PackedLoader` serves
+any dataset with `__len__` / `__getitem__`; the dataset's `collate(items)` (if it has one) builds the
+batch, else the items' `input_ids, labels, doc_ids, position_ids` are stacked (`PackedDataset`: packed
+LM and packed chat, whose assistant-only labels come from the store's label mask). Preference pairs
+(`flowlm.data.pairs.PairDataset`) bring their own collate; a producer-fed stream (the RL rollout queue)
+is `flowlm.data.stream.StreamSource`.
 
 Epoch `e` visits the instances in the permutation `default_rng([seed, e]).permutation(n)`, cut into
 global batches of `batch_size` rows. Iteration is infinite (epoch after epoch); the state is just
@@ -16,6 +25,7 @@ import numpy as np
 import torch
 
 from flowlm.errors import ConfigError
+from flowlm.train.batch import SplitRule
 
 FIELDS = ("input_ids", "labels", "doc_ids", "position_ids")
 
@@ -26,7 +36,10 @@ class _Dataset(Protocol):
 
 
 class PackedLoader:
-    """Infinite iterator of `{input_ids, labels, doc_ids, position_ids}` int64 tensors `[B, T]`."""
+    """Infinite iterator of batches of `batch_size` instances (`{input_ids, labels, doc_ids, position_ids}`
+    int64 tensors `[B, T]` for packed datasets; the dataset's own `collate` otherwise)."""
+
+    split_rule = SplitRule()
 
     def __init__(self, dataset: _Dataset, batch_size: int, seed: int, drop_last: bool = True) -> None:
         if batch_size <= 0:
@@ -74,6 +87,9 @@ class PackedLoader:
 
     def collate(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         items = [self.dataset[int(i)] for i in indices]
+        own = getattr(self.dataset, "collate", None)
+        if own is not None:
+            return own(items)
         return {f: torch.from_numpy(np.stack([getattr(it, f) for it in items]).astype(np.int64)) for f in FIELDS}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -91,11 +107,3 @@ class PackedLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
-
-def split_micro(batch: dict[str, torch.Tensor], n: int) -> list[dict[str, torch.Tensor]]:
-    """Split a batch into `n` equal micro-batches along dim 0 (for gradient accumulation)."""
-    rows = next(iter(batch.values())).shape[0]
-    if n <= 0 or rows % n:
-        raise ConfigError(f"cannot split a batch of {rows} rows into {n} equal micro-batches")
-    parts = {k: v.chunk(n, dim=0) for k, v in batch.items()}
-    return [{k: parts[k][i] for k in batch} for i in range(n)]

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 from flowlm.config import Strict
-from flowlm.data import steps
+from flowlm.data import shard_tasks
 from flowlm.data.accounting import RunStats, StepStats
 from flowlm.data.decontam import DecontamCfg
 from flowlm.data.dedup.exact import ExactDedupCfg, find_exact_duplicates
@@ -159,7 +159,7 @@ def _stage_inputs(run: _Run, inputs: Any) -> list[Path]:
 def _read(run: _Run, inputs: list[Path]) -> list[Path]:
     d = run.stage_dir("read")
     outs = [d / f"part-{i:05d}.jsonl" for i in range(len(inputs))]
-    res = run.ex.map("read", [(f"{i:05d}", steps.read_task, (str(p), str(o)))
+    res = run.ex.map("read", [(f"{i:05d}", shard_tasks.read_task, (str(p), str(o)))
                               for i, (p, o) in enumerate(zip(inputs, outs))])
     run.merge("read", [r["stats"] for r in res])
     for r in res:
@@ -168,17 +168,17 @@ def _read(run: _Run, inputs: list[Path]) -> list[Path]:
 
 
 def _exact(run: _Run, shards: list[Path], cfg: ExactDedupCfg) -> list[Path]:
-    removed = find_exact_duplicates((((s, i), d) for s, i, d in steps.iter_shard_docs(shards)), cfg)
+    removed = find_exact_duplicates((((s, i), d) for s, i, d in shard_tasks.iter_shard_docs(shards)), cfg)
     per = [{str(i): f"{s2}:{i2}" for (s, i), (s2, i2) in removed.items() if s == k}
            for k in range(len(shards))]
-    return run.per_shard("exact", shards, steps.drop_task, [("exact", p) for p in per])
+    return run.per_shard("exact", shards, shard_tasks.drop_task, [("exact", p) for p in per])
 
 
 def _minhash(run: _Run, shards: list[Path], cfg: MinHashCfg) -> list[Path]:
     print(describe(cfg), file=sys.stderr)
     work = run.work / "minhash"
     cj = cfg.model_dump_json()
-    run.ex.map("minhash_sig", [(f"{s:05d}", steps.minhash_signature_task, (str(p), s, str(work), cj))
+    run.ex.map("minhash_sig", [(f"{s:05d}", shard_tasks.minhash_signature_task, (str(p), s, str(work), cj))
                                for s, p in enumerate(shards)])
     run.ex.map("minhash_band", [(f"{b:03d}", band_edges, (b, str(work), cfg.max_pairs_per_run))
                                 for b in range(cfg.bands)])
@@ -187,7 +187,7 @@ def _minhash(run: _Run, shards: list[Path], cfg: MinHashCfg) -> list[Path]:
     per: list[dict[str, str]] = [{} for _ in shards]
     for doc_id, keep in res["removed"].items():
         per[doc_id >> 32][str(doc_id & 0xFFFFFFFF)] = f"{keep >> 32}:{keep & 0xFFFFFFFF}"
-    return run.per_shard("minhash", shards, steps.drop_task, [("minhash", p) for p in per])
+    return run.per_shard("minhash", shards, shard_tasks.drop_task, [("minhash", p) for p in per])
 
 
 def _quality(run: _Run, shards: list[Path]) -> list[Path]:
@@ -198,8 +198,8 @@ def _quality(run: _Run, shards: list[Path]) -> list[Path]:
     clf_path = Path(qc.classifier) if qc.classifier else run.work / "quality_classifier.npz"
     if not qc.classifier:
         _train_classifier(run, shards, clf_path)
-    res = run.ex.map("quality_score", [(f"{s:05d}", steps.score_task, (str(p), str(clf_path),
-                                                                       qc.topic_key))
+    res = run.ex.map("quality_score", [(f"{s:05d}", shard_tasks.score_task, (str(p), str(clf_path),
+                                                                             qc.topic_key))
                                        for s, p in enumerate(shards)])
     scores = np.concatenate([np.asarray(r["scores"], float) for r in res]) if res else np.zeros(0)
     topics = [t for r in res for t in r["topics"]]
@@ -213,7 +213,7 @@ def _quality(run: _Run, shards: list[Path]) -> list[Path]:
     bounds = np.cumsum([0] + [len(r["ids"]) for r in res])
     extra = [(n[bounds[s]:bounds[s + 1]].tolist(), pct[bounds[s]:bounds[s + 1]].tolist())
              for s in range(len(shards))]
-    return run.per_shard("upsample", shards, steps.upsample_task, extra)
+    return run.per_shard("upsample", shards, shard_tasks.upsample_task, extra)
 
 
 def _topic_budgets(cfg: PipelineConfig, topics: list[str], tokens: np.ndarray):
@@ -240,7 +240,7 @@ def _train_classifier(run: _Run, shards: list[Path], path: Path) -> None:
         neg = [d["text"] for p in expand_inputs(qc.negative) for d in read_docs(p)] if qc.negative \
             else self_supervised_examples(pos, qc.n_examples, run.cfg.seed)[1]
     else:
-        texts = [d["text"] for _, _, d in steps.iter_shard_docs(shards)]
+        texts = [d["text"] for _, _, d in shard_tasks.iter_shard_docs(shards)]
         pos, neg = self_supervised_examples(texts, qc.n_examples, run.cfg.seed) if texts else ([], [])
     clf = QualityClassifier()
     if pos and neg:
@@ -254,8 +254,8 @@ def _decontam(run: _Run, shards: list[Path]) -> tuple[list[Path], Path]:
     outs = [d / f"part-{i:05d}.jsonl" for i in range(len(shards))]
     reps = [d / f"report-{i:05d}.jsonl" for i in range(len(shards))]
     cj = dc.cfg.model_dump_json()
-    tasks = [(f"{i:05d}", steps.decontam_task, (str(p), str(o), run.excl(d, i), str(r),
-                                                list(dc.benchmarks), cj))
+    tasks = [(f"{i:05d}", shard_tasks.decontam_task, (str(p), str(o), run.excl(d, i), str(r),
+                                                      list(dc.benchmarks), cj))
              for i, (p, o, r) in enumerate(zip(shards, outs, reps))]
     run.merge("decontam", run.ex.map("decontam", tasks))
     report = run.out / "decontam_report.jsonl"
@@ -277,14 +277,14 @@ def run_pipeline(docs: Iterable[dict[str, Any]] | str | Path | list[str | Path],
     try:
         shards = _read(run, _stage_inputs(run, docs))
         fj = cfg.filters.model_dump_json()
-        shards = run.per_shard("filter", shards, steps.filter_task, [(fj,)] * len(shards))
+        shards = run.per_shard("filter", shards, shard_tasks.filter_task, [(fj,)] * len(shards))
         if cfg.dedup.exact is not None:
             shards = _exact(run, shards, cfg.dedup.exact)
         if cfg.dedup.minhash is not None:
             shards = _minhash(run, shards, cfg.dedup.minhash)
         if cfg.dedup.substring is not None:
             sj = cfg.dedup.substring.model_dump_json()
-            shards = run.per_shard("substring", shards, steps.substring_task, [(sj,)] * len(shards))
+            shards = run.per_shard("substring", shards, shard_tasks.substring_task, [(sj,)] * len(shards))
         if cfg.quality.enabled and cfg.upsample.mode != "none":
             shards = _quality(run, shards)
         report = None

@@ -10,23 +10,21 @@ Layout (see docs/interfaces.md):
 - `meta.json`       format, dtype, vocab_size, tokenizer_hash, n_docs, n_tokens, max_token_id, sources
                     (documents per source), has_label_mask, free `meta`.
 
-Writes stream documents into a temporary sibling directory and rename it into place at the end, so a
-crash or an exception never leaves a half-written store behind. `open()` validates everything it can
-cheaply and raises a one-line `FlowError` naming the offending file.
+Writes stream documents into a temporary sibling directory and rename it into place at the end
+(`flowlm.atomic.atomic_dir`), so a crash or an exception never leaves a half-written store behind.
+`open()` validates everything it can cheaply and raises a one-line `FlowError` naming the offending file.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from flowlm.atomic import atomic_dir
 from flowlm.errors import FlowError
 
 FORMAT = "flowlm.tokens/1"
@@ -43,36 +41,6 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
     if vocab_size <= 0:
         raise FlowError(f"vocab_size must be positive, got {vocab_size}")
     return np.dtype(np.uint16) if vocab_size <= UINT16_MAX_VOCAB else np.dtype(np.uint32)
-
-
-def atomic_dir(out_dir: Path) -> "_AtomicDir":
-    """Context manager yielding a temp dir that replaces `out_dir` on success and is deleted on failure."""
-    return _AtomicDir(out_dir)
-
-
-class _AtomicDir:
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = Path(out_dir)
-        self.tmp: Path | None = None
-
-    def __enter__(self) -> Path:
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        assert self.tmp is not None
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        # Replacing an existing store: move it aside first so the rename below is a single atomic step.
-        old = None
-        if self.out_dir.exists():
-            old = self.out_dir.with_name(f".{self.out_dir.name}.old-{os.getpid()}")
-            os.replace(self.out_dir, old)
-        os.replace(self.tmp, self.out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 class _NpyStreamWriter:

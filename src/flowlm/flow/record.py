@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import time
 from functools import lru_cache
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import flowlm
+from flowlm.atomic import atomic_write_text
 from flowlm.errors import FlowError
 
 RECORD = "flow.json"
@@ -124,10 +124,7 @@ class FlowRecord:
 
     def save(self) -> None:
         self.data["updated"] = _now()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / f".{RECORD}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
-        os.replace(tmp, self.run_dir / RECORD)
+        atomic_write_text(self.run_dir / RECORD, json.dumps(self.data, indent=1, default=str))
 
 
 def _now() -> str:

@@ -4,7 +4,9 @@ A stage's fingerprint hashes its effective config, the model section, the conten
 artifacts it reads (earlier stages' output hashes) and the code version. Re-running the same recipe
 therefore skips finished stages; a stage that was `running` or `failed` with the same fingerprint
 resumes from its last checkpoint; a changed stage (and everything downstream, through the hashes) reruns.
-Under torchrun every rank runs every stage; only rank 0 writes the record.
+Under torchrun, stages that write shared artifacts (their kind says `main_rank_only`) run on rank 0
+while the other ranks wait; training and evaluation stages run on every rank; only rank 0 writes the
+record, and every rank receives each finished stage's entry.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from typing import Any
 
 import torch
 
-from flowlm.config import apply_overrides, read_recipe, validate
+from flowlm.config import apply_overrides, read_recipe
 from flowlm.errors import FlowError
 from flowlm.flow.record import FlowRecord, code_version, sha256_json, sha256_path
-from flowlm.flow.schema import Recipe, SoupStageConfig, TrainStageConfig
-from flowlm.flow.stages import STAGE_FUNCS, StageContext
+from flowlm.flow.schema import Recipe, parse_recipe
+from flowlm.flow.stages import StageContext, declared_inputs, get_kind
+from flowlm.flow.stages.registry import context_for
 from flowlm.train.parallel import World, barrier, init_world
 
 
@@ -29,22 +32,13 @@ def load_recipe(name_or_path: str, overrides: list[str]) -> tuple[Recipe, str]:
     raw, origin = read_recipe(name_or_path)
     raw = apply_overrides(raw, overrides)
     raw.setdefault("name", Path(name_or_path).stem)
-    return validate(Recipe, raw, origin), origin
+    return parse_recipe(raw, origin), origin
 
 
 def stage_inputs(ctx: StageContext, name: str, stage: Any, record: FlowRecord) -> dict[str, str]:
-    """Content hashes of the artifacts a stage reads, keyed by producing stage (or path)."""
-    refs: list[str] = []
-    if stage.kind == "tokenizer":
-        refs.append(ctx.latest("corpus", name))
-    if stage.kind == "train":
-        refs += [ctx.latest("tokenizer", name), ctx.latest("corpus", name)]
-        if isinstance(stage, TrainStageConfig) and stage.init != "scratch":
-            refs.append(stage.init)
-    if isinstance(stage, SoupStageConfig):
-        refs += list(stage.from_)
+    """Content hashes of the artifacts a stage reads (its kind's declared inputs), keyed by stage or path."""
     inputs = {}
-    for ref in refs:
+    for ref in declared_inputs(ctx, name, stage):
         if ref in record.stages:
             inputs[ref] = record.stages[ref]["output_hash"]
         else:
@@ -81,9 +75,10 @@ def run_recipe(
 
 
 def _run_stage(ctx: StageContext, record: FlowRecord, name: str, stage: Any, world: World, selected: bool) -> None:
+    kind = get_kind(stage.kind)
     config = stage.model_dump(mode="json", by_alias=True)
     inputs = stage_inputs(ctx, name, stage, record)
-    model_section = ctx.recipe.model.model_dump(mode="json") if stage.kind == "train" else None
+    model_section = ctx.recipe.model.model_dump(mode="json") if kind.uses_model_section else None
     fingerprint = sha256_json({"config": config, "model": model_section, "inputs": inputs, "code": code_version()["source_sha256"]})
     prev = record.stages.get(name, {})
     if prev.get("status") == "done" and prev.get("fingerprint") == fingerprint and _outputs_exist(ctx.run_dir, prev):
@@ -100,25 +95,27 @@ def _run_stage(ctx: StageContext, record: FlowRecord, name: str, stage: Any, wor
         record.begin(name, stage.kind, config, fingerprint, inputs)
     _say(world, f"[run ] {name} ({stage.kind})" + (" — resuming" if resumable else ""))
     t0 = time.perf_counter()
+    runs_here = world.is_main or not kind.main_rank_only
     try:
-        outputs, metrics = STAGE_FUNCS[stage.kind](ctx, name, stage)
+        if runs_here:
+            outputs, metrics = kind.run(context_for(ctx, name, list(inputs)), name, stage)
     except BaseException as exc:
         if world.is_main:
             record.fail(name, f"{type(exc).__name__}: {exc}")
             (ctx.run_dir / f"{name}.error.log").write_text(traceback.format_exc())
         raise
-    ctx.outputs[name] = outputs
     if world.is_main:
         out_hash = sha256_json({k: sha256_path(ctx.run_dir / v) for k, v in sorted(outputs.items()) if k != "metrics" and k != "checkpoints"})
         record.finish(name, outputs, out_hash, metrics, time.perf_counter() - t0)
     barrier(world)
-    # Under torchrun only rank 0 holds the record; others need the output hash for fingerprints.
+    # Under torchrun only rank 0 holds the record; the others need the outputs and their hash.
     if world.distributed:
         import torch.distributed as dist
 
         box = [record.stages.get(name) if world.is_main else None]
         dist.broadcast_object_list(box, src=0)
         record.stages[name] = box[0]
+    ctx.outputs[name] = record.stages[name]["outputs"] if record.stages.get(name) else outputs
 
 
 def _outputs_exist(run_dir: Path, st: dict[str, Any]) -> bool:

@@ -1,6 +1,10 @@
 """`flowlm generate`: sample completions for a JSONL file of prompts with the rollout engine.
 
-    flowlm generate --model CKPT --prompts in.jsonl --out out.jsonl [--n 4 --temperature 0.7 ...]
+    flowlm generate --model CKPT [--file in.jsonl | -] [--out out.jsonl] [--n 4 --temperature 0.7 ...]
+
+Prompts come from `--file` (`--prompts` is the older spelling) or stdin, and output rows go to stdout
+or `--out`, the convention of every record verb (`flowlm.cli`); the progress bar and the summary
+line go to stderr.
 
 Input rows: `{"prompt": str}`, `{"messages": [...]}` (rendered with the checkpoint's chat template)
 or `{"prompt_ids": [...]}`, optionally with `"sampling": {...}` overriding the command-line
@@ -8,21 +12,20 @@ parameters for that row. The whole file is parsed before any generation, so a ma
 fast with `file:line`; a row that parses but cannot be generated (empty or too long prompt, invalid
 sampling values) gets an `"error"` in its output row and the others complete. Output rows are the
 input row plus `completions` (text, tokens, logprobs, versions, finish_reason), `error` and
-`timings`, written in input order as soon as each prefix of the file is done (atomically renamed
-into place at the end).
+`timings`, written in input order as soon as each prefix of the file is done (with `--out`, into a
+temporary file renamed into place at the end).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from flowlm.cli import add_io_arguments, input_path, iter_input_objects, open_output, write_json_line
 from flowlm.errors import ConfigError, FlowError
-from flowlm.jsonlines import iter_json_objects
 from flowlm.generate.params import SamplingParams
 
 PROMPT_KEYS = ("prompt", "messages", "prompt_ids")
@@ -31,8 +34,8 @@ PROMPT_KEYS = ("prompt", "messages", "prompt_ids")
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser("generate", help="sample completions for a JSONL file of prompts")
     p.add_argument("--model", required=True, type=Path, help="checkpoint directory (flowlm or Hugging Face)")
-    p.add_argument("--prompts", required=True, type=Path, help="JSONL: prompt | messages | prompt_ids per row")
-    p.add_argument("--out", required=True, type=Path, help="output JSONL")
+    add_io_arguments(p, "prompts, one of prompt | messages | prompt_ids per row", input_aliases=("--prompts",),
+                     out_help="write the output rows here (atomically) instead of to stdout")
     p.add_argument("--backend", choices=("native", "vllm"), default="native")
     p.add_argument("--n", type=int, default=1, help="completions per prompt")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
@@ -55,21 +58,19 @@ def base_params(args: argparse.Namespace) -> dict[str, Any]:
                 seed=args.seed)
 
 
-def read_rows(path: Path, base: dict[str, Any]) -> list[tuple[dict[str, Any], Any, SamplingParams]]:
-    """Parse every line into (row, prompt, params); a malformed line raises `FlowError` naming file:line."""
-    if not path.exists():
-        raise FlowError(f"{path}: no such prompts file")
+def read_rows(path: Path | None, base: dict[str, Any]) -> list[tuple[dict[str, Any], Any, SamplingParams]]:
+    """Parse every line of `path` (None: stdin) into (row, prompt, params); a malformed line raises
+    `FlowError` naming file:line."""
     rows = []
-    for lineno, row in iter_json_objects(path):
-        rows.append(_parse_row(path, lineno, row, base, len(rows)))
+    for where, row in iter_input_objects(path):
+        rows.append(_parse_row(where, row, base, len(rows)))
     if not rows:
-        raise FlowError(f"{path}: no prompts")
+        raise FlowError(f"{path or '<stdin>'}: no prompts")
     return rows
 
 
-def _parse_row(path: Path, lineno: int, row: dict[str, Any], base: dict[str, Any],
+def _parse_row(where: str, row: dict[str, Any], base: dict[str, Any],
                index: int) -> tuple[dict[str, Any], Any, SamplingParams]:
-    where = f"{path}:{lineno}"
     keys = [k for k in PROMPT_KEYS if k in row]
     if len(keys) != 1:
         raise FlowError(f"{where}: a row needs exactly one of {', '.join(PROMPT_KEYS)} (found {keys or 'none'})")
@@ -95,36 +96,37 @@ def build_engine(args: argparse.Namespace) -> Any:
         from flowlm.generate.vllm_backend import VLLMEngine
 
         return VLLMEngine(args.model, max_slots=args.max_slots, enable_thinking=not args.no_thinking)
-    from flowlm.generate.engine import Engine, EngineConfig
+    from flowlm.generate.engine import Engine, GenerateConfig
 
-    return Engine.from_pretrained(args.model, EngineConfig(max_slots=args.max_slots,
-                                                           enable_thinking=not args.no_thinking))
+    return Engine.from_pretrained(args.model, GenerateConfig(max_slots=args.max_slots,
+                                                             enable_thinking=not args.no_thinking))
 
 
 def main(args: argparse.Namespace) -> int:
     problem = SamplingParams(**base_params(args)).validate()
     if problem:
         raise ConfigError(f"generate: {problem}")
-    rows = read_rows(args.prompts, base_params(args))
+    rows = read_rows(input_path(args.file, "generate"), base_params(args))
     engine = build_engine(args)
     order = [engine.submit(prompt, params, tag=row) for row, prompt, params in rows]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    n_err = _run(engine, order, tmp, show=not args.no_progress)
-    os.replace(tmp, args.out)
-    print(f"generate: {len(rows) - n_err}/{len(rows)} requests done, {n_err} failed -> {args.out}")
+    with open_output(args.out) as out:
+        n_err = _run(engine, order, out, show=not args.no_progress)
+    where = f" -> {args.out}" if args.out is not None else ""
+    print(f"generate: {len(rows) - n_err}/{len(rows)} requests done, {n_err} failed{where}", file=sys.stderr)
     return 0
 
 
-def _run(engine: Any, order: list[int], tmp: Path, show: bool) -> int:
-    """Stream results into `tmp` in input order; returns the number of failed requests."""
+def _run(engine: Any, order: list[int], out: TextIO, show: bool) -> int:
+    """Stream results into `out` in input order; returns the number of failed requests."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     done: dict[int, Any] = {}
     next_pos, n_err, tokens, t0 = 0, 0, 0, time.perf_counter()
     columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn())
-    with Progress(*columns, disable=not show) as bar, tmp.open("w", encoding="utf-8") as out:
+    # The bar lives on stderr and leaves sys.stdout alone: stdout may be the output rows.
+    with Progress(*columns, console=Console(stderr=True), disable=not show, redirect_stdout=False) as bar:
         task = bar.add_task("generate", total=len(order), rate="")
         for result in engine.stream():
             done[result.request_id] = result
@@ -134,7 +136,7 @@ def _run(engine: Any, order: list[int], tmp: Path, show: bool) -> int:
             bar.update(task, advance=1, rate=f"{rate:,.0f} tok/s")
             while next_pos < len(order) and order[next_pos] in done:
                 res = done.pop(order[next_pos])
-                out.write(json.dumps({**res.tag, **res.to_dict()}, ensure_ascii=False) + "\n")
+                write_json_line(out, {**res.tag, **res.to_dict()})
                 next_pos += 1
             out.flush()
     return n_err

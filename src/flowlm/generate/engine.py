@@ -45,7 +45,7 @@ from flowlm.generate.sampling import sample
 
 
 @dataclass(frozen=True, kw_only=True)
-class EngineConfig:
+class GenerateConfig:
     """Capacity and placement of an engine."""
 
     max_slots: int = 64
@@ -87,13 +87,13 @@ class _RequestState:
 class Engine(Driver):
     """Continuous-batching generator over a native `Olmo3` or any HF causal LM (see module docstring)."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any = None, config: EngineConfig | None = None, *,
+    def __init__(self, model: nn.Module, tokenizer: Any = None, config: GenerateConfig | None = None, *,
                  eos_token_ids: Iterable[int] | None = None, copy_model: bool = True, _owned: bool = False) -> None:
         from flowlm.generate.hf_runner import HFRunner, find_hf_model
         from flowlm.generate.native import NativeRunner
         from flowlm.model.olmo3 import Olmo3
 
-        self.config = config or EngineConfig()
+        self.config = config or GenerateConfig()
         self.tokenizer = tokenizer
         model = (copy.deepcopy(model) if copy_model else model).eval()
         if isinstance(model, Olmo3):
@@ -119,7 +119,7 @@ class Engine(Driver):
         self.stats = {"decode_steps": 0, "decode_slots": 0, "generated_tokens": 0, "prefill_tokens": 0}
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, config: EngineConfig | None = None, **kwargs: Any) -> Engine:
+    def from_pretrained(cls, path: str | Path, config: GenerateConfig | None = None, **kwargs: Any) -> Engine:
         """Load a checkpoint directory: flowlm/HF Olmo3 → native model, any other HF causal LM → HF path."""
         from flowlm.model.tokenizer import load_tokenizer
 

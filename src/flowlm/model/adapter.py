@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from flowlm.atomic import atomic_dir
 from flowlm.errors import FlowError
-from flowlm.model.hf import atomic_dir, load_native, read_json, save_pretrained, write_json
+from flowlm.model.hf import FLOWLM_META, checkpoint_meta, load_native, read_json, save_pretrained, write_json
 from flowlm.model.olmo3 import Olmo3, build_mask
 
 
@@ -105,6 +106,5 @@ def save(model: nn.Module, out_dir: str | os.PathLike[str], tokenizer: Any = Non
         model.hf.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        write_json(tmp / "flowlm.json", {"format": "flowlm-checkpoint", "version": 1,
-                                         "model_config": None, "meta": extra_meta or {}})
+        write_json(tmp / FLOWLM_META, checkpoint_meta(None, extra_meta))
     return Path(out_dir)

@@ -2,8 +2,8 @@
 
 A flowlm checkpoint is a directory loadable as `transformers.Olmo3ForCausalLM`:
 `model.safetensors` + `config.json` (+ tokenizer files) + `flowlm.json` (the native `ModelConfig` and
-free-form metadata). It is written into a temporary sibling directory and renamed into place, so a
-reader sees either the old checkpoint or the complete new one.
+free-form metadata, see `checkpoint_meta`). It is written with `flowlm.atomic.atomic_dir`, so a reader
+sees either the old checkpoint or the complete new one.
 
 RoPE parameters: transformers 5.x stores `rope_parameters`. Versions with the fix of
 transformers#45945 (e.g. 5.23) key it by layer type and apply YaRN to full layers only, as OLMo 3
@@ -14,12 +14,9 @@ whichever form the installed version reads; `from_hf_config` reads both, plus th
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from flowlm.atomic import atomic_dir
 from flowlm.errors import ConfigError, FlowError
 from flowlm.model.config import FULL, SLIDING, ModelConfig, YarnConfig
 from flowlm.model.olmo3 import Olmo3
@@ -135,24 +133,10 @@ def from_hf_config(hf_cfg: Any) -> ModelConfig:
         init_std=hf.get("initializer_range", 0.02))
 
 
-@contextlib.contextmanager
-def atomic_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a fresh temporary sibling of `out_dir`; on success it replaces `out_dir` by renames."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+def checkpoint_meta(model_config: dict[str, Any] | None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Contents of `flowlm.json`: the native `ModelConfig` as a dict (None for a non-native model) and
+    free-form metadata."""
+    return {"format": "flowlm-checkpoint", "version": 1, "model_config": model_config, "meta": meta or {}}
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -182,8 +166,7 @@ def save_pretrained(model: Olmo3, tokenizer: Any, out_dir: str | os.PathLike[str
         hf_cfg.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        write_json(tmp / FLOWLM_META, {"format": "flowlm-checkpoint", "version": 1,
-                                       "model_config": cfg.to_dict(), "meta": extra_meta or {}})
+        write_json(tmp / FLOWLM_META, checkpoint_meta(cfg.to_dict(), extra_meta))
     return Path(out_dir)
 
 

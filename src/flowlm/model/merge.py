@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from flowlm.atomic import atomic_dir
 from flowlm.errors import ConfigError, FlowError
-from flowlm.model.hf import FLOWLM_META, WEIGHTS, atomic_dir, load_state, read_json, write_json
+from flowlm.model.hf import FLOWLM_META, WEIGHTS, checkpoint_meta, load_state, read_json, write_json
 
 # config.json keys that describe the saving run, not the architecture.
 _VOLATILE_KEYS = {"transformers_version", "dtype", "torch_dtype", "_name_or_path", "architectures",
@@ -83,7 +84,6 @@ def soup(paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str
         for item in roots[0].iterdir():  # tokenizer and generation files of the first ingredient
             if item.is_file() and item.name not in _SKIP_COPY and not item.name.endswith(".safetensors"):
                 shutil.copy2(item, tmp / item.name)
-        write_json(tmp / FLOWLM_META, {
-            "format": "flowlm-checkpoint", "version": 1, "model_config": meta_src.get("model_config"),
-            "meta": {"soup": {"ingredients": [str(r) for r in roots], "weights": coeffs}}})
+        soup_meta = {"soup": {"ingredients": [str(r) for r in roots], "weights": coeffs}}
+        write_json(tmp / FLOWLM_META, checkpoint_meta(meta_src.get("model_config"), soup_meta))
     return Path(out_dir)

@@ -6,7 +6,8 @@ Layout of `<stage>/checkpoints/step_000050/`:
     trainer.pt                                           step, loader position, RNG states
     checkpoint.json                                      manifest, written last: step + file sizes
 
-A checkpoint is written into a temporary sibling directory and renamed into place, so a crash (even
+A checkpoint is written into a temporary sibling directory and renamed into place
+(`flowlm.atomic.atomic_dir`; the manifest and both directories are fsynced), so a crash (even
 `kill -9`) leaves either the previous checkpoints or a complete new one. A directory without a valid
 manifest, or whose files do not match it, is reported as half-written and never loaded.
 """
@@ -26,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from flowlm.atomic import atomic_dir
 from flowlm.errors import FlowError
 
 MANIFEST = "checkpoint.json"
@@ -75,21 +77,16 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint `step` under `root` atomically; `write_config(dir)` adds config/tokenizer files."""
     final = step_dir(root, step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    write_config(tmp)
-    if optim_state is not None:
-        torch.save(optim_state, tmp / "optimizer.pt")
-    torch.save(trainer_state, tmp / "trainer.pt")
-    files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-    _write_json(tmp / MANIFEST, {"step": step, "files": files})
-    _fsync_dir(tmp)
-    if final.exists():  # a re-save of the same step replaces the old copy
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:  # a re-save of the same step replaces the old copy
+        save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        write_config(tmp)
+        if optim_state is not None:
+            torch.save(optim_state, tmp / "optimizer.pt")
+        torch.save(trainer_state, tmp / "trainer.pt")
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+        _write_json(tmp / MANIFEST, {"step": step, "files": files})
+        _fsync_dir(tmp)
     _fsync_dir(root)
     return final
 

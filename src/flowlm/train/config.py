@@ -1,4 +1,7 @@
-"""Typed configuration of the training engine (optimizer, schedule, loop), shared by every objective."""
+"""Typed configuration of the training engine (optimizer, schedule, loop), shared by every objective.
+
+What a step computes is not here: each objective has its own config (`flowlm.train.objectives`).
+"""
 
 from __future__ import annotations
 
@@ -33,7 +36,6 @@ class ScheduleConfig(Strict):
 class EngineConfig(Strict):
     """The loop: steps, batch geometry, precision, clipping, cadence of logs/evals/checkpoints."""
 
-    objective: Literal["lm"] = "lm"
     steps: int = Field(gt=0)
     seq_len: int = Field(gt=1)
     batch_size: int = Field(gt=0, description="sequences per optimizer step, summed over all ranks")
@@ -41,11 +43,10 @@ class EngineConfig(Strict):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables clipping")
-    z_loss: float = Field(0.0, ge=0, description="z-loss multiplier (OLMo 3 pretraining: 1e-5)")
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     keep_freed_memory: bool = Field(True, description="CPU only: keep freed activations in the malloc heap "
-                                    "(whole process; see flowlm.train.host)")
+                                    "(whole process; see flowlm.train.cpu_malloc)")
     checkpoint_every: int = Field(50, gt=0)
     keep_last: int = Field(2, gt=0)
     eval_every: int = Field(0, ge=0, description="0 = evaluate only at the start and the end")

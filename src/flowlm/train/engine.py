@@ -1,9 +1,12 @@
 """The one training loop. Objectives say what a step computes; callbacks add evals and sinks.
 
-The engine owns: AdamW with decay/no-decay groups, the LR schedule, token-weighted gradient
-accumulation (a step over k micro-batches equals one step over their concatenation), gradient clipping,
-fp32/bf16, optional compile, metrics, atomic checkpoints and exact resume (model, optimizer, loader
-position and RNG states; after `kill -9` and a resume the per-step losses equal an uninterrupted run's).
+The engine owns: AdamW with decay/no-decay groups, the LR schedule, unit-weighted gradient
+accumulation (a step over k micro-batches equals one step over their concatenation, whatever unit the
+objective averages over: tokens, sequences, pairs), gradient clipping, fp32/bf16, optional compile,
+metrics (the objective's typed metrics aggregated over micro-batches and ranks), atomic checkpoints and
+exact resume (model, optimizer, loader position, RNG states, the objective's state, the callbacks'
+state and the metrics gathered so far; after `kill -9` and a resume the per-step losses and the stage's
+summary equal an uninterrupted run's).
 Data parallelism is applied to the model from outside (`flowlm.train.parallel`); here it only shows as
 the all-reduced token count and as FSDP2's gradient-sync switch.
 """
@@ -20,8 +23,10 @@ import torch
 from torch import nn
 
 from flowlm.train import checkpoint as ckpt
+from flowlm.train.aggregate import StepMetrics
+from flowlm.train.batch import SplitRule, split_batch, to_device
 from flowlm.train.config import EngineConfig, OptimConfig
-from flowlm.train.host import keep_freed_memory
+from flowlm.train.cpu_malloc import keep_freed_memory
 from flowlm.train.metrics import MetricsLogger, make_progress, peak_flops
 from flowlm.train.objectives import Objective
 from flowlm.train.parallel import World, all_reduce_sum, barrier
@@ -38,6 +43,13 @@ class Callback:
         pass
 
     def on_fit_end(self, trainer: "Trainer", summary: dict[str, Any]) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this callback gathered; saved in every checkpoint so a resumed run loses none of it."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
 
@@ -71,6 +83,12 @@ class EvalCallback(Callback):
         self._run(trainer, trainer.cfg.steps)
         summary["eval"] = {k[5:]: v for k, v in self.history[-1].items() if k.startswith("eval/")}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(r) for r in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [dict(r) for r in state.get("history", [])]
+
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW; no weight decay on embeddings or on 1-D parameters (norm weights), as in OLMo-core.
@@ -93,7 +111,12 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
 
 
 class Trainer:
-    """Fits `model` with `objective` on batches from `loader` for `cfg.steps` optimizer steps."""
+    """Fits `model` with `objective` on batches from `loader` for `cfg.steps` optimizer steps.
+
+    `loader` is any data source: an iterable of batches with `state_dict()` / `load_state_dict()` for
+    exact resume, and optionally `split_rule` (`flowlm.train.batch.SplitRule`, how a batch splits into
+    micro-batches; rows one by one when absent).
+    """
 
     def __init__(
         self,
@@ -117,10 +140,14 @@ class Trainer:
         self.write_config = write_config
         self.flops_per_token = flops_per_token
         self.show_progress, self.description = show_progress, description
+        self.split_rule: SplitRule = getattr(loader, "split_rule", None) or SplitRule()
+        self.objective.setup(model, self.world)
         self.optimizer = build_optimizer(model, cfg.optim)
         self.ckpt_root = self.out_dir / "checkpoints"
         self.step = 0
         self.tokens_seen = 0
+        # Gathered across attempts and kept in checkpoints: the stage summary survives a crash + resume.
+        self.totals: dict[str, Any] = {"last_loss": None, "loop_seconds": 0.0, "loop_tokens": 0}
         self.logger = MetricsLogger(self.out_dir, enabled=self.world.is_main, resume=True)
         self._peak = peak_flops(self.world.device, cfg.precision)
         if cfg.keep_freed_memory and self.world.device.type == "cpu":
@@ -140,6 +167,11 @@ class Trainer:
         ckpt.load_full_state(self.model, self.optimizer, {prefix + k: v for k, v in msd.items()}, osd)
         self.step, self.tokens_seen = int(tsd["step"]), int(tsd.get("tokens_seen", 0))
         self.loader.load_state_dict(tsd["loader"])
+        self.objective.load_state_dict(tsd.get("objective", {}))
+        states = tsd.get("callbacks", [])
+        for cb, state in zip(self.callbacks, states):
+            cb.load_state_dict(state)
+        self.totals.update(tsd.get("totals", {}))
         ckpt.set_rng_state(tsd["rng"])
         self.logger.truncate_after(self.step)
         return True
@@ -151,7 +183,15 @@ class Trainer:
         msd = {k.removeprefix(prefix): v for k, v in msd.items()}
         path = None
         if self.world.is_main:
-            state = {"step": self.step, "tokens_seen": self.tokens_seen, "loader": self.loader.state_dict(), "rng": ckpt.rng_state()}
+            state = {
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "loader": self.loader.state_dict(),
+                "rng": ckpt.rng_state(),
+                "objective": self.objective.state_dict(),
+                "callbacks": [cb.state_dict() for cb in self.callbacks],
+                "totals": dict(self.totals),
+            }
             path = ckpt.save_checkpoint(self.ckpt_root, self.step, msd, osd, state, self.write_config)
             ckpt.prune(self.ckpt_root, self.cfg.keep_last)
         barrier(self.world)
@@ -159,15 +199,18 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train to `cfg.steps`, continuing from `self.step` (set by `resume`). Returns a summary."""
+        """Train to `cfg.steps`, continuing from `self.step` (set by `resume`). Returns a summary.
+
+        The summary (`final_loss`, `tok_s`, `mfu`, and what callbacks add) covers every attempt of the
+        run: a resumed run reports what an uninterrupted one would (timings aside).
+        """
         self.model.train()
         for cb in self.callbacks:
             cb.on_fit_start(self)
-        batches: Iterator[dict[str, torch.Tensor]] = iter(self.loader)
-        losses: list[float] = []
-        t_start, tokens_at_start = time.perf_counter(), self.tokens_seen
+        batches: Iterator[dict[str, Any]] = iter(self.loader)
         with make_progress(self.show_progress and self.world.is_main) as progress:
             task = progress.add_task(self.description, total=self.cfg.steps, completed=self.step, loss=math.nan, tps=0.0)
+            mark = time.perf_counter()
             while self.step < self.cfg.steps:
                 t0 = time.perf_counter()
                 record = self.train_step(next(batches))
@@ -175,20 +218,25 @@ class Trainer:
                 record["tok_s"] = record["tokens"] / record["step_time"]
                 if self.flops_per_token:
                     record["mfu"] = record["tok_s"] * self.flops_per_token / self._peak
-                losses.append(record["loss"])
+                self.totals["last_loss"] = record["loss"]
+                self.totals["loop_tokens"] += record["tokens"]
                 if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                     self.logger.log(record)
                 progress.update(task, completed=self.step, loss=record["loss"], tps=record["tok_s"])
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                    now = time.perf_counter()
+                    self.totals["loop_seconds"] += now - mark
+                    mark = now
                     self.save()
                 for cb in self.callbacks:
                     cb.on_step_end(self, self.step, record)
-        elapsed = time.perf_counter() - t_start
+            self.totals["loop_seconds"] += time.perf_counter() - mark
+        seconds, tokens = self.totals["loop_seconds"], self.totals["loop_tokens"]
         summary: dict[str, Any] = {
             "steps": self.step,
-            "final_loss": losses[-1] if losses else None,
+            "final_loss": self.totals["last_loss"],
             "tokens_seen": self.tokens_seen,
-            "tok_s": (self.tokens_seen - tokens_at_start) / elapsed if elapsed > 0 and losses else None,
+            "tok_s": tokens / seconds if seconds > 0 and tokens else None,
         }
         if self.flops_per_token and summary["tok_s"]:
             summary["mfu"] = summary["tok_s"] * self.flops_per_token / self._peak
@@ -197,39 +245,39 @@ class Trainer:
         self.logger.close()
         return summary
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def train_step(self, batch: dict[str, Any]) -> dict[str, Any]:
         """One optimizer step over `batch` (this rank's rows), split into `grad_accum` micro-batches."""
-        cfg, world = self.cfg, self.world
+        cfg, world, objective = self.cfg, self.world, self.objective
         lr = lr_at(self.step, cfg.steps, cfg.optim.lr, cfg.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        micro = _split(batch, cfg.grad_accum)
-        n_global = all_reduce_sum(float(sum(self.objective.count_tokens(m) for m in micro)), world)
+        micro = split_batch(batch, cfg.grad_accum, self.split_rule)
+        n_global = all_reduce_sum(float(sum(objective.count_units(m) for m in micro)), world)
         # Gradients are averaged over ranks by FSDP2, hence x world size: the result is the gradient of
-        # (sum of per-token losses over the global batch) / (global token count).
+        # (sum of per-unit losses over the global batch) / (global unit count).
         scale = world.size / max(n_global, 1.0)
-        parts, extras = [], {}
+        parts: list[torch.Tensor] = []
+        metrics = StepMetrics()
         for i, mb in enumerate(micro):
-            mb = {k: v.to(world.device, non_blocking=True) for k, v in mb.items()}
+            mb = to_device(mb, world.device)
             with self._sync_context(last=i == len(micro) - 1), self._autocast():
-                total, _, extra = self.objective.loss(self.model, mb)
-            (total * scale).backward()
-            parts.append(total.detach().float())
-            for k, v in extra.items():
-                extras[k] = extras.get(k, 0.0) + v
+                out = objective.loss(self.model, mb)
+            (out.loss * scale).backward()
+            parts.append(out.loss.detach().float())
+            metrics.add(out.metrics)
         norm = self._clip()
-        # The step's one wait for the device (loss and norm in one transfer), placed before the optimizer
-        # step: on a GPU the host then prepares the next batch while the optimizer kernels run.
-        loss_sum, grad_norm = torch.stack([torch.stack(parts).sum(), norm.float().to(parts[0].device)]).tolist()
+        # The step's one wait for the device (loss, norm and the objective's metrics in one transfer),
+        # placed before the optimizer step: on a GPU the host then prepares the next batch meanwhile.
+        loss_sum, grad_norm = metrics.fetch([torch.stack(parts).sum(), norm.float().to(parts[0].device)])
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         # Throughput counts every computed position (as the peers' plain loops do); packing keeps padding low.
-        tokens = int(all_reduce_sum(float(sum(m["input_ids"].numel() for m in micro)), world))
+        tokens = int(all_reduce_sum(float(sum(objective.count_tokens(m) for m in micro)), world))
         self.step += 1
         self.tokens_seen += tokens
-        record = {"step": self.step, "loss": all_reduce_sum(loss_sum, world) / max(n_global, 1.0), "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "loss_tokens": int(n_global)}
-        for k, v in extras.items():
-            record[k.replace("_sum", "")] = all_reduce_sum(v, world) / max(n_global, 1.0)
+        record = {"step": self.step, "loss": all_reduce_sum(loss_sum, world) / max(n_global, 1.0), "lr": lr,
+                  "grad_norm": grad_norm, "tokens": tokens, f"loss_{objective.unit}": int(n_global)}
+        record.update(metrics.reduce(world))
         return record
 
     def _clip(self) -> torch.Tensor:
@@ -251,11 +299,3 @@ class Trainer:
         if self.cfg.precision == "bf16" and not self.world.distributed:
             return torch.autocast(device_type=self.world.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
-
-
-def _split(batch: dict[str, torch.Tensor], n: int) -> list[dict[str, torch.Tensor]]:
-    rows = next(iter(batch.values())).shape[0]
-    if rows % n:
-        raise ValueError(f"batch of {rows} rows does not split into {n} micro-batches")
-    size = rows // n
-    return [{k: v[i * size : (i + 1) * size] for k, v in batch.items()} for i in range(n)]

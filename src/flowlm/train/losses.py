@@ -77,7 +77,7 @@ def fused_linear_cross_entropy(
     gradients of `hidden` and `weight`. Backward only scales those by the incoming gradient. Peak
     memory drops from several `[N, V]` fp32 tensors (3 x 134 MB for 8 x 512 tokens and V = 8,192) to
     one `[chunk_rows, V]` buffer. On CPU both paths are bound by the three LM-head GEMMs once freed
-    memory is kept (`flowlm.train.host`): with 256-row chunks they ran equally fast, with the default
+    memory is kept (`flowlm.train.cpu_malloc`): with 256-row chunks they ran equally fast, with the default
     2,048-row chunks this one is a little faster (411 vs 442 ms, best of 8, forward + backward for
     `[4096, 256] x [256, 8192]`); with glibc's default allocator the unfused path re-faults its
     `[N, V]` tensors every step and is slower. When no input needs a gradient

@@ -1,21 +1,25 @@
 """`flowlm verify --name NAME --file rows.jsonl`: score JSONL rows, one JSON verdict per line.
 
+    flowlm verify [--file rows.jsonl | -] [--out verdicts.jsonl] [--name NAME] [--workers 2] [--timeout 60]
+    python -m flowlm.verify.cli ...        # the same, standalone
+
 Each input row holds the completion (`completion` or `response`), its ground truth and routing
-tags (see `flowlm.verify.rows`); `--name` overrides the tags. Rows are validated first, so an unknown
-verifier or malformed ground truth stops the run with `error: FILE:LINE: ...` (exit 1) before any
-scoring. Scoring runs in a process pool (`--workers`, hard `--timeout` per item).
+tags (see `flowlm.verify.rows`); `--name` overrides the tags. Rows come from `--file` or stdin and
+verdicts go to stdout or `--out` (written atomically), the convention of every record verb
+(`flowlm.cli`). Rows are validated first, so an unknown verifier or malformed ground truth stops the
+run with `error: FILE:LINE: ...` (exit 1) before any scoring. Scoring runs in a process pool
+(`--workers`, hard `--timeout` per item).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from flowlm.cli import add_io_arguments, input_path, iter_input_objects, open_output, run_guarded, write_json_line
 from flowlm.errors import FlowError
-from flowlm.jsonlines import iter_json_objects
 
 
 def add_parser(subparsers: Any) -> None:
@@ -27,25 +31,23 @@ def add_parser(subparsers: Any) -> None:
 
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="verifier name (default: route each row by its dataset tag)")
-    p.add_argument("--file", required=True, type=Path, help="JSONL rows")
+    add_io_arguments(p, "rows to score", out_help="write the verdicts here (atomically) instead of to stdout")
     p.add_argument("--workers", type=int, default=2, help="verifier processes")
     p.add_argument("--timeout", type=float, default=60.0, help="hard time limit per verification (s)")
 
 
-def load_rows(path: Path, name: str | None) -> list[dict[str, Any]]:
-    """Parse and validate every row; any problem raises FlowError naming FILE:LINE."""
+def load_rows(path: Path | None, name: str | None) -> list[dict[str, Any]]:
+    """Parse and validate every row of `path` (None: stdin); any problem raises FlowError naming FILE:LINE."""
     from flowlm.verify.base import GroundTruthError, UnknownVerifierError
     from flowlm.verify.rows import validate_row
 
-    if not path.is_file():
-        raise FlowError(f"{path}: no such file")
     rows = []
-    for n, row in iter_json_objects(path):
+    for where, row in iter_input_objects(path):
         try:
             validate_row(row, name)
         except (GroundTruthError, UnknownVerifierError) as exc:
             msg = exc.args[0] if exc.args else str(exc)
-            raise FlowError(f"{path}:{n}: {msg}") from None
+            raise FlowError(f"{where}: {msg}") from None
         rows.append(row)
     return rows
 
@@ -54,22 +56,18 @@ def main(args: argparse.Namespace) -> int:
     """Run the verb; raises FlowError for bad input (the top-level CLI prints it and exits 1)."""
     from flowlm.verify import verify_rows
 
-    rows = load_rows(args.file, args.name)
+    rows = load_rows(input_path(args.file, "verify"), args.name)
     verdicts = verify_rows(rows, name=args.name, workers=args.workers, timeout=args.timeout)
-    for row, v in zip(rows, verdicts):
-        out = {"id": row.get("id"), **v.to_dict()} if "id" in row else v.to_dict()
-        print(json.dumps(out, ensure_ascii=False, default=str))
+    with open_output(args.out) as out:
+        for row, v in zip(rows, verdicts):
+            write_json_line(out, {"id": row.get("id"), **v.to_dict()} if "id" in row else v.to_dict())
     return 0
 
 
 def _standalone(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="flowlm verify")
     _arguments(p)
-    try:
-        return main(p.parse_args(argv))
-    except FlowError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    return run_guarded(lambda: main(p.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -33,10 +33,6 @@ class Pair:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def _as_list(x: Any) -> list:
-    return list(x) if isinstance(x, (list, tuple)) else [x]
-
-
 def pairs_of(row: dict[str, Any], default_name: str | None = None) -> list[Pair]:
     """The row's (verifier, ground truth) pairs; raises GroundTruthError on schema errors."""
     if "verifiers" in row:

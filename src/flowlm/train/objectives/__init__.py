@@ -1,32 +1,35 @@
-"""Objectives: what one training step computes. The engine owns everything else.
+"""Objectives: what one training step computes; the engine owns everything else.
 
-An objective has a `name` and `loss(model, batch) -> (loss_sum, n_tokens, metrics)` returning a *sum*
-over the micro-batch's loss tokens (the engine divides by the accumulation group's total tokens).
+The contract (`Objective`, typed metrics `Sum` / `Mean` / `Max`, `LossOutput`, the registry) is in
+`base.py`. Every module of this package is imported here, so adding an objective is adding one file
+that defines a class decorated with `@register_objective`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import importlib
+import pkgutil
 
-import torch
-from torch import nn
+from flowlm.train.objectives.base import (
+    LossOutput,
+    Max,
+    Mean,
+    Metric,
+    Objective,
+    ObjectiveConfig,
+    Sum,
+    build_objective,
+    objective_class,
+    objective_names,
+    parse_objective_config,
+    register_objective,
+)
 
+for _mod in pkgutil.iter_modules(__path__):
+    if _mod.name != "base" and not _mod.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_mod.name}")
 
-class Objective(Protocol):
-    name: str
-
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        ...
-
-    def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
-        ...
-
-
-def build_objective(name: str, **kwargs: Any) -> Objective:
-    """Objective registry (lm now; sft / dpo / distill / reward_model / policy plug in here)."""
-    from flowlm.train.objectives.lm import LMObjective
-
-    registry = {"lm": LMObjective}
-    if name not in registry:
-        raise KeyError(f"unknown objective '{name}'; known: {', '.join(registry)}")
-    return registry[name](**kwargs)
+__all__ = [
+    "LossOutput", "Max", "Mean", "Metric", "Objective", "ObjectiveConfig", "Sum", "build_objective",
+    "objective_class", "objective_names", "parse_objective_config", "register_objective",
+]

@@ -8,18 +8,13 @@ response file has one prompt whose text was later corrected, key 2785).
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowlm.jsonlines import read_json_objects
 from flowlm.verify.ifeval.core import evaluate, parse_ground_truth
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 @dataclass
@@ -107,11 +102,11 @@ def _pair_ifbench(inputs: list[dict[str, Any]], responses: list[dict[str, Any]])
 def run(name: str, data_dir: Path) -> dict[str, Any]:
     """Score the benchmark's bundled response file in both modes and compare with the references."""
     if name == "ifeval":
-        inputs = _jsonl(data_dir / "input_data.jsonl")
-        responses = _jsonl(data_dir / "input_response_data_gpt4_20231107_145030.jsonl")
+        inputs = read_json_objects(data_dir / "input_data.jsonl")
+        responses = read_json_objects(data_dir / "input_response_data_gpt4_20231107_145030.jsonl")
     else:
-        inputs = _jsonl(data_dir / "IFBench_test.jsonl")
-        responses = _jsonl(data_dir / "sample_output.jsonl")
+        inputs = read_json_objects(data_dir / "IFBench_test.jsonl")
+        responses = read_json_objects(data_dir / "sample_output.jsonl")
         inputs = _pair_ifbench(inputs, responses)
     report: dict[str, Any] = {}
     for mode in ("strict", "loose"):
@@ -120,7 +115,7 @@ def run(name: str, data_dir: Path) -> dict[str, Any]:
                         "n_prompts": len(res.per_prompt)}
         ref_path = data_dir / f"eval_results_{mode}.jsonl"
         if ref_path.exists():
-            report[mode]["agreement"] = agreement(res, _jsonl(ref_path))
+            report[mode]["agreement"] = agreement(res, read_json_objects(ref_path))
     return report
 
 

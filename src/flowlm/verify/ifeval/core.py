@@ -68,7 +68,7 @@ def constraint(id_: str, required: tuple[str, ...] = (), optional: tuple[str, ..
 
 def _load_all() -> None:
     # The check modules register themselves on import.
-    from flowlm.verify.ifeval import ifbench_checks, ifbench_checks2, ifeval_checks  # noqa: F401
+    from flowlm.verify.ifeval import ifbench_format_checks, ifbench_word_checks, ifeval_checks  # noqa: F401
 
 
 def build(id_: str, kwargs: dict[str, Any] | None) -> Constraint:

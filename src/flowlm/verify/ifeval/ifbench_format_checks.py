@@ -1,6 +1,7 @@
-"""IFBench constraints, part 2: format:, repeat: and the single-prompt custom: tasks.
+"""IFBench constraints on form and layout: format:, repeat: and the single-prompt custom: tasks.
 
-Behaviour follows IFBench's reference checker (re-implemented; see `ifbench_checks` for part 1).
+Behaviour follows IFBench's reference checker (re-implemented; the count:, ratio:, sentence: and
+words: families are in `ifbench_word_checks`).
 Checks needing the prompt (`repeat:repeat_change`, `repeat:repeat_span`) read `prompt_to_repeat`.
 """
 
@@ -13,7 +14,7 @@ import string
 import unicodedata
 
 from flowlm.verify.ifeval.core import constraint
-from flowlm.verify.ifeval.ifbench_checks import PUNCT, no_punct, strip_p
+from flowlm.verify.ifeval.ifbench_word_checks import PUNCT, no_punct, strip_p
 from flowlm.verify.ifeval.text import regex_split_sentences, word_tokenize
 
 

@@ -1,7 +1,9 @@
-"""IFBench constraints (allenai/IFBench, 58 out-of-distribution types), part 1: count:, ratio:,
-sentence:, words:. Behaviour follows IFBench's reference checker (so verdicts agree item by item),
-re-implemented here; `text` supplies IFEval's rule-based sentence splitter (what IFBench's reference
-results were produced with), NLTK-style word tokens and `\\w+` words; `postag` the POS tagger.
+"""IFBench constraints (allenai/IFBench, 58 out-of-distribution types) on words and sentences:
+count:, ratio:, sentence:, words: (format:, repeat: and custom: are in `ifbench_format_checks`).
+
+Behaviour follows IFBench's reference checker (so verdicts agree item by item), re-implemented here;
+`text` supplies IFEval's rule-based sentence splitter (what IFBench's reference results were produced
+with), NLTK-style word tokens and `\\w+` words; `postag` the POS tagger.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""The CPU malloc setting applied by the trainer (flowlm.train.host)."""
+"""The CPU malloc setting applied by the trainer (flowlm.train.cpu_malloc)."""
 
 import ctypes
 import platform
 
 import pytest
 
-from flowlm.train.host import keep_freed_memory
+from flowlm.train.cpu_malloc import keep_freed_memory
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")

@@ -1,0 +1,116 @@
+"""Preference pairs as a data source: two aligned token stores (chosen, rejected) and their batches.
+
+Pair i is document i of `<dir>/chosen` and of `<dir>/rejected`: the same prompt followed by the chosen or
+the rejected answer, rendered with the chat template, with a label mask on the answer tokens only
+(`tokenize_pairs`). `PairDataset` serves them to `flowlm.data.loader.PackedLoader`; its `collate` pads
+each side to the longest sequence of the batch, so a batch is
+
+    chosen_input_ids, chosen_labels, rejected_input_ids, rejected_labels   int64 [P, T]
+
+with `labels[t]` the target of position t (-100 on prompt, padding and the last token). Chosen and
+rejected of one pair sit in the same row of their tensors, so splitting rows into micro-batches keeps
+every pair whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from flowlm.data.store import TokenStore
+from flowlm.errors import ConfigError, FlowError
+
+IGNORE = -100
+SIDES = ("chosen", "rejected")
+
+
+def _messages(value: Any, role: str) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list) and all(isinstance(m, Mapping) for m in value):
+        return [dict(m) for m in value]
+    raise ValueError(f"expected a string or a list of messages, got {type(value).__name__}")
+
+
+def render_pair(tok: Any, row: Mapping[str, Any], *, enable_thinking: bool = True) -> dict[str, tuple[list[int], list[int]]]:
+    """`{chosen: (ids, mask), rejected: (ids, mask)}` for a TRL-style preference row.
+
+    The row holds `prompt` (a string or messages) and `chosen` / `rejected` (a string or the assistant
+    messages that follow the prompt). The mask marks the answer's assistant tokens only.
+    """
+    from flowlm.model.tokenizer import render_chat
+
+    prompt = _messages(row["prompt"], "user")
+    out = {}
+    for side in SIDES:
+        ids, mask = render_chat(tok, prompt + _messages(row[side], "assistant"), enable_thinking=enable_thinking)
+        n_prompt = len(render_chat(tok, prompt, enable_thinking=enable_thinking, add_generation_prompt=True)[0])
+        mask = [0] * min(n_prompt, len(mask)) + list(mask[n_prompt:])
+        out[side] = (ids, mask)
+    return out
+
+
+def tokenize_pairs(tok: Any, rows: Iterable[Mapping[str, Any]], out_dir: str | Path, *, source: str = "pairs",
+                   enable_thinking: bool = True) -> dict[str, TokenStore]:
+    """Write the chosen and rejected stores of `rows` under `out_dir`; a bad row names its index."""
+    from flowlm.model.tokenizer import tokenizer_hash
+
+    sides: dict[str, tuple[list[list[int]], list[list[int]]]] = {s: ([], []) for s in SIDES}
+    for i, row in enumerate(rows):
+        try:
+            rendered = render_pair(tok, row, enable_thinking=enable_thinking)
+        except (KeyError, ValueError) as exc:
+            raise FlowError(f"{source}: pair {i}: {exc}") from None
+        for side, (ids, mask) in rendered.items():
+            sides[side][0].append(ids)
+            sides[side][1].append(mask)
+    thash = tokenizer_hash(tok)
+    meta = {"pad_id": tok.pad_token_id, "eos_id": tok.eos_token_id}
+    return {side: TokenStore.write(Path(out_dir) / side, docs, vocab_size=len(tok), tokenizer_hash=thash,
+                                   label_masks=masks, meta=meta) for side, (docs, masks) in sides.items()}
+
+
+class PairDataset:
+    """Pairs from `<dir>/chosen` and `<dir>/rejected`; sequences longer than `max_len` are cut on the right."""
+
+    def __init__(self, pair_dir: str | Path, max_len: int, pad_id: int | None = None) -> None:
+        self.stores = {side: TokenStore.open(Path(pair_dir) / side) for side in SIDES}
+        n = {side: len(s) for side, s in self.stores.items()}
+        if n["chosen"] != n["rejected"]:
+            raise FlowError(f"{pair_dir}: {n['chosen']} chosen vs {n['rejected']} rejected sequences; pairs must align")
+        if max_len < 2:
+            raise ConfigError(f"max_len must be at least 2, got {max_len}")
+        self.max_len = max_len
+        meta = self.stores["chosen"].meta.get("meta", {}) if isinstance(self.stores["chosen"].meta, dict) else {}
+        self.pad_id = int(pad_id if pad_id is not None else meta.get("pad_id") or 0)
+
+    def __len__(self) -> int:
+        return len(self.stores["chosen"])
+
+    def __getitem__(self, i: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        out = {}
+        for side, store in self.stores.items():
+            ids = np.asarray(store.doc(i)[: self.max_len], dtype=np.int64)
+            mask = store.doc_mask(i)
+            tgt = np.full(len(ids), IGNORE, dtype=np.int64)
+            tgt[:-1] = ids[1:]
+            if mask is not None:
+                tgt[:-1] = np.where(np.asarray(mask[1: len(ids)]) > 0, tgt[:-1], IGNORE)
+            out[side] = (ids, tgt)
+        return out
+
+    def collate(self, items: Sequence[dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {}
+        for side in SIDES:
+            T = max(len(it[side][0]) for it in items)
+            ids = np.full((len(items), T), self.pad_id, dtype=np.int64)
+            labels = np.full((len(items), T), IGNORE, dtype=np.int64)
+            for r, it in enumerate(items):
+                x, y = it[side]
+                ids[r, : len(x)], labels[r, : len(y)] = x, y
+            batch[f"{side}_input_ids"] = torch.from_numpy(ids)
+            batch[f"{side}_labels"] = torch.from_numpy(labels)
+        return batch
