@@ -160,8 +160,8 @@ def test_kill_before_a_stage_is_marked_done_loses_no_recorded_metric(run_dir, tm
         assert got["status"] == "done"
         assert {k: v for k, v in got["metrics"].items() if k not in timings} == \
             {k: v for k, v in want["metrics"].items() if k not in timings}, name
-        assert got["output_hash"] == want["output_hash"], name
     got = record(d)["stages"]["pretrain"]
+    assert got["output_hash"] == record(run_dir)["stages"]["pretrain"]["output_hash"]  # the same weights
     assert got["resumed"] is True and got["metrics"]["eval_init"] and got["metrics"]["final_loss"] is not None
     assert got["metrics"]["tok_s"] > 0 and got["metrics"]["mfu"] > 0
 

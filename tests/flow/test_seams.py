@@ -170,3 +170,52 @@ def test_stage_kind_config_errors_name_the_key(tmp_path):
         parse_recipe({"name": "wc", "stages": {"count": {"kind": "wordcount", "source": "x", "sourc": "x"}}}, "test")
     with pytest.raises(ConfigError, match="refers to 'nowhere', which is not an earlier stage"):
         parse_recipe({"name": "s", "stages": {"corpus": {}, "soup": {"from": ["nowhere"]}}}, "test")
+
+
+def test_train_stage_starts_from_any_local_causal_lm(base, tmp_path):
+    """`init: <path>` to a non-OLMo checkpoint (a tiny Qwen3): the engine trains it through the adapter and
+    exports an HF directory of the same architecture."""
+    from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    from flowlm.model.tokenizer import load_tokenizer
+
+    d = tmp_path / "run"
+    shutil.copytree(base, d)
+    vocab = len(load_tokenizer(d / "tokenizer" / "tokenizer"))
+    cfg = Qwen3Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128)
+    Qwen3ForCausalLM(cfg).save_pretrained(tmp_path / "qwen")
+    run(d, MICRO + [f"stages.pretrain.init={tmp_path / 'qwen'}", "stages.pretrain.steps=3", "stages.pretrain.seq_len=64",
+                    "stages.pretrain.batch_size=2"], ["pretrain"])
+    st = json.loads((d / "flow.json").read_text())["stages"]["pretrain"]
+    assert st["status"] == "done" and str(tmp_path / "qwen") in st["inputs"] and st["metrics"]["steps"] == 3
+    assert st["metrics"]["eval"]["prose/bpb"] > 0
+    model = AutoModelForCausalLM.from_pretrained(d / "pretrain" / "model")
+    assert type(model).__name__ == "Qwen3ForCausalLM"
+
+
+def test_tokenizer_stage_tokenizes_every_corpus_chat_included(tmp_path):
+    """A `files` corpus stage with a text corpus and a chat corpus: the tokenizer stage makes a store for
+    each, the chat one with assistant-only label masks, and a train stage trains on it."""
+    from flowlm.data.store import TokenStore
+
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps({"id": str(i), "text": f"Document {i}: the quick brown fox jumps. " * 30}) + "\n"
+                            for i in range(40)))
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                                                     {"role": "assistant", "content": f"It is {2 * i}."}]}) + "\n"
+                            for i in range(40)))
+    d = tmp_path / "run"
+    over = [m for m in MICRO if not m.startswith("stages.corpus.") or "curate" in m] + [
+        "stages.corpus.source=files", f"stages.corpus.files={{pretrain: [{text}], sft: [{chat}]}}",
+        "stages.tokenizer.train_bytes=20000", "stages.pretrain.data=sft", "stages.pretrain.steps=2",
+        "stages.pretrain.seq_len=64", "stages.pretrain.batch_size=2"]
+    run(d, over, ["corpus", "tokenizer", "pretrain"])
+    rec = json.loads((d / "flow.json").read_text())["stages"]
+    assert {"store:pretrain", "store:sft"} <= set(rec["tokenizer"]["outputs"])
+    store = TokenStore.open(d / rec["tokenizer"]["outputs"]["store:sft"])
+    assert store.label_mask is not None and len(store) == 40
+    mask = store.doc_mask(0)
+    assert 0 < int(mask.sum()) < len(mask)  # the answer is trained on, the prompt is not
+    assert rec["pretrain"]["status"] == "done" and rec["pretrain"]["metrics"]["steps"] == 2

@@ -82,3 +82,26 @@ def test_olmo3_checkpoint_loads_native(tmp_path: Path) -> None:
 def test_missing_directory_is_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(FlowError, match="not a checkpoint directory"):
         load_causal_lm(tmp_path / "nope")
+
+
+def test_adapter_forward_with_labels_equals_the_loss_of_its_logits(tmp_path):
+    """`HFCausalLM.forward(labels=)` (chunked head + loss) equals `lm_loss_sum` on its own logits."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from flowlm.model.adapter import load_causal_lm
+    from flowlm.train.losses import lm_loss_sum
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
+    Qwen3ForCausalLM(cfg).save_pretrained(tmp_path / "q")
+    model = load_causal_lm(tmp_path / "q")
+    ids = torch.randint(0, 96, (2, 12))
+    labels = torch.randint(0, 96, (2, 12))
+    labels[:, :4] = -100
+    doc_ids = torch.tensor([[0] * 6 + [1] * 6] * 2)
+    total, z, n = model(ids, doc_ids=doc_ids, labels=labels, z_loss=1e-3)
+    ref_total, ref_z, ref_n = lm_loss_sum(model(ids, doc_ids=doc_ids), labels, 1e-3)
+    assert n == ref_n == 16
+    torch.testing.assert_close(total, ref_total, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z, ref_z, rtol=1e-5, atol=1e-5)

@@ -20,6 +20,7 @@ from flowlm.atomic import atomic_dir
 from flowlm.errors import FlowError
 from flowlm.model.hf import FLOWLM_META, checkpoint_meta, load_native, read_json, save_pretrained, write_json
 from flowlm.model.olmo3 import Olmo3, build_mask
+from flowlm.train.losses import fused_linear_cross_entropy, lm_loss_sum
 
 
 class HFCausalLM(nn.Module):
@@ -32,6 +33,7 @@ class HFCausalLM(nn.Module):
 
     # Checkpoints written by the training engine drop this prefix so they stay HF model directories.
     checkpoint_prefix = "hf."
+    supports_fused_loss = True  # forward(..., labels=) returns (loss_sum, z_sum, n_tokens)
 
     def __init__(self, hf: nn.Module) -> None:
         super().__init__()
@@ -56,8 +58,13 @@ class HFCausalLM(nn.Module):
             ~mask, torch.finfo(dtype).min)
 
     def forward(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
-                doc_ids: torch.Tensor | None = None, return_hidden: bool = False) -> torch.Tensor:
-        """Logits `[B, T, V]` (or final hidden states `[B, T, D]`), same contract as `Olmo3.forward`."""
+                doc_ids: torch.Tensor | None = None, return_hidden: bool = False,
+                labels: torch.Tensor | None = None, z_loss: float = 0.0):
+        """Logits `[B, T, V]` (or final hidden states `[B, T, D]`), same contract as `Olmo3.forward`.
+
+        With `labels` it returns `(loss_sum, z_sum, n_tokens)` through the chunked LM head + loss
+        (`flowlm.train.losses.fused_linear_cross_entropy`), as `Olmo3` does.
+        """
         B, T = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(T, device=input_ids.device)
@@ -66,9 +73,15 @@ class HFCausalLM(nn.Module):
         kwargs: dict[str, Any] = {"position_ids": position_ids, "use_cache": False}
         if doc_ids is not None:
             kwargs["attention_mask"] = self._mask(doc_ids, self.hf.get_input_embeddings().weight.dtype)
-        if return_hidden:
+        if return_hidden or labels is not None:
             base = getattr(self.hf, self.hf.base_model_prefix)
-            return base(input_ids=input_ids, **kwargs).last_hidden_state
+            hidden = base(input_ids=input_ids, **kwargs).last_hidden_state
+            if labels is None:
+                return hidden
+            head = self.lm_head
+            if getattr(head, "bias", None) is not None:  # the chunked loss takes a bias-free head
+                return lm_loss_sum(head(hidden), labels, z_loss)
+            return fused_linear_cross_entropy(hidden, head.weight, labels, z_loss)
         return self.hf(input_ids=input_ids, **kwargs).logits
 
 

@@ -85,11 +85,17 @@ def require_cxx() -> None:
 
 
 def _decoder_layers(model: nn.Module) -> nn.ModuleList:
-    inner = getattr(model, "model", model)
-    layers = getattr(inner, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise TypeError(f"{type(model).__name__} has no .model.layers ModuleList to shard")
-    return layers
+    """The decoder layers: `model.model.layers` (native OLMo-3, HF causal LMs) or, for a model wrapped by
+    `flowlm.model.adapter.HFCausalLM`, the wrapped model's base model's `layers`."""
+    candidates = [getattr(model, "model", model)]
+    hf = getattr(model, "hf", None)
+    if hf is not None:
+        candidates.append(getattr(hf, getattr(hf, "base_model_prefix", "model"), hf))
+    for inner in candidates:
+        layers = getattr(inner, "layers", None)
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise TypeError(f"{type(model).__name__} has no decoder-layer ModuleList (.model.layers) to shard or compile")
 
 
 def all_reduce_sum(value: float, world: World) -> float:
