@@ -13,7 +13,18 @@ like-for-like comparison (datatrove has none), and `*_verified` with it (the OLM
 Prints per-tool docs/s, precision/recall vs the planted pairs, the Jaccard of the removed sets
 (`agreement_by_variant`), load averages (the machine is shared: compare the ratio measured in one
 run, not absolute docs/s), a table and a final `RESULT {json}` line. `agreement` and `ratio` are for
-`flowlm_dt` (ratio = its docs/s / datatrove's). datatrove (+spacy) is a benchmark-only dependency.
+`flowlm_dt` (ratio = its docs/s / datatrove's).
+
+RESULT keys: `docs`, one per variant run, `peer`, `agreement`, `agreement_variant`, `ratio`,
+`agreement_by_variant`, `ratio_by_variant` (the last six without `--skip-peer`), `load_avg_start`, `load_avg_end`.
+
+Needs the `bench` extra (datatrove with its JSONL reader's orjson, spaCy and xxhash for `flowlm_dt`):
+
+    pip install -e '.[bench]' && python benchmarks/dedup_throughput.py [--docs 24000] [--smoke]
+
+`--smoke` runs 400 documents (seconds; the numbers mean nothing). The corpus, shards and both tools'
+work directories live in one temporary directory (up to ~215 MB at the default size), removed on
+success, failure, Ctrl-C and SIGTERM.
 """
 
 from __future__ import annotations
@@ -25,9 +36,10 @@ import random
 import re
 import sys
 import sysconfig
-import tempfile
 import time
 from pathlib import Path
+
+from scratch import scratch_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "text_corpus"
@@ -180,12 +192,22 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {sorted(VARIANTS)}")
+    ap.add_argument("--smoke", action="store_true", help="400 documents: checks the script runs, in seconds")
     a = ap.parse_args()
+    if a.smoke:
+        a.docs = 400
     sys.path.insert(0, str(REPO / "src"))
+    with scratch_dir("dedupbench-") as tmp:
+        res = run(a, tmp)
+    print("RESULT " + json.dumps(res))
+    return 0
+
+
+def run(a: argparse.Namespace, tmp: Path) -> dict:
+    """Write the corpus under `tmp`, run every variant (and datatrove), print the table; the RESULT dict."""
     from flowlm.data.docs import write_jsonl
 
     docs, pairs, hosts = make_corpus(a.docs, a.seed)
-    tmp = Path(tempfile.mkdtemp(prefix="dedupbench-"))
     half = len(docs) // 2
     paths = [tmp / "in" / "part-0.jsonl", tmp / "in" / "part-1.jsonl"]
     write_jsonl(paths[0], docs[:half])
@@ -212,8 +234,7 @@ def main() -> int:
         res["ratio_by_variant"] = {k: round(res[k]["docs_per_s"] / res["peer"]["docs_per_s"], 2) for k in ids_of}
     res["load_avg_end"] = load()
     table(res, list(ids_of))
-    print("RESULT " + json.dumps(res))
-    return 0
+    return res
 
 
 if __name__ == "__main__":

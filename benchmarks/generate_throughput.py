@@ -193,7 +193,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-cb", action="store_true", help="skip transformers continuous batching (slow on CPU)")
     ap.add_argument("--large", action="store_true", help="CUDA only: also a ~1B preset with 256 requests")
-    ap.add_argument("--smoke", action="store_true", help="4 + 2 short requests, 1 timed round, no CB: checks the script runs")
+    ap.add_argument("--smoke", action="store_true",
+                    help="4 + 2 short requests, 1 timed round, no CB: checks the script runs")
     args = ap.parse_args()
     if args.smoke:
         args.repeats, args.large, args.skip_cb = 1, False, True

@@ -2,7 +2,7 @@
 
 Same tiny model shape, same tokenizer and data (built-in stdlib docstrings), same threads, fp32, 8 x 512
 tokens per step, AdamW. Every run is a fresh subprocess (so process-wide state such as the malloc
-setting flowlm's trainer applies on CPU, `flowlm.train.host`, cannot leak into a peer's run); runs of
+setting flowlm's trainer applies on CPU, `flowlm.train.cpu_malloc`, cannot leak into a peer's run); runs of
 the systems alternate; each run does 2 warm-up steps, then timed steps; the median over runs is
 reported (the machine is noisy). `hf_plain_keepmem` is the plain HF loop with that same malloc setting,
 shown so the reader can see how much of the gap is the allocator and how much the engine; it is not
@@ -22,8 +22,20 @@ MFU against the GPU's dense bf16 peak (989 TFLOP/s for an H100); MFU counts 6N +
 full row length, as `Olmo3.flops_per_token` documents. `benchmarks/gpu_check.sh` runs the CUDA tests
 and this benchmark in one call.
 
-    python benchmarks/train_throughput.py [--runs 3] [--steps 5] [--trl-steps 4] [--skip-trl]
+    python benchmarks/train_throughput.py [--runs 3] [--steps 5] [--trl-steps 4] [--skip-trl] [--smoke]
     python benchmarks/train_throughput.py --steps 12 [--gpu-batch 8 --gpu-accum 2] [--gpu-peer] [--gpu-profile]
+
+Needs the `bench` extra for the TRL peer (`pip install -e '.[bench]'`: trl, datasets, accelerate);
+with `--skip-trl` nothing beyond `pip install -e .`.
+`--smoke`: one run of each system, 1 timed step of 2 x 128 tokens on a 200 kB corpus, no compiled mode
+(on CUDA: the tiny preset, 2 x 256 tokens, eager): seconds, and the numbers mean nothing.
+
+RESULT keys (CPU): `flowlm`, `flowlm_mode`, `peer`, `ratio`, `mfu`, `unit`, `flowlm_eager_tok_s`, `ratio_eager`,
+`ratio_vs_hf_plain`, `ratio_eager_vs_hf_plain_keepmem`, `<system>_tok_s` per other system, and with TRL
+`ratio_vs_trl`, `ratio_eager_vs_trl`; (CUDA): `flowlm`, `flowlm_mode`, `peer`, `ratio`, `mfu`, `device`,
+`preset`, `batch`, `seq_len`. The tokenizer, token store and every run's files (each run's process
+keeps its temporary files there too) live in one temporary directory, removed on success, failure,
+Ctrl-C and SIGTERM.
 """
 
 from __future__ import annotations
@@ -38,8 +50,16 @@ import time
 from pathlib import Path
 
 import torch
+from scratch import scratch_dir
 
 B, T = 8, 512
+DOC_BYTES = 1_500_000
+
+
+def smoke_sizes() -> None:
+    """`--smoke`: 2 x 128 tokens per step on a 200 kB corpus (set in the parent and in every run's process)."""
+    global B, T, DOC_BYTES
+    B, T, DOC_BYTES = 2, 128, 200_000
 
 
 def build_data(tmp: Path, vocab: int):
@@ -57,7 +77,7 @@ def build_data(tmp: Path, vocab: int):
 def bench_docs() -> list[dict]:
     from flowlm.data import builtin
 
-    return builtin.pretrain_docs(0, 1_500_000)
+    return builtin.pretrain_docs(0, DOC_BYTES)
 
 
 def time_steps(step_fn, steps: int, warmup: int = 2) -> float:
@@ -129,7 +149,7 @@ def profile_steps(step_fn, steps: int = 2) -> None:
 def bench_hf_plain(store, model_cfg, steps: int, keep_freed_memory: bool = False) -> float:
     """The peers' plain loop: HF Olmo3ForCausalLM, 8 x 512 rows, loss from `labels`, AdamW."""
     if keep_freed_memory:
-        from flowlm.train.host import keep_freed_memory as keep
+        from flowlm.train.cpu_malloc import keep_freed_memory as keep
 
         keep()
     model, batches = hf_model_and_batches(store, model_cfg)
@@ -220,8 +240,9 @@ def run_one(system: str, data_dir: Path, steps: int, threads: int) -> dict:
     raise SystemExit(f"unknown system {system!r}; choose from {SYSTEMS}")
 
 
-def spawn(system: str, data_dir: Path, steps: int, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--one", system, "--data", str(data_dir), "--steps", str(steps), "--threads", str(threads)]
+def spawn(system: str, data_dir: Path, steps: int, threads: int, smoke: bool) -> dict:
+    cmd = [sys.executable, __file__, "--one", system, "--data", str(data_dir), "--steps", str(steps),
+           "--threads", str(threads), *(["--smoke"] if smoke else [])]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"{system} run failed:\n{out.stderr[-3000:]}")
@@ -244,28 +265,38 @@ def main() -> None:
     ap.add_argument("--gpu-peer", action="store_true", help="GPU: also time the plain HF loop")
     ap.add_argument("--gpu-accum", type=int, default=1, help="GPU: micro-batches per step (rows split evenly)")
     ap.add_argument("--gpu-profile", action="store_true", help="GPU: print the top kernels of the compiled run")
+    ap.add_argument("--smoke", action="store_true",
+                    help="1 run, 1 step, tiny sizes, no compile: checks the script runs")
     ap.add_argument("--one", choices=SYSTEMS, help=argparse.SUPPRESS)
     ap.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.smoke:
+        smoke_sizes()
+        args.runs, args.steps, args.trl_steps, args.trl_runs, args.skip_compile = 1, 1, 1, 1, True
+        args.gpu_preset, args.gpu_batch, args.gpu_seq, args.gpu_compile = "tiny", 2, 256, "off"
     if args.one:
+        # This run's temporary files go under the parent's scratch directory, which the parent removes
+        # even when it has to kill this process.
+        tempfile.tempdir = str(args.data / "tmp")
+        Path(tempfile.tempdir).mkdir(exist_ok=True)
         print(json.dumps(run_one(args.one, args.data, args.steps, args.threads)))
         return
     from flowlm.train.metrics import peak_flops
 
     if torch.cuda.is_available():
         return gpu_main(args)
-    with tempfile.TemporaryDirectory() as d:
-        build_data(Path(d), 8192)
+    with scratch_dir("trainbench-") as d:
+        build_data(d, 8192)
         results: dict[str, list[float]] = {k: [] for k in SYSTEMS}
         fpt = 0.0
         for _ in range(args.runs):
             for system in ("flowlm", "hf_plain", "hf_plain_keepmem") + (() if args.skip_compile else ("flowlm_compiled",)):
-                r = spawn(system, Path(d), args.steps, args.threads)
+                r = spawn(system, d, args.steps, args.threads, args.smoke)
                 results[system].append(r["tok_s"])
                 fpt = r.get("flops_per_token", fpt)
         if not args.skip_trl:
             for _ in range(args.trl_runs):
-                results["trl_sft"].append(spawn("trl_sft", Path(d), args.trl_steps, args.threads)["tok_s"])
+                results["trl_sft"].append(spawn("trl_sft", d, args.trl_steps, args.threads, args.smoke)["tok_s"])
     med = {k: statistics.median(v) for k, v in results.items() if v}
     peak = peak_flops(torch.device("cpu"))
     print(f"{'system':<18}{'min':>10}{'median':>10}{'max':>10}   tok/s, {B}x{T}, fp32, {args.threads} threads")
@@ -318,11 +349,11 @@ def gpu_main(args: argparse.Namespace) -> None:
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29512")
     rows: list[tuple[str, float, float, float]] = []
-    with tempfile.TemporaryDirectory() as d:
+    with scratch_dir("trainbench-gpu-") as d:
         rng = torch.Generator().manual_seed(0)
-        lengths = torch.randint(256, 2 * T, (B * (args.steps + 4) * 2,), generator=rng)
+        lengths = torch.randint(min(256, T // 2), 2 * T, (B * (args.steps + 4) * 2,), generator=rng)
         docs = [torch.randint(0, cfg.vocab_size, (int(n),), generator=rng).tolist() for n in lengths]
-        store = TokenStore.write(Path(d) / "s", docs, vocab_size=cfg.vocab_size, tokenizer_hash="synthetic")
+        store = TokenStore.write(d / "s", docs, vocab_size=cfg.vocab_size, tokenizer_hash="synthetic")
         for compile in {"on": (True,), "off": (False,), "both": (True, False)}[args.gpu_compile]:
             dist.init_process_group("nccl", rank=0, world_size=1)  # FSDP2 over one GPU, as at scale
             t0 = time.perf_counter()

@@ -15,6 +15,16 @@ Convention of the final `RESULT {json}` line (lower BPB is better):
 - `ratio` = peer / flowlm: > 1 means upsampling wins (as the benchmarks' throughput ratios, > 1 = ours better);
 - `delta_mean_bpb` = flowlm - peer (negative = upsampling wins) and `noise_sd` (pooled per-seed sd).
 Without a proxy the script stops with a clear message (no made-up numbers).
+
+RESULT keys: `flowlm`, `peer`, `ratio`, `delta_mean_bpb`, `noise_sd`, `curve`, `flat` (per arm: docs,
+tokens, BPB per task with its sd and per-seed runs, timings), `load_avg_start`, `load_avg_end`.
+
+Needs no extra (`pip install -e .`). Each arm's pipeline output (and the proxy's tokenizer and
+token stores) live in temporary directories removed on success, failure, Ctrl-C and SIGTERM.
+
+    python benchmarks/upsample_ablation.py [--seeds 3] [--steps N] [--proxy module:function] [--smoke]
+
+`--smoke`: a 300 kB corpus, 2 seeds of 4 proxy steps each (seconds; the numbers mean nothing).
 """
 
 from __future__ import annotations
@@ -25,9 +35,10 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from scratch import scratch_dir
 
 
 def load_proxy(spec: str | None):
@@ -46,13 +57,15 @@ def run_arm(mode: str, docs: list[dict], a: argparse.Namespace, proxy, kw: dict)
 
     t0 = time.perf_counter()
     cfg = builtin_config(upsample=UpsampleCfg(mode=mode, budget_ratio=a.budget_ratio))
-    res = run_pipeline(docs, Path(tempfile.mkdtemp(prefix=f"abl-{mode}-")), cfg)
-    kept = list(res.iter_docs())
+    with scratch_dir(f"abl-{mode}-") as out:
+        res = run_pipeline(docs, out, cfg)
+        kept = list(res.iter_docs())
+        tokens = res.stats.steps["upsample"].out()[1]
     t1 = time.perf_counter()
     runs = [proxy(kept, a.seed + s, **kw) for s in range(a.seeds)]
     tasks = sorted(runs[0])
     return {"docs": len(kept), "unique_docs": len({d["id"] for d in kept}),
-            "tokens": res.stats.steps["upsample"].out()[1],
+            "tokens": tokens,
             "bpb": {t: round(statistics.mean(r[t] for r in runs), 4) for t in tasks},
             "sd": {t: round(statistics.stdev(r[t] for r in runs), 4) if len(runs) > 1 else None for t in tasks},
             "runs": [{t: round(r[t], 4) for t in tasks} for r in runs],
@@ -77,7 +90,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", type=int, default=3, help="training seeds per arm (noise estimate)")
     ap.add_argument("--steps", type=int, help="proxy optimizer steps (default: the proxy's own)")
+    ap.add_argument("--smoke", action="store_true", help="tiny corpus, 2 seeds x 4 steps: checks the script runs")
     a = ap.parse_args()
+    if a.smoke:
+        a.seeds, a.steps = 2, 4
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from flowlm.data.builtin import pretrain_docs
 
@@ -86,7 +102,9 @@ def main() -> int:
         print("no proxy trainer available (flowlm.train.proxy:run_docs missing; pass --proxy)")
         return 2
     kw = {"steps": a.steps} if a.steps else {}
-    docs = pretrain_docs(a.seed)
+    if a.smoke and a.proxy is None:  # the default proxy's own knobs: a smaller tokenizer sample and eval
+        kw |= {"tokenizer_bytes": 200_000, "eval_items": 8}
+    docs = pretrain_docs(a.seed, max_bytes=300_000) if a.smoke else pretrain_docs(a.seed)
     out: dict = {"load_avg_start": [round(x, 2) for x in os.getloadavg()]}
     for mode in ("curve", "flat"):
         out[mode] = run_arm(mode, docs, a, proxy, kw)

@@ -13,7 +13,7 @@ DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not DATA_DIR.is_dir():
-        pytest.skip(f"shared benchmark data not found at {DATA_DIR} (needs /work/shared/data)")
+        pytest.skip("../shared/data (the shared/ checkout beside the repo) not found")
     return DATA_DIR
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from flowlm.data.dedup.exact import ExactDedupCfg, find_exact_duplicates
 from flowlm.data.dedup.minhash import (MinHashCfg, WordHasher, describe, jaccard, lsh_threshold,
@@ -108,8 +107,7 @@ def test_datatrove_family_normalisation_and_permutations() -> None:
 
 
 def test_datatrove_family_matches_datatrove_signatures() -> None:
-    dt_minhash = pytest.importorskip("datatrove.pipeline.dedup.minhash")
-    pytest.importorskip("spacy")
+    import datatrove.pipeline.dedup.minhash as dt_minhash
     from datatrove.utils.hashing import HashConfig
 
     from flowlm.data.dedup.minhash import shingles_and_signatures

@@ -50,7 +50,8 @@ def test_conservation_with_broken_input_files(tmp_path: Path) -> None:
 
 
 def test_local_and_ray_executors_give_identical_output(tmp_path: Path) -> None:
-    ray = pytest.importorskip("ray", reason="ray not installed: `pip install ray` to run this test")
+    import ray
+
     from flowlm.data.executor import RayExecutor
 
     docs, _ = planted_corpus(300, seed=6)

@@ -11,8 +11,6 @@ from flowlm.model.olmo3 import Olmo3, build_mask, positions_from_doc_ids
 
 from .conftest import micro_config
 
-pytestmark = pytest.mark.skipif(not flex.available(), reason="torch without FlexAttention")
-
 
 def _packed(B: int, T: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Random ids and 1-4 documents per row of random lengths."""

@@ -16,7 +16,7 @@ def data_dir(name: str) -> Path:
     """`shared/data/<name>`, or skip the test with a clear message when it is absent."""
     d = DATA / name
     if not d.is_dir():
-        pytest.skip(f"real benchmark data not found at {d} (expected the shared/ checkout beside the repo)")
+        pytest.skip(f"../shared/data/{name} (the shared/ checkout beside the repo) not found")
     return d
 
 

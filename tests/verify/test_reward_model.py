@@ -9,13 +9,13 @@ import pytest
 pytestmark = pytest.mark.slow  # importing torch + transformers dominates (~20 s on 2 cores)
 
 from flowlm.verify import verify
-from flowlm.verify.reward_model import normalise, raw_rewards
+from flowlm.verify.reward_model import load_reward_model, normalise, raw_rewards
 
 
 @pytest.fixture(scope="module")
 def tiny_rm(tmp_path_factory) -> str:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     out = tmp_path_factory.mktemp("rm")
@@ -51,3 +51,13 @@ def test_normalisations_and_errors(tiny_rm):
     assert normalise(3.0, "clip") == 1.0 and normalise(-1000, "sigmoid") == pytest.approx(0.0)
     assert verify("reward_model", "five", None).reason.startswith("error: bad ground truth")
     assert verify("reward_model", "five", None, reward_model="/nonexistent/rm").score == 0.0
+
+
+
+def test_loading_a_reward_model_leaves_the_process_grad_mode_alone(tiny_rm):
+    """Scoring with the reward-model verifier must not switch off autograd for training in the same process."""
+    import torch
+
+    load_reward_model.cache_clear()
+    raw_rewards(tiny_rm, ["what is two plus two"], ["four"])
+    assert torch.is_grad_enabled()

@@ -19,7 +19,7 @@ Design choices (following open-instruct's `vllm_utils.py`, see reference/rl-anch
   quantity the native engine records (`SamplingParams` docstring).
 
 Importing this module never needs vLLM; constructing a `VLLMEngine` without it raises a one-line
-`FlowError`. Not exercised on the CPU development machine (tests skip without CUDA + vLLM).
+`ConfigError` naming the `vllm` extra. Not exercised on the CPU development machine (its tests need CUDA).
 """
 
 from __future__ import annotations
@@ -30,19 +30,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flowlm.errors import FlowError
+from flowlm.extras import require
 from flowlm.generate.params import (FINISH_LENGTH, FINISH_STOP, Completion, Result, SamplingParams, Timings)
 from flowlm.generate.driver import Driver
 from flowlm.generate.prompts import Prompt, check_prompt, to_prompt_ids
 
 
 def require_vllm() -> Any:
-    """The `vllm` module, or a one-line `FlowError` saying how to get it."""
-    try:
-        import vllm
-    except ImportError:
-        raise FlowError("the vLLM backend needs vllm (CUDA): pip install 'flowlm[vllm]'") from None
-    return vllm
+    """The `vllm` module, or a one-line `ConfigError` saying how to get it."""
+    return require("vllm", "vllm", "the vLLM backend (CUDA)")
 
 
 def _load_weights_on_worker(worker: Any, weights: list[tuple[str, Any]]) -> None:

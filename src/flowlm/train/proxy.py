@@ -81,7 +81,8 @@ def proxy_tokenizer(vocab_size: int = 1024, n_bytes: int = 1_000_000, tokenizer_
     """The one tokenizer all proxies share: BPE on a fixed built-in sample, trained once.
 
     Cached in this process by a hash of its recipe; with `tokenizer_dir` also on disk under
-    `tokenizer_dir/proxy-tok-<hash>` (reused by later processes)."""
+    `tokenizer_dir/proxy-tok-<hash>` (reused by later processes); without it the files are written to a
+    temporary directory that is removed at once (the returned tokenizer lives in memory)."""
     from flowlm.data.builtin import pretrain_docs
     from flowlm.model.tokenizer import load_tokenizer, train_tokenizer
 
@@ -91,9 +92,12 @@ def proxy_tokenizer(vocab_size: int = 1024, n_bytes: int = 1_000_000, tokenizer_
     if tokenizer_dir is not None and (Path(tokenizer_dir) / f"proxy-tok-{key}" / "tokenizer.json").exists():
         tok = load_tokenizer(Path(tokenizer_dir) / f"proxy-tok-{key}")
     else:
-        root = Path(tokenizer_dir) if tokenizer_dir is not None else Path(tempfile.mkdtemp(prefix="flowlm-proxy-tok-"))
         texts = [d["text"] for d in pretrain_docs(0, max_bytes=n_bytes)]
-        tok = train_tokenizer(texts, vocab_size, root / f"proxy-tok-{key}")
+        if tokenizer_dir is not None:
+            tok = train_tokenizer(texts, vocab_size, Path(tokenizer_dir) / f"proxy-tok-{key}")
+        else:
+            with tempfile.TemporaryDirectory(prefix="flowlm-proxy-tok-") as tmp:
+                tok = train_tokenizer(texts, vocab_size, Path(tmp) / f"proxy-tok-{key}")
     _TOKENIZERS[key] = tok
     return tok
 

@@ -21,7 +21,6 @@ from flowlm.verify.thinking import extract_answer
 @functools.lru_cache(maxsize=4)
 def load_reward_model(path: str) -> tuple[Any, Any]:
     """(model, tokenizer) from a local directory; refuses anything but a 1-label classifier."""
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -32,8 +31,7 @@ def load_reward_model(path: str) -> tuple[Any, Any]:
         tok.pad_token = tok.eos_token or tok.unk_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id  # needed to find the last token of each row
-    model.eval()
-    torch.set_grad_enabled(False)
+    model.eval().requires_grad_(False)  # scoring only; the process's grad mode is left alone
     return model, tok
 
 

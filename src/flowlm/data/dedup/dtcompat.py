@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from flowlm.extras import require
+
 MERSENNE_61 = np.uint64((1 << 61) - 1)
 _TYPOGRAPHIC = "—”％１〈、━【「」，】；“《„’∶´．（–？！：～«〉》）。…►»"
 
@@ -64,8 +66,7 @@ class SpacySplitter:
     document whose chunks are all known to stay whole is returned as `text.split()` directly."""
 
     def __init__(self, max_cache: int = 1_000_000) -> None:
-        import spacy  # benchmark/compat-only dependency
-
+        spacy = require("spacy", "data", "MinHash word_split 'spacy'")
         self.tokenizer = spacy.blank("en").tokenizer
         self.special = frozenset(self.tokenizer.rules)
         self.whole: set[str] = set()  # chunks spaCy keeps as one token
@@ -108,8 +109,7 @@ def make_splitter(kind: str) -> Callable[[str], list[str]]:
 
 def hash_function(hash_fc: str, precision: int) -> Callable[[str], int]:
     if hash_fc == "xxhash":
-        import xxhash
-
+        xxhash = require("xxhash", "data", "MinHash hash_family 'datatrove' with hash_fc 'xxhash'")
         return xxhash.xxh64_intdigest if precision == 64 else xxhash.xxh32_intdigest
     n = precision // 8
     return lambda s: int.from_bytes(hashlib.sha1(s.encode("utf-8")).digest()[:n], "little")
