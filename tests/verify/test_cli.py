@@ -146,3 +146,15 @@ def test_entry_point_closed_stdout_pipe_is_quiet(tmp_path):
     p.stdout.close()
     err = p.stderr.read()
     assert p.wait(timeout=120) == 141 and err == ""
+
+
+def test_cli_reports_the_sandbox_once_when_rows_run_code(tmp_path, capsys):
+    code = {"id": 9, "dataset": "code", "completion": "```python\ndef f():\n    return 1\n```",
+            "ground_truth": ["assert f() == 1"]}
+    assert main(_args("--file", str(_rows_file(tmp_path, [code, {**code, "id": 10}])))) == 0
+    out, err = capsys.readouterr()
+    lines = [ln for ln in err.splitlines() if ln.startswith("sandbox: ")]
+    assert len(lines) == 1 and ("seccomp" in lines[0] or "no seccomp" in lines[0])
+    assert [json.loads(ln)["score"] for ln in out.splitlines()] == [1.0, 1.0]
+    assert main(_args("--file", str(_rows_file(tmp_path)))) == 0  # math rows only: no sandbox line
+    assert "sandbox:" not in capsys.readouterr().err

@@ -38,25 +38,40 @@ def _arguments(p: argparse.ArgumentParser) -> None:
 
 def load_rows(path: Path | None, name: str | None) -> list[dict[str, Any]]:
     """Parse and validate every row of `path` (None: stdin); any problem raises FlowError naming FILE:LINE."""
+    return load_rows_with_verifiers(path, name)[0]
+
+
+def load_rows_with_verifiers(path: Path | None, name: str | None) -> tuple[list[dict[str, Any]], set[str]]:
+    """`load_rows`, plus the names of the verifiers the rows route to."""
     from flowlm.verify.base import GroundTruthError, UnknownVerifierError
     from flowlm.verify.rows import validate_row
 
-    rows = []
+    rows, names = [], set()
     for where, row in iter_input_objects(path):
         try:
-            validate_row(row, name)
+            names.update(p.name for p in validate_row(row, name))
         except (GroundTruthError, UnknownVerifierError) as exc:
             msg = exc.args[0] if exc.args else str(exc)
             raise FlowError(f"{where}: {msg}") from None
         rows.append(row)
-    return rows
+    return rows, names
+
+
+def announce_sandbox(verifiers: set[str]) -> None:
+    """Print, once on stderr, which sandbox scores model-written code, when any of `verifiers` runs code."""
+    from flowlm.verify.code_verifier import SANDBOXED
+    from flowlm.verify.sandbox import describe_backend
+
+    if verifiers & set(SANDBOXED):
+        print(f"sandbox: {describe_backend()}", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the verb; raises FlowError for bad input (the top-level CLI prints it and exits 1)."""
     from flowlm.verify import verify_rows
 
-    rows = load_rows(input_path(args.file, "verify"), args.name)
+    rows, verifiers = load_rows_with_verifiers(input_path(args.file, "verify"), args.name)
+    announce_sandbox(verifiers)
     verdicts = verify_rows(rows, name=args.name, workers=args.workers, timeout=args.timeout)
     with open_output(args.out) as out:
         for row, v in zip(rows, verdicts):

@@ -12,6 +12,10 @@ Ground-truth formats (see docs/verify.md):
 Each test runs in its own sandboxed process (when a row has several assert tests they first run
 together in one process, and only on failure one by one, to name the failing test). Row options: `reward` = `all_pass` (default, OLMo 3) or
 `pass_rate`; `timeout` (s per test), `memory_mb`.
+
+Where no isolating sandbox works (and `FLOWLM_SANDBOX=unsafe` was not given), row validation raises
+`SandboxUnavailable` (a `FlowError`: the CLIs stop at load time with one line naming the fix), and a
+row scored without validation gets score 0 with a reason starting `error: no isolating sandbox`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowlm.verify.base import GroundTruthError, Verdict, register
-from flowlm.verify.sandbox import Limits, SandboxResult, run_python
+from flowlm.verify.sandbox import Limits, SandboxResult, SandboxUnavailable, detect_backend, run_python
 from flowlm.verify.thinking import extract_answer
 
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.S | re.I)
@@ -81,6 +85,7 @@ def _validate(ground_truth: Any, row: dict[str, Any]) -> None:
         raise GroundTruthError("no tests")
     if row.get("reward", "all_pass") not in ("all_pass", "pass_rate"):
         raise GroundTruthError("reward must be all_pass or pass_rate")
+    detect_backend()  # raises SandboxUnavailable: refuse at load time rather than score every row 0
 
 
 def build_program(completion: str, row: dict[str, Any]) -> str:
@@ -130,7 +135,11 @@ def run_test(program: str, setup: str, test: TestCase, limits: Limits) -> tuple[
     return False, f"wrong output: got {' '.join(got)[:80]!r}, expected {' '.join(want)[:80]!r}", res.backend
 
 
-@register("code", "code_stdio", "humaneval", "mbpp", validator=_validate)
+# The verifier names that run model-written code in the sandbox (CLIs report the sandbox when one is used).
+SANDBOXED = ("code", "code_stdio", "humaneval", "mbpp")
+
+
+@register(*SANDBOXED, validator=_validate)
 def verify_code(completion: str, ground_truth: Any, **row: Any) -> Verdict:
     """Run all tests; score = 1/0 (all_pass) or the pass rate (pass_rate)."""
     tests, setup = parse_tests(ground_truth, row)
@@ -141,6 +150,10 @@ def verify_code(completion: str, ground_truth: Any, **row: Any) -> Verdict:
         return Verdict(0.0, "no code in the answer")
     limits = Limits(timeout=float(row.get("timeout", 10.0)), cpu_seconds=int(row.get("timeout", 10.0)) + 1,
                     memory_bytes=int(row.get("memory_mb", 1024)) << 20)
+    try:
+        detect_backend()
+    except SandboxUnavailable as exc:  # a setup error, not the model's: say so in the reason
+        return Verdict(0.0, f"error: {exc}", {"sandbox": None})
     results, backend = [], ""
     asserts = [t for t in tests if t.code is not None]
     if len(asserts) > 1 and len(asserts) == len(tests):
