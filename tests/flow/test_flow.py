@@ -33,7 +33,7 @@ MICRO = [
     "stages.midtrain_2.batch_size=4",
     "stages.long_context.steps=4",
     "stages.long_context.seq_len=512",
-    "stages.long_context.batch_size=1",
+    "stages.long_context.batch_size=2",
     "stages.long_context.checkpoint_every=2",
     "stages.long_context.yarn.original_max_seq_len=128",
     "eval.max_items=16",
@@ -90,6 +90,24 @@ def test_bpb_recorded_after_every_stage_and_falls_from_untrained(run_dir):
     for label, r in rows.items():
         assert {"code_docstring/bpb", "math/bpb", "prose/bpb", "bpb", "heldout_loss"} <= set(r), label
     assert rows["pretrain"]["bpb"] < rows["untrained"]["bpb"]
+
+
+@pytest.mark.distributed
+def test_torchrun_two_ranks_gives_the_single_process_bpb_table(run_dir, tmp_path):
+    """The whole micro flow under `torchrun --nproc_per_node 2` (gloo, FSDP2): artifact stages on rank 0,
+    training and BPB evaluation sharded; its BPB table equals the single-process run's within 1e-3."""
+    from flowlm.flow.report import bpb_rows
+
+    d = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "flowlm.cli", "run", "tiny",
+           "--run-dir", str(d), "--no-progress", *MICRO]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single, ddp = dict(bpb_rows(record(run_dir))), dict(bpb_rows(record(d)))
+    assert list(ddp) == list(single)
+    for label, row in single.items():
+        for key, value in row.items():
+            assert ddp[label][key] == pytest.approx(value, abs=1e-3), (label, key)
 
 
 def test_checkpoint_loads_in_transformers_with_equal_logits(run_dir):

@@ -11,6 +11,9 @@ any attending to another (the model's intra-document masking does the isolation)
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -103,16 +106,30 @@ def _target_logprobs(model: nn.Module, ids: torch.Tensor, pos: torch.Tensor, doc
 
     Models that expose `lm_head` and `return_hidden` (the native `Olmo3`, the HF adapter) project only
     the positions that are scored: context tokens never pay for the vocabulary-sized head and softmax.
-    Under FSDP2 the head is called after the root module's forward, which FSDP2 does not reshard
-    (checked with 2 gloo processes: scores equal the unsharded model's).
+    The head is called outside the model's forward, so a model sharded with FSDP2 has its root
+    parameters (the head among them) gathered explicitly for that call (`unshard`), and resharded after.
     """
     if getattr(model, "lm_head", None) is None:
         return token_logprobs(model(ids, position_ids=pos, doc_ids=docs), targets)
     hidden = model(ids, position_ids=pos, doc_ids=docs, return_hidden=True)
     scored = targets != -100
     out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
-    out[scored] = token_logprobs(model.lm_head(hidden[scored]), targets[scored])
+    with gathered(model):
+        out[scored] = token_logprobs(model.lm_head(hidden[scored]), targets[scored])
     return out
+
+
+@contextlib.contextmanager
+def gathered(model: nn.Module) -> Iterator[None]:
+    """The root parameters of an FSDP2-sharded model unsharded inside the block (a no-op otherwise)."""
+    if not callable(getattr(model, "unshard", None)):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
 
 
 def evaluate_bpb(

@@ -1,4 +1,5 @@
-"""Human-readable views of a run record: the per-stage table and the BPB-by-stage table."""
+"""Human-readable views of a run record: the per-stage table, the BPB-by-stage table and the generation-eval
+table (eval stages: model × suite, pass@1 with majority vote and the contamination share beside it)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def print_report(run_dir: Path, console: Console | None = None) -> dict[str, Any
     for name, st in data.get("stages", {}).items():
         m = st.get("metrics") or {}
         head = ", ".join(f"{k}={_fmt(m[k])}" for k in ("final_loss", "tok_s", "mfu", "vocab_size", "pretrain_tokens") if k in m)
+        if isinstance(m.get("results"), dict):
+            head = f"{len(m['results'])} model(s) x {len({s for r in m['results'].values() for s in r})} suite(s)"
         stages.add_row(name, st.get("kind", "?"), st.get("status", "?"), _fmt(st.get("wall_s")), head)
     console.print(stages)
     rows = bpb_rows(data)
@@ -57,7 +60,45 @@ def print_report(run_dir: Path, console: Console | None = None) -> dict[str, Any
         for label, r in rows:
             table.add_row(label, *(_fmt(r.get(k)) for k in keys))
         console.print(table)
+    evals = eval_rows(data)
+    if evals:
+        console.print(eval_table(evals))
     return data
+
+
+def eval_rows(data: dict[str, Any]) -> list[tuple[str, str, dict[str, dict[str, Any]]]]:
+    """(eval stage, model, {suite: summary}) for every eval stage's recorded results."""
+    rows = []
+    for name, st in data.get("stages", {}).items():
+        for model, suites in ((st.get("metrics") or {}).get("results") or {}).items():
+            rows.append((name, model, suites))
+    return rows
+
+
+def eval_table(rows: list[tuple[str, str, dict[str, dict[str, Any]]]]) -> Table:
+    """Stage/model × suite; each cell `pass@1`, then `maj@n` (math suites) and the contamination share."""
+    suites = list(dict.fromkeys(s for _, _, by_suite in rows for s in by_suite))
+    table = Table(title="generation eval by stage (pass@1 = mean correctness over n samples; maj = majority vote; "
+                        "contam = share of items found in the run's training data)")
+    table.add_column("stage")
+    table.add_column("model")
+    for s in suites:
+        table.add_column(s, justify="right")
+    for stage, model, by_suite in rows:
+        table.add_row(stage, model, *(_eval_cell(by_suite.get(s)) for s in suites))
+    return table
+
+
+def _eval_cell(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return "-"
+    parts = [f"pass@1 {_fmt(summary.get('pass@1'))}"]
+    maj = next((k for k in summary if k.startswith("maj@")), None)
+    if maj is not None:
+        parts.append(f"{maj} {_fmt(summary[maj])}")
+    if "contamination" in summary:
+        parts.append(f"contam {summary['contamination']:.0%}")
+    return "\n".join(parts)
 
 
 def _fmt(v: Any) -> str:

@@ -1,0 +1,52 @@
+"""Contamination check of an eval suite against a run's training data (reported next to the score).
+
+Uses the pipeline's decontamination index (`flowlm.data.decontam.Decontaminator`, decon "SIMPLE"
+pretrain mode by default: sampled 5-grams, IDF-weighted overlap, threshold 0.8, exact match required for
+short components): the suite's items are the "benchmark", every training document is scanned, and an
+item is contaminated when any component (question, answer, both) matches. The share is matched items /
+all items; items too short to index (fewer than `min_tokens` words, e.g. `Compute 3 + 4.`) can never
+match and are reported as `unchecked`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from flowlm.eval.suites import EvalItem
+
+
+def _benchmark_items(items: Sequence[EvalItem], name: str) -> list[dict[str, Any]]:
+    out = []
+    for it in items:
+        gt = it.row.get("ground_truth")
+        answer = it.demo or (gt if isinstance(gt, str) else "")
+        out.append({"benchmark": name, "item_id": it.id, "question": it.question, "answer": answer})
+    return out
+
+
+def contamination_report(items: Sequence[EvalItem], corpus_paths: Iterable[str | Path], *, cfg: Any = None,
+                         name: str = "suite") -> dict[str, Any]:
+    """`{share, matched, unchecked, items, matched_ids, docs_scanned}` for `items` against the documents
+    (`{"text": ...}` JSONL, plain or compressed) in `corpus_paths`."""
+    from flowlm.data.decontam import DecontamCfg, Decontaminator
+    from flowlm.data.docs import read_jsonl
+
+    items = list(items)
+    if not items:
+        return {"share": 0.0, "matched": 0, "unchecked": 0, "items": 0, "matched_ids": [], "docs_scanned": 0}
+    deco = Decontaminator(_benchmark_items(items, name), cfg or DecontamCfg())
+    matched: set[str] = set()
+    n_docs = 0
+    for path in corpus_paths:
+        for doc in read_jsonl(path):
+            n_docs += 1
+            matched.update(hit["item_id"] for hit in deco.scan(doc))
+    return {"share": len(matched) / len(items), "matched": len(matched), "unchecked": deco.skipped_items,
+            "items": len(items), "matched_ids": sorted(matched), "docs_scanned": n_docs}
+
+
+def contamination_share(items: Sequence[EvalItem], corpus_paths: Iterable[str | Path]) -> float:
+    """Share of `items` found in the training documents of `corpus_paths` (see module docstring)."""
+    return contamination_report(items, corpus_paths)["share"]

@@ -1,0 +1,128 @@
+"""How an item becomes prompt tokens: the chat template (thinking on/off, `/think` `/no_think`) or a plain
+template for base models, optionally with few-shot examples.
+
+- `chat`: the tokenizer's chat template with the generation prompt. `thinking=False` is Qwen3's hard
+  switch (`enable_thinking=False`: an empty, closed think block ends the prompt); `switch` appends the
+  soft switch `/think` or `/no_think` to the last user turn (plain text the model learned in SFT). The
+  end-of-turn token (`<|im_end|>`) stops generation. Few-shot examples are earlier user/assistant turns.
+- `plain`: the suite's template (`Question: {question}\\nAnswer:` by default, the format the built-in
+  pretraining data uses), examples first, each followed by its worked demo; the suite's stop strings
+  end the answer where a base model would start the next question.
+
+Rendering happens here, not in the engine, so every backend gets the same token ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from flowlm.errors import ConfigError
+from flowlm.eval.suites import EvalItem, Suite
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptFormat:
+    """Prompt construction shared by every suite of one eval."""
+
+    style: Literal["chat", "plain"] = "chat"
+    """`chat` (the tokenizer's chat template) or `plain` (the suite's text template, for base models)."""
+    thinking: bool = True
+    """Chat: render the generation prompt with thinking enabled (Qwen3 `enable_thinking`)."""
+    switch: Literal["", "/think", "/no_think"] = ""
+    """Chat: soft switch appended to the last user turn."""
+    fewshot: int = 0
+    """Worked examples before the question (from the suite's few-shot pool, never the item itself)."""
+    system: str | None = None
+    """Chat: an optional system turn."""
+
+    def __post_init__(self) -> None:
+        if self.style not in ("chat", "plain"):
+            raise ConfigError(f"prompt style must be chat or plain, got {self.style!r}")
+        if self.switch not in ("", "/think", "/no_think"):
+            raise ConfigError(f"switch must be '', '/think' or '/no_think', got {self.switch!r}")
+        if self.fewshot < 0:
+            raise ConfigError(f"fewshot must be >= 0, got {self.fewshot}")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Prompt token ids plus what ends the answer."""
+
+    ids: list[int]
+    stop: tuple[str, ...]
+    stop_token_ids: tuple[int, ...]
+    think_open: bool
+    """The prompt itself opened a think block (some templates pre-open `<think>`)."""
+
+
+def examples(suite: Suite, item: EvalItem, k: int) -> list[EvalItem]:
+    """The first `k` items of the few-shot pool that have a demo and are not `item`."""
+    out = [ex for ex in suite.fewshot_pool if ex.demo and ex.id != item.id and ex.question != item.question]
+    return out[:k]
+
+
+def render(item: EvalItem, suite: Suite, fmt: PromptFormat, tokenizer: Any) -> Rendered:
+    """Token ids of `item`'s prompt under `fmt`."""
+    if fmt.style == "plain":
+        return _plain(item, suite, fmt, tokenizer)
+    return _chat(item, suite, fmt, tokenizer)
+
+
+def _user_text(item: EvalItem, suite: Suite) -> str:
+    return f"{item.question}\n\n{suite.instruction}" if suite.instruction else item.question
+
+
+def chat_messages(item: EvalItem, suite: Suite, fmt: PromptFormat) -> list[dict[str, Any]]:
+    """The conversation sent to the chat template."""
+    msgs: list[dict[str, Any]] = [{"role": "system", "content": fmt.system}] if fmt.system else []
+    for ex in examples(suite, item, fmt.fewshot):
+        msgs += [{"role": "user", "content": _user_text(ex, suite)}, {"role": "assistant", "content": ex.demo}]
+    if item.messages is not None:
+        msgs += [dict(m) for m in item.messages]
+    else:
+        msgs.append({"role": "user", "content": _user_text(item, suite)})
+    if fmt.switch:
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "user") if any(m["role"] == "user" for m in msgs) else None
+        if last is not None:
+            msgs[last] = {**msgs[last], "content": f"{msgs[last].get('content') or ''} {fmt.switch}".strip()}
+    return msgs
+
+
+def _chat(item: EvalItem, suite: Suite, fmt: PromptFormat, tokenizer: Any) -> Rendered:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')} has no chat template: "
+                          "evaluate with the plain prompt format (--format plain)")
+    text = tokenizer.apply_chat_template(chat_messages(item, suite, fmt), tokenize=False,
+                                         add_generation_prompt=True, enable_thinking=fmt.thinking)
+    ids = list(tokenizer.encode(text, add_special_tokens=False))
+    tail = text[text.rfind("assistant"):]
+    stop_ids = tuple(t for t in (_token_id(tokenizer, "<|im_end|>"),) if t is not None)
+    return Rendered(ids, (), stop_ids, tail.count("<think>") > tail.count("</think>"))
+
+
+def _plain(item: EvalItem, suite: Suite, fmt: PromptFormat, tokenizer: Any) -> Rendered:
+    parts = []
+    for ex in examples(suite, item, fmt.fewshot):
+        head = _fill(suite.plain_template, ex)
+        sep = "" if head.endswith(("\n", " ")) else " "
+        done = "\n[DONE]" if "[BEGIN]" in suite.plain_template else ""
+        parts.append(f"{head}{sep}{(ex.demo or '').strip()}{done}\n\n")
+    text = "".join(parts) + _fill(suite.plain_template, item)
+    return Rendered(list(tokenizer.encode(text, add_special_tokens=False)), suite.plain_stop, (), False)
+
+
+def _fill(template: str, item: EvalItem) -> str:
+    code = item.row.get("prompt") if isinstance(item.row.get("prompt"), str) else item.question
+    return template.replace("{question}", item.question).replace("{code_prompt}", code)
+
+
+def _token_id(tokenizer: Any, token: str) -> int | None:
+    """Id of a special token the tokenizer knows (None when it would map to unk)."""
+    try:
+        tid = tokenizer.convert_tokens_to_ids(token)
+    except Exception:  # noqa: BLE001 - tokenizers differ; absence is the answer
+        return None
+    if tid is None or (tokenizer.unk_token_id is not None and tid == tokenizer.unk_token_id):
+        return None
+    return int(tid)

@@ -1,0 +1,107 @@
+"""Stage kind `eval`: generation-based evaluation of earlier stages' models (or checkpoint paths) on suites.
+
+    evaluate:
+      kind: eval
+      models: [sft, dpo]                 # earlier stages (their `model` output) or checkpoint paths
+      suites: [builtin, gsm8k=/data/gsm8k/test.jsonl]
+      n: 4
+      temperature: 0.6
+
+Every suite is first checked against the run's training data (the corpus stage's JSONL corpora,
+`flowlm.eval.contamination`); the matched share is stored next to the score. Output: `<name>/results.json`
+(settings, per-suite summaries and every item's samples, scores and reasons); `flow.json` gets the
+summaries as `metrics.results[model][suite]`, which `flowlm report` shows as a stage × suite table.
+Benchmark files named in `suites` are declared inputs, so editing one reruns the stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from flowlm.atomic import atomic_write_json
+from flowlm.config import Strict
+from flowlm.flow.stages.registry import StageContext, StageKind, StageResult, register
+
+HEADLINE_KEYS = ("items", "n", "mean_reward", "mean_tokens", "truncated", "unclosed_think", "errors",
+                 "contamination", "contamination_unchecked")
+
+
+class EvalStageConfig(Strict):
+    """Which models, which suites, and how to prompt and sample (see `flowlm eval --help`)."""
+
+    kind: Literal["eval"] = "eval"
+    models: list[str] = Field(min_length=1, description="earlier stage names or checkpoint paths")
+    suites: list[str] = Field(default_factory=lambda: ["builtin"], min_length=1,
+                              description="suite names; file suites as NAME=PATH")
+    max_items: int | None = Field(None, gt=0, description="first N items per suite (built-in: N generated)")
+    n: int = Field(1, ge=1, description="samples per item")
+    temperature: float = Field(0.6, ge=0, description="0 = greedy")
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int | None = Field(None, gt=0, description="default: each suite's own")
+    format: Literal["chat", "plain"] = "chat"
+    thinking: bool = True
+    switch: Literal["", "/think", "/no_think"] = ""
+    fewshot: int = Field(0, ge=0)
+    seed: int = 0
+    contamination: bool = Field(True, description="check suites against the run's corpora")
+    backend: Literal["native", "vllm", "auto"] = "native"
+    max_slots: int = Field(64, gt=0)
+    workers: int = Field(2, ge=0, description="verifier processes (0 = in the stage's process)")
+    timeout: float = Field(60.0, gt=0, description="hard limit per verification (s)")
+
+
+def _suite_files(cfg: EvalStageConfig) -> list[str]:
+    from flowlm.eval.evaluate import parse_suite_specs
+
+    return [path for _, path in parse_suite_specs(cfg.suites) if path is not None]
+
+
+def _inputs(ctx: StageContext, name: str, cfg: EvalStageConfig) -> list[str]:
+    corpus = [ctx.latest("corpus", name)] if cfg.contamination else []
+    return [*cfg.models, *corpus, *_suite_files(cfg)]
+
+
+def _corpus_files(ctx: StageContext, name: str) -> list[Path]:
+    """The run's training corpora: every JSONL output of the corpus stage."""
+    outs = ctx.outputs[ctx.latest("corpus", name)]
+    return [ctx.path(rel) for rel in outs.values() if rel.endswith(".jsonl")]
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary numbers kept in `flow.json`: pass@k for k = 1, 2, 4, ... and n, maj@n, lengths, flags."""
+    n = int(summary.get("n", 1))
+    ks = sorted({k for k in (2**i for i in range(12)) if k <= n} | {n})
+    keep = [*HEADLINE_KEYS, *(f"pass@{k}" for k in ks), f"maj@{n}"]
+    return {k: summary[k] for k in keep if k in summary}
+
+
+def run(ctx: StageContext, name: str, cfg: EvalStageConfig) -> StageResult:
+    from flowlm.eval.evaluate import evaluate_models, load_suites, parse_suite_specs
+    from flowlm.eval.harness import SamplingSettings
+    from flowlm.eval.prompting import PromptFormat
+
+    fmt = PromptFormat(style=cfg.format, thinking=cfg.thinking, switch=cfg.switch, fewshot=cfg.fewshot)
+    sampling = SamplingSettings(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    suites = load_suites(parse_suite_specs(cfg.suites), max_items=cfg.max_items, seed=cfg.seed)
+    models = {ref: ctx.model_dir(ref) for ref in cfg.models}
+    corpora = _corpus_files(ctx, name) if cfg.contamination else []
+    results = evaluate_models(models, suites, fmt=fmt, sampling=sampling, backend=cfg.backend,
+                              max_slots=cfg.max_slots, workers=cfg.workers, timeout=cfg.timeout, corpus_paths=corpora)
+    doc = {"settings": {"format": fmt.__dict__, "sampling": sampling.__dict__,
+                        "models": {ref: str(p) for ref, p in models.items()},
+                        "corpora": [str(p.relative_to(ctx.run_dir)) for p in corpora]},
+           "results": {m: {s: r.summary for s, r in by_suite.items()} for m, by_suite in results.items()},
+           "items": {m: {s: r.items for s, r in by_suite.items()} for m, by_suite in results.items()}}
+    out = ctx.path(name) / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, doc)
+    metrics = {"results": {m: {s: headline(r.summary) for s, r in by_suite.items()} for m, by_suite in results.items()}}
+    return {"results": f"{name}/results.json"}, metrics
+
+
+register(StageKind(name="eval", config=EvalStageConfig, run=run, inputs=_inputs, main_rank_only=True,
+                   default_for=("eval",)))

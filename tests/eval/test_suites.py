@@ -1,0 +1,169 @@
+"""Suites, prompt formats, the `sequence` verifier, user JSONL rows, contamination, the in-training eval
+function, and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flowlm.errors import ConfigError, FlowError
+from flowlm.eval.prompting import PromptFormat, render
+from flowlm.eval.suites import BUILTIN_TASKS, load_suite
+
+
+@pytest.fixture(scope="module")
+def tok(micro_ckpt):
+    from flowlm.model.tokenizer import load_tokenizer
+
+    return load_tokenizer(micro_ckpt)
+
+
+def test_builtin_suites_are_heldout_distinct_and_routed():
+    from flowlm.data import tasks
+
+    all_items = load_suite("builtin", n=50).items
+    assert len({it.id for it in all_items}) == 50 and all(tasks.is_heldout(it.question) for it in all_items)
+    for task in BUILTIN_TASKS:
+        items = load_suite(task, n=10).items
+        assert len(items) == 10 and all(it.row["task"] == task for it in items)
+    routes = {it.row["task"]: it.row["dataset"] for it in all_items}
+    assert routes == {"arithmetic": "math", "linear_equation": "math", "word_problem": "gsm8k", "sorting": "sequence",
+                      "counting": "math"}
+    assert load_suite("builtin", n=5).majority_vote
+
+
+def test_sequence_verifier_checks_order():
+    from flowlm.verify import verify
+
+    assert verify("sequence", "so \\boxed{-5, 3, 7}", "-5, 3, 7").score == 1.0
+    assert verify("sequence", "\\boxed{-5, 7, 3}", "-5, 3, 7").score == 0.0  # `math` calls this equal (a set)
+    assert verify("sequence", "\\boxed{-5, 3}", "-5, 3, 7").score == 0.0
+    assert verify("sequence", "<think>x", "-5, 3, 7").score == 0.0
+
+
+def test_chat_prompt_thinking_switches_and_fewshot(tok):
+    suite = load_suite("arithmetic", n=3)
+    item = suite.items[0]
+    on = tok.decode(render(item, suite, PromptFormat(), tok).ids)
+    off = render(item, suite, PromptFormat(thinking=False), tok)
+    assert on.endswith("<|im_start|>assistant\n") and item.question in on and "\\boxed{}" in on
+    assert tok.decode(off.ids).endswith("<think>\n\n</think>\n\n")
+    assert off.stop_token_ids == (tok.convert_tokens_to_ids("<|im_end|>"),)
+    soft = tok.decode(render(item, suite, PromptFormat(switch="/no_think", fewshot=2), tok).ids)
+    assert soft.count("<|im_start|>user") == 3 and soft.count("<|im_start|>assistant") == 3
+    assert soft.rstrip().endswith("/no_think<|im_end|>\n<|im_start|>assistant")
+    assert item.question not in soft.split("<|im_start|>user")[1]  # never the item itself as its own example
+
+
+def test_plain_prompt_and_code_templates(tok, tmp_path):
+    suite = load_suite("builtin", n=2)
+    r = render(suite.items[0], suite, PromptFormat(style="plain", fewshot=1), tok)
+    text = tok.decode(r.ids)
+    assert text.startswith("Question: ") and text.endswith(f"Question: {suite.items[0].question}\nAnswer:")
+    assert text.count("Question:") == 2 and r.stop == ("\nQuestion:",)
+    he = tmp_path / "HumanEval.jsonl"
+    he.write_text(json.dumps({"task_id": "T/0", "prompt": "def f(x):\n    \"\"\"Double.\"\"\"\n", "entry_point": "f",
+                              "canonical_solution": "    return 2 * x\n",
+                              "test": "def check(c):\n    assert c(2) == 4\n"}) + "\n")
+    hs = load_suite("humaneval", tmp_path)
+    plain = render(hs.items[0], hs, PromptFormat(style="plain"), tok)
+    assert tok.decode(plain.ids) == hs.items[0].row["prompt"] and "\ndef " in plain.stop
+
+
+def test_user_jsonl_rows_route_like_flowlm_verify(tmp_path):
+    f = tmp_path / "rows.jsonl"
+    rows = [{"id": "a", "prompt": "2+2?", "dataset": "math", "ground_truth": "4"},
+            {"messages": [{"role": "user", "content": "Say hi in French."}], "dataset": "ifeval",
+             "ground_truth": {"instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}}]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    suite = load_suite("jsonl", f)
+    assert [it.id for it in suite.items] == ["a", "rows-2"] and suite.items[1].messages is not None
+    assert not suite.majority_vote
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": "x", "dataset": "nosuch", "ground_truth": "1"}', "nosuch"),
+    ('{"prompt": "x", "dataset": "math"', "invalid JSON"),
+    ('{"dataset": "math", "ground_truth": "1"}', "exactly one of prompt, messages"),
+    ('{"prompt": "x", "dataset": "ifeval", "ground_truth": {"instruction_id_list": ["no:such"], "kwargs": [{}]}}', "no:such"),
+])
+def test_bad_rows_name_file_and_line(tmp_path, line, message):
+    f = tmp_path / "rows.jsonl"
+    f.write_text('{"prompt": "ok", "dataset": "math", "ground_truth": "1"}\n' + line + "\n")
+    with pytest.raises(FlowError) as exc:
+        load_suite("jsonl", f)
+    assert f"{f}:2" in str(exc.value) and message in str(exc.value)
+
+
+def test_benchmark_row_missing_a_field_names_file_and_line(tmp_path):
+    f = tmp_path / "test.jsonl"
+    f.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q2"}\n')
+    with pytest.raises(FlowError, match=rf"{f}:2: row has no answer"):
+        load_suite("gsm8k", f)
+
+
+def test_missing_verifier_dependency_names_the_package(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "math_verify" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"'math' verifier needs the 'math-verify' package \(pip install math-verify\)"):
+        load_suite("arithmetic", n=2)
+
+
+def test_unknown_suite_and_file_rules():
+    from flowlm.eval.evaluate import parse_suite_specs
+
+    with pytest.raises(ConfigError, match="did you mean 'gsm8k'"):
+        load_suite("gsmk8")
+    with pytest.raises(ConfigError, match="reads a file"):
+        load_suite("mbpp")
+    assert parse_suite_specs(["builtin,gsm8k=/a/t.jsonl", "mbpp"], file="/b") == [
+        ("builtin", None), ("gsm8k", "/a/t.jsonl"), ("mbpp", "/b")]
+    with pytest.raises(ConfigError, match="exactly one file suite"):
+        parse_suite_specs(["mbpp,humaneval"], file="/b")
+
+
+def test_contamination_share_finds_items_in_training_docs(tmp_path):
+    from flowlm.eval.contamination import contamination_report, contamination_share
+
+    items = load_suite("word_problem", n=10).items  # long enough to index (short arithmetic is not)
+    corpus = tmp_path / "train.jsonl"
+    docs = [{"id": "clean", "text": "Nothing to see here. " * 50}]
+    docs += [{"id": f"leak{i}", "text": f"Some preamble.\nQuestion: {it.question}\nAnswer: {it.demo}\nMore text."}
+             for i, it in enumerate(items[:3])]
+    corpus.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    assert contamination_share(items, [corpus]) == pytest.approx(0.3)
+    rep = contamination_report(items, [corpus])
+    assert rep["matched_ids"] == sorted(it.id for it in items[:3]) and rep["docs_scanned"] == 4
+    assert contamination_share(items, []) == 0.0
+
+
+def test_generation_eval_fn_runs_inside_the_train_engine_callback(micro_ckpt):
+    from flowlm.eval.evaluate import make_generation_eval_fn
+    from flowlm.model.hf import load_native
+    from flowlm.model.tokenizer import load_tokenizer
+
+    model, _ = load_native(micro_ckpt)
+    fn = make_generation_eval_fn(load_tokenizer(micro_ckpt), [load_suite("builtin", n=24)],
+                                 fmt=PromptFormat(style="plain"),
+                                 sampling=__import__("flowlm.eval.harness", fromlist=["x"]).SamplingSettings(
+                                     temperature=0, max_new_tokens=12))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = fn(model)
+    assert set(out) == {"builtin/pass@1", "builtin/mean_reward"} and 0 <= out["builtin/pass@1"] <= 1
+    assert all((model.state_dict()[k] == v).all() for k, v in before.items())  # the model is untouched
+    assert fn(model) == out  # greedy: the same numbers every time
+
+
+def test_cli_errors_are_one_line(micro_ckpt, tmp_path, capsys):
+    from flowlm.cli import main
+
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"prompt": "x", "dataset": "math", "ground_truth": "1"}\nnot json\n')
+    assert main(["eval", "--model", str(micro_ckpt), "--suite", "jsonl", "--file", str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}:2:")
+    assert main(["eval", "--model", str(micro_ckpt), "--suite", "humaneval"]) == 2
+    assert "--file PATH" in capsys.readouterr().err
