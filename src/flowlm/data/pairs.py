@@ -9,11 +9,14 @@ each side to the longest sequence of the batch, so a batch is
 
 with `labels[t]` the target of position t (-100 on prompt, padding and the last token). Chosen and
 rejected of one pair sit in the same row of their tensors, so splitting rows into micro-batches keeps
-every pair whole.
+every pair whole. `PairDataset(..., with_index=True)` adds `pair_index` int64 `[P]`, the pairs' dataset
+indices, which the DPO objective uses to look up its cached reference log-probabilities; `fingerprint()`
+hashes what those depend on. `pair_rows` stacks a batch's two sides into one `[2P, T]` forward.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -74,9 +77,14 @@ def tokenize_pairs(tok: Any, rows: Iterable[Mapping[str, Any]], out_dir: str | P
 
 
 class PairDataset:
-    """Pairs from `<dir>/chosen` and `<dir>/rejected`; sequences longer than `max_len` are cut on the right."""
+    """Pairs from `<dir>/chosen` and `<dir>/rejected`; sequences longer than `max_len` are cut on the right.
 
-    def __init__(self, pair_dir: str | Path, max_len: int, pad_id: int | None = None) -> None:
+    `with_index`: batches also carry `pair_index` (each pair's index in the dataset).
+    """
+
+    def __init__(self, pair_dir: str | Path, max_len: int, pad_id: int | None = None, *,
+                 with_index: bool = False) -> None:
+        self.with_index = with_index
         self.stores = {side: TokenStore.open(Path(pair_dir) / side) for side in SIDES}
         n = {side: len(s) for side, s in self.stores.items()}
         if n["chosen"] != n["rejected"]:
@@ -90,8 +98,9 @@ class PairDataset:
     def __len__(self) -> int:
         return len(self.stores["chosen"])
 
-    def __getitem__(self, i: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        out = {}
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """`{chosen: (ids, targets), rejected: (ids, targets), pair_index: i}`."""
+        out: dict[str, Any] = {}
         for side, store in self.stores.items():
             ids = np.asarray(store.doc(i)[: self.max_len], dtype=np.int64)
             mask = store.doc_mask(i)
@@ -100,9 +109,10 @@ class PairDataset:
             if mask is not None:
                 tgt[:-1] = np.where(np.asarray(mask[1: len(ids)]) > 0, tgt[:-1], IGNORE)
             out[side] = (ids, tgt)
+        out["pair_index"] = i
         return out
 
-    def collate(self, items: Sequence[dict[str, tuple[np.ndarray, np.ndarray]]]) -> dict[str, torch.Tensor]:
+    def collate(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = {}
         for side in SIDES:
             T = max(len(it[side][0]) for it in items)
@@ -113,4 +123,44 @@ class PairDataset:
                 ids[r, : len(x)], labels[r, : len(y)] = x, y
             batch[f"{side}_input_ids"] = torch.from_numpy(ids)
             batch[f"{side}_labels"] = torch.from_numpy(labels)
+        if self.with_index:
+            batch["pair_index"] = torch.tensor([int(it["pair_index"]) for it in items], dtype=torch.int64)
         return batch
+
+    def fingerprint(self) -> str:
+        """Hash of everything a pair's log-probabilities depend on: both stores' token ids, document offsets,
+        label masks and tokenizer hash, and `max_len` (truncation). Not the padding id: padding sits
+        right of every real token, so causal models never see it."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"pairs/1 max_len={self.max_len}".encode())
+        for side in SIDES:
+            store = self.stores[side]
+            h.update(f"{side} {store.tokenizer_hash} {store.tokens.dtype}".encode())
+            for arr in (store.tokens, store.offsets, store.label_mask):
+                _hash_array(h, arr)
+        return h.hexdigest()
+
+
+def _hash_array(h: Any, arr: np.ndarray | None) -> None:
+    if arr is None:
+        h.update(b"none")
+        return
+    h.update(f"{arr.dtype}{arr.shape}".encode())
+    flat = arr.reshape(-1)
+    step = max(1, (1 << 24) // max(arr.itemsize, 1))  # 16 MiB blocks of the memory map
+    for s in range(0, len(flat), step):
+        h.update(np.ascontiguousarray(flat[s:s + step]).tobytes())
+
+
+def pair_rows(batch: Mapping[str, torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, labels)` `[2P, T]`: the P chosen rows, then the P rejected rows, right-padded with
+    `pad_id` (labels -100) to the longer side, so both sides go through one forward."""
+    c_ids, c_lab = batch["chosen_input_ids"], batch["chosen_labels"]
+    r_ids, r_lab = batch["rejected_input_ids"], batch["rejected_labels"]
+    T = max(c_ids.shape[1], r_ids.shape[1])
+
+    def pad(x: torch.Tensor, value: int) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, T - x.shape[1]), value=value)
+
+    return (torch.cat([pad(c_ids, pad_id), pad(r_ids, pad_id)]),
+            torch.cat([pad(c_lab, IGNORE), pad(r_lab, IGNORE)]))

@@ -1,0 +1,230 @@
+"""Direct preference optimisation with reference log-probabilities computed once and cached on disk.
+
+Batches come from `flowlm.data.pairs.PairDataset(..., with_index=True)`: `chosen_*`, `rejected_*` and
+`pair_index`. The reference model never sits beside the policy during training. Before training,
+`precompute_reference(dataset, cache_dir)` runs the reference over every pair once (open-instruct's
+`dpo_tune_cache.py` does the same, then frees the reference) and stores the summed answer-token
+log-probabilities per pair in `<cache_dir>/dpo_ref_logps-<key>.pt`. The key hashes the reference
+weights (the checkpoint's weight files for `reference: <path>`; the policy's initial parameters for
+`reference: null`), the pair data with its tokenizer hash and truncation (`PairDataset.fingerprint`),
+so a changed reference or data set is recomputed and an unchanged one is read back. Sums are stored
+and the length normalisation of `dpo_norm` applied at loss time, so both loss types share a cache.
+
+The loss math is `flowlm.train.post_losses.dpo_loss`; the unit is a pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import Field
+from torch import nn
+
+from flowlm.atomic import replacing
+from flowlm.data.pairs import pair_rows
+from flowlm.errors import FlowError
+from flowlm.train.objectives.base import LossOutput, Mean, Objective, ObjectiveConfig, register_objective
+from flowlm.train.parallel import World, barrier
+from flowlm.train.post_losses import dpo_loss, head_weight, sequence_logps
+
+CACHE_FORMAT = "flowlm.dpo_ref_logps/1"
+WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+class DPOConfig(ObjectiveConfig):
+    """DPO. OLMo 3 Think DPO: `dpo_norm` with β = 5 (open-instruct's current default); `dpo` with β = 0.1
+    is the original paper's (and TRL's) setting. β has no default on purpose: the two differ by 50x."""
+
+    name: Literal["dpo"] = "dpo"
+    beta: float = Field(gt=0, description="strength of the implicit KL penalty (0.1 for dpo, 5 for dpo_norm)")
+    loss_type: Literal["dpo", "dpo_norm"] = Field(
+        "dpo_norm", description="dpo: summed log-ratios (TRL sigmoid); dpo_norm: per-token averaged (TRL sigmoid_norm)")
+    reference: str | None = Field(None, description="reference checkpoint directory; null = the initial policy")
+    reference_batch_size: int = Field(8, gt=0, description="pairs per forward when precomputing reference log-probs")
+
+
+def weights_hash(model: nn.Module) -> str:
+    """Hash of a model's parameters and buffers (names without the adapter's prefix, dtypes, shapes, bytes).
+
+    Under FSDP2 each sharded tensor is gathered (a collective: every rank calls this)."""
+    h = hashlib.blake2b(digest_size=16)
+    prefix = getattr(model, "checkpoint_prefix", "")
+    for name, t in sorted(model.state_dict().items()):
+        if hasattr(t, "full_tensor"):
+            t = t.full_tensor()
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name.removeprefix(prefix)} {t.dtype} {t.numel()}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def files_hash(path: Path) -> str:
+    """Hash of a checkpoint directory's `config.json` and weight files (names and bytes)."""
+    h = hashlib.blake2b(digest_size=16)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix in WEIGHT_FILES or p.name == "config.json"))
+    if not any(p.suffix in WEIGHT_FILES for p in files):
+        raise FlowError(f"{path}: no weight files to use as the DPO reference")
+    for p in files:
+        h.update(str(p.relative_to(path)).encode())
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def pair_logps(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer log-probabilities and answer lengths `[2P]` (chosen rows, then rejected), one forward.
+
+    Padding sits right of every real token, so a causal model's log-probabilities do not depend on it."""
+    ids, labels = pair_rows(batch, pad_id=0)
+    weight = head_weight(model)
+    if weight is None:
+        return sequence_logps(model(ids), labels)
+    return sequence_logps(model(ids, return_hidden=True), labels, weight)
+
+
+@register_objective
+class DPOObjective(Objective):
+    """DPO over pairs. Metrics (Means over pairs): `reward_accuracy`, `chosen_reward`, `rejected_reward`,
+    `reward_margin` (rewards as the loss sees them, see `dpo_loss`), `chosen_logp`, `rejected_logp`."""
+
+    name = "dpo"
+    Config = DPOConfig
+    unit = "pairs"
+    cfg: DPOConfig
+
+    def __init__(self, cfg: DPOConfig | None = None, **fields: Any) -> None:
+        super().__init__(cfg, **fields)
+        self._model: nn.Module | None = None
+        self._world = World()
+        self._initial_hash: str | None = None  # reference: null -> the policy's weights at setup
+        self._ref: dict[str, torch.Tensor] | None = None
+        self._key: str | None = None
+        self._expected_key: str | None = None  # from a checkpoint: the cache this run trained with
+
+    # -- reference ----------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, world: Any) -> None:
+        self._model, self._world = model, world
+        if self.cfg.reference is None:
+            self._initial_hash = weights_hash(model)
+
+    def reference_key(self, dataset: Any, model: nn.Module | None = None) -> str:
+        """The cache key for `dataset` (reference weights + `dataset.fingerprint()`)."""
+        if self.cfg.reference is not None:
+            ref = files_hash(Path(self.cfg.reference))
+        else:
+            ref = self._initial_hash or weights_hash(self._need_model(model))
+        blob = json.dumps({"format": CACHE_FORMAT, "reference": ref, "data": dataset.fingerprint()}, sort_keys=True)
+        return hashlib.blake2b(blob.encode(), digest_size=10).hexdigest()
+
+    def precompute_reference(self, data: Any, cache_dir: str | Path, *, model: nn.Module | None = None,
+                             world: World | None = None) -> Path:
+        """Reference log-probabilities of every pair of `data` (a `PairDataset` or a loader over one),
+        read from `cache_dir` or computed once and written there. Call before training; with
+        `reference: null` the model given here or to `setup` must still hold its initial weights when
+        the cache has to be computed. Under torchrun every rank calls it (ranks split the pairs)."""
+        dataset = getattr(data, "dataset", data)
+        world = world or self._world
+        fresh = model is not None and self._initial_hash is None and self.cfg.reference is None
+        if fresh:  # hashed just now: the model is at the weights the key names
+            self._initial_hash = weights_hash(model)
+        key = self.reference_key(dataset, model)
+        if self._expected_key is not None and key != self._expected_key:
+            raise FlowError(f"dpo: the reference or the pair data changed since the checkpoint being resumed "
+                            f"(cache key {key}, checkpoint trained with {self._expected_key})")
+        path = Path(cache_dir) / f"dpo_ref_logps-{key}.pt"
+        if not path.exists():
+            chosen, rejected = self._compute(dataset, model, world, check_initial=not fresh)
+            if world.is_main:
+                with replacing(path) as tmp:
+                    torch.save({"format": CACHE_FORMAT, "key": key, "chosen": chosen, "rejected": rejected}, tmp)
+            barrier(world)
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+        if cache.get("format") != CACHE_FORMAT or len(cache["chosen"]) != len(dataset):
+            raise FlowError(f"{path}: not a reference cache for these {len(dataset)} pairs")
+        # on the training device (4 bytes per pair and side): the lookup per micro-batch needs no host sync
+        self._ref = {side: cache[side].to(world.device) for side in ("chosen", "rejected")}
+        self._key = key
+        return path
+
+    def _compute(self, dataset: Any, model: nn.Module | None, world: World,
+                 check_initial: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.reference is not None:
+            from flowlm.model.adapter import load_causal_lm
+
+            ref = load_causal_lm(self.cfg.reference, device=world.device)
+        else:
+            ref = self._need_model(model)
+            if check_initial and weights_hash(ref) != self._initial_hash:
+                raise FlowError("dpo: reference: null needs the model's initial weights, but the model has been "
+                                "trained; compute the reference cache before resuming (or keep it)")
+        n, bs = len(dataset), self.cfg.reference_batch_size
+        mine = np.arange(world.rank, n, world.size)
+        steps = math.ceil(math.ceil(n / world.size) / bs)  # equal on every rank: FSDP forwards are collective
+        out = torch.full((2, n), -math.inf, dtype=torch.float32, device=world.device)
+        was_training = ref.training
+        ref.eval()
+        with torch.no_grad():
+            for s in range(steps):
+                idx = mine[s * bs:(s + 1) * bs]
+                idx = idx if len(idx) else np.array([0])  # a rank out of pairs repeats one (same value: MAX keeps it)
+                batch = dataset.collate([dataset[int(i)] for i in idx])
+                logps, _ = pair_logps(ref, {k: v.to(world.device) for k, v in batch.items()})
+                t = torch.as_tensor(idx, device=world.device)
+                out[0, t], out[1, t] = logps[:len(idx)], logps[len(idx):]
+        ref.train(was_training)
+        if world.distributed:
+            dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        return out[0].cpu(), out[1].cpu()
+
+    def _need_model(self, model: nn.Module | None) -> nn.Module:
+        model = model or self._model
+        if model is None:
+            raise FlowError("dpo: reference: null needs the policy model (pass model= or call setup first)")
+        return model
+
+    # -- the step -----------------------------------------------------------------------------------
+    def count_units(self, batch: Mapping[str, Any]) -> int:
+        return int(batch["chosen_input_ids"].shape[0])
+
+    def count_tokens(self, batch: Mapping[str, Any]) -> int:
+        return int(batch["chosen_input_ids"].numel() + batch["rejected_input_ids"].numel())
+
+    def loss(self, model: nn.Module, batch: Mapping[str, Any]) -> LossOutput:
+        if self._ref is None:
+            raise FlowError("dpo: no reference log-probabilities; call precompute_reference(data, cache_dir) first")
+        if "pair_index" not in batch:
+            raise FlowError("dpo: batches need pair_index (build the data with PairDataset(..., with_index=True))")
+        logps, lengths = pair_logps(model, batch)
+        P = self.count_units(batch)
+        idx = batch["pair_index"].to(self._ref["chosen"].device)
+        ref_c, ref_r = (self._ref[side][idx].to(logps.device) for side in ("chosen", "rejected"))
+        out = dpo_loss(logps[:P], logps[P:], ref_c, ref_r, self.cfg.beta, loss_type=self.cfg.loss_type,
+                       chosen_lengths=lengths[:P], rejected_lengths=lengths[P:])
+        c, r = out.chosen_rewards, out.rejected_rewards
+        metrics = {
+            "reward_accuracy": Mean((c > r).float().sum(), P),
+            "chosen_reward": Mean(c.sum(), P),
+            "rejected_reward": Mean(r.sum(), P),
+            "reward_margin": Mean((c - r).sum(), P),
+            "chosen_logp": Mean(logps[:P].detach().sum(), P),
+            "rejected_logp": Mean(logps[P:].detach().sum(), P),
+        }
+        return LossOutput(out.losses.sum(), metrics)
+
+    # -- resume -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"reference_key": self._key} if self._key else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._expected_key = state.get("reference_key")
+        if self._key is not None and self._expected_key is not None and self._key != self._expected_key:
+            raise FlowError(f"dpo: the checkpoint trained with reference cache {self._expected_key}, "
+                            f"but {self._key} is loaded (the reference or the pair data changed)")

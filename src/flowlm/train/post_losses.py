@@ -1,0 +1,216 @@
+"""Post-training losses as small pure tensor functions: DPO, Bradley–Terry, distillation divergences,
+and per-sequence log-probabilities through a chunked LM head.
+
+Every loss returns one value per unit (per pair, per token) and no mean: the objective sums them and
+the engine divides by the units of the whole accumulation group, so micro-batching and data
+parallelism equal one big batch. Each matches TRL 1.16 on the same inputs
+(`tests/train/test_post_losses.py`): `dpo_loss` = `DPOTrainer` `loss_type` `sigmoid` / `sigmoid_norm`,
+`bradley_terry_loss` = `RewardTrainer` (with `center_rewards_coefficient`), `generalized_jsd` =
+`GKDTrainer.generalized_jsd_loss`.
+
+Long vocabularies: `sequence_logps` and the distillation objective never hold more than one chunk of
+`[rows, V]` logits at a time, also in backward (`chunked_rows` recomputes each chunk's logits there).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE = -100
+
+
+def default_chunk_rows(vocab_size: int, device: torch.device) -> int:
+    """Rows of `[rows, V]` fp32 logits per chunk: 64 MiB on CPU, 1 GiB on a GPU (as the fused LM loss)."""
+    budget = 1 << 24 if device.type == "cpu" else 1 << 28
+    return max(64, budget // max(vocab_size, 1))
+
+
+def chunked_rows(fn: Callable[..., torch.Tensor], rows: tuple[torch.Tensor, ...],
+                 shared: tuple[torch.Tensor | None, ...], chunk_rows: int) -> torch.Tensor:
+    """`fn(*row_chunks, *shared) -> [c]` on chunks of `chunk_rows` rows, concatenated to `[N]`.
+
+    With gradients on, each chunk runs under activation checkpointing, so its `[c, V]` intermediates are
+    freed after the forward and rebuilt one chunk at a time in backward: peak memory is one chunk's
+    logits instead of all of them, for one extra LM-head GEMM per chunk.
+    """
+    n = rows[0].shape[0]
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*rows, *shared))
+    out = []
+    # No rows still runs `fn` once (on empty slices): the result stays connected to the model, so a
+    # micro-batch without targets backpropagates zeros instead of failing.
+    for s in range(0, max(n, 1), chunk_rows):
+        args = (*(r[s:s + chunk_rows] for r in rows), *shared)
+        out.append(checkpoint(fn, *args, use_reentrant=False) if grad and n else fn(*args))
+    return torch.cat(out)
+
+
+def _project(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (hidden @ weight.t()).float()
+
+
+def _target_logps(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    logits = _project(hidden, weight)
+    return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
+
+
+def sequence_logps(x: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None, *,
+                   chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row sum of target log-probabilities and the number of targets.
+
+    Args:
+        x: `[B, T, V]` logits, or `[B, T, D]` final hidden states when `weight` (`[V, D]`, a bias-free
+            LM head) is given; then only the labelled positions are projected, in chunks of `chunk_rows`
+            (`chunked_rows`), so the `[B, T, V]` logits never exist.
+        labels: `[B, T]` target ids, `-100` where no target.
+
+    Returns:
+        `(logps [B] fp32, counts [B] int64)`: `Σ_t log p(labels[t] | x[t])` over labelled positions and
+        how many there are.
+    """
+    valid = labels != IGNORE
+    counts = valid.sum(dim=1)
+    if weight is None:
+        logp = torch.log_softmax(x.float(), dim=-1).gather(-1, labels.clamp_min(0)[..., None]).squeeze(-1)
+        return (logp * valid).sum(dim=1), counts
+    flat = valid.reshape(-1)
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels).reshape(-1)[flat]
+    hidden = x.reshape(-1, x.shape[-1])[flat]
+    chunk = chunk_rows or default_chunk_rows(weight.shape[0], x.device)
+    per_token = chunked_rows(_target_logps, (hidden, labels.reshape(-1)[flat]), (weight,), chunk)
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=x.device).index_add(0, rows, per_token)
+    return sums, counts
+
+
+class DPOLoss(NamedTuple):
+    """Per-pair losses and implicit rewards (detached; the rewards whose difference the loss sees)."""
+
+    losses: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+
+
+def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+             ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float, *,
+             loss_type: Literal["dpo", "dpo_norm"] = "dpo", chosen_lengths: torch.Tensor | None = None,
+             rejected_lengths: torch.Tensor | None = None) -> DPOLoss:
+    """DPO (Rafailov et al. 2023) per pair: `-log σ(β · (r_c - r_r))`.
+
+    `dpo`: `r = logπ(y|x) - logπ_ref(y|x)`, log-probabilities summed over the answer tokens (TRL
+    `sigmoid`). `dpo_norm`: each side's log-ratio divided by its own number of answer tokens, clamped
+    to at least 1 (TRL `sigmoid_norm`; open-instruct `dpo_norm`, which averages the log-probabilities
+    of policy and reference before the difference, the same number; Tülu 3 and OLMo 3 use it, OLMo 3
+    Think with β = 5).
+
+    The rewards returned are `β · r` with the normalisation of the loss, so reward accuracy
+    (`chosen > rejected`) agrees with the sign of the margin the loss pushes on. open-instruct reports
+    these; TRL's `sigmoid_norm` logs the unnormalised `β · (logπ - logπ_ref)` instead.
+    """
+    chosen = policy_chosen_logps - ref_chosen_logps
+    rejected = policy_rejected_logps - ref_rejected_logps
+    if loss_type == "dpo_norm":
+        if chosen_lengths is None or rejected_lengths is None:
+            raise ValueError("dpo_norm needs chosen_lengths and rejected_lengths (answer tokens per side)")
+        chosen = chosen / chosen_lengths.clamp_min(1).to(chosen.dtype)
+        rejected = rejected / rejected_lengths.clamp_min(1).to(rejected.dtype)
+    elif loss_type != "dpo":
+        raise ValueError(f"loss_type must be 'dpo' or 'dpo_norm', got {loss_type!r}")
+    losses = -F.logsigmoid(beta * (chosen - rejected))
+    return DPOLoss(losses, (beta * chosen).detach(), (beta * rejected).detach())
+
+
+def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
+                       center_coef: float = 0.0) -> torch.Tensor:
+    """Reward-model loss per pair: `-log σ(r_c - r_r) + center_coef · (r_c + r_r)²`.
+
+    The second term (Eisenstein et al. 2023; TRL `RewardConfig.center_rewards_coefficient`, whose mean
+    over pairs is this sum over pairs divided by their number) keeps rewards centred on zero.
+    """
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
+    if center_coef:
+        losses = losses + center_coef * (chosen_rewards + rejected_rewards) ** 2
+    return losses
+
+
+def support_logprobs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,
+                     top_k: int | None = None, renormalise_student: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Student and teacher log-probabilities (fp32, after dividing the logits by `temperature`) over the
+    full vocabulary or, with `top_k`, over the teacher's `top_k` tokens at each position.
+
+    Top-k: the teacher is renormalised over its top-k support (what offline distillation stores). The
+    student is renormalised over the same support when `renormalise_student`, else it keeps its full-
+    vocabulary log-probabilities gathered there (they sum to at most 1 on the support).
+    """
+    s = student_logits.float() / temperature
+    t = teacher_logits.float() / temperature
+    if top_k is None or top_k >= t.shape[-1]:
+        return torch.log_softmax(s, dim=-1), torch.log_softmax(t, dim=-1)
+    t_top, idx = t.topk(top_k, dim=-1)
+    s_top = s.gather(-1, idx)
+    if renormalise_student:
+        s_logp = torch.log_softmax(s_top, dim=-1)
+    else:
+        s_logp = s_top - torch.logsumexp(s, dim=-1, keepdim=True)
+    return s_logp, torch.log_softmax(t_top, dim=-1)
+
+
+def kl_from_logprobs(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
+    """`KL(p ‖ q) = Σ p (log p - log q)` over the last dimension (finite log-probabilities)."""
+    return (p_logp.exp() * (p_logp - q_logp)).sum(dim=-1)
+
+
+def jsd_from_logprobs(s_logp: torch.Tensor, t_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """Generalized JSD in TRL's convention (GKD, Agarwal et al. 2024, eq. 1 with P = teacher):
+    `β · KL(t ‖ m) + (1 - β) · KL(s ‖ m)`, `m = β t + (1 - β) s`, for 0 < β < 1; β = 0 is the forward
+    KL `KL(t ‖ s)` and β = 1 the reverse KL `KL(s ‖ t)`. The general form tends to 0 at both ends, so
+    the endpoints are special cases, as in TRL, not limits."""
+    if beta == 0:
+        return kl_from_logprobs(t_logp, s_logp)
+    if beta == 1:
+        return kl_from_logprobs(s_logp, t_logp)
+    b = torch.tensor(beta, dtype=s_logp.dtype, device=s_logp.device)
+    m = torch.logsumexp(torch.stack([s_logp + torch.log1p(-b), t_logp + torch.log(b)]), dim=0)
+    return b * kl_from_logprobs(t_logp, m) + (1 - b) * kl_from_logprobs(s_logp, m)
+
+
+def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float, temperature: float = 1.0,
+                    labels_mask: torch.Tensor | None = None, *, top_k: int | None = None) -> torch.Tensor:
+    """Per-position generalized JSD between student and teacher next-token distributions (`[...]` for
+    `[..., V]` logits; 0 where `labels_mask` is False). Equals TRL `GKDTrainer.generalized_jsd_loss`
+    summed over positions (TRL then divides by the number of masked-in positions). As in TRL, the
+    temperature divides both logits and there is no `T²` factor.
+
+    `top_k` (not in TRL): the teacher keeps its top-k tokens per position, renormalised. Forward KL
+    (β = 0) compares it with the student's full distribution (`-Σ_topk t log s - H(t)`, the sparse
+    distillation loss, which also pulls the student's mass into the support); for β > 0 the student is
+    renormalised over the same support, since `KL(s ‖ t)` is infinite where the truncated teacher is 0.
+    `top_k ≥ V` is the full computation.
+    """
+    s_logp, t_logp = support_logprobs(student_logits, teacher_logits, temperature=temperature, top_k=top_k,
+                                      renormalise_student=beta != 0)
+    div = jsd_from_logprobs(s_logp, t_logp, beta)
+    return div if labels_mask is None else div * labels_mask.to(div.dtype)
+
+
+def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+               labels_mask: torch.Tensor | None = None, *, top_k: int | None = None) -> torch.Tensor:
+    """`KL(teacher ‖ student)` per position (mode-covering; TRL β = 0)."""
+    return generalized_jsd(student_logits, teacher_logits, 0.0, temperature, labels_mask, top_k=top_k)
+
+
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+               labels_mask: torch.Tensor | None = None, *, top_k: int | None = None) -> torch.Tensor:
+    """`KL(student ‖ teacher)` per position (mode-seeking; TRL β = 1)."""
+    return generalized_jsd(student_logits, teacher_logits, 1.0, temperature, labels_mask, top_k=top_k)
+
+
+def head_weight(model: torch.nn.Module) -> torch.Tensor | None:
+    """The bias-free LM head weight `[V, D]` of a native or adapted causal LM (`model.lm_head`), else None
+    (then callers take the full logits from `model(...)`)."""
+    head = getattr(model, "lm_head", None)
+    if head is None or getattr(head, "bias", None) is not None:
+        return None
+    return head.weight
