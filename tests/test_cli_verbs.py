@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,18 +21,11 @@ from typing import Any
 
 import pytest
 
+from tests.cli_entry import flowlm_command
+
 import flowlm
 from flowlm.cli import main, open_output, run_guarded
 from flowlm.errors import ConfigError, FlowError
-
-
-def flowlm_command() -> list[str]:
-    """The installed console script of this interpreter (else the one on PATH; `-m` only if none is installed)."""
-    beside = Path(sys.executable).with_name("flowlm")
-    if beside.is_file():
-        return [str(beside)]
-    found = shutil.which("flowlm")
-    return [found] if found else [sys.executable, "-m", "flowlm.cli"]
 
 
 def run_flowlm(*args: str, stdin: str | None = None, tmpdir: Path | None = None,

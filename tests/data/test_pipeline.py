@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
 import pytest
 
-from flowlm.data.docs import read_jsonl, write_jsonl, write_parquet
+from flowlm.data.docs import write_jsonl, write_parquet
 from flowlm.data.executor import Executor, LocalExecutor
 from flowlm.data.filters import FilterConfig
 from flowlm.data.upsample import UpsampleCfg

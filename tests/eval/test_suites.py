@@ -167,3 +167,16 @@ def test_cli_errors_are_one_line(micro_ckpt, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith(f"error: {bad}:2:")
     assert main(["eval", "--model", str(micro_ckpt), "--suite", "humaneval"]) == 2
     assert "--file PATH" in capsys.readouterr().err
+
+
+def test_sandbox_is_reported_only_for_suites_that_run_code(tmp_path):
+    import json
+
+    from flowlm.eval.evaluate import sandbox_for
+
+    rows = tmp_path / "code.jsonl"
+    rows.write_text(json.dumps({"id": "c1", "prompt": "Write f returning 1.", "dataset": "code",
+                                "ground_truth": ["assert f() == 1"]}) + "\n")
+    info = sandbox_for([load_suite("jsonl", rows)])
+    assert info is not None and info["isolated"] is True and info["backend"] in ("bwrap", "bwrap-bundled")
+    assert sandbox_for([load_suite("builtin", n=5)]) is None

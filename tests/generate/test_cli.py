@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.cli_entry import flowlm_command
 
 from flowlm.errors import ConfigError, FlowError
 from flowlm.generate import cli
@@ -101,18 +101,9 @@ def test_prompts_is_an_alias_of_file(tmp_path: Path) -> None:
 # --- the installed entry point ----------------------------------------------------------------------------
 
 
-def _flowlm() -> list[str]:
-    """The installed console script of this interpreter (else the one on PATH; `-m` only if none is installed)."""
-    beside = Path(sys.executable).with_name("flowlm")
-    if beside.is_file():
-        return [str(beside)]
-    found = shutil.which("flowlm")
-    return [found] if found else [sys.executable, "-m", "flowlm.cli"]
-
-
 def _run(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    r = subprocess.run([*_flowlm(), "generate", *args], input=stdin,
+    r = subprocess.run([*flowlm_command(), "generate", *args], input=stdin,
                        stdin=None if stdin is not None else subprocess.DEVNULL, capture_output=True, text=True,
                        env=env, timeout=300)
     assert "Traceback" not in r.stdout and "Traceback" not in r.stderr, r.stderr

@@ -15,7 +15,6 @@ import os
 import signal
 from typing import Any, Literal
 
-import torch
 import torch.nn.functional as F
 
 from flowlm.config import Strict

@@ -10,12 +10,13 @@ import argparse
 import json
 import os
 import pty
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.cli_entry import flowlm_command
 
 from flowlm.errors import FlowError
 from flowlm.verify.cli import add_parser, main
@@ -72,15 +73,6 @@ def test_add_parser_registers_verb():
 # --- the installed entry point ----------------------------------------------------------------------------
 
 
-def _flowlm() -> list[str]:
-    """The installed console script of this interpreter (else the one on PATH; `-m` only if none is installed)."""
-    beside = Path(sys.executable).with_name("flowlm")
-    if beside.is_file():
-        return [str(beside)]
-    found = shutil.which("flowlm")
-    return [found] if found else [sys.executable, "-m", "flowlm.cli"]
-
-
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     r = subprocess.run(argv, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
                        capture_output=True, text=True, timeout=120)
@@ -94,13 +86,13 @@ def _scores(stdout: str) -> list[tuple[int, float]]:
 
 def test_entry_point_file_stdin_and_out(tmp_path):
     f = _rows_file(tmp_path)
-    r = _run([*_flowlm(), "verify", "--file", str(f), "--workers", "1"])
+    r = _run([*flowlm_command(), "verify", "--file", str(f), "--workers", "1"])
     assert r.returncode == 0 and r.stderr == "" and _scores(r.stdout) == [(1, 1.0), (2, 0.0), (3, 1.0)]
     for args in ([], ["--file", "-"]):  # piped stdin, implicit or named
-        r = _run([*_flowlm(), "verify", "--workers", "1", *args], stdin=f.read_text())
+        r = _run([*flowlm_command(), "verify", "--workers", "1", *args], stdin=f.read_text())
         assert r.returncode == 0 and _scores(r.stdout) == [(1, 1.0), (2, 0.0), (3, 1.0)]
     out = tmp_path / "sub" / "verdicts.jsonl"
-    r = _run([*_flowlm(), "verify", "--file", str(f), "--workers", "1", "--out", str(out)])
+    r = _run([*flowlm_command(), "verify", "--file", str(f), "--workers", "1", "--out", str(out)])
     assert r.returncode == 0 and r.stdout == ""
     assert _scores(out.read_text()) == [(1, 1.0), (2, 0.0), (3, 1.0)]
     assert sorted(p.name for p in out.parent.iterdir()) == ["verdicts.jsonl"]  # no temporary left behind
@@ -110,7 +102,7 @@ def test_entry_point_file_stdin_and_out(tmp_path):
 def test_entry_point_bad_line_is_one_error_line(tmp_path, standalone):
     f = _rows_file(tmp_path, ROWS[:1])
     f.write_text(f.read_text() + "{not json\n")
-    cmd = [sys.executable, "-m", "flowlm.verify.cli"] if standalone else [*_flowlm(), "verify"]
+    cmd = [sys.executable, "-m", "flowlm.verify.cli"] if standalone else [*flowlm_command(), "verify"]
     out = tmp_path / "verdicts.jsonl"
     r = _run([*cmd, "--file", str(f), "--out", str(out)])
     assert r.returncode == 1 and r.stdout == "" and not out.exists()
@@ -128,7 +120,7 @@ def test_entry_point_bad_line_is_one_error_line(tmp_path, standalone):
 def test_entry_point_without_input_on_a_terminal():
     primary, secondary = pty.openpty()
     try:
-        r = subprocess.run([*_flowlm(), "verify"], stdin=secondary, capture_output=True, text=True, timeout=120)
+        r = subprocess.run([*flowlm_command(), "verify"], stdin=secondary, capture_output=True, text=True, timeout=120)
     finally:
         os.close(primary)
         os.close(secondary)
@@ -140,7 +132,7 @@ def test_entry_point_without_input_on_a_terminal():
 def test_entry_point_closed_stdout_pipe_is_quiet(tmp_path):
     """`flowlm verify ... | head -0`: the reader is gone before the verdicts are written."""
     f = _rows_file(tmp_path)
-    p = subprocess.Popen([*_flowlm(), "verify", "--file", str(f), "--workers", "1"], stdin=subprocess.DEVNULL,
+    p = subprocess.Popen([*flowlm_command(), "verify", "--file", str(f), "--workers", "1"], stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout is not None and p.stderr is not None
     p.stdout.close()

@@ -51,7 +51,7 @@ def add_parser(subparsers: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     if not args.suite:
         return _bpb(args)
-    from flowlm.eval.evaluate import evaluate_models, load_suites, parse_suite_specs
+    from flowlm.eval.evaluate import evaluate_models, load_suites, parse_suite_specs, sandbox_for
     from flowlm.eval.harness import SamplingSettings
     from flowlm.eval.prompting import PromptFormat
 
@@ -59,12 +59,18 @@ def main(args: argparse.Namespace) -> int:
     sampling = SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens, seed=args.seed or 0)
     suites = load_suites(parse_suite_specs(args.suite, args.file), max_items=args.max_items)
+    sandbox = sandbox_for(suites)
+    if sandbox is not None:
+        from flowlm.verify.sandbox import describe_backend
+
+        print(f"sandbox: {describe_backend()}", file=sys.stderr)
     with _progress(not args.no_progress) as tick:
         results = evaluate_models({str(args.model): args.model}, suites, fmt=fmt, sampling=sampling,
                                   backend=args.backend, max_slots=args.max_slots, workers=args.workers,
                                   timeout=args.timeout, progress=tick)[str(args.model)]
     print_table({name: r.summary for name, r in results.items()}, sampling.n)
-    doc = {"model": str(args.model), "settings": {"format": fmt.__dict__, "sampling": sampling.__dict__},
+    doc = {"model": str(args.model), "settings": {"format": fmt.__dict__, "sampling": sampling.__dict__,
+                                                  "sandbox": sandbox},
            "results": {name: r.summary for name, r in results.items()},
            "items": {name: r.items for name, r in results.items()}}
     _write(args.out, doc)

@@ -97,3 +97,13 @@ def results_table(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, di
         for suite, r in suites.items():
             rows.append((model, suite, r.summary if isinstance(r, SuiteResult) else r))
     return rows
+
+
+def sandbox_for(suites: Any) -> dict[str, Any] | None:
+    """The sandbox that will score these suites' code (`flowlm.verify.sandbox.backend_info`), None when no
+    item runs code. Raises `SandboxUnavailable` (one line) before anything is generated when none works."""
+    from flowlm.verify.code_verifier import SANDBOXED
+    from flowlm.verify.sandbox import backend_info
+
+    names = {n for suite in suites for it in suite.items for n in it.verifier_names()}
+    return backend_info() if names & set(SANDBOXED) else None

@@ -79,7 +79,7 @@ def headline(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(ctx: StageContext, name: str, cfg: EvalStageConfig) -> StageResult:
-    from flowlm.eval.evaluate import evaluate_models, load_suites, parse_suite_specs
+    from flowlm.eval.evaluate import evaluate_models, load_suites, parse_suite_specs, sandbox_for
     from flowlm.eval.harness import SamplingSettings
     from flowlm.eval.prompting import PromptFormat
 
@@ -87,19 +87,22 @@ def run(ctx: StageContext, name: str, cfg: EvalStageConfig) -> StageResult:
     sampling = SamplingSettings(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     suites = load_suites(parse_suite_specs(cfg.suites), max_items=cfg.max_items, seed=cfg.seed)
+    sandbox = sandbox_for(suites)  # fails before any generation when code cannot be scored safely
     models = {ref: ctx.model_dir(ref) for ref in cfg.models}
     corpora = _corpus_files(ctx, name) if cfg.contamination else []
     results = evaluate_models(models, suites, fmt=fmt, sampling=sampling, backend=cfg.backend,
                               max_slots=cfg.max_slots, workers=cfg.workers, timeout=cfg.timeout, corpus_paths=corpora)
     doc = {"settings": {"format": fmt.__dict__, "sampling": sampling.__dict__,
                         "models": {ref: str(p) for ref, p in models.items()},
-                        "corpora": [str(p.relative_to(ctx.run_dir)) for p in corpora]},
+                        "corpora": [str(p.relative_to(ctx.run_dir)) for p in corpora], "sandbox": sandbox},
            "results": {m: {s: r.summary for s, r in by_suite.items()} for m, by_suite in results.items()},
            "items": {m: {s: r.items for s, r in by_suite.items()} for m, by_suite in results.items()}}
     out = ctx.path(name) / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, doc)
     metrics = {"results": {m: {s: headline(r.summary) for s, r in by_suite.items()} for m, by_suite in results.items()}}
+    if sandbox is not None:  # which backend scored the code, in the run record
+        metrics["sandbox"] = sandbox
     return {"results": f"{name}/results.json"}, metrics
 
 
