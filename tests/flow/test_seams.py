@@ -219,3 +219,14 @@ def test_tokenizer_stage_tokenizes_every_corpus_chat_included(tmp_path):
     mask = store.doc_mask(0)
     assert 0 < int(mask.sum()) < len(mask)  # the answer is trained on, the prompt is not
     assert rec["pretrain"]["status"] == "done" and rec["pretrain"]["metrics"]["steps"] == 2
+
+
+def test_train_stage_scores_generation_suites_at_each_eval_point(base, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(base, d)
+    run(d, MICRO + ["stages.pretrain.steps=2", "stages.pretrain.seq_len=64", "stages.pretrain.batch_size=2",
+                    "stages.pretrain.generation_eval={suites: [arithmetic], max_items: 4, max_new_tokens: 8}"],
+        ["pretrain"])
+    metrics = json.loads((d / "flow.json").read_text())["stages"]["pretrain"]["metrics"]
+    for point in (metrics["eval_init"], metrics["eval"]):
+        assert 0.0 <= point["arithmetic/pass@1"] <= 1.0 and "prose/bpb" in point

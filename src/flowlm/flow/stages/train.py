@@ -34,6 +34,16 @@ class YarnStageConfig(Strict):
     beta_slow: float = 1.0
 
 
+class GenerationEvalConfig(Strict):
+    """Generation-based eval inside a train stage (greedy by default), beside BPB, at every eval point."""
+
+    suites: list[str] = Field(min_length=1, description="suite specs as `flowlm eval --suite` takes them")
+    max_items: int = Field(50, gt=0, description="items per suite")
+    max_new_tokens: int | None = Field(None, gt=0, description="default: the suite's own limit")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy (in-loop curves without sampling noise)")
+    thinking: bool = True
+
+
 class TrainStageConfig(EngineConfig):
     """The engine's loop settings plus what this stage trains: objective, data, starting point."""
 
@@ -45,6 +55,8 @@ class TrainStageConfig(EngineConfig):
     data: str = Field(description="corpus name made by the tokenizer stage, or a token-store path")
     yarn: YarnStageConfig | None = None
     sliding_window: int | None = Field(None, gt=0)
+    generation_eval: GenerationEvalConfig | None = Field(
+        None, description="also score generated answers on these suites at every eval point (single process)")
 
     @field_validator("objective", mode="before")
     @classmethod
@@ -101,7 +113,7 @@ def run(ctx: StageContext, name: str, cfg: TrainStageConfig) -> StageResult:
         loader = loader.shard(ctx.world.rank, ctx.world.size)
     flops = model.flops_per_token(cfg.seq_len) if hasattr(model, "flops_per_token") else None
     model = parallelize(model.to(ctx.world.device), ctx.world, compile=cfg.compile, bf16=cfg.precision == "bf16")
-    evaluator = EvalCallback(bpb_eval_fn(ctx, name, tok), every=cfg.eval_every)
+    evaluator = EvalCallback(eval_fn(ctx, name, cfg, tok), every=cfg.eval_every)
     out = ctx.path(name)
     trainer = Trainer(model, build_objective(cfg.objective), loader, cfg, out, world=ctx.world, callbacks=[evaluator],
                       write_config=write_config, flops_per_token=flops, show_progress=ctx.show_progress,
@@ -124,6 +136,26 @@ def run(ctx: StageContext, name: str, cfg: TrainStageConfig) -> StageResult:
         "checkpoints_kept": checkpoints,
         "model_config": model_config.to_dict() if hasattr(model_config, "to_dict") else None,
     }
+
+
+def eval_fn(ctx: StageContext, name: str, cfg: TrainStageConfig, tok: Any) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """BPB with the run's settings, plus generation suites when `generation_eval` is set."""
+    bpb = bpb_eval_fn(ctx, name, tok)
+    gen_cfg = cfg.generation_eval
+    if gen_cfg is None:
+        return bpb
+    if ctx.world.distributed:
+        raise FlowError(f"stage '{name}': generation_eval runs in a single process; evaluate a sharded run "
+                        "with an `eval` stage after it")
+    from flowlm.eval.evaluate import load_suites, make_generation_eval_fn, parse_suite_specs
+    from flowlm.eval.harness import SamplingSettings
+    from flowlm.eval.prompting import PromptFormat
+
+    suites = load_suites(parse_suite_specs(gen_cfg.suites), max_items=gen_cfg.max_items)
+    generate = make_generation_eval_fn(tok, suites, fmt=PromptFormat(thinking=gen_cfg.thinking),
+                                       sampling=SamplingSettings(temperature=gen_cfg.temperature,
+                                                                 max_new_tokens=gen_cfg.max_new_tokens))
+    return lambda model: {**bpb(model), **generate(model)}
 
 
 def build_model(ctx: StageContext, cfg: TrainStageConfig, tok: Any) -> tuple[torch.nn.Module, Callable[[Path], None]]:
