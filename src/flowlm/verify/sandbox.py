@@ -144,6 +144,21 @@ def _bwrap_base() -> list[str]:
     return args
 
 
+@functools.lru_cache(maxsize=1)
+def _site_binds() -> tuple[str, ...]:
+    """Read-only binds of the site-packages directories outside the interpreter's prefix (a virtualenv's,
+    wherever it lives, /tmp included: these come after the private /tmp is mounted), with 0755 parents."""
+    prefix = os.path.realpath(sys.base_prefix)
+    args: list[str] = []
+    for d in _site_dirs().split(":"):
+        if not d or not os.path.isdir(d) or os.path.realpath(d).startswith((prefix + "/", "/usr/")):
+            continue
+        for parent in reversed(Path(d).parents[:-1]):
+            args += ["--perms", "0755", "--dir", str(parent)]
+        args += ["--ro-bind", d, d]
+    return tuple(args)
+
+
 @functools.lru_cache(maxsize=8)
 def _bwrap_problem(exe: str) -> str | None:
     """Why bubblewrap at `exe` cannot sandbox here (None: it can), found by one real run with every
@@ -269,7 +284,7 @@ def _command(backend: str, exe: str | None, workdir: str, uid: int | None, limit
     cmd = [exe, *_bwrap_base(), "--proc", "/proc", "--dev", "/dev",
            # Sticky world-writable like the real ones: the program may run as a fresh uid.
            "--perms", "1777", "--size", size, "--tmpfs", "/tmp", "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm",
-           "--bind", workdir, "/sandbox", "--chdir", "/sandbox", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+           *_site_binds(), "--bind", workdir, "/sandbox", "--chdir", "/sandbox", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
            "--unshare-net", "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv",
            "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/sandbox"]
     if seccomp_fd is not None:
