@@ -1,14 +1,17 @@
 """First code to run inside the sandbox: rlimits and Landlock rules, then the untrusted program.
 
 Not imported by flowlm: `sandbox.py` passes this file's code to `python -I -S -B -c`, with argv
-`[LIMITS, ABI, WRITABLE_DIRS, SITE_DIRS, SCRIPT]`: LIMITS = `cpu,as,fsize,nproc,nofile`; ABI = the
+`[LIMITS, ABI, WRITABLE_DIRS, SITE_DIRS, UID, SCRIPT]`: LIMITS = `cpu,as,fsize,nproc,nofile`; ABI = the
 Landlock ABI the host saw (0 = none); WRITABLE_DIRS and SITE_DIRS joined by `:` (SITE_DIRS `?`: ask
-`site`, for an interpreter other than the host's). Standard library only, and cheap: it runs once per
+`site`, for an interpreter other than the host's); UID = the fresh uid to drop to (`-`: stay). Standard library only, and cheap: it runs once per
 sandboxed test (it calls the kernel through `_ctypes` directly: the `ctypes` package would add ~4 ms
 of CPU per test, measured with `getrusage` on the 2-core dev machine).
 
 Everything here runs before the first untrusted line and cannot be undone by it:
 - rlimits (CPU seconds, address space, file size, processes, open files, no core dumps);
+- the drop from root to the run's fresh uid (bwrap backends): supplementary groups cleared, real,
+  effective and saved gid and uid set, which clears every capability; no_new_privs; checked, or the
+  program does not run;
 - Landlock (kernel >= 5.13): file writes, creations, deletions, renames and truncation only beneath
   WRITABLE_DIRS (plus writing `/dev/null`); with ABI >= 4 no TCP bind/connect; with ABI >= 6 no
   signals to, nor abstract Unix sockets of, processes outside the sandbox. Reads are left to the
@@ -65,6 +68,16 @@ def _limits(spec: str) -> None:
         r.setrlimit(which, (min(soft, cap), cap))
 
 
+def _drop_to(uid: int) -> None:
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if _libc("prctl", 38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        _fail("cannot set no_new_privs")
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (uid, uid, uid) or os.getgroups():
+        _fail(f"uid switch to {uid} did not hold")
+
+
 def _u64(*xs: int) -> bytes:
     return b"".join(x.to_bytes(8, sys.byteorder) for x in xs)
 
@@ -98,8 +111,10 @@ def _landlock(abi_seen: int, writable: list[str]) -> None:
 
 
 def _main() -> None:
-    limits, abi_seen, writable, site_dirs, script = sys.argv[1:6]
+    limits, abi_seen, writable, site_dirs, uid, script = sys.argv[1:7]
     _limits(limits)
+    if uid != "-":
+        _drop_to(int(uid))
     if int(abi_seen) > 0:
         _landlock(int(abi_seen), [d for d in writable.split(":") if d])
     import site  # with -S it is imported, not run: no .pth files
