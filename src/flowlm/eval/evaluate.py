@@ -79,11 +79,10 @@ def make_generation_eval_fn(tokenizer: Any, suites: list[Suite], *, fmt: PromptF
 
     fmt = fmt or PromptFormat()
     sampling = sampling or SamplingSettings(temperature=0.0)
-    config_cls = getattr(gen, "GenerateConfig", None) or getattr(gen, "EngineConfig")
 
     def fn(model: Any) -> dict[str, float]:
         # A `torch.compile`d module wraps the model it runs; the engine needs the model itself.
-        engine = gen.Engine(getattr(model, "_orig_mod", model), tokenizer, config_cls(max_slots=max_slots))
+        engine = gen.Engine(getattr(model, "_orig_mod", model), tokenizer, gen.GenerateConfig(max_slots=max_slots))
         results = run_suites(engine, suites, fmt, sampling, workers=0)
         return {f"{name}/{m}": float(r.summary[m]) for name, r in results.items() for m in metrics if m in r.summary}
 

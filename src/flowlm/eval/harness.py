@@ -71,8 +71,7 @@ def build_engine(model_dir: str | Path, *, backend: str = "native", max_slots: i
         raise ConfigError(f"eval backend must be native, vllm or auto, got {backend!r}")
     from flowlm.generate import engine as gen
 
-    config_cls = getattr(gen, "GenerateConfig", None) or getattr(gen, "EngineConfig")
-    return gen.Engine.from_pretrained(model_dir, config_cls(max_slots=max_slots, context=context))
+    return gen.Engine.from_pretrained(model_dir, gen.GenerateConfig(max_slots=max_slots, context=context))
 
 
 def _vllm_usable() -> bool:

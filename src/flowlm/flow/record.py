@@ -24,17 +24,18 @@ RECORD = "flow.json"
 
 def sha256_path(path: Path) -> str:
     """Content hash of a file, or of a directory (relative names + contents, sorted; temp dirs skipped)."""
-    h = hashlib.sha256()
     path = Path(path)
     if path.is_file():
-        files = [path]
-        base = path.parent
-    elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".tmp") for part in p.parts))
-        base = path
-    else:
-        raise FlowError(f"{path}: not found (cannot hash a missing artifact)")
-    for f in files:
+        return sha256_files([path], path.parent)
+    if path.is_dir():
+        return sha256_files([p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".tmp") for part in p.parts)], path)
+    raise FlowError(f"{path}: not found (cannot hash a missing artifact)")
+
+
+def sha256_files(files: list[Path], base: Path) -> str:
+    """Hash of `files` (names relative to `base`, then bytes), in sorted order."""
+    h = hashlib.sha256()
+    for f in sorted(files):
         h.update(str(f.relative_to(base)).encode())
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):

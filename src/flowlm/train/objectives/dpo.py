@@ -67,16 +67,12 @@ def weights_hash(model: nn.Module) -> str:
 
 def files_hash(path: Path) -> str:
     """Hash of a checkpoint directory's `config.json` and weight files (names and bytes)."""
-    h = hashlib.blake2b(digest_size=16)
-    files = sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix in WEIGHT_FILES or p.name == "config.json"))
+    from flowlm.flow.record import sha256_files
+
+    files = [p for p in path.rglob("*") if p.is_file() and (p.suffix in WEIGHT_FILES or p.name == "config.json")]
     if not any(p.suffix in WEIGHT_FILES for p in files):
         raise FlowError(f"{path}: no weight files to use as the DPO reference")
-    for p in files:
-        h.update(str(p.relative_to(path)).encode())
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                h.update(block)
-    return h.hexdigest()
+    return sha256_files(files, path)
 
 
 def pair_logps(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
