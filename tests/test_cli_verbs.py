@@ -220,7 +220,7 @@ def test_report_on_missing_dir_is_one_line(tmp_path: Path) -> None:
 def test_train_without_stage_is_a_usage_error() -> None:
     r = run_flowlm("train", "tiny")
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr.strip().splitlines()[-1] == "flowlm train: error: the following arguments are required: --stage"
+    assert r.stderr.strip().splitlines()[-1] == "flowlm train: error: the following arguments are required: --stage (or --objective)"
 
 
 def test_run_unknown_recipe_is_one_line(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
     flowlm run [RECIPE] [--run-dir DIR] [key.sub=value ...]   run a whole flow (default recipe: tiny)
     flowlm train RECIPE --stage NAME [...]                    run selected stages (e.g. under torchrun)
+    flowlm train --objective NAME --init CKPT --data FILE     one objective on your data (flowlm.flow.direct)
     flowlm eval --model DIR                                   BPB of a checkpoint on the built-in eval sets
     flowlm report RUN_DIR                                     tables from a run's flow.json
 Sub-packages add verbs (verify, data, generate) through `add_parser` / `main` in their `cli.py`.
@@ -35,7 +36,7 @@ from typing import Any, TextIO
 from flowlm.errors import ConfigError, FlowError
 
 DEFAULT_RECIPE = "tiny"
-PLUGIN_VERBS = ("flowlm.verify.cli", "flowlm.data.cli", "flowlm.generate.cli", "flowlm.eval.cli")
+PLUGIN_VERBS = ("flowlm.verify.cli", "flowlm.data.cli", "flowlm.generate.cli", "flowlm.eval.cli", "flowlm.post.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,9 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a recipe end to end (skips unchanged stages, resumes crashed ones)")
     _recipe_args(run, default=DEFAULT_RECIPE)
 
-    train = sub.add_parser("train", help="run only the named stages of a recipe (torchrun-friendly)")
+    train = sub.add_parser("train", help="run only the named stages of a recipe (torchrun-friendly), or one "
+                           "objective on your own data (--objective)")
     _recipe_args(train, default=None)
-    train.add_argument("--stage", action="append", required=True, help="stage to run (repeatable)")
+    train.add_argument("--stage", action="append", help="stage to run (repeatable)")
+    train.add_argument("--objective", help="train this objective (sft, dpo, reward_model, distill, lm) without a recipe")
+    train.add_argument("--init", help="--objective: the checkpoint to start from (its tokenizer is used)")
+    train.add_argument("--data", action="append", default=[], help="--objective: jsonl / parquet file (repeatable)")
+    train.add_argument("--print-recipe", action="store_true", help="--objective: print the recipe, do not run it")
+    train.set_defaults(subparser=train)
 
     rep = sub.add_parser("report", help="print the stage and BPB tables of a run")
     rep.add_argument("run_dir", type=Path)
@@ -70,6 +77,36 @@ def _recipe_args(p: argparse.ArgumentParser, default: str | None) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. stages.pretrain.steps=20")
     p.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<recipe name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def cmd_train_objective(args: argparse.Namespace) -> int:
+    """`flowlm train --objective NAME --init CKPT --data FILE [overrides]`: see `flowlm.flow.direct`."""
+    import yaml
+
+    from flowlm.config import apply_overrides
+    from flowlm.flow.direct import objective_recipe
+    from flowlm.flow.report import print_report
+    from flowlm.flow.runner import run_recipe
+    from flowlm.flow.schema import parse_recipe
+
+    if args.stage:
+        raise ConfigError("--objective runs its own recipe: drop --stage (or drop --objective and name a recipe)")
+    if args.init is None:
+        raise ConfigError("--objective needs --init CKPT (the checkpoint to start from)")
+    if args.recipe and "=" not in args.recipe:
+        raise ConfigError(f"--objective builds its own recipe: drop '{args.recipe}' (overrides look like stages.NAME.key=value)")
+    overrides = [args.recipe, *args.overrides] if args.recipe else list(args.overrides)
+    raw = apply_overrides(objective_recipe(args.objective, args.init, args.data), overrides)
+    if args.print_recipe:
+        print(yaml.safe_dump(raw, sort_keys=False), end="")
+        return 0
+    origin = f"objective:{args.objective}"
+    recipe = parse_recipe(raw, origin)
+    run_dir = args.run_dir or Path("runs") / recipe.name
+    record = run_recipe(recipe, origin, overrides, run_dir, show_progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print_report(record.run_dir)
+    return 0
 
 
 def cmd_run(args: argparse.Namespace, only: list[str] | None = None) -> int:
@@ -104,8 +141,12 @@ def _dispatch(argv: list[str] | None) -> int:
         if args.verb not in ("run", "train") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    if args.verb == "train" and not args.stage and not args.objective:
+        args.subparser.error("the following arguments are required: --stage (or --objective)")
     if args.verb in ("run", "train"):
         try:
+            if args.verb == "train" and args.objective:
+                return cmd_train_objective(args)
             return cmd_run(args, only=args.stage if args.verb == "train" else None)
         except KeyboardInterrupt:
             print(RESUME_HINT, file=sys.stderr)

@@ -214,17 +214,31 @@ def long_docs(seed: int, n: int, *, min_bytes: int = 8_000, max_bytes: int = 32_
     return out
 
 
-def sft_examples(seed: int, n: int, *, no_think_fraction: float = 0.2) -> list[dict[str, Any]]:
+def sft_examples(seed: int, n: int, *, no_think_fraction: float = 0.2,
+                 multi_turn_fraction: float = 0.0) -> list[dict[str, Any]]:
     """Chat examples on training-split math items: the assistant thinks (`reasoning_content`) then answers.
 
     A `no_think_fraction` of them end the user turn with `/no_think` and have an empty reasoning trace
-    and the worked solution as the answer (Qwen3's soft switch).
+    and the worked solution as the answer (Qwen3's soft switch). A `multi_turn_fraction` of them become
+    conversations of 2-3 questions (`_multi_turn`) ending with the same item, where the last `/think` or
+    `/no_think` anywhere in the conversation decides the mode of the final answer. The default 0 draws
+    nothing from the extra streams, so single-turn output is unchanged.
     """
     rng = random.Random(seed)
+    # Separate streams, so the single-turn draws stay as they were; the history items' stream (seed +
+    # 4,000,037) is apart from the final items' (+ 2,000,003) and the post-training prompts' (+ 3,000,017).
+    mt_rng = random.Random(seed + 5_000_011)
+    history = iter(tasks.generate(seed + 4_000_037, 2 * n)) if multi_turn_fraction > 0 else iter(())
     out = []
     for it in tasks.generate(seed + 2_000_003, n):
         final = _final_answer(it)
         think = rng.random() >= no_think_fraction
+        if multi_turn_fraction > 0 and mt_rng.random() < multi_turn_fraction:
+            earlier = [next(history) for _ in range(mt_rng.randint(1, 2))]
+            messages = _multi_turn(mt_rng, earlier, it, think)
+            out.append({"id": f"sft-mt:{it['id']}", "source": "sft-math", "task": it["task"],
+                        "answer": it["answer"], "thinking": think, "messages": messages})
+            continue
         user = it["prompt"] if think else f"{it['prompt']} /no_think"
         assistant = {"role": "assistant", "content": final if think else it["solution"],
                      "reasoning_content": it["solution"] if think else ""}
@@ -232,6 +246,32 @@ def sft_examples(seed: int, n: int, *, no_think_fraction: float = 0.2) -> list[d
                     "thinking": think,
                     "messages": [{"role": "user", "content": user}, assistant]})
     return out
+
+
+def _multi_turn(rng: random.Random, earlier: list[tasks.Item], last: tasks.Item, think: bool) -> list[dict[str, Any]]:
+    """User / assistant turns for `earlier` items then `last`, each user turn with a random flag (or none).
+
+    The mode of each answer is the mode in force at its turn (last flag so far, thinking by default), so
+    history answers follow Qwen3's format. The final user turn carries its flag when the history leaves the
+    other mode in force, and half the time otherwise, so some finals inherit their mode from an earlier turn.
+    """
+    messages: list[dict[str, Any]] = []
+    mode = True
+    for item in earlier:
+        flag = rng.choice(["", " /think", " /no_think"])
+        mode = mode if not flag else flag == " /think"
+        messages.append({"role": "user", "content": item["prompt"] + flag})
+        messages.append(_answer(item, mode))
+    flag = "" if mode == think and rng.random() < 0.5 else (" /think" if think else " /no_think")
+    messages.append({"role": "user", "content": last["prompt"] + flag})
+    messages.append(_answer(last, think))
+    return messages
+
+
+def _answer(item: tasks.Item, think: bool) -> dict[str, Any]:
+    if think:
+        return {"role": "assistant", "content": _final_answer(item), "reasoning_content": item["solution"]}
+    return {"role": "assistant", "content": item["solution"], "reasoning_content": ""}
 
 
 def _final_answer(item: tasks.Item) -> str:

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from flowlm.atomic import atomic_dir
+from flowlm.data.chat import AssistantLoss, is_chat_row, render_chat_example
 from flowlm.errors import FlowError
 
 FORMAT = "flowlm.tokens/1"
@@ -303,10 +304,9 @@ def _doc_text(doc: Any, i: int) -> str:
 
 
 def _encoded_pairs(tokenizer: Any, docs: Iterable[Any], append_eos: bool, batch: int, sources: Counter,
-                   enable_thinking: bool) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+                   enable_thinking: bool,
+                   assistant_loss: AssistantLoss) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Yield `(ids, mask)`: plain text in batches through the Rust encoder, chat examples one by one."""
-    from flowlm.model.tokenizer import render_chat  # lazy: the tokenizer module imports transformers
-
     eos = tokenizer.eos_token_id
     backend = tokenizer.backend_tokenizer
     # encode_batch_fast skips offset bookkeeping (tokenizers ≥ 0.20); ids are identical.
@@ -321,10 +321,10 @@ def _encoded_pairs(tokenizer: Any, docs: Iterable[Any], append_eos: bool, batch:
 
     for i, doc in enumerate(docs):
         sources[doc.get("source", "unknown") if isinstance(doc, Mapping) else "text"] += 1
-        if isinstance(doc, Mapping) and "messages" in doc:
+        if isinstance(doc, Mapping) and is_chat_row(doc):
             yield from flush()
-            ids, mask = render_chat(tokenizer, doc["messages"], enable_thinking=enable_thinking,
-                                    add_generation_prompt=False)
+            ids, mask = render_chat_example(tokenizer, doc, assistant_loss=assistant_loss,
+                                            enable_thinking=enable_thinking, where=f"document {i}")
             # The appended EOS is not a target: SFT stops at <|im_end|>, which the mask already covers.
             yield (np.concatenate([np.asarray(ids, np.int64), tail]),
                    np.concatenate([np.asarray(mask, np.uint8), np.zeros(len(tail), np.uint8)]))
@@ -344,18 +344,21 @@ def tokenize_to_store(
     batch: int = 1024,
     meta: Mapping[str, Any] | None = None,
     enable_thinking: bool = True,
+    assistant_loss: AssistantLoss = "all",
 ) -> TokenStore:
     """Tokenize documents into a new store at `out_dir` (atomic) and return it opened.
 
     A document is a string, a dict with `text` (its `source` is tallied in meta.json), or a chat example
-    (a dict with `messages`), which is rendered with the chat template and gets a label mask covering
-    the assistant turns. If any chat example is present the store has `label_mask.npy` (plain-text
+    (a dict with `messages`, or another schema of `flowlm.data.chat`), which is rendered by
+    `render_chat_example` and gets a label mask covering the assistant turns: all of them, or the final
+    one with `assistant_loss="last"`. `enable_thinking` is the mode of conversations without a `/think`
+    or `/no_think` flag. If any chat example is present the store has `label_mask.npy` (plain-text
     documents are all-ones there). `append_eos` appends `<|endoftext|>` so packed documents end cleanly.
     """
     from flowlm.model.tokenizer import tokenizer_hash
 
     sources: Counter = Counter()
-    pairs = _encoded_pairs(tokenizer, docs, append_eos, batch, sources, enable_thinking)
+    pairs = _encoded_pairs(tokenizer, docs, append_eos, batch, sources, enable_thinking, assistant_loss)
     full_meta = {"eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id, **dict(meta or {})}
     return TokenStore._write(Path(out_dir), pairs, vocab_size=len(tokenizer), tokenizer_hash=tokenizer_hash(tokenizer),
                              keep_mask=None, meta=full_meta, sources=sources)

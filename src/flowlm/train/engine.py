@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from flowlm.errors import ConfigError
 from flowlm.train import checkpoint as ckpt
 from flowlm.train.aggregate import StepMetrics
 from flowlm.train.batch import SplitRule, split_batch, to_device
@@ -80,7 +81,7 @@ class EvalCallback(Callback):
             self._run(trainer, step)
 
     def on_fit_end(self, trainer: "Trainer", summary: dict[str, Any]) -> None:
-        self._run(trainer, trainer.cfg.steps)
+        self._run(trainer, trainer.step)  # cfg.steps, or the step an early stop ended at
         summary["eval"] = {k[5:]: v for k, v in self.history[-1].items() if k.startswith("eval/")}
 
     def state_dict(self) -> dict[str, Any]:
@@ -88,6 +89,64 @@ class EvalCallback(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [dict(r) for r in state.get("history", [])]
+
+
+class EarlyStopping(Callback):
+    """Ends training when eval `metric` (a key of `evaluator`'s results) has not improved for `patience`
+    evaluations in a row; improvement means higher for `mode="max"`, lower for `"min"`, by more than
+    `min_delta`. The step it stops at is checkpointed (the stage exports it); `best` / `best_step` /
+    `stopped_at` go into the summary. Its state is checkpointed, so a resumed run stops where an
+    uninterrupted one would. Place it after its `EvalCallback` in the trainer's callbacks."""
+
+    def __init__(self, evaluator: EvalCallback, metric: str, *, mode: str = "max", patience: int = 2,
+                 min_delta: float = 0.0) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"early stopping mode must be 'max' or 'min', got {mode!r}")
+        self.evaluator, self.metric, self.mode = evaluator, metric, mode
+        self.patience, self.min_delta = patience, min_delta
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.bad = 0
+        self.stopped_at: int | None = None
+        self._seen = -1
+
+    def _observe(self, trainer: "Trainer") -> None:
+        if not self.evaluator.history or self.evaluator.history[-1]["step"] == self._seen:
+            return
+        record = self.evaluator.history[-1]
+        self._seen = record["step"]
+        key = f"eval/{self.metric}"
+        if key not in record:
+            known = sorted(k[5:] for k in record if k.startswith("eval/"))
+            raise ConfigError(f"early_stop.metric '{self.metric}' is not an eval result; known: {known}")
+        value = float(record[key])
+        sign = 1.0 if self.mode == "max" else -1.0
+        if self.best is None or sign * (value - self.best) > self.min_delta:
+            self.best, self.best_step, self.bad = value, record["step"], 0
+        else:
+            self.bad += 1
+        if self.bad >= self.patience and self.stopped_at is None and record["step"] < trainer.cfg.steps:
+            self.stopped_at = record["step"]
+        trainer.stop_requested = self.stopped_at is not None
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        self._observe(trainer)  # the step-0 evaluation is the first point of comparison
+        trainer.stop_requested = self.stopped_at is not None  # a resumed run that had stopped stays stopped
+
+    def on_step_end(self, trainer: "Trainer", step: int, record: dict[str, Any]) -> None:
+        self._observe(trainer)
+
+    def on_fit_end(self, trainer: "Trainer", summary: dict[str, Any]) -> None:
+        summary["early_stop"] = {"metric": self.metric, "best": self.best, "best_step": self.best_step,
+                                 "stopped_at": self.stopped_at}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad, "stopped_at": self.stopped_at,
+                "seen": self._seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step = state.get("best"), state.get("best_step")
+        self.bad, self.stopped_at, self._seen = state.get("bad", 0), state.get("stopped_at"), state.get("seen", -1)
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
@@ -146,6 +205,7 @@ class Trainer:
         self.ckpt_root = self.out_dir / "checkpoints"
         self.step = 0
         self.tokens_seen = 0
+        self.stop_requested = False  # a callback (early stopping) ends `fit` after the current step
         # Gathered across attempts and kept in checkpoints: the stage summary survives a crash + resume.
         self.totals: dict[str, Any] = {"last_loss": None, "loop_seconds": 0.0, "loop_tokens": 0}
         self.logger = MetricsLogger(self.out_dir, enabled=self.world.is_main, resume=True)
@@ -211,7 +271,7 @@ class Trainer:
         with make_progress(self.show_progress and self.world.is_main) as progress:
             task = progress.add_task(self.description, total=self.cfg.steps, completed=self.step, loss=math.nan, tps=0.0)
             mark = time.perf_counter()
-            while self.step < self.cfg.steps:
+            while self.step < self.cfg.steps and not self.stop_requested:
                 t0 = time.perf_counter()
                 record = self.train_step(next(batches))
                 record["step_time"] = time.perf_counter() - t0
@@ -230,6 +290,8 @@ class Trainer:
                     self.save()
                 for cb in self.callbacks:
                     cb.on_step_end(self, self.step, record)
+                if self.stop_requested and self.step % self.cfg.checkpoint_every and self.step != self.cfg.steps:
+                    self.save()  # the stage exports the checkpoint of the step it stopped at
             self.totals["loop_seconds"] += time.perf_counter() - mark
         seconds, tokens = self.totals["loop_seconds"], self.totals["loop_tokens"]
         summary: dict[str, Any] = {

@@ -2,8 +2,9 @@
 
 With `curate` set (the default), the pretraining corpus goes through the Dolma-3-style pipeline
 (filters -> exact / MinHash / substring dedup -> quality-aware upsampling -> decontamination against the
-run's own held-out eval sets) before the tokenizer is trained on it. User files may hold plain
-documents (`text`) or chat examples (`messages`); every corpus is tokenized by the next tokenizer stage.
+run's own held-out eval sets) before the tokenizer is trained on it. User files (jsonl or parquet) may hold
+plain documents (`text`) or chat rows in the schemas of `flowlm.data.chat`, stored as normalised
+`messages`; every corpus is tokenized by the next tokenizer stage.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class CorpusStageConfig(Strict):
     kind: Literal["corpus"] = "corpus"
     curate: PipelineConfig | None = Field(default_factory=builtin_config, description="pipeline settings or null")
     source: Literal["builtin", "files"] = "builtin"
-    files: dict[str, list[str]] = Field(default_factory=dict, description="corpus name -> jsonl paths")
+    files: dict[str, list[str]] = Field(default_factory=dict, description="corpus name -> jsonl / parquet paths")
     pretrain_bytes: int = Field(2_000_000, gt=0)
     midtrain_bytes: int = Field(600_000, gt=0)
     long_docs: int = Field(64, ge=0)
@@ -118,19 +119,15 @@ def curate(docs: list[dict[str, Any]], evals: dict[str, list[dict[str, str]]], o
 
 
 def _read_files(paths: list[str]) -> list[dict[str, Any]]:
-    """User corpora (jsonl, .gz, .zst). Text documents go through the corpus reader (a malformed line is a
-    one-line FlowError naming file:line); a file of chat examples (`messages`) is read strictly as is."""
-    from flowlm.data.docs import read_jsonl
-    from flowlm.jsonlines import iter_json_objects, iter_lines, parse_object
+    """User corpora (jsonl, .gz, .zst, parquet). Text documents go through the corpus reader (a malformed line
+    is a one-line FlowError naming file:line); a file of chat rows (`messages`, ShareGPT `conversations`,
+    prompt + completion / response) is read strictly and normalised by `flowlm.data.chat.read_chat_rows`."""
+    from flowlm.data.chat import is_chat_file, read_chat_rows
+    from flowlm.data.docs import read_docs
 
     out: list[dict[str, Any]] = []
     for p in paths:
-        first = next(iter_lines(p), None) if Path(p).exists() else None
-        try:
-            chat = first is not None and "messages" in parse_object(first[1])
-        except ValueError:
-            chat = False
-        out.extend((row for _, row in iter_json_objects(p)) if chat else read_jsonl(p))
+        out.extend(read_chat_rows(p) if is_chat_file(p) else read_docs(p))
     return out
 
 

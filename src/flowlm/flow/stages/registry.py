@@ -85,6 +85,8 @@ class StageKind:
         main_rank_only: under torchrun only rank 0 runs it (it writes shared artifacts); the others wait
             and receive its outputs. False for stages that train or evaluate on every rank.
         default_for: stage names whose `kind` may be left out of a recipe.
+        makes_data: its outputs include training data (`store` token store and / or `pairs`) that a
+            train stage can name as `data: <stage name>`.
     """
 
     name: str
@@ -94,6 +96,7 @@ class StageKind:
     uses_model_section: bool = False
     main_rank_only: bool = False
     default_for: tuple[str, ...] = ()
+    makes_data: bool = False
 
 
 _KINDS: dict[str, StageKind] = {}

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
-from pydantic import Field, SerializeAsAny, field_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from flowlm.config import Strict
 from flowlm.errors import FlowError
@@ -44,10 +45,39 @@ class GenerationEvalConfig(Strict):
     thinking: bool = True
 
 
+class EarlyStopConfig(Strict):
+    """Stop when an eval result has not improved for `patience` evaluations (every `eval_every` steps)."""
+
+    metric: str = Field(description="an eval result key, e.g. 'builtin/pass@1' or 'gsm8k_bpb'")
+    mode: Literal["max", "min"] = "max"
+    patience: int = Field(2, gt=0)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class OnPolicyConfig(Strict):
+    """The student samples its own completions each step (on-policy distillation; `flowlm.train.onpolicy`).
+
+    `data` then names prompts: 'builtin' (training-split task prompts), a data stage (its rows' prompts),
+    or a JSONL of prompt rows."""
+
+    max_new_tokens: int = Field(256, gt=0)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n_prompts: int = Field(2000, gt=0, description="data: builtin: how many prompts")
+
+
 class TrainStageConfig(EngineConfig):
-    """The engine's loop settings plus what this stage trains: objective, data, starting point."""
+    """The engine's loop settings plus what this stage trains: objective, data, starting point.
+
+    Length: `steps`, or `epochs` over the data (the steps that many passes take, rounded up); with
+    neither, the objective's default epochs (sft 2, dpo 1, reward_model 1, distill 2; `lm` needs one).
+    """
 
     kind: Literal["train"] = "train"
+    steps: int | None = Field(None, gt=0, description="optimizer steps (or set epochs)")  # type: ignore[assignment]
+    epochs: float | None = Field(None, gt=0, description="passes over the data instead of steps")
+    early_stop: EarlyStopConfig | None = Field(None, description="needs eval_every > 0")
+    on_policy: OnPolicyConfig | None = Field(None, description="distill only: sample the student each step")
     objective: SerializeAsAny[ObjectiveConfig] = Field(
         default_factory=lambda: parse_objective_config("lm"),
         description="objective name and its own settings, e.g. {name: lm, z_loss: 1.0e-5}")
@@ -71,6 +101,29 @@ class TrainStageConfig(EngineConfig):
             err = exc.errors()[0]
             raise ValueError(format_error(exc_model(value), err, "objective")) from None
 
+    @model_validator(mode="after")
+    def _length(self) -> "TrainStageConfig":
+        from flowlm.train.objectives import objective_class
+
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("set steps or epochs, not both")
+        if self.steps is None and self.epochs is None and objective_class(self.objective.name).default_epochs is None:
+            raise ValueError(f"objective '{self.objective.name}' has no default length: set steps or epochs")
+        if self.early_stop is not None and not self.eval_every:
+            raise ValueError("early_stop needs eval_every > 0 (it compares evaluations)")
+        if self.on_policy is not None and self.objective.name != "distill":
+            raise ValueError(f"on_policy applies to the distill objective, not '{self.objective.name}'")
+        return self
+
+    def engine_config(self, batches_per_epoch: int) -> "TrainStageConfig":
+        """This config with `steps` fixed: given, or epochs x batches per epoch (rounded up)."""
+        if self.steps is not None:
+            return self
+        from flowlm.train.objectives import objective_class
+
+        epochs = self.epochs if self.epochs is not None else objective_class(self.objective.name).default_epochs
+        return self.model_copy(update={"steps": max(1, math.ceil(float(epochs) * batches_per_epoch))})
+
 
 def exc_model(value: Any) -> type:
     """The config class a raw `objective:` value names (for error messages)."""
@@ -80,47 +133,145 @@ def exc_model(value: Any) -> type:
     return objective_class(str(name)).Config
 
 
+MODEL_REFS = ("teacher", "reference")  # objective fields that name a model: an earlier stage or a path
+
+
 def _inputs(ctx: StageContext, name: str, cfg: TrainStageConfig) -> list[str]:
     refs = [ctx.latest("tokenizer", name), ctx.latest("corpus", name)]
     if cfg.init != "scratch":
         refs.append(cfg.init)
-    if "/" in cfg.data:
-        refs.append(cfg.data)
+    refs += [ref for f in MODEL_REFS if isinstance(ref := getattr(cfg.objective, f, None), str)]
+    if cfg.on_policy is not None and cfg.data == "builtin":
+        return refs
+    if "/" in cfg.data or data_stage(ctx, cfg.data):
+        refs.append(cfg.data)  # a path, or a data-building stage (its `store` / `pairs` output)
     return refs
+
+
+def resolve_model_refs(ctx: StageContext, objective: Any) -> Any:
+    """The objective config with `teacher` / `reference` stage names replaced by their model directories."""
+    updates = {f: str(ctx.model_dir(ref)) for f in MODEL_REFS
+               if isinstance(ref := getattr(objective, f, None), str) and ref in ctx.recipe.stages}
+    return objective.model_copy(update=updates) if updates else objective
+
+
+def data_stage(ctx: StageContext, data: str) -> bool:
+    """Whether `data` names a stage of the recipe whose kind builds training data."""
+    from flowlm.flow.stages.registry import get_kind
+
+    stage = ctx.recipe.stages.get(data)
+    return stage is not None and get_kind(stage.kind).makes_data
+
+
+def data_path(ctx: StageContext, name: str, cfg: TrainStageConfig, kind: str) -> Path:
+    """Where the stage's data lives: `store:<data>` (`pairs:<data>` for pair objectives) of the tokenizer
+    stage, the `store` / `pairs` output of an earlier stage named `data`, or a path."""
+    key = "pairs" if kind == "pairs" else "store"
+    tok_stage = ctx.outputs[ctx.latest("tokenizer", name)]
+    if f"{key}:{cfg.data}" in tok_stage:
+        return ctx.path(tok_stage[f"{key}:{cfg.data}"])
+    if data_stage(ctx, cfg.data) and cfg.data in ctx.outputs:
+        outs = ctx.outputs[cfg.data]
+        if key not in outs:
+            raise FlowError(f"stage '{name}': stage '{cfg.data}' made no {key} data (it produced {sorted(outs)}); "
+                            f"objective '{cfg.objective.name}' trains on {kind}")
+        return ctx.path(outs[key])
+    path = Path(cfg.data)
+    if not path.exists():
+        known = sorted(k.split(":", 1)[1] for k in tok_stage if k.startswith(f"{key}:"))
+        raise FlowError(f"stage '{name}': data '{cfg.data}' is neither a {key} corpus of the tokenizer stage "
+                        f"{known}, nor an earlier stage, nor a path")
+    return path
+
+
+def on_policy_loader(ctx: StageContext, name: str, cfg: TrainStageConfig, tok: Any) -> Any:
+    """Prompts for on-policy sampling: built-in task prompts, a data stage's rows, or a JSONL of rows."""
+    from flowlm.jsonlines import iter_json_objects
+    from flowlm.post.teachers import builtin_rows, prompt_messages
+    from flowlm.train.onpolicy import OnPolicyLoader
+
+    op = cfg.on_policy
+    assert op is not None
+    if ctx.world.distributed:
+        raise FlowError(f"stage '{name}': on-policy distillation runs in one process (not under torchrun)")
+    if cfg.data == "builtin":
+        rows = builtin_rows(op.n_prompts, cfg.seed)
+    else:
+        src = ctx.path(ctx.outputs[cfg.data]["rows"]) if data_stage(ctx, cfg.data) else Path(cfg.data)
+        if not src.exists():
+            raise FlowError(f"stage '{name}': on-policy prompts '{cfg.data}' are not 'builtin', a data stage or a file")
+        rows = [row for _, row in iter_json_objects(src)]
+    # SFT and pair rows: the prompt is what precedes the final answer
+    prompts = [[{"role": m["role"], "content": m.get("content") or ""} for m in prompt_messages(row)] for row in rows]
+    return OnPolicyLoader(prompts, tok, batch_size=cfg.batch_size, seed=cfg.seed, max_new_tokens=op.max_new_tokens,
+                          temperature=op.temperature, top_p=op.top_p, max_len=cfg.seq_len)
+
+
+def make_loader(ctx: StageContext, name: str, cfg: TrainStageConfig, tok: Any, kind: str) -> Any:
+    """The stage's data source: packed token-store batches, or preference pairs (with their indices)."""
+    if cfg.on_policy is not None:
+        return on_policy_loader(ctx, name, cfg, tok)
+    from flowlm.data.loader import PackedLoader
+    from flowlm.data.pack import PackedDataset
+    from flowlm.data.pairs import PairDataset
+    from flowlm.data.store import TokenStore
+    from flowlm.model.tokenizer import tokenizer_hash
+
+    path = data_path(ctx, name, cfg, kind)
+    thash = tokenizer_hash(tok)
+    if kind == "pairs":
+        dataset: Any = PairDataset(path, cfg.seq_len, pad_id=tok.pad_token_id, with_index=True)
+        stores = dataset.stores.values()
+    else:
+        store = TokenStore.open(path, expect_vocab_size=len(tok), expect_tokenizer_hash=thash)
+        dataset, stores = PackedDataset(store, cfg.seq_len, seed=cfg.seed), [store]
+    for st in stores:
+        if st.tokenizer_hash != thash:
+            raise FlowError(f"stage '{name}': {path} was tokenized with another tokenizer than the run's")
+    return PackedLoader(dataset, cfg.batch_size, seed=cfg.seed)
 
 
 def run(ctx: StageContext, name: str, cfg: TrainStageConfig) -> StageResult:
     """Train, export the final checkpoint as `<name>/model`, and report the summary and BPB evals."""
-    from flowlm.data.loader import PackedLoader
-    from flowlm.data.pack import PackedDataset
-    from flowlm.data.store import TokenStore
-    from flowlm.model.tokenizer import load_tokenizer, tokenizer_hash
-    from flowlm.train.engine import EvalCallback, Trainer
+    return train_once(ctx, name, cfg, name)
+
+
+def train_once(ctx: StageContext, name: str, cfg: TrainStageConfig, out_rel: str, *, loader: Any = None) -> StageResult:
+    """One training run of stage `name`'s config writing under `<run dir>/<out_rel>` (a sweep's runs
+    share their stage's name for lookups and get their own directories). `loader`: a data source built
+    by the caller (another stage kind's, e.g. RL rollouts) instead of the one `data` names; a source
+    with `bind(model)` is bound to the placed model before training."""
+    from flowlm.model.tokenizer import load_tokenizer
+    from flowlm.train.engine import EarlyStopping, EvalCallback, Trainer
     from flowlm.train.objectives import build_objective
     from flowlm.train.parallel import barrier, parallelize
 
     tok_stage = ctx.outputs[ctx.latest("tokenizer", name)]
-    tok_dir = ctx.path(tok_stage["tokenizer"])
-    tok = load_tokenizer(tok_dir)
-    model, write_config = build_model(ctx, cfg, tok)
-    store_path = ctx.path(tok_stage[f"store:{cfg.data}"]) if f"store:{cfg.data}" in tok_stage else Path(cfg.data)
-    if not store_path.exists():
-        known = sorted(k.removeprefix("store:") for k in tok_stage if k.startswith("store:"))
-        raise FlowError(f"stage '{name}': data '{cfg.data}' is neither a corpus of the tokenizer stage {known} nor a path")
-    store = TokenStore.open(store_path, expect_vocab_size=len(tok), expect_tokenizer_hash=tokenizer_hash(tok_dir))
-    loader = PackedLoader(PackedDataset(store, cfg.seq_len, seed=cfg.seed), cfg.batch_size, seed=cfg.seed)
+    tok = load_tokenizer(ctx.path(tok_stage["tokenizer"]))
+    objective = build_objective(resolve_model_refs(ctx, cfg.objective))
+    loader = loader if loader is not None else make_loader(ctx, name, cfg, tok, objective.data_kind)
+    cfg = cfg if cfg.steps is not None else cfg.engine_config(loader.batches_per_epoch)
     if ctx.world.distributed:
         loader = loader.shard(ctx.world.rank, ctx.world.size)
+    model, write_config = build_model(ctx, cfg, tok)
     flops = model.flops_per_token(cfg.seq_len) if hasattr(model, "flops_per_token") else None
     model = parallelize(model.to(ctx.world.device), ctx.world, compile=cfg.compile, bf16=cfg.precision == "bf16")
+    if hasattr(loader, "bind"):  # on-policy: the loader samples from the model being trained
+        loader.bind(model)
     evaluator = EvalCallback(eval_fn(ctx, name, cfg, tok), every=cfg.eval_every)
-    out = ctx.path(name)
-    trainer = Trainer(model, build_objective(cfg.objective), loader, cfg, out, world=ctx.world, callbacks=[evaluator],
+    callbacks: list[Any] = [evaluator]
+    if cfg.early_stop is not None:
+        es = cfg.early_stop
+        callbacks.append(EarlyStopping(evaluator, es.metric, mode=es.mode, patience=es.patience, min_delta=es.min_delta))
+    out = ctx.path(out_rel)
+    trainer = Trainer(model, objective, loader, cfg, out, world=ctx.world, callbacks=callbacks,
                       write_config=write_config, flops_per_token=flops, show_progress=ctx.show_progress,
                       description=name)
     trainer.resume()  # the record notes resumed attempts (FlowRecord.begin)
+    if hasattr(objective, "precompute_reference"):  # DPO: reference log-probs once, cached on disk
+        objective.precompute_reference(loader, out / "reference_cache")
     summary = trainer.fit()
-    final = trainer.ckpt_root / f"step_{cfg.steps:07d}"
+    final = trainer.ckpt_root / f"step_{trainer.step:07d}"
     if ctx.world.is_main:
         export_model(final, out / "model")
     barrier(ctx.world)
@@ -131,8 +282,9 @@ def run(ctx: StageContext, name: str, cfg: TrainStageConfig) -> StageResult:
         metrics["eval_init"] = {k[5:]: v for k, v in first.items() if k.startswith("eval/")}
     checkpoints = sorted(p.name for p in trainer.ckpt_root.glob("step_*"))
     model_config = getattr(model, "cfg", None)
-    return {"model": f"{name}/model", "checkpoints": f"{name}/checkpoints", "metrics": f"{name}/metrics.jsonl"}, {
+    return {"model": f"{out_rel}/model", "checkpoints": f"{out_rel}/checkpoints", "metrics": f"{out_rel}/metrics.jsonl"}, {
         **metrics,
+        "planned_steps": cfg.steps,
         "checkpoints_kept": checkpoints,
         "model_config": model_config.to_dict() if hasattr(model_config, "to_dict") else None,
     }
@@ -140,6 +292,8 @@ def run(ctx: StageContext, name: str, cfg: TrainStageConfig) -> StageResult:
 
 def eval_fn(ctx: StageContext, name: str, cfg: TrainStageConfig, tok: Any) -> Callable[[torch.nn.Module], dict[str, float]]:
     """BPB with the run's settings, plus generation suites when `generation_eval` is set."""
+    if cfg.objective.name == "reward_model":  # a sequence classifier: no next-token distribution to score
+        return lambda model: {}
     bpb = bpb_eval_fn(ctx, name, tok)
     gen_cfg = cfg.generation_eval
     if gen_cfg is None:
@@ -169,6 +323,8 @@ def build_model(ctx: StageContext, cfg: TrainStageConfig, tok: Any) -> tuple[tor
     from flowlm.model.hf import load_native
     from flowlm.model.olmo3 import Olmo3
 
+    if cfg.objective.name == "reward_model":
+        return build_reward_model(ctx, cfg, tok)
     if cfg.init == "scratch":
         section = ctx.recipe.model
         try:
@@ -205,17 +361,41 @@ def build_model(ctx: StageContext, cfg: TrainStageConfig, tok: Any) -> tuple[tor
     return model, hf_config_writer(model_cfg, tok)
 
 
-def _adapter_config_writer(model: Any, tok: Any) -> Callable[[Path], None]:
-    """Config files of an adapted HF model's checkpoints: its own config, the run's tokenizer, flowlm.json."""
+def build_reward_model(ctx: StageContext, cfg: TrainStageConfig, tok: Any) -> tuple[torch.nn.Module, Callable[[Path], None]]:
+    """A one-label `AutoModelForSequenceClassification` on `cfg.init`'s backbone (the score head seeded
+    fresh), padded with the run's pad id: what the `reward_model` verifier loads from the exported dir."""
+    from transformers import AutoModelForSequenceClassification
+
+    if cfg.init == "scratch":
+        raise FlowError("a reward_model stage starts from a trained LM: set init to an earlier stage or a checkpoint")
+    if cfg.yarn is not None or cfg.sliding_window is not None:
+        raise FlowError("reward_model stages take the checkpoint's own attention settings (no yarn / sliding_window)")
+    src = ctx.model_dir(cfg.init)
+    torch.manual_seed(cfg.seed)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(src), num_labels=1, pad_token_id=tok.pad_token_id, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise FlowError(f"stage init {src}: cannot load as a sequence classifier ({str(exc).splitlines()[0]})") from None
+    return model, _hf_model_config_writer(model.config, tok)
+
+
+def _hf_model_config_writer(config: Any, tok: Any) -> Callable[[Path], None]:
+    """Config files of a checkpoint of a plain HF model: its config, the run's tokenizer, flowlm.json."""
     from flowlm.atomic import atomic_write_json
     from flowlm.model.hf import checkpoint_meta
 
     def write(d: Path) -> None:
-        model.hf.config.save_pretrained(str(d))
+        config.save_pretrained(str(d))
         atomic_write_json(d / "flowlm.json", checkpoint_meta(None))
         tok.save_pretrained(str(d))
 
     return write
+
+
+def _adapter_config_writer(model: Any, tok: Any) -> Callable[[Path], None]:
+    """Config files of an adapted HF model's checkpoints: its own config, the run's tokenizer, flowlm.json."""
+    return _hf_model_config_writer(model.hf.config, tok)
 
 
 def is_olmo3_checkpoint(path: Path) -> bool:

@@ -79,6 +79,10 @@ class Objective:
     name: ClassVar[str] = ""
     Config: ClassVar[type[ObjectiveConfig]] = ObjectiveConfig
     unit: ClassVar[str] = "tokens"
+    # What a train stage feeds it: "tokens" (packed LM / chat batches from a token store) or "pairs"
+    # (`flowlm.data.pairs.PairDataset` batches); and the epochs a stage runs when it names no `steps`.
+    data_kind: ClassVar[str] = "tokens"
+    default_epochs: ClassVar[float | None] = None
 
     def __init__(self, cfg: ObjectiveConfig | None = None, **fields: Any) -> None:
         """From a typed config, or from its fields (`LMObjective(z_loss=1e-4)`)."""

@@ -62,6 +62,7 @@ class DistillObjective(Objective):
     name = "distill"
     Config = DistillConfig
     unit = "tokens"
+    default_epochs = 2  # as SFT (off-policy distillation is SFT on teacher outputs)
     cfg: DistillConfig
 
     def __init__(self, cfg: DistillConfig | None = None, **fields: Any) -> None:

@@ -94,6 +94,8 @@ class DPOObjective(Objective):
     name = "dpo"
     Config = DPOConfig
     unit = "pairs"
+    data_kind = "pairs"
+    default_epochs = 1  # OLMo 3 DPO: 1 epoch
     cfg: DPOConfig
 
     def __init__(self, cfg: DPOConfig | None = None, **fields: Any) -> None:

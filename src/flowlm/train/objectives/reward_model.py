@@ -60,6 +60,8 @@ class RewardModelObjective(Objective):
     name = "reward_model"
     Config = RewardModelConfig
     unit = "pairs"
+    data_kind = "pairs"
+    default_epochs = 1  # one pass over the pairs (TRL RewardTrainer default)
     cfg: RewardModelConfig
 
     def setup(self, model: nn.Module, world: Any) -> None:

@@ -42,6 +42,7 @@ class SFTObjective(LMObjective):
     name = "sft"
     Config = SFTConfig
     unit = "tokens"
+    default_epochs = 2  # OLMo 3 SFT: 2 epochs
     cfg: SFTConfig
 
     def loss(self, model: nn.Module, batch: Mapping[str, Any]) -> LossOutput:

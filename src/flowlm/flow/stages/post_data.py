@@ -1,0 +1,158 @@
+"""Stage kinds `coldstart` and `pairs`: post-training data built inside a flow (`flowlm.post`).
+
+    sft_data:
+      kind: coldstart                 # rejection sampling + Qwen3 filters -> SFT chat rows
+      prompts: builtin                # or a JSONL of prompt rows (messages / prompt + verifier routing)
+      n_prompts: 4000
+      teacher: procedural             # procedural | weak | an earlier stage (its model) | a checkpoint
+      config: {n: 1, no_think_fraction: 0.2}          # ColdStartCfg fields
+    dpo_pairs:
+      kind: pairs                     # delta learning: strong chosen vs weak rejected
+      strong: procedural
+      weak: sft                       # the SFT stage's own model: its mistakes are the rejected side
+      config: {thinking: true}        # PairCfg fields
+
+Both write the rows (`rows.jsonl`) and the accounting (`accounting.json`: every prompt and candidate
+kept or dropped by reason, conservation checked) and tokenize the rows with the run's tokenizer, so a
+train stage names the stage as its data (`data: sft_data`). `coldstart` outputs a token store (`store`,
+assistant masks); `pairs` outputs aligned chosen / rejected stores (`pairs`, what `dpo` and
+`reward_model` train on) and a token store of the chosen answers alone (`store`, for the seed's
+"SFT on the chosen side" control).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from flowlm.atomic import atomic_write_json, write_jsonl
+from flowlm.config import Strict
+from flowlm.errors import FlowError
+from flowlm.flow.stages.registry import StageContext, StageKind, StageResult, register
+from flowlm.post.coldstart import ColdStartCfg
+from flowlm.post.delta import PairCfg
+from flowlm.post.teachers import TeacherCfg
+
+NAMED_TEACHERS = ("procedural", "weak")
+
+
+class _BuilderConfig(Strict):
+    prompts: str = Field("builtin", description="'builtin' (training-split task prompts) or a JSONL path")
+    n_prompts: int = Field(1000, gt=0, description="builtin: how many prompts; a file: at most this many rows")
+    seed: int = Field(0, description="builtin prompt seed")
+    teacher_settings: TeacherCfg = Field(default_factory=TeacherCfg, description="sampling of model teachers")
+    bench: list[str] = Field(default_factory=list, description="benchmark files to decontaminate against")
+
+
+class ColdStartStageConfig(_BuilderConfig):
+    """Rejection-sampled SFT rows (Qwen3 cold start / mode fusion)."""
+
+    kind: Literal["coldstart"] = "coldstart"
+    teacher: str = "procedural"
+    query_teacher: str | None = Field(None, description="answers without reasoning; prompts it solves are dropped")
+    config: ColdStartCfg = Field(default_factory=ColdStartCfg)
+
+
+class PairsStageConfig(_BuilderConfig):
+    """Delta-learning preference pairs (strong chosen, weak rejected)."""
+
+    kind: Literal["pairs"] = "pairs"
+    strong: str = "procedural"
+    weak: str = "weak"
+    config: PairCfg = Field(default_factory=PairCfg)
+
+
+def _teacher_refs(ctx: StageContext, specs: list[str | None]) -> list[str]:
+    return [s for s in specs if s is not None and s not in NAMED_TEACHERS]
+
+
+def _inputs(ctx: StageContext, name: str, cfg: Any) -> list[str]:
+    specs = [cfg.teacher, cfg.query_teacher] if isinstance(cfg, ColdStartStageConfig) else [cfg.strong, cfg.weak]
+    files = [cfg.prompts] if cfg.prompts != "builtin" else []
+    return [ctx.latest("tokenizer", name), *_teacher_refs(ctx, specs), *files, *cfg.bench]
+
+
+def _prompt_rows(cfg: _BuilderConfig) -> list[dict[str, Any]]:
+    from flowlm.jsonlines import iter_json_objects
+    from flowlm.post.cli import _checked
+    from flowlm.post.teachers import builtin_rows
+
+    if cfg.prompts == "builtin":
+        return builtin_rows(cfg.n_prompts, cfg.seed)
+    rows = []
+    for line, row in iter_json_objects(cfg.prompts):
+        rows.append(_checked(f"{cfg.prompts}:{line}", row))
+        if len(rows) == cfg.n_prompts:
+            break
+    if not rows:
+        raise FlowError(f"{cfg.prompts}: no prompt rows")
+    return rows
+
+
+def _teacher(ctx: StageContext, spec: str, rows: list[dict[str, Any]], cfg: _BuilderConfig) -> Any:
+    from flowlm.post.teachers import make_teacher
+
+    if spec not in NAMED_TEACHERS and spec in ctx.recipe.stages:
+        spec = str(ctx.model_dir(spec))
+    return make_teacher(spec, rows, cfg.teacher_settings)
+
+
+def _write(ctx: StageContext, name: str, rows: list[dict[str, Any]], acc: Any) -> tuple[Path, dict[str, Any]]:
+    out = ctx.path(name)
+    out.mkdir(parents=True, exist_ok=True)
+    acc.check()
+    write_jsonl(out / "rows.jsonl", rows)
+    atomic_write_json(out / "accounting.json", acc.to_dict())
+    if not rows:
+        raise FlowError(f"stage '{name}': every prompt was dropped ({acc.table()}); nothing to train on")
+    return out, {"rows": len(rows), "accounting": acc.to_dict()}
+
+
+def _tokenizer(ctx: StageContext, name: str) -> Any:
+    from flowlm.model.tokenizer import load_tokenizer
+
+    return load_tokenizer(ctx.path(ctx.outputs[ctx.latest("tokenizer", name)]["tokenizer"]))
+
+
+def run_coldstart(ctx: StageContext, name: str, cfg: ColdStartStageConfig) -> StageResult:
+    """Sample, filter and keep SFT rows; tokenize them with assistant masks."""
+    from flowlm.data.store import tokenize_to_store
+    from flowlm.post.cli import load_decontam
+    from flowlm.post.coldstart import build_coldstart
+
+    rows = _prompt_rows(cfg)
+    query = _teacher(ctx, cfg.query_teacher, rows, cfg) if cfg.query_teacher else None
+    kept, acc = build_coldstart(rows, _teacher(ctx, cfg.teacher, rows, cfg), cfg.config,
+                                decontam=load_decontam(cfg.bench), query_teacher=query)
+    out, metrics = _write(ctx, name, kept, acc)
+    store = tokenize_to_store(_tokenizer(ctx, name), kept, out / "store")
+    metrics["tokens"] = int(store.n_tokens)
+    return {"rows": f"{name}/rows.jsonl", "accounting": f"{name}/accounting.json", "store": f"{name}/store"}, metrics
+
+
+def run_pairs(ctx: StageContext, name: str, cfg: PairsStageConfig) -> StageResult:
+    """Build delta pairs; tokenize them as pairs and their chosen side as SFT rows."""
+    from flowlm.data.pairs import tokenize_pairs
+    from flowlm.data.store import tokenize_to_store
+    from flowlm.post.cli import load_decontam
+    from flowlm.post.delta import build_delta_pairs
+
+    rows = _prompt_rows(cfg)
+    strong, weak = _teacher(ctx, cfg.strong, rows, cfg), _teacher(ctx, cfg.weak, rows, cfg)
+    pairs, acc = build_delta_pairs(rows, strong, weak, cfg.config, decontam=load_decontam(cfg.bench))
+    out, metrics = _write(ctx, name, pairs, acc)
+    tok = _tokenizer(ctx, name)
+    stores = tokenize_pairs(tok, pairs, out / "pairs", source=f"{name}/rows.jsonl")
+    chosen = [{"id": p.get("id"), "messages": [*p["prompt"], *p["chosen"]]} for p in pairs]
+    tokenize_to_store(tok, chosen, out / "chosen")
+    metrics["tokens"] = int(sum(st.n_tokens for st in stores.values()))
+    return {"rows": f"{name}/rows.jsonl", "accounting": f"{name}/accounting.json", "pairs": f"{name}/pairs",
+            "store": f"{name}/chosen"}, metrics
+
+
+register(StageKind(name="coldstart", config=ColdStartStageConfig, run=run_coldstart, inputs=_inputs,
+                   main_rank_only=True, makes_data=True))
+register(StageKind(name="pairs", config=PairsStageConfig, run=run_pairs, inputs=_inputs,
+                   main_rank_only=True, makes_data=True))

@@ -1,0 +1,195 @@
+"""`flowlm post {coldstart,pairs}`: post-training data from prompt rows (JSONL in, JSONL rows out).
+
+    flowlm post coldstart --builtin 200 --teacher procedural --set teacher.error_rate=0.3 --out sft.jsonl
+    flowlm post coldstart --file prompts.jsonl --teacher runs/x/model --query-teacher runs/y/model -n 8 \\
+        --bench gsm8k/test.jsonl --set keep_per_prompt=2 --set no_think_fraction=0.2
+    flowlm post pairs --file prompts.jsonl --strong runs/big/model --weak runs/small/model --out dpo.jsonl
+    flowlm post pairs --builtin 100 --pool procedural --pool weak --set thinking=false
+
+Input rows (`--file`, or stdin, the convention of every record verb in `flowlm.cli`) hold `messages` or a
+`prompt` string, plus the verifier routing of `flowlm.verify.rows` (`dataset` + `ground_truth`, or
+`verifiers`); `--builtin N` uses N training-split built-in task prompts instead (never held-out ones).
+A teacher is a checkpoint directory, `procedural` (the built-in tasks' worked solutions; needs rows with
+a `solution`, as `--builtin` makes) or `weak` (the procedural weak model). Knobs are `--set key=value`
+overrides of `ColdStartCfg` / `PairCfg` plus `teacher.*` (`TeacherCfg`) and, for judge pairs,
+`judge_verifier` / `judge_options.*`. The accounting table goes to stderr; a bad input line stops the
+run with `error: FILE:LINE: ...` before any sampling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from flowlm.cli import add_io_arguments, input_path, iter_input_objects, open_output, run_guarded, write_json_line
+from flowlm.errors import ConfigError, FlowError
+from flowlm.post.coldstart import ColdStartCfg
+from flowlm.post.delta import PairCfg
+from flowlm.post.teachers import TeacherCfg
+
+
+class ColdStartRun(ColdStartCfg):
+    """`flowlm post coldstart` settings: the builder's config plus how teachers are built."""
+
+    teacher: TeacherCfg = TeacherCfg()
+
+
+class PairsRun(PairCfg):
+    """`flowlm post pairs` settings: the builder's config, teachers, and the judge of `--pool` pairs."""
+
+    teacher: TeacherCfg = TeacherCfg()
+    judge_verifier: str | None = None
+    """Judge pairs: a registered verifier scoring each answer (e.g. `judge`, `reward_model`); None: the
+    row's own verifiers."""
+    judge_options: dict[str, Any] = {}
+    """Extra arguments of `judge_verifier` (e.g. `reward_model: PATH`, `judge_url: URL`)."""
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register the `post` verb on the top-level CLI."""
+    p = subparsers.add_parser("post", help="post-training data: cold-start SFT rows, DPO preference pairs")
+    verbs = p.add_subparsers(dest="post_cmd", metavar="VERB", required=True)
+    cold = verbs.add_parser("coldstart", help="rejection-sampled SFT chat rows (Qwen3 cold-start filters)")
+    _common(cold)
+    cold.add_argument("--teacher", required=True, metavar="PATH|procedural|weak", help="who answers the prompts")
+    cold.add_argument("--query-teacher", default=None, metavar="PATH|procedural|weak",
+                      help="drop prompts this model answers right without reasoning (too easy); default: no such check")
+    cold.add_argument("-n", type=int, default=None, help="candidates per prompt (config key n)")
+    pairs = verbs.add_parser("pairs", help="DPO pairs: strong vs weak (delta learning) or best vs worst of a pool")
+    _common(pairs)
+    pairs.add_argument("--strong", default=None, metavar="PATH|procedural|weak", help="chosen side (delta pairs)")
+    pairs.add_argument("--weak", default=None, metavar="PATH|procedural|weak", help="rejected side (delta pairs)")
+    pairs.add_argument("--pool", action="append", default=[], metavar="PATH|procedural|weak",
+                       help="judge pairs: a pool member (repeatable; include weak models)")
+    pairs.add_argument("-n", type=int, default=None,
+                       help="strong candidates per prompt (n_chosen), or answers per pool member (n_per_teacher)")
+    for v in (cold, pairs):
+        v.set_defaults(func=main)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    add_io_arguments(p, "prompt rows", out_help="write the output rows here (atomically) instead of to stdout")
+    p.add_argument("--builtin", type=int, default=None, metavar="N",
+                   help="use N built-in training-split task prompts instead of --file")
+    p.add_argument("--bench", action="append", default=[], metavar="FILE",
+                   help="benchmark file to decontaminate against (repeatable; JSONL or JSON array)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. keep_per_prompt=2, filters.max_repetition=0.4, teacher.temperature=0.6")
+
+
+def build_config(args: argparse.Namespace) -> ColdStartRun | PairsRun:
+    """Defaults, then `-n`, then `--set` overrides, validated once."""
+    from flowlm.config import apply_overrides, validate
+
+    model = ColdStartRun if args.post_cmd == "coldstart" else PairsRun
+    raw: dict[str, Any] = {}
+    if args.n is not None:
+        raw["n" if args.post_cmd == "coldstart" else ("n_per_teacher" if args.pool else "n_chosen")] = args.n
+    return validate(model, apply_overrides(raw, args.set), f"flowlm post {args.post_cmd}")
+
+
+def load_prompt_rows(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
+    """`--builtin N` rows, or every row of `--file`/stdin checked up front (FILE:LINE on the first bad one)."""
+    from flowlm.post.teachers import builtin_rows
+
+    if args.builtin is not None:
+        if args.file is not None:
+            raise ConfigError(f"flowlm post {args.post_cmd}: give --builtin N or --file PATH, not both")
+        if args.builtin < 1:
+            raise ConfigError(f"--builtin must be >= 1, got {args.builtin}")
+        return builtin_rows(args.builtin, seed)
+    rows = [_checked(where, row) for where, row in iter_input_objects(input_path(args.file, f"post {args.post_cmd}"))]
+    if not rows:
+        raise FlowError(f"{args.file or '<stdin>'}: no prompt rows")
+    return rows
+
+
+def _checked(where: str, row: dict[str, Any]) -> dict[str, Any]:
+    from flowlm.post.filters import has_verifier
+    from flowlm.post.teachers import prompt_messages
+    from flowlm.verify.base import GroundTruthError, UnknownVerifierError
+    from flowlm.verify.rows import validate_row
+
+    try:
+        prompt_messages(row)
+        if has_verifier(row):
+            validate_row(row)
+    except (ValueError, UnknownVerifierError) as exc:  # GroundTruthError is a ValueError
+        msg = exc.args[0] if isinstance(exc, (GroundTruthError, UnknownVerifierError)) and exc.args else str(exc)
+        raise FlowError(f"{where}: {msg}") from None
+    return row
+
+
+def load_decontam(paths: list[str]) -> Any | None:
+    """A post-training decontaminator (8-gram, 0.5 overlap, as OLMo 3's SFT/DPO data) over `--bench` files."""
+    if not paths:
+        return None
+    from flowlm.data.decontam import DecontamCfg, Decontaminator, load_benchmark
+
+    items = [item for p in paths for item in load_benchmark(p)]
+    return Decontaminator(items, DecontamCfg(mode="posttrain"))
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run `flowlm post coldstart|pairs`; bad input raises FlowError (printed as one line by `run_guarded`)."""
+    from flowlm.post.teachers import make_teacher
+
+    cfg = build_config(args)
+    rows = load_prompt_rows(args, cfg.seed)
+    decontam = load_decontam(args.bench)
+    specs = _teacher_specs(args)
+    slots = cfg.teacher.max_slots
+    wanted = cfg.n if isinstance(cfg, ColdStartRun) else max(cfg.n_chosen, cfg.n_per_teacher)
+    pool = getattr(args, "pool", [])
+    if any(Path(s).is_dir() for s in [*specs.values(), *pool] if s) and wanted > slots:
+        raise ConfigError(f"n={wanted} exceeds teacher.max_slots={slots}")
+    teachers = {role: make_teacher(spec, rows, cfg.teacher) for role, spec in specs.items() if spec}
+    if isinstance(cfg, ColdStartRun):
+        from flowlm.post.coldstart import build_coldstart
+
+        out, acc = build_coldstart(rows, teachers["teacher"], cfg, decontam=decontam,
+                                   query_teacher=teachers.get("query"))
+    elif pool:
+        from flowlm.post.delta import build_judge_pairs, named_verifier_judge
+
+        judge = named_verifier_judge(cfg.judge_verifier, **cfg.judge_options) if cfg.judge_verifier else None
+        members = [make_teacher(spec, rows, cfg.teacher) for spec in pool]
+        out, acc = build_judge_pairs(rows, members, judge, cfg, decontam=decontam)
+    else:
+        from flowlm.post.delta import build_delta_pairs
+
+        out, acc = build_delta_pairs(rows, teachers["strong"], teachers["weak"], cfg, decontam=decontam)
+    with open_output(args.out) as fh:
+        for row in out:
+            write_json_line(fh, row)
+    print(acc.table(), file=sys.stderr)
+    where = f" -> {args.out}" if args.out is not None else ""
+    kind = "rows" if args.post_cmd == "coldstart" else "pairs"
+    print(f"post {args.post_cmd}: {len(out)} {kind} from {len(rows)} prompts{where}", file=sys.stderr)
+    return 0
+
+
+def _teacher_specs(args: argparse.Namespace) -> dict[str, str | None]:
+    if args.post_cmd == "coldstart":
+        return {"teacher": args.teacher, "query": args.query_teacher}
+    if args.pool:
+        if args.strong or args.weak:
+            raise ConfigError("flowlm post pairs: --pool (judge pairs) excludes --strong/--weak (delta pairs)")
+        if len(args.pool) < 2:
+            raise ConfigError("flowlm post pairs: a judge pool needs at least two --pool teachers")
+        return {}
+    if not (args.strong and args.weak):
+        raise ConfigError("flowlm post pairs: give --strong and --weak (delta pairs) or --pool twice or more")
+    return {"strong": args.strong, "weak": args.weak}
+
+
+def _standalone(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="flowlm")
+    add_parser(p.add_subparsers(dest="verb", required=True))
+    return run_guarded(lambda: main(p.parse_args(["post", *(argv if argv is not None else sys.argv[1:])])))
+
+
+if __name__ == "__main__":
+    sys.exit(_standalone())

@@ -1,0 +1,418 @@
+"""Teachers: what samples candidate responses for the post-training data builders.
+
+    teacher.sample(prompts, n, thinking=True, seed=0) -> [[{"reasoning": str, "content": str, ...}] * n] * len(prompts)
+
+A prompt is a list of chat messages ending with the user turn to answer. `thinking=False` is Qwen3's
+non-thinking mode: `/no_think` is appended to the last user turn and the reasoning comes back empty.
+A response may also carry `finish_reason` (`stop`, `length` = cut off by the token budget, `error`)
+and `error` (why nothing was generated); the builders count such candidates by reason, never crash.
+
+- `ModelTeacher`: any local checkpoint directory `flowlm.generate.Engine.from_pretrained` accepts (or
+  a model + tokenizer), through the rollout engine; the output is split at `</think>` with the
+  verifiers' own think parsing (`flowlm.verify.thinking`).
+- `ProceduralTeacher`: the built-in procedural tasks (`flowlm.data.tasks`) answered from their worked
+  solutions, the miniature's strong model. `error_rate` corrupts a deterministic share of the
+  candidates, each with one defect a Qwen3 response filter must catch (`NOISE_KINDS`).
+- `WeakProceduralTeacher`: the miniature's weak model (OLMo 3's Qwen3-0.6B role in delta learning):
+  a short sketch and a plausible final answer that is right with probability `skill ** steps`.
+
+`builtin_rows(n)` makes prompt rows from the training split of the built-in tasks (never held out).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from flowlm.config import Strict
+from flowlm.errors import FlowError
+from flowlm.verify.thinking import CLOSE, OPEN
+
+Message = dict[str, Any]
+Response = dict[str, Any]
+NO_THINK, THINK = "/no_think", "/think"
+
+
+class Teacher(Protocol):
+    """Samples `n` responses per prompt; `name` identifies it in the output rows."""
+
+    name: str
+
+    def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int) -> list[list[Response]]:
+        ...
+
+
+class TeacherCfg(Strict):
+    """How the CLI builds a teacher from `--teacher/--strong/--weak PATH|procedural|weak`."""
+
+    temperature: float = 0.7
+    """Sampling temperature of model teachers (0 = greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling of model teachers."""
+    max_new_tokens: int = 1024
+    """Token budget per response; a response cut by it is dropped as `truncated`."""
+    max_slots: int = 64
+    """Sequences a model teacher decodes together (also the largest n)."""
+    error_rate: float = 0.0
+    """`procedural`: share of corrupted candidates (0 = every candidate is the worked solution)."""
+    skill: float = 0.7
+    """`weak`: per-step chance of getting a step right; a final answer is right with skill ** steps."""
+
+
+# --- messages and responses -------------------------------------------------------------------------
+
+
+def prompt_messages(row: Mapping[str, Any]) -> list[Message]:
+    """The chat prompt of a row: `messages` (or TRL `prompt` messages) without a final assistant turn, or a
+    `prompt` string as one user turn. Raises ValueError (one line) for anything else."""
+    value = row.get("messages", row.get("prompt"))
+    if isinstance(value, str) and value.strip() and "messages" not in row:
+        return [{"role": "user", "content": value}]
+    if not (isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value)):
+        raise ValueError("a row needs `messages` (a list of {role, content}) or a non-empty `prompt` string")
+    msgs = [dict(m) for m in value]
+    if msgs[-1]["role"] == "assistant":  # multi-turn preference: only the last turn is answered anew
+        msgs = msgs[:-1]
+    if not msgs or msgs[-1]["role"] != "user" or not isinstance(msgs[-1].get("content"), str):
+        raise ValueError("the prompt must end with a user turn whose content is a string")
+    return msgs
+
+
+def user_text(messages: Sequence[Message]) -> str:
+    """The last user turn without a trailing `/think` or `/no_think` switch."""
+    text = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    return _SWITCH.sub("", text).strip()
+
+
+_SWITCH = re.compile(r"\s*/(?:no_)?think\s*$")
+
+
+_ANY_SWITCH = re.compile(r"(?<!\S)/(no_)?think(?!\S)")
+
+
+def wants_no_think(messages: Sequence[Message]) -> bool:
+    """Is non-thinking mode asked for? Qwen3's soft switches: the latest `/think` or `/no_think` in the
+    user turns decides (a switch holds for the later turns of a conversation); none means thinking."""
+    for m in reversed(messages):
+        if m.get("role") == "user" and isinstance(m.get("content"), str):
+            hits = _ANY_SWITCH.findall(m["content"])
+            if hits:
+                return hits[-1] == "no_"
+    return False
+
+
+def with_mode(messages: Sequence[Message], thinking: bool) -> list[Message]:
+    """`messages` with `/no_think` at the end of the last user turn for non-thinking mode (Qwen3 convention);
+    thinking mode leaves the messages as they are."""
+    out = [dict(m) for m in messages]
+    if thinking or wants_no_think(out):
+        return out
+    last = max(i for i, m in enumerate(out) if m.get("role") == "user")
+    out[last]["content"] = f"{out[last]['content'].rstrip()} {NO_THINK}"
+    return out
+
+
+def split_reasoning(text: str, finish_reason: str = "stop") -> Response:
+    """Model output -> `{reasoning, content, finish_reason}`: the think block (opening tag optional, as
+    when the template puts `<think>` in the prompt) and the answer after the last `</think>`; an
+    unclosed think block is all reasoning and no answer (truncated mid-thought, as the verifiers read it)."""
+    if CLOSE in text:
+        head, content = text.rsplit(CLOSE, 1)
+        reasoning = head.split(OPEN, 1)[1] if OPEN in head else head
+    elif OPEN in text:
+        reasoning, content = text.split(OPEN, 1)[1], ""
+    else:
+        reasoning, content = "", text
+    return {"reasoning": reasoning.strip(), "content": content.strip(), "finish_reason": finish_reason}
+
+
+def completion_text(response: Mapping[str, Any]) -> str:
+    """A response as one completion string for the verifiers: `<think>reasoning</think>` then the content."""
+    return f"{OPEN}\n{response.get('reasoning') or ''}\n{CLOSE}\n\n{response.get('content') or ''}"
+
+
+def assistant_message(response: Mapping[str, Any]) -> Message:
+    """The assistant turn of a training row (`reasoning_content` empty in non-thinking mode)."""
+    return {"role": "assistant", "content": response.get("content") or "",
+            "reasoning_content": response.get("reasoning") or ""}
+
+
+def _error(msg: str, n: int) -> list[Response]:
+    return [{"reasoning": "", "content": "", "finish_reason": "error", "error": msg} for _ in range(n)]
+
+
+# --- model teacher ------------------------------------------------------------------------------------
+
+
+class ModelTeacher:
+    """Samples from a checkpoint with the rollout engine (`flowlm.generate.Engine`).
+
+    `source` is a checkpoint directory (`Engine.from_pretrained`: flowlm / HF Olmo3 natively, any other
+    local HF causal LM through transformers); or pass `model=` and `tokenizer=`. The tokenizer's chat
+    template renders each prompt in the requested mode (`enable_thinking`), and generation stops at
+    the end-of-turn token `<|im_end|>` when the tokenizer has one.
+    """
+
+    def __init__(self, source: str | Path | None = None, *, model: Any = None, tokenizer: Any = None,
+                 temperature: float = 0.7, top_p: float = 1.0, max_new_tokens: int = 1024, max_slots: int = 64,
+                 name: str | None = None) -> None:
+        from flowlm.generate.engine import Engine, GenerateConfig
+        from flowlm.generate.params import SamplingParams
+
+        SamplingParams.checked(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        config = GenerateConfig(max_slots=max_slots)
+        if (source is None) == (model is None):
+            raise FlowError("ModelTeacher: give a checkpoint directory or a model, not both or neither")
+        self.engine = Engine.from_pretrained(source, config) if source is not None else Engine(model, tokenizer, config)
+        self.tokenizer = self.engine.tokenizer
+        if self.tokenizer is None:
+            raise FlowError(f"{source}: no tokenizer.json beside the model (a teacher needs the chat template)")
+        self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        self.name = name or (Path(source).name if source is not None else type(model).__name__)
+        end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        unk = self.tokenizer.unk_token_id
+        self.stop_ids = (int(end),) if isinstance(end, int) and end != unk else ()
+
+    def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int) -> list[list[Response]]:
+        from flowlm.generate.params import SamplingParams
+        from flowlm.generate.prompts import to_prompt_ids
+
+        order: dict[int, int] = {}
+        out: list[list[Response]] = [[] for _ in prompts]
+        for j, msgs in enumerate(prompts):
+            params = SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p,
+                                    max_new_tokens=self.max_new_tokens, stop_token_ids=self.stop_ids,
+                                    seed=seed + j * n)  # completion i of prompt j: seed + j*n + i
+            try:
+                ids = to_prompt_ids(with_mode(msgs, thinking), self.tokenizer, enable_thinking=thinking)
+            except Exception as exc:  # noqa: BLE001 - a prompt the template rejects is one bad row
+                out[j] = _error(f"bad prompt: {str(exc)[:200]}", n)
+                continue
+            order[self.engine.submit(ids, params)] = j
+        for result in self.engine.stream():
+            j = order[result.request_id]
+            if result.error:
+                out[j] = _error(result.error, n)
+            else:
+                out[j] = [split_reasoning(c.text, c.finish_reason) for c in result.completions]
+        return out
+
+
+# --- procedural teachers ------------------------------------------------------------------------------
+
+NOISE_KINDS = ("wrong_answer", "repetition", "guess", "mismatch", "language_mix")
+"""Defects `ProceduralTeacher(error_rate>0)` puts into candidates, one per corrupted candidate:
+a wrong final answer (reasoning and answer agree on it), a looping think trace, an answer guessed with
+no reasoning, a think trace whose conclusion differs from the final answer, and a reasoning trace
+that switches script midway."""
+
+
+def _item_key(text: str) -> str:
+    return " ".join(_SWITCH.sub("", text).split())
+
+
+def _rng(*parts: Any) -> random.Random:
+    return random.Random(hashlib.sha256(repr(parts).encode()).hexdigest())
+
+
+def final_line(answer: str, solution: str) -> str:
+    """The final-answer line of a procedural item (`flowlm.data.builtin` format: `####` for word problems)."""
+    if solution.rstrip().splitlines()[-1].startswith("####"):
+        return f"The answer is {answer}.\n#### {answer}"
+    return f"The answer is \\boxed{{{answer}}}."
+
+
+def wrong_answer(answer: str, rng: random.Random) -> str:
+    """A plausible wrong answer: an integer off by a small amount, or a list with two neighbours swapped."""
+    parts = [p.strip() for p in answer.split(",")]
+    if len(parts) > 1:
+        i = rng.randrange(len(parts) - 1)
+        j = next((k for k in range(i, len(parts) - 1) if parts[k] != parts[k + 1]), None)
+        if j is not None:
+            parts[j], parts[j + 1] = parts[j + 1], parts[j]
+            return ", ".join(parts)
+        return ", ".join(parts[:-1])
+    try:
+        return str(int(answer) + rng.choice([-10, -2, -1, 1, 2, 10]))
+    except ValueError:
+        return answer + "0"
+
+
+def _steps(solution: str) -> int:
+    """Working lines of a worked solution (the final answer line excluded)."""
+    return max(1, len([ln for ln in solution.strip().splitlines() if ln.strip()]) - 1)
+
+
+class _ItemIndex:
+    """Worked items by their prompt text (the last user turn, `/no_think` removed)."""
+
+    def __init__(self, items: Iterable[Mapping[str, Any]]) -> None:
+        self.items: dict[str, Mapping[str, Any]] = {}
+        for it in items:
+            if it.get("solution") and it.get("answer") is not None:
+                self.items[_item_key(str(it["prompt"]))] = it
+
+    @classmethod
+    def rows_to_items(cls, rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Items from prompt rows that carry a worked `solution` (and `answer` or a string `ground_truth`)."""
+        out = []
+        for row in rows:
+            answer = row.get("answer", row.get("ground_truth"))
+            if not row.get("solution") or not isinstance(answer, (str, int)):
+                continue
+            try:
+                text = user_text(prompt_messages(row))
+            except ValueError:
+                continue
+            out.append({"prompt": text, "answer": str(answer), "solution": row["solution"]})
+        return out
+
+    def find(self, messages: Sequence[Message]) -> Mapping[str, Any] | None:
+        return self.items.get(_item_key(user_text(messages)))
+
+
+class ProceduralTeacher:
+    """The strong procedural teacher: thinking mode answers with the worked solution as reasoning and the
+    final-answer line as content; non-thinking mode with the worked solution as the answer (as
+    `flowlm.data.builtin.sft_examples` does). Prompts it has no item for come back as `error` responses."""
+
+    def __init__(self, items: Iterable[Mapping[str, Any]], *, error_rate: float = 0.0,
+                 noise: Sequence[str] = NOISE_KINDS, name: str = "procedural") -> None:
+        if not 0.0 <= error_rate <= 1.0:
+            raise FlowError(f"ProceduralTeacher: error_rate must be in [0, 1], got {error_rate}")
+        unknown = set(noise) - set(NOISE_KINDS)
+        if unknown or not noise:
+            raise FlowError(f"ProceduralTeacher: noise kinds must be among {NOISE_KINDS}, got {list(noise)}")
+        self.index, self.error_rate, self.noise, self.name = _ItemIndex(items), error_rate, tuple(noise), name
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]], **kwargs: Any) -> ProceduralTeacher:
+        return cls(_ItemIndex.rows_to_items(rows), **kwargs)
+
+    def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int) -> list[list[Response]]:
+        out = []
+        for msgs in prompts:
+            item = self.index.find(msgs)
+            if item is None:
+                out.append(_error("procedural teacher: no worked solution for this prompt", n))
+                continue
+            out.append([self._one(item, thinking, _rng(seed, item["prompt"], i)) for i in range(n)])
+        return out
+
+    def _one(self, item: Mapping[str, Any], thinking: bool, rng: random.Random) -> Response:
+        answer, solution = str(item["answer"]), str(item["solution"])
+        resp = {"reasoning": solution, "content": final_line(answer, solution)} if thinking else \
+            {"reasoning": "", "content": solution}
+        if rng.random() < self.error_rate:
+            resp = corrupt(resp, answer, rng.choice(self.noise), rng)
+        return {**resp, "finish_reason": "stop"}
+
+
+def corrupt(resp: Response, answer: str, kind: str, rng: random.Random) -> Response:
+    """`resp` with one defect of `kind` (see `NOISE_KINDS`); the answer is replaced everywhere it is stated."""
+    bad = wrong_answer(answer, rng)
+    reasoning, content = resp["reasoning"], resp["content"]
+    if kind == "wrong_answer":
+        return {"reasoning": _swap_final(reasoning, answer, bad), "content": _swap_final(content, answer, bad)}
+    if kind == "repetition":
+        loop = "Wait, let me recompute that step once more to be sure."
+        text = reasoning or content
+        times = max(12, 2 * len(text.split()) // len(loop.split()) + 2)  # a degenerate loop outgrows the work
+        looped = text.split("\n")[0] + "\n" + "\n".join([loop] * times) + "\n" + text
+        return {"reasoning": looped, "content": content} if reasoning else {"reasoning": "", "content": looped}
+    if kind == "guess":
+        guessed = f"Probably {answer}. The answer is \\boxed{{{answer}}}."
+        return {"reasoning": "I guess." if reasoning else "", "content": guessed}
+    if kind == "mismatch":
+        if not reasoning:  # no think trace to disagree with: fall back to a wrong answer
+            return corrupt(resp, answer, "wrong_answer", rng)
+        return {"reasoning": _swap_final(reasoning, answer, bad), "content": content}
+    if kind == "language_mix":
+        lines = (reasoning or content).split("\n")
+        mid = len(lines) // 2
+        mixed = "\n".join(lines[:mid] + ["接下来我们继续计算,然后检查每一步的结果是否正确。"] * 3 + lines[mid:])
+        return {"reasoning": mixed, "content": content} if reasoning else {"reasoning": "", "content": mixed}
+    raise ValueError(f"unknown noise kind {kind!r}")
+
+
+def _swap_final(text: str, answer: str, bad: str) -> str:
+    """Replace the stated final answer (boxed, `####`, `The answer is`) by `bad`."""
+    text = text.replace(f"\\boxed{{{answer}}}", f"\\boxed{{{bad}}}").replace(f"#### {answer}", f"#### {bad}")
+    return text.replace(f"The answer is {answer}.", f"The answer is {bad}.")
+
+
+class WeakProceduralTeacher:
+    """The weak procedural teacher: a one-step sketch and a plausible, often wrong final answer.
+
+    A response to an item with `s` working steps is right with probability `skill ** s` (each step a
+    chance to slip), decided deterministically from (seed, prompt, sample index); wrong answers are a
+    near miss (`wrong_answer`). Thinking mode puts the first working line in the reasoning; non-thinking
+    mode answers directly. Used as the rejected side of delta pairs and as the no-reasoning model of
+    the Qwen3 query filter (an item it answers right without reasoning is too easy).
+    """
+
+    def __init__(self, items: Iterable[Mapping[str, Any]], *, skill: float = 0.7, name: str = "weak") -> None:
+        if not 0.0 <= skill <= 1.0:
+            raise FlowError(f"WeakProceduralTeacher: skill must be in [0, 1], got {skill}")
+        self.index, self.skill, self.name = _ItemIndex(items), skill, name
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]], **kwargs: Any) -> WeakProceduralTeacher:
+        return cls(_ItemIndex.rows_to_items(rows), **kwargs)
+
+    def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int) -> list[list[Response]]:
+        out = []
+        for msgs in prompts:
+            item = self.index.find(msgs)
+            if item is None:
+                out.append(_error("weak procedural teacher: no item for this prompt", n))
+                continue
+            out.append([self._one(item, thinking, _rng("weak", seed, item["prompt"], i)) for i in range(n)])
+        return out
+
+    def _one(self, item: Mapping[str, Any], thinking: bool, rng: random.Random) -> Response:
+        answer, solution = str(item["answer"]), str(item["solution"])
+        right = rng.random() < self.skill ** _steps(solution)
+        said = answer if right else wrong_answer(answer, rng)
+        first = solution.strip().splitlines()[0]
+        reasoning = f"{first}\nThe rest is quick, so the answer should be {said}." if thinking else ""
+        return {"reasoning": reasoning, "content": final_line(said, solution), "finish_reason": "stop"}
+
+
+# --- built-in prompt rows -------------------------------------------------------------------------------
+
+BUILTIN_SEED_OFFSET = 3_000_017
+"""Keeps these prompts apart from `sft_examples` (seed + 2,000,003) for the same run seed."""
+
+
+def builtin_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` prompt rows from the training split of the built-in tasks, with their verifier routing (as the
+    built-in eval suite routes them) and worked solutions for the procedural teachers."""
+    from flowlm.data import tasks
+
+    rows = []
+    for it in tasks.generate(seed + BUILTIN_SEED_OFFSET, n, split="train"):
+        if tasks.is_heldout(it["prompt"]):  # the split rule is what keeps eval items out of training data
+            raise FlowError(f"builtin prompt {it['id']} is on the held-out side of the split")
+        verifier = {"word_problem": "gsm8k", "sorting": "sequence"}.get(it["task"], "math")
+        rows.append({"id": it["id"], "task": it["task"], "messages": [{"role": "user", "content": it["prompt"]}],
+                     "dataset": verifier, "ground_truth": it["answer"], "answer": it["answer"],
+                     "solution": it["solution"]})
+    return rows
+
+
+def make_teacher(spec: str, rows: Sequence[Mapping[str, Any]], cfg: TeacherCfg) -> Teacher:
+    """A teacher from a CLI spec: `procedural`, `weak`, or a checkpoint directory."""
+    if spec == "procedural":
+        return ProceduralTeacher.from_rows(rows, error_rate=cfg.error_rate)
+    if spec == "weak":
+        return WeakProceduralTeacher.from_rows(rows, skill=cfg.skill)
+    path = Path(spec)
+    if not path.is_dir():
+        raise FlowError(f"{spec}: not a checkpoint directory (teachers are a directory, 'procedural' or 'weak')")
+    return ModelTeacher(path, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                        max_slots=cfg.max_slots)
