@@ -36,7 +36,8 @@ from typing import Any, TextIO
 from flowlm.errors import ConfigError, FlowError
 
 DEFAULT_RECIPE = "tiny"
-PLUGIN_VERBS = ("flowlm.verify.cli", "flowlm.data.cli", "flowlm.generate.cli", "flowlm.eval.cli", "flowlm.post.cli")
+PLUGIN_VERBS = ("flowlm.verify.cli", "flowlm.data.cli", "flowlm.generate.cli", "flowlm.eval.cli", "flowlm.post.cli",
+                "flowlm.rl.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

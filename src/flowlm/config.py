@@ -32,8 +32,33 @@ def recipe_names() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
-def read_recipe(name_or_path: str) -> tuple[dict[str, Any], str]:
-    """Return the raw recipe mapping and where it came from (a path or `builtin:NAME`)."""
+def read_recipe(name_or_path: str, _seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
+    """Return the raw recipe mapping and where it came from (a path or `builtin:NAME`).
+
+    `extends: OTHER` (a built-in name or a path) starts from that recipe: its keys are deep-merged with
+    this one's, and this recipe's new stages come after the other's, in order (a stage both name is
+    merged in place). `name` is never inherited.
+    """
+    raw, origin = _read_one(name_or_path)
+    base_ref = raw.pop("extends", None)
+    if base_ref is None:
+        return raw, origin
+    if not isinstance(base_ref, str):
+        raise ConfigError(f"{origin}: extends must be a recipe name or path")
+    if base_ref in _seen or base_ref == name_or_path:
+        raise ConfigError(f"{origin}: extends forms a cycle ({' -> '.join((*_seen, name_or_path, base_ref))})")
+    base, _ = read_recipe(base_ref, (*_seen, name_or_path))
+    base.pop("name", None)
+    stages = {**base.get("stages", {})}
+    for sname, scfg in (raw.get("stages") or {}).items():
+        both = isinstance(stages.get(sname), dict) and isinstance(scfg, dict)
+        stages[sname] = deep_merge(stages[sname], scfg) if both else scfg
+    merged = deep_merge({k: v for k, v in base.items() if k != "stages"},
+                       {k: v for k, v in raw.items() if k != "stages"})
+    return {**merged, "stages": stages}, origin
+
+
+def _read_one(name_or_path: str) -> tuple[dict[str, Any], str]:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():

@@ -67,3 +67,31 @@ def test_cli_exit_code_2_and_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "stages.pretrain.lrr" in lines[0]
     assert not (tmp_path / "flow.json").exists()
+
+
+def test_extends_starts_from_another_recipe_and_appends_stages(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: tiny\nseed: 3\nstages:\n  pretrain: {steps: 5}\n"
+                     "  sft: {kind: train, init: long_context, data: midtrain, objective: sft, seq_len: 64, batch_size: 2}\n")
+    recipe, origin = load_recipe(str(child), [])
+    base, _ = load_recipe("tiny", [])
+    assert recipe.name == "child" and recipe.seed == 3 and origin == str(child)
+    assert list(recipe.stages) == [*base.stages, "sft"]  # the base's stages in order, then the new one
+    assert recipe.stages["pretrain"].steps == 5 and recipe.stages["pretrain"].seq_len == base.stages["pretrain"].seq_len
+    assert recipe.stages["midtrain"] == base.stages["midtrain"]
+
+
+def test_extends_cycle_is_one_line(tmp_path):
+    (tmp_path / "a.yaml").write_text(f"extends: {tmp_path / 'b.yaml'}\nstages: {{}}\n")
+    (tmp_path / "b.yaml").write_text(f"extends: {tmp_path / 'a.yaml'}\nstages: {{}}\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_recipe(str(tmp_path / "a.yaml"), [])
+
+
+def test_builtin_post_recipe_extends_tiny():
+    recipe, _ = load_recipe("tiny-post", [])
+    base, _ = load_recipe("tiny", [])
+    assert list(recipe.stages)[: len(base.stages)] == list(base.stages)
+    kinds = {name: st.kind for name, st in recipe.stages.items()}
+    assert {"coldstart", "pairs", "eval"} <= set(kinds.values())
+    assert recipe.stages["dpo"].objective.name == "dpo" and recipe.stages["sft"].objective.name == "sft"

@@ -44,6 +44,9 @@ class _BuilderConfig(Strict):
     seed: int = Field(0, description="builtin prompt seed")
     teacher_settings: TeacherCfg = Field(default_factory=TeacherCfg, description="sampling of model teachers")
     bench: list[str] = Field(default_factory=list, description="benchmark files to decontaminate against")
+    instruction: str = Field("Put your final answer within \\boxed{}.",
+                             description="a format instruction appended to a share of the user turns")
+    instruction_fraction: float = Field(0.0, ge=0, le=1, description="share of prompts that get `instruction`")
 
 
 class ColdStartStageConfig(_BuilderConfig):
@@ -80,7 +83,7 @@ def _prompt_rows(cfg: _BuilderConfig) -> list[dict[str, Any]]:
     from flowlm.post.teachers import builtin_rows
 
     if cfg.prompts == "builtin":
-        return builtin_rows(cfg.n_prompts, cfg.seed)
+        return with_instruction(builtin_rows(cfg.n_prompts, cfg.seed), cfg)
     rows = []
     for line, row in iter_json_objects(cfg.prompts):
         rows.append(_checked(f"{cfg.prompts}:{line}", row))
@@ -88,7 +91,34 @@ def _prompt_rows(cfg: _BuilderConfig) -> list[dict[str, Any]]:
             break
     if not rows:
         raise FlowError(f"{cfg.prompts}: no prompt rows")
-    return rows
+    return with_instruction(rows, cfg)
+
+
+def with_instruction(rows: list[dict[str, Any]], cfg: _BuilderConfig) -> list[dict[str, Any]]:
+    """Append `cfg.instruction` to the last user turn of a deterministic `instruction_fraction` of the rows
+    (chosen by a hash of the turn's text, before any `/think` / `/no_think` switch at its end)."""
+    import hashlib
+
+    if not cfg.instruction_fraction:
+        return rows
+    out = []
+    for row in rows:
+        msgs = row.get("messages")
+        last = max((i for i, m in enumerate(msgs or []) if m.get("role") == "user"), default=None)
+        text = msgs[last].get("content") if last is not None else None
+        if not isinstance(text, str):
+            out.append(row)
+            continue
+        draw = int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        if draw < cfg.instruction_fraction:
+            body, flag = text, ""
+            for switch in (" /no_think", " /think"):
+                if text.endswith(switch):
+                    body, flag = text[: -len(switch)], switch
+            msgs = [*msgs[:last], {**msgs[last], "content": f"{body}\n\n{cfg.instruction}{flag}"}, *msgs[last + 1:]]
+            row = {**row, "messages": msgs}
+        out.append(row)
+    return out
 
 
 def _teacher(ctx: StageContext, spec: str, rows: list[dict[str, Any]], cfg: _BuilderConfig) -> Any:

@@ -111,6 +111,9 @@ class TrainStageConfig(EngineConfig):
             raise ValueError(f"objective '{self.objective.name}' has no default length: set steps or epochs")
         if self.early_stop is not None and not self.eval_every:
             raise ValueError("early_stop needs eval_every > 0 (it compares evaluations)")
+        if self.kind == "train" and objective_class(self.objective.name).data_kind not in ("tokens", "pairs"):
+            raise ValueError(f"objective '{self.objective.name}' trains on {objective_class(self.objective.name).data_kind}, "
+                             "which a train stage does not make (kind: rl makes rollouts)")
         if self.on_policy is not None and self.objective.name != "distill":
             raise ValueError(f"on_policy applies to the distill objective, not '{self.objective.name}'")
         return self

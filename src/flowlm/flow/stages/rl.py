@@ -1,0 +1,134 @@
+"""Stage kind `rl`: synchronous RLVR, a `train` stage whose batches are verified rollouts of its own policy.
+
+    think_rl:
+      kind: rl
+      init: dpo                      # an earlier stage or a checkpoint
+      prompts: builtin               # builtin | a data stage (its `rows`) | a JSONL of prompt rows
+      n_prompts: 2000                # builtin only
+      steps: 200
+      seq_len: 2048                  # prompt + completion tokens at most
+      rollout: {prompts_per_step: 64, group_size: 8, max_new_tokens: 1024, skip_solved_threshold: 0.875}
+      objective: {name: grpo, clip_high: 0.272, is_cap: 2.0}
+      optim: {lr: 1.0e-6}
+      schedule: {warmup_steps: 0, decay: constant}
+
+Prompt rows hold `messages` (or a `prompt` string) and the verifier routing of `flowlm.verify.rows`
+(`dataset` + `ground_truth`, or `verifiers`). The stage builds a `flowlm.rl.source.RolloutSource` and
+runs `train_once` with it, so checkpoints, exact resume, BPB and `generation_eval` (in-loop pass@k),
+export and the run record are the train stage's. `batch_size` is `prompts_per_step x group_size`
+(filled in when left out). Outputs: `model`, `checkpoints`, `metrics` and `rollouts` (per batch, the
+prompt ids drawn and trained; `rollouts.jsonl`). One process: under torchrun the rollout engine would need
+the full weights on every rank (the async, multi-node path is not built yet).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SerializeAsAny, model_validator
+
+from flowlm.errors import FlowError
+from flowlm.flow.stages.registry import StageContext, StageKind, StageResult, register
+from flowlm.flow.stages.train import TrainStageConfig, data_stage
+from flowlm.rl.source import RolloutConfig
+from flowlm.train.objectives import ObjectiveConfig, parse_objective_config
+
+ROLLOUTS = "rollouts"
+
+
+class RLStageConfig(TrainStageConfig):
+    """A train stage's settings (`steps` required) plus where prompts come from and how rollouts are made."""
+
+    kind: Literal["rl"] = "rl"  # type: ignore[assignment]
+    data: str = Field(ROLLOUTS, description="fixed: an rl stage trains on its own rollouts (see prompts)")
+    prompts: str = Field("builtin", description="'builtin', a data stage (its rows) or a JSONL of prompt rows")
+    n_prompts: int = Field(2000, gt=0, description="prompts: builtin: how many training-split task prompts")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    objective: SerializeAsAny[ObjectiveConfig] = Field(
+        default_factory=lambda: parse_objective_config("grpo"),
+        description="the policy loss, e.g. {name: grpo, clip_high: 0.28}")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_batch_size(cls, data: Any) -> Any:
+        """`batch_size` defaults to the rows of one step: prompts_per_step x group_size."""
+        if isinstance(data, dict) and "batch_size" not in data:
+            fields = RolloutConfig.model_fields
+            raw = data.get("rollout") or {}
+            raw = raw.model_dump() if isinstance(raw, RolloutConfig) else raw
+            if isinstance(raw, dict):
+                per = raw.get("prompts_per_step", fields["prompts_per_step"].default)
+                size = raw.get("group_size", fields["group_size"].default)
+                if isinstance(per, int) and isinstance(size, int):
+                    data = {**data, "batch_size": per * size}
+        return data
+
+    @model_validator(mode="after")
+    def _rl(self) -> "RLStageConfig":
+        from flowlm.train.objectives import objective_class
+
+        r = self.rollout
+        if self.data != ROLLOUTS:
+            raise ValueError("an rl stage trains on its rollouts: drop data (prompts come from `prompts`)")
+        if self.batch_size != r.prompts_per_step * r.group_size:
+            raise ValueError(f"batch_size {self.batch_size} must be rollout.prompts_per_step x group_size = "
+                             f"{r.prompts_per_step * r.group_size} (or leave it out)")
+        if r.prompts_per_step % self.grad_accum:
+            raise ValueError(f"grad_accum {self.grad_accum} must divide rollout.prompts_per_step "
+                             f"{r.prompts_per_step} (micro-batches hold whole groups)")
+        if objective_class(self.objective.name).data_kind != ROLLOUTS:
+            raise ValueError(f"objective '{self.objective.name}' does not train on rollouts (use grpo)")
+        return self
+
+
+def _inputs(ctx: StageContext, name: str, cfg: RLStageConfig) -> list[str]:
+    from flowlm.flow.stages.train import _inputs as train_inputs
+
+    refs = train_inputs(ctx, name, cfg)
+    if cfg.prompts != "builtin":
+        refs.append(cfg.prompts)  # a data stage (fingerprinted by its outputs) or a file (by its content)
+    return refs
+
+
+def prompt_rows(ctx: StageContext, name: str, cfg: RLStageConfig) -> list[dict[str, Any]]:
+    """Built-in training-split task prompts, a data stage's rows, or the rows of a JSONL file."""
+    from flowlm.jsonlines import iter_json_objects
+    from flowlm.post.teachers import builtin_rows
+
+    if cfg.prompts == "builtin":
+        return builtin_rows(cfg.n_prompts, cfg.seed)
+    if data_stage(ctx, cfg.prompts):
+        outs = ctx.outputs[cfg.prompts]
+        if "rows" not in outs:
+            raise FlowError(f"stage '{name}': stage '{cfg.prompts}' made no rows (it produced {sorted(outs)})")
+        src = ctx.path(outs["rows"])
+    else:
+        src = Path(cfg.prompts)
+        if not src.is_file():
+            raise FlowError(f"stage '{name}': prompts '{cfg.prompts}' are not 'builtin', a data stage or a file")
+    return [row for _, row in iter_json_objects(src)]
+
+
+def run(ctx: StageContext, name: str, cfg: RLStageConfig) -> StageResult:
+    """Train on rollouts; outputs and metrics of a train stage plus the rollout totals and their log."""
+    from flowlm.flow.stages.train import train_once
+    from flowlm.model.tokenizer import load_tokenizer
+    from flowlm.rl.source import RolloutSource
+
+    if ctx.world.distributed:
+        raise FlowError(f"stage '{name}': synchronous RL runs in one process (not under torchrun)")
+    tok = load_tokenizer(ctx.path(ctx.outputs[ctx.latest("tokenizer", name)]["tokenizer"]))
+    log = ctx.path(f"{name}/{ROLLOUTS}.jsonl")
+    source = RolloutSource(prompt_rows(ctx, name, cfg), tok, cfg.rollout, seed=cfg.seed, max_len=cfg.seq_len,
+                           log_path=log)
+    try:
+        outputs, metrics = train_once(ctx, name, cfg, name, loader=source)
+    finally:
+        source.close()
+    metrics[ROLLOUTS] = {"prompt_rows": len(source.rows), "dropped_long_prompts": source.dropped_long,
+                         **{k: v for k, v in sorted(source.totals.items())}}
+    return {**outputs, ROLLOUTS: f"{name}/{ROLLOUTS}.jsonl"}, metrics
+
+
+register(StageKind(name="rl", config=RLStageConfig, run=run, inputs=_inputs, uses_model_section=True))

@@ -1,0 +1,173 @@
+"""`flowlm rl filter`: the offline difficulty filter of RL prompts (OLMo 3: 8 samples, drop pass rate > 62.5%).
+
+    flowlm rl filter --model runs/x/dpo/model --file prompts.jsonl --out hard.jsonl
+    flowlm rl filter --model CKPT --file prompts.jsonl -k 16 --max-pass-rate 0.5 --set temperature=0.7
+
+Each prompt row (`messages` or a `prompt` string, plus the verifier routing of `flowlm.verify.rows`) is
+sampled `k` times through the rollout engine (seeded by `seed` and the prompt's text) and every sample is
+verified; the pass rate is the mean
+verifier score (the share of correct samples for binary verifiers). Rows whose pass rate lies in
+[`min_pass_rate`, `max_pass_rate`] are written with a `pass_rate` column; the others are dropped as too
+easy / too hard. Sampling and verification settings are `--set key=value` overrides of `FilterCfg`.
+Input is `--file` or stdin, output stdout or `--out` (atomic), the accounting goes to stderr; a bad input
+line stops the command with `error: FILE:LINE: ...` before any sampling (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from flowlm.cli import add_io_arguments, input_path, iter_input_objects, open_output, run_guarded, write_json_line
+from flowlm.config import Strict
+from flowlm.errors import FlowError
+
+
+class FilterCfg(Strict):
+    """Settings of `flowlm rl filter` (OLMo 3 / open-instruct `filtering_vllm.py` defaults)."""
+
+    k: int = Field(8, gt=0, description="samples per prompt")
+    max_pass_rate: float = Field(0.625, ge=0, le=1, description="drop prompts solved more often (too easy)")
+    min_pass_rate: float = Field(0.0, ge=0, le=1, description="drop prompts solved less often (too hard)")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(1024, gt=0)
+    thinking: bool = True
+    seed: int = 0
+    max_slots: int = Field(64, gt=0, description="sequences decoded together (at least k)")
+    verify_workers: int = Field(0, ge=0, description="verifier processes (0 = in-process)")
+    verify_timeout: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "FilterCfg":
+        if self.min_pass_rate > self.max_pass_rate:
+            raise ValueError(f"min_pass_rate {self.min_pass_rate} exceeds max_pass_rate {self.max_pass_rate}")
+        if self.k > self.max_slots:
+            raise ValueError(f"k={self.k} exceeds max_slots={self.max_slots}")
+        return self
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register the `rl` verb on the top-level CLI."""
+    p = subparsers.add_parser("rl", help="RL tools: offline difficulty filter of prompts")
+    verbs = p.add_subparsers(dest="rl_cmd", metavar="VERB", required=True)
+    f = verbs.add_parser("filter", help="sample k answers per prompt, keep prompts whose pass rate is low enough")
+    add_io_arguments(f, "prompt rows with verifier routing", out_help="write the kept rows here (atomically)")
+    f.add_argument("--model", required=True, type=Path, metavar="CKPT", help="checkpoint directory to sample from")
+    f.add_argument("-k", type=int, default=None, help="samples per prompt (default 8)")
+    f.add_argument("--max-pass-rate", type=float, default=None, help="drop prompts above this pass rate (0.625)")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. temperature=0.7, max_new_tokens=512, min_pass_rate=0.1")
+    f.set_defaults(func=main)
+
+
+def build_config(args: argparse.Namespace) -> FilterCfg:
+    from flowlm.config import apply_overrides, validate
+
+    raw: dict[str, Any] = {}
+    if args.k is not None:
+        raw["k"] = args.k
+    if args.max_pass_rate is not None:
+        raw["max_pass_rate"] = args.max_pass_rate
+    return validate(FilterCfg, apply_overrides(raw, args.set), "flowlm rl filter")
+
+
+def load_rows(path: Path | None) -> list[dict[str, Any]]:
+    """Every row checked up front (prompt and verifier routing); the first bad one is FILE:LINE."""
+    from flowlm.rl.source import prompt_of
+
+    rows = []
+    for where, row in iter_input_objects(path):
+        try:
+            prompt_of(row)
+        except ValueError as exc:
+            raise FlowError(f"{where}: {exc}") from None
+        rows.append(row)
+    if not rows:
+        raise FlowError(f"{path or '<stdin>'}: no prompt rows")
+    return rows
+
+
+def prompt_seed(seed: int, prompt: list[dict[str, Any]]) -> int:
+    """The sampling seed of a prompt: from `seed` and the prompt's text, so a row gets the same samples
+    wherever it sits in the file (filtering a filtered file reproduces its pass rates)."""
+    import zlib
+
+    return (seed * 1_000_003 + zlib.crc32(json.dumps(prompt, sort_keys=True).encode())) % (1 << 30)
+
+
+def pass_rates(model: Path, rows: list[dict[str, Any]], cfg: FilterCfg) -> tuple[list[float | None], dict[str, int]]:
+    """The pass rate of every row over `cfg.k` samples (None where the prompt could not be sampled)."""
+    from flowlm.generate.engine import Engine, GenerateConfig
+    from flowlm.generate.params import SamplingParams
+    from flowlm.rl.source import check_prompt_rows, is_verifier_error, verify_completions
+
+    if not (model / "config.json").is_file():
+        raise FlowError(f"{model}: not a checkpoint directory (no config.json)")
+    engine = Engine.from_pretrained(model, GenerateConfig(max_slots=cfg.max_slots, enable_thinking=cfg.thinking))
+    prompts = check_prompt_rows(rows)
+    params = [SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                             seed=prompt_seed(cfg.seed, p)) for p in prompts]
+    results = engine.generate(prompts, params)
+    sampled = [i for i, r in enumerate(results) if r.ok]
+    pool = None
+    if cfg.verify_workers > 0:
+        from flowlm.verify.pool import VerifyPool
+
+        pool = VerifyPool(workers=cfg.verify_workers, timeout=cfg.verify_timeout)
+    try:
+        verdicts = verify_completions([rows[i] for i in sampled for _ in range(cfg.k)],
+                                      [c.text for i in sampled for c in results[i].completions], pool=pool)
+    finally:
+        if pool is not None:
+            pool.close()
+    rates: list[float | None] = [None] * len(rows)
+    for j, i in enumerate(sampled):
+        chunk = verdicts[j * cfg.k:(j + 1) * cfg.k]
+        rates[i] = sum(v.score for v in chunk) / cfg.k
+    counts = {"unsampled": len(rows) - len(sampled), "verifier_errors": sum(is_verifier_error(v) for v in verdicts),
+              "samples": len(verdicts)}
+    return rates, counts
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run `flowlm rl filter`; bad input raises FlowError (printed as one line by `run_guarded`)."""
+    cfg = build_config(args)
+    if not args.model.is_dir():
+        raise FlowError(f"{args.model}: not a checkpoint directory")
+    rows = load_rows(input_path(args.file, "rl filter"))
+    rates, counts = pass_rates(args.model, rows, cfg)
+    kept = easy = hard = 0
+    with open_output(args.out) as fh:
+        for row, rate in zip(rows, rates):
+            if rate is None:
+                continue
+            if rate > cfg.max_pass_rate:
+                easy += 1
+            elif rate < cfg.min_pass_rate:
+                hard += 1
+            else:
+                kept += 1
+                write_json_line(fh, {**row, "pass_rate": round(rate, 6)})
+    solved = [r for r in rates if r is not None]
+    mean = sum(solved) / len(solved) if solved else float("nan")
+    where = f" -> {args.out}" if args.out is not None else ""
+    print(f"rl filter: {len(rows)} prompts x {cfg.k} samples, mean pass rate {mean:.3f}; kept {kept}, "
+          f"too easy (> {cfg.max_pass_rate:g}) {easy}, too hard (< {cfg.min_pass_rate:g}) {hard}, "
+          f"unsampled {counts['unsampled']}, verifier errors {counts['verifier_errors']}{where}", file=sys.stderr)
+    return 0
+
+
+def _standalone(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="flowlm")
+    add_parser(p.add_subparsers(dest="verb", required=True))
+    return run_guarded(lambda: main(p.parse_args(["rl", *(argv if argv is not None else sys.argv[1:])])))
+
+
+if __name__ == "__main__":
+    sys.exit(_standalone())

@@ -1,0 +1,486 @@
+"""Rollout data source of synchronous RLVR: prompts -> sampled groups -> verified rewards -> a GRPO batch.
+
+    source = RolloutSource(rows, tokenizer, RolloutConfig(prompts_per_step=64, group_size=8), seed=0, max_len=4096)
+    source.bind(model)                 # the policy being trained (the trainer's model; one process)
+    batch = next(iter(source))         # one optimizer step's batch for the `grpo` objective
+
+One batch, in order (the synchronous mode: generation, reward and learning take turns):
+1. the engine takes the policy's current weights (`Engine.update_weights`, a copy the engine holds);
+2. prompts are drawn from seeded per-epoch permutations (one stream, or one per domain when
+   `domain_weights` mixes domains; the domain of a row is its verifier name). A prompt whose latest
+   group reached `skip_solved_threshold` is skipped from then on (open-instruct `no_resampling_pass_rate`);
+3. every prompt is sampled `group_size` times (`SamplingParams(n=group_size, seed=...)`, seeds derived from
+   (seed, position, draw)), and every completion is verified (`flowlm.verify`, rows routed by their tags;
+   in-process, or in a `VerifyPool` with hard timeouts). A verifier that raises, times out or crashes
+   scores 0 and is counted in `verifier_errors`; it never stops the run;
+4. rewards are the verifier scores in [0, 1] plus the DAPO soft overlong penalty when `overlong_buffer`
+   is set; advantages per group by the registered estimator `advantage` (default OLMo 3 `centered`:
+   `r - mean_group`, no std scaling);
+5. zero-std filtering: groups whose rewards are all equal give no policy gradient; they are counted and
+   left out. Active sampling draws more prompts (up to `max_draws` rounds) until the batch holds
+   `prompts_per_step` informative groups. If the rounds run out, the shortfall is filled with filtered
+   groups whose rows are masked (`loss_rows` 0): the batch keeps its shape (so it still splits into
+   micro-batches of whole groups) and the masked rows add nothing to the loss or to its token count.
+
+Batch (rows laid out group by group, `group_size` rows per group; `split_rule` keeps groups whole):
+`input_ids` [B, T] (prompt + completion token ids exactly as the engine produced them, never
+re-tokenized; right padding), `labels` [B, T] (the completion tokens at the positions that predict them,
+-100 elsewhere), `rollout_logps` [B, T] (the engine's raw-policy log-prob of each label, NaN elsewhere),
+`advantages` [B], `loss_rows` [B] bool (False: a padding group's row, no loss, not counted),
+`masked_rows` [B] bool (a truncated completion under `mask_truncated`: its tokens leave the loss and the
+token count, the sequence still counts for per-sequence normalisation, as `advantages.mask_truncated`),
+`group_ids` [B] (group within the batch), `prompt_index` [B], and statistics as `stat_*` columns
+(`rollout_metrics` turns them into typed metrics; see `_stat_columns`).
+
+Exact resume: the state is the position, the prompt streams' (epoch, cursor), the solve-rate table
+and running totals, so a resumed synchronous run regenerates exactly the batches an uninterrupted one
+would (the weights come from the trainer's checkpoint). Each batch appends its drawn and trained
+prompt ids to `log_path` (JSONL); records past the restored position are dropped on resume.
+
+Test-only hook: `FLOWLM_RL_KILL_AT_POSITION=N` SIGKILLs the process when batch position N (0-based)
+has been generated, before the trainer sees it (the `kill -9` resume test).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from flowlm.config import Strict
+from flowlm.errors import ConfigError, FlowError
+from flowlm.train.batch import SplitRule
+from flowlm.train.losses import IGNORE
+
+STAT = "stat_"  # batch keys holding statistics columns (see `_stat_columns`)
+
+
+class RolloutConfig(Strict):
+    """How rollouts are sampled, rewarded and filtered. Defaults follow OLMo 3's RL runs
+    (`/work/shared/reference/rl-anchors.md` §0): 8 samples per prompt at temperature 1, centred advantages,
+    zero-std filtering; active sampling as the 32B Think and Instruct runs."""
+
+    prompts_per_step: int = Field(64, gt=0, description="groups (prompts) per optimizer step")
+    group_size: int = Field(8, ge=2, description="completions per prompt")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(256, gt=0)
+    thinking: bool = Field(True, description="render chat prompts with thinking on (Qwen3 convention)")
+    filter_zero_std: bool = Field(True, description="leave groups whose rewards are all equal out of the loss")
+    active_sampling: bool = Field(True, description="draw more prompts until the batch is all informative groups")
+    max_draws: int = Field(8, gt=0, description="active sampling: rounds of drawing per batch at most")
+    skip_solved_threshold: float | None = Field(
+        None, gt=0, le=1, description="skip prompts whose latest group's pass rate reached this (Instruct: 0.875)")
+    mask_truncated: bool = Field(False, description="truncated completions add nothing to the loss (RL-Zero: true)")
+    overlong_buffer: int | None = Field(None, ge=0, description="DAPO soft overlong penalty: buffer length")
+    overlong_penalty: float = Field(1.0, ge=0, description="DAPO soft overlong penalty: the full penalty")
+    advantage: str = Field("centered", description="registered advantage estimator (flowlm.rl.advantages)")
+    domain_weights: dict[str, float] | None = Field(
+        None, description="sampling weight per domain (verifier name); domains not named are not drawn")
+    verify_workers: int = Field(0, ge=0, description="verifier processes (0 = in-process, no hard timeout)")
+    verify_timeout: float = Field(60.0, gt=0, description="seconds per verification (with verify_workers > 0)")
+    max_slots: int | None = Field(None, gt=0, description="sequences decoded together (default: a whole step)")
+
+    @field_validator("advantage")
+    @classmethod
+    def _known_estimator(cls, value: str) -> str:
+        from flowlm.rl.advantages import advantage_estimator
+
+        advantage_estimator(value)  # ValueError naming the closest known estimator
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "RolloutConfig":
+        if self.active_sampling and not self.filter_zero_std:
+            raise ValueError("active_sampling needs filter_zero_std (it refills the groups filtering drops)")
+        if self.overlong_buffer is not None and self.overlong_buffer > self.max_new_tokens:
+            raise ValueError(f"overlong_buffer {self.overlong_buffer} exceeds max_new_tokens {self.max_new_tokens}")
+        if self.domain_weights is not None and (not self.domain_weights or any(
+                w < 0 for w in self.domain_weights.values()) or not any(self.domain_weights.values())):
+            raise ValueError("domain_weights must be non-negative with at least one positive weight")
+        if self.max_slots is not None and self.max_slots < self.group_size:
+            raise ValueError(f"max_slots {self.max_slots} must hold a whole group ({self.group_size})")
+        return self
+
+
+@dataclass
+class Group:
+    """One prompt's sampled completions and their rewards."""
+
+    index: int  # prompt index
+    draw: int  # active-sampling round it came from
+    prompt_ids: list[int]
+    completions: list[Any]  # flowlm.generate.params.Completion
+    scores: torch.Tensor  # [n] verifier scores
+    rewards: torch.Tensor  # [n] scores + shaping (what the advantages are computed from)
+    advantages: torch.Tensor  # [n]
+    informative: bool
+    errors: int  # verifier errors among the n
+
+
+def is_verifier_error(verdict: Any) -> bool:
+    """Whether a verdict reports a failed verification (raised, timed out, crashed, bad ground truth)
+    rather than a judgement of the completion; such verdicts score 0 and are counted."""
+    reasons = [verdict.reason] + [p.get("reason", "") for p in verdict.meta.get("parts", [])]
+    return any(r.startswith(("error:", "timeout:", "not run")) or _FAILED.match(r) for r in reasons)
+
+
+_FAILED = re.compile(r"verifier (\S+ )?(failed|crashed)")
+
+
+def row_domain(row: dict[str, Any]) -> str:
+    """A row's domain: its verifier name (names joined with '+' when it has several)."""
+    from flowlm.verify.rows import pairs_of
+
+    return "+".join(sorted({p.name for p in pairs_of(row)}))
+
+
+def prompt_of(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chat prompt of a row whose verifier routing is valid; `ValueError` (one line) otherwise."""
+    from flowlm.post.teachers import prompt_messages
+    from flowlm.verify.base import UnknownVerifierError
+    from flowlm.verify.rows import validate_row
+
+    try:
+        msgs = prompt_messages(row)
+        validate_row(row)
+    except (ValueError, UnknownVerifierError) as exc:
+        raise ValueError(exc.args[0] if exc.args else str(exc)) from None
+    return [{"role": m["role"], "content": m.get("content") or ""} for m in msgs]
+
+
+def check_prompt_rows(rows: Sequence[dict[str, Any]], where: str = "prompts") -> list[list[dict[str, Any]]]:
+    """The chat prompt of every row, after checking its verifier routing (FlowError naming the row)."""
+    out = []
+    for i, row in enumerate(rows):
+        try:
+            out.append(prompt_of(row))
+        except ValueError as exc:
+            raise FlowError(f"{where}: row {i} ({row.get('id', 'no id')}): {exc}") from None
+    return out
+
+
+def verify_completions(rows: list[dict[str, Any]], texts: list[str], *, pool: Any = None) -> list[Any]:
+    """One verdict per (row, completion text): in a `VerifyPool` (hard timeouts) when given, else in this
+    process. Nothing raised by a verifier gets out: it becomes a score-0 verdict (`is_verifier_error`)."""
+    from flowlm.verify import Verdict, verify_row, verify_rows
+
+    if pool is not None:
+        return verify_rows(rows, texts, pool=pool)
+    out = []
+    for row, text in zip(rows, texts):
+        try:
+            out.append(verify_row(row, text))
+        except Exception as exc:  # noqa: BLE001 - a verifier must never stop the run
+            out.append(Verdict(0.0, f"verifier failed: {type(exc).__name__}: {str(exc)[:200]}"))
+    return out
+
+
+class RolloutSource:
+    """Batches of verified, advantage-weighted rollouts from the bound policy (see module docstring)."""
+
+    def __init__(self, rows: Sequence[dict[str, Any]], tokenizer: Any, cfg: RolloutConfig, *, seed: int,
+                 max_len: int, log_path: Path | None = None) -> None:
+        from flowlm.generate.prompts import to_prompt_ids
+
+        if not rows:
+            raise ConfigError("rl prompts: no rows")
+        self.cfg, self.tokenizer, self.seed, self.max_len = cfg, tokenizer, seed, max_len
+        self.log_path = Path(log_path) if log_path is not None else None
+        messages = check_prompt_rows(rows)
+        ids = [to_prompt_ids(m, tokenizer, cfg.thinking) for m in messages]
+        keep = [i for i, x in enumerate(ids) if 0 < len(x) < max_len]  # room for at least one new token
+        if not keep:
+            raise FlowError(f"rl prompts: none of the {len(rows)} prompts fits in {max_len} tokens")
+        self.rows = [rows[i] for i in keep]
+        self.prompt_ids = [ids[i] for i in keep]
+        self.domains = [row_domain(r) for r in self.rows]
+        self.dropped_long = len(rows) - len(keep)
+        self.streams = self._build_streams()
+        self.position = 0
+        self.pass_rate: dict[int, float] = {}  # prompt index -> pass rate of its latest group
+        self.totals: Counter[str] = Counter()
+        self.split_rule = SplitRule(group=cfg.group_size)
+        self.engine: Any = None
+        self._policy: nn.Module | None = None
+        self._pool: Any = None
+        self._log_checked = False
+
+    def _build_streams(self) -> dict[str, dict[str, Any]]:
+        weights = self.cfg.domain_weights
+        if weights is None:
+            return {"*": {"indices": list(range(len(self.rows))), "weight": 1.0, "epoch": 0, "cursor": 0, "number": 0}}
+        missing = sorted(d for d, w in weights.items() if w > 0 and d not in self.domains)
+        if missing:
+            raise FlowError(f"rl prompts: domain_weights name domains without prompts: {missing} "
+                            f"(domains: {sorted(set(self.domains))})")
+        named = [(d, w) for d, w in sorted(weights.items()) if w > 0]
+        return {d: {"indices": [i for i, x in enumerate(self.domains) if x == d], "weight": float(w), "epoch": 0,
+                    "cursor": 0, "number": k} for k, (d, w) in enumerate(named)}
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return max(1, len(self.rows) // self.cfg.prompts_per_step)
+
+    def bind(self, policy: nn.Module) -> None:
+        """Sample from `policy` (its weights are read before every batch); builds the engine."""
+        from flowlm.generate.engine import Engine, GenerateConfig
+
+        if any(type(p).__name__ == "DTensor" for p in policy.parameters()):
+            raise ConfigError("rl: synchronous rollouts run in one process (the engine needs full weights)")
+        self._policy = policy
+        slots = self.cfg.max_slots or self.cfg.prompts_per_step * self.cfg.group_size
+        context = min(self.max_len, getattr(getattr(policy, "cfg", None), "max_seq_len", self.max_len))
+        self.engine = Engine(policy, self.tokenizer, GenerateConfig(max_slots=slots, context=context,
+                                                                    enable_thinking=self.cfg.thinking))
+
+    def close(self) -> None:
+        """Stop the verifier processes (if any)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    # -- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"position": self.position, "pass_rate": dict(self.pass_rate), "totals": dict(self.totals),
+                "streams": {k: (s["epoch"], s["cursor"]) for k, s in self.streams.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = int(state["position"])
+        self.pass_rate = {int(k): float(v) for k, v in state.get("pass_rate", {}).items()}
+        self.totals = Counter(state.get("totals", {}))
+        for key, (epoch, cursor) in state.get("streams", {}).items():
+            if key not in self.streams:
+                raise FlowError(f"rl resume: prompt stream '{key}' is not in this run's prompts")
+            self.streams[key]["epoch"], self.streams[key]["cursor"] = int(epoch), int(cursor)
+
+    # -- iteration --------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.engine is None or self._policy is None:
+            raise ConfigError("rl rollouts: bind(model) before iterating")
+        self._trim_log()
+        while True:
+            batch = self.next_batch()
+            if os.environ.get("FLOWLM_RL_KILL_AT_POSITION") == str(self.position):  # test-only (see docstring)
+                os.kill(os.getpid(), signal.SIGKILL)
+            self.position += 1
+            yield batch
+
+    def next_batch(self) -> dict[str, Any]:
+        """The batch of the current position (the position does not advance)."""
+        cfg = self.cfg
+        self.engine.update_weights(self._policy.state_dict())
+        kept: list[Group] = []
+        spare: list[Group] = []
+        stats: Counter[str] = Counter()
+        drawn: list[int] = []
+        for draw in range(cfg.max_draws if cfg.active_sampling else 1):
+            indices = self._pick(draw, cfg.prompts_per_step - len(kept), stats)
+            drawn += indices
+            stats["resampled"] += len(indices) if draw > 0 else 0
+            stats["draws"] += 1
+            for g in self._rollout(indices, draw, stats):
+                (kept if g.informative or not cfg.filter_zero_std else spare).append(g)
+            if len(kept) == cfg.prompts_per_step:
+                break
+        pad = spare[len(spare) - (cfg.prompts_per_step - len(kept)):] if len(kept) < cfg.prompts_per_step else []
+        groups = kept + pad
+        stats["filtered"] = len(spare) if cfg.filter_zero_std else 0
+        stats["informative"] = sum(g.informative for g in groups)
+        stats["num:informative_share"], stats["den:informative_share"] = stats["informative"], len(groups)
+        self.totals.update({k: v for k, v in stats.items() if not k.startswith(("num:", "den:", "time_"))})
+        self.totals["batches"] += 1
+        self._log(drawn, groups, len(kept))
+        return self.collate(groups, trains=[True] * len(kept) + [False] * len(pad), stats=stats)
+
+    def _pick(self, draw: int, n: int, stats: Counter[str]) -> list[int]:
+        """`n` prompt indices for round `draw` of this position (seeded by (seed, position, draw))."""
+        rng = np.random.default_rng([self.seed, self.position, draw])
+        live = list(self.streams)
+        out: list[int] = []
+        while len(out) < n:
+            if not live:
+                raise FlowError(f"rl prompts: every prompt is solved at or above skip_solved_threshold "
+                                f"{self.cfg.skip_solved_threshold}; nothing left to train on")
+            w = np.array([self.streams[k]["weight"] for k in live])
+            key = live[int(rng.choice(len(live), p=w / w.sum()))] if len(live) > 1 else live[0]
+            idx = self._next_index(self.streams[key], stats)
+            if idx is None:
+                live.remove(key)
+            else:
+                out.append(idx)
+        return out
+
+    def _next_index(self, stream: dict[str, Any], stats: Counter[str]) -> int | None:
+        """The stream's next prompt not skipped as solved; None after a whole pass of solved prompts."""
+        indices = stream["indices"]
+        thr = self.cfg.skip_solved_threshold
+        for _ in range(len(indices)):
+            if stream["cursor"] >= len(indices):
+                stream["epoch"], stream["cursor"] = stream["epoch"] + 1, 0
+            idx = indices[int(self._perm(stream)[stream["cursor"]])]
+            stream["cursor"] += 1
+            if thr is not None and self.pass_rate.get(idx, 0.0) >= thr:
+                stats["skipped_solved"] += 1
+                continue
+            return idx
+        return None
+
+    def _perm(self, stream: dict[str, Any]) -> np.ndarray:
+        """The stream's order in its current epoch (seeded by (seed, stream, epoch); cached)."""
+        if stream.get("perm_epoch") != stream["epoch"]:
+            rng = np.random.default_rng([self.seed, stream["number"], stream["epoch"]])
+            stream["perm"], stream["perm_epoch"] = rng.permutation(len(stream["indices"])), stream["epoch"]
+        return stream["perm"]
+
+    # -- one round: generate, verify, reward --------------------------------------------------------
+    def _rollout(self, indices: list[int], draw: int, stats: Counter[str]) -> list[Group]:
+        from flowlm.generate.params import SamplingParams
+
+        cfg, n = self.cfg, self.cfg.group_size
+        base = int(np.random.default_rng([self.seed, self.position, draw, 1]).integers(1 << 30))
+        params = [SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                                 seed=base + k * n) for k in range(len(indices))]
+        t0 = time.perf_counter()
+        results = self.engine.generate([self.prompt_ids[i] for i in indices], params)
+        t1 = time.perf_counter()
+        for i, res in zip(indices, results):
+            if not res.ok:  # prompts were checked against the context: this is a bug, not bad data
+                raise FlowError(f"rl rollouts: prompt {self.rows[i].get('id', i)} could not be sampled: {res.error}")
+        comps = [c for res in results for c in res.completions]
+        verdicts = self._verify([self.rows[i] for i in indices for _ in range(n)], [c.text for c in comps])
+        stats["time_generate_s"] += t1 - t0
+        stats["time_verify_s"] += time.perf_counter() - t1
+        return [self._group(i, draw, res, verdicts[k * n:(k + 1) * n], stats)
+                for k, (i, res) in enumerate(zip(indices, results))]
+
+    def _verify(self, rows: list[dict[str, Any]], texts: list[str]) -> list[Any]:
+        if self.cfg.verify_workers > 0 and self._pool is None:
+            from flowlm.verify.pool import VerifyPool
+
+            self._pool = VerifyPool(workers=self.cfg.verify_workers, timeout=self.cfg.verify_timeout)
+        return verify_completions(rows, texts, pool=self._pool)
+
+    def _group(self, index: int, draw: int, res: Any, verdicts: list[Any], stats: Counter[str]) -> Group:
+        from flowlm.generate.params import FINISH_LENGTH
+        from flowlm.rl.advantages import advantage_estimator, informative_groups, overlong_penalty
+
+        cfg = self.cfg
+        scores = torch.tensor([v.score for v in verdicts], dtype=torch.float32)
+        lengths = torch.tensor([len(c.tokens) for c in res.completions])
+        rewards = scores
+        if cfg.overlong_buffer is not None:
+            rewards = scores + overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer,
+                                                factor=cfg.overlong_penalty)
+        advantages = advantage_estimator(cfg.advantage)(rewards, cfg.group_size)
+        informative = bool(informative_groups(rewards, cfg.group_size)[0])
+        errors = sum(is_verifier_error(v) for v in verdicts)
+        self.pass_rate[index] = float(scores.mean())
+        domain = self.domains[index]
+        kind = "mixed" if bool(informative_groups(scores, cfg.group_size)[0]) else (
+            "solved" if float(scores[0]) > 0 else "unsolved")
+        stats[f"groups_{kind}"] += 1
+        stats["prompts"] += 1
+        stats["verifier_errors"] += errors
+        stats["completions"] += len(verdicts)
+        for key, value in ((f"reward/{domain}", scores.sum()), ("reward", scores.sum()),
+                           ("completion_len", lengths.sum()),
+                           ("truncated_share", sum(c.finish_reason == FINISH_LENGTH for c in res.completions))):
+            stats[f"num:{key}"] += float(value)
+            stats[f"den:{key}"] += len(verdicts)
+        return Group(index, draw, list(res.prompt_ids), res.completions, scores, rewards, advantages, informative,
+                     errors)
+
+    # -- the batch ----------------------------------------------------------------------------------
+    def collate(self, groups: list[Group], trains: list[bool], stats: Counter[str]) -> dict[str, Any]:
+        """Token tensors of `groups` (row layout: group by group) plus the statistics columns."""
+        from flowlm.generate.params import FINISH_LENGTH
+
+        seqs = [(g.prompt_ids, c) for g in groups for c in g.completions]
+        B, T = len(seqs), max(len(p) + len(c.tokens) for p, c in seqs)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((B, T), pad, dtype=torch.int64)
+        labels = torch.full((B, T), IGNORE, dtype=torch.int64)
+        rollout_logps = torch.full((B, T), float("nan"), dtype=torch.float32)
+        for r, (prompt, comp) in enumerate(seqs):
+            ids = torch.tensor(prompt + comp.tokens, dtype=torch.int64)
+            input_ids[r, : len(ids)] = ids
+            # position j predicts token j + 1: the completion's targets start at the prompt's last position
+            start, n = len(prompt) - 1, len(comp.tokens)
+            labels[r, start:start + n] = ids[len(prompt):]
+            rollout_logps[r, start:start + n] = torch.tensor(comp.logprobs, dtype=torch.float32)
+        n = self.cfg.group_size
+        truncated = torch.tensor([c.finish_reason == FINISH_LENGTH for _, c in seqs])
+        batch: dict[str, Any] = {
+            "input_ids": input_ids, "labels": labels, "rollout_logps": rollout_logps,
+            "advantages": torch.cat([g.advantages for g in groups]).float(),
+            "loss_rows": torch.tensor(trains).repeat_interleave(n),
+            "masked_rows": truncated & self.cfg.mask_truncated,
+            "group_ids": torch.arange(len(groups)).repeat_interleave(n),
+            "prompt_index": torch.tensor([g.index for g in groups]).repeat_interleave(n),
+        }
+        batch.update(_stat_columns(stats, B))
+        return batch
+
+    def _trim_log(self) -> None:
+        """Drop log records of batches past the restored position (an interrupted attempt's)."""
+        if self._log_checked or self.log_path is None:
+            return
+        self._log_checked = True
+        if self.log_path.exists():
+            from flowlm.atomic import atomic_write_text
+
+            lines = [ln for ln in self.log_path.read_text().splitlines()
+                     if ln.strip() and json.loads(ln)["position"] < self.position]
+            atomic_write_text(self.log_path, "".join(ln + "\n" for ln in lines))
+
+    def _log(self, drawn: list[int], groups: list[Group], n_trained: int) -> None:
+        if self.log_path is None:
+            return
+        ids = [str(self.rows[i].get("id", i)) for i in drawn]
+        rec = {"position": self.position, "drawn": ids,
+               "trained": [str(self.rows[g.index].get("id", g.index)) for g in groups[:n_trained]],
+               "pass_rates": [round(float(g.scores.mean()), 4) for g in groups]}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+
+def _stat_columns(stats: Counter[str], rows: int) -> dict[str, torch.Tensor]:
+    """Batch statistics as `[B]` columns whose first row holds the value and the others 0, so they split
+    into micro-batches with the batch and summing a column over micro-batches gives the batch's value.
+    `stat_sum/<name>`: a count; `stat_num/<name>` + `stat_den/<name>`: a mean over what `den` counts
+    (from the `num:<name>` / `den:<name>` entries of `stats`)."""
+    out = {}
+    for key, value in stats.items():
+        kind, name = key.split(":", 1) if key.startswith(("num:", "den:")) else ("sum", key)
+        col = torch.zeros(rows, dtype=torch.float32)
+        col[0] = float(value)
+        out[f"{STAT}{kind}/{name}"] = col
+    return out
+
+
+def rollout_metrics(batch: dict[str, Any]) -> dict[str, Any]:
+    """Typed metrics (`Sum` counts, `Mean` shares and averages) from a (micro-)batch's `stat_*` columns."""
+    from flowlm.train.objectives.base import Mean, Sum
+
+    out: dict[str, Any] = {}
+    for key, col in batch.items():
+        if key.startswith(f"{STAT}sum/"):
+            out[key[len(STAT) + 4:]] = Sum(col.sum())
+        elif key.startswith(f"{STAT}num/"):
+            name = key[len(STAT) + 4:]
+            out[name] = Mean(col.sum(), batch[f"{STAT}den/{name}"].sum())
+    return out

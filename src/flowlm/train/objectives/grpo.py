@@ -1,0 +1,222 @@
+"""Objective `grpo`: the RLVR policy-gradient loss on rollout batches (`flowlm.rl.source.RolloutSource`).
+
+Per micro-batch: the learner's log-prob of every completion token (final hidden states projected through
+the LM head in row chunks, `flowlm.train.post_losses.chunked_rows`, so no `[tokens, V]` logits exist
+beyond one chunk, in forward or backward), the training-inference mismatch weights against the engine's
+`rollout_logps` (`flowlm.rl.mismatch.mismatch_weights`, comparing the learner's detached log-probs), and
+`flowlm.rl.losses.policy_loss` with the config's knobs. Defaults are the OLMo 3 Think RL run
+(`/work/shared/reference/rl-anchors.md` §0): PPO-clip with clip-higher 0.2 / 0.272, token-level
+normalisation, no KL (`kl_coef` 0: no reference model is loaded), truncated importance sampling per
+token capped at 2.0.
+
+Normalisation (the engine divides the summed loss by the units of the whole step, over micro-batches
+and ranks, so these are global-batch normalisations):
+- `norm: token` (unit tokens): Σ over trained completion tokens / all trained tokens of the step (DAPO,
+  OLMo 3 `--loss_denominator token`);
+- `norm: sequence` (unit sequences): Σ over rows of each row's token mean / rows of the step (TRL `grpo`);
+- `norm: constant` (unit sequences): Σ over tokens / `max_len` / rows of the step (Dr GRPO).
+Padding rows (`loss_rows` False) count in none of them; rows masked as truncated (`masked_rows`) lose
+their tokens but still count as sequences.
+
+One optimizer step per batch (synchronous mode, OLMo 3 Think: 1 epoch, 1 minibatch): the old policy is
+the learner itself, so `old_logps` is the learner's detached log-probs, the ratio is 1 and the clip is
+never active (clip fractions are logged and read 0); what corrects off-policyness here is the mismatch
+weight between learner and engine.
+
+A non-finite loss: the micro-batch adds nothing (a zero loss without gradient; with one micro-batch per
+step, AdamW then skips every parameter), a `warning:` line goes to stderr, metric `nonfinite_skipped` is
+1; after `max_nonfinite` such micro-batches in a row the run stops with a FlowError.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Literal, Mapping
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import nn
+
+from flowlm.errors import FlowError
+from flowlm.train.losses import IGNORE
+from flowlm.train.objectives.base import LossOutput, Max, Mean, Objective, ObjectiveConfig, Sum, register_objective
+from flowlm.train.post_losses import chunked_rows, default_chunk_rows, head_weight
+
+
+class GRPOConfig(ObjectiveConfig):
+    """The policy loss's knobs (`flowlm.rl.losses.policy_loss`, `flowlm.rl.mismatch.mismatch_weights`)."""
+
+    name: Literal["grpo"] = "grpo"
+    loss_type: str = Field("ppo", description="ppo (token ratio, clip), gspo (sequence ratio), cispo")
+    clip_low: float = Field(0.2, ge=0, lt=1)
+    clip_high: float = Field(0.272, ge=0, description="clip-higher (OLMo 3: 0.272; DAPO: 0.28)")
+    norm: Literal["token", "sequence", "constant"] = "token"
+    max_len: int | None = Field(None, gt=0, description="norm: constant: the constant (max completion length)")
+    kl_coef: float = Field(0.0, ge=0, description="0: no KL term and no reference model loaded")
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    reference: str | None = Field(None, description="kl_coef > 0: reference checkpoint (or an earlier stage)")
+    is_mode: Literal["truncate", "mask", "off"] = Field(
+        "truncate", description="mismatch correction: truncate (TIS) or mask (IcePop) the learner/engine ratio")
+    is_level: Literal["token", "sequence"] = "token"
+    is_cap: float = Field(2.0, gt=0, description="upper bound of the ratio (OLMo 3: 2.0 per token)")
+    is_lower: float = Field(0.0, ge=0)
+    fp32_lm_head: bool = Field(False, description="project the LM head in fp32 (outside bf16 autocast)")
+    max_nonfinite: int = Field(3, gt=0, description="stop after this many non-finite losses in a row")
+
+    @field_validator("loss_type")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        from flowlm.rl.losses import loss_type_names
+
+        if value not in loss_type_names():
+            raise ValueError(f"unknown loss_type '{value}'; known: {', '.join(loss_type_names())}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "GRPOConfig":
+        if self.kl_coef > 0 and self.reference is None:
+            raise ValueError("kl_coef > 0 needs a reference model (reference: a checkpoint or an earlier stage)")
+        if self.kl_coef == 0 and self.reference is not None:
+            raise ValueError("reference is only used with kl_coef > 0 (with kl_coef 0 no reference is loaded)")
+        if self.norm == "constant" and self.max_len is None:
+            raise ValueError("norm: constant needs max_len (Dr GRPO: the maximum completion length)")
+        if self.is_lower >= self.is_cap:
+            raise ValueError(f"is_lower {self.is_lower} must be below is_cap {self.is_cap}")
+        return self
+
+
+def token_mask(batch: Mapping[str, Any]) -> torch.Tensor:
+    """`[B, T]` bool: completion tokens that train (labelled, in a trained row, not masked as truncated)."""
+    rows = batch["loss_rows"].bool() & ~batch["masked_rows"].bool()
+    return (batch["labels"] != IGNORE) & rows[:, None]
+
+
+@register_objective
+class GRPOObjective(Objective):
+    """Policy-gradient loss on rollouts; metrics: the rollout statistics, clip fractions, ratio and
+    mismatch-weight statistics, the mismatch band share and |Δlogprob|, entropy, KL when computed."""
+
+    name = "grpo"
+    Config = GRPOConfig
+    unit = "tokens"
+    data_kind = "rollouts"  # batches come from `flowlm.rl.source.RolloutSource` (stage kind `rl`)
+    cfg: GRPOConfig
+
+    def __init__(self, cfg: GRPOConfig | None = None, **fields: Any) -> None:
+        super().__init__(cfg, **fields)
+        self.unit = "tokens" if self.cfg.norm == "token" else "sequences"
+        self.reference: nn.Module | None = None
+        self.chunk_rows: int | None = None  # rows of logits per chunk (memory only); None = by budget
+        self.nonfinite_in_a_row = 0
+
+    def setup(self, model: nn.Module, world: Any) -> None:
+        if self.cfg.kl_coef == 0:
+            return  # no KL term: the reference is never loaded (OLMo 3: --beta 0 --load_ref_policy False)
+        from flowlm.model.adapter import load_causal_lm
+
+        self.reference = load_causal_lm(str(self.cfg.reference), device=world.device).eval().requires_grad_(False)
+
+    def count_units(self, batch: Mapping[str, Any]) -> int:
+        if self.cfg.norm == "token":
+            return int(token_mask(batch).sum())
+        return int(batch["loss_rows"].sum())
+
+    def count_tokens(self, batch: Mapping[str, Any]) -> int:
+        return int(batch["input_ids"].numel())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"nonfinite_in_a_row": self.nonfinite_in_a_row}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+
+    def loss(self, model: nn.Module, batch: Mapping[str, Any]) -> LossOutput:
+        from flowlm.rl.losses import policy_loss
+        from flowlm.rl.mismatch import mismatch_weights
+        from flowlm.rl.source import rollout_metrics
+
+        cfg = self.cfg
+        mask = token_mask(batch)
+        logps, entropy = self.token_logps(model, batch, mask)
+        ref = None
+        if cfg.kl_coef > 0:
+            if self.reference is None:
+                raise FlowError("grpo: kl_coef > 0 but no reference model (setup was not called)")
+            with torch.no_grad():
+                ref = self.token_logps(self.reference, batch, mask)[0]
+        mm = mismatch_weights(logps.detach(), batch["rollout_logps"], mask, mode="truncate" if cfg.is_mode == "off"
+                              else cfg.is_mode, level=cfg.is_level, cap=cfg.is_cap, lower=cfg.is_lower)
+        out = policy_loss(logps, None, batch["advantages"], mask, loss_type=cfg.loss_type, clip_low=cfg.clip_low,
+                          clip_high=cfg.clip_high, norm=cfg.norm, max_len=cfg.max_len,
+                          is_weights=None if cfg.is_mode == "off" else mm.weights, ref_logps=ref,
+                          kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator, entropy=entropy)
+        total = out.total / cfg.max_len if cfg.norm == "constant" else out.total
+        metrics: dict[str, Any] = rollout_metrics(batch)
+        if not bool(torch.isfinite(total)):
+            return LossOutput(self._skip(logps), {**metrics, "nonfinite_skipped": Sum(1)})
+        self.nonfinite_in_a_row = 0
+        metrics["nonfinite_skipped"] = Sum(0)
+        metrics.update(self._loss_metrics(out.metrics, mm.metrics, mask, batch))
+        return LossOutput(total, metrics)
+
+    def _skip(self, logps: torch.Tensor) -> torch.Tensor:
+        """A zero loss without gradient for a non-finite micro-batch; stop after `max_nonfinite` in a row."""
+        self.nonfinite_in_a_row += 1
+        print(f"warning: grpo: non-finite loss, micro-batch skipped ({self.nonfinite_in_a_row} in a row)",
+              file=sys.stderr, flush=True)
+        if self.nonfinite_in_a_row >= self.cfg.max_nonfinite:
+            raise FlowError(f"grpo: {self.nonfinite_in_a_row} non-finite losses in a row (max_nonfinite "
+                            f"{self.cfg.max_nonfinite}); stopping")
+        return torch.zeros((), device=logps.device, requires_grad=True)
+
+    @staticmethod
+    def _loss_metrics(pm: Any, mm: Any, mask: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Token-weighted means (combine exactly over micro-batches and ranks) and maxima."""
+        n = pm.tokens.float()
+        out: dict[str, Any] = {
+            "clip_frac_low": Mean(pm.clip_low * n, n), "clip_frac_high": Mean(pm.clip_high * n, n),
+            "ratio_mean": Mean(pm.ratio_mean * n, n), "ratio_max": Max(pm.ratio_max),
+            "mismatch/out_of_band": Mean(mm.out_of_band * n, n), "mismatch/ratio_mean": Mean(mm.ratio_mean * n, n),
+            "mismatch/abs_diff_mean": Mean(mm.abs_diff_mean * n, n), "mismatch/abs_diff_max": Max(mm.abs_diff_max),
+            "mismatch/corrected": Mean(mm.corrected * n, n),
+            "response_len": Mean(n, batch["loss_rows"].sum().float()),
+        }
+        if pm.is_weight_mean is not None:
+            out["is_weight_mean"], out["is_weight_max"] = Mean(pm.is_weight_mean * n, n), Max(pm.is_weight_max)
+        if pm.entropy is not None:
+            out["entropy"] = Mean(pm.entropy * n, n)
+        if pm.kl is not None:
+            out["kl"] = Mean(pm.kl * n, n)
+        return out
+
+    def token_logps(self, model: nn.Module, batch: Mapping[str, Any], mask: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(logps, entropy)`, both `[B, T]` fp32 and 0 outside `mask`: the log-prob of each label under
+        `model` (with gradient when enabled) and the entropy of its next-token distribution (detached)."""
+        weight = head_weight(model)
+        x = model(batch["input_ids"], return_hidden=weight is not None)
+        flat = mask.reshape(-1)
+        rows = x.reshape(-1, x.shape[-1])[flat]
+        targets = batch["labels"].reshape(-1)[flat]
+        vocab = weight.shape[0] if weight is not None else x.shape[-1]
+        chunk = self.chunk_rows or default_chunk_rows(vocab, x.device)
+        per = chunked_rows(self._chunk, (rows, targets), (weight,), chunk)  # [N, 2]
+        zeros = torch.zeros(flat.shape[0], dtype=torch.float32, device=x.device)
+        logps = zeros.masked_scatter(flat, per[:, 0]).view(mask.shape)
+        entropy = zeros.masked_scatter(flat, per[:, 1].detach()).view(mask.shape)
+        return logps, entropy
+
+    def _chunk(self, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """`[c, 2]`: log p(target) and the entropy (nats, no gradient) of each row's distribution."""
+        if weight is None:
+            logits = hidden.float()
+        elif self.cfg.fp32_lm_head:
+            with torch.autocast(device_type=hidden.device.type, enabled=False):
+                logits = hidden.float() @ weight.float().t()
+        else:
+            logits = (hidden @ weight.t()).float()
+        logz = torch.logsumexp(logits, dim=-1)
+        logp = logits.gather(1, targets[:, None]).squeeze(1) - logz
+        with torch.no_grad():
+            entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+        return torch.stack([logp, entropy], dim=1)

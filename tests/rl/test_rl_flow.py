@@ -1,0 +1,161 @@
+"""Stage kind `rl` and `flowlm rl filter` through the installed `flowlm` command, on a micro model.
+
+Rewards: the prompt rows are IFEval-routed with constraints that random-looking text satisfies about
+half the time (`length_constraints:number_words`, `punctuation:no_comma`, ...), so a barely pretrained
+micro model gets mixed groups and the policy gradient is not zero. The `kill -9` test uses the source's
+test-only hook `FLOWLM_RL_KILL_AT_POSITION` (see `flowlm.rl.source`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cli_entry import flowlm_command
+
+CONSTRAINTS = [
+    ("length_constraints:number_words", {"relation": "at least", "num_words": 3}),
+    ("punctuation:no_comma", {}),
+    ("change_case:english_lowercase", {}),
+    ("length_constraints:number_words", {"relation": "less than", "num_words": 3}),
+]
+MICRO = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128,
+         "sliding_window": 32}
+RL = {"kind": "rl", "init": "pretrain", "steps": 4, "seq_len": 160, "checkpoint_every": 2, "keep_last": 4,
+      "rollout": {"prompts_per_step": 2, "group_size": 4, "max_new_tokens": 10, "max_draws": 4},
+      "optim": {"lr": 3.0e-3}}
+
+
+def prompt_rows(n: int) -> list[dict]:
+    out = []
+    for i in range(n):
+        iid, kw = CONSTRAINTS[i % len(CONSTRAINTS)]
+        out.append({"id": f"if{i}", "prompt": f"Write about topic {i}.", "dataset": "ifeval",
+                    "ground_truth": {"instruction_id_list": [iid], "kwargs": [kw]}})
+    return out
+
+
+def recipe(prompts: Path) -> dict:
+    return {
+        "name": "rl", "threads": 1, "model": {"preset": "tiny", "overrides": MICRO},
+        "eval": {"max_items": 4, "heldout_docs": 2, "tasks": ["prose"]},
+        "stages": {
+            "corpus": {"pretrain_bytes": 60000, "midtrain_bytes": 20000, "long_docs": 2, "curate": None},
+            "tokenizer": {"vocab_size": 512, "train_bytes": 60000},
+            "pretrain": {"data": "pretrain", "steps": 3, "seq_len": 128, "batch_size": 4, "checkpoint_every": 3},
+            "rl": {**RL, "prompts": str(prompts)},
+        },
+    }
+
+
+def flowlm(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run([*flowlm_command(), *args], capture_output=True, text=True, timeout=900, env=full_env,
+                          stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"flowlm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """Corpus, tokenizer and a 3-step pretrain, built once; the prompts file beside; `recipe.yaml`."""
+    d = tmp_path_factory.mktemp("rl_flow")
+    prompts = d / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in prompt_rows(12)))
+    (d / "recipe.yaml").write_text(yaml.safe_dump(recipe(prompts), sort_keys=False))
+    flowlm("train", str(d / "recipe.yaml"), "--stage", "corpus", "--stage", "tokenizer", "--stage", "pretrain",
+           "--run-dir", str(d / "run"), "--no-progress")
+    return d
+
+
+@pytest.fixture(scope="module")
+def straight(base, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("rl_straight") / "run"
+    shutil.copytree(base / "run", d)
+    flowlm("train", str(base / "recipe.yaml"), "--stage", "rl", "--run-dir", str(d), "--no-progress")
+    return d
+
+
+def steps(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "rl" / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r]
+
+
+def rollouts(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "rl" / "rollouts.jsonl").read_text().splitlines()]
+
+
+def test_rl_stage_trains_on_informative_groups_and_records_its_rollouts(straight):
+    st = json.loads((straight / "flow.json").read_text())["stages"]["rl"]
+    assert st["status"] == "done" and st["config"]["batch_size"] == 8
+    assert st["config"]["objective"]["name"] == "grpo" and st["config"]["objective"]["clip_high"] == 0.272
+    recs = steps(straight)
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    for r in recs:
+        assert r["informative_share"] == 1.0 and r["groups_mixed"] >= 2 and r["filtered"] == r["resampled"]
+        assert 0 < r["loss_tokens"] <= 8 * 10 and 0 <= r["reward"] <= 1 and r["entropy"] > 0
+        assert r["mismatch/abs_diff_max"] < 1e-3 and r["mismatch/out_of_band"] == 0  # same fp32 weights
+        assert r["grad_norm"] > 0
+    assert "reward/ifeval" in recs[0]
+    totals = st["metrics"]["rollouts"]
+    assert totals["batches"] == 4 and totals["prompts"] == sum(r["prompts"] for r in recs)
+    assert (straight / "rl" / "model" / "model.safetensors").exists()
+    assert st["outputs"]["rollouts"] == "rl/rollouts.jsonl" and len(rollouts(straight)) == 4
+
+
+def test_kill_9_then_resume_gives_the_same_losses_and_prompts(base, straight, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(base / "run", d)
+    # position 3 is step 4's batch: steps 1-3 ran, the step-2 checkpoint is the newest
+    proc = flowlm("train", str(base / "recipe.yaml"), "--stage", "rl", "--run-dir", str(d), "--no-progress",
+                  check=False, env={"FLOWLM_RL_KILL_AT_POSITION": "3"})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert json.loads((d / "flow.json").read_text())["stages"]["rl"]["status"] == "running"
+    assert len(rollouts(d)) == 4  # position 3 was generated (and logged) before the kill
+    flowlm("train", str(base / "recipe.yaml"), "--stage", "rl", "--run-dir", str(d), "--no-progress")
+    resumed, uninterrupted = steps(d), steps(straight)
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    for a, b in zip(uninterrupted, resumed):
+        assert (a["loss"], a["grad_norm"], a["reward"], a["entropy"]) == (b["loss"], b["grad_norm"], b["reward"],
+                                                                         b["entropy"])
+    # no prompt replayed or lost: the same prompts drawn and trained at every position, once each
+    assert [(r["position"], r["drawn"], r["trained"]) for r in rollouts(d)] == [
+        (r["position"], r["drawn"], r["trained"]) for r in rollouts(straight)]
+
+
+def test_rl_filter_keeps_hard_prompts_with_their_pass_rate(base, straight, tmp_path):
+    out = tmp_path / "kept.jsonl"
+    model = straight / "rl" / "model"
+    proc = flowlm("rl", "filter", "--model", str(model), "--file", str(base / "prompts.jsonl"), "-k", "4",
+                  "--max-pass-rate", "0.5", "--set", "max_new_tokens=10", "--out", str(out))
+    kept = [json.loads(x) for x in out.read_text().splitlines()]
+    assert all(0 <= r["pass_rate"] <= 0.5 and r["dataset"] == "ifeval" for r in kept)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("rl filter: 12 prompts x 4 samples") and f"kept {len(kept)}," in line
+    easy = int(line.split("too easy (> 0.5) ")[1].split(",")[0])
+    assert easy + len(kept) == 12 and easy > 0  # some constraints are easy for random text
+    # the same rows again give the same pass rates (seeded sampling)
+    again = flowlm("rl", "filter", "--model", str(model), "--file", str(out), "-k", "4", "--set", "max_new_tokens=10")
+    assert [json.loads(x)["pass_rate"] for x in again.stdout.splitlines()] == [r["pass_rate"] for r in kept]
+
+
+def test_rl_filter_bad_input_is_one_line_naming_file_and_line(straight, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    rows = prompt_rows(2)
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"prompt": "no verifier routing"}) + "\n")
+    proc = flowlm("rl", "filter", "--model", str(straight / "rl" / "model"), "--file", str(bad), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and f"{bad}:2:" in errors[0] and "dataset" in errors[0], proc.stderr
+    bad.write_text(json.dumps(rows[0]) + "\n{not json\n")
+    proc = flowlm("rl", "filter", "--model", str(straight / "rl" / "model"), "--file", str(bad), check=False)
+    assert proc.returncode == 1 and f"{bad}:2" in proc.stderr and "Traceback" not in proc.stderr
+    proc = flowlm("rl", "filter", "--model", str(tmp_path / "nope"), "--file", str(bad), check=False)
+    assert proc.returncode == 1 and "not a checkpoint directory" in proc.stderr
