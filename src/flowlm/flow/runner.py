@@ -90,7 +90,7 @@ def _run_stage(ctx: StageContext, record: FlowRecord, name: str, stage: Any, wor
     resumable = prev.get("fingerprint") == fingerprint and prev.get("status") in ("running", "failed")
     if not resumable and world.is_main and ctx.path(name).exists():
         shutil.rmtree(ctx.path(name))  # a changed stage starts clean; nothing of another config survives
-    barrier(world)
+    barrier(world, f"the start of stage '{name}'")
     if world.is_main:
         record.begin(name, stage.kind, config, fingerprint, inputs)
     _say(world, f"[run ] {name} ({stage.kind})" + (" — resuming" if resumable else ""))
@@ -107,7 +107,7 @@ def _run_stage(ctx: StageContext, record: FlowRecord, name: str, stage: Any, wor
     if world.is_main:
         out_hash = sha256_json({k: sha256_path(ctx.run_dir / v) for k, v in sorted(outputs.items()) if k != "metrics" and k != "checkpoints"})
         record.finish(name, outputs, out_hash, metrics, time.perf_counter() - t0)
-    barrier(world)
+    barrier(world, f"the end of stage '{name}'")
     # Under torchrun only rank 0 holds the record; the others need the outputs and their hash.
     if world.distributed:
         import torch.distributed as dist

@@ -7,6 +7,7 @@ layer when asked. Works on CPU with gloo (tests) and on CUDA with NCCL.
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 from dataclasses import dataclass
@@ -15,7 +16,22 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from flowlm.errors import ConfigError
+from flowlm.errors import ConfigError, FlowError
+
+TIMEOUT_ENV = "FLOWLM_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 7200.0  # how long a rank waits for the others (an artifact stage on rank 0 included)
+
+
+def dist_timeout() -> float:
+    """Seconds a collective (a barrier above all) waits for every rank: `$FLOWLM_DIST_TIMEOUT`, else 2 h."""
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        value = float(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds") from None
+    if value <= 0:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: must be positive")
+    return value
 
 
 @dataclass(frozen=True)
@@ -43,7 +59,7 @@ def init_world() -> World:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=dist_timeout()))
     rank = dist.get_rank() if dist.is_initialized() else 0
     return World(rank=rank, size=size, local_rank=local_rank, device=device)
 
@@ -107,6 +123,14 @@ def all_reduce_sum(value: float, world: World) -> float:
     return float(t.item())
 
 
-def barrier(world: World) -> None:
-    if world.distributed:
+def barrier(world: World, where: str = "") -> None:
+    """Wait for every rank; a rank that does not arrive within `dist_timeout()` is a one-line FlowError."""
+    if not world.distributed:
+        return
+    try:
         dist.barrier()
+    except (RuntimeError, dist.DistError) as exc:  # gloo: RuntimeError on timeout; a dead peer: DistError
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise FlowError(f"rank {world.rank} of {world.size}: the other ranks did not reach {where or 'a barrier'} "
+                        f"within {dist_timeout():.0f} s (a rank died or hangs; {TIMEOUT_ENV} sets the limit): "
+                        f"{reason}") from None
