@@ -148,3 +148,29 @@ def test_pairs_render_for_dpo(rows, tok):
             answer = tok.decode([t for t, m in zip(ids, mask) if m])
             assert answer.startswith("<think>") and pair[side][0]["content"] in answer
         assert out["chosen"][0][: out["chosen"][1].index(1)] == out["rejected"][0][: out["rejected"][1].index(1)]
+
+
+def test_a_rejected_answer_with_stray_think_tags_is_dropped_and_counted():
+    """Model output is untrusted: a weak answer that opened <think> several times cannot be read back as
+    one assistant turn, so it makes no pair (counted as `rejected_markup`); the rows written all read back."""
+    from flowlm.data.chat import pair_row
+    from flowlm.post.delta import build_delta_pairs
+    from flowlm.post.teachers import ProceduralTeacher, builtin_rows
+
+    rows = builtin_rows(4)
+
+    class Garbled:
+        name = "garbled"
+
+        def sample(self, prompts, n, *, thinking, seed):
+            out = []
+            for i, _ in enumerate(prompts):
+                bad = {"reasoning": "x", "content": "The\n<think>\n<think>\n1", "finish_reason": "stop"}
+                ok = {"reasoning": "some steps", "content": "The answer is 7.", "finish_reason": "stop"}
+                out.append([bad if i % 2 == 0 else ok] * n)
+            return out
+
+    pairs, acc = build_delta_pairs(rows, ProceduralTeacher.from_rows(rows), Garbled())
+    assert acc["prompts"].dropped["rejected_markup"].docs == 2 and len(pairs) == 2
+    for p in pairs:
+        assert pair_row(p)["rejected"][0]["content"] == "The answer is 7."

@@ -42,7 +42,7 @@ from flowlm.data.accounting import TokenCounter, count_tokens
 from flowlm.errors import FlowError
 from flowlm.post.coldstart import META_KEYS, Accounting, chunks, prompt_tokens, response_tokens, row_id
 from flowlm.post.filters import (ResponseFilterCfg, check_response, contaminated, format_problem, has_verifier,
-                                 wrong_answer)
+                                 markup_problem, wrong_answer)
 from flowlm.post.teachers import (Message, Response, Teacher, assistant_message, completion_text, prompt_messages,
                                   user_text, with_mode)
 
@@ -227,6 +227,8 @@ def _delta_problem(row: Mapping[str, Any], chosen: Response | None, rejected: Re
         return "no_chosen"
     if rejected is None or format_problem(rejected) == "teacher_error":
         return "rejected_error"
+    if markup_problem(rejected):  # unfiltered on purpose, but it must still read back as one assistant turn
+        return "rejected_markup"
     if _same(chosen, rejected):
         return "identical"
     if cfg.require_rejected_wrong and has_verifier(row) and wrong_answer(row, rejected) is None:
@@ -282,8 +284,9 @@ def _judge_pair(row: Mapping[str, Any], msgs: list[Message], cands: list[tuple[s
     why: dict[int, str] = {}
     scored = []
     for k, (name, resp) in enumerate(cands):
-        if format_problem(resp) == "teacher_error":
-            why[k] = "teacher_error"
+        problem = format_problem(resp)
+        if problem in ("teacher_error", "malformed_markup"):  # nothing to judge, or no readable turn
+            why[k] = problem
             continue
         reason = check_response(row, resp, cfg.filters, thinking=cfg.thinking, decontam=decontam)
         if reason:

@@ -71,10 +71,24 @@ class QueryFilterCfg(Strict):
 # --- the response checks ----------------------------------------------------------------------------
 
 
+MARKUP = ("<think>", "</think>", "<|im_start|>", "<|im_end|>")
+
+
+def markup_problem(response: Mapping[str, Any]) -> str | None:
+    """`malformed_markup` when think or chat tags are left inside the reasoning or the answer (a model that
+    opened `<think>` several times): such a response cannot be written as a chat row and read back as the
+    same turn, so it cannot become training data as it stands."""
+    text = str(response.get("reasoning") or "") + str(response.get("content") or "")
+    return "malformed_markup" if any(tag in text for tag in MARKUP) else None
+
+
 def format_problem(response: Mapping[str, Any]) -> str | None:
-    """`teacher_error`, `truncated` or `empty_answer` for a response that is not a finished answer."""
+    """`teacher_error`, `truncated`, `malformed_markup` or `empty_answer` for a response that is not a
+    finished answer."""
     if response.get("finish_reason") == "error" or response.get("error"):
         return "teacher_error"
+    if markup_problem(response):
+        return "malformed_markup"
     if response.get("finish_reason") == "length":
         return "truncated"
     if not str(response.get("content") or "").strip():
