@@ -138,3 +138,27 @@ def test_fused_linear_cross_entropy_compiled_chunks_equal_in_place():
     assert out[1][0] == pytest.approx(out[0][0], rel=1e-5) and out[1][1] == pytest.approx(out[0][1], rel=1e-5)
     torch.testing.assert_close(out[1][3], out[0][3], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(out[1][4], out[0][4], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("unlabelled", [0.05, 0.4, 1.0])
+def test_fused_linear_cross_entropy_skipping_unlabelled_rows_changes_nothing(monkeypatch, unlabelled):
+    # Rows without a label are projected only below `SKIP_UNLABELLED` (here 5 % stays under it, 40 % and
+    # all-unlabelled skip); either way the loss, z-loss and gradients are those of every row projected.
+    from flowlm.train import losses
+
+    torch.manual_seed(0)
+    h = torch.randn(3, 20, 16, requires_grad=True)
+    w = torch.randn(40, 16, requires_grad=True)
+    labels = torch.randint(0, 40, (3, 20))
+    labels.view(-1)[torch.randperm(60)[:round(60 * unlabelled)]] = -100
+    out = []
+    for skip in (losses.SKIP_UNLABELLED, 2.0):  # 2.0: never skip
+        monkeypatch.setattr(losses, "SKIP_UNLABELLED", skip)
+        total, z, n = losses.fused_linear_cross_entropy(h, w, labels, z_loss=1e-3, chunk_rows=7)
+        out.append((total.detach(), z, n, *torch.autograd.grad(total, (h, w))))
+    ref, _, _ = lm_loss_sum(h.detach() @ w.detach().T, labels, 1e-3)
+    assert out[0][2] == out[1][2] == int((labels != -100).sum())
+    for a, b in zip(out[0][:2] + out[0][3:], out[1][:2] + out[1][3:]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[0][0], ref, rtol=1e-5, atol=1e-6)
+    assert out[0][3].shape == h.shape and bool((out[0][3][labels == -100] == 0).all())

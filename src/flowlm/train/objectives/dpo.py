@@ -10,7 +10,9 @@ weights (the checkpoint's weight files for `reference: <path>`; the policy's ini
 so a changed reference or data set is recomputed and an unchanged one is read back. Sums are stored
 and the length normalisation of `dpo_norm` applied at loss time, so both loss types share a cache.
 
-The loss math is `flowlm.train.post_losses.dpo_loss`; the unit is a pair.
+The loss math is `flowlm.train.post_losses.dpo_loss`; the unit is a pair. Policy and reference log-
+probabilities come from one forward over the micro-batch's 2P sequences packed into rows with intra-
+document masking (`pair_logps`), not over 2P rows padded to the longest.
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ from pydantic import Field
 from torch import nn
 
 from flowlm.atomic import replacing
-from flowlm.data.pairs import pair_rows
+from flowlm.data.pairs import causal_lengths, pack_rows, packed_row_len, pair_rows
 from flowlm.errors import FlowError
 from flowlm.train.objectives.base import LossOutput, Mean, Objective, ObjectiveConfig, register_objective
 from flowlm.train.parallel import World, barrier
 from flowlm.train.post_losses import dpo_loss, head_weight, sequence_logps
 
 CACHE_FORMAT = "flowlm.dpo_ref_logps/1"
+# Row length at which attention over a packed row costs as much as the rest of a layer, per unit of hidden
+# size (`flowlm.data.pairs.packed_row_len`): 8 by FLOPs for a 4 x MLP; 4-8 x 256 measured alike on the CPU.
+ATTENTION_TOKENS_PER_DIM = 8
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth")
 
 
@@ -48,6 +53,9 @@ class DPOConfig(ObjectiveConfig):
         "dpo_norm", description="dpo: summed log-ratios (TRL sigmoid); dpo_norm: per-token averaged (TRL sigmoid_norm)")
     reference: str | None = Field(None, description="reference checkpoint directory; null = the initial policy")
     reference_batch_size: int = Field(8, gt=0, description="pairs per forward when precomputing reference log-probs")
+    pack_length: int | None = Field(
+        None, ge=2, description="tokens per packed row of a micro-batch's sequences (at least its longest); "
+                                "null = chosen per micro-batch (flowlm.data.pairs.packed_row_len)")
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -75,15 +83,54 @@ def files_hash(path: Path) -> str:
     return sha256_files(files, path)
 
 
-def pair_logps(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed answer log-probabilities and answer lengths `[2P]` (chosen rows, then rejected), one forward.
+def packing_window(model: nn.Module) -> int | None:
+    """The longest packed row that computes exactly what unpacked rows do; None: any length.
 
-    Padding sits right of every real token, so a causal model's log-probabilities do not depend on it."""
-    ids, labels = pair_rows(batch, pad_id=0)
+    The native `Olmo3` masks documents inside its sliding windows. `HFCausalLM` hands the wrapped model
+    one 4-D document mask that replaces its own masks, sliding ones included
+    (`flowlm.model.adapter`): a row no longer than the window never reaches it."""
+    hf = getattr(model, "hf", None)
+    cfg = getattr(hf, "config", None)
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if not window or (types is not None and "sliding_attention" not in types):
+        return None
+    return int(window)
+
+
+def pack_plan(model: nn.Module, labels: torch.Tensor, pack_length: int | None) -> tuple[list[int], int] | None:
+    """`(lengths, row_len)` to pack the rows of `labels` for `model` (`flowlm.data.pairs.pack_rows`), or
+    None when a sequence is longer than `packing_window(model)`. `row_len`: `pack_length` (within the
+    window), else `packed_row_len` for the model's hidden size (the LM head's), else the longest."""
+    window = packing_window(model)
+    lengths = causal_lengths(labels)
+    if window is not None and max(lengths) > window:
+        return None
+    if pack_length is not None:
+        return lengths, pack_length if window is None else min(pack_length, window)
     weight = head_weight(model)
     if weight is None:
-        return sequence_logps(model(ids), labels)
-    return sequence_logps(model(ids, return_hidden=True), labels, weight)
+        return lengths, max(lengths)
+    return lengths, packed_row_len(lengths, ATTENTION_TOKENS_PER_DIM * weight.shape[1], limit=window)
+
+
+def pair_logps(model: nn.Module, batch: Mapping[str, torch.Tensor], *, pack: bool = True,
+               pack_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer log-probabilities and answer lengths `[2P]` (chosen rows, then rejected), one forward.
+
+    `pack`: the 2P sequences, each cut after its last answer token, go packed into rows (`pack_plan`),
+    attention confined to each sequence; else, or when `pack_plan` says no, as 2P rows right-padded to
+    the longest. The same numbers either way (to float rounding; tested): a causal model's
+    log-probabilities at the answer tokens depend on no later token and on no other sequence."""
+    ids, labels = pair_rows(batch, pad_id=0)
+    weight = head_weight(model)
+    plan = pack_plan(model, labels, pack_length) if pack else None
+    if plan is None:
+        x = model(ids, return_hidden=True) if weight is not None else model(ids)
+        return sequence_logps(x, labels, weight)
+    rows = pack_rows(ids, labels, *plan)
+    x = model(rows.input_ids, position_ids=rows.position_ids, doc_ids=rows.doc_ids, return_hidden=weight is not None)
+    return sequence_logps(x, rows.labels, weight, segments=rows.sequence, n_segments=labels.shape[0])
 
 
 @register_objective
@@ -174,7 +221,8 @@ class DPOObjective(Objective):
                 idx = mine[s * bs:(s + 1) * bs]
                 idx = idx if len(idx) else np.array([0])  # a rank out of pairs repeats one (same value: MAX keeps it)
                 batch = dataset.collate([dataset[int(i)] for i in idx])
-                logps, _ = pair_logps(ref, {k: v.to(world.device) for k, v in batch.items()})
+                logps, _ = pair_logps(ref, {k: v.to(world.device) for k, v in batch.items()},
+                                      pack_length=self.cfg.pack_length)
                 t = torch.as_tensor(idx, device=world.device)
                 out[0, t], out[1, t] = logps[:len(idx)], logps[len(idx):]
         ref.train(was_training)
@@ -200,7 +248,7 @@ class DPOObjective(Objective):
             raise FlowError("dpo: no reference log-probabilities; call precompute_reference(data, cache_dir) first")
         if "pair_index" not in batch:
             raise FlowError("dpo: batches need pair_index (build the data with PairDataset(..., with_index=True))")
-        logps, lengths = pair_logps(model, batch)
+        logps, lengths = pair_logps(model, batch, pack_length=self.cfg.pack_length)
         P = self.count_units(batch)
         idx = batch["pair_index"].to(self._ref["chosen"].device)
         ref_c, ref_r = (self._ref[side][idx].to(logps.device) for side in ("chosen", "rejected"))
