@@ -1,11 +1,17 @@
-"""Rollout data source of synchronous RLVR: prompts -> sampled groups -> verified rewards -> a GRPO batch.
+"""Rollout data source of RLVR: prompts -> sampled groups -> verified rewards -> a GRPO batch.
 
     source = RolloutSource(rows, tokenizer, RolloutConfig(prompts_per_step=64, group_size=8), seed=0, max_len=4096)
     source.bind(model)                 # the policy being trained (the trainer's model; one process)
     batch = next(iter(source))         # one optimizer step's batch for the `grpo` objective
 
+Two modes (`RolloutConfig.mode`). This module is the synchronous one (the default, for comparison,
+debugging and exact resume); `mode: async` hands iteration to `flowlm.rl.actor.AsyncRollouts`, where a
+rollout thread generates ahead of the learner by at most `async_steps` policy versions from the same
+prompt streams, through the same verification, group statistics and `collate`.
+
 One batch, in order (the synchronous mode: generation, reward and learning take turns):
-1. the engine takes the policy's current weights (`Engine.update_weights`, a copy the engine holds);
+1. the engine takes the policy's current weights (`Engine.update_weights`, a copy the engine holds, with
+   version = the batch's position = optimizer steps done);
 2. prompts are drawn from seeded per-epoch permutations (one stream, or one per domain when
    `domain_weights` mixes domains; the domain of a row is its verifier name). A prompt whose latest
    group reached `skip_solved_threshold` is skipped from then on (open-instruct `no_resampling_pass_rate`);
@@ -26,16 +32,21 @@ Batch (rows laid out group by group, `group_size` rows per group; `split_rule` k
 `input_ids` [B, T] (prompt + completion token ids exactly as the engine produced them, never
 re-tokenized; right padding), `labels` [B, T] (the completion tokens at the positions that predict them,
 -100 elsewhere), `rollout_logps` [B, T] (the engine's raw-policy log-prob of each label, NaN elsewhere),
-`advantages` [B], `loss_rows` [B] bool (False: a padding group's row, no loss, not counted),
+`rollout_versions` [B, T] (the policy version that sampled each label, -1 elsewhere), `advantages` [B],
+`loss_rows` [B] bool (False: a padding group's row, no loss, not counted),
 `masked_rows` [B] bool (a truncated completion under `mask_truncated`: its tokens leave the loss and the
 token count, the sequence still counts for per-sequence normalisation, as `advantages.mask_truncated`),
 `group_ids` [B] (group within the batch), `prompt_index` [B], and statistics as `stat_*` columns
-(`rollout_metrics` turns them into typed metrics; see `_stat_columns`).
+(`rollout_metrics` turns them into typed metrics; see `_stat_columns`). Timings per batch:
+`time_generate_s`, `time_verify_s`, `time_sync_s` (weights into the engine) and `time_batch_s` (all of
+the learner's time inside the source for this batch; the trainer's `step_time` includes it).
 
 Exact resume: the state is the position, the prompt streams' (epoch, cursor), the solve-rate table
 and running totals, so a resumed synchronous run regenerates exactly the batches an uninterrupted one
-would (the weights come from the trainer's checkpoint). Each batch appends its drawn and trained
-prompt ids to `log_path` (JSONL); records past the restored position are dropped on resume.
+would (the weights come from the trainer's checkpoint). Mode async adds the prompts drawn and not yet
+consumed, regenerated first on resume (no prompt lost or replayed; see `flowlm.rl.actor`). Each batch
+appends its drawn and trained prompt ids to `log_path` (JSONL); records past the restored position are
+dropped on resume.
 
 Test-only hook: `FLOWLM_RL_KILL_AT_POSITION=N` SIGKILLs the process when batch position N (0-based)
 has been generated, before the trainer sees it (the `kill -9` resume test).
@@ -43,6 +54,7 @@ has been generated, before the trainer sees it (the `kill -9` resume test).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -52,7 +64,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -65,6 +77,7 @@ from flowlm.train.batch import SplitRule
 from flowlm.train.losses import IGNORE
 
 STAT = "stat_"  # batch keys holding statistics columns (see `_stat_columns`)
+ASYNC_FIELDS = {"async_steps", "max_inflight_groups", "weight_sync_timeout", "rollout_timeout", "max_worker_restarts"}
 
 
 class RolloutConfig(Strict):
@@ -92,6 +105,19 @@ class RolloutConfig(Strict):
     verify_workers: int = Field(0, ge=0, description="verifier processes (0 = in-process, no hard timeout)")
     verify_timeout: float = Field(60.0, gt=0, description="seconds per verification (with verify_workers > 0)")
     max_slots: int | None = Field(None, gt=0, description="sequences decoded together (default: a whole step)")
+    mode: Literal["sync", "async"] = Field(
+        "sync", description="sync: generation, reward and learning take turns (exact resume); async: a rollout "
+                            "worker thread generates ahead of the learner (flowlm.rl.actor)")
+    async_steps: int = Field(
+        8, ge=1, description="async: groups whose oldest token is more policy versions behind the learner are "
+                             "dropped, counted and regenerated (OLMo 3: 8, RL-Zero 4; 1-2 on CPU)")
+    max_inflight_groups: int | None = Field(
+        None, gt=0, description="async: groups dispatched and not yet consumed (default async_steps x "
+                                "prompts_per_step); the engine decodes max_slots sequences of them at a time")
+    weight_sync_timeout: float = Field(
+        60.0, gt=0, description="async: seconds a pushed weight update may stay unapplied before the run fails")
+    rollout_timeout: float = Field(600.0, gt=0, description="async: seconds the learner waits for one group at most")
+    max_worker_restarts: int = Field(3, ge=0, description="async: crashed rollout workers restarted before failing")
 
     @field_validator("advantage")
     @classmethod
@@ -112,6 +138,10 @@ class RolloutConfig(Strict):
             raise ValueError("domain_weights must be non-negative with at least one positive weight")
         if self.max_slots is not None and self.max_slots < self.group_size:
             raise ValueError(f"max_slots {self.max_slots} must hold a whole group ({self.group_size})")
+        # a non-default value only (a dumped and reloaded sync config carries the defaults)
+        async_only = sorted(f for f in ASYNC_FIELDS if getattr(self, f) != type(self).model_fields[f].default)
+        if self.mode == "sync" and async_only:
+            raise ValueError(f"{', '.join(async_only)} only apply to mode: async")
         return self
 
 
@@ -217,6 +247,8 @@ class RolloutSource:
         self._policy: nn.Module | None = None
         self._pool: Any = None
         self._log_checked = False
+        self._actor: Any = None  # flowlm.rl.actor.AsyncRollouts (mode async), started by the first iteration
+        self._async_state: dict[str, Any] = {}  # mode async: the restored in-flight prompts, until the actor starts
 
     def _build_streams(self) -> dict[str, dict[str, Any]]:
         weights = self.cfg.domain_weights
@@ -236,28 +268,46 @@ class RolloutSource:
 
     def bind(self, policy: nn.Module) -> None:
         """Sample from `policy` (its weights are read before every batch); builds the engine."""
+        if any(type(p).__name__ == "DTensor" for p in policy.parameters()):
+            raise ConfigError("rl: rollouts run in one process (the engine needs full weights)")
+        self._policy = policy
+        self.engine = self.make_engine(policy)
+
+    def make_engine(self, policy: nn.Module) -> Any:
+        """A rollout engine holding its own copy of `policy`'s current weights."""
         from flowlm.generate.engine import Engine, GenerateConfig
 
-        if any(type(p).__name__ == "DTensor" for p in policy.parameters()):
-            raise ConfigError("rl: synchronous rollouts run in one process (the engine needs full weights)")
-        self._policy = policy
         slots = self.cfg.max_slots or self.cfg.prompts_per_step * self.cfg.group_size
         context = min(self.max_len, getattr(getattr(policy, "cfg", None), "max_seq_len", self.max_len))
-        self.engine = Engine(policy, self.tokenizer, GenerateConfig(max_slots=slots, context=context,
-                                                                    enable_thinking=self.cfg.thinking))
+        return Engine(policy, self.tokenizer, GenerateConfig(max_slots=slots, context=context,
+                                                             enable_thinking=self.cfg.thinking))
 
     def close(self) -> None:
-        """Stop the verifier processes (if any)."""
+        """Stop the rollout threads (mode async) and the verifier processes (if any)."""
+        if self._actor is not None:  # keep what was in flight: a new iteration regenerates it first
+            self._async_state = self._actor.state()
+            self._actor.close()
+            self._actor = None
         if self._pool is not None:
             self._pool.close()
             self._pool = None
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"position": self.position, "pass_rate": dict(self.pass_rate), "totals": dict(self.totals),
-                "streams": {k: (s["epoch"], s["cursor"]) for k, s in self.streams.items()}}
+        """Mode async adds `async`: the prompts drawn and not consumed by the learner (`flowlm.rl.actor`),
+        taken under the actor's lock with the streams' cursors, so the two agree."""
+        with self._actor.lock if self._actor is not None else contextlib.nullcontext():
+            state = {"position": self.position, "pass_rate": dict(self.pass_rate), "totals": dict(self.totals),
+                     "streams": {k: (s["epoch"], s["cursor"]) for k, s in self.streams.items()}}
+            if self.cfg.mode == "async":
+                state["async"] = self._actor.state() if self._actor is not None else dict(self._async_state)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if ("async" in state) != (self.cfg.mode == "async"):
+            raise FlowError(f"rl resume: the checkpoint was written in mode {'async' if 'async' in state else 'sync'}, "
+                            f"this run is mode {self.cfg.mode}")
+        self._async_state = dict(state.get("async", {}))
         self.position = int(state["position"])
         self.pass_rate = {int(k): float(v) for k, v in state.get("pass_rate", {}).items()}
         self.totals = Counter(state.get("totals", {}))
@@ -271,20 +321,31 @@ class RolloutSource:
         if self.engine is None or self._policy is None:
             raise ConfigError("rl rollouts: bind(model) before iterating")
         self._trim_log()
-        while True:
-            batch = self.next_batch()
-            if os.environ.get("FLOWLM_RL_KILL_AT_POSITION") == str(self.position):  # test-only (see docstring)
-                os.kill(os.getpid(), signal.SIGKILL)
-            self.position += 1
-            yield batch
+        if self.cfg.mode == "async" and self._actor is None:
+            from flowlm.rl.actor import AsyncRollouts
+
+            self._actor = AsyncRollouts(self, self._policy, self._async_state)
+            self._actor.start()
+        try:
+            while True:
+                batch = self._actor.next_batch() if self._actor is not None else self.next_batch()
+                if os.environ.get("FLOWLM_RL_KILL_AT_POSITION") == str(self.position):  # test-only (see docstring)
+                    os.kill(os.getpid(), signal.SIGKILL)
+                self.position += 1
+                yield batch
+        finally:  # the consumer is done (or gone): stop the rollout threads
+            if self._actor is not None:
+                self.close()
 
     def next_batch(self) -> dict[str, Any]:
         """The batch of the current position (the position does not advance)."""
         cfg = self.cfg
-        self.engine.update_weights(self._policy.state_dict())
+        t0 = time.perf_counter()
+        self.engine.update_weights(self._policy.state_dict(), version=self.position)  # idle engine: applied now
         kept: list[Group] = []
         spare: list[Group] = []
         stats: Counter[str] = Counter()
+        stats["time_sync_s"] += time.perf_counter() - t0
         drawn: list[int] = []
         for draw in range(cfg.max_draws if cfg.active_sampling else 1):
             indices = self._pick(draw, cfg.prompts_per_step - len(kept), stats)
@@ -303,25 +364,27 @@ class RolloutSource:
         self.totals.update({k: v for k, v in stats.items() if not k.startswith(("num:", "den:", "time_"))})
         self.totals["batches"] += 1
         self._log(drawn, groups, len(kept))
+        stats["time_batch_s"] += time.perf_counter() - t0
         return self.collate(groups, trains=[True] * len(kept) + [False] * len(pad), stats=stats)
 
     def _pick(self, draw: int, n: int, stats: Counter[str]) -> list[int]:
         """`n` prompt indices for round `draw` of this position (seeded by (seed, position, draw))."""
         rng = np.random.default_rng([self.seed, self.position, draw])
         live = list(self.streams)
-        out: list[int] = []
-        while len(out) < n:
-            if not live:
-                raise FlowError(f"rl prompts: every prompt is solved at or above skip_solved_threshold "
-                                f"{self.cfg.skip_solved_threshold}; nothing left to train on")
+        return [self.draw(rng, live, stats) for _ in range(n)]
+
+    def draw(self, rng: np.random.Generator, live: list[str], stats: Counter[str]) -> int:
+        """The next prompt of a stream chosen by weight among `live` (streams whose prompts are all
+        skipped as solved are removed from `live`); FlowError when none is left."""
+        while live:
             w = np.array([self.streams[k]["weight"] for k in live])
             key = live[int(rng.choice(len(live), p=w / w.sum()))] if len(live) > 1 else live[0]
             idx = self._next_index(self.streams[key], stats)
-            if idx is None:
-                live.remove(key)
-            else:
-                out.append(idx)
-        return out
+            if idx is not None:
+                return idx
+            live.remove(key)
+        raise FlowError(f"rl prompts: every prompt is solved at or above skip_solved_threshold "
+                        f"{self.cfg.skip_solved_threshold}; nothing left to train on")
 
     def _next_index(self, stream: dict[str, Any], stats: Counter[str]) -> int | None:
         """The stream's next prompt not skipped as solved; None after a whole pass of solved prompts."""
@@ -363,6 +426,7 @@ class RolloutSource:
         verdicts = self._verify([self.rows[i] for i in indices for _ in range(n)], [c.text for c in comps])
         stats["time_generate_s"] += t1 - t0
         stats["time_verify_s"] += time.perf_counter() - t1
+        stats["rollout_tokens"] += sum(len(c.tokens) for c in comps)
         return [self._group(i, draw, res, verdicts[k * n:(k + 1) * n], stats)
                 for k, (i, res) in enumerate(zip(indices, results))]
 
@@ -414,6 +478,7 @@ class RolloutSource:
         input_ids = torch.full((B, T), pad, dtype=torch.int64)
         labels = torch.full((B, T), IGNORE, dtype=torch.int64)
         rollout_logps = torch.full((B, T), float("nan"), dtype=torch.float32)
+        versions = torch.full((B, T), -1, dtype=torch.int64)
         for r, (prompt, comp) in enumerate(seqs):
             ids = torch.tensor(prompt + comp.tokens, dtype=torch.int64)
             input_ids[r, : len(ids)] = ids
@@ -421,10 +486,11 @@ class RolloutSource:
             start, n = len(prompt) - 1, len(comp.tokens)
             labels[r, start:start + n] = ids[len(prompt):]
             rollout_logps[r, start:start + n] = torch.tensor(comp.logprobs, dtype=torch.float32)
+            versions[r, start:start + n] = torch.tensor(comp.versions, dtype=torch.int64)
         n = self.cfg.group_size
         truncated = torch.tensor([c.finish_reason == FINISH_LENGTH for _, c in seqs])
         batch: dict[str, Any] = {
-            "input_ids": input_ids, "labels": labels, "rollout_logps": rollout_logps,
+            "input_ids": input_ids, "labels": labels, "rollout_logps": rollout_logps, "rollout_versions": versions,
             "advantages": torch.cat([g.advantages for g in groups]).float(),
             "loss_rows": torch.tensor(trains).repeat_interleave(n),
             "masked_rows": truncated & self.cfg.mask_truncated,
@@ -450,9 +516,13 @@ class RolloutSource:
         if self.log_path is None:
             return
         ids = [str(self.rows[i].get("id", i)) for i in drawn]
-        rec = {"position": self.position, "drawn": ids,
-               "trained": [str(self.rows[g.index].get("id", g.index)) for g in groups[:n_trained]],
-               "pass_rates": [round(float(g.scores.mean()), 4) for g in groups]}
+        self.append_log({"position": self.position, "drawn": ids,
+                         "trained": [str(self.rows[g.index].get("id", g.index)) for g in groups[:n_trained]],
+                         "pass_rates": [round(float(g.scores.mean()), 4) for g in groups]})
+
+    def append_log(self, rec: dict[str, Any]) -> None:
+        """One JSON line in `log_path` (the caller checked it is set)."""
+        assert self.log_path is not None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec) + "\n")

@@ -1,4 +1,4 @@
-"""Stage kind `rl`: synchronous RLVR, a `train` stage whose batches are verified rollouts of its own policy.
+"""Stage kind `rl`: RLVR, a `train` stage whose batches are verified rollouts of its own policy.
 
     think_rl:
       kind: rl
@@ -7,7 +7,8 @@
       n_prompts: 2000                # builtin only
       steps: 200
       seq_len: 2048                  # prompt + completion tokens at most
-      rollout: {prompts_per_step: 64, group_size: 8, max_new_tokens: 1024, skip_solved_threshold: 0.875}
+      rollout: {prompts_per_step: 64, group_size: 8, max_new_tokens: 1024, skip_solved_threshold: 0.875,
+                mode: async, async_steps: 8}   # mode sync (the default): generation and learning take turns
       objective: {name: grpo, clip_high: 0.272, is_cap: 2.0}
       optim: {lr: 1.0e-6}
       schedule: {warmup_steps: 0, decay: constant}
@@ -17,8 +18,11 @@ Prompt rows hold `messages` (or a `prompt` string) and the verifier routing of `
 runs `train_once` with it, so checkpoints, exact resume, BPB and `generation_eval` (in-loop pass@k),
 export and the run record are the train stage's. `batch_size` is `prompts_per_step x group_size`
 (filled in when left out). Outputs: `model`, `checkpoints`, `metrics` and `rollouts` (per batch, the
-prompt ids drawn and trained; `rollouts.jsonl`). One process: under torchrun the rollout engine would need
-the full weights on every rank (the async, multi-node path is not built yet).
+prompt ids drawn and trained; `rollouts.jsonl`; mode async adds the ids consumed, dropped as stale and
+still pending). Mode async runs the rollout worker as threads of this process (`flowlm.rl.actor`): the
+learner's checkpoint holds the prompts in flight, which a resumed run regenerates first. One process:
+under torchrun the rollout engine would need the full weights on every rank (Ray rollout workers and a
+torchrun learner with weight broadcast are not built yet).
 """
 
 from __future__ import annotations
@@ -117,7 +121,7 @@ def run(ctx: StageContext, name: str, cfg: RLStageConfig) -> StageResult:
     from flowlm.rl.source import RolloutSource
 
     if ctx.world.distributed:
-        raise FlowError(f"stage '{name}': synchronous RL runs in one process (not under torchrun)")
+        raise FlowError(f"stage '{name}': RL runs in one process, sync or async (not under torchrun)")
     tok = load_tokenizer(ctx.path(ctx.outputs[ctx.latest("tokenizer", name)]["tokenizer"]))
     log = ctx.path(f"{name}/{ROLLOUTS}.jsonl")
     source = RolloutSource(prompt_rows(ctx, name, cfg), tok, cfg.rollout, seed=cfg.seed, max_len=cfg.seq_len,

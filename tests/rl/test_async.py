@@ -1,0 +1,301 @@
+"""Mode async of the rollout source (`flowlm.rl.actor`): the staleness bound (per-token policy versions),
+stale groups dropped, counted and regenerated, a weight-sync timeout that names the worker, crashed
+workers restarted without losing their prompts, and prompt accounting across `state_dict` resume and a
+real `kill -9` of `flowlm train` (no prompt lost or replayed, checked by prompt ids in `rollouts.jsonl`).
+
+The micro model, tokenizer and test verifiers are those of `tests/rl/test_source.py`; the CLI test
+reuses the corpus/tokenizer/pretrain recipe of `tests/rl/test_rl_flow.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import flowlm.rl.source as source_module
+from flowlm.errors import FlowError
+from flowlm.rl.source import RolloutConfig, RolloutSource
+from tests.rl import test_source
+from tests.rl.test_rl_flow import flowlm, recipe
+from tests.rl.test_rl_flow import prompt_rows as ifeval_rows
+from tests.rl.test_source import metrics, rows
+
+tok, model = test_source.tok, test_source.model  # its fixtures (importing it also registers its verifiers)
+
+
+def async_source(tok, model, prompt_rows, log=None, **cfg) -> RolloutSource:
+    settings = {"prompts_per_step": 3, "group_size": 4, "max_new_tokens": 6, "mode": "async", "async_steps": 1,
+                "rollout_timeout": 60.0, **cfg}
+    src = RolloutSource(prompt_rows, tok, RolloutConfig(**settings), seed=0, max_len=96, log_path=log)
+    src.bind(model)
+    return src
+
+
+def records(log: Path) -> list[dict]:
+    return [json.loads(x) for x in log.read_text().splitlines()]
+
+
+def check_accounting(recs: list[dict]) -> tuple[list[str], list[str]]:
+    """Within an epoch: no prompt drawn or consumed twice, and after every batch everything drawn so far
+    is consumed or pending (in flight or buffered). Returns (drawn, consumed)."""
+    drawn: list[str] = []
+    consumed: list[str] = []
+    for r in recs:
+        drawn += r["drawn"]
+        consumed += r["consumed"]
+        assert len(set(drawn)) == len(drawn), f"position {r['position']}: a prompt drawn twice"
+        assert len(set(consumed)) == len(consumed), f"position {r['position']}: a prompt consumed twice"
+        assert sorted(drawn) == sorted(consumed + r["pending"]), f"position {r['position']}: a prompt lost"
+    return drawn, consumed
+
+
+def test_async_batches_respect_the_staleness_bound(tok, model, tmp_path):
+    log = tmp_path / "r.jsonl"
+    src = async_source(tok, model, rows(80), log=log, async_steps=1)
+    try:
+        it = iter(src)
+        for position in range(6):
+            b = next(it)
+            with torch.no_grad():  # the learner's "step": the weights move on while the next groups are sampled
+                next(model.parameters()).add_(1e-4)
+            time.sleep(0.05)
+            labelled = b["labels"] != -100
+            v = b["rollout_versions"]
+            assert ((v >= 0) == labelled).all()  # one version per sampled token, -1 elsewhere
+            assert (position - v[labelled] <= 1).all() and (v[labelled] <= position).all()
+            for r in range(v.shape[0]):  # an inflight update only ever moves a sequence forward
+                row = v[r, labelled[r]]
+                assert (row[1:] >= row[:-1]).all()
+            m = metrics(b)
+            assert m["staleness/lag_0"] + m["staleness/lag_1"] == m["prompts"] and 0 <= m["policy_lag"] <= 1
+            assert m["stale_dropped"] == 0 and m["informative_share"] == 1.0
+            assert 0 <= m["learner_idle_share"] <= 1 and m["rollout_tok_s"] > 0
+    finally:
+        src.close()
+    recs = records(log)
+    assert [r["position"] for r in recs] == list(range(6)) and all(len(r["trained"]) == 3 for r in recs)
+    assert all(max(r["lags"]) <= 1 for r in recs) and sum(r["lags"].count(1) for r in recs) > 0
+    check_accounting(recs)
+
+
+def test_stale_groups_are_dropped_counted_and_replaced(tok, model, tmp_path):
+    # 8 groups generated at once for a learner that takes 1 per step: groups sampled at version 0 are 2
+    # versions old by the third batch and must be dropped (and their prompts sampled again). (With fewer
+    # slots the queued groups would start later, on newer weights, and not be stale.)
+    log = tmp_path / "r.jsonl"
+    src = async_source(tok, model, rows(80), log=log, prompts_per_step=1, max_inflight_groups=8, max_slots=32,
+                       filter_zero_std=False, active_sampling=False)
+    try:
+        batches = [b for _, b in zip(range(6), src)]
+    finally:
+        src.close()
+    dropped = sum(metrics(b)["stale_dropped"] for b in batches)
+    assert dropped >= 1 and src.totals["stale_dropped"] == dropped
+    for position, b in enumerate(batches):
+        v = b["rollout_versions"][b["labels"] != -100]
+        assert (position - v <= 1).all()  # nothing past the bound was trained on
+    recs = records(log)
+    assert sum(len(r["stale_dropped"]) for r in recs) == dropped
+    check_accounting(recs)
+    assert all(len(r["consumed"]) == 1 for r in recs)  # every batch still has its group (replaced, not short)
+
+
+def test_a_weight_sync_timeout_is_a_clear_error_naming_the_worker(tok, model):
+    src = async_source(tok, model, rows(40), prompts_per_step=2, weight_sync_timeout=0.3)
+    release = threading.Event()
+    try:
+        it = iter(src)
+        next(it)
+        engine = src.engine
+        inner = engine.step
+
+        def stuck():  # a decode step that never ends: the pushed weights can never be applied
+            with engine._step_lock:
+                release.wait(60)
+            return inner()
+
+        engine.step = stuck
+        t0 = time.perf_counter()
+        with pytest.raises(FlowError, match=r"weight sync to rollout worker 'rollout-0' timed out: "):
+            for _ in range(10):
+                next(it)
+        assert time.perf_counter() - t0 < 15
+    finally:
+        release.set()
+        src.close()
+
+
+@pytest.mark.parametrize("where", ["rollout", "verify"])
+def test_a_crashed_worker_is_restarted_and_its_prompts_are_not_lost(tok, model, tmp_path, capsys, monkeypatch, where):
+    log = tmp_path / "r.jsonl"
+    src = async_source(tok, model, rows(80), log=log, async_steps=2)
+    calls = {"n": 0}
+    if where == "rollout":
+        inner = src.engine.step
+
+        def flaky():
+            calls["n"] += 1
+            if calls["n"] == 3:  # mid-generation: groups are in the engine
+                raise RuntimeError("boom in a decode step")
+            return inner()
+
+        src.engine.step = flaky  # the restarted crew gets a fresh engine without this
+    else:
+        inner_verify = source_module.verify_completions
+
+        def flaky_verify(*a, **kw):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("boom in verification")
+            return inner_verify(*a, **kw)
+
+        monkeypatch.setattr(source_module, "verify_completions", flaky_verify)
+    try:
+        batches = [b for _, b in zip(range(4), src)]
+    finally:
+        src.close()
+    assert sum(metrics(b).get("worker_restarts", 0) for b in batches) == 1 and src.totals["worker_restarts"] == 1
+    assert sum(metrics(b).get("requeued_on_restart", 0) for b in batches) >= 1
+    err = capsys.readouterr().err
+    name = "rollout-0" if where == "rollout" else "verify-0"
+    assert f"worker '{name}' died (RuntimeError: boom" in err and "prompts re-queued" in err
+    check_accounting(records(log))  # the crashed crew's prompts were sampled again, none lost or repeated
+
+
+def test_a_crash_loop_fails_naming_the_worker(tok, model, monkeypatch):
+    from flowlm.generate.engine import Engine
+
+    def boom(self):
+        raise RuntimeError("always")
+
+    monkeypatch.setattr(Engine, "step", boom)
+    src = async_source(tok, model, rows(20), max_worker_restarts=1)
+    try:
+        with pytest.raises(FlowError, match=r"worker 'rollout-0' died \(RuntimeError: always\); 2 crashes "
+                                            r"exceed max_worker_restarts 1"):
+            next(iter(src))
+    finally:
+        src.close()
+
+
+def test_all_solved_in_a_worker_fails_the_run(tok, model):
+    src = async_source(tok, model, rows(3, "rl_test_const", "1"), prompts_per_step=2, group_size=2,
+                       filter_zero_std=False, active_sampling=False, skip_solved_threshold=0.9)
+    try:
+        with pytest.raises(FlowError, match="worker 'rollout-0': rl prompts: every prompt is solved"):
+            for _ in zip(range(6), src):
+                pass
+    finally:
+        src.close()
+
+
+def test_state_dict_resume_regenerates_in_flight_prompts_first(tok, model, tmp_path):
+    log = tmp_path / "r.jsonl"
+    straight = async_source(tok, model, rows(80), log=log, async_steps=2)
+    try:
+        it = iter(straight)
+        next(it), next(it)
+        state = json.loads(json.dumps(straight.state_dict()))  # what a checkpoint keeps (JSON-safe)
+        next(it), next(it)  # generated after the checkpoint: lost with the process
+    finally:
+        straight.close()
+    assert state["position"] == 2 and state["async"]["requeue"]
+    resumed = async_source(tok, model, rows(80), log=log, async_steps=2)
+    resumed.load_state_dict(state)
+    try:
+        batches = [b for _, b in zip(range(3), resumed)]
+    finally:
+        resumed.close()
+    recs = records(log)
+    assert [r["position"] for r in recs] == [0, 1, 2, 3, 4]  # the lost attempt's records 2-3 were replaced
+    check_accounting(recs)
+    # the prompts in flight at the checkpoint were sampled again after the resume: none lost
+    pending = {f"p{i}" for i in state["async"]["requeue"]}
+    assert pending <= {p for r in recs[2:] for p in r["consumed"]} | set(recs[-1]["pending"])
+    assert len(batches) == 3
+    with pytest.raises(FlowError, match="written in mode async, this run is mode sync"):
+        RolloutSource(rows(80), tok, RolloutConfig(prompts_per_step=3, group_size=4), seed=0,
+                      max_len=96).load_state_dict(state)
+
+
+def test_async_only_settings_are_refused_in_sync_mode():
+    with pytest.raises(ValueError, match="async_steps only apply to mode: async"):
+        RolloutConfig(async_steps=2)
+    assert RolloutConfig(mode="async").async_steps == 8  # OLMo 3 Think RL
+
+
+def test_async_grpo_through_the_trainer_raises_an_easy_reward(tok, tmp_path):
+    """The sync test's 30 GRPO steps with one-step-off-policy rollouts: the truncated importance weights
+    (cap 2) carry the lag, and the reward 'share of digits' still rises from < 0.15 to > 0.5."""
+    from flowlm.model.config import ModelConfig
+    from flowlm.model.olmo3 import Olmo3
+    from flowlm.train.config import EngineConfig
+    from flowlm.train.engine import Trainer
+    from flowlm.train.objectives import build_objective
+
+    torch.manual_seed(0)
+    policy = Olmo3(ModelConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                               intermediate_size=64, max_seq_len=128, sliding_window=16, init_std=0.2))
+    src = RolloutSource(rows(64, "rl_test_digits"), tok, RolloutConfig(
+        prompts_per_step=8, group_size=8, max_new_tokens=8, mode="async", async_steps=1), seed=0, max_len=64)
+    src.bind(policy)
+    cfg = EngineConfig(steps=30, seq_len=64, batch_size=64, optim={"lr": 3e-3}, schedule={"kind": "constant"},
+                       checkpoint_every=1000)
+    try:
+        Trainer(policy, build_objective("grpo"), src, cfg, tmp_path, show_progress=False).fit()
+    finally:
+        src.close()
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    first, last = (sum(r["reward"] for r in part) / 5 for part in (recs[:5], recs[-5:]))
+    assert first < 0.15 and last > 0.5, (first, last)
+    assert all(r["policy_lag"] <= 1 for r in recs) and sum(r["staleness/lag_1"] for r in recs) > 0
+    assert any(r["mismatch/out_of_band"] > 0 for r in recs)  # off-policy tokens show up as mismatch
+
+
+# -- kill -9 of `flowlm train` in async mode ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def async_base(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("rl_async_flow")
+    prompts = d / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in ifeval_rows(48)))
+    rec = copy.deepcopy(recipe(prompts))  # its `rollout` dict is test_rl_flow's own: never change it in place
+    rec["stages"]["rl"]["rollout"].update({"mode": "async", "async_steps": 1})
+    (d / "recipe.yaml").write_text(yaml.safe_dump(rec, sort_keys=False))
+    flowlm("train", str(d / "recipe.yaml"), "--stage", "corpus", "--stage", "tokenizer", "--stage", "pretrain",
+           "--run-dir", str(d / "run"), "--no-progress")
+    return d
+
+
+def test_kill_9_then_resume_in_async_mode_loses_and_replays_no_prompt(async_base, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(async_base / "run", d)
+    log = d / "rl" / "rollouts.jsonl"
+    # position 3 is step 4's batch: steps 1-3 ran, the step-2 checkpoint is the newest
+    proc = flowlm("train", str(async_base / "recipe.yaml"), "--stage", "rl", "--run-dir", str(d), "--no-progress",
+                  check=False, env={"FLOWLM_RL_KILL_AT_POSITION": "3"})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    before = records(log)
+    assert [r["position"] for r in before] == [0, 1, 2, 3]
+    flowlm("train", str(async_base / "recipe.yaml"), "--stage", "rl", "--run-dir", str(d), "--no-progress")
+    after = records(log)
+    assert [r["position"] for r in after] == [0, 1, 2, 3]
+    assert after[:2] == before[:2]  # checkpointed batches kept; positions 2-3 regenerated after the resume
+    check_accounting(after)
+    # the prompts in flight at the step-2 checkpoint were consumed first after the resume, none lost
+    assert set(before[1]["pending"]) <= set(after[2]["consumed"] + after[3]["consumed"] + after[3]["pending"])
+    assert not set(before[0]["consumed"] + before[1]["consumed"]) & set(after[2]["consumed"] + after[3]["consumed"])
+    st = json.loads((d / "flow.json").read_text())["stages"]["rl"]
+    assert st["status"] == "done" and st["config"]["rollout"]["mode"] == "async"
+    steps = [json.loads(x) for x in (d / "rl" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    for r in steps:
+        assert r["policy_lag"] <= 1 and r["stale_dropped"] == 0 and 0 <= r["learner_idle_share"] <= 1
+        assert r["informative_share"] == 1.0 and r["rollout_tok_s"] > 0
