@@ -11,7 +11,7 @@
                 mode: async, async_steps: 8}   # mode sync (the default): generation and learning take turns
       objective: {name: grpo, clip_high: 0.272, is_cap: 2.0}
       optim: {lr: 1.0e-6}
-      schedule: {warmup_steps: 0, decay: constant}
+      schedule: {kind: constant, warmup_steps: 0}
 
 Prompt rows hold `messages` (or a `prompt` string) and the verifier routing of `flowlm.verify.rows`
 (`dataset` + `ground_truth`, or `verifiers`). The stage builds a `flowlm.rl.source.RolloutSource` and
