@@ -10,7 +10,8 @@ one flowlm tokenizer and chat template; the tiny OLMo-3 preset with the same ini
 (saved once with `flowlm.model.hf.save_pretrained`; flowlm `load_native`, TRL `Olmo3ForCausalLM`, SDPA);
 sigmoid DPO loss with β = 0.1 on summed answer log-probabilities (flowlm
 `{"name": "dpo", "loss_type": "dpo", "beta": 0.1}`, TRL `loss_type="sigmoid"`, `beta=0.1`); 8 pairs per
-optimizer step (chosen and rejected in one forward of 16 rows padded to the batch's longest);
+optimizer step (flowlm: the 16 sequences packed best-fit-decreasing with per-sequence masks; TRL: 16 rows
+padded to the batch's longest);
 `max_length` 512; fp32; AdamW lr 1e-6 (TRL's DPO default), betas (0.9, 0.999), no weight decay, linear
 decay, clip 1.0; `torch.set_num_threads(2)`; no gradient checkpointing (TRL defaults `bf16` and
 `gradient_checkpointing` to True; both set False here, as in peer-baselines.md §3c).
@@ -141,7 +142,8 @@ def build_data(d: Path) -> dict[str, Any]:
 
 # -- flowlm ----------------------------------------------------------------------------------------------
 def pair_counts(batch: dict[str, torch.Tensor], pad_id: int) -> dict[str, int]:
-    """Real (non-padding) tokens and computed positions of one batch's `[2P, T]` forward."""
+    """Real (non-padding) tokens of one batch, and `slots`: the positions of the padded `[2P, T]` layout
+    (what TRL computes; flowlm's objective packs the sequences and computes ~5 % padding instead)."""
     c, r = batch["chosen_input_ids"], batch["rejected_input_ids"]
     return {"pairs": int(c.shape[0]), "real": int((c != pad_id).sum() + (r != pad_id).sum()),
             "slots": int(2 * c.shape[0] * max(c.shape[1], r.shape[1]))}
