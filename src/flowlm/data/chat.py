@@ -17,6 +17,10 @@ has one, possibly empty) so downstream code sees one form. Tool calls are normal
 kept for rendering. A malformed row is a one-line `FlowError` naming `file:line` (for parquet the line is
 the 1-based row number, as in `flowlm.data.docs.read_parquet`) and the problem.
 
+Preference rows (`chosen` + `rejected`, TRL's format) are normalised by `pair_row`: `prompt` as messages
+(TRL's implicit-prompt form, without `prompt`, splits the turns both sides share), each side as assistant
+turns; `read_chat_rows` picks the normaliser from a file's first row.
+
 `apply_mode_flags` is Qwen3's soft switch, `render_chat_example` the SFT rendering: token ids and a 0/1
 mask over the assistant tokens of every turn (`assistant_loss="all"`) or of the final one (`"last"`).
 """

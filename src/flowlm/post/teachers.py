@@ -275,10 +275,41 @@ class _ItemIndex:
         return self.items.get(_item_key(user_text(messages)))
 
 
-class ProceduralTeacher:
+class _IndexedTeacher:
+    """A teacher that answers the built-in items it indexes (by prompt); `_one` makes one response.
+    Prompts it has no item for come back as `error` responses."""
+
+    name: str
+    missing = "no item for this prompt"
+    rng_tag: tuple[str, ...] = ()  # keeps the streams of different teachers apart
+
+    def __init__(self, items: Iterable[Mapping[str, Any]]) -> None:
+        self.index = _ItemIndex(items)
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]], **kwargs: Any) -> Any:
+        return cls(_ItemIndex.rows_to_items(rows), **kwargs)
+
+    def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int) -> list[list[Response]]:
+        out = []
+        for msgs in prompts:
+            item = self.index.find(msgs)
+            if item is None:
+                out.append(_error(f"{self.name} teacher: {self.missing}", n))
+                continue
+            out.append([self._one(item, thinking, _rng(*self.rng_tag, seed, item["prompt"], i)) for i in range(n)])
+        return out
+
+    def _one(self, item: Mapping[str, Any], thinking: bool, rng: random.Random) -> Response:
+        raise NotImplementedError
+
+
+class ProceduralTeacher(_IndexedTeacher):
     """The strong procedural teacher: thinking mode answers with the worked solution as reasoning and the
     final-answer line as content; non-thinking mode with the worked solution as the answer (as
     `flowlm.data.builtin.sft_examples` does). Prompts it has no item for come back as `error` responses."""
+
+    missing = "no worked solution for this prompt"
 
     def __init__(self, items: Iterable[Mapping[str, Any]], *, error_rate: float = 0.0,
                  noise: Sequence[str] = NOISE_KINDS, name: str = "procedural") -> None:
@@ -287,21 +318,8 @@ class ProceduralTeacher:
         unknown = set(noise) - set(NOISE_KINDS)
         if unknown or not noise:
             raise FlowError(f"ProceduralTeacher: noise kinds must be among {NOISE_KINDS}, got {list(noise)}")
-        self.index, self.error_rate, self.noise, self.name = _ItemIndex(items), error_rate, tuple(noise), name
-
-    @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]], **kwargs: Any) -> ProceduralTeacher:
-        return cls(_ItemIndex.rows_to_items(rows), **kwargs)
-
-    def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int) -> list[list[Response]]:
-        out = []
-        for msgs in prompts:
-            item = self.index.find(msgs)
-            if item is None:
-                out.append(_error("procedural teacher: no worked solution for this prompt", n))
-                continue
-            out.append([self._one(item, thinking, _rng(seed, item["prompt"], i)) for i in range(n)])
-        return out
+        super().__init__(items)
+        self.error_rate, self.noise, self.name = error_rate, tuple(noise), name
 
     def _one(self, item: Mapping[str, Any], thinking: bool, rng: random.Random) -> Response:
         answer, solution = str(item["answer"]), str(item["solution"])
@@ -345,7 +363,7 @@ def _swap_final(text: str, answer: str, bad: str) -> str:
     return text.replace(f"The answer is {answer}.", f"The answer is {bad}.")
 
 
-class WeakProceduralTeacher:
+class WeakProceduralTeacher(_IndexedTeacher):
     """The weak procedural teacher: a one-step sketch and a plausible, often wrong final answer.
 
     A response to an item with `s` working steps is right with probability `skill ** s` (each step a
@@ -355,24 +373,13 @@ class WeakProceduralTeacher:
     the Qwen3 query filter (an item it answers right without reasoning is too easy).
     """
 
+    rng_tag = ("weak",)
+
     def __init__(self, items: Iterable[Mapping[str, Any]], *, skill: float = 0.7, name: str = "weak") -> None:
         if not 0.0 <= skill <= 1.0:
             raise FlowError(f"WeakProceduralTeacher: skill must be in [0, 1], got {skill}")
-        self.index, self.skill, self.name = _ItemIndex(items), skill, name
-
-    @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]], **kwargs: Any) -> WeakProceduralTeacher:
-        return cls(_ItemIndex.rows_to_items(rows), **kwargs)
-
-    def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int) -> list[list[Response]]:
-        out = []
-        for msgs in prompts:
-            item = self.index.find(msgs)
-            if item is None:
-                out.append(_error("weak procedural teacher: no item for this prompt", n))
-                continue
-            out.append([self._one(item, thinking, _rng("weak", seed, item["prompt"], i)) for i in range(n)])
-        return out
+        super().__init__(items)
+        self.skill, self.name = skill, name
 
     def _one(self, item: Mapping[str, Any], thinking: bool, rng: random.Random) -> Response:
         answer, solution = str(item["answer"]), str(item["solution"])
