@@ -352,6 +352,9 @@ def test_data_ctrl_c_removes_temp_dir(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "flowlm data never started reading stdin"
             time.sleep(0.05)
         p.send_signal(signal.SIGINT)  # stdin is still open: the verb is blocked reading it
+        # wait before communicate(): communicate closes stdin, and on a loaded machine the verb could read
+        # that EOF before its interrupt is handled and finish normally (seen once in CI)
+        p.wait(timeout=60)
         out, err = p.communicate(timeout=60)
     finally:
         p.kill()
