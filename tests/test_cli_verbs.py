@@ -341,8 +341,11 @@ def _run_with_terminal_stdin(args: list[str], tmpdir: Path) -> subprocess.Comple
 def test_data_ctrl_c_removes_temp_dir(tmp_path: Path) -> None:
     """Ctrl-C while the documents are read from stdin: exit 130, one line, the temporary directory removed."""
     env = {**os.environ, "TMPDIR": str(tmp_path)}
+    # as from a terminal: a shell that started pytest in the background (`cmd &`) makes children ignore
+    # SIGINT, and Python then installs no KeyboardInterrupt handler (tests/test_benchmarks.py says the same)
     p = subprocess.Popen([*flowlm_command(), "data", "filter"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=env, text=True)
+                         stderr=subprocess.PIPE, env=env, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert p.stdin is not None
         p.stdin.write(json.dumps({"id": "a", "text": PARAGRAPHS[0]}) + "\n")
@@ -352,9 +355,7 @@ def test_data_ctrl_c_removes_temp_dir(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "flowlm data never started reading stdin"
             time.sleep(0.05)
         p.send_signal(signal.SIGINT)  # stdin is still open: the verb is blocked reading it
-        # wait before communicate(): communicate closes stdin, and on a loaded machine the verb could read
-        # that EOF before its interrupt is handled and finish normally (seen once in CI)
-        p.wait(timeout=60)
+        p.wait(timeout=60)  # before communicate(), which would close stdin: the interrupt alone must end it
         out, err = p.communicate(timeout=60)
     finally:
         p.kill()
