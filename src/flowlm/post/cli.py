@@ -100,13 +100,16 @@ def load_prompt_rows(args: argparse.Namespace, seed: int) -> list[dict[str, Any]
         if args.builtin < 1:
             raise ConfigError(f"--builtin must be >= 1, got {args.builtin}")
         return builtin_rows(args.builtin, seed)
-    rows = [_checked(where, row) for where, row in iter_input_objects(input_path(args.file, f"post {args.post_cmd}"))]
+    source = input_path(args.file, f"post {args.post_cmd}")
+    rows = [check_prompt_row(where, row) for where, row in iter_input_objects(source)]
     if not rows:
         raise FlowError(f"{args.file or '<stdin>'}: no prompt rows")
     return rows
 
 
-def _checked(where: str, row: dict[str, Any]) -> dict[str, Any]:
+def check_prompt_row(where: str, row: dict[str, Any]) -> dict[str, Any]:
+    """`row` if it has a chat prompt and (when tagged) valid verifier routing; else one FlowError at `where`.
+    Used by this CLI and the `coldstart` / `pairs` stage kinds."""
     from flowlm.post.filters import has_verifier
     from flowlm.post.teachers import prompt_messages
     from flowlm.verify.base import GroundTruthError, UnknownVerifierError

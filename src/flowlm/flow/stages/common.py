@@ -1,4 +1,5 @@
-"""Helpers several stage kinds share: checkpoint export, the HF config writer, the run's BPB evaluation."""
+"""Helpers several stage kinds share: checkpoint export, the HF config writer, the run's BPB evaluation,
+the prompt rows of sampling stages."""
 
 from __future__ import annotations
 
@@ -67,3 +68,23 @@ def bpb_eval_fn(ctx: StageContext, name: str, tok: Any) -> Callable[[torch.nn.Mo
         return evaluate_bpb(model, tok, sets, max_items=ecfg.max_items, batch_tokens=ecfg.batch_tokens, heldout_docs=heldout)
 
     return fn
+
+
+def prompt_rows(ctx: StageContext, name: str, source: str, *, n_builtin: int, seed: int) -> list[dict[str, Any]]:
+    """Prompt rows a sampling stage reads: `builtin` (`n_builtin` training-split task prompts), an earlier
+    data stage (its `rows`), or a JSONL file. The stage declares `source` as an input (unless builtin)."""
+    from flowlm.jsonlines import iter_json_objects
+    from flowlm.post.teachers import builtin_rows
+
+    if source == "builtin":
+        return builtin_rows(n_builtin, seed)
+    if source in ctx.recipe.stages:
+        outs = ctx.outputs[source]
+        if "rows" not in outs:
+            raise FlowError(f"stage '{name}': stage '{source}' made no rows (it produced {sorted(outs)})")
+        src = ctx.path(outs["rows"])
+    else:
+        src = Path(source)
+        if not src.is_file():
+            raise FlowError(f"stage '{name}': prompts '{source}' are not 'builtin', a data stage or a file")
+    return [row for _, row in iter_json_objects(src)]

@@ -79,14 +79,14 @@ def _inputs(ctx: StageContext, name: str, cfg: Any) -> list[str]:
 
 def _prompt_rows(cfg: _BuilderConfig) -> list[dict[str, Any]]:
     from flowlm.jsonlines import iter_json_objects
-    from flowlm.post.cli import _checked
+    from flowlm.post.cli import check_prompt_row
     from flowlm.post.teachers import builtin_rows
 
     if cfg.prompts == "builtin":
         return with_instruction(builtin_rows(cfg.n_prompts, cfg.seed), cfg)
     rows = []
     for line, row in iter_json_objects(cfg.prompts):
-        rows.append(_checked(f"{cfg.prompts}:{line}", row))
+        rows.append(check_prompt_row(f"{cfg.prompts}:{line}", row))
         if len(rows) == cfg.n_prompts:
             break
     if not rows:

@@ -27,14 +27,13 @@ torchrun learner with weight broadcast are not built yet).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SerializeAsAny, model_validator
 
 from flowlm.errors import FlowError
 from flowlm.flow.stages.registry import StageContext, StageKind, StageResult, register
-from flowlm.flow.stages.train import TrainStageConfig, data_stage
+from flowlm.flow.stages.train import TrainStageConfig
 from flowlm.rl.source import RolloutConfig
 from flowlm.train.objectives import ObjectiveConfig, parse_objective_config
 
@@ -97,21 +96,9 @@ def _inputs(ctx: StageContext, name: str, cfg: RLStageConfig) -> list[str]:
 
 def prompt_rows(ctx: StageContext, name: str, cfg: RLStageConfig) -> list[dict[str, Any]]:
     """Built-in training-split task prompts, a data stage's rows, or the rows of a JSONL file."""
-    from flowlm.jsonlines import iter_json_objects
-    from flowlm.post.teachers import builtin_rows
+    from flowlm.flow.stages.common import prompt_rows as read_prompt_rows
 
-    if cfg.prompts == "builtin":
-        return builtin_rows(cfg.n_prompts, cfg.seed)
-    if data_stage(ctx, cfg.prompts):
-        outs = ctx.outputs[cfg.prompts]
-        if "rows" not in outs:
-            raise FlowError(f"stage '{name}': stage '{cfg.prompts}' made no rows (it produced {sorted(outs)})")
-        src = ctx.path(outs["rows"])
-    else:
-        src = Path(cfg.prompts)
-        if not src.is_file():
-            raise FlowError(f"stage '{name}': prompts '{cfg.prompts}' are not 'builtin', a data stage or a file")
-    return [row for _, row in iter_json_objects(src)]
+    return read_prompt_rows(ctx, name, cfg.prompts, n_builtin=cfg.n_prompts, seed=cfg.seed)
 
 
 def run(ctx: StageContext, name: str, cfg: RLStageConfig) -> StageResult:

@@ -189,21 +189,15 @@ def data_path(ctx: StageContext, name: str, cfg: TrainStageConfig, kind: str) ->
 
 def on_policy_loader(ctx: StageContext, name: str, cfg: TrainStageConfig, tok: Any) -> Any:
     """Prompts for on-policy sampling: built-in task prompts, a data stage's rows, or a JSONL of rows."""
-    from flowlm.jsonlines import iter_json_objects
-    from flowlm.post.teachers import builtin_rows, prompt_messages
+    from flowlm.flow.stages.common import prompt_rows
+    from flowlm.post.teachers import prompt_messages
     from flowlm.train.onpolicy import OnPolicyLoader
 
     op = cfg.on_policy
     assert op is not None
     if ctx.world.distributed:
         raise FlowError(f"stage '{name}': on-policy distillation runs in one process (not under torchrun)")
-    if cfg.data == "builtin":
-        rows = builtin_rows(op.n_prompts, cfg.seed)
-    else:
-        src = ctx.path(ctx.outputs[cfg.data]["rows"]) if data_stage(ctx, cfg.data) else Path(cfg.data)
-        if not src.exists():
-            raise FlowError(f"stage '{name}': on-policy prompts '{cfg.data}' are not 'builtin', a data stage or a file")
-        rows = [row for _, row in iter_json_objects(src)]
+    rows = prompt_rows(ctx, name, cfg.data, n_builtin=op.n_prompts, seed=cfg.seed)
     # SFT and pair rows: the prompt is what precedes the final answer
     prompts = [[{"role": m["role"], "content": m.get("content") or ""} for m in prompt_messages(row)] for row in rows]
     return OnPolicyLoader(prompts, tok, batch_size=cfg.batch_size, seed=cfg.seed, max_new_tokens=op.max_new_tokens,
