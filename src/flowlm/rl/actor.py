@@ -224,7 +224,7 @@ class AsyncRollouts:
             crew.engine.submit(src.prompt_ids[index], params, tag=(ticket, index))
 
     def _verify_loop(self, crew: Crew) -> None:
-        from flowlm.rl.source import verify_completions
+        from flowlm.rl.source import verify_completions  # (patchable there: tests inject failures)
 
         src = self.source
         while not crew.stop.is_set():

@@ -79,7 +79,7 @@ def build_config(args: argparse.Namespace) -> FilterCfg:
 
 def load_rows(path: Path | None) -> list[dict[str, Any]]:
     """Every row checked up front (prompt and verifier routing); the first bad one is FILE:LINE."""
-    from flowlm.rl.source import prompt_of
+    from flowlm.rl.rows import prompt_of
 
     rows = []
     for where, row in iter_input_objects(path):
@@ -105,7 +105,7 @@ def pass_rates(model: Path, rows: list[dict[str, Any]], cfg: FilterCfg) -> tuple
     """The pass rate of every row over `cfg.k` samples (None where the prompt could not be sampled)."""
     from flowlm.generate.engine import Engine, GenerateConfig
     from flowlm.generate.params import SamplingParams
-    from flowlm.rl.source import check_prompt_rows, is_verifier_error, verify_completions
+    from flowlm.rl.rows import check_prompt_rows, is_verifier_error, verify_completions
 
     if not (model / "config.json").is_file():
         raise FlowError(f"{model}: not a checkpoint directory (no config.json)")
