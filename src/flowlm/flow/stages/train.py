@@ -218,13 +218,11 @@ def make_loader(ctx: StageContext, name: str, cfg: TrainStageConfig, tok: Any, k
     thash = tokenizer_hash(tok)
     if kind == "pairs":
         dataset: Any = PairDataset(path, cfg.seq_len, pad_id=tok.pad_token_id, with_index=True)
-        stores = dataset.stores.values()
-    else:
-        store = TokenStore.open(path, expect_vocab_size=len(tok), expect_tokenizer_hash=thash)
-        dataset, stores = PackedDataset(store, cfg.seq_len, seed=cfg.seed), [store]
-    for st in stores:
-        if st.tokenizer_hash != thash:
+        if any(st.tokenizer_hash != thash for st in dataset.stores.values()):
             raise FlowError(f"stage '{name}': {path} was tokenized with another tokenizer than the run's")
+    else:  # `open` checks the vocabulary and the tokenizer hash itself
+        store = TokenStore.open(path, expect_vocab_size=len(tok), expect_tokenizer_hash=thash)
+        dataset = PackedDataset(store, cfg.seq_len, seed=cfg.seed)
     return PackedLoader(dataset, cfg.batch_size, seed=cfg.seed)
 
 
