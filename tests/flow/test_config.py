@@ -95,3 +95,19 @@ def test_builtin_post_recipe_extends_tiny():
     kinds = {name: st.kind for name, st in recipe.stages.items()}
     assert {"coldstart", "pairs", "eval"} <= set(kinds.values())
     assert recipe.stages["dpo"].objective.name == "dpo" and recipe.stages["sft"].objective.name == "sft"
+
+
+def test_builtin_rl_recipe_extends_tiny_post_with_think_rl_zero_and_its_coin_control():
+    recipe, _ = load_recipe("tiny-rl", [])
+    post, _ = load_recipe("tiny-post", [])
+    assert list(recipe.stages)[: len(post.stages)] == list(post.stages)
+    rl = {name: st for name, st in recipe.stages.items() if st.kind == "rl"}
+    assert set(rl) == {"think_rl", "rl_zero", "rl_zero_coin"} and rl["think_rl"].init == "sft"
+    zero, coin = rl["rl_zero"], rl["rl_zero_coin"]
+    assert zero.init == coin.init == "long_context" and zero.prompt_format == "plain"
+    assert zero.rollout.stop == ["\nQuestion:"] and zero.rollout.mask_truncated
+    # the control differs from the real run in its reward only
+    assert coin.rollout.reward == "random" and zero.rollout.reward == "verifier"
+    assert coin.model_dump(exclude={"rollout"}) == zero.model_dump(exclude={"rollout"})
+    assert coin.rollout.model_dump(exclude={"reward"}) == zero.rollout.model_dump(exclude={"reward"})
+    assert recipe.stages["evaluate_zero"].models == ["long_context", "rl_zero", "rl_zero_coin"]

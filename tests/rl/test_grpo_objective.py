@@ -1,13 +1,13 @@
 """Objective `grpo`: its loss is `policy_loss` (with the mismatch weights) on the learner's per-token
 log-probs; the chunked head equals full logits; micro-batches sum to the big batch; no reference model
-is loaded when `kl_coef` is 0; non-finite losses are skipped, then stop the run."""
+is loaded when `kl_coef` is 0; `old_logps` (minibatches > 1) make the ratio and the clip act; the entropy
+bonus and its adaptive coefficient; a non-finite loss is returned for the engine to skip the step."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from flowlm.errors import FlowError
 from flowlm.rl.losses import policy_loss
 from flowlm.rl.mismatch import mismatch_weights
 from flowlm.train.objectives import build_objective
@@ -143,18 +143,93 @@ def test_kl_term_against_the_reference():
     assert out.metrics["kl"].total / out.metrics["kl"].count == pytest.approx(expected.metrics.kl.item(), rel=1e-5)
 
 
-def test_non_finite_loss_is_skipped_then_stops_the_run(capsys):
+def test_non_finite_loss_is_left_to_the_engine_to_skip():
     model = micro()
     good = with_rollout(model, hand_batch())
     bad = {**good, "advantages": torch.tensor([float("nan"), 0.0, 1.0, -1.0])}
-    obj = GRPOObjective(max_nonfinite=2)
+    obj = GRPOObjective()
     out = obj.loss(model, bad)
-    assert out.loss.item() == 0 and out.metrics["nonfinite_skipped"].value == 1
-    out.loss.backward()
-    assert model.lm_head.weight.grad is None  # nothing reaches the parameters
-    assert "non-finite loss" in capsys.readouterr().err
-    assert obj.loss(model, good).metrics["nonfinite_skipped"].value == 0  # a finite loss resets the count
-    obj.loss(model, bad)
-    assert obj.state_dict() == {"nonfinite_in_a_row": 1}
-    with pytest.raises(FlowError, match="2 non-finite losses in a row"):
-        obj.loss(model, bad)
+    # returned as it is (the engine skips the whole step on a non-finite loss or gradient norm), counted
+    assert out.loss.isnan() and out.loss.requires_grad and out.metrics["nonfinite_micro_batches"].value == 1
+    assert "clip_frac_low" not in out.metrics  # no loss statistics from a non-finite micro-batch
+    assert obj.loss(model, good).metrics["nonfinite_micro_batches"].value == 0
+    assert obj.state_dict() == {}
+    obj.load_state_dict({"nonfinite_in_a_row": 1})  # an older checkpoint's objective state still loads
+    with pytest.raises(ValueError, match="max_nonfinite moved to the stage: max_nonfinite_steps"):
+        GRPOConfig(max_nonfinite=2)
+
+
+def test_old_logps_make_the_ratio_and_clip_act_by_hand():
+    """minibatches > 1: the PPO ratio is taken against the batch's `old_logps`. Trained tokens: row 0
+    (A = 0.5, label positions 2-6) and row 2 (A = 1, positions 2-5). old = learner - d, so r = exp(d):
+    row 0 r = [1, 1.5, 0.5, 1, 1.1], row 2 r = [1, 1.5, 0.5, 1]; band [0.8, 1.272], ℓ = -min(r·A, clip(r)·A):
+    row 0: -0.5, -min(0.75, 0.636) = -0.636, -min(0.25, 0.4) = -0.25, -0.5, -0.55 -> -2.436;
+    row 2: -1, -1.272, -0.5, -1 -> -3.772; total -6.208 (a sum: the engine divides by 9 tokens)."""
+    model = micro()
+    batch = with_rollout(model, hand_batch())
+    mask = token_mask(batch)
+    with torch.no_grad():
+        lp = full_logps(model, batch)
+    d = torch.log(torch.tensor([1.0, 1.0, 1.0, 1.5, 0.5, 1.0, 1.1, 1.0, 1.0]))  # by position (label at 2..6)
+    old = torch.where(mask, lp - d, float("nan"))
+    out = GRPOObjective(is_mode="off").loss(model, {**batch, "old_logps": old})
+    assert out.loss.item() == pytest.approx(-6.208, abs=1e-4)
+    m = out.metrics
+    assert m["clip_frac_high"].total / m["clip_frac_high"].count == pytest.approx(2 / 9)  # r = 1.5 with A > 0
+    assert m["clip_frac_low"].total == 0  # r = 0.5 only where A > 0: the lower clip needs A < 0
+    assert m["ratio_mean"].total / m["ratio_mean"].count == pytest.approx(9.1 / 9, abs=1e-5)
+    assert m["ratio_max"].value.item() == pytest.approx(1.5, abs=1e-5)
+    # the mismatch weights compare old_logps (not the current learner) with the engine's log-probs
+    on = GRPOObjective().loss(model, {**batch, "old_logps": old}).metrics
+    ref = mismatch_weights(old, batch["rollout_logps"], mask).metrics
+    assert on["mismatch/abs_diff_max"].value.item() == pytest.approx(ref.abs_diff_max.item(), abs=1e-5)
+    assert on["mismatch/out_of_band"].total / on["mismatch/out_of_band"].count == pytest.approx(
+        ref.out_of_band.item())
+
+
+def test_entropy_bonus_and_its_adaptive_coefficient():
+    model = micro()
+    batch = with_rollout(model, hand_batch())
+    mask = token_mask(batch)
+    obj = GRPOObjective(entropy_coef=0.3, is_mode="off")
+    out = obj.loss(model, batch)
+    logits = model(batch["input_ids"]).float()
+    p = torch.softmax(logits, -1)
+    ent = -(p * torch.log(p)).sum(-1)
+    lp = full_logps(model, batch)
+    expected = policy_loss(lp, None, batch["advantages"], mask, entropy=ent, entropy_coef=0.3).total
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    g_obj = torch.autograd.grad(out.loss, model.lm_head.weight)[0]
+    g_ref = torch.autograd.grad(expected, model.lm_head.weight)[0]
+    assert torch.allclose(g_obj, g_ref, rtol=1e-4, atol=1e-6)  # the bonus's gradient flows through H
+    assert out.metrics["entropy_coef"].value == 0.3
+    # the bonus alone (zero advantages) raises the entropy: one gradient step lowers -H
+    flat = {**batch, "advantages": torch.zeros(4)}
+    before = (ent * mask).sum().item()
+    loss = GRPOObjective(entropy_coef=1.0, is_mode="off").loss(model, flat).loss
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    with torch.no_grad():
+        for q, g in zip(model.parameters(), grads):
+            q -= 0.05 * g
+        p = torch.softmax(model(batch["input_ids"]).float(), -1)
+        after = (-(p * torch.log(p)).sum(-1) * mask).sum().item()
+    assert after > before
+    # adaptive: below the target the coefficient grows, above it shrinks (not below 0); saved for resume
+    obj = GRPOObjective(entropy_coef=0.01, entropy_target=1.0, entropy_coef_lr=0.1)
+    obj.end_step({"entropy": 0.6})
+    assert obj.entropy_coef == pytest.approx(0.05)
+    obj.end_step({"entropy": 1.2})
+    assert obj.entropy_coef == pytest.approx(0.03)
+    obj.end_step({"entropy": 3.0})
+    assert obj.entropy_coef == 0.0
+    obj.end_step({"entropy": 0.5})
+    state = obj.state_dict()
+    assert state == {"entropy_coef": pytest.approx(0.05)}
+    again = GRPOObjective(entropy_coef=0.01, entropy_target=1.0, entropy_coef_lr=0.1)
+    again.load_state_dict(state)
+    assert again.entropy_coef == obj.entropy_coef
+    fixed = GRPOObjective(entropy_coef=0.2)
+    fixed.end_step({"entropy": 0.1})  # no target: a fixed coefficient, nothing in the state
+    assert fixed.entropy_coef == 0.2 and fixed.state_dict() == {}
+    with pytest.raises(ValueError, match="entropy_coef_lr only applies with entropy_target"):
+        GRPOConfig(entropy_coef_lr=0.5)

@@ -223,6 +223,47 @@ def test_token_entropy_by_hand_and_trl():
     assert policy_loss(logps, old, ADV, MASK, entropy=ent).metrics.entropy.item() == pytest.approx(3.0)
 
 
+def test_entropy_bonus_by_hand():
+    logps, old = hand()
+    ent = torch.tensor([[1.0, 0.5, 2.0], [0.2, 0.4, 9.0]], requires_grad=True)  # 9.0: padding
+    # ℓ_t = pg_t - 0.1 · H_t; Σ H over the 5 valid tokens = 1 + 0.5 + 2 + 0.2 + 0.4 = 4.1 -> 1.028 - 0.41
+    out = policy_loss(logps, old, ADV, MASK, entropy=ent, entropy_coef=0.1)
+    assert out.total.item() == pytest.approx(0.618, abs=1e-6)
+    assert out.loss.item() == pytest.approx(0.618 / 5, abs=1e-6)
+    assert out.metrics.pg_loss.item() == pytest.approx(1.028 / 5, abs=1e-6)  # without the bonus
+    assert out.metrics.entropy.item() == pytest.approx(4.1 / 5)
+    out.loss.backward()
+    # dloss/dH_t = -0.1 / 5 on valid tokens, 0 on padding; the policy term's gradient is unchanged
+    torch.testing.assert_close(ent.grad, torch.tensor([[-0.02, -0.02, -0.02], [-0.02, -0.02, 0.0]]))
+    torch.testing.assert_close(logps.grad * 5, torch.tensor([[-1.2, 0.0, -0.5], [0.0, 2.4, 0.0]]))
+    # sequence norm: c0 (-2.972 - 0.1 · 3.5) / 3 = -1.1073333, c1 (4.0 - 0.1 · 0.6) / 2 = 1.97; / 2 sequences
+    seq = policy_loss(*hand(), ADV, MASK, norm="sequence", entropy=ent.detach(), entropy_coef=0.1)
+    assert seq.loss.item() == pytest.approx((-3.322 / 3 + 1.97) / 2, abs=1e-6)
+    # not weighted by the mismatch weights (as KL): w = 2 on c0's first token changes only its pg term
+    w = torch.tensor([[2.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    weighted = policy_loss(*hand(), ADV, MASK, entropy=ent.detach(), entropy_coef=0.1, is_weights=w)
+    assert weighted.total.item() == pytest.approx(0.618 - 1.2, abs=1e-6)
+    with pytest.raises(ValueError, match="entropy_coef != 0 needs entropy"):
+        policy_loss(*hand(), ADV, MASK, entropy_coef=0.1)
+
+
+def test_adaptive_entropy_coefficient_moves_towards_the_target():
+    from flowlm.rl.losses import adapt_entropy_coef
+
+    # below the target: the bonus grows by lr · gap = 0.1 · (0.5 - 0.2) = 0.03
+    assert adapt_entropy_coef(0.01, 0.2, 0.5, 0.1) == pytest.approx(0.04)
+    # above: it shrinks (0.05 - 0.1 · 0.1 = 0.04), and never below 0 (0.01 - 0.04 -> 0)
+    assert adapt_entropy_coef(0.05, 0.6, 0.5, 0.1) == pytest.approx(0.04)
+    assert adapt_entropy_coef(0.01, 0.9, 0.5, 0.1) == 0.0
+    assert adapt_entropy_coef(0.03, 0.5, 0.5, 0.1) == pytest.approx(0.03)  # on target: unchanged
+    assert adapt_entropy_coef(0.03, float("nan"), 0.5, 0.1) == 0.03  # a non-finite entropy: unchanged
+    coef, entropy = 0.0, 0.1
+    for _ in range(3):  # a collapsing entropy keeps raising it
+        new = adapt_entropy_coef(coef, entropy, 0.5, 0.1)
+        assert new > coef
+        coef, entropy = new, entropy * 0.5
+
+
 # --- TRL 1.16 GRPOTrainer._compute_loss on the same tensors ------------------------------------------
 
 def _identity(x, *args, **kwargs):

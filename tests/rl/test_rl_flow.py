@@ -130,6 +130,31 @@ def test_kill_9_then_resume_gives_the_same_losses_and_prompts(base, straight, tm
         (r["position"], r["drawn"], r["trained"]) for r in rollouts(straight)]
 
 
+def test_rl_zero_stage_plain_builtin_prompts_with_coin_rewards(base, tmp_path):
+    """RL-Zero's spurious-reward control as a stage: built-in counting prompts in the plain template (no chat
+    markup; completions stop at the next '\\nQuestion:'), advantages from coins, the logged reward the
+    verifiers'."""
+    d = tmp_path / "run"
+    shutil.copytree(base / "run", d)
+    raw = yaml.safe_load((base / "recipe.yaml").read_text())
+    del raw["stages"]["rl"]  # (a recipe's later stages would need the earlier ones done)
+    raw["stages"]["rl_zero"] = {**RL, "steps": 2, "prompts": "builtin", "n_prompts": 40, "tasks": ["counting"],
+                                "prompt_format": "plain",
+                                "rollout": {**RL["rollout"], "thinking": False, "reward": "random",
+                                            "mask_truncated": True}}
+    (tmp_path / "zero.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    flowlm("train", str(tmp_path / "zero.yaml"), "--stage", "rl_zero", "--run-dir", str(d), "--no-progress")
+    st = json.loads((d / "flow.json").read_text())["stages"]["rl_zero"]
+    assert st["status"] == "done" and st["config"]["rollout"]["stop"] == ["\nQuestion:"]
+    assert st["metrics"]["rollouts"]["prompt_rows"] == 40
+    recs = [json.loads(x) for x in (d / "rl_zero" / "metrics.jsonl").read_text().splitlines()]
+    recs = [r for r in recs if "loss" in r]
+    assert [r["step"] for r in recs] == [1, 2]
+    # the barely trained model almost never counts right, yet coins make groups informative
+    assert all(r["informative_share"] == 1.0 and r["reward"] <= 0.25 for r in recs)
+    assert "reward/math" in recs[0]
+
+
 def test_rl_filter_keeps_hard_prompts_with_their_pass_rate(base, straight, tmp_path):
     out = tmp_path / "kept.jsonl"
     model = straight / "rl" / "model"

@@ -1,6 +1,8 @@
 """The rollout data source: deterministic batches, labels / engine log-probs aligned with the sampled tokens
 (and equal to the learner's), zero-std filtering with active sampling, verifier faults scored 0 and
-counted, skipping solved prompts, domain weights, exact resume from `state_dict`.
+counted, skipping solved prompts, domain weights, exact resume from `state_dict`; minibatches > 1 (whole
+groups, `old_logps` of the policy before the first step, the ratio against it by hand, clip fractions
+through the trainer, and a checkpoint between two minibatches resuming to identical losses).
 
 Rewards come from verifiers registered here (in this process; a forked `VerifyPool` inherits them):
 `rl_test_parity` (1 when the completion text has an even number of characters: random-looking, so groups
@@ -243,12 +245,12 @@ def test_domain_weights_choose_what_is_drawn(tok, model, tmp_path):
 
 def test_state_dict_resumes_to_the_same_batches_and_trims_the_log(tok, model, tmp_path):
     cfg = {"prompts_per_step": 2, "group_size": 2, "skip_solved_threshold": 1.0}
-    straight = source(tok, model, rows(5), log=tmp_path / "a.jsonl", **cfg)
+    straight = source(tok, model, rows(8), log=tmp_path / "a.jsonl", **cfg)
     it = iter(straight)
     first = [next(it)]
     state = json.loads(json.dumps(straight.state_dict()))  # what a checkpoint keeps (JSON-safe)
     first += [next(it) for _ in range(3)]
-    resumed = source(tok, model, rows(5), log=tmp_path / "a.jsonl", **cfg)
+    resumed = source(tok, model, rows(8), log=tmp_path / "a.jsonl", **cfg)
     resumed.load_state_dict(state)
     again = take(resumed, 3)
     assert all(same(a, b) for a, b in zip(first[1:], again))
@@ -305,3 +307,121 @@ def test_grpo_through_the_trainer_raises_an_easy_reward(tok, tmp_path):
     first, last = (sum(r["reward"] for r in part) / 5 for part in (recs[:5], recs[-5:]))
     assert first < 0.15 and last > 0.6, (first, last)
     assert recs[-1]["entropy"] < recs[0]["entropy"]
+
+
+# --- minibatches > 1 ----------------------------------------------------------------------------------
+
+def test_minibatches_split_whole_groups_with_the_old_policy_logps(tok, model):
+    from flowlm.train.objectives.grpo import token_mask
+    from tests.rl.test_grpo_objective import full_logps
+
+    whole = take(source(tok, model, rows(12)), 2)
+    src = source(tok, model, rows(12), minibatches=3)
+    parts = take(src, 6)
+    assert (src.position, src.steps, src.batches_per_epoch) == (2, 6, 12)
+    for k, part in enumerate(parts):
+        batch = whole[k // 3]
+        rows_k = slice((k % 3) * 4, (k % 3 + 1) * 4)  # one whole group of 4 per minibatch, in row order
+        for key in ("input_ids", "labels", "advantages", "loss_rows", "group_ids", "prompt_index"):
+            assert torch.equal(part[key], batch[key][rows_k]), key
+        # old_logps: the policy's log-prob of every trained token (the learner's code), NaN elsewhere
+        mask = token_mask(part)
+        assert torch.equal(~part["old_logps"].isnan(), mask)
+        with torch.no_grad():
+            assert torch.allclose(part["old_logps"][mask], full_logps(model, part)[mask], atol=1e-5)
+        # the rollout statistics ride on the first minibatch of their batch only
+        stats = sorted(key for key in part if key.startswith("stat_"))
+        assert (stats != []) == (k % 3 == 0)
+        if k % 3 == 0:
+            assert metrics(part)["prompts"] == metrics(batch)["prompts"] and "time_old_logps_s" in metrics(part)
+    # version = optimizer steps done: the second rollout batch was sampled after 3 minibatches
+    for k, version in ((0, 0), (3, 3)):
+        labelled = parts[k]["labels"] != -100
+        assert (parts[k]["rollout_versions"][labelled] == version).all()
+    with pytest.raises(ValueError, match="minibatches 2 must divide prompts_per_step 3"):
+        RolloutConfig(prompts_per_step=3, minibatches=2)
+    with pytest.raises(ValueError, match="minibatches > 1 is supported in mode: sync only"):
+        RolloutConfig(prompts_per_step=4, minibatches=2, mode="async")
+
+
+def test_minibatch_ratio_is_against_the_policy_before_the_first_step(tok, model):
+    """The ratio of minibatch 2, by hand: exp(learner after an update - learner before the batch)."""
+    import copy
+
+    from flowlm.train.objectives.grpo import GRPOObjective, token_mask
+    from tests.rl.test_grpo_objective import full_logps
+
+    policy = copy.deepcopy(model)
+    src = source(tok, policy, rows(12), minibatches=3)
+    first, second = take(src, 2)
+    obj = GRPOObjective(is_mode="off")
+    m = obj.loss(policy, first).metrics
+    assert m["ratio_max"].value.item() == pytest.approx(1.0, abs=1e-5)  # before any update: ratio 1
+    with torch.no_grad():  # "an optimizer step"
+        policy.lm_head.weight.add_(0.3 * torch.randn(policy.lm_head.weight.shape, generator=torch.Generator()
+                                                     .manual_seed(0)))
+    m = obj.loss(policy, second).metrics
+    mask = token_mask(second)
+    with torch.no_grad():
+        ratio = torch.exp(full_logps(policy, second) - second["old_logps"].nan_to_num(0.0))[mask]
+    assert m["ratio_mean"].total / m["ratio_mean"].count == pytest.approx(ratio.mean().item(), rel=1e-4)
+    assert m["ratio_max"].value.item() == pytest.approx(ratio.max().item(), rel=1e-4)
+    assert ratio.max().item() > 1.3  # the update moved it beyond the band
+
+
+class _Crash(Exception):
+    pass
+
+
+def _minibatch_run(tok, out, *, stop_at: int | None = None, resume: bool = False) -> list[dict]:
+    """6 optimizer steps = 3 rollout batches x 2 minibatches at a large LR; checkpoints every step;
+    `stop_at`: crash right after that step's checkpoint."""
+    from flowlm.model.config import ModelConfig
+    from flowlm.model.olmo3 import Olmo3
+    from flowlm.train.config import EngineConfig
+    from flowlm.train.engine import Callback, Trainer
+    from flowlm.train.objectives import build_objective
+
+    class Stop(Callback):
+        def on_step_end(self, trainer, step, record):
+            if step == stop_at:
+                raise _Crash
+
+    torch.manual_seed(0)
+    policy = Olmo3(ModelConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                               intermediate_size=64, max_seq_len=128, sliding_window=16, init_std=0.2))
+    src = RolloutSource(rows(40, "rl_test_digits"), tok, RolloutConfig(prompts_per_step=4, group_size=4,
+                                                                      max_new_tokens=6, minibatches=2),
+                        seed=0, max_len=64)
+    src.bind(policy)
+    cfg = EngineConfig(steps=6, seq_len=64, batch_size=16, optim={"lr": 0.05}, schedule={"kind": "constant"},
+                       checkpoint_every=1, keep_last=10)
+    trainer = Trainer(policy, build_objective("grpo"), src, cfg, out, show_progress=False, callbacks=[Stop()])
+    if resume:
+        assert trainer.resume() and trainer.step == stop_at
+    try:
+        trainer.fit()
+    except _Crash:
+        pass
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+def test_minibatches_through_the_trainer_clip_from_the_second_and_resume_exactly_mid_batch(tok, tmp_path):
+    straight = _minibatch_run(tok, tmp_path / "a")
+    assert [r["step"] for r in straight] == [1, 2, 3, 4, 5, 6]
+    for r in straight[0::2]:  # the first minibatch of each rollout batch: the policy it was sampled for
+        assert r["clip_frac_low"] == r["clip_frac_high"] == 0 and r["ratio_max"] == pytest.approx(1.0, abs=1e-4)
+        assert "reward" in r and "prompts" in r
+    later = straight[1::2]  # after one step at LR 0.05 the ratio leaves the band
+    assert all("reward" not in r for r in later)
+    assert all(r["clip_frac_low"] + r["clip_frac_high"] > 0 for r in later), [
+        (r["clip_frac_low"], r["clip_frac_high"], r["ratio_max"]) for r in later]
+    # crash after step 3 (the first minibatch of rollout batch 1), resume from its checkpoint: the
+    # second minibatch comes from the checkpoint, with its old_logps; every loss equals the straight run's
+    out = tmp_path / "b"
+    cut = _minibatch_run(tok, out, stop_at=3)
+    assert [r["step"] for r in cut] == [1, 2, 3]
+    resumed = _minibatch_run(tok, out, stop_at=3, resume=True)
+    keys = ("loss", "grad_norm", "clip_frac_low", "clip_frac_high", "ratio_max", "entropy")
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
+    assert [r.get("reward") for r in resumed] == [r.get("reward") for r in straight]

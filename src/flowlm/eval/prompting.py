@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from flowlm.errors import ConfigError
 from flowlm.eval.suites import EvalItem, Suite
+from flowlm.model.tokenizer import turn_end_ids
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,8 +98,7 @@ def _chat(item: EvalItem, suite: Suite, fmt: PromptFormat, tokenizer: Any) -> Re
                                          add_generation_prompt=True, enable_thinking=fmt.thinking)
     ids = list(tokenizer.encode(text, add_special_tokens=False))
     tail = text[text.rfind("assistant"):]
-    stop_ids = tuple(t for t in (_token_id(tokenizer, "<|im_end|>"),) if t is not None)
-    return Rendered(ids, (), stop_ids, tail.count("<think>") > tail.count("</think>"))
+    return Rendered(ids, (), turn_end_ids(tokenizer), tail.count("<think>") > tail.count("</think>"))
 
 
 def _plain(item: EvalItem, suite: Suite, fmt: PromptFormat, tokenizer: Any) -> Rendered:
@@ -115,14 +115,3 @@ def _plain(item: EvalItem, suite: Suite, fmt: PromptFormat, tokenizer: Any) -> R
 def _fill(template: str, item: EvalItem) -> str:
     code = item.row.get("prompt") if isinstance(item.row.get("prompt"), str) else item.question
     return template.replace("{question}", item.question).replace("{code_prompt}", code)
-
-
-def _token_id(tokenizer: Any, token: str) -> int | None:
-    """Id of a special token the tokenizer knows (None when it would map to unk)."""
-    try:
-        tid = tokenizer.convert_tokens_to_ids(token)
-    except Exception:  # noqa: BLE001 - tokenizers differ; absence is the answer
-        return None
-    if tid is None or (tokenizer.unk_token_id is not None and tid == tokenizer.unk_token_id):
-        return None
-    return int(tid)

@@ -39,6 +39,7 @@ for _alias, _base in (("math_verify", "math"), ("gsm8k", "math"), ("sequence", "
 
 BOXED = "Put your final answer within \\boxed{}."
 PLAIN_QA = "Question: {question}\nAnswer:"
+PLAIN_STOP = ("\nQuestion:",)  # where a base model starts the next question of the template
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class Suite:
     """Appended to the question in chat prompts (e.g. where to put the final answer)."""
     plain_template: str = PLAIN_QA
     """Plain (base-model) prompt with `{question}`; few-shot examples are `template + " " + demo`."""
-    plain_stop: tuple[str, ...] = ("\nQuestion:",)
+    plain_stop: tuple[str, ...] = PLAIN_STOP
     """Stop strings in plain mode (the model would go on with the next question)."""
     fewshot_pool: tuple[EvalItem, ...] = field(default=(), repr=False)
     """Where few-shot examples come from (a train split when there is one, else the suite itself)."""

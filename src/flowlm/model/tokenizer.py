@@ -70,6 +70,24 @@ def _unmark_markup(tok: Any) -> Any:
     return Tokenizer.from_str(json.dumps(data))
 
 
+def special_token_id(tokenizer: Any, token: str) -> int | None:
+    """Id of a special token the tokenizer knows (None when it would map to unk or is absent)."""
+    try:
+        tid = tokenizer.convert_tokens_to_ids(token)
+    except Exception:  # noqa: BLE001 - tokenizers differ; absence is the answer
+        return None
+    if not isinstance(tid, int) or (tokenizer.unk_token_id is not None and tid == tokenizer.unk_token_id):
+        return None
+    return int(tid)
+
+
+def turn_end_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The end-of-turn token's id (`<|im_end|>`) when the tokenizer has one: where a chat reply stops.
+    A model's EOS (`<|endoftext|>`) ends a document, not a turn, so chat sampling must stop here too."""
+    tid = special_token_id(tokenizer, IM_END)
+    return (tid,) if tid is not None else ()
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> Any:
     """Train a byte-level BPE on `texts`, save it as a Hugging Face tokenizer in `out_dir`, return it.
 

@@ -162,6 +162,7 @@ class ModelTeacher:
                  name: str | None = None) -> None:
         from flowlm.generate.engine import Engine, GenerateConfig
         from flowlm.generate.params import SamplingParams
+        from flowlm.model.tokenizer import turn_end_ids
 
         SamplingParams.checked(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         config = GenerateConfig(max_slots=max_slots)
@@ -173,9 +174,7 @@ class ModelTeacher:
             raise FlowError(f"{source}: no tokenizer.json beside the model (a teacher needs the chat template)")
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.name = name or (Path(source).name if source is not None else type(model).__name__)
-        end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        unk = self.tokenizer.unk_token_id
-        self.stop_ids = (int(end),) if isinstance(end, int) and end != unk else ()
+        self.stop_ids = turn_end_ids(self.tokenizer)
 
     def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int) -> list[list[Response]]:
         from flowlm.generate.params import SamplingParams
@@ -396,14 +395,18 @@ BUILTIN_SEED_OFFSET = 3_000_017
 """Keeps these prompts apart from `sft_examples` (seed + 2,000,003) for the same run seed."""
 
 
-def builtin_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` prompt rows from the training split of the built-in tasks, with their verifier routing (as the
-    built-in eval suite routes them) and worked solutions for the procedural teachers."""
-    from flowlm.data import tasks
+def builtin_rows(n: int, seed: int = 0, *, tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """`n` prompt rows from the training split of the built-in tasks (all of them, or the generators named
+    in `tasks`), with their verifier routing (as the built-in eval suite routes them) and worked solutions
+    for the procedural teachers."""
+    from flowlm.data import tasks as task_gen
 
+    unknown = sorted(set(tasks or ()) - set(task_gen.GENERATORS))
+    if unknown:
+        raise FlowError(f"builtin tasks: unknown {', '.join(unknown)}; known: {', '.join(task_gen.GENERATORS)}")
     rows = []
-    for it in tasks.generate(seed + BUILTIN_SEED_OFFSET, n, split="train"):
-        if tasks.is_heldout(it["prompt"]):  # the split rule is what keeps eval items out of training data
+    for it in task_gen.generate(seed + BUILTIN_SEED_OFFSET, n, split="train", tasks=tuple(tasks) if tasks else None):
+        if task_gen.is_heldout(it["prompt"]):  # the split rule is what keeps eval items out of training data
             raise FlowError(f"builtin prompt {it['id']} is on the held-out side of the split")
         verifier = {"word_problem": "gsm8k", "sorting": "sequence"}.get(it["task"], "math")
         rows.append({"id": it["id"], "task": it["task"], "messages": [{"role": "user", "content": it["prompt"]}],

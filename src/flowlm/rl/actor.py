@@ -1,28 +1,39 @@
-"""Async actor–learner on one machine: rollout threads generate ahead of the learner (issue #15, build 5).
+"""Async actor–learner: rollout workers generate ahead of the learner (issue #15, build 5).
 
-Mode `async` of `flowlm.rl.source.RolloutConfig`; the trainer's loop does not change:
+Modes `async` and `ray` of `flowlm.rl.source.RolloutConfig`; the trainer's loop does not change:
 
     source = RolloutSource(rows, tok, RolloutConfig(mode="async", async_steps=2), seed=0, max_len=512)
     source.bind(model)
-    for batch in source: ...          # the trainer; source.close() stops the threads
+    for batch in source: ...          # the trainer; source.close() stops the workers
 
-Threads (daemons, started by the first batch; together they are a "crew"):
-- `rollout-0` feeds the engine (`flowlm.generate.Engine`, continuous batching, `max_slots` sequences at
-  a time): while fewer than `max_inflight_groups` groups are dispatched and not yet consumed, it takes the
-  next prompt (re-queued prompts first, then the seeded prompt streams) and submits it with
-  `n = group_size`; then it runs one engine step and hands finished groups to the verify thread.
-- `verify-0` scores finished groups (in this process, or in a `VerifyPool` of processes with hard
-  timeouts) and appends them to the ready buffer. Verification runs beside generation, never on the
-  learner's critical path.
-- The learner (the trainer's thread), once per batch: pushes the policy's weights as an **inflight
-  update** (`Engine.update_weights(..., wait=False)`: applied between two decode steps, in-flight
-  sequences continue on the new weights, nothing is drained; open-instruct `--inflight_updates`), with
-  version = optimizer steps done; then takes ready groups until the batch holds `prompts_per_step`
-  informative ones (zero-std filtering and active sampling as in sync mode: at most
-  `prompts_per_step x max_draws` groups are taken, the shortfall is masked padding). Token ids, the
-  engine's log-probs and each token's policy version pass into the batch unchanged
-  (`rollout_versions`); the `grpo` objective's truncated importance weights correct the off-policy
-  tokens (OLMo 3: TIS cap 2.0 with `async_steps` 8).
+The rollout side is a set of **rollout units** (`RolloutUnit`: an engine somewhere, `flowlm.generate.Engine`
+with continuous batching, fed by a driver thread of this process) and one **verify unit** (`verify-0`, a
+driver thread scoring finished groups). A backend decides where the engines and the verifiers live:
+- mode `async` (`ThreadBackend`): one unit `rollout-0` whose engine steps in its driver thread, in the
+  trainer's process (sharing its cores); verification in this process or in a `VerifyPool`;
+- mode `ray` (`flowlm.rl.ray_workers.RayBackend`): `num_rollout_workers` units `rollout-<k>`, each a Ray
+  actor holding its own engine built from the policy's config and weights; verification in
+  `num_reward_workers` Ray actors `reward-<k>` (or in this process with 0).
+Everything else is this module's and the same in both modes: prompt dispatch, the ready buffer,
+staleness, weight pushes and their timeout, restarts, prompt accounting, the batch and its metrics.
+
+- A rollout unit's thread: while fewer than `max_inflight_groups` groups are dispatched and not yet
+  consumed (and fewer than its share, `max_inflight_groups / units` rounded up), it takes the next prompt
+  (re-queued prompts first, then the seeded prompt streams) and submits it with `n = group_size`; then it
+  advances its engine (mode async: one engine step; mode ray: one actor call that runs engine steps until
+  a group finishes or `RUN_BUDGET_S` passes) and hands finished groups to the verify unit.
+- The verify unit scores finished groups (`verify_completions`, or the reward actors) and appends them to
+  the ready buffer. Verification runs beside generation, never on the learner's critical path.
+- The learner (the trainer's thread), once per batch: pushes the policy's weights to every unit as an
+  **inflight update** (applied between two decode steps, in-flight sequences continue on the new weights,
+  nothing is drained; open-instruct `--inflight_updates`), with version = optimizer steps done (mode
+  async: `Engine.update_weights(..., wait=False)` with a copy of the state dict; mode ray: the state dict
+  is put in Ray's object store once and its ref sent to every actor); then takes ready groups until the
+  batch holds `prompts_per_step` informative ones (zero-std filtering and active sampling as in sync mode:
+  at most `prompts_per_step x max_draws` groups are taken, the shortfall is masked padding). Token ids,
+  the engine's log-probs and each token's policy version pass into the batch unchanged
+  (`rollout_versions`); the `grpo` objective's truncated importance weights correct the off-policy tokens
+  (OLMo 3: TIS cap 2.0 with `async_steps` 8).
 
 Staleness. A group's lag is the learner's version minus its oldest token's version. A group whose lag
 exceeds `async_steps` is dropped, counted (`stale_dropped`) and its prompt re-queued at the front: the
@@ -32,13 +43,15 @@ with short completions (tinker-cookbook#822) and no prompt is lost. Pacing keeps
 consumed, so with in-order completion a group is consumed within `async_steps` versions of its start;
 out-of-order completion and filtered groups can exceed that, and the drop is the guard.
 
-Faults, all loud. A weight update not applied within `weight_sync_timeout` seconds (the rollout thread
-is stuck inside a decode step) is a FlowError naming the worker; it never hangs. A worker thread that
-dies with an exception is restarted: the crew is stopped, every prompt dispatched and not yet verified
-is re-queued (front, dispatch order), a fresh engine is built from the current policy, the crew starts
-again (`worker_restarts`, a warning line naming the worker); after `max_worker_restarts` restarts the
-run fails naming the worker and its exception. A FlowError in a worker (every prompt solved) fails the
-run at once. No verified group within `rollout_timeout` seconds is a FlowError.
+Faults, all loud. A weight update not applied by a unit within `weight_sync_timeout` seconds (its worker
+is stuck inside a decode step) is a FlowError naming the worker; it never hangs. A unit whose thread dies
+with an exception (mode ray: also a dead actor, seen by a failed weight update) is restarted alone: every
+prompt dispatched to it and not yet handed to verification is re-queued (front, dispatch order), a fresh
+engine (mode ray: a fresh actor) is built with the newest pushed weights, a warning line names the worker
+(`worker_restarts`); a dead verify unit re-queues the groups it held and the dead reward actor (if any) is
+replaced. After `max_worker_restarts` restarts in all the run fails naming the worker and its exception.
+A FlowError in a worker (every prompt solved) fails the run at once. No verified group within
+`rollout_timeout` seconds is a FlowError.
 
 Resume without loss or replay. The checkpoint (`RolloutSource.state_dict`, taken under this actor's
 lock) holds the prompt streams, whose cursors have passed every prompt drawn, and `requeue`: every
@@ -54,12 +67,14 @@ Metrics per batch (`stat_*` columns, see `flowlm.rl.source`): `stale_dropped`, t
 `staleness/lag_0..lag_<async_steps>` (consumed groups per lag) and its mean `policy_lag`,
 `learner_idle_share` (time the learner waited for groups / wall time since the previous batch),
 `rollout_tok_s` (tokens generated since the previous batch / that wall time), `worker_restarts`,
-`time_wait_s`, `time_sync_s` (snapshot and push of the weights), and the busy seconds of the threads
-since the previous batch, `time_generate_s` and `time_verify_s` (beside the learner, not on its path).
+`requeued_on_restart`, `time_wait_s`, `time_sync_s` (snapshot and push of the weights), and the busy
+seconds of the workers since the previous batch, `time_generate_s` (summed over the rollout units) and
+`time_verify_s` (beside the learner, not on its path).
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import sys
 import threading
@@ -70,16 +85,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from flowlm.errors import FlowError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (no torch import here: mode ray's reward actors import this module and need none)
+    import torch
+    from torch import nn
+
     from flowlm.rl.source import Group, RolloutSource
 
 POLL_S = 0.05  # how often a waiting thread re-checks stop flags, dead workers and timeouts
 ROLLOUT, VERIFY = "rollout-0", "verify-0"
+READY = "<ready>"  # owner of a verified group waiting in the ready buffer
 
 
 @dataclass
@@ -90,6 +107,26 @@ class Ready:
     index: int  # prompt index
     result: Any  # flowlm.generate.params.Result
     verdicts: list[Any]
+
+
+class WorkerLost(RuntimeError):
+    """A worker behind a unit is gone (e.g. a Ray actor died); `worker` names it."""
+
+    def __init__(self, worker: str, message: str) -> None:
+        super().__init__(message)
+        self.worker = worker
+
+
+def describe(err: BaseException | None) -> str:
+    """`Type: first line of the message` of an error (a Ray task error shows the exception it wraps)."""
+    if err is None:
+        return "exited"
+    if isinstance(err, WorkerLost):
+        return str(err)  # already described
+    cause = getattr(err, "cause", None)
+    shown = cause if isinstance(cause, BaseException) else err
+    lines = str(shown).strip().splitlines()
+    return f"{type(shown).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
 
 
 class Worker:
@@ -107,72 +144,243 @@ class Worker:
             self.error = exc
 
 
-class Crew:
-    """One engine and the threads driving it; replaced as a whole when a thread dies."""
+class Unit:
+    """A driver thread of this process and what it drives; replaced as a whole when it fails."""
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, name: str) -> None:
+        self.name = name
         self.stop = threading.Event()
-        self.finished: queue.Queue[Any] = queue.Queue()  # engine results waiting for verification
-        self.workers: list[Worker] = []
+        self.worker: Worker | None = None
+        self.lost: BaseException | None = None  # the unit's remote worker was found dead outside its thread
+
+    def start_thread(self, loop: Callable[[], None]) -> None:
+        self.worker = Worker(self.name, loop)
+        self.worker.thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.lost is None and self.worker is not None and self.worker.thread.is_alive()
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.lost if self.lost is not None else (self.worker.error if self.worker is not None else None)
+
+
+class RolloutUnit(Unit):
+    """One rollout worker as the learner sees it: an engine (here or in a Ray actor) fed by its driver
+    thread, which runs `AsyncRollouts._rollout_loop`. Subclasses implement the five methods below."""
+
+    busy_what = "one engine step has run {s:.1f} s, so no weight update can be applied"
+
+    def __init__(self, name: str, version: int) -> None:
+        super().__init__(name)
+        self.pushed = version  # newest version pushed to it
+        self.unapplied_since: float | None = None  # when the oldest push not yet applied was made
+        self.groups = 0  # groups it generated (handed to verification)
+
+    def ready(self, timeout: float) -> None:
+        """Wait until the worker can take prompts (a FlowError naming it after `timeout` seconds)."""
+
+    def advance(self, submissions: list[tuple[list[int], Any, Any]]) -> tuple[list[Any], float, int] | None:
+        """(In the unit's thread.) Submit `(prompt_ids, params, tag)`s, advance generation; return the finished
+        results, the seconds spent generating and the tokens generated, or None when there is nothing to do."""
+        raise NotImplementedError
+
+    def push(self, weights: Any, version: int) -> None:
+        """Queue `weights` as an inflight update with `version`; does not wait."""
+        raise NotImplementedError
+
+    def applied(self) -> int:
+        """The newest policy version the worker is known to have applied."""
+        raise NotImplementedError
+
+    def busy_s(self) -> float:
+        """How long the worker has been stuck in one engine step (0 between steps)."""
+        return 0.0
+
+    def close(self) -> None:
+        """Release the worker (its thread is stopped)."""
+
+
+class ThreadUnit(RolloutUnit):
+    """Mode async: the engine steps in the unit's own thread."""
+
+    def __init__(self, name: str, engine: Any) -> None:
+        super().__init__(name, engine.version)
+        self.engine = engine
         self.step_started: float | None = None  # when the running engine step began (None: between steps)
+
+    def advance(self, submissions: list[tuple[list[int], Any, Any]]) -> tuple[list[Any], float, int] | None:
+        engine = self.engine
+        for prompt_ids, params, tag in submissions:
+            engine.submit(prompt_ids, params, tag=tag)
+        if not engine.has_unfinished():
+            return None
+        t0 = self.step_started = time.perf_counter()
+        n0 = engine.stats["generated_tokens"]
+        try:
+            done = engine.step()
+        finally:
+            self.step_started = None
+        return done, time.perf_counter() - t0, engine.stats["generated_tokens"] - n0
+
+    def push(self, weights: Any, version: int) -> None:
+        # a copy: the engine may load it after the learner's next optimizer step has begun changing the weights
+        self.engine.update_weights(weights, version=version, wait=False)
+
+    def applied(self) -> int:
+        return self.engine.version
+
+    def busy_s(self) -> float:
+        started = self.step_started
+        return time.perf_counter() - started if started is not None else 0.0
+
+
+class VerifyUnit(Unit):
+    """The thread scoring finished groups (`AsyncRollouts._verify_loop`); its own queue of results."""
+
+    def __init__(self) -> None:
+        super().__init__(VERIFY)
+        self.queue: queue.Queue[Any] = queue.Queue()
+
+
+class Backend:
+    """Where the rollout units' engines and the verifiers live (see module docstring)."""
+
+    mode = "async"
+    source: RolloutSource
+    names: list[str]  # the rollout units, in order
+
+    def open(self, version: int) -> None:
+        """Prepare (verifier processes or actors, a Ray connection) before the first unit."""
+
+    def new_unit(self, name: str, version: int) -> RolloutUnit:
+        """A unit whose worker holds the newest pushed weights (`version`); `ready()` waits for it."""
+        raise NotImplementedError
+
+    def weights(self) -> Any:
+        """The policy's current weights in the form units take (one snapshot for every unit)."""
+        raise NotImplementedError
+
+    def verify(self, rows: list[dict[str, Any]], texts: list[str], stop: threading.Event) -> list[Any] | None:
+        """One verdict per (row, text); None when `stop` was set first."""
+        from flowlm.rl.source import verify_completions  # (patchable there: tests inject failures)
+
+        return verify_completions(rows, texts, pool=self.source._pool)
+
+    def repair(self, err: BaseException | None) -> None:
+        """After the verify unit died with `err`: replace what it names (a reward worker)."""
+
+    def close(self) -> None:
+        """Release what `open` took."""
+
+
+def local_pool(source: RolloutSource) -> None:
+    """The source's `VerifyPool` when `verify_workers > 0` (verification in this process's verify thread)."""
+    cfg = source.cfg
+    if cfg.verify_workers > 0 and source._pool is None:
+        from flowlm.verify.pool import VerifyPool
+
+        # forkserver: replacing a worker must not fork this process while a rollout thread runs torch
+        source._pool = VerifyPool(workers=cfg.verify_workers, timeout=cfg.verify_timeout, context="forkserver")
+
+
+class ThreadBackend(Backend):
+    """Mode async: one engine stepping in a thread of this process, verification here."""
+
+    mode = "async"
+
+    def __init__(self, source: RolloutSource, policy: nn.Module) -> None:
+        self.source, self.policy = source, policy
+        self.names = [ROLLOUT]
+        self._spare = source.engine  # the engine `bind` built: used by the first unit
+
+    def open(self, version: int) -> None:
+        local_pool(self.source)
+
+    def new_unit(self, name: str, version: int) -> RolloutUnit:
+        engine, self._spare = self._spare or self.source.make_engine(self.policy), None
+        engine.update_weights(self.weights(), version=version)  # idle: applied now
+        self.source.engine = engine
+        return ThreadUnit(name, engine)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
 
 
 class AsyncRollouts:
-    """The rollout side of mode `async` and the learner's batch assembly (see module docstring)."""
+    """The rollout side of modes `async` and `ray` and the learner's batch assembly (see module docstring)."""
 
     def __init__(self, source: RolloutSource, policy: nn.Module, resume: dict[str, Any]) -> None:
         cfg = source.cfg
         self.source, self.policy, self.cfg = source, policy, cfg
+        if cfg.mode == "ray":
+            from flowlm.rl.ray_workers import RayBackend
+
+            self.backend: Backend = RayBackend(source, policy)
+        else:
+            self.backend = ThreadBackend(source, policy)
+        self.mode = self.backend.mode
         self.max_inflight = cfg.max_inflight_groups or cfg.async_steps * cfg.prompts_per_step
+        self.per_unit = math.ceil(self.max_inflight / len(self.backend.names))
         self.lock = threading.Condition()  # guards everything below and the source's prompt streams
         self.requeue: deque[int] = deque(int(i) for i in resume.get("requeue", []))
         self.dispatched = int(resume.get("dispatched", 0))
         self.drawn_unlogged = [int(i) for i in resume.get("drawn_unlogged", [])]
         self.outstanding: dict[int, int] = {}  # ticket -> prompt index: dispatched, not consumed
+        self.owner: dict[int, str] = {}  # ticket -> who holds it: a rollout unit, VERIFY or READY
+        self.load: Counter[str] = Counter()  # tickets per owner
         self.ready: deque[Ready] = deque()
-        self.activity: Counter[str] = Counter()  # the threads' busy seconds and tokens since the last batch
+        self.activity: Counter[str] = Counter()  # the workers' busy seconds and tokens since the last batch
         self.restarts = 0
-        self.crew: Crew | None = None
+        self.units: list[RolloutUnit] = []
+        self.verifier: VerifyUnit | None = None
         self.pushed = -1  # the newest version pushed
-        self.unapplied_since: float | None = None  # when the oldest push not yet applied was made
         self._last_batch = time.perf_counter()
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        """Load the policy's current (possibly resumed) weights into the engine and start the crew."""
-        if self.cfg.verify_workers > 0 and self.source._pool is None:
-            from flowlm.verify.pool import VerifyPool
-
-            # forkserver: replacing a worker must not fork this process while a rollout thread runs torch
-            self.source._pool = VerifyPool(workers=self.cfg.verify_workers, timeout=self.cfg.verify_timeout,
-                                           context="forkserver")
-        engine = self.source.engine
-        engine.update_weights(self._snapshot(), version=self.source.position)  # idle: applied now
-        self.pushed = self.source.position
-        self._start_crew(engine)
+        """Start the workers on the policy's current (possibly resumed) weights, then their threads."""
+        version = self.source.position
+        try:
+            self.backend.open(version)
+            self.pushed = version
+            for name in self.backend.names:
+                self.units.append(self.backend.new_unit(name, version))
+            deadline = time.perf_counter() + self.cfg.rollout_timeout
+            for unit in self.units:
+                unit.ready(deadline - time.perf_counter())
+        except BaseException:
+            self.close()
+            raise
+        for unit in self.units:
+            unit.start_thread(lambda unit=unit: self._rollout_loop(unit))
+        self._start_verifier()
         self._last_batch = time.perf_counter()
 
-    def _start_crew(self, engine: Any) -> None:
-        crew = Crew(engine)
-        crew.workers = [Worker(ROLLOUT, lambda: self._rollout_loop(crew)),
-                        Worker(VERIFY, lambda: self._verify_loop(crew))]
-        self.crew = crew
-        self.source.engine = engine
-        for w in crew.workers:
-            w.thread.start()
+    def _start_verifier(self, v: VerifyUnit | None = None) -> None:
+        if v is None:
+            v = VerifyUnit()
+            with self.lock:
+                self.verifier = v
+        v.start_thread(lambda: self._verify_loop(v))
 
     def close(self, timeout: float = 2.0) -> None:
-        """Stop the crew. Healthy threads notice within one engine step or `POLL_S`; a thread stuck in a
-        step or a long verification is a daemon and is left behind (it exits when it returns)."""
-        crew, self.crew = self.crew, None
-        if crew is None:
-            return
-        crew.stop.set()
+        """Stop the units and release their workers. Healthy threads notice within one engine step or
+        `POLL_S`; a thread stuck in a step or a long verification is a daemon and is left behind."""
         with self.lock:
+            units, verifier = self.units, self.verifier
+            self.units, self.verifier = [], None
+            everyone: list[Unit] = [*units, *([verifier] if verifier is not None else [])]
+            for u in everyone:
+                u.stop.set()
             self.lock.notify_all()
-        for w in crew.workers:
-            w.thread.join(timeout)
+        for u in everyone:
+            if u.worker is not None:
+                u.worker.thread.join(timeout)
+        for unit in units:
+            unit.close()
+        self.backend.close()
 
     def state(self) -> dict[str, Any]:
         """Prompts drawn and not consumed, re-queued ones first (call under `self.lock`)."""
@@ -180,35 +388,52 @@ class AsyncRollouts:
             return {"requeue": list(self.requeue) + [self.outstanding[t] for t in sorted(self.outstanding)],
                     "dispatched": self.dispatched, "drawn_unlogged": list(self.drawn_unlogged)}
 
-    # -- the rollout and verify threads -----------------------------------------------------------------
-    def _rollout_loop(self, crew: Crew) -> None:
-        engine = crew.engine
-        while not crew.stop.is_set():
-            self._dispatch(crew)
-            if not engine.has_unfinished():
-                with self.lock:
-                    self.lock.wait_for(lambda: crew.stop.is_set() or len(self.outstanding) < self.max_inflight,
-                                       timeout=POLL_S)
-                continue
-            t0 = crew.step_started = time.perf_counter()
-            n0 = engine.stats["generated_tokens"]
-            done = engine.step()
-            crew.step_started = None
-            with self.lock:
-                self.activity["generate_s"] += time.perf_counter() - t0
-                self.activity["tokens"] += engine.stats["generated_tokens"] - n0
-            for res in done:
-                crew.finished.put(res)
+    # -- ticket bookkeeping (under self.lock) ---------------------------------------------------------
+    def _own(self, ticket: int, who: str) -> None:
+        old = self.owner.get(ticket)
+        if old is not None:
+            self.load[old] -= 1
+        self.owner[ticket] = who
+        self.load[who] += 1
 
-    def _dispatch(self, crew: Crew) -> None:
-        """Submit prompts while fewer than `max_inflight` groups are dispatched and not consumed."""
+    def _release(self, ticket: int) -> int:
+        """Forget a ticket (consumed or re-queued); returns its prompt index."""
+        self.load[self.owner.pop(ticket)] -= 1
+        return self.outstanding.pop(ticket)
+
+    def _room(self, unit: RolloutUnit) -> int:
+        return min(self.max_inflight - len(self.outstanding), self.per_unit - self.load[unit.name])
+
+    # -- the rollout and verify threads -----------------------------------------------------------------
+    def _rollout_loop(self, unit: RolloutUnit) -> None:
+        while not unit.stop.is_set():
+            out = unit.advance(self._claim(unit))
+            if out is None:  # nothing to generate: wait for room to dispatch
+                with self.lock:
+                    self.lock.wait_for(lambda: unit.stop.is_set() or self._room(unit) > 0, timeout=POLL_S)
+                continue
+            done, seconds, tokens = out
+            with self.lock:
+                self.activity["generate_s"] += seconds
+                self.activity["tokens"] += tokens
+                verifier = self.verifier
+                for res in done:
+                    ticket = res.tag[0]
+                    if verifier is None or self.owner.get(ticket) != unit.name:
+                        continue  # closing, or re-queued meanwhile
+                    self._own(ticket, VERIFY)
+                    verifier.queue.put(res)
+                    unit.groups += 1
+
+    def _claim(self, unit: RolloutUnit) -> list[tuple[list[int], Any, Any]]:
+        """Prompts for `unit` while fewer than `max_inflight` groups are dispatched and not consumed (and
+        fewer than its share): `(prompt_ids, params, (ticket, index))`, seeded by (seed, ticket)."""
         from flowlm.generate.params import SamplingParams
 
         cfg, src = self.cfg, self.source
-        while True:
-            with self.lock:
-                if crew.stop.is_set() or len(self.outstanding) >= self.max_inflight:
-                    return
+        claimed: list[tuple[int, int]] = []
+        with self.lock:
+            while not unit.stop.is_set() and self._room(unit) > 0:
                 ticket = self.dispatched
                 if self.requeue:
                     index = self.requeue.popleft()
@@ -218,37 +443,45 @@ class AsyncRollouts:
                     self.drawn_unlogged.append(index)
                 self.dispatched += 1
                 self.outstanding[ticket] = index
+                self._own(ticket, unit.name)
+                claimed.append((ticket, index))
+        out = []
+        for ticket, index in claimed:
             seed = int(np.random.default_rng([src.seed, ticket, 0, 3]).integers(1 << 30))
             params = SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p,
-                                    max_new_tokens=cfg.max_new_tokens, seed=seed)
-            crew.engine.submit(src.prompt_ids[index], params, tag=(ticket, index))
+                                    max_new_tokens=cfg.max_new_tokens, stop=tuple(cfg.stop),
+                                    stop_token_ids=src.stop_ids, seed=seed)
+            out.append((src.prompt_ids[index], params, (ticket, index)))
+        return out
 
-    def _verify_loop(self, crew: Crew) -> None:
-        from flowlm.rl.source import verify_completions  # (patchable there: tests inject failures)
-
+    def _verify_loop(self, v: VerifyUnit) -> None:
         src = self.source
-        while not crew.stop.is_set():
+        while not v.stop.is_set():
             try:
-                results = [crew.finished.get(timeout=POLL_S)]
+                results = [v.queue.get(timeout=POLL_S)]
             except queue.Empty:
                 continue
-            while not crew.finished.empty():  # everything finished so far in one call (one pool round trip)
-                results.append(crew.finished.get_nowait())
+            while not v.queue.empty():  # everything finished so far in one call (one round trip)
+                results.append(v.queue.get_nowait())
             for res in results:
                 if not res.ok:  # prompts were checked against the context: a bug, not bad data
                     raise FlowError(f"prompt {src.rows[res.tag[1]].get('id', res.tag[1])} could not be sampled: "
                                     f"{res.error}")
             t0 = time.perf_counter()
             rows = [src.rows[res.tag[1]] for res in results for _ in res.completions]
-            verdicts = verify_completions(rows, [c.text for res in results for c in res.completions], pool=src._pool)
+            verdicts = self.backend.verify(rows, [c.text for res in results for c in res.completions], v.stop)
+            if verdicts is None:
+                return  # stopped
             with self.lock:
                 self.activity["verify_s"] += time.perf_counter() - t0
-                if crew is not self.crew:
+                if v is not self.verifier:
                     return  # replaced meanwhile: these prompts were re-queued
                 k = 0
                 for res in results:
                     n = len(res.completions)
-                    self.ready.append(Ready(res.tag[0], res.tag[1], res, verdicts[k:k + n]))
+                    if self.owner.get(res.tag[0]) == VERIFY:
+                        self._own(res.tag[0], READY)
+                        self.ready.append(Ready(res.tag[0], res.tag[1], res, verdicts[k:k + n]))
                     k += n
                 self.lock.notify_all()
 
@@ -271,8 +504,8 @@ class AsyncRollouts:
             item = self._take(stats)
             lag = version - min(min(c.versions) for c in item.result.completions)
             with self.lock:
-                del self.outstanding[item.ticket]
-                self.lock.notify_all()  # room for the rollout thread to dispatch
+                self._release(item.ticket)
+                self.lock.notify_all()  # room for the rollout threads to dispatch
                 if lag > cfg.async_steps:  # stale: regenerate the same prompt next
                     self.requeue.appendleft(item.index)
                     dropped.append(item.index)
@@ -326,72 +559,88 @@ class AsyncRollouts:
                         return self.ready.popleft()
                 self._check(stats)
                 if time.perf_counter() - t0 > self.cfg.rollout_timeout:
-                    raise FlowError(f"rl async: no verified group within rollout_timeout {self.cfg.rollout_timeout} s "
-                                    f"(rollout worker '{ROLLOUT}', {len(self.outstanding)} groups in flight)")
+                    names = ", ".join(f"'{u.name}'" for u in self.units)
+                    raise FlowError(f"rl {self.mode}: no verified group within rollout_timeout "
+                                    f"{self.cfg.rollout_timeout} s (rollout workers {names}, "
+                                    f"{len(self.outstanding)} groups in flight)")
         finally:
             stats["time_wait_s"] += time.perf_counter() - t0
 
     def _push(self, version: int, stats: Counter[str]) -> None:
-        """Snapshot the policy's weights and queue them as an inflight update (no waiting, no draining)."""
+        """Snapshot the policy's weights once and queue them on every unit as an inflight update (no waiting,
+        no draining)."""
         if version == self.pushed:
             return
         t0 = time.perf_counter()
-        engine = self.crew.engine
-        if self.unapplied_since is None or engine.version >= self.pushed:
-            self.unapplied_since = t0
-        # a copy: the engine may load it after the learner's next optimizer step has begun changing the weights
-        engine.update_weights(self._snapshot(), version=version, wait=False)
+        weights = self.backend.weights()
+        for unit in self.units:
+            if unit.unapplied_since is None or unit.applied() >= unit.pushed:
+                unit.unapplied_since = t0
+            unit.push(weights, version)
+            unit.pushed = version
         self.pushed = version
         stats["time_sync_s"] += time.perf_counter() - t0
 
-    def _snapshot(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
-
     def _check(self, stats: Counter[str]) -> None:
-        """Restart a dead crew. Fail when a pushed weight update stayed unapplied past `weight_sync_timeout`,
-        or when one engine step has run that long (no update could land: caught even while no push waits)."""
-        crew = self.crew
-        dead = next((w for w in crew.workers if not w.thread.is_alive()), None)
-        if dead is not None:
-            self._restart(dead, stats)
-            return
-        now, timeout, version = time.perf_counter(), self.cfg.weight_sync_timeout, crew.engine.version
-        unapplied = now - (self.unapplied_since or now) if version < self.pushed else 0.0
-        started = crew.step_started
-        stuck = now - started if started is not None else 0.0
-        if max(unapplied, stuck) > timeout:
-            why = (f"policy version {self.pushed} pushed {unapplied:.1f} s ago is not applied" if unapplied > timeout
-                   else f"one engine step has run {stuck:.1f} s, so no weight update can be applied")
-            raise FlowError(f"rl async: weight sync to rollout worker '{ROLLOUT}' timed out: {why} "
-                            f"(weight_sync_timeout {timeout} s; the worker is at policy version {version})")
+        """Restart dead units. Fail when a pushed weight update stayed unapplied past `weight_sync_timeout`
+        on some unit, or when one of its engine steps has run that long (no update could land: caught even
+        while no push waits)."""
+        for unit in list(self.units):
+            unit.applied()  # mode ray: polls the pushes, which notices a dead actor
+        for unit in [*self.units, *([self.verifier] if self.verifier is not None else [])]:
+            if not unit.alive:
+                self._restart(unit, stats)
+        now, timeout = time.perf_counter(), self.cfg.weight_sync_timeout
+        for unit in self.units:
+            version = unit.applied()
+            unapplied = now - (unit.unapplied_since or now) if version < unit.pushed else 0.0
+            stuck = unit.busy_s()
+            if max(unapplied, stuck) > timeout:
+                why = (f"policy version {unit.pushed} pushed {unapplied:.1f} s ago is not applied"
+                       if unapplied > timeout else unit.busy_what.format(s=stuck))
+                raise FlowError(f"rl {self.mode}: weight sync to rollout worker '{unit.name}' timed out: {why} "
+                                f"(weight_sync_timeout {timeout} s; the worker is at policy version {version})")
 
-    def _restart(self, dead: Worker, stats: Counter[str]) -> None:
-        """Replace the crew after `dead` stopped: its prompts not yet verified are re-queued, not lost."""
+    def _restart(self, dead: Unit, stats: Counter[str]) -> None:
+        """Replace the unit `dead`: what it held and had not handed on is re-queued, not lost."""
         err = dead.error
-        what = f"{type(err).__name__}: {err}" if err is not None else "exited"
+        name, what = getattr(err, "worker", dead.name), describe(err)
         if isinstance(err, FlowError):
-            raise FlowError(f"rl async: worker '{dead.name}': {err}") from err
+            cause = getattr(err, "cause", None)
+            raise FlowError(f"rl {self.mode}: worker '{name}': "
+                            f"{cause if isinstance(cause, BaseException) else err}") from err
         self.restarts += 1
         if self.restarts > self.cfg.max_worker_restarts:
-            raise FlowError(f"rl async: worker '{dead.name}' died ({what}); {self.restarts} crashes exceed "
+            raise FlowError(f"rl {self.mode}: worker '{name}' died ({what}); {self.restarts} crashes exceed "
                             f"max_worker_restarts {self.cfg.max_worker_restarts}") from err
-        old = self.crew
-        self.close(timeout=self.cfg.weight_sync_timeout)
-        stuck = [w.name for w in old.workers if w.thread.is_alive()]
-        if stuck:
-            raise FlowError(f"rl async: worker {stuck[0]!r} did not stop within {self.cfg.weight_sync_timeout} s "
-                            f"after '{dead.name}' died ({what})") from err
+        dead.stop.set()
         with self.lock:
-            ready = {r.ticket for r in self.ready}
-            lost = [t for t in sorted(self.outstanding) if t not in ready]
-            self.requeue.extendleft(self.outstanding.pop(t) for t in reversed(lost))
+            self.lock.notify_all()
+        if dead.worker is not None:
+            dead.worker.thread.join(self.cfg.weight_sync_timeout)
+            if dead.worker.thread.is_alive():
+                raise FlowError(f"rl {self.mode}: worker '{dead.name}' did not stop within "
+                                f"{self.cfg.weight_sync_timeout} s after it failed ({what})") from err
+        if isinstance(dead, RolloutUnit):
+            dead.close()
+        with self.lock:
+            lost = sorted(t for t, who in self.owner.items() if who == dead.name)
+            self.requeue.extendleft(self._release(t) for t in reversed(lost))
+            if isinstance(dead, VerifyUnit):  # swapped under the lock: no result goes to the dead queue
+                self.verifier = VerifyUnit()  # its thread starts below; finished groups queue up meanwhile
+            fresh = self.verifier
         stats["worker_restarts"] += 1
         stats["requeued_on_restart"] += len(lost)
-        print(f"warning: rl async: worker '{dead.name}' died ({what}); restarted ({self.restarts} so far), "
+        print(f"warning: rl {self.mode}: worker '{name}' died ({what}); restarted ({self.restarts} so far), "
               f"{len(lost)} prompts re-queued", file=sys.stderr, flush=True)
-        engine = self.source.make_engine(self.policy)  # the policy holds version `self.pushed` now
-        engine.version = self.pushed
-        self._start_crew(engine)
+        if isinstance(dead, VerifyUnit):
+            self.backend.repair(err)
+            self._start_verifier(fresh)
+            return
+        unit = self.backend.new_unit(dead.name, self.pushed)  # the newest pushed weights
+        unit.ready(self.cfg.rollout_timeout)
+        self.units[self.units.index(dead)] = unit
+        unit.start_thread(lambda: self._rollout_loop(unit))
 
     def _log(self, version: int, taken: list[Group], groups: list[Group], n_trained: int, dropped: list[int],
              lags: list[int]) -> None:

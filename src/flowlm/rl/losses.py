@@ -1,5 +1,6 @@
 """The RLVR policy-gradient loss as small pure tensor functions: one general surrogate with PPO-clip
-(clip-higher), GSPO and CISPO as registered loss types, three normalisations, KL estimators and entropy.
+(clip-higher), GSPO and CISPO as registered loss types, three normalisations, KL estimators, entropy
+(monitoring, an optional bonus) and the adaptive entropy coefficient's update rule.
 
 Inputs, all `[B, T]` over completion positions: `logps` (new policy, carries the gradient), `old_logps`
 (the policy that the ratio is taken against: the learner's log-probs before this update, or the rollout
@@ -17,13 +18,15 @@ divides once (`flowlm.train` objectives return a sum over units).
 Defaults are OLMo 3's (`/work/shared/reference/rl-anchors.md` §0 and `rl-anchors-update.md`,
 open-instruct `grpo_utils.py`): `loss_type="ppo"` (open-instruct `dapo`), `clip_low=0.2`,
 `clip_high=0.272` (`--clip_higher 0.272`, lower 0.2), `norm="token"` (`--loss_denominator token`),
-`kl_coef=0.0` (`--beta 0.0`, no reference model loaded). Named configurations of other recipes:
-DAPO = ppo + token + clip_high 0.28; GRPO (TRL `grpo`) = ppo + sequence; Dr GRPO = ppo + constant.
+`kl_coef=0.0` (`--beta 0.0`, no reference model loaded), `entropy_coef=0.0` (entropy only monitored).
+Named configurations of other recipes: DAPO = ppo + token + clip_high 0.28; GRPO (TRL `grpo`) = ppo +
+sequence; Dr GRPO = ppo + constant.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -245,25 +248,31 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, advantages:
                 norm: Norm = "token", total_tokens: Number | None = None, total_sequences: Number | None = None,
                 max_len: int | None = None, is_weights: torch.Tensor | None = None,
                 ref_logps: torch.Tensor | None = None, kl_coef: float = 0.0, kl_estimator: str = "k3",
-                entropy: torch.Tensor | None = None) -> PolicyLoss:
+                entropy: torch.Tensor | None = None, entropy_coef: float = 0.0) -> PolicyLoss:
     """The policy-gradient loss of one (micro-)batch: `PolicyLoss(loss, total, denominator, metrics)`.
 
-    Per token: `ℓ_t = w_t · pg_t + kl_coef · KL_t`, where `pg_t` is the `loss_type`'s surrogate
-    (`Surrogate`, `surrogate`), `w_t` the training-inference mismatch weights `is_weights` (`[B, T]`
-    from `flowlm.rl.mismatch.mismatch_weights`, or `[B, 1]`; detached, 1 when None) and `KL_t` the
-    `kl_estimator` estimate against `ref_logps`. The weights multiply the policy term only, not the KL
-    term, as open-instruct `compute_grpo_loss` (`tis_weights` on both clip branches) and TRL
-    `GRPOTrainer._compute_loss` (`importance_sampling_ratio` before `beta · per_token_kl` is added);
-    tokens they zero still count in the denominator. `ℓ` is then normalised by `norm` (`aggregate`:
-    `total_tokens` / `total_sequences` are the global-batch denominators, `max_len` Dr GRPO's constant).
+    Per token: `ℓ_t = w_t · pg_t + kl_coef · KL_t - entropy_coef · H_t`, where `pg_t` is the
+    `loss_type`'s surrogate (`Surrogate`, `surrogate`), `w_t` the training-inference mismatch weights
+    `is_weights` (`[B, T]` from `flowlm.rl.mismatch.mismatch_weights`, or `[B, 1]`; detached, 1 when
+    None), `KL_t` the `kl_estimator` estimate against `ref_logps` and `H_t` the entropy. The weights
+    multiply the policy term only, not the KL term, as open-instruct `compute_grpo_loss` (`tis_weights`
+    on both clip branches) and TRL `GRPOTrainer._compute_loss` (`importance_sampling_ratio` before
+    `beta · per_token_kl` is added); tokens they zero still count in the denominator. `ℓ` is then
+    normalised by `norm` (`aggregate`: `total_tokens` / `total_sequences` are the global-batch
+    denominators, `max_len` Dr GRPO's constant).
 
     `old_logps=None` means on-policy (`old = logps.detach()`, ratio 1, gradient `-A·∇logπ`).
     `ref_logps` is needed only when `kl_coef != 0`. `entropy` (`[B, T]`, e.g. `token_entropy(logits)`)
-    is only averaged into the metrics.
+    is averaged into the metrics; with `entropy_coef != 0` it is also the entropy bonus `H_t` and must
+    carry the gradient (computed without `no_grad`). The bonus is normalised like the rest and is not
+    multiplied by `w_t` (as the KL term; veRL `dp_actor.py`: `policy_loss = pg_loss - entropy_coeff ·
+    agg_loss(entropy)` with the same aggregation). `metrics.pg_loss` leaves the KL and entropy terms out.
     """
     spec = _lookup(_LOSS_TYPES, loss_type, "loss type")
     if kl_coef != 0.0 and ref_logps is None:
         raise ValueError("kl_coef != 0 needs ref_logps (log-probs of the reference policy)")
+    if entropy_coef != 0.0 and entropy is None:
+        raise ValueError("entropy_coef != 0 needs entropy (per-token entropy carrying the gradient)")
     valid = mask.bool()
     lp = torch.where(valid, logps.float(), 0.0)
     old = lp.detach() if old_logps is None else torch.where(valid, old_logps.float(), 0.0)
@@ -276,9 +285,25 @@ def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, advantages:
     per_token, kl = pg, None
     if kl_coef != 0.0:
         kl = kl_estimate(lp, torch.where(valid, ref_logps.float(), 0.0), kl_estimator)
-        per_token = pg + kl_coef * kl
+        per_token = per_token + kl_coef * kl
+    if entropy_coef != 0.0:
+        per_token = per_token - entropy_coef * torch.where(valid, entropy.float(), 0.0)
     norm_args = {"total_tokens": total_tokens, "total_sequences": total_sequences, "max_len": max_len}
     total, denom = aggregate(per_token, valid, norm, **norm_args)
-    pg_total = total if kl is None else aggregate(pg, valid, norm, **norm_args)[0]
+    pg_total = total if per_token is pg else aggregate(pg, valid, norm, **norm_args)[0]
     metrics = _metrics(log_r, valid, low, high, pg_total / denom, is_weights, kl, entropy)
     return PolicyLoss(total / denom, total, denom, metrics)
+
+
+def adapt_entropy_coef(coef: float, entropy: float, target: float, lr: float) -> float:
+    """The adaptive entropy coefficient after one step: `max(0, coef + lr · (target - entropy))`.
+
+    `entropy` is the step's mean per-token entropy (nats) over trained tokens. Below the target the
+    bonus grows and pushes entropy up; above it the bonus shrinks to 0 and the loss is the plain policy
+    gradient again (entropy is never pushed down). A proportional form of Skywork-OR1's adaptive entropy
+    control (He et al. 2025), which moves the coefficient by a fixed step in the direction of
+    `target - entropy`. A non-finite `entropy` leaves the coefficient unchanged.
+    """
+    if not math.isfinite(entropy):
+        return coef
+    return max(0.0, coef + lr * (target - entropy))

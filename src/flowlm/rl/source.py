@@ -4,10 +4,12 @@
     source.bind(model)                 # the policy being trained (the trainer's model; one process)
     batch = next(iter(source))         # one optimizer step's batch for the `grpo` objective
 
-Two modes (`RolloutConfig.mode`). This module is the synchronous one (the default, for comparison,
+Three modes (`RolloutConfig.mode`). This module is the synchronous one (the default, for comparison,
 debugging and exact resume); `mode: async` hands iteration to `flowlm.rl.actor.AsyncRollouts`, where a
 rollout thread generates ahead of the learner by at most `async_steps` policy versions from the same
-prompt streams, through the same verification, group statistics and `collate`.
+prompt streams, through the same verification, group statistics and `collate`; `mode: ray` is the same
+with rollout and reward workers as Ray actors (`flowlm.rl.ray_workers`; `num_rollout_workers`,
+`num_reward_workers`, `ray_address`).
 
 One batch, in order (the synchronous mode: generation, reward and learning take turns):
 1. the engine takes the policy's current weights (`Engine.update_weights`, a copy the engine holds, with
@@ -41,9 +43,22 @@ token count, the sequence still counts for per-sequence normalisation, as `advan
 `time_generate_s`, `time_verify_s`, `time_sync_s` (weights into the engine) and `time_batch_s` (all of
 the learner's time inside the source for this batch; the trainer's `step_time` includes it).
 
-Exact resume: the state is the position, the prompt streams' (epoch, cursor), the solve-rate table
-and running totals, so a resumed synchronous run regenerates exactly the batches an uninterrupted one
-would (the weights come from the trainer's checkpoint). Mode async adds the prompts drawn and not yet
+Minibatches (`minibatches` M > 1, sync mode; OLMo 3 Instruct RL: 4): each rollout batch becomes M
+optimizer steps of `prompts_per_step / M` whole groups each, in row order (advantages were computed per
+group before the split). Before the first of them the source computes, without gradient, the bound
+policy's log-prob of every trained token of every minibatch (`old_logps`, NaN elsewhere;
+`flowlm.train.objectives.grpo.completion_logps`, the learner's own code), so the `grpo` objective's PPO
+ratio on minibatch k > 1 is taken against the policy that the batch was sampled for. The engine takes the
+weights once per rollout batch, with version = optimizer steps done (rollout batches x M). The rollout
+statistics (`stat_*`) ride on the first minibatch only: they are logged with the first step of their
+batch, and summing them over steps still gives the totals. With M = 1 nothing changes: no old-policy
+pass (the learner's detached log-probs are that policy), no `old_logps` key.
+
+Exact resume: the state is the position, the optimizer steps served, the prompt streams' (epoch,
+cursor), the solve-rate table, running totals and the minibatches of the current rollout batch not yet
+served (tensors, with their `old_logps`: a checkpoint between two minibatches resumes with the rest of
+its batch, not a regenerated one), so a resumed synchronous run regenerates exactly the batches an
+uninterrupted one would (the weights come from the trainer's checkpoint). Mode async adds the prompts drawn and not yet
 consumed, regenerated first on resume (no prompt lost or replayed; see `flowlm.rl.actor`). Each batch
 appends its drawn and trained prompt ids to `log_path` (JSONL); records past the restored position are
 dropped on resume.
@@ -60,89 +75,22 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from flowlm.config import Strict
 from flowlm.errors import ConfigError, FlowError
+from flowlm.rl.config import ACTOR_MODES, ASYNC_FIELDS, RAY_FIELDS, RolloutConfig  # noqa: F401 (re-exported)
 from flowlm.rl.rows import check_prompt_rows, is_verifier_error, row_domain, verify_completions
-from flowlm.train.batch import SplitRule
+from flowlm.train.batch import SplitRule, split_batch, to_device
 from flowlm.train.losses import IGNORE
 
 STAT = "stat_"  # batch keys holding statistics columns (see `_stat_columns`)
-ASYNC_FIELDS = {"async_steps", "max_inflight_groups", "weight_sync_timeout", "rollout_timeout", "max_worker_restarts"}
-
-
-class RolloutConfig(Strict):
-    """How rollouts are sampled, rewarded and filtered. Defaults follow OLMo 3's RL runs
-    (`/work/shared/reference/rl-anchors.md` §0): 8 samples per prompt at temperature 1, centred advantages,
-    zero-std filtering; active sampling as the 32B Think and Instruct runs."""
-
-    prompts_per_step: int = Field(64, gt=0, description="groups (prompts) per optimizer step")
-    group_size: int = Field(8, ge=2, description="completions per prompt")
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(256, gt=0)
-    thinking: bool = Field(True, description="render chat prompts with thinking on (Qwen3 convention)")
-    filter_zero_std: bool = Field(True, description="leave groups whose rewards are all equal out of the loss")
-    active_sampling: bool = Field(True, description="draw more prompts until the batch is all informative groups")
-    max_draws: int = Field(8, gt=0, description="active sampling: rounds of drawing per batch at most")
-    skip_solved_threshold: float | None = Field(
-        None, gt=0, le=1, description="skip prompts whose latest group's pass rate reached this (Instruct: 0.875)")
-    mask_truncated: bool = Field(False, description="truncated completions add nothing to the loss (RL-Zero: true)")
-    overlong_buffer: int | None = Field(None, ge=0, description="DAPO soft overlong penalty: buffer length")
-    overlong_penalty: float = Field(1.0, ge=0, description="DAPO soft overlong penalty: the full penalty")
-    advantage: str = Field("centered", description="registered advantage estimator (flowlm.rl.advantages)")
-    domain_weights: dict[str, float] | None = Field(
-        None, description="sampling weight per domain (verifier name); domains not named are not drawn")
-    verify_workers: int = Field(0, ge=0, description="verifier processes (0 = in-process, no hard timeout)")
-    verify_timeout: float = Field(60.0, gt=0, description="seconds per verification (with verify_workers > 0)")
-    max_slots: int | None = Field(None, gt=0, description="sequences decoded together (default: a whole step)")
-    mode: Literal["sync", "async"] = Field(
-        "sync", description="sync: generation, reward and learning take turns (exact resume); async: a rollout "
-                            "worker thread generates ahead of the learner (flowlm.rl.actor)")
-    async_steps: int = Field(
-        8, ge=1, description="async: groups whose oldest token is more policy versions behind the learner are "
-                             "dropped, counted and regenerated (OLMo 3: 8, RL-Zero 4; 1-2 on CPU)")
-    max_inflight_groups: int | None = Field(
-        None, gt=0, description="async: groups dispatched and not yet consumed (default async_steps x "
-                                "prompts_per_step); the engine decodes max_slots sequences of them at a time")
-    weight_sync_timeout: float = Field(
-        60.0, gt=0, description="async: seconds a pushed weight update may stay unapplied before the run fails")
-    rollout_timeout: float = Field(600.0, gt=0, description="async: seconds the learner waits for one group at most")
-    max_worker_restarts: int = Field(3, ge=0, description="async: crashed rollout workers restarted before failing")
-
-    @field_validator("advantage")
-    @classmethod
-    def _known_estimator(cls, value: str) -> str:
-        from flowlm.rl.advantages import advantage_estimator
-
-        advantage_estimator(value)  # ValueError naming the closest known estimator
-        return value
-
-    @model_validator(mode="after")
-    def _check(self) -> "RolloutConfig":
-        if self.active_sampling and not self.filter_zero_std:
-            raise ValueError("active_sampling needs filter_zero_std (it refills the groups filtering drops)")
-        if self.overlong_buffer is not None and self.overlong_buffer > self.max_new_tokens:
-            raise ValueError(f"overlong_buffer {self.overlong_buffer} exceeds max_new_tokens {self.max_new_tokens}")
-        if self.domain_weights is not None and (not self.domain_weights or any(
-                w < 0 for w in self.domain_weights.values()) or not any(self.domain_weights.values())):
-            raise ValueError("domain_weights must be non-negative with at least one positive weight")
-        if self.max_slots is not None and self.max_slots < self.group_size:
-            raise ValueError(f"max_slots {self.max_slots} must hold a whole group ({self.group_size})")
-        # a non-default value only (a dumped and reloaded sync config carries the defaults)
-        async_only = sorted(f for f in ASYNC_FIELDS if getattr(self, f) != type(self).model_fields[f].default)
-        if self.mode == "sync" and async_only:
-            raise ValueError(f"{', '.join(async_only)} only apply to mode: async")
-        return self
 
 
 @dataclass
@@ -166,6 +114,7 @@ class RolloutSource:
     def __init__(self, rows: Sequence[dict[str, Any]], tokenizer: Any, cfg: RolloutConfig, *, seed: int,
                  max_len: int, log_path: Path | None = None) -> None:
         from flowlm.generate.prompts import to_prompt_ids
+        from flowlm.model.tokenizer import turn_end_ids
 
         if not rows:
             raise ConfigError("rl prompts: no rows")
@@ -180,8 +129,12 @@ class RolloutSource:
         self.prompt_ids = [ids[i] for i in keep]
         self.domains = [row_domain(r) for r in self.rows]
         self.dropped_long = len(rows) - len(keep)
+        self.stop_ids = turn_end_ids(tokenizer)  # chat replies end at <|im_end|>, not at the model's EOS
         self.streams = self._build_streams()
-        self.position = 0
+        self.position = 0  # rollout batches generated (seeds, the log)
+        self.steps = 0  # minibatches served = optimizer steps done when the trainer has trained them (version)
+        self._pending: list[dict[str, Any]] = []  # minibatches of the current rollout batch not yet served
+        self._old_logps_fn: OldLogpsFn = old_policy_logps
         self.pass_rate: dict[int, float] = {}  # prompt index -> pass rate of its latest group
         self.totals: Counter[str] = Counter()
         self.split_rule = SplitRule(group=cfg.group_size)
@@ -206,14 +159,18 @@ class RolloutSource:
 
     @property
     def batches_per_epoch(self) -> int:
-        return max(1, len(self.rows) // self.cfg.prompts_per_step)
+        """Trainer batches (optimizer steps) per pass over the prompts."""
+        return max(1, len(self.rows) // self.cfg.prompts_per_step) * self.cfg.minibatches
 
-    def bind(self, policy: nn.Module) -> None:
-        """Sample from `policy` (its weights are read before every batch); builds the engine."""
+    def bind(self, policy: nn.Module, *, old_logps_fn: OldLogpsFn | None = None) -> None:
+        """Sample from `policy` (its weights are read before every batch); builds the engine.
+        `old_logps_fn(policy, minibatch) -> [B, T]`: the old-policy pass of minibatches > 1 (default
+        `old_policy_logps`: the `grpo` objective's default LM-head settings, in fp32)."""
         if any(type(p).__name__ == "DTensor" for p in policy.parameters()):
             raise ConfigError("rl: rollouts run in one process (the engine needs full weights)")
         self._policy = policy
-        self.engine = self.make_engine(policy)
+        self._old_logps_fn = old_logps_fn or old_policy_logps
+        self.engine = self.make_engine(policy) if self.cfg.mode != "ray" else None  # ray: engines in the actors
 
     def make_engine(self, policy: nn.Module) -> Any:
         """A rollout engine holding its own copy of `policy`'s current weights."""
@@ -225,7 +182,7 @@ class RolloutSource:
                                                              enable_thinking=self.cfg.thinking))
 
     def close(self) -> None:
-        """Stop the rollout threads (mode async) and the verifier processes (if any)."""
+        """Stop the rollout workers (modes async and ray) and the verifier processes (if any)."""
         if self._actor is not None:  # keep what was in flight: a new iteration regenerates it first
             self._async_state = self._actor.state()
             self._actor.close()
@@ -239,18 +196,21 @@ class RolloutSource:
         """Mode async adds `async`: the prompts drawn and not consumed by the learner (`flowlm.rl.actor`),
         taken under the actor's lock with the streams' cursors, so the two agree."""
         with self._actor.lock if self._actor is not None else contextlib.nullcontext():
-            state = {"position": self.position, "pass_rate": dict(self.pass_rate), "totals": dict(self.totals),
+            state = {"position": self.position, "steps": self.steps, "pending": list(self._pending),
+                     "pass_rate": dict(self.pass_rate), "totals": dict(self.totals),
                      "streams": {k: (s["epoch"], s["cursor"]) for k, s in self.streams.items()}}
-            if self.cfg.mode == "async":
+            if self.cfg.mode in ACTOR_MODES:  # async and ray keep the same state: either resumes the other
                 state["async"] = self._actor.state() if self._actor is not None else dict(self._async_state)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if ("async" in state) != (self.cfg.mode == "async"):
+        if ("async" in state) != (self.cfg.mode in ACTOR_MODES):
             raise FlowError(f"rl resume: the checkpoint was written in mode {'async' if 'async' in state else 'sync'}, "
                             f"this run is mode {self.cfg.mode}")
         self._async_state = dict(state.get("async", {}))
         self.position = int(state["position"])
+        self.steps = int(state.get("steps", self.position))  # (checkpoints from before minibatches: one per batch)
+        self._pending = [dict(mb) for mb in state.get("pending", [])]
         self.pass_rate = {int(k): float(v) for k, v in state.get("pass_rate", {}).items()}
         self.totals = Counter(state.get("totals", {}))
         for key, (epoch, cursor) in state.get("streams", {}).items():
@@ -260,30 +220,51 @@ class RolloutSource:
 
     # -- iteration --------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self.engine is None or self._policy is None:
+        if self._policy is None or (self.engine is None and self.cfg.mode != "ray"):
             raise ConfigError("rl rollouts: bind(model) before iterating")
         self._trim_log()
-        if self.cfg.mode == "async" and self._actor is None:
+        if self.cfg.mode in ACTOR_MODES and self._actor is None:
             from flowlm.rl.actor import AsyncRollouts
 
-            self._actor = AsyncRollouts(self, self._policy, self._async_state)
-            self._actor.start()
+            actor = AsyncRollouts(self, self._policy, self._async_state)
+            actor.start()  # (a failed start has released what it took)
+            self._actor = actor
         try:
             while True:
-                batch = self._actor.next_batch() if self._actor is not None else self.next_batch()
-                if os.environ.get("FLOWLM_RL_KILL_AT_POSITION") == str(self.position):  # test-only (see docstring)
-                    os.kill(os.getpid(), signal.SIGKILL)
-                self.position += 1
-                yield batch
+                if not self._pending:
+                    batch = self._actor.next_batch() if self._actor is not None else self.next_batch()
+                    if os.environ.get("FLOWLM_RL_KILL_AT_POSITION") == str(self.position):  # test-only (see docstring)
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    self._pending = self.minibatches(batch)
+                    self.position += 1
+                self.steps += 1
+                yield self._pending.pop(0)
         finally:  # the consumer is done (or gone): stop the rollout threads
             if self._actor is not None:
                 self.close()
+
+    def minibatches(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """`batch` as `minibatches` trainer batches of whole groups, each with the current policy's `old_logps`
+        (computed here, before any of them trains); the statistics columns stay with the first one."""
+        m = self.cfg.minibatches
+        if m == 1:
+            return [batch]
+        t0 = time.perf_counter()
+        parts = split_batch(batch, m, self.split_rule)
+        for part in parts:
+            part["old_logps"] = self._old_logps_fn(self._policy, part)
+        first, elapsed = parts[0], time.perf_counter() - t0
+        for key in (f"{STAT}sum/time_old_logps_s", f"{STAT}sum/time_batch_s"):  # the learner's time in here
+            col = first[key].clone() if key in first else torch.zeros(len(first["advantages"]))
+            col[0] += elapsed
+            first[key] = col
+        return [first] + [{k: v for k, v in p.items() if not k.startswith(STAT)} for p in parts[1:]]
 
     def next_batch(self) -> dict[str, Any]:
         """The batch of the current position (the position does not advance)."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        self.engine.update_weights(self._policy.state_dict(), version=self.position)  # idle engine: applied now
+        self.engine.update_weights(self._policy.state_dict(), version=self.steps)  # idle engine: applied now
         kept: list[Group] = []
         spare: list[Group] = []
         stats: Counter[str] = Counter()
@@ -357,7 +338,7 @@ class RolloutSource:
         cfg, n = self.cfg, self.cfg.group_size
         base = int(np.random.default_rng([self.seed, self.position, draw, 1]).integers(1 << 30))
         params = [SamplingParams(n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                                 seed=base + k * n) for k in range(len(indices))]
+                                 stop=tuple(cfg.stop), stop_token_ids=self.stop_ids, seed=base + k * n) for k in range(len(indices))]
         t0 = time.perf_counter()
         results = self.engine.generate([self.prompt_ids[i] for i in indices], params)
         t1 = time.perf_counter()
@@ -386,9 +367,9 @@ class RolloutSource:
         cfg = self.cfg
         scores = torch.tensor([v.score for v in verdicts], dtype=torch.float32)
         lengths = torch.tensor([len(c.tokens) for c in res.completions])
-        rewards = scores
+        rewards = scores if cfg.reward == "verifier" else coin_rewards(self.seed, index, res.completions)
         if cfg.overlong_buffer is not None:
-            rewards = scores + overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer,
+            rewards = rewards + overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer,
                                                 factor=cfg.overlong_penalty)
         advantages = advantage_estimator(cfg.advantage)(rewards, cfg.group_size)
         informative = bool(informative_groups(rewards, cfg.group_size)[0])
@@ -470,6 +451,22 @@ class RolloutSource:
             fh.write(json.dumps(rec) + "\n")
 
 
+OldLogpsFn = Callable[[nn.Module, dict[str, Any]], torch.Tensor]
+
+
+def old_policy_logps(policy: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """`[B, T]` fp32 log-prob of every trained token (`grpo.token_mask`) under `policy` as it is now, NaN
+    elsewhere; no gradient, on the policy's device, returned on the batch's (CPU)."""
+    from flowlm.train.objectives.grpo import completion_logps, token_mask
+
+    device = next(policy.parameters()).device
+    on_device = to_device({k: batch[k] for k in ("input_ids", "labels", "loss_rows", "masked_rows")}, device)
+    mask = token_mask(on_device)
+    with torch.no_grad():
+        logps = completion_logps(policy, on_device, mask)[0]
+    return torch.where(mask, logps, float("nan")).to(batch["input_ids"].device)
+
+
 def _stat_columns(stats: Counter[str], rows: int) -> dict[str, torch.Tensor]:
     """Batch statistics as `[B]` columns whose first row holds the value and the others 0, so they split
     into micro-batches with the batch and summing a column over micro-batches gives the batch's value.
@@ -496,3 +493,16 @@ def rollout_metrics(batch: dict[str, Any]) -> dict[str, Any]:
             name = key[len(STAT) + 4:]
             out[name] = Mean(col.sum(), batch[f"{STAT}den/{name}"].sum())
     return out
+
+
+def coin_rewards(seed: int, index: int, completions: Sequence[Any]) -> torch.Tensor:
+    """Spurious rewards: a fair coin per completion, decided by a hash of (seed, prompt, its token ids), so
+    a completion gets the same coin whatever the batch, thread or resume that sampled it, and the coin
+    knows nothing of correctness (RL-Zero's contamination control: it should not raise held-out pass@1)."""
+    import hashlib
+
+    coins = []
+    for c in completions:
+        h = hashlib.blake2b(f"{seed}:{index}:".encode() + np.asarray(c.tokens, dtype=np.int64).tobytes(), digest_size=8)
+        coins.append(float(h.digest()[0] & 1))
+    return torch.tensor(coins, dtype=torch.float32)

@@ -43,6 +43,8 @@ class EngineConfig(Strict):
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables clipping")
+    max_nonfinite_steps: int = Field(3, gt=0, description="steps with a non-finite loss or grad norm are skipped; "
+                                                          "this many in a row stop the run")
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     keep_freed_memory: bool = Field(True, description="CPU only: keep freed activations in the malloc heap "

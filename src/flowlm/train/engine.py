@@ -9,12 +9,21 @@ state and the metrics gathered so far; after `kill -9` and a resume the per-step
 summary equal an uninterrupted run's).
 Data parallelism is applied to the model from outside (`flowlm.train.parallel`); here it only shows as
 the all-reduced token count and as FSDP2's gradient-sync switch.
+
+A step whose loss (summed over micro-batches and ranks) or gradient norm is not finite is skipped whole:
+no optimizer step (parameters and AdamW state untouched), gradients dropped, one `warning: step N: ...`
+line, `step_skipped` 1 in its record; after `max_nonfinite_steps` such steps in a row the run stops
+with a FlowError. The step still counts: the batch was consumed, `step` advances, and with it the LR
+schedule (a pure function of `step`), so a checkpoint after a skipped step resumes exactly. An objective
+with `end_step(metrics)` is called after every applied step with the step's reduced metrics (the `grpo`
+objective's adaptive entropy coefficient).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -22,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from flowlm.errors import ConfigError
+from flowlm.errors import ConfigError, FlowError
 from flowlm.train import checkpoint as ckpt
 from flowlm.train.aggregate import StepMetrics
 from flowlm.train.batch import SplitRule, split_batch, to_device
@@ -206,8 +215,9 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.stop_requested = False  # a callback (early stopping) ends `fit` after the current step
+        self.nonfinite_in_a_row = 0  # skipped steps since the last applied one (checkpointed)
         # Gathered across attempts and kept in checkpoints: the stage summary survives a crash + resume.
-        self.totals: dict[str, Any] = {"last_loss": None, "loop_seconds": 0.0, "loop_tokens": 0}
+        self.totals: dict[str, Any] = {"last_loss": None, "loop_seconds": 0.0, "loop_tokens": 0, "skipped_steps": 0}
         self.logger = MetricsLogger(self.out_dir, enabled=self.world.is_main, resume=True)
         self._peak = peak_flops(self.world.device, cfg.precision)
         if cfg.keep_freed_memory and self.world.device.type == "cpu":
@@ -226,6 +236,7 @@ class Trainer:
         prefix = getattr(self.model, "checkpoint_prefix", "")
         ckpt.load_full_state(self.model, self.optimizer, {prefix + k: v for k, v in msd.items()}, osd)
         self.step, self.tokens_seen = int(tsd["step"]), int(tsd.get("tokens_seen", 0))
+        self.nonfinite_in_a_row = int(tsd.get("nonfinite_in_a_row", 0))
         self.loader.load_state_dict(tsd["loader"])
         self.objective.load_state_dict(tsd.get("objective", {}))
         states = tsd.get("callbacks", [])
@@ -246,6 +257,7 @@ class Trainer:
             state = {
                 "step": self.step,
                 "tokens_seen": self.tokens_seen,
+                "nonfinite_in_a_row": self.nonfinite_in_a_row,
                 "loader": self.loader.state_dict(),
                 "rng": ckpt.rng_state(),
                 "objective": self.objective.state_dict(),
@@ -299,6 +311,7 @@ class Trainer:
             "final_loss": self.totals["last_loss"],
             "tokens_seen": self.tokens_seen,
             "tok_s": tokens / seconds if seconds > 0 and tokens else None,
+            "skipped_steps": self.totals["skipped_steps"],
         }
         if self.flops_per_token and summary["tok_s"]:
             summary["mfu"] = summary["tok_s"] * self.flops_per_token / self._peak
@@ -331,16 +344,37 @@ class Trainer:
         # The step's one wait for the device (loss, norm and the objective's metrics in one transfer),
         # placed before the optimizer step: on a GPU the host then prepares the next batch meanwhile.
         loss_sum, grad_norm = metrics.fetch([torch.stack(parts).sum(), norm.float().to(parts[0].device)])
-        self.optimizer.step()
+        loss_sum = all_reduce_sum(loss_sum, world)  # every rank decides alike (the norm is global already)
+        skipped = not (math.isfinite(loss_sum) and math.isfinite(grad_norm))
+        if skipped:
+            self._skip_step(loss_sum, grad_norm)
+        else:
+            self.optimizer.step()
+            self.nonfinite_in_a_row = 0
         self.optimizer.zero_grad(set_to_none=True)
         # Throughput counts every computed position (as the peers' plain loops do); packing keeps padding low.
         tokens = int(all_reduce_sum(float(sum(objective.count_tokens(m) for m in micro)), world))
         self.step += 1
         self.tokens_seen += tokens
-        record = {"step": self.step, "loss": all_reduce_sum(loss_sum, world) / max(n_global, 1.0), "lr": lr,
-                  "grad_norm": grad_norm, "tokens": tokens, f"loss_{objective.unit}": int(n_global)}
+        record = {"step": self.step, "loss": loss_sum / max(n_global, 1.0), "lr": lr, "grad_norm": grad_norm,
+                  "tokens": tokens, f"loss_{objective.unit}": int(n_global), "step_skipped": int(skipped)}
         record.update(metrics.reduce(world))
+        if not skipped:
+            objective.end_step(record)
         return record
+
+    def _skip_step(self, loss_sum: float, grad_norm: float) -> None:
+        """Count a non-finite step (its gradients are dropped by the caller); FlowError after
+        `max_nonfinite_steps` in a row."""
+        self.nonfinite_in_a_row += 1
+        self.totals["skipped_steps"] += 1
+        k, limit = self.nonfinite_in_a_row, self.cfg.max_nonfinite_steps
+        if self.world.is_main:
+            print(f"warning: step {self.step + 1}: non-finite loss/grad norm (loss sum {loss_sum}, grad norm "
+                  f"{grad_norm}); step skipped ({k} in a row)", file=sys.stderr, flush=True)
+        if k >= limit:
+            raise FlowError(f"step {self.step + 1}: {k} non-finite steps in a row (max_nonfinite_steps {limit}); "
+                            "stopping")
 
     def _clip(self) -> torch.Tensor:
         """Clip gradients to `cfg.clip` (0: no clipping); returns the total norm before clipping (a 0-d tensor)."""

@@ -4,6 +4,7 @@ the prompt rows of sampling stages."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,14 +71,16 @@ def bpb_eval_fn(ctx: StageContext, name: str, tok: Any) -> Callable[[torch.nn.Mo
     return fn
 
 
-def prompt_rows(ctx: StageContext, name: str, source: str, *, n_builtin: int, seed: int) -> list[dict[str, Any]]:
-    """Prompt rows a sampling stage reads: `builtin` (`n_builtin` training-split task prompts), an earlier
-    data stage (its `rows`), or a JSONL file. The stage declares `source` as an input (unless builtin)."""
+def prompt_rows(ctx: StageContext, name: str, source: str, *, n_builtin: int, seed: int,
+                tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Prompt rows a sampling stage reads: `builtin` (`n_builtin` training-split task prompts, of the
+    generators in `tasks` or all), an earlier data stage (its `rows`), or a JSONL file. The stage declares
+    `source` as an input (unless builtin)."""
     from flowlm.jsonlines import iter_json_objects
     from flowlm.post.teachers import builtin_rows
 
     if source == "builtin":
-        return builtin_rows(n_builtin, seed)
+        return builtin_rows(n_builtin, seed, tasks=tasks)
     if source in ctx.recipe.stages:
         outs = ctx.outputs[source]
         if "rows" not in outs:

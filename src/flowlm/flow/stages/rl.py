@@ -19,10 +19,13 @@ runs `train_once` with it, so checkpoints, exact resume, BPB and `generation_eva
 export and the run record are the train stage's. `batch_size` is `prompts_per_step x group_size`
 (filled in when left out). Outputs: `model`, `checkpoints`, `metrics` and `rollouts` (per batch, the
 prompt ids drawn and trained; `rollouts.jsonl`; mode async adds the ids consumed, dropped as stale and
-still pending). Mode async runs the rollout worker as threads of this process (`flowlm.rl.actor`): the
-learner's checkpoint holds the prompts in flight, which a resumed run regenerates first. One process:
-under torchrun the rollout engine would need the full weights on every rank (Ray rollout workers and a
-torchrun learner with weight broadcast are not built yet).
+still pending). Mode async runs the rollout worker as threads of this process (`flowlm.rl.actor`), mode
+ray as Ray actors (`flowlm.rl.ray_workers`, several engines, local or multi-node): the learner's
+checkpoint holds the prompts in flight, which a resumed run regenerates first. The learner is one
+process: under torchrun every rank would need the full weights for the rollout engine (a torchrun
+learner broadcasting to Ray workers is not built yet). `tasks` narrows built-in prompts to some task
+generators; `prompt_format: plain` renders them in the base-model template for RL-Zero
+(`rollout.reward: random` is its spurious-reward control; docs/rl.md).
 """
 
 from __future__ import annotations
@@ -47,10 +50,27 @@ class RLStageConfig(TrainStageConfig):
     data: str = Field(ROLLOUTS, description="fixed: an rl stage trains on its own rollouts (see prompts)")
     prompts: str = Field("builtin", description="'builtin', a data stage (its rows) or a JSONL of prompt rows")
     n_prompts: int = Field(2000, gt=0, description="prompts: builtin: how many training-split task prompts")
+    tasks: list[str] | None = Field(None, description="prompts: builtin: only these task generators (default all)")
+    prompt_format: Literal["chat", "plain"] = Field(
+        "chat", description="chat: the chat template (rows' messages); plain: the base-model template "
+                            "'Question: ...\\nAnswer:' with a stop at the next question (RL-Zero)")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     objective: SerializeAsAny[ObjectiveConfig] = Field(
         default_factory=lambda: parse_objective_config("grpo"),
         description="the policy loss, e.g. {name: grpo, clip_high: 0.28}")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_stop(cls, data: Any) -> Any:
+        """prompt_format: plain stops completions where the template's next question would start (the
+        built-in suite's plain stop), unless rollout.stop says otherwise."""
+        if isinstance(data, dict) and data.get("prompt_format") == "plain":
+            from flowlm.eval.suites import PLAIN_STOP
+
+            raw = data.get("rollout") or {}
+            if isinstance(raw, dict) and "stop" not in raw:
+                data = {**data, "rollout": {**raw, "stop": list(PLAIN_STOP)}}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -77,9 +97,14 @@ class RLStageConfig(TrainStageConfig):
         if self.batch_size != r.prompts_per_step * r.group_size:
             raise ValueError(f"batch_size {self.batch_size} must be rollout.prompts_per_step x group_size = "
                              f"{r.prompts_per_step * r.group_size} (or leave it out)")
-        if r.prompts_per_step % self.grad_accum:
-            raise ValueError(f"grad_accum {self.grad_accum} must divide rollout.prompts_per_step "
-                             f"{r.prompts_per_step} (micro-batches hold whole groups)")
+        groups = r.prompts_per_step // r.minibatches  # per optimizer step (RolloutConfig checks the division)
+        if groups % self.grad_accum:
+            raise ValueError(f"grad_accum {self.grad_accum} must divide the groups of one optimizer step, "
+                             f"rollout.prompts_per_step / minibatches = {groups} (micro-batches hold whole groups)")
+        if self.tasks is not None and self.prompts != "builtin":
+            raise ValueError("tasks only apply to prompts: builtin")
+        if self.prompt_format == "plain" and r.thinking:
+            raise ValueError("prompt_format: plain renders no chat template: set rollout.thinking: false")
         if objective_class(self.objective.name).data_kind != ROLLOUTS:
             raise ValueError(f"objective '{self.objective.name}' does not train on rollouts (use grpo)")
         return self
@@ -98,7 +123,23 @@ def prompt_rows(ctx: StageContext, name: str, cfg: RLStageConfig) -> list[dict[s
     """Built-in training-split task prompts, a data stage's rows, or the rows of a JSONL file."""
     from flowlm.flow.stages.common import prompt_rows as read_prompt_rows
 
-    return read_prompt_rows(ctx, name, cfg.prompts, n_builtin=cfg.n_prompts, seed=cfg.seed)
+    rows = read_prompt_rows(ctx, name, cfg.prompts, n_builtin=cfg.n_prompts, seed=cfg.seed, tasks=cfg.tasks)
+    return [plain_row(r) for r in rows] if cfg.prompt_format == "plain" else rows
+
+
+def plain_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A chat prompt row as a base-model prompt: the last user turn in the plain QA template (the built-in
+    eval suite's `--format plain`), as a `prompt` string, routing kept. A row already holding a `prompt`
+    string is kept as it is."""
+    from flowlm.eval.suites import PLAIN_QA
+
+    if isinstance(row.get("prompt"), str):
+        return row
+    users = [m.get("content") for m in row.get("messages") or () if isinstance(m, dict) and m.get("role") == "user"]
+    if not users or not isinstance(users[-1], str):
+        raise FlowError(f"rl prompts: row {row.get('id', '?')} has no user turn to render plain")
+    out = {k: v for k, v in row.items() if k != "messages"}
+    return {**out, "prompt": PLAIN_QA.replace("{question}", users[-1])}
 
 
 def run(ctx: StageContext, name: str, cfg: RLStageConfig) -> StageResult:
@@ -108,7 +149,8 @@ def run(ctx: StageContext, name: str, cfg: RLStageConfig) -> StageResult:
     from flowlm.rl.source import RolloutSource
 
     if ctx.world.distributed:
-        raise FlowError(f"stage '{name}': RL runs in one process, sync or async (not under torchrun)")
+        raise FlowError(f"stage '{name}': the RL learner runs in one process (modes sync, async and ray; "
+                        "not under torchrun)")
     tok = load_tokenizer(ctx.path(ctx.outputs[ctx.latest("tokenizer", name)]["tokenizer"]))
     log = ctx.path(f"{name}/{ROLLOUTS}.jsonl")
     source = RolloutSource(prompt_rows(ctx, name, cfg), tok, cfg.rollout, seed=cfg.seed, max_len=cfg.seq_len,

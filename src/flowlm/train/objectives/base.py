@@ -13,7 +13,10 @@ An objective is a class with
   with one host transfer per step;
 - optional `setup(model, world)` for what it holds (a frozen reference or teacher, caches), called once
   by the trainer after the model is placed, and `state_dict()` / `load_state_dict()` for state that
-  must survive a resume (it goes into every checkpoint).
+  must survive a resume (it goes into every checkpoint);
+- optional `end_step(metrics)`, called after every applied optimizer step (not after a skipped
+  non-finite one) with the step's reduced metrics: state that adapts to them (the `grpo` objective's
+  adaptive entropy coefficient) updates there.
 
 Objectives register with `@register_objective`; `build_objective(cfg)` makes one from its config, and
 `parse_objective_config(raw)` validates a recipe's `objective:` mapping against the named class.
@@ -102,6 +105,9 @@ class Objective:
 
     def loss(self, model: nn.Module, batch: Mapping[str, Any]) -> LossOutput:
         raise NotImplementedError
+
+    def end_step(self, metrics: Mapping[str, Any]) -> None:
+        """After an applied optimizer step, with its reduced metrics (default: nothing to adapt)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -3,7 +3,7 @@
 Per micro-batch: the learner's log-prob of every completion token (final hidden states projected through
 the LM head in row chunks, `flowlm.train.post_losses.chunked_rows`, so no `[tokens, V]` logits exist
 beyond one chunk, in forward or backward), the training-inference mismatch weights against the engine's
-`rollout_logps` (`flowlm.rl.mismatch.mismatch_weights`, comparing the learner's detached log-probs), and
+`rollout_logps` (`flowlm.rl.mismatch.mismatch_weights`, comparing the old policy's log-probs), and
 `flowlm.rl.losses.policy_loss` with the config's knobs. Defaults are the OLMo 3 Think RL run
 (`/work/shared/reference/rl-anchors.md` §0): PPO-clip with clip-higher 0.2 / 0.272, token-level
 normalisation, no KL (`kl_coef` 0: no reference model is loaded), truncated importance sampling per
@@ -18,19 +18,30 @@ and ranks, so these are global-batch normalisations):
 Padding rows (`loss_rows` False) count in none of them; rows masked as truncated (`masked_rows`) lose
 their tokens but still count as sequences.
 
-One optimizer step per batch (synchronous mode, OLMo 3 Think: 1 epoch, 1 minibatch): the old policy is
-the learner itself, so `old_logps` is the learner's detached log-probs, the ratio is 1 and the clip is
-never active (clip fractions are logged and read 0); what corrects off-policyness here is the mismatch
-weight between learner and engine.
+The old policy (the PPO ratio's denominator). With one optimizer step per rollout batch (OLMo 3 Think:
+1 epoch, 1 minibatch) it is the learner itself: the ratio is taken against the learner's detached
+log-probs, it is 1, and the clip is never active (clip fractions read 0). With `rollout.minibatches`
+M > 1 (OLMo 3 Instruct: 4) the source splits each rollout batch into M optimizer steps and puts the
+policy's log-probs from before the first of them into the batch as `old_logps` (computed once, without
+gradient, by `completion_logps`); the ratio is taken against those, so from the second minibatch on it
+moves and the clip acts. (`minibatches` is a rollout setting, not an objective one: the source decides
+what a trainer batch is and holds the policy for the old pass; the objective only reads `old_logps`.) The mismatch weights then compare `old_logps` (not the current learner) with
+the engine's `rollout_logps`, as open-instruct does: they correct the sampler/trainer gap, the PPO ratio
+corrects the policy's own updates within the batch.
 
-A non-finite loss: the micro-batch adds nothing (a zero loss without gradient; with one micro-batch per
-step, AdamW then skips every parameter), a `warning:` line goes to stderr, metric `nonfinite_skipped` is
-1; after `max_nonfinite` such micro-batches in a row the run stops with a FlowError.
+Entropy control (Qwen3 reasoning RL keeps entropy from collapsing): `entropy_coef` > 0 adds the bonus
+`-entropy_coef · H` per token (`policy_loss`); with `entropy_target` the coefficient adapts after every
+applied step, `coef <- max(0, coef + entropy_coef_lr · (target - H_step))` (`adapt_entropy_coef`, from
+the step's mean entropy as logged), and is saved in the objective's state, so a resume continues with it.
+
+A non-finite loss: the micro-batch's loss is returned as it is (metric `nonfinite_micro_batches` counts
+it) and the engine skips the whole optimizer step, whatever the other micro-batches gave, and stops
+the run after the stage's `max_nonfinite_steps` skipped steps in a row (`flowlm.train.engine`).
 """
 
 from __future__ import annotations
 
-import sys
+from functools import partial
 from typing import Any, Literal, Mapping
 
 import torch
@@ -61,7 +72,19 @@ class GRPOConfig(ObjectiveConfig):
     is_cap: float = Field(2.0, gt=0, description="upper bound of the ratio (OLMo 3: 2.0 per token)")
     is_lower: float = Field(0.0, ge=0)
     fp32_lm_head: bool = Field(False, description="project the LM head in fp32 (outside bf16 autocast)")
-    max_nonfinite: int = Field(3, gt=0, description="stop after this many non-finite losses in a row")
+    entropy_coef: float = Field(0.0, ge=0, description="entropy bonus per token (0: entropy only monitored); "
+                                                        "with entropy_target: the starting coefficient")
+    entropy_target: float | None = Field(
+        None, gt=0, description="adaptive entropy control: the mean token entropy (nats) the coefficient steers to")
+    entropy_coef_lr: float = Field(1e-3, gt=0, description="entropy_target: coefficient change per nat of gap per step")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_nonfinite" in data:
+            raise ValueError("max_nonfinite moved to the stage: max_nonfinite_steps (the engine skips a whole "
+                             "step with a non-finite loss or gradient norm)")
+        return data
 
     @field_validator("loss_type")
     @classmethod
@@ -82,6 +105,8 @@ class GRPOConfig(ObjectiveConfig):
             raise ValueError("norm: constant needs max_len (Dr GRPO: the maximum completion length)")
         if self.is_lower >= self.is_cap:
             raise ValueError(f"is_lower {self.is_lower} must be below is_cap {self.is_cap}")
+        if self.entropy_target is None and self.entropy_coef_lr != type(self).model_fields["entropy_coef_lr"].default:
+            raise ValueError("entropy_coef_lr only applies with entropy_target (adaptive entropy control)")
         return self
 
 
@@ -107,7 +132,7 @@ class GRPOObjective(Objective):
         self.unit = "tokens" if self.cfg.norm == "token" else "sequences"
         self.reference: nn.Module | None = None
         self.chunk_rows: int | None = None  # rows of logits per chunk (memory only); None = by budget
-        self.nonfinite_in_a_row = 0
+        self.entropy_coef = self.cfg.entropy_coef  # adapts after every step with entropy_target
 
     def setup(self, model: nn.Module, world: Any) -> None:
         if self.cfg.kl_coef == 0:
@@ -125,10 +150,22 @@ class GRPOObjective(Objective):
         return int(batch["input_ids"].numel())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"nonfinite_in_a_row": self.nonfinite_in_a_row}
+        """The adaptive entropy coefficient (with `entropy_target`; a fixed one comes from the config)."""
+        return {"entropy_coef": self.entropy_coef} if self.cfg.entropy_target is not None else {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+        # (`nonfinite_in_a_row` of older checkpoints is ignored: the engine counts skipped steps now)
+        if self.cfg.entropy_target is not None and "entropy_coef" in state:
+            self.entropy_coef = float(state["entropy_coef"])
+
+    def end_step(self, metrics: Mapping[str, float]) -> None:
+        """Called by the engine after every applied optimizer step with the step's metrics (reduced over
+        micro-batches and ranks, so every rank moves the coefficient alike): the adaptive entropy update."""
+        from flowlm.rl.losses import adapt_entropy_coef
+
+        if self.cfg.entropy_target is not None and "entropy" in metrics:
+            self.entropy_coef = adapt_entropy_coef(self.entropy_coef, float(metrics["entropy"]),
+                                                   self.cfg.entropy_target, self.cfg.entropy_coef_lr)
 
     def loss(self, model: nn.Module, batch: Mapping[str, Any]) -> LossOutput:
         from flowlm.rl.losses import policy_loss
@@ -137,37 +174,32 @@ class GRPOObjective(Objective):
 
         cfg = self.cfg
         mask = token_mask(batch)
-        logps, entropy = self.token_logps(model, batch, mask)
+        bonus = self.entropy_coef > 0
+        logps, entropy = self.token_logps(model, batch, mask, entropy_grad=bonus)
         ref = None
         if cfg.kl_coef > 0:
             if self.reference is None:
                 raise FlowError("grpo: kl_coef > 0 but no reference model (setup was not called)")
             with torch.no_grad():
                 ref = self.token_logps(self.reference, batch, mask)[0]
-        mm = mismatch_weights(logps.detach(), batch["rollout_logps"], mask, mode="truncate" if cfg.is_mode == "off"
+        old = batch.get("old_logps")  # minibatches > 1: the policy before this rollout batch's first step
+        behind = logps.detach() if old is None else old
+        mm = mismatch_weights(behind, batch["rollout_logps"], mask, mode="truncate" if cfg.is_mode == "off"
                               else cfg.is_mode, level=cfg.is_level, cap=cfg.is_cap, lower=cfg.is_lower)
-        out = policy_loss(logps, None, batch["advantages"], mask, loss_type=cfg.loss_type, clip_low=cfg.clip_low,
+        out = policy_loss(logps, old, batch["advantages"], mask, loss_type=cfg.loss_type, clip_low=cfg.clip_low,
                           clip_high=cfg.clip_high, norm=cfg.norm, max_len=cfg.max_len,
                           is_weights=None if cfg.is_mode == "off" else mm.weights, ref_logps=ref,
-                          kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator, entropy=entropy)
+                          kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator, entropy=entropy,
+                          entropy_coef=self.entropy_coef)
         total = out.total / cfg.max_len if cfg.norm == "constant" else out.total
         metrics: dict[str, Any] = rollout_metrics(batch)
-        if not bool(torch.isfinite(total)):
-            return LossOutput(self._skip(logps), {**metrics, "nonfinite_skipped": Sum(1)})
-        self.nonfinite_in_a_row = 0
-        metrics["nonfinite_skipped"] = Sum(0)
+        if not bool(torch.isfinite(total)):  # the engine skips the whole step (see the module docstring)
+            return LossOutput(total, {**metrics, "nonfinite_micro_batches": Sum(1)})
+        metrics["nonfinite_micro_batches"] = Sum(0)
         metrics.update(self._loss_metrics(out.metrics, mm.metrics, mask, batch))
+        if bonus or cfg.entropy_target is not None:
+            metrics["entropy_coef"] = Max(self.entropy_coef)
         return LossOutput(total, metrics)
-
-    def _skip(self, logps: torch.Tensor) -> torch.Tensor:
-        """A zero loss without gradient for a non-finite micro-batch; stop after `max_nonfinite` in a row."""
-        self.nonfinite_in_a_row += 1
-        print(f"warning: grpo: non-finite loss, micro-batch skipped ({self.nonfinite_in_a_row} in a row)",
-              file=sys.stderr, flush=True)
-        if self.nonfinite_in_a_row >= self.cfg.max_nonfinite:
-            raise FlowError(f"grpo: {self.nonfinite_in_a_row} non-finite losses in a row (max_nonfinite "
-                            f"{self.cfg.max_nonfinite}); stopping")
-        return torch.zeros((), device=logps.device, requires_grad=True)
 
     @staticmethod
     def _loss_metrics(pm: Any, mm: Any, mask: torch.Tensor, batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -189,34 +221,48 @@ class GRPOObjective(Objective):
             out["kl"] = Mean(pm.kl * n, n)
         return out
 
-    def token_logps(self, model: nn.Module, batch: Mapping[str, Any], mask: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(logps, entropy)`, both `[B, T]` fp32 and 0 outside `mask`: the log-prob of each label under
-        `model` (with gradient when enabled) and the entropy of its next-token distribution (detached)."""
-        weight = head_weight(model)
-        x = model(batch["input_ids"], return_hidden=weight is not None)
-        flat = mask.reshape(-1)
-        rows = x.reshape(-1, x.shape[-1])[flat]
-        targets = batch["labels"].reshape(-1)[flat]
-        vocab = weight.shape[0] if weight is not None else x.shape[-1]
-        chunk = self.chunk_rows or default_chunk_rows(vocab, x.device)
-        per = chunked_rows(self._chunk, (rows, targets), (weight,), chunk)  # [N, 2]
-        zeros = torch.zeros(flat.shape[0], dtype=torch.float32, device=x.device)
-        logps = zeros.masked_scatter(flat, per[:, 0]).view(mask.shape)
-        entropy = zeros.masked_scatter(flat, per[:, 1].detach()).view(mask.shape)
-        return logps, entropy
+    def token_logps(self, model: nn.Module, batch: Mapping[str, Any], mask: torch.Tensor, *,
+                    entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """`completion_logps` with this objective's LM-head settings."""
+        return completion_logps(model, batch, mask, chunk_rows=self.chunk_rows, fp32_lm_head=self.cfg.fp32_lm_head,
+                                entropy_grad=entropy_grad)
 
-    def _chunk(self, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        """`[c, 2]`: log p(target) and the entropy (nats, no gradient) of each row's distribution."""
-        if weight is None:
-            logits = hidden.float()
-        elif self.cfg.fp32_lm_head:
-            with torch.autocast(device_type=hidden.device.type, enabled=False):
-                logits = hidden.float() @ weight.float().t()
-        else:
-            logits = (hidden @ weight.t()).float()
-        logz = torch.logsumexp(logits, dim=-1)
-        logp = logits.gather(1, targets[:, None]).squeeze(1) - logz
-        with torch.no_grad():
-            entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
-        return torch.stack([logp, entropy], dim=1)
+
+def completion_logps(model: nn.Module, batch: Mapping[str, Any], mask: torch.Tensor, *, chunk_rows: int | None = None,
+                     fp32_lm_head: bool = False, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(logps, entropy)`, both `[B, T]` fp32 and 0 outside `mask`: the log-prob of each label under `model`
+    (with gradient when enabled) and the entropy of its next-token distribution (detached unless
+    `entropy_grad`, which the entropy bonus needs). The LM head runs in row chunks of `chunk_rows` (None:
+    by memory budget). The learner (`GRPOObjective.loss`) and the source's old-policy pass
+    (`flowlm.rl.source`, minibatches > 1) both use this, so their numbers agree."""
+    weight = head_weight(model)
+    x = model(batch["input_ids"], return_hidden=weight is not None)
+    flat = mask.reshape(-1)
+    rows = x.reshape(-1, x.shape[-1])[flat]
+    targets = batch["labels"].reshape(-1)[flat]
+    vocab = weight.shape[0] if weight is not None else x.shape[-1]
+    chunk = chunk_rows or default_chunk_rows(vocab, x.device)
+    fn = partial(_chunk, fp32_lm_head=fp32_lm_head, entropy_grad=entropy_grad)
+    per = chunked_rows(fn, (rows, targets), (weight,), chunk)  # [N, 2]
+    zeros = torch.zeros(flat.shape[0], dtype=torch.float32, device=x.device)
+    logps = zeros.masked_scatter(flat, per[:, 0]).view(mask.shape)
+    ent = per[:, 1] if entropy_grad else per[:, 1].detach()
+    entropy = zeros.masked_scatter(flat, ent).view(mask.shape)
+    return logps, entropy
+
+
+def _chunk(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None, *, fp32_lm_head: bool,
+           entropy_grad: bool) -> torch.Tensor:
+    """`[c, 2]`: log p(target) and the entropy (nats; without gradient unless `entropy_grad`) of each row."""
+    if weight is None:
+        logits = hidden.float()
+    elif fp32_lm_head:
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            logits = hidden.float() @ weight.float().t()
+    else:
+        logits = (hidden @ weight.t()).float()
+    logz = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(1, targets[:, None]).squeeze(1) - logz
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+    return torch.stack([logp, entropy], dim=1)

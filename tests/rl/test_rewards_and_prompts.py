@@ -1,0 +1,115 @@
+"""What the rollouts are sampled from and rewarded by: chat rollouts stop at the end-of-turn token, plain
+(RL-Zero) prompts at the template's next question; the spurious-reward control's coins (deterministic,
+fair, blind to correctness) drive the advantages while the logged reward stays the verifiers'; the `rl`
+stage's built-in task filter and plain prompt format."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowlm.rl.source import RolloutConfig, RolloutSource, coin_rewards, rollout_metrics
+from flowlm.verify.base import Verdict, register
+
+
+@register("rl_test_always")
+def _always(completion, ground_truth, **row):
+    return Verdict(1.0, "always right")
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from flowlm.data import tasks
+    from flowlm.model.tokenizer import load_tokenizer, train_tokenizer
+
+    out = tmp_path_factory.mktemp("rl_tok")
+    train_tokenizer([tasks.as_text(it) for it in tasks.generate(0, 300)], 400, out)
+    return load_tokenizer(out)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    from flowlm.model.config import ModelConfig
+    from flowlm.model.olmo3 import Olmo3
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    return Olmo3(ModelConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                             intermediate_size=64, max_seq_len=128, sliding_window=16, init_std=0.2)).eval()
+
+
+def chat_rows(n: int, verifier: str = "rl_test_always") -> list[dict]:
+    return [{"id": f"c{i}", "messages": [{"role": "user", "content": f"question {i}"}], "dataset": verifier,
+             "ground_truth": "1"} for i in range(n)]
+
+
+def test_chat_rollouts_stop_at_the_end_of_turn_and_plain_ones_at_the_stop_strings(tok, model, monkeypatch):
+    from flowlm.model.tokenizer import turn_end_ids
+
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert turn_end_ids(tok) == (im_end,) and im_end != tok.eos_token_id  # EOS ends a document, not a turn
+    src = RolloutSource(chat_rows(4), tok, RolloutConfig(prompts_per_step=2, group_size=2, max_new_tokens=4,
+                                                         stop=["\nQuestion:"], filter_zero_std=False,
+                                                         active_sampling=False), seed=0, max_len=96)
+    src.bind(model)
+    seen = []
+    real = src.engine.generate
+    monkeypatch.setattr(src.engine, "generate", lambda prompts, params: seen.extend(params) or real(prompts, params))
+    next(iter(src))
+    assert seen and all(p.stop_token_ids == (im_end,) and p.stop == ("\nQuestion:",) for p in seen)
+
+
+def test_coins_are_deterministic_fair_and_blind_to_correctness():
+    from flowlm.generate.params import Completion
+
+    comps = [Completion(tokens=[7, k, k % 5]) for k in range(2000)]
+    coins = coin_rewards(0, 3, comps)
+    assert torch.equal(coins, coin_rewards(0, 3, comps))  # the same completion gets the same coin
+    assert set(coins.tolist()) == {0.0, 1.0} and 0.45 < float(coins.mean()) < 0.55
+    assert not torch.equal(coins, coin_rewards(1, 3, comps)) and not torch.equal(coins, coin_rewards(0, 4, comps))
+
+
+def test_random_reward_drives_the_advantages_and_the_logged_reward_stays_the_verifiers(tok, model):
+    def batch(reward: str) -> dict:
+        src = RolloutSource(chat_rows(8), tok, RolloutConfig(prompts_per_step=2, group_size=4, max_new_tokens=6,
+                                                             reward=reward, max_draws=4), seed=0, max_len=96)
+        src.bind(model)
+        return next(iter(src))
+
+    def logged(b: dict) -> dict[str, float]:
+        return {k: float(m.value) if hasattr(m, "value") else float(m.total) / float(m.count)
+                for k, m in rollout_metrics(b).items()}
+
+    real = batch("verifier")  # every completion is right: no group is informative, nothing trains
+    assert logged(real)["reward"] == 1.0 and logged(real)["informative"] == 0 and not real["loss_rows"].any()
+    coins = batch("random")
+    assert logged(coins)["reward"] == 1.0  # what the verifiers said, not the coins
+    assert logged(coins)["informative"] == 2 and coins["loss_rows"].all()
+    adv = coins["advantages"].view(2, 4)
+    assert torch.allclose(adv.sum(dim=1), torch.zeros(2), atol=1e-6) and adv.abs().sum() > 0
+
+
+def test_rl_stage_tasks_and_plain_format():
+    from flowlm.errors import FlowError
+    from flowlm.flow.stages.rl import RLStageConfig, plain_row
+    from flowlm.post.teachers import builtin_rows
+
+    rows = builtin_rows(40, 0, tasks=["counting", "sorting"])
+    assert len(rows) == 40 and {r["task"] for r in rows} == {"counting", "sorting"}
+    with pytest.raises(FlowError, match="unknown arithmetics"):
+        builtin_rows(4, 0, tasks=["arithmetics"])
+    plain = plain_row(rows[0])
+    assert "messages" not in plain and plain["dataset"] == rows[0]["dataset"]
+    assert plain["prompt"] == f"Question: {rows[0]['messages'][0]['content']}\nAnswer:"
+    assert plain_row(plain) is plain
+    base = {"kind": "rl", "init": "x", "steps": 2, "seq_len": 64, "rollout": {"prompts_per_step": 2, "group_size": 2}}
+    cfg = RLStageConfig(**{**base, "prompt_format": "plain",
+                           "rollout": {**base["rollout"], "thinking": False}})
+    assert cfg.rollout.stop == ["\nQuestion:"]  # the template's next question ends a completion
+    assert RLStageConfig(**base).rollout.stop == []
+    with pytest.raises(ValueError, match="set rollout.thinking: false"):
+        RLStageConfig(**{**base, "prompt_format": "plain"})
+    with pytest.raises(ValueError, match="tasks only apply to prompts: builtin"):
+        RLStageConfig(**{**base, "prompts": "rows.jsonl", "tasks": ["counting"]})
+    with pytest.raises(ValueError, match="grad_accum 2 must divide the groups of one optimizer step"):
+        RLStageConfig(**{**base, "grad_accum": 2, "rollout": {**base["rollout"], "minibatches": 2}})
