@@ -12,6 +12,7 @@ policy probability the RL loss needs, not the probability of the modified sampli
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -23,7 +24,20 @@ def filter_probs(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
     (0 = off), `top_p[B]` in (0, 1], `min_p[B]` in [0, 1). Top-k and top-p keep a token when fewer
     than k tokens rank above it and the probability mass ranked above it is below p (vLLM/HF
     convention: the token that crosses p is kept); min-p drops tokens below min_p * max prob.
+
+    On CPU (fp32) the rows are filtered by a value threshold found from a values-only sort (numpy's
+    SIMD sort, ~10x `torch.sort` with indices on [256, 8k]): bit-for-bit the result of the full sort,
+    see `_filter_probs_threshold`.
     """
+    if (probs.device.type == "cpu" and probs.dim() == 2 and probs.numel() > 0
+            and probs.dtype == top_p.dtype == min_p.dtype == torch.float32):
+        return _filter_probs_threshold(probs, top_k, top_p, min_p)
+    return _filter_probs_sorted(probs, top_k, top_p, min_p)
+
+
+def _filter_probs_sorted(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                         min_p: torch.Tensor) -> torch.Tensor:
+    """The reference: sort each row with its indices, decide per rank, scatter back."""
     sorted_p, order = probs.sort(dim=-1, descending=True)
     rank = torch.arange(probs.shape[-1], device=probs.device)
     mass_before = sorted_p.cumsum(dim=-1) - sorted_p
@@ -33,6 +47,67 @@ def filter_probs(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
     keep[:, 0] = True  # never empty a row
     kept_sorted = sorted_p * keep
     return torch.zeros_like(probs).scatter_(-1, order, kept_sorted)
+
+
+_BAND = 16  # top-p ranks decided one by one per row; a row that needs more decides all its ranks
+
+
+def _filter_probs_threshold(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                            min_p: torch.Tensor) -> torch.Tensor:
+    """`_filter_probs_sorted` without the index sort, bit-for-bit row by row.
+
+    The reference decides keep/drop per rank from the sorted values alone (their cumsum, the rank,
+    the max), and a row's sorted values are the same whatever order its ties come in. So a
+    values-only sort gives the reference's cumsum, and each filter keeps a prefix of the ranks:
+    top-k the first k, min-p those >= min_p * max (a searchsorted), and top-p those whose mass
+    before (`cumsum - p`) is below p, which is nondecreasing down the ranks (cumsum rises at least
+    as fast as p falls, and rounding is monotone). Every rank whose cumsum is below p is kept
+    (mass before <= cumsum); from the first cumsum >= p on, `_BAND` ranks are decided with the
+    reference's own expression, which in practice reaches the first dropped rank (the one after the
+    token that crosses p); rows that need more (top-p 1 on a peaked row: many tiny values with
+    cumsum ~1) decide all their ranks. When the kept ranks are 0..c-1 and the value at c-1 is
+    strictly above the value at c, the kept tokens are exactly those with `p >= sorted[c-1]`: one
+    pass. Rows where a tie of nonzero values straddles the cut (which tied tokens the reference
+    keeps then follows its sort's tie order) or with NaN/inf/negative entries go through the
+    reference itself. Each row's path depends on that row only, so a seeded request still samples
+    the same tokens in any batch.
+    """
+    p = probs.detach().contiguous()
+    vocab = p.shape[-1]
+    ascending_np = np.sort(p.numpy(), axis=-1)  # values only: numpy's SIMD sort, ~10x torch.sort on [256, 8k]
+    sorted_p = torch.from_numpy(np.ascontiguousarray(ascending_np[:, ::-1]))
+    cs = sorted_p.cumsum(dim=-1)  # the reference's cumsum, bit for bit
+    clean = torch.isfinite(sorted_p[:, 0]) & (sorted_p[:, -1] >= 0) & torch.isfinite(cs[:, -1])  # numpy puts NaN last
+
+    limit = torch.full_like(top_k, vocab, dtype=torch.long)  # top-k and min-p keep ranks < limit
+    if bool((top_k != 0).any()):
+        limit = torch.where(top_k == 0, limit, top_k.clamp(0, vocab))
+    if bool((min_p != 0).any()):
+        threshold = min_p[:, None] * sorted_p[:, :1]  # the reference's expression
+        below = torch.searchsorted(torch.from_numpy(ascending_np), threshold).squeeze(-1)
+        limit = torch.minimum(limit, vocab - below)
+
+    start = torch.searchsorted(cs, top_p[:, None]).squeeze(-1)  # top-p keeps ranks < start
+    band = start[:, None] + torch.arange(_BAND)
+    at = band.clamp_max(vocab - 1)
+    keep = ((cs.gather(-1, at) - sorted_p.gather(-1, at)) < top_p[:, None]) & (band < limit[:, None])
+    cut = torch.minimum(start + keep.sum(dim=-1), limit)
+    undecided = keep[:, -1]  # the whole band kept, and ranks after it still allowed by top-k/min-p
+    if bool(undecided.any()):
+        rows = undecided.nonzero().squeeze(-1)
+        keep = (cs[rows] - sorted_p[rows]) < top_p[rows, None]
+        cut[rows] = torch.minimum(keep.sum(dim=-1), limit[rows])
+    cut = cut.clamp_min(1)  # never empty a row
+
+    last_kept = sorted_p.gather(-1, (cut - 1)[:, None])
+    after = sorted_p.gather(-1, cut.clamp_max(vocab - 1)[:, None])
+    clean &= (cut == vocab) | ((last_kept > after) | (last_kept == 0)).squeeze(-1)  # no tie of nonzeros straddles the cut
+    values = p.numpy()  # numpy: torch.where / mul against a [B, 1] column measured ~5x slower here
+    out = torch.from_numpy(values * (values >= last_kept.numpy()))  # p * True == p, p * False == +0
+    if not bool(clean.all()):
+        rows = (~clean).nonzero().squeeze(-1)
+        out[rows] = _filter_probs_sorted(p[rows], top_k[rows], top_p[rows], min_p[rows])
+    return out
 
 
 def sample(logits: torch.Tensor, *, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
