@@ -10,6 +10,7 @@ import torch
 
 from flowlm.rl.source import RolloutConfig, RolloutSource, coin_rewards, rollout_metrics
 from flowlm.verify.base import Verdict, register
+from tests.rl import test_source
 
 
 @register("rl_test_always")
@@ -17,25 +18,7 @@ def _always(completion, ground_truth, **row):
     return Verdict(1.0, "always right")
 
 
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    from flowlm.data import tasks
-    from flowlm.model.tokenizer import load_tokenizer, train_tokenizer
-
-    out = tmp_path_factory.mktemp("rl_tok")
-    train_tokenizer([tasks.as_text(it) for it in tasks.generate(0, 300)], 400, out)
-    return load_tokenizer(out)
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    from flowlm.model.config import ModelConfig
-    from flowlm.model.olmo3 import Olmo3
-
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    return Olmo3(ModelConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
-                             intermediate_size=64, max_seq_len=128, sliding_window=16, init_std=0.2)).eval()
+tok, model = test_source.tok, test_source.model  # its micro tokenizer and model fixtures
 
 
 def chat_rows(n: int, verifier: str = "rl_test_always") -> list[dict]:
