@@ -25,7 +25,7 @@ import yaml
 from flowlm.errors import ConfigError, FlowError
 from flowlm.rl.source import RolloutConfig, RolloutSource
 from tests.rl import test_source
-from tests.rl.test_async import check_accounting, records
+from tests.rl.test_async import async_source, check_accounting, records
 from tests.rl.test_rl_flow import flowlm, recipe
 from tests.rl.test_rl_flow import prompt_rows as ifeval_rows
 from tests.rl.test_source import metrics, rows
@@ -51,11 +51,8 @@ def cluster():
 
 
 def ray_source(tok, model, prompt_rows, log=None, **cfg) -> RolloutSource:
-    settings = {"prompts_per_step": 3, "group_size": 4, "max_new_tokens": 6, "mode": "ray", "async_steps": 1,
-                "rollout_timeout": 300.0, **cfg}
-    src = RolloutSource(prompt_rows, tok, RolloutConfig(**settings), seed=0, max_len=96, log_path=log)
-    src.bind(model)
-    return src
+    """test_async's source in mode ray (actor start-up imports torch: slow on a loaded machine)."""
+    return async_source(tok, model, prompt_rows, log, **{"mode": "ray", "rollout_timeout": 300.0, **cfg})
 
 
 def test_ray_batches_have_the_async_contract_and_resume_without_loss(cluster, tok, model, tmp_path):
