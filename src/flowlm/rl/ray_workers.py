@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from flowlm.errors import ConfigError, FlowError
-from flowlm.rl.actor import POLL_S, Backend, RolloutUnit, WorkerLost, describe, local_pool
+from flowlm.rl.units import POLL_S, Backend, RolloutUnit, WorkerLost, describe, local_pool
 
 if TYPE_CHECKING:  # torch is imported where used: a reward actor (this module, by reference) needs none
     import torch
