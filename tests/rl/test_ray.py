@@ -203,7 +203,8 @@ def test_rl_stage_in_ray_mode_trains_through_flowlm_train(cluster, tmp_path):
     prompts.write_text("".join(json.dumps(r) + "\n" for r in ifeval_rows(48)))
     rec = copy.deepcopy(recipe(prompts))  # its `rollout` dict is test_rl_flow's own: never change it in place
     rec["stages"]["rl"]["rollout"].update({"mode": "ray", "async_steps": 1, "ray_address": cluster,
-                                           "num_rollout_workers": 2, "num_reward_workers": 1, "rollout_timeout": 300})
+                                           "num_rollout_workers": 2, "num_reward_workers": 1, "rollout_timeout": 300,
+                                           "max_draws": 16})  # which groups finish first is timing: room to fill
     (d / "recipe.yaml").write_text(yaml.safe_dump(rec, sort_keys=False))
     stages = [a for s in ("corpus", "tokenizer", "pretrain", "rl") for a in ("--stage", s)]
     proc = flowlm("train", str(d / "recipe.yaml"), *stages, "--run-dir", str(d / "run"), "--no-progress")
