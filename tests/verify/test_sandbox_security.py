@@ -164,6 +164,21 @@ def test_background_process_does_not_survive(backend):
     assert not _survivors(marker)
 
 
+@pytest.mark.parametrize("backend", ALL, indirect=True)
+def test_detached_daemon_of_a_passing_program_does_not_survive(backend):
+    # The program passes and exits by itself at once, so no timeout sweep runs: a child that closed
+    # its output and left the session must still be gone (bwrap: the pid namespace's init exits).
+    marker = f"flowlm-daemon-{os.getpid()}-{time.monotonic_ns()}"
+    prog = ("import os, subprocess, sys\ndef main():\n"
+            f"    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', {marker!r}],\n"
+            "                     start_new_session=True, stdin=subprocess.DEVNULL,\n"
+            "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+            "    return 1\n")
+    dt, v = _run(prog)
+    assert v.score == 1.0 and dt < FINISH
+    assert not _survivors(marker)
+
+
 # --- seccomp and descriptors: every backend (the filter is loaded for `unsafe` too) ----------
 
 @pytest.mark.parametrize("backend", ALL, indirect=True)
