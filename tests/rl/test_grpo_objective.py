@@ -101,6 +101,20 @@ def test_chunked_head_and_fp32_head_equal_full_logits():
     assert torch.allclose(ent[mask], -(p * torch.log(p)).sum(-1)[mask], atol=1e-4)
 
 
+@pytest.mark.parametrize("chunk", [3, 64])  # backward recomputes chunks / keeps the one chunk's probabilities
+def test_fused_head_gradient_equals_autograd_over_full_logits(chunk):
+    model = micro()
+    batch = with_rollout(model, hand_batch())
+    mask = token_mask(batch)
+    obj = GRPOObjective()
+    obj.chunk_rows = chunk
+    coef = torch.randn(mask.shape, generator=torch.Generator().manual_seed(1))
+    fused = torch.autograd.grad((obj.token_logps(model, batch, mask)[0] * coef).sum(), list(model.parameters()))
+    plain = torch.autograd.grad((full_logps(model, batch) * mask * coef).sum(), list(model.parameters()))
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_micro_batches_sum_to_the_whole_batch():
     model = micro()
     batch = with_rollout(model, hand_batch())

@@ -64,13 +64,17 @@ class _TargetLogps(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, targets, weight, chunk_rows):  # type: ignore[override]
+    def forward(ctx, hidden, targets, weight, chunk_rows, want_entropy=False, fp32=False):  # type: ignore[override]
         device_type = hidden.device.type
-        dt = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+        if fp32:
+            dt = torch.float32
+        else:
+            dt = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
         n = hidden.shape[0]
         keep = (ctx.needs_input_grad[0] or ctx.needs_input_grad[2]) and n <= chunk_rows
         out = torch.empty(n, dtype=torch.float32, device=hidden.device)
         lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        entropy = torch.empty(n if want_entropy else 0, dtype=torch.float32, device=hidden.device)
         probs = None
         with torch.autocast(device_type=device_type, enabled=False):
             w = weight.to(dt)
@@ -79,17 +83,25 @@ class _TargetLogps(torch.autograd.Function):
                 idx = targets[s:s + chunk_rows, None]
                 m = logits.amax(dim=1)
                 target = logits.gather(1, idx).squeeze(1)
-                sumexp = logits.sub_(m[:, None]).exp_().sum(dim=1)
+                shifted = logits.sub_(m[:, None])
+                if want_entropy:  # H = log S - sum(e * shifted) / S, with e = exp(shifted), S = sum(e)
+                    e = shifted.exp()
+                    sumexp = e.sum(dim=1)
+                    entropy[s:s + chunk_rows] = sumexp.log() - torch.linalg.vecdot(e, shifted) / sumexp
+                else:
+                    e = shifted.exp_()
+                    sumexp = e.sum(dim=1)
                 lse[s:s + chunk_rows] = m + sumexp.log()
                 out[s:s + chunk_rows] = target - lse[s:s + chunk_rows]
                 if keep:
-                    probs = logits.div_(sumexp[:, None])
+                    probs = e.div_(sumexp[:, None])
         ctx.dt, ctx.chunk_rows = dt, chunk_rows
         ctx.save_for_backward(hidden, targets, weight, lse, *(() if probs is None else (probs,)))
-        return out
+        ctx.mark_non_differentiable(entropy)
+        return out, entropy
 
     @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
+    def backward(ctx, grad_out, _grad_entropy):  # type: ignore[override]
         hidden, targets, weight, lse, *kept = ctx.saved_tensors
         dt, c = ctx.dt, ctx.chunk_rows
         grad_h = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device)
@@ -109,7 +121,16 @@ class _TargetLogps(torch.autograd.Function):
                     grad_w.addmm_(grad_logits.t(), x)
                 else:
                     grad_w.add_(torch.mm(grad_logits.t(), x))
-        return grad_h, None, grad_w.to(weight.dtype), None
+        return grad_h, None, grad_w.to(weight.dtype), None, None, None
+
+
+def target_logps(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, chunk_rows: int, *,
+                 entropy: bool = False, fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`(log p(target) [n], entropy [n] or None)` of `log_softmax(hidden @ weight.T)` per row, fp32, through
+    `_TargetLogps` (logits in chunks, gradient written out). The entropy (nats) carries no gradient.
+    `fp32`: the head's matmuls in fp32 whatever the autocast dtype (GRPO's `fp32_lm_head`)."""
+    logp, ent = _TargetLogps.apply(hidden, targets, weight, chunk_rows, entropy, fp32)
+    return logp, (ent if entropy else None)
 
 
 def sequence_logps(x: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None, *,
@@ -147,7 +168,7 @@ def sequence_logps(x: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor |
         return sums.index_add(0, seg, logp.gather(1, labels.reshape(-1)[flat][:, None]).squeeze(1)), counts
     hidden = x.reshape(-1, x.shape[-1])[flat]
     chunk = chunk_rows or default_chunk_rows(weight.shape[0], x.device)
-    per_token = _TargetLogps.apply(hidden, labels.reshape(-1)[flat], weight, chunk)
+    per_token, _ = target_logps(hidden, labels.reshape(-1)[flat], weight, chunk)
     return sums.index_add(0, seg, per_token), counts
 
 

@@ -1,8 +1,10 @@
 """Objective `grpo`: the RLVR policy-gradient loss on rollout batches (`flowlm.rl.source.RolloutSource`).
 
 Per micro-batch: the learner's log-prob of every completion token (final hidden states projected through
-the LM head in row chunks, `flowlm.train.post_losses.chunked_rows`, so no `[tokens, V]` logits exist
-beyond one chunk, in forward or backward), the training-inference mismatch weights against the engine's
+the LM head in row chunks by `flowlm.train.post_losses.target_logps`, which writes the gradient out and
+reports the entropy beside it, so no `[tokens, V]` logits exist beyond one chunk, in forward or
+backward; the entropy bonus, which needs the entropy's gradient, takes autograd over `chunked_rows`),
+the training-inference mismatch weights against the engine's
 `rollout_logps` (`flowlm.rl.mismatch.mismatch_weights`, comparing the old policy's log-probs), and
 `flowlm.rl.losses.policy_loss` with the config's knobs. Defaults are the OLMo 3 Think RL run
 (`/work/shared/reference/rl-anchors.md` §0): PPO-clip with clip-higher 0.2 / 0.272, token-level
@@ -51,7 +53,7 @@ from torch import nn
 from flowlm.errors import FlowError
 from flowlm.train.losses import IGNORE
 from flowlm.train.objectives.base import LossOutput, Max, Mean, Objective, ObjectiveConfig, Sum, register_objective
-from flowlm.train.post_losses import chunked_rows, default_chunk_rows, head_weight
+from flowlm.train.post_losses import chunked_rows, default_chunk_rows, head_weight, target_logps
 
 
 class GRPOConfig(ObjectiveConfig):
@@ -242,11 +244,14 @@ def completion_logps(model: nn.Module, batch: Mapping[str, Any], mask: torch.Ten
     targets = batch["labels"].reshape(-1)[flat]
     vocab = weight.shape[0] if weight is not None else x.shape[-1]
     chunk = chunk_rows or default_chunk_rows(vocab, x.device)
-    fn = partial(_chunk, fp32_lm_head=fp32_lm_head, entropy_grad=entropy_grad)
-    per = chunked_rows(fn, (rows, targets), (weight,), chunk)  # [N, 2]
+    if weight is not None and not entropy_grad:  # the fused head: gradient written out, entropy on the side
+        logp, ent = target_logps(rows, targets, weight, chunk, entropy=True, fp32=fp32_lm_head)
+    else:
+        fn = partial(_chunk, fp32_lm_head=fp32_lm_head, entropy_grad=entropy_grad)
+        per = chunked_rows(fn, (rows, targets), (weight,), chunk)  # [N, 2]
+        logp, ent = per[:, 0], (per[:, 1] if entropy_grad else per[:, 1].detach())
     zeros = torch.zeros(flat.shape[0], dtype=torch.float32, device=x.device)
-    logps = zeros.masked_scatter(flat, per[:, 0]).view(mask.shape)
-    ent = per[:, 1] if entropy_grad else per[:, 1].detach()
+    logps = zeros.masked_scatter(flat, logp).view(mask.shape)
     entropy = zeros.masked_scatter(flat, ent).view(mask.shape)
     return logps, entropy
 
