@@ -33,6 +33,27 @@ def test_builtin_suites_are_heldout_distinct_and_routed():
     assert load_suite("builtin", n=5).majority_vote
 
 
+def test_builtin_instruct_suite_adds_one_verifiable_instruction_and_needs_both():
+    from flowlm.rl.instruct import INSTRUCTIONS
+    from flowlm.verify import verify_row
+
+    plain, inst = load_suite("builtin", n=40).items, load_suite("builtin_instruct", n=40).items
+    assert [it.id for it in plain] == [it.id for it in inst] and not load_suite("builtin_instruct", n=5).majority_vote
+    texts = {t for t, _, _ in INSTRUCTIONS}
+    used = set()
+    for a, b in zip(plain, inst):
+        added = b.question.removeprefix(a.question + " ")
+        assert added in texts and b.verifier_names() == [a.row["dataset"], "ifeval"]
+        assert not (a.row["task"] == "sorting" and "commas" in added)  # a sorted list is written with commas
+        used.add(added)
+    assert used == texts  # every instruction occurs in 40 items
+    # the no-comma item: a right answer with a comma scores half, without one full marks
+    it = next(b for b in inst if b.question.endswith("Do not use any commas in your response."))
+    gt = it.row["verifiers"][0]["ground_truth"]
+    assert verify_row(it.row, f"So, the result is \\boxed{{{gt}}}").score == 0.5
+    assert verify_row(it.row, f"The result is \\boxed{{{gt}}}").score == 1.0
+
+
 def test_sequence_verifier_checks_order():
     from flowlm.verify import verify
 

@@ -111,3 +111,21 @@ def test_builtin_rl_recipe_extends_tiny_post_with_think_rl_zero_and_its_coin_con
     assert coin.model_dump(exclude={"rollout"}) == zero.model_dump(exclude={"rollout"})
     assert coin.rollout.model_dump(exclude={"reward"}) == zero.rollout.model_dump(exclude={"reward"})
     assert recipe.stages["evaluate_zero"].models == ["long_context", "rl_zero", "rl_zero_coin"]
+
+
+def test_builtin_rl_modes_recipe_has_instruct_and_qwen3_rl_after_tiny_post():
+    recipe, _ = load_recipe("tiny-rl-modes", [])
+    post, _ = load_recipe("tiny-post", [])
+    assert list(recipe.stages)[: len(post.stages)] == list(post.stages)
+    st = recipe.stages
+    inst, reason, general = st["instruct_rl"], st["qwen3_reasoning_rl"], st["qwen3_general_rl"]
+    # Instruct RL: from DPO, IF instructions on half the prompts, shorter completions, solved prompts
+    # skipped, several optimizer steps per rollout batch
+    assert inst.init == "dpo" and inst.instructions == 0.5 and inst.rollout.skip_solved_threshold == 0.875
+    assert inst.rollout.minibatches > 1 and inst.rollout.max_new_tokens < reason.rollout.max_new_tokens
+    # Qwen3: reasoning RL from the cold-start SFT with entropy control, general RL adding the BT reward model
+    assert reason.init == "sft" and st["sft"].data == "sft_data" and st["sft_data"].kind == "coldstart"
+    assert reason.objective.entropy_target is not None and reason.objective.entropy_coef > 0
+    assert general.init == "qwen3_reasoning_rl" and general.reward_model == "reward_model"
+    assert st["reward_model"].objective.name == "reward_model" and general.instructions > 0
+    assert "builtin_instruct" in st["evaluate_modes"].suites

@@ -155,6 +155,33 @@ def test_rl_zero_stage_plain_builtin_prompts_with_coin_rewards(base, tmp_path):
     assert "reward/math" in recs[0]
 
 
+def test_instructions_and_a_reward_model_stage_join_the_rule_rewards(base, tmp_path):
+    """Instruct RL's IF domain and Qwen3 general RL's model reward as stage settings: half the built-in
+    prompts carry an IFEval instruction (scored with ifeval beside math), and every prompt is also scored
+    by a Bradley-Terry reward model trained in an earlier stage of the same recipe."""
+    d = tmp_path / "run"
+    shutil.copytree(base / "run", d)
+    raw = yaml.safe_load((base / "recipe.yaml").read_text())
+    del raw["stages"]["rl"]
+    raw["stages"]["pairs"] = {"kind": "pairs", "n_prompts": 8, "seed": 1, "strong": "procedural", "weak": "weak"}
+    raw["stages"]["rm"] = {"kind": "train", "init": "pretrain", "data": "pairs", "steps": 2, "seq_len": 512,
+                           "batch_size": 2, "objective": {"name": "reward_model"}, "optim": {"lr": 1.0e-4}}
+    raw["stages"]["rl_mixed"] = {**RL, "steps": 2, "prompts": "builtin", "n_prompts": 40, "tasks": ["counting"],
+                                 "instructions": 0.5, "reward_model": "rm", "reward_model_weight": 0.5}
+    (tmp_path / "mixed.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    flowlm("train", str(tmp_path / "mixed.yaml"), "--stage", "pairs", "--stage", "rm", "--stage", "rl_mixed",
+           "--run-dir", str(d), "--no-progress")
+    st = json.loads((d / "flow.json").read_text())["stages"]["rl_mixed"]
+    assert st["status"] == "done" and "rm" in st["inputs"]
+    recs = [json.loads(x) for x in (d / "rl_mixed" / "metrics.jsonl").read_text().splitlines()]
+    recs = [r for r in recs if "loss" in r]
+    assert [r["step"] for r in recs] == [1, 2]
+    domains = {k for r in recs for k in r if k.startswith("reward/")}
+    assert domains <= {"reward/math+reward_model", "reward/ifeval+math+reward_model"} and domains
+    # the reward model's sigmoid score is never 0 and differs between completions: every group is informative
+    assert all(0 < r["reward"] < 1 and r["informative_share"] == 1.0 for r in recs)
+
+
 def test_rl_filter_keeps_hard_prompts_with_their_pass_rate(base, straight, tmp_path):
     out = tmp_path / "kept.jsonl"
     model = straight / "rl" / "model"

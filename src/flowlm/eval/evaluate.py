@@ -29,9 +29,10 @@ def parse_suite_specs(specs: Sequence[str], file: str | Path | None = None) -> l
             if part:
                 name, _, path = part.partition("=")
                 out.append((name.strip(), path.strip() or None))
-    from flowlm.eval.suites import BUILTIN_TASKS
+    from flowlm.eval.suites import BUILTIN_TASKS, INSTRUCT_SUITE
 
-    needs = [i for i, (name, path) in enumerate(out) if path is None and name not in ("builtin", *BUILTIN_TASKS)]
+    builtin = ("builtin", INSTRUCT_SUITE, *BUILTIN_TASKS)
+    needs = [i for i, (name, path) in enumerate(out) if path is None and name not in builtin]
     if file is not None:
         if len(needs) != 1:
             raise ConfigError(f"--file goes with exactly one file suite without =PATH; got {[out[i][0] for i in needs] or 'none'}")

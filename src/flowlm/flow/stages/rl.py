@@ -25,7 +25,9 @@ checkpoint holds the prompts in flight, which a resumed run regenerates first. T
 process: under torchrun every rank would need the full weights for the rollout engine (a torchrun
 learner broadcasting to Ray workers is not built yet). `tasks` narrows built-in prompts to some task
 generators; `prompt_format: plain` renders them in the base-model template for RL-Zero
-(`rollout.reward: random` is its spurious-reward control; docs/rl.md).
+(`rollout.reward: random` is its spurious-reward control; docs/rl.md). `instructions` appends a
+verifiable instruction to a share of the prompts (Instruct RL's IF domain) and `reward_model` adds a
+Bradley–Terry reward model's score to every prompt's rule rewards (Qwen3 general RL); `flowlm.rl.instruct`.
 """
 
 from __future__ import annotations
@@ -54,6 +56,13 @@ class RLStageConfig(TrainStageConfig):
     prompt_format: Literal["chat", "plain"] = Field(
         "chat", description="chat: the chat template (rows' messages); plain: the base-model template "
                             "'Question: ...\\nAnswer:' with a stop at the next question (RL-Zero)")
+    instructions: float = Field(
+        0.0, ge=0, le=1, description="share of the prompts that get one verifiable IFEval-style instruction, "
+                                     "scored by their verifier and ifeval together (Instruct RL; flowlm.rl.instruct)")
+    reward_model: str | None = Field(
+        None, description="a reward-model stage (objective reward_model) or checkpoint directory: every prompt is "
+                          "also scored by it (Qwen3 general RL: rule rewards plus a model reward without reference)")
+    reward_model_weight: float = Field(0.5, gt=0, description="the reward model's weight against a row's rule rewards")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     objective: SerializeAsAny[ObjectiveConfig] = Field(
         default_factory=lambda: parse_objective_config("grpo"),
@@ -103,6 +112,8 @@ class RLStageConfig(TrainStageConfig):
                              f"rollout.prompts_per_step / minibatches = {groups} (micro-batches hold whole groups)")
         if self.tasks is not None and self.prompts != "builtin":
             raise ValueError("tasks only apply to prompts: builtin")
+        if self.prompt_format == "plain" and self.instructions > 0:
+            raise ValueError("instructions are added to chat prompts: not with prompt_format: plain")
         if self.prompt_format == "plain" and r.thinking:
             raise ValueError("prompt_format: plain renders no chat template: set rollout.thinking: false")
         if objective_class(self.objective.name).data_kind != ROLLOUTS:
@@ -116,14 +127,25 @@ def _inputs(ctx: StageContext, name: str, cfg: RLStageConfig) -> list[str]:
     refs = train_inputs(ctx, name, cfg)
     if cfg.prompts != "builtin":
         refs.append(cfg.prompts)  # a data stage (fingerprinted by its outputs) or a file (by its content)
+    if cfg.reward_model is not None:
+        refs.append(cfg.reward_model)
     return refs
 
 
 def prompt_rows(ctx: StageContext, name: str, cfg: RLStageConfig) -> list[dict[str, Any]]:
-    """Built-in training-split task prompts, a data stage's rows, or the rows of a JSONL file."""
+    """Built-in training-split task prompts, a data stage's rows, or the rows of a JSONL file; then the
+    instructions and the reward model the stage adds (`flowlm.rl.instruct`)."""
     from flowlm.flow.stages.common import prompt_rows as read_prompt_rows
+    from flowlm.rl.instruct import add_instructions, add_reward_model
 
     rows = read_prompt_rows(ctx, name, cfg.prompts, n_builtin=cfg.n_prompts, seed=cfg.seed, tasks=cfg.tasks)
+    if cfg.instructions > 0:
+        rows = add_instructions(rows, cfg.instructions, cfg.seed)
+    if cfg.reward_model is not None:
+        path = ctx.model_dir(cfg.reward_model)
+        if not (path / "config.json").is_file():
+            raise FlowError(f"stage '{name}': reward_model '{cfg.reward_model}' is not a checkpoint directory ({path})")
+        rows = add_reward_model(rows, str(path), cfg.reward_model_weight)
     return [plain_row(r) for r in rows] if cfg.prompt_format == "plain" else rows
 
 
