@@ -151,11 +151,17 @@ def test_huge_output(backend):
     assert r.output_truncated and len(r.stdout) <= limits.output_bytes and not r.timed_out
 
 
+def _daemon(extra: str = "") -> tuple[str, str]:
+    """A unique marker, and a program line starting a `sleep 300` in a new session with it in its argv."""
+    marker = f"flowlm-daemon-{os.getpid()}-{time.monotonic_ns()}"
+    return marker, (f"    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', {marker!r}], "
+                    f"start_new_session=True{extra})\n")
+
+
 @pytest.mark.parametrize("backend", ALL, indirect=True)
 def test_background_process_does_not_survive(backend):
-    marker = f"flowlm-daemon-{os.getpid()}-{time.monotonic_ns()}"
-    prog = ("import os, subprocess, sys, time\ndef main():\n"
-            f"    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', {marker!r}], start_new_session=True)\n"
+    marker, start = _daemon()
+    prog = ("import os, subprocess, sys, time\ndef main():\n" + start +
             "    if os.fork() == 0:\n        os.setsid()\n        time.sleep(300)\n"
             "    while True:\n        time.sleep(1)\n")
     _, v = _run(prog, timeout=TIMEOUT)
@@ -168,13 +174,8 @@ def test_background_process_does_not_survive(backend):
 def test_detached_daemon_of_a_passing_program_does_not_survive(backend):
     # The program passes and exits by itself at once, so no timeout sweep runs: a child that closed
     # its output and left the session must still be gone (bwrap: the pid namespace's init exits).
-    marker = f"flowlm-daemon-{os.getpid()}-{time.monotonic_ns()}"
-    prog = ("import os, subprocess, sys\ndef main():\n"
-            f"    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', {marker!r}],\n"
-            "                     start_new_session=True, stdin=subprocess.DEVNULL,\n"
-            "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
-            "    return 1\n")
-    dt, v = _run(prog)
+    marker, start = _daemon(", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL")
+    dt, v = _run("import os, subprocess, sys\ndef main():\n" + start + "    return 1\n")
     assert v.score == 1.0 and dt < FINISH
     assert not _survivors(marker)
 
