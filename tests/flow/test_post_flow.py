@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,6 +101,31 @@ def test_dpo_trains_on_the_pairs_with_a_cached_reference(post_run):
     rows = [json.loads(line) for line in (post_run / "dpo" / "metrics.jsonl").read_text().splitlines()]
     first = next(r for r in rows if "loss" in r)
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at step 1
+
+
+def test_dpo_stage_under_torchrun_two_ranks_equals_one_process(post_run, tmp_path):
+    """FSDP2 shards the LM head; DPO's answer log-probs project only the answer positions through it, inside
+    the model's forward (`head=`), so two gloo ranks train what one process trains (before, this crashed
+    with "mixed torch.Tensor and DTensor")."""
+    d = tmp_path / "run"
+    shutil.copytree(post_run, d)
+    shutil.rmtree(d / "dpo")
+    flow = json.loads((d / "flow.json").read_text())
+    del flow["stages"]["dpo"]
+    (d / "flow.json").write_text(json.dumps(flow))
+    recipe = write_recipe(tmp_path / "post.yaml", BASE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "flowlm.cli", "train",
+           str(recipe), "--stage", "dpo", "--run-dir", str(d), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def steps(run: Path) -> list[dict]:
+        return [r for r in map(json.loads, (run / "dpo" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+    one, two = steps(post_run), steps(d)
+    assert [r["step"] for r in two] == [r["step"] for r in one] and len(one) >= 1
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
 
 
 def test_reward_model_stage_exports_a_sequence_classifier_the_verifier_loads(post_run):

@@ -59,8 +59,9 @@ class HFCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
                 doc_ids: torch.Tensor | None = None, return_hidden: bool = False,
-                labels: torch.Tensor | None = None, z_loss: float = 0.0):
-        """Logits `[B, T, V]` (or final hidden states `[B, T, D]`), same contract as `Olmo3.forward`.
+                labels: torch.Tensor | None = None, z_loss: float = 0.0, head: Any = None):
+        """Logits `[B, T, V]` (or final hidden states `[B, T, D]`), same contract as `Olmo3.forward`
+        (`head`: `head(hidden, lm_head.weight)` inside `forward`, for a bias-free head).
 
         With `labels` it returns `(loss_sum, z_sum, n_tokens)` through the chunked LM head + loss
         (`flowlm.train.losses.fused_linear_cross_entropy`), as `Olmo3` does.
@@ -73,9 +74,11 @@ class HFCausalLM(nn.Module):
         kwargs: dict[str, Any] = {"position_ids": position_ids, "use_cache": False}
         if doc_ids is not None:
             kwargs["attention_mask"] = self._mask(doc_ids, self.hf.get_input_embeddings().weight.dtype)
-        if return_hidden or labels is not None:
+        if return_hidden or labels is not None or head is not None:
             base = getattr(self.hf, self.hf.base_model_prefix)
             hidden = base(input_ids=input_ids, **kwargs).last_hidden_state
+            if head is not None:
+                return head(hidden, self.lm_head.weight)
             if labels is None:
                 return hidden
             head = self.lm_head

@@ -18,16 +18,22 @@ so a generation engine can drive the same weights through a KV cache.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from typing import NamedTuple
 
 from flowlm.model import flex
 from flowlm.model.config import FULL, SLIDING, ModelConfig
 from flowlm.model.kernels import block_attention, rms_norm, swiglu
 from flowlm.model.rope import apply_rope, cos_sin, layer_rope
 from flowlm.train.losses import fused_linear_cross_entropy
+
+# `forward(head=...)`: the caller's projection of the final hidden states `[B, T, D]` with the LM head
+# weight `[V, D]`, run inside `forward` (FSDP2 gathers the head for it and reduces its gradient).
+HeadFn = Callable[[torch.Tensor, torch.Tensor], Any]
 
 
 class RMSNorm(nn.Module):
@@ -363,14 +369,16 @@ class Olmo3(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
                 doc_ids: torch.Tensor | None = None, return_hidden: bool = False,
-                labels: torch.Tensor | None = None, z_loss: float = 0.0):
+                labels: torch.Tensor | None = None, z_loss: float = 0.0, head: HeadFn | None = None):
         """Logits `[B, T, V]` for `input_ids[B, T]`, or final-normed hidden states `[B, T, D]`.
 
         `position_ids` `[T]` or `[B, T]` default to `arange(T)` (packed batches pass per-document
         positions, see `positions_from_doc_ids`); `doc_ids[B, T]` confine attention to one document.
         With `labels[B, T]` it returns `(loss_sum, z_sum, n_tokens)` from
         `flowlm.train.losses.fused_linear_cross_entropy` instead, never holding the `[B, T, V]` logits
-        (inside `forward`, so wrappers such as FSDP2 see the LM head used).
+        (inside `forward`, so wrappers such as FSDP2 see the LM head used). With `head` it returns
+        `head(hidden [B, T, D], lm_head.weight [V, D])`: an objective's own projection of the positions it
+        scores (`flowlm.train.post_losses.target_logps`), run inside `forward` for the same reason.
         """
         T = input_ids.shape[1]
         if position_ids is None:
@@ -382,6 +390,8 @@ class Olmo3(nn.Module):
             cos, sin = tables[layer.layer_type]
             h = layer(h, cos, sin, masks[layer.layer_type])
         h = self.model.norm(h)
+        if head is not None:
+            return head(h, self.lm_head.weight)
         if labels is not None:
             return fused_linear_cross_entropy(h, self.lm_head.weight, labels, z_loss)
         return h if return_hidden else self.lm_head(h)

@@ -142,6 +142,7 @@ class RolloutSource:
         self._policy: nn.Module | None = None
         self._pool: Any = None
         self._log_checked = False
+        self.weights: dict[str, torch.Tensor] | None = None  # full weights for the next batch (torchrun: rank 0)
         self._actor: Any = None  # flowlm.rl.actor.AsyncRollouts (mode async), started by the first iteration
         self._async_state: dict[str, Any] = {}  # mode async: the restored in-flight prompts, until the actor starts
 
@@ -161,6 +162,13 @@ class RolloutSource:
     def batches_per_epoch(self) -> int:
         """Trainer batches (optimizer steps) per pass over the prompts."""
         return max(1, len(self.rows) // self.cfg.prompts_per_step) * self.cfg.minibatches
+
+    def shard(self, rank: int, size: int) -> Any:
+        """This rank's view under torchrun (`flowlm.rl.ranks.RankRollouts`): rank 0 generates, every rank
+        trains its share of each batch's groups."""
+        from flowlm.rl.ranks import RankRollouts
+
+        return RankRollouts(self, rank, size)
 
     def bind(self, policy: nn.Module, *, old_logps_fn: OldLogpsFn | None = None) -> None:
         """Sample from `policy` (its weights are read before every batch); builds the engine.
@@ -264,7 +272,9 @@ class RolloutSource:
         """The batch of the current position (the position does not advance)."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        self.engine.update_weights(self._policy.state_dict(), version=self.steps)  # idle engine: applied now
+        # idle engine: applied now. Under torchrun rank 0 is handed the gathered full weights (`weights`).
+        weights, self.weights = self.weights if self.weights is not None else self._policy.state_dict(), None
+        self.engine.update_weights(weights, version=self.steps)
         kept: list[Group] = []
         spare: list[Group] = []
         stats: Counter[str] = Counter()

@@ -21,9 +21,10 @@ export and the run record are the train stage's. `batch_size` is `prompts_per_st
 prompt ids drawn and trained; `rollouts.jsonl`; mode async adds the ids consumed, dropped as stale and
 still pending). Mode async runs the rollout worker as threads of this process (`flowlm.rl.actor`), mode
 ray as Ray actors (`flowlm.rl.ray_workers`, several engines, local or multi-node): the learner's
-checkpoint holds the prompts in flight, which a resumed run regenerates first. The learner is one
-process: under torchrun every rank would need the full weights for the rollout engine (a torchrun
-learner broadcasting to Ray workers is not built yet). `tasks` narrows built-in prompts to some task
+checkpoint holds the prompts in flight, which a resumed run regenerates first. Under torchrun (mode
+sync, minibatches 1) every rank trains its share of each batch's groups and rank 0 generates with the
+gathered full weights (`flowlm.rl.ranks`); a torchrun learner beside Ray workers is not built yet.
+`tasks` narrows built-in prompts to some task
 generators; `prompt_format: plain` renders them in the base-model template for RL-Zero
 (`rollout.reward: random` is its spurious-reward control; docs/rl.md). `instructions` appends a
 verifiable instruction to a share of the prompts (Instruct RL's IF domain) and `reward_model` adds a
@@ -170,9 +171,14 @@ def run(ctx: StageContext, name: str, cfg: RLStageConfig) -> StageResult:
     from flowlm.model.tokenizer import load_tokenizer
     from flowlm.rl.source import RolloutSource
 
-    if ctx.world.distributed:
-        raise FlowError(f"stage '{name}': the RL learner runs in one process (modes sync, async and ray; "
-                        "not under torchrun)")
+    if ctx.world.distributed:  # the learner on every rank, rollouts on rank 0 (flowlm.rl.ranks)
+        r, size = cfg.rollout, ctx.world.size
+        if r.mode != "sync" or r.minibatches != 1:
+            raise FlowError(f"stage '{name}': under torchrun the rl stage runs mode sync with minibatches 1 "
+                            f"(got mode {r.mode}, minibatches {r.minibatches})")
+        if r.prompts_per_step % (cfg.grad_accum * size):
+            raise FlowError(f"stage '{name}': rollout.prompts_per_step {r.prompts_per_step} must split into whole "
+                            f"groups over {size} ranks x grad_accum {cfg.grad_accum}")
     tok = load_tokenizer(ctx.path(ctx.outputs[ctx.latest("tokenizer", name)]["tokenizer"]))
     log = ctx.path(f"{name}/{ROLLOUTS}.jsonl")
     source = RolloutSource(prompt_rows(ctx, name, cfg), tok, cfg.rollout, seed=cfg.seed, max_len=cfg.seq_len,

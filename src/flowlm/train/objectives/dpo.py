@@ -125,12 +125,18 @@ def pair_logps(model: nn.Module, batch: Mapping[str, torch.Tensor], *, pack: boo
     ids, labels = pair_rows(batch, pad_id=0)
     weight = head_weight(model)
     plan = pack_plan(model, labels, pack_length) if pack else None
+    # With a bias-free LM head `sequence_logps` runs inside the model's forward (`head=`: FSDP2 gathers the
+    # head for it and reduces its gradient); other models hand over full logits.
     if plan is None:
-        x = model(ids, return_hidden=True) if weight is not None else model(ids)
-        return sequence_logps(x, labels, weight)
+        if weight is None:
+            return sequence_logps(model(ids), labels)
+        return model(ids, head=lambda x, w: sequence_logps(x, labels, w))
     rows = pack_rows(ids, labels, *plan)
-    x = model(rows.input_ids, position_ids=rows.position_ids, doc_ids=rows.doc_ids, return_hidden=weight is not None)
-    return sequence_logps(x, rows.labels, weight, segments=rows.sequence, n_segments=labels.shape[0])
+    seg = {"segments": rows.sequence, "n_segments": labels.shape[0]}
+    kw = {"position_ids": rows.position_ids, "doc_ids": rows.doc_ids}
+    if weight is None:
+        return sequence_logps(model(rows.input_ids, **kw), rows.labels, **seg)
+    return model(rows.input_ids, **kw, head=lambda x, w: sequence_logps(x, rows.labels, w, **seg))
 
 
 @register_objective

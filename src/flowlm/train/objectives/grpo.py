@@ -238,19 +238,23 @@ def completion_logps(model: nn.Module, batch: Mapping[str, Any], mask: torch.Ten
     by memory budget). The learner (`GRPOObjective.loss`) and the source's old-policy pass
     (`flowlm.rl.source`, minibatches > 1) both use this, so their numbers agree."""
     weight = head_weight(model)
-    x = model(batch["input_ids"], return_hidden=weight is not None)
     flat = mask.reshape(-1)
-    rows = x.reshape(-1, x.shape[-1])[flat]
     targets = batch["labels"].reshape(-1)[flat]
-    vocab = weight.shape[0] if weight is not None else x.shape[-1]
-    chunk = chunk_rows or default_chunk_rows(vocab, x.device)
-    if weight is not None and not entropy_grad:  # the fused head: gradient written out, entropy on the side
-        logp, ent = target_logps(rows, targets, weight, chunk, entropy=True, fp32=fp32_lm_head)
-    else:
+    ids = batch["input_ids"]
+
+    def project(x: torch.Tensor, w: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = x.reshape(-1, x.shape[-1])[flat]
+        chunk = chunk_rows or default_chunk_rows(w.shape[0] if w is not None else x.shape[-1], x.device)
+        if w is not None and not entropy_grad:  # the fused head: gradient written out, entropy on the side
+            return target_logps(rows, targets, w, chunk, entropy=True, fp32=fp32_lm_head)
         fn = partial(_chunk, fp32_lm_head=fp32_lm_head, entropy_grad=entropy_grad)
-        per = chunked_rows(fn, (rows, targets), (weight,), chunk)  # [N, 2]
-        logp, ent = per[:, 0], (per[:, 1] if entropy_grad else per[:, 1].detach())
-    zeros = torch.zeros(flat.shape[0], dtype=torch.float32, device=x.device)
+        per = chunked_rows(fn, (rows, targets), (w,), chunk)  # [N, 2]
+        return per[:, 0], (per[:, 1] if entropy_grad else per[:, 1].detach())
+
+    # With a bias-free LM head the projection runs inside the model's forward (FSDP2 gathers the head for
+    # it and reduces its gradient); other models hand over full logits.
+    logp, ent = model(ids, head=project) if weight is not None else project(model(ids), None)
+    zeros = torch.zeros(flat.shape[0], dtype=torch.float32, device=ids.device)
     logps = zeros.masked_scatter(flat, logp).view(mask.shape)
     entropy = zeros.masked_scatter(flat, ent).view(mask.shape)
     return logps, entropy

@@ -1,0 +1,77 @@
+"""The RL learner under torchrun/FSDP2: rank 0 generates, every rank trains its share of the groups.
+
+`RolloutSource.shard(rank, size)` returns a `RankRollouts`. Per rollout batch:
+
+1. every rank takes part in gathering the policy's full weights from its FSDP2 shards
+   (`flowlm.train.checkpoint.full_state`, a collective; rank 0 receives them on the CPU);
+2. rank 0's `RolloutSource` loads them into its rollout engine and makes the batch exactly as in one
+   process (sampling, verification, zero-std filtering, active sampling, the log);
+3. the batch is broadcast from rank 0 (`torch.distributed.broadcast_object_list`), and each rank keeps
+   its `1/size` of the groups (`flowlm.train.batch.split_batch`, whole groups; the batch statistics
+   ride in the first rows, so they are counted once when the trainer sums its metrics over ranks).
+
+The trainer normalises the loss over the global batch (its units summed over ranks), so two ranks
+compute what one process computes on the whole batch. The engine is built from the unsharded model
+before FSDP2 shards it (`binds_unsharded`: `train_once` binds such a loader first). Checkpoints hold
+rank 0's source state (the trainer saves rank 0's loader state and loads it on every rank; the other
+ranks ignore it), so `kill -9` and a rerun resume the prompt stream as in one process. Mode `sync`
+with one optimizer step per rollout batch only: the actor modes and minibatches > 1 run their rollout
+thread or old-policy pass in one process (the rl stage says so up front).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+
+
+class RankRollouts:
+    """This rank's share of every rollout batch of a `RolloutSource` (see module docstring)."""
+
+    binds_unsharded = True  # `train_once` binds it before FSDP2 shards the model
+
+    def __init__(self, source: Any, rank: int, size: int) -> None:
+        self.source, self.rank, self.size = source, rank, size
+        self.split_rule = source.split_rule
+        self.policy: nn.Module | None = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.source.batches_per_epoch
+
+    def bind(self, policy: nn.Module) -> None:
+        """Keep `policy` (sharded in place later) for the weight gathers; rank 0 builds its engine now,
+        from the full weights."""
+        self.policy = policy
+        if self.rank == 0:
+            self.source.bind(policy)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.source.state_dict() if self.rank == 0 else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.rank == 0:
+            self.source.load_state_dict(state)
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import torch.distributed as dist
+
+        from flowlm.train.batch import split_batch
+        from flowlm.train.checkpoint import full_state
+
+        if self.policy is None:
+            raise RuntimeError("rl rollouts: bind(model) before iterating")
+        batches = iter(self.source) if self.rank == 0 else None
+        while True:
+            weights, _ = full_state(self.policy, None)  # collective: every rank, once per rollout batch
+            box: list[Any] = [None]
+            if batches is not None:
+                self.source.weights = weights
+                box[0] = next(batches)
+            dist.broadcast_object_list(box, src=0)
+            yield split_batch(box[0], self.size, self.split_rule)[self.rank]
