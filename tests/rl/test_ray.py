@@ -26,7 +26,7 @@ from flowlm.errors import ConfigError, FlowError
 from flowlm.rl.source import RolloutConfig, RolloutSource
 from tests.rl import test_source
 from tests.rl.test_async import async_source, check_accounting, records
-from tests.rl.test_rl_flow import flowlm, recipe
+from tests.rl.test_rl_flow import flowlm, recipe, torchrun_train
 from tests.rl.test_rl_flow import prompt_rows as ifeval_rows
 from tests.rl.test_source import metrics, rows
 
@@ -197,7 +197,10 @@ def test_ray_settings_are_checked_and_a_missing_ray_is_the_extras_error(tok, mod
 
 
 # -- `flowlm train` of an rl stage in mode ray, connecting to the module's cluster -----------------------------
-def test_rl_stage_in_ray_mode_trains_through_flowlm_train(cluster, tmp_path):
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_rl_stage_in_ray_mode_trains_through_flowlm_train(cluster, tmp_path, ranks):
+    """One process, and the learner under `torchrun --nproc_per_node 2` (FSDP2 on gloo: rank 0 gathers the
+    full weights from the shards and puts them in the object store for the actors every step)."""
     d = tmp_path
     prompts = d / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in ifeval_rows(48)))
@@ -207,7 +210,11 @@ def test_rl_stage_in_ray_mode_trains_through_flowlm_train(cluster, tmp_path):
                                            "max_draws": 16})  # which groups finish first is timing: room to fill
     (d / "recipe.yaml").write_text(yaml.safe_dump(rec, sort_keys=False))
     stages = [a for s in ("corpus", "tokenizer", "pretrain", "rl") for a in ("--stage", s)]
-    proc = flowlm("train", str(d / "recipe.yaml"), *stages, "--run-dir", str(d / "run"), "--no-progress")
+    if ranks == 1:
+        proc = flowlm("train", str(d / "recipe.yaml"), *stages, "--run-dir", str(d / "run"), "--no-progress")
+    else:
+        proc = torchrun_train(d / "recipe.yaml", d / "run", *stages)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     st = json.loads((d / "run" / "flow.json").read_text())["stages"]["rl"]
     assert st["status"] == "done" and st["config"]["rollout"]["mode"] == "ray", proc.stderr[-2000:]
     assert st["config"]["rollout"]["num_rollout_workers"] == 2

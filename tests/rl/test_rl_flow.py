@@ -131,11 +131,16 @@ def test_kill_9_then_resume_gives_the_same_losses_and_prompts(base, straight, tm
         (r["position"], r["drawn"], r["trained"]) for r in rollouts(straight)]
 
 
-def torchrun_rl(recipe: Path, run_dir: Path, *, env: dict | None = None) -> subprocess.CompletedProcess:
+def torchrun_train(recipe: Path, run_dir: Path, *stages: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`flowlm train RECIPE STAGES --run-dir RUN_DIR` under `torchrun --nproc_per_node 2` (gloo)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "flowlm.cli", "train",
-           str(recipe), "--stage", "rl", "--run-dir", str(run_dir), "--no-progress"]
+           str(recipe), *stages, "--run-dir", str(run_dir), "--no-progress"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def torchrun_rl(recipe: Path, run_dir: Path, *, env: dict | None = None) -> subprocess.CompletedProcess:
+    return torchrun_train(recipe, run_dir, "--stage", "rl", env=env)
 
 
 def test_torchrun_learner_on_two_ranks_equals_one_process_and_resumes(base, straight, tmp_path):

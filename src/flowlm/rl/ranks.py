@@ -4,8 +4,10 @@
 
 1. every rank takes part in gathering the policy's full weights from its FSDP2 shards
    (`flowlm.train.checkpoint.full_state`, a collective; rank 0 receives them on the CPU);
-2. rank 0's `RolloutSource` loads them into its rollout engine and makes the batch exactly as in one
-   process (sampling, verification, zero-std filtering, active sampling, the log);
+2. rank 0's `RolloutSource` makes the batch exactly as in one process, with those weights
+   (`RolloutSource.policy_weights`): mode sync loads them into its rollout engine and samples; mode ray
+   puts them in the object store for its rollout actors as an inflight update (`flowlm.rl.ray_workers`),
+   the actors having generated ahead meanwhile;
 3. the batch is broadcast from rank 0 (`torch.distributed.broadcast_object_list`), and each rank keeps
    its `1/size` of the groups (`flowlm.train.batch.split_batch`, whole groups; the batch statistics
    ride in the first rows, so they are counted once when the trainer sums its metrics over ranks).
@@ -14,9 +16,9 @@ The trainer normalises the loss over the global batch (its units summed over ran
 compute what one process computes on the whole batch. The engine is built from the unsharded model
 before FSDP2 shards it (`binds_unsharded`: `train_once` binds such a loader first). Checkpoints hold
 rank 0's source state (the trainer saves rank 0's loader state and loads it on every rank; the other
-ranks ignore it), so `kill -9` and a rerun resume the prompt stream as in one process. Mode `sync`
-with one optimizer step per rollout batch only: the actor modes and minibatches > 1 run their rollout
-thread or old-policy pass in one process (the rl stage says so up front).
+ranks ignore it), so `kill -9` and a rerun resume the prompt stream as in one process. Modes `sync` and
+`ray` with one optimizer step per rollout batch: mode async's thread would share rank 0's cores, and
+minibatches > 1 need an old-policy pass on every rank (the rl stage says so up front).
 """
 
 from __future__ import annotations

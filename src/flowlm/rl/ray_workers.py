@@ -270,6 +270,16 @@ class RayUnit(RolloutUnit):
             self.ray.kill(self.handle, no_restart=True)
 
 
+def plain_class(model: nn.Module) -> type:
+    """The model's own class: FSDP2 (`fully_shard`) swaps a sharded module's class for a subclass
+    `FSDP<name>`, which a worker process must not build."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # (no distributed build)
+        return type(model)
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+
+
 class RayBackend(Backend):
     """Mode ray: `num_rollout_workers` `RolloutActor`s and `num_reward_workers` `RewardActor`s."""
 
@@ -303,12 +313,12 @@ class RayBackend(Backend):
         self.rollout_cls = ray.remote(RolloutActor)
         self.reward_cls = ray.remote(RewardActor)
         model = self.model
-        self.model_spec = (type(model), model.cfg, str(next(model.parameters()).dtype).removeprefix("torch."))
+        self.model_spec = (plain_class(model), model.cfg, str(next(model.parameters()).dtype).removeprefix("torch."))
         self.tokenizer_ref = ray.put(src.tokenizer)
         context = min(src.max_len, getattr(model.cfg, "max_seq_len", src.max_len))
         self.gen_cfg = GenerateConfig(max_slots=cfg.max_slots or cfg.prompts_per_step * cfg.group_size,
                                       context=context, enable_thinking=cfg.thinking)
-        self.weights_ref = ray.put(pack_state(model.state_dict()))
+        self.weights_ref = ray.put(pack_state(src.policy_weights()))
         if cfg.num_reward_workers == 0:
             local_pool(src)
             return
@@ -342,7 +352,7 @@ class RayBackend(Backend):
 
     def weights(self) -> Any:
         """The policy's weights in the object store, once for every actor (also what a restarted actor gets)."""
-        self.weights_ref = self.ray.put(pack_state(self.model.state_dict()))
+        self.weights_ref = self.ray.put(pack_state(self.source.policy_weights()))
         return self.weights_ref
 
     def verify(self, rows: list[dict[str, Any]], texts: list[str], stop: threading.Event) -> list[Any] | None:

@@ -163,6 +163,15 @@ class RolloutSource:
         """Trainer batches (optimizer steps) per pass over the prompts."""
         return max(1, len(self.rows) // self.cfg.prompts_per_step) * self.cfg.minibatches
 
+    def policy_weights(self) -> dict[str, torch.Tensor]:
+        """The policy's full weights for the rollout engines: under torchrun those rank 0 was handed for this
+        batch (`weights`, gathered from the FSDP2 shards by `flowlm.rl.ranks`), else its state dict."""
+        if self.weights is not None:
+            return self.weights
+        if self._policy is None:
+            raise ConfigError("rl rollouts: bind(model) before reading its weights")
+        return self._policy.state_dict()
+
     def shard(self, rank: int, size: int) -> Any:
         """This rank's view under torchrun (`flowlm.rl.ranks.RankRollouts`): rank 0 generates, every rank
         trains its share of each batch's groups."""
@@ -272,9 +281,7 @@ class RolloutSource:
         """The batch of the current position (the position does not advance)."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        # idle engine: applied now. Under torchrun rank 0 is handed the gathered full weights (`weights`).
-        weights, self.weights = self.weights if self.weights is not None else self._policy.state_dict(), None
-        self.engine.update_weights(weights, version=self.steps)
+        self.engine.update_weights(self.policy_weights(), version=self.steps)  # idle engine: applied now
         kept: list[Group] = []
         spare: list[Group] = []
         stats: Counter[str] = Counter()

@@ -232,4 +232,4 @@ class ThreadBackend(Backend):
         return ThreadUnit(name, engine)
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+        return {k: v.detach().clone() for k, v in self.source.policy_weights().items()}
