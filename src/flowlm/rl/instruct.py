@@ -3,14 +3,15 @@
 - `add_instructions(rows, share, seed)`: a seeded `share` of the rows get one IFEval-style instruction
   appended to their last user turn (`INSTRUCTIONS`: no commas, a word limit, a keyword, lowercase) and
   are then scored by their own verifier and `ifeval` together (equal weights, the row routing's
-  `verifiers` list). The instruction of a row depends on its id (and task) alone, so the same row gets
-  the same instruction in every run and split; sorting never gets "no commas" (its answer is a list). OLMo 3's Instruct RL mixes math, code, IF and chat prompts; on the
-  miniature the built-in task prompts plus these instructions are its math + IF mix.
+  `verifiers` list). A row's instruction depends on its id (and task) alone, so the same row gets the
+  same one in every run; sorting never gets "no commas" (its answer is a list). OLMo 3's Instruct RL
+  mixes math, code, IF and chat prompts; on the miniature the built-in task prompts plus these
+  instructions are its math + IF mix.
 - `add_reward_model(rows, path, weight)`: every row also scored by the Bradley–Terry reward model at
   `path` (verifier `reward_model`, the prompt text passed along), with `weight` against the row's rule
   rewards: Qwen3's general RL combines rule-based rewards with a model-based reward without a reference.
-- `instruct_items(...)`: the held-out counterpart, the built-in eval suite's items with the same
-  instructions (eval suite `builtin_instruct`).
+- `instruction_for(key, seed, task)`: the instruction a row or held-out item gets (the eval suite
+  `builtin_instruct` gives its items theirs the same way).
 """
 
 from __future__ import annotations
