@@ -39,6 +39,8 @@ BASE = {
         "distill": {"kind": "train", "init": "pretrain", "data": "sft_data", "steps": 2, "seq_len": 512,
                     "batch_size": 2, "objective": {"name": "distill", "teacher": "sft", "divergence": "reverse_kl"},
                     "on_policy": {"max_new_tokens": 12, "temperature": 1.0}, "optim": {"lr": 1.0e-4}},
+        "distill_off": {"kind": "train", "init": "pretrain", "data": "sft_data", "steps": 2, "seq_len": 512,
+                        "batch_size": 2, "objective": {"name": "distill", "teacher": "sft"}, "optim": {"lr": 1.0e-4}},
     },
 }
 
@@ -103,24 +105,26 @@ def test_dpo_trains_on_the_pairs_with_a_cached_reference(post_run):
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference at step 1
 
 
-def test_dpo_stage_under_torchrun_two_ranks_equals_one_process(post_run, tmp_path):
-    """FSDP2 shards the LM head; DPO's answer log-probs project only the answer positions through it, inside
-    the model's forward (`head=`), so two gloo ranks train what one process trains (before, this crashed
-    with "mixed torch.Tensor and DTensor")."""
+@pytest.mark.parametrize("stage", ["dpo", "distill_off"])
+def test_head_objectives_under_torchrun_two_ranks_equal_one_process(post_run, tmp_path, stage):
+    """FSDP2 shards the LM head; DPO (answer positions) and distillation (the student's divergence to the
+    teacher) project through it inside the model's forward (`head=`), so two gloo ranks train what one
+    process trains (before, both used the head outside the forward: DPO crashed with "mixed torch.Tensor
+    and DTensor")."""
     d = tmp_path / "run"
     shutil.copytree(post_run, d)
-    shutil.rmtree(d / "dpo")
+    shutil.rmtree(d / stage)
     flow = json.loads((d / "flow.json").read_text())
-    del flow["stages"]["dpo"]
+    del flow["stages"][stage]
     (d / "flow.json").write_text(json.dumps(flow))
     recipe = write_recipe(tmp_path / "post.yaml", BASE)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "flowlm.cli", "train",
-           str(recipe), "--stage", "dpo", "--run-dir", str(d), "--no-progress"]
+           str(recipe), "--stage", stage, "--run-dir", str(d), "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     def steps(run: Path) -> list[dict]:
-        return [r for r in map(json.loads, (run / "dpo" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+        return [r for r in map(json.loads, (run / stage / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
     one, two = steps(post_run), steps(d)
     assert [r["step"] for r in two] == [r["step"] for r in one] and len(one) >= 1

@@ -96,11 +96,18 @@ class DistillObjective(Objective):
         s_w, t_w = head_weight(model), head_weight(self.teacher)
         with torch.no_grad():
             t_x = self.teacher(batch["input_ids"], return_hidden=t_w is not None, **kw)
-        s_x = model(batch["input_ids"], return_hidden=s_w is not None, **kw)
-        s_rows, t_rows = s_x.reshape(-1, s_x.shape[-1])[valid], t_x.reshape(-1, t_x.shape[-1])[valid]
-        vocab = (s_w.shape[0] if s_w is not None else s_x.shape[-1])
-        chunk = self.chunk_rows or max(1, default_chunk_rows(vocab, s_x.device) // 2)  # two [c, V] blocks per chunk
-        per_token, agree = chunked_rows(self._chunk, (s_rows, t_rows), (s_w, t_w), chunk).unbind(1)
+        t_rows = t_x.reshape(-1, t_x.shape[-1])[valid]
+
+        def project(s_x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+            s_rows = s_x.reshape(-1, s_x.shape[-1])[valid]
+            vocab = w.shape[0] if w is not None else s_x.shape[-1]
+            chunk = self.chunk_rows or max(1, default_chunk_rows(vocab, s_x.device) // 2)  # two [c, V] blocks
+            return chunked_rows(self._chunk, (s_rows, t_rows), (w, t_w), chunk)
+
+        # The student's head runs inside its forward (`head=`: FSDP2 gathers it and reduces its gradient).
+        ids = batch["input_ids"]
+        per = model(ids, head=project, **kw) if s_w is not None else project(model(ids, **kw), None)
+        per_token, agree = per.unbind(1)
         return LossOutput(per_token.sum(), {"teacher_agreement": Mean(agree.sum(), valid.sum())})
 
     def _chunk(self, s: torch.Tensor, t: torch.Tensor, s_w: torch.Tensor | None,
