@@ -247,3 +247,25 @@ def test_entropy_bonus_and_its_adaptive_coefficient():
     assert fixed.entropy_coef == 0.2 and fixed.state_dict() == {}
     with pytest.raises(ValueError, match="entropy_coef_lr only applies with entropy_target"):
         GRPOConfig(entropy_coef_lr=0.5)
+
+
+def test_the_rl_stage_old_policy_pass_matches_the_learner_precision():
+    """With minibatches > 1 the first minibatch's ratio is learner / old-policy log-probs of the same weights:
+    exactly 1 only when the old-policy pass runs with the learner's autocast and LM-head precision. The rl
+    stage hands both to the source (`flowlm.flow.stages.rl.old_logps_fn`)."""
+    from flowlm.flow.stages.rl import RLStageConfig, old_logps_fn
+    from flowlm.rl.source import old_policy_logps
+
+    model = micro()
+    batch = with_rollout(model, hand_batch())
+    mask = token_mask(batch)
+    cfg = RLStageConfig(steps=1, seq_len=32, precision="bf16", objective={"name": "grpo", "fp32_lm_head": True},
+                        rollout={"prompts_per_step": 2, "group_size": 2, "minibatches": 2})
+    obj = GRPOObjective(fp32_lm_head=True)
+    with torch.no_grad(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):  # as the trainer runs bf16
+        learner = obj.token_logps(model, batch, mask)[0]
+    stage = old_logps_fn(cfg)(model, batch)
+    assert torch.equal(stage[mask], learner[mask])  # ratio exactly 1
+    plain = old_policy_logps(model, batch)  # fp32 without autocast: the learner's bf16 numbers differ
+    assert not torch.equal(plain[mask], learner[mask])
+    assert old_logps_fn(RLStageConfig(steps=1, seq_len=32)).keywords == {"fp32_lm_head": False, "bf16": False}

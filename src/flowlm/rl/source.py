@@ -112,7 +112,7 @@ class RolloutSource:
     """Batches of verified, advantage-weighted rollouts from the bound policy (see module docstring)."""
 
     def __init__(self, rows: Sequence[dict[str, Any]], tokenizer: Any, cfg: RolloutConfig, *, seed: int,
-                 max_len: int, log_path: Path | None = None) -> None:
+                 max_len: int, log_path: Path | None = None, old_logps_fn: OldLogpsFn | None = None) -> None:
         from flowlm.generate.prompts import to_prompt_ids
         from flowlm.model.tokenizer import turn_end_ids
 
@@ -134,7 +134,7 @@ class RolloutSource:
         self.position = 0  # rollout batches generated (seeds, the log)
         self.steps = 0  # minibatches served = optimizer steps done when the trainer has trained them (version)
         self._pending: list[dict[str, Any]] = []  # minibatches of the current rollout batch not yet served
-        self._old_logps_fn: OldLogpsFn = old_policy_logps
+        self._old_logps_fn: OldLogpsFn = old_logps_fn or old_policy_logps
         self.pass_rate: dict[int, float] = {}  # prompt index -> pass rate of its latest group
         self.totals: Counter[str] = Counter()
         self.split_rule = SplitRule(group=cfg.group_size)
@@ -181,12 +181,14 @@ class RolloutSource:
 
     def bind(self, policy: nn.Module, *, old_logps_fn: OldLogpsFn | None = None) -> None:
         """Sample from `policy` (its weights are read before every batch); builds the engine.
-        `old_logps_fn(policy, minibatch) -> [B, T]`: the old-policy pass of minibatches > 1 (default
-        `old_policy_logps`: the `grpo` objective's default LM-head settings, in fp32)."""
+        `old_logps_fn(policy, minibatch) -> [B, T]`: the old-policy pass of minibatches > 1 (default: the one
+        given to the constructor, else `old_policy_logps` with the `grpo` objective's default LM-head
+        settings, in fp32)."""
         if any(type(p).__name__ == "DTensor" for p in policy.parameters()):
             raise ConfigError("rl: rollouts run in one process (the engine needs full weights)")
         self._policy = policy
-        self._old_logps_fn = old_logps_fn or old_policy_logps
+        if old_logps_fn is not None:
+            self._old_logps_fn = old_logps_fn
         self.engine = self.make_engine(policy) if self.cfg.mode != "ray" else None  # ray: engines in the actors
 
     def make_engine(self, policy: nn.Module) -> Any:
@@ -471,16 +473,22 @@ class RolloutSource:
 OldLogpsFn = Callable[[nn.Module, dict[str, Any]], torch.Tensor]
 
 
-def old_policy_logps(policy: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+def old_policy_logps(policy: nn.Module, batch: dict[str, Any], *, fp32_lm_head: bool = False,
+                     bf16: bool = False) -> torch.Tensor:
     """`[B, T]` fp32 log-prob of every trained token (`grpo.token_mask`) under `policy` as it is now, NaN
-    elsewhere; no gradient, on the policy's device, returned on the batch's (CPU)."""
+    elsewhere; no gradient, on the policy's device, returned on the batch's (CPU). `fp32_lm_head` and
+    `bf16` (autocast, as the trainer runs a single-process bf16 stage) must be the learner's, so that the
+    ratio of a rollout batch's first minibatch is exactly 1 (the rl stage passes them)."""
+    import contextlib
+
     from flowlm.train.objectives.grpo import completion_logps, token_mask
 
     device = next(policy.parameters()).device
     on_device = to_device({k: batch[k] for k in ("input_ids", "labels", "loss_rows", "masked_rows")}, device)
     mask = token_mask(on_device)
-    with torch.no_grad():
-        logps = completion_logps(policy, on_device, mask)[0]
+    cast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with torch.no_grad(), cast:
+        logps = completion_logps(policy, on_device, mask, fp32_lm_head=fp32_lm_head)[0]
     return torch.where(mask, logps, float("nan")).to(batch["input_ids"].device)
 
 

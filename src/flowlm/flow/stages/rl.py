@@ -165,6 +165,17 @@ def plain_row(row: dict[str, Any]) -> dict[str, Any]:
     return {**out, "prompt": PLAIN_QA.replace("{question}", users[-1])}
 
 
+def old_logps_fn(cfg: RLStageConfig) -> Any:
+    """The old-policy pass of `minibatches > 1` with the learner's LM-head precision and autocast, so the
+    first minibatch of a rollout batch has ratio 1 exactly (`flowlm.rl.source.old_policy_logps`)."""
+    from functools import partial
+
+    from flowlm.rl.source import old_policy_logps
+
+    return partial(old_policy_logps, fp32_lm_head=bool(getattr(cfg.objective, "fp32_lm_head", False)),
+                   bf16=cfg.precision == "bf16")
+
+
 def run(ctx: StageContext, name: str, cfg: RLStageConfig) -> StageResult:
     """Train on rollouts; outputs and metrics of a train stage plus the rollout totals and their log."""
     from flowlm.flow.stages.train import train_once
@@ -183,7 +194,7 @@ def run(ctx: StageContext, name: str, cfg: RLStageConfig) -> StageResult:
     tok = load_tokenizer(ctx.path(ctx.outputs[ctx.latest("tokenizer", name)]["tokenizer"]))
     log = ctx.path(f"{name}/{ROLLOUTS}.jsonl")
     source = RolloutSource(prompt_rows(ctx, name, cfg), tok, cfg.rollout, seed=cfg.seed, max_len=cfg.seq_len,
-                           log_path=log)
+                           log_path=log, old_logps_fn=old_logps_fn(cfg))
     try:
         outputs, metrics = train_once(ctx, name, cfg, name, loader=source)
     finally:
