@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowlm.rl.source import RolloutConfig, RolloutSource, coin_rewards, rollout_metrics
+from flowlm.rl.source import RolloutConfig, RolloutSource
+from flowlm.rl.stats import coin_rewards, rollout_metrics
 from flowlm.verify.base import Verdict, register
 from tests.rl import test_source
 

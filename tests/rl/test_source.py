@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from flowlm.errors import FlowError
-from flowlm.rl.source import RolloutConfig, RolloutSource, is_verifier_error, rollout_metrics
+from flowlm.rl.source import RolloutConfig, RolloutSource, is_verifier_error
+from flowlm.rl.stats import rollout_metrics
 from flowlm.verify.base import Verdict, register
 
 SEEN: list[str] = []

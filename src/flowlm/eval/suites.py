@@ -107,12 +107,10 @@ def builtin_suite(name: str = "builtin", *, n: int = 200, seed: int = 0) -> Suit
 
 
 def _with_instruction(item: EvalItem) -> EvalItem:
-    from flowlm.rl.instruct import instruction_for
+    from flowlm.rl.instruct import instruction_for, with_ifeval
 
     text, gt = instruction_for(item.id, task=item.row["task"])
-    row = {"verifiers": [{"name": item.row["dataset"], "ground_truth": item.row["ground_truth"]},
-                         {"name": "ifeval", "ground_truth": gt}], "task": item.row["task"]}
-    return dataclasses.replace(item, question=f"{item.question} {text}", row=row)
+    return dataclasses.replace(item, question=f"{item.question} {text}", row=with_ifeval(item.row, gt))
 
 
 def _builtin_item(it: dict[str, Any]) -> EvalItem:

@@ -59,6 +59,11 @@ def instruction_for(key: str, seed: int = 0, task: str | None = None) -> tuple[s
     return text, {"instruction_id_list": [iid], "kwargs": [dict(kwargs)]}
 
 
+def with_ifeval(row: dict[str, Any], ground_truth: dict[str, Any]) -> dict[str, Any]:
+    """`row` routed to its own verifiers and `ifeval` (with `ground_truth`), as one `verifiers` list."""
+    return _with_routing(row, [*_pairs(row), {"name": "ifeval", "ground_truth": ground_truth}])
+
+
 def add_instruction(row: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     """`row` with one instruction appended to its last user turn and `ifeval` added to its verifiers."""
     text, gt = instruction_for(str(row.get("id", "")), seed, row.get("task"))
@@ -67,7 +72,7 @@ def add_instruction(row: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     if not users or not isinstance(messages[users[-1]].get("content"), str):
         raise ValueError(f"row {row.get('id', '?')}: no user turn to add an instruction to")
     messages[users[-1]]["content"] = f"{messages[users[-1]]['content']} {text}"
-    return {**_with_routing(row, [*_pairs(row), {"name": "ifeval", "ground_truth": gt}]), "messages": messages}
+    return {**with_ifeval(row, gt), "messages": messages}
 
 
 def add_instructions(rows: Sequence[dict[str, Any]], share: float, seed: int = 0) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ re-tokenized; right padding), `labels` [B, T] (the completion tokens at the posi
 `masked_rows` [B] bool (a truncated completion under `mask_truncated`: its tokens leave the loss and the
 token count, the sequence still counts for per-sequence normalisation, as `advantages.mask_truncated`),
 `group_ids` [B] (group within the batch), `prompt_index` [B], and statistics as `stat_*` columns
-(`rollout_metrics` turns them into typed metrics; see `_stat_columns`). Timings per batch:
+(`flowlm.rl.stats.rollout_metrics` turns them into typed metrics). Timings per batch:
 `time_generate_s`, `time_verify_s`, `time_sync_s` (weights into the engine) and `time_batch_s` (all of
 the learner's time inside the source for this batch; the trainer's `step_time` includes it).
 
@@ -86,11 +86,15 @@ from torch import nn
 
 from flowlm.errors import ConfigError, FlowError
 from flowlm.rl.config import ACTOR_MODES, ASYNC_FIELDS, RAY_FIELDS, RolloutConfig  # noqa: F401 (re-exported)
-from flowlm.rl.rows import check_prompt_rows, is_verifier_error, row_domain, verify_completions
+from flowlm.rl.rows import (
+    check_prompt_rows,
+    is_verifier_error,
+    row_domain,
+    verify_completions,
+)
+from flowlm.rl.stats import STAT, coin_rewards, stat_columns
 from flowlm.train.batch import SplitRule, split_batch, to_device
 from flowlm.train.losses import IGNORE
-
-STAT = "stat_"  # batch keys holding statistics columns (see `_stat_columns`)
 
 
 @dataclass
@@ -381,7 +385,11 @@ class RolloutSource:
 
     def _group(self, index: int, draw: int, res: Any, verdicts: list[Any], stats: Counter[str]) -> Group:
         from flowlm.generate.params import FINISH_LENGTH
-        from flowlm.rl.advantages import advantage_estimator, informative_groups, overlong_penalty
+        from flowlm.rl.advantages import (
+            advantage_estimator,
+            informative_groups,
+            overlong_penalty,
+        )
 
         cfg = self.cfg
         scores = torch.tensor([v.score for v in verdicts], dtype=torch.float32)
@@ -439,7 +447,7 @@ class RolloutSource:
             "group_ids": torch.arange(len(groups)).repeat_interleave(n),
             "prompt_index": torch.tensor([g.index for g in groups]).repeat_interleave(n),
         }
-        batch.update(_stat_columns(stats, B))
+        batch.update(stat_columns(stats, B))
         return batch
 
     def _trim_log(self) -> None:
@@ -490,44 +498,3 @@ def old_policy_logps(policy: nn.Module, batch: dict[str, Any], *, fp32_lm_head: 
     with torch.no_grad(), cast:
         logps = completion_logps(policy, on_device, mask, fp32_lm_head=fp32_lm_head)[0]
     return torch.where(mask, logps, float("nan")).to(batch["input_ids"].device)
-
-
-def _stat_columns(stats: Counter[str], rows: int) -> dict[str, torch.Tensor]:
-    """Batch statistics as `[B]` columns whose first row holds the value and the others 0, so they split
-    into micro-batches with the batch and summing a column over micro-batches gives the batch's value.
-    `stat_sum/<name>`: a count; `stat_num/<name>` + `stat_den/<name>`: a mean over what `den` counts
-    (from the `num:<name>` / `den:<name>` entries of `stats`)."""
-    out = {}
-    for key, value in stats.items():
-        kind, name = key.split(":", 1) if key.startswith(("num:", "den:")) else ("sum", key)
-        col = torch.zeros(rows, dtype=torch.float32)
-        col[0] = float(value)
-        out[f"{STAT}{kind}/{name}"] = col
-    return out
-
-
-def rollout_metrics(batch: dict[str, Any]) -> dict[str, Any]:
-    """Typed metrics (`Sum` counts, `Mean` shares and averages) from a (micro-)batch's `stat_*` columns."""
-    from flowlm.train.objectives.base import Mean, Sum
-
-    out: dict[str, Any] = {}
-    for key, col in batch.items():
-        if key.startswith(f"{STAT}sum/"):
-            out[key[len(STAT) + 4:]] = Sum(col.sum())
-        elif key.startswith(f"{STAT}num/"):
-            name = key[len(STAT) + 4:]
-            out[name] = Mean(col.sum(), batch[f"{STAT}den/{name}"].sum())
-    return out
-
-
-def coin_rewards(seed: int, index: int, completions: Sequence[Any]) -> torch.Tensor:
-    """Spurious rewards: a fair coin per completion, decided by a hash of (seed, prompt, its token ids), so
-    a completion gets the same coin whatever the batch, thread or resume that sampled it, and the coin
-    knows nothing of correctness (RL-Zero's contamination control: it should not raise held-out pass@1)."""
-    import hashlib
-
-    coins = []
-    for c in completions:
-        h = hashlib.blake2b(f"{seed}:{index}:".encode() + np.asarray(c.tokens, dtype=np.int64).tobytes(), digest_size=8)
-        coins.append(float(h.digest()[0] & 1))
-    return torch.tensor(coins, dtype=torch.float32)

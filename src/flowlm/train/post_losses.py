@@ -15,7 +15,7 @@ recompute each chunk's logits there; the latter keeps a lone chunk's).
 
 from __future__ import annotations
 
-from typing import Callable, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -292,6 +292,16 @@ def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
                labels_mask: torch.Tensor | None = None, *, top_k: int | None = None) -> torch.Tensor:
     """`KL(student ‖ teacher)` per position (mode-seeking; TRL β = 1)."""
     return generalized_jsd(student_logits, teacher_logits, 1.0, temperature, labels_mask, top_k=top_k)
+
+
+def through_head(model: torch.nn.Module, input_ids: torch.Tensor, project: Callable[..., Any], **kw: Any) -> Any:
+    """`project(x, w)` of the model's output: with a bias-free LM head `x` is the final hidden states and `w`
+    the head weight, run inside the model's forward (`forward(head=...)`: FSDP2 gathers the head there and
+    reduces its gradient); otherwise `x` is the full logits and `w` None. `kw`: the forward's other
+    arguments (positions, document ids)."""
+    if head_weight(model) is not None:
+        return model(input_ids, head=project, **kw)
+    return project(model(input_ids, **kw), None)
 
 
 def head_weight(model: torch.nn.Module) -> torch.Tensor | None:

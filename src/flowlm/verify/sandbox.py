@@ -278,14 +278,19 @@ def _site_dirs() -> str:
     return ":".join(site.getsitepackages())
 
 
-BOOT_NAME = ".flowlm-boot.pyc"  # written into each run's work dir beside main.py
+BOOT_NAME = ".flowlm-boot.pyc"  # written into each run's work dir beside main.py (our own interpreter only)
+
+
+def _interpreter(backend: str) -> str:
+    """The Python that runs the program: ours, or for the unsafe backend one other uids can run."""
+    return _rlimit_python() if backend == "unsafe" else _python()
 
 
 def _python_argv(backend: str, script: str, writable: list[str], limits: Limits, uid: int | None = None) -> list[str]:
     """The interpreter command: `sandbox_boot` applies rlimits, drops to `uid` (bwrap backends, as root),
     applies Landlock, then runs `script`. Our own interpreter runs the boot from the `.pyc` beside
     `script`; another one (the unsafe backend's system Python) compiles it from `-c`."""
-    exe = _rlimit_python() if backend == "unsafe" else _python()
+    exe = _interpreter(backend)
     spec = f"{limits.cpu_seconds},{limits.memory_bytes},{limits.file_bytes},{limits.nproc},{limits.nofile}"
     ours = exe == _python()
     site_dirs = _site_dirs() if ours else "?"  # another interpreter finds its own
@@ -462,7 +467,8 @@ def _run(backend: str, exe: str | None, source: str, stdin: str, limits: Limits)
     try:
         Path(workdir, "main.py").write_text(source)
         Path(workdir, "stdin.txt").write_text(stdin)
-        Path(workdir, BOOT_NAME).write_bytes(_boot_pyc())
+        if _interpreter(backend) == _python():  # another interpreter compiles the boot from `-c`
+            Path(workdir, BOOT_NAME).write_bytes(_boot_pyc())
         if uid is not None:
             os.chown(workdir, uid, uid)
         # The marker lets cleanup find processes that left the session (setsid) when no uid switch.

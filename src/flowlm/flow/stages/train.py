@@ -252,10 +252,11 @@ def train_once(ctx: StageContext, name: str, cfg: TrainStageConfig, out_rel: str
     flops = model.flops_per_token(cfg.seq_len) if hasattr(model, "flops_per_token") else None
     # On-policy loaders sample from the model being trained; one that copies full weights into its own
     # engine (the RL learner under torchrun, `flowlm.rl.ranks`) is bound before FSDP2 shards the model.
+    model = model.to(ctx.world.device)
     early = ctx.world.distributed and getattr(loader, "binds_unsharded", False)
     if early:
-        loader.bind(model.to(ctx.world.device))
-    model = parallelize(model.to(ctx.world.device), ctx.world, compile=cfg.compile, bf16=cfg.precision == "bf16")
+        loader.bind(model)
+    model = parallelize(model, ctx.world, compile=cfg.compile, bf16=cfg.precision == "bf16")
     if hasattr(loader, "bind") and not early:
         loader.bind(model)
     evaluator = EvalCallback(eval_fn(ctx, name, cfg, tok), every=cfg.eval_every)

@@ -25,7 +25,7 @@ from torch import nn
 from flowlm.errors import ConfigError
 from flowlm.train.losses import IGNORE
 from flowlm.train.objectives.base import LossOutput, Mean, Objective, ObjectiveConfig, register_objective
-from flowlm.train.post_losses import chunked_rows, default_chunk_rows, generalized_jsd, head_weight
+from flowlm.train.post_losses import chunked_rows, default_chunk_rows, generalized_jsd, head_weight, through_head
 
 BETA = {"forward_kl": 0.0, "reverse_kl": 1.0}
 
@@ -93,7 +93,7 @@ class DistillObjective(Objective):
             raise ConfigError("distill: no teacher (setup was not called)")
         kw = {"position_ids": batch.get("position_ids"), "doc_ids": batch.get("doc_ids")}
         valid = (batch["labels"] != IGNORE).reshape(-1)
-        s_w, t_w = head_weight(model), head_weight(self.teacher)
+        t_w = head_weight(self.teacher)
         with torch.no_grad():
             t_x = self.teacher(batch["input_ids"], return_hidden=t_w is not None, **kw)
         t_rows = t_x.reshape(-1, t_x.shape[-1])[valid]
@@ -104,10 +104,7 @@ class DistillObjective(Objective):
             chunk = self.chunk_rows or max(1, default_chunk_rows(vocab, s_x.device) // 2)  # two [c, V] blocks
             return chunked_rows(self._chunk, (s_rows, t_rows), (w, t_w), chunk)
 
-        # The student's head runs inside its forward (`head=`: FSDP2 gathers it and reduces its gradient).
-        ids = batch["input_ids"]
-        per = model(ids, head=project, **kw) if s_w is not None else project(model(ids, **kw), None)
-        per_token, agree = per.unbind(1)
+        per_token, agree = through_head(model, batch["input_ids"], project, **kw).unbind(1)
         return LossOutput(per_token.sum(), {"teacher_agreement": Mean(agree.sum(), valid.sum())})
 
     def _chunk(self, s: torch.Tensor, t: torch.Tensor, s_w: torch.Tensor | None,

@@ -34,7 +34,7 @@ from flowlm.data.pairs import causal_lengths, pack_rows, packed_row_len, pair_ro
 from flowlm.errors import FlowError
 from flowlm.train.objectives.base import LossOutput, Mean, Objective, ObjectiveConfig, register_objective
 from flowlm.train.parallel import World, barrier
-from flowlm.train.post_losses import dpo_loss, head_weight, sequence_logps
+from flowlm.train.post_losses import dpo_loss, head_weight, sequence_logps, through_head
 
 CACHE_FORMAT = "flowlm.dpo_ref_logps/1"
 # Row length at which attention over a packed row costs as much as the rest of a layer, per unit of hidden
@@ -123,20 +123,13 @@ def pair_logps(model: nn.Module, batch: Mapping[str, torch.Tensor], *, pack: boo
     the longest. The same numbers either way (to float rounding; tested): a causal model's
     log-probabilities at the answer tokens depend on no later token and on no other sequence."""
     ids, labels = pair_rows(batch, pad_id=0)
-    weight = head_weight(model)
     plan = pack_plan(model, labels, pack_length) if pack else None
-    # With a bias-free LM head `sequence_logps` runs inside the model's forward (`head=`: FSDP2 gathers the
-    # head for it and reduces its gradient); other models hand over full logits.
     if plan is None:
-        if weight is None:
-            return sequence_logps(model(ids), labels)
-        return model(ids, head=lambda x, w: sequence_logps(x, labels, w))
+        return through_head(model, ids, lambda x, w: sequence_logps(x, labels, w))
     rows = pack_rows(ids, labels, *plan)
-    seg = {"segments": rows.sequence, "n_segments": labels.shape[0]}
-    kw = {"position_ids": rows.position_ids, "doc_ids": rows.doc_ids}
-    if weight is None:
-        return sequence_logps(model(rows.input_ids, **kw), rows.labels, **seg)
-    return model(rows.input_ids, **kw, head=lambda x, w: sequence_logps(x, rows.labels, w, **seg))
+    return through_head(model, rows.input_ids, lambda x, w: sequence_logps(
+        x, rows.labels, w, segments=rows.sequence, n_segments=labels.shape[0]),
+        position_ids=rows.position_ids, doc_ids=rows.doc_ids)
 
 
 @register_objective

@@ -53,7 +53,7 @@ from torch import nn
 from flowlm.errors import FlowError
 from flowlm.train.losses import IGNORE
 from flowlm.train.objectives.base import LossOutput, Max, Mean, Objective, ObjectiveConfig, Sum, register_objective
-from flowlm.train.post_losses import chunked_rows, default_chunk_rows, head_weight, target_logps
+from flowlm.train.post_losses import chunked_rows, default_chunk_rows, target_logps, through_head
 
 
 class GRPOConfig(ObjectiveConfig):
@@ -172,7 +172,7 @@ class GRPOObjective(Objective):
     def loss(self, model: nn.Module, batch: Mapping[str, Any]) -> LossOutput:
         from flowlm.rl.losses import policy_loss
         from flowlm.rl.mismatch import mismatch_weights
-        from flowlm.rl.source import rollout_metrics
+        from flowlm.rl.stats import rollout_metrics
 
         cfg = self.cfg
         mask = token_mask(batch)
@@ -237,7 +237,6 @@ def completion_logps(model: nn.Module, batch: Mapping[str, Any], mask: torch.Ten
     `entropy_grad`, which the entropy bonus needs). The LM head runs in row chunks of `chunk_rows` (None:
     by memory budget). The learner (`GRPOObjective.loss`) and the source's old-policy pass
     (`flowlm.rl.source`, minibatches > 1) both use this, so their numbers agree."""
-    weight = head_weight(model)
     flat = mask.reshape(-1)
     targets = batch["labels"].reshape(-1)[flat]
     ids = batch["input_ids"]
@@ -251,9 +250,7 @@ def completion_logps(model: nn.Module, batch: Mapping[str, Any], mask: torch.Ten
         per = chunked_rows(fn, (rows, targets), (w,), chunk)  # [N, 2]
         return per[:, 0], (per[:, 1] if entropy_grad else per[:, 1].detach())
 
-    # With a bias-free LM head the projection runs inside the model's forward (FSDP2 gathers the head for
-    # it and reduces its gradient); other models hand over full logits.
-    logp, ent = model(ids, head=project) if weight is not None else project(model(ids), None)
+    logp, ent = through_head(model, ids, project)
     zeros = torch.zeros(flat.shape[0], dtype=torch.float32, device=ids.device)
     logps = zeros.masked_scatter(flat, logp).view(mask.shape)
     entropy = zeros.masked_scatter(flat, ent).view(mask.shape)
