@@ -268,4 +268,33 @@ def test_the_rl_stage_old_policy_pass_matches_the_learner_precision():
     assert torch.equal(stage[mask], learner[mask])  # ratio exactly 1
     plain = old_policy_logps(model, batch)  # fp32 without autocast: the learner's bf16 numbers differ
     assert not torch.equal(plain[mask], learner[mask])
-    assert old_logps_fn(RLStageConfig(steps=1, seq_len=32)).keywords == {"fp32_lm_head": False, "bf16": False}
+    assert old_logps_fn(RLStageConfig(steps=1, seq_len=32)).keywords == {"fp32_lm_head": False, "bf16": False,
+                                                                       "shared_prefix": True}
+
+
+def test_shared_prompt_forward_equals_row_forward_in_loss_and_gradients():
+    """Rows of a group share their prompt: with `shared_prefix` the learner computes it once per group
+    (`flowlm.model.tree`); loss, metrics and gradients equal the row-by-row forward's."""
+    from flowlm.data.pairs import causal_lengths
+    from flowlm.model.tree import group_rows, share_prefixes
+
+    model = micro()
+    batch = hand_batch()
+    batch["input_ids"][1, :3] = batch["input_ids"][0, :3]
+    batch["input_ids"][3, :3] = batch["input_ids"][2, :3]
+    batch = with_rollout(model, batch)
+    tree = share_prefixes(batch["input_ids"], batch["labels"], causal_lengths(batch["labels"]),
+                          group_rows(batch["group_ids"])).tree
+    assert tree.trunk_len.tolist() == [2, 2]  # the prompt but its last token (it predicts the first label)
+    params = list(model.parameters())
+    out = {}
+    for shared in (False, True):
+        loss = GRPOObjective(shared_prefix=shared).loss(model, batch)
+        out[shared] = (loss, torch.autograd.grad(loss.loss, params))
+    torch.testing.assert_close(out[True][0].loss, out[False][0].loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(out[False][1], out[True][1]):
+        assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
+    mask = token_mask(batch)
+    logps = {s: GRPOObjective(shared_prefix=s).token_logps(model, batch, mask)[0] for s in (False, True)}
+    torch.testing.assert_close(logps[True], logps[False], rtol=1e-5, atol=1e-6)
+    assert (logps[True][mask] != 0).all() and (logps[True][~mask] == 0).all()

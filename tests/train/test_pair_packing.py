@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from flowlm.data.pairs import causal_lengths, pack_rows, packed_row_len
+from flowlm.data.pairs import causal_lengths, pack_rows, packed_row_len, pair_rows
 from flowlm.model.config import ModelConfig
 from flowlm.model.olmo3 import Olmo3
+from flowlm.model.tree import share_prefixes
 from flowlm.train.objectives.dpo import packing_window, pair_logps
 from flowlm.train.post_losses import sequence_logps
 
@@ -85,17 +86,25 @@ def test_sequence_logps_head_kept_or_recomputed_and_under_autocast():
     assert g_h.dtype == torch.float32 and torch.isfinite(g_h).all()
 
 
-def pair_batch(chosen: list[int], rejected: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
+def pair_batch(chosen: list[int], rejected: list[int], seed: int = 0, shared: bool = False) -> dict[str, torch.Tensor]:
     """Pairs with the given sequence lengths; answers (labels) start at a random prompt length and end one
-    token before the sequence (the last token has no target), padded with id 0 as `PairDataset` does."""
+    token before the sequence (the last token has no target), padded with id 0 as `PairDataset` does.
+    `shared`: a pair's two sequences begin with the same prompt (as real pairs do)."""
     rng = np.random.default_rng(seed)
     batch = {}
+    prompts = []
     for side, lens in (("chosen", chosen), ("rejected", rejected)):
         T = max(lens)
         ids, lab = torch.zeros(len(lens), T, dtype=torch.long), torch.full((len(lens), T), -100)
         for i, n in enumerate(lens):
             x = torch.as_tensor(rng.integers(1, V, n))
             p = int(rng.integers(0, n - 1))
+            if shared and side == "rejected":
+                px = prompts[i]
+                p = min(len(px), n - 1)
+                x[:p] = px[:p]
+            elif shared:
+                prompts.append(x[:p])
             ids[i, :n], lab[i, p:n - 1] = x, x[p + 1:]
         batch[f"{side}_input_ids"], batch[f"{side}_labels"] = ids, lab
     return batch
@@ -106,7 +115,7 @@ LENGTHS = ([5, 40, 17, 3, 60, 2], [33, 9, 50, 21, 4, 64])
 
 def assert_packed_equals_padded(model: torch.nn.Module, batch: dict[str, torch.Tensor], **kw) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
-    ref, n_ref = pair_logps(model, batch, pack=False)
+    ref, n_ref = pair_logps(model, batch, pack=False, shared_prefix=False)
     got, n = pair_logps(model, batch, **kw)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     assert n.tolist() == n_ref.tolist()
@@ -117,17 +126,22 @@ def assert_packed_equals_padded(model: torch.nn.Module, batch: dict[str, torch.T
         assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
 
 
-@pytest.mark.parametrize("pack_length", [None, 96])
-def test_packed_pair_logps_equal_padded_on_the_native_model(pack_length):
+@pytest.mark.parametrize("pack_length,shared_prefix", [(None, False), (96, False), (None, True)])
+def test_packed_pair_logps_equal_padded_on_the_native_model(pack_length, shared_prefix):
     torch.manual_seed(0)
     model = Olmo3(ModelConfig.preset("tiny", vocab_size=V, hidden_size=32, num_layers=4, num_heads=2, num_kv_heads=1,
                                      intermediate_size=64, max_seq_len=128, sliding_window=8))
     assert packing_window(model) is None
-    batch = pair_batch(*LENGTHS)
-    assert_packed_equals_padded(model, batch, pack_length=pack_length)
-    with torch.no_grad():  # the reference precompute's path
-        torch.testing.assert_close(pair_logps(model.eval(), batch)[0], pair_logps(model, batch, pack=False)[0],
-                                   rtol=1e-5, atol=1e-5)
+    shared = pair_batch(*LENGTHS, seed=3, shared=True)
+    ids, labels = pair_rows(shared, pad_id=0)
+    trunks = share_prefixes(ids, labels, causal_lengths(labels), [[i, 6 + i] for i in range(6)]).tree.trunk_len
+    assert (trunks > 0).sum() >= 4  # most pairs share a prompt (a prompt of 0 or 1 tokens shares nothing)
+    for batch in (pair_batch(*LENGTHS), shared):
+        assert_packed_equals_padded(model, batch, pack_length=pack_length, shared_prefix=shared_prefix)
+        with torch.no_grad():  # the reference precompute's path
+            torch.testing.assert_close(pair_logps(model.eval(), batch, shared_prefix=shared_prefix)[0],
+                                       pair_logps(model, batch, pack=False, shared_prefix=False)[0], rtol=1e-5, atol=1e-5)
+        model.train()
 
 
 def test_packed_pair_logps_equal_padded_on_transformers_models():

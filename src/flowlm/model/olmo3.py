@@ -10,7 +10,8 @@ full layers see every earlier key and use YaRN when `cfg.yarn` is set (OLMo 3 lo
 
 Packed documents: `doc_ids[B, T]` restrict attention to the same document. Each distinct mask is
 built once per forward and shared by all layers of that kind; full layers without `doc_ids` take SDPA's
-`is_causal` fast path and build no mask at all.
+`is_causal` fast path and build no mask at all. Shared-prefix batches (`tree`, `flowlm.model.tree`)
+compute a group's common prompt once for all its sequences.
 
 The pieces (`RMSNorm`, `Olmo3Attention.project`/`attend`, `build_mask`, `flowlm.model.rope`) are public
 so a generation engine can drive the same weights through a KV cache.
@@ -29,6 +30,7 @@ from flowlm.model import flex
 from flowlm.model.config import FULL, SLIDING, ModelConfig
 from flowlm.model.kernels import block_attention, rms_norm, swiglu
 from flowlm.model.rope import apply_rope, cos_sin, layer_rope
+from flowlm.model.tree import PrefixTree, TreeMask, tree_attention, tree_masks
 from flowlm.train.losses import fused_linear_cross_entropy
 
 # `forward(head=...)`: the caller's projection of the final hidden states `[B, T, D]` with the LM head
@@ -207,6 +209,9 @@ class Olmo3Attention(nn.Module):
         if isinstance(mask, LocalWindow):
             k, v = self._expand_kv(k, v)
             return self._output(local_window_attention(q, k, v, mask.window, mask.mask))
+        if isinstance(mask, TreeMask):
+            k, v = self._expand_kv(k, v)
+            return self._output(tree_attention(q, k, v, mask))
         return self.attend(q, k, v, mask)
 
     def _expand_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -353,6 +358,8 @@ class Olmo3(nn.Module):
 
     # Training objectives may pass `labels` to get the loss without materialised logits.
     supports_fused_loss = True
+    # `forward(tree=...)`: shared-prefix batches (`flowlm.model.tree`), for DPO pairs and RL groups.
+    supports_tree = True
     # Attention kernel for `forward`: "auto" = FlexAttention for training on CUDA (block-sparse masks,
     # `flowlm.model.flex`), the SDPA paths otherwise (block-local sliding window on CPU); "flex" or "sdpa"
     # force one. Evaluation keeps SDPA on CUDA: its batch shapes vary and each would recompile flex.
@@ -369,7 +376,8 @@ class Olmo3(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, *, position_ids: torch.Tensor | None = None,
                 doc_ids: torch.Tensor | None = None, return_hidden: bool = False,
-                labels: torch.Tensor | None = None, z_loss: float = 0.0, head: HeadFn | None = None):
+                labels: torch.Tensor | None = None, z_loss: float = 0.0, head: HeadFn | None = None,
+                tree: PrefixTree | None = None):
         """Logits `[B, T, V]` for `input_ids[B, T]`, or final-normed hidden states `[B, T, D]`.
 
         `position_ids` `[T]` or `[B, T]` default to `arange(T)` (packed batches pass per-document
@@ -379,12 +387,21 @@ class Olmo3(nn.Module):
         (inside `forward`, so wrappers such as FSDP2 see the LM head used). With `head` it returns
         `head(hidden [B, T, D], lm_head.weight [V, D])`: an objective's own projection of the positions it
         scores (`flowlm.train.post_losses.target_logps`), run inside `forward` for the same reason.
+        With `tree` (`flowlm.model.tree.share_prefixes`), `input_ids` is the flat `[1, S]` row of shared
+        trunks and branches; positions and attention come from the tree (`position_ids`, `doc_ids` unused).
         """
         T = input_ids.shape[1]
+        if tree is not None:
+            if input_ids.shape[0] != 1 or doc_ids is not None:
+                raise ValueError("forward(tree=...) takes one flat row [1, S] and no doc_ids")
+            position_ids = tree.position_ids
+            window = self.cfg.sliding_window
+            masks = {kind: tree_masks(tree, window if kind == SLIDING else None) for kind in set(self.cfg.layer_types)}
+        else:
+            masks = self.masks(T, doc_ids, input_ids.device, local=True, use_flex=self._use_flex(input_ids.device))
         if position_ids is None:
             position_ids = torch.arange(T, device=input_ids.device)
         tables = self.rope_tables(position_ids)
-        masks = self.masks(T, doc_ids, input_ids.device, local=True, use_flex=self._use_flex(input_ids.device))
         h = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
             cos, sin = tables[layer.layer_type]

@@ -11,8 +11,9 @@ so a changed reference or data set is recomputed and an unchanged one is read ba
 and the length normalisation of `dpo_norm` applied at loss time, so both loss types share a cache.
 
 The loss math is `flowlm.train.post_losses.dpo_loss`; the unit is a pair. Policy and reference log-
-probabilities come from one forward over the micro-batch's 2P sequences packed into rows with intra-
-document masking (`pair_logps`), not over 2P rows padded to the longest.
+probabilities come from one forward over the micro-batch's 2P sequences (`pair_logps`): on native models
+each pair's prompt computed once for both answers (`shared_prefix`, `flowlm.model.tree`), otherwise
+packed into rows with intra-document masking; never 2P rows padded to the longest.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class DPOConfig(ObjectiveConfig):
     pack_length: int | None = Field(
         None, ge=2, description="tokens per packed row of a micro-batch's sequences (at least its longest); "
                                 "null = chosen per micro-batch (flowlm.data.pairs.packed_row_len)")
+    shared_prefix: bool = Field(
+        True, description="compute each pair's prompt once for both answers (flowlm.model.tree; native "
+                          "models); false: the two sequences packed separately")
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -115,14 +119,23 @@ def pack_plan(model: nn.Module, labels: torch.Tensor, pack_length: int | None) -
 
 
 def pair_logps(model: nn.Module, batch: Mapping[str, torch.Tensor], *, pack: bool = True,
-               pack_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               pack_length: int | None = None, shared_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed answer log-probabilities and answer lengths `[2P]` (chosen rows, then rejected), one forward.
 
-    `pack`: the 2P sequences, each cut after its last answer token, go packed into rows (`pack_plan`),
-    attention confined to each sequence; else, or when `pack_plan` says no, as 2P rows right-padded to
-    the longest. The same numbers either way (to float rounding; tested): a causal model's
-    log-probabilities at the answer tokens depend on no later token and on no other sequence."""
+    `shared_prefix` (models with `supports_tree`): each pair's common prefix, its prompt, is computed once
+    and both answers attend to it (`flowlm.model.tree`), all pairs in one flat row without padding.
+    Otherwise `pack`: the 2P sequences, each cut after its last answer token, go packed into rows
+    (`pack_plan`), attention confined to each sequence; else, or when `pack_plan` says no, as 2P rows
+    right-padded to the longest. The same numbers every way (to float rounding; tested): a causal
+    model's log-probabilities at the answer tokens depend on no later token and on no other sequence."""
     ids, labels = pair_rows(batch, pad_id=0)
+    if shared_prefix and getattr(model, "supports_tree", False):
+        from flowlm.model.tree import share_prefixes
+
+        P = ids.shape[0] // 2
+        shared = share_prefixes(ids, labels, causal_lengths(labels), [[i, P + i] for i in range(P)])
+        return through_head(model, shared.input_ids, lambda x, w: sequence_logps(
+            x, shared.labels, w, segments=shared.row[None], n_segments=2 * P), tree=shared.tree)
     plan = pack_plan(model, labels, pack_length) if pack else None
     if plan is None:
         return through_head(model, ids, lambda x, w: sequence_logps(x, labels, w))
@@ -221,7 +234,7 @@ class DPOObjective(Objective):
                 idx = idx if len(idx) else np.array([0])  # a rank out of pairs repeats one (same value: MAX keeps it)
                 batch = dataset.collate([dataset[int(i)] for i in idx])
                 logps, _ = pair_logps(ref, {k: v.to(world.device) for k, v in batch.items()},
-                                      pack_length=self.cfg.pack_length)
+                                      pack_length=self.cfg.pack_length, shared_prefix=self.cfg.shared_prefix)
                 t = torch.as_tensor(idx, device=world.device)
                 out[0, t], out[1, t] = logps[:len(idx)], logps[len(idx):]
         ref.train(was_training)
@@ -247,7 +260,8 @@ class DPOObjective(Objective):
             raise FlowError("dpo: no reference log-probabilities; call precompute_reference(data, cache_dir) first")
         if "pair_index" not in batch:
             raise FlowError("dpo: batches need pair_index (build the data with PairDataset(..., with_index=True))")
-        logps, lengths = pair_logps(model, batch, pack_length=self.cfg.pack_length)
+        logps, lengths = pair_logps(model, batch, pack_length=self.cfg.pack_length,
+                                    shared_prefix=self.cfg.shared_prefix)
         P = self.count_units(batch)
         idx = batch["pair_index"].to(self._ref["chosen"].device)
         ref_c, ref_r = (self._ref[side][idx].to(logps.device) for side in ("chosen", "rejected"))

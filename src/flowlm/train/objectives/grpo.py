@@ -74,6 +74,8 @@ class GRPOConfig(ObjectiveConfig):
     is_cap: float = Field(2.0, gt=0, description="upper bound of the ratio (OLMo 3: 2.0 per token)")
     is_lower: float = Field(0.0, ge=0)
     fp32_lm_head: bool = Field(False, description="project the LM head in fp32 (outside bf16 autocast)")
+    shared_prefix: bool = Field(
+        True, description="compute each group's prompt once for its completions (flowlm.model.tree; native models)")
     entropy_coef: float = Field(0.0, ge=0, description="entropy bonus per token (0: entropy only monitored); "
                                                         "with entropy_target: the starting coefficient")
     entropy_target: float | None = Field(
@@ -227,19 +229,34 @@ class GRPOObjective(Objective):
                     entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """`completion_logps` with this objective's LM-head settings."""
         return completion_logps(model, batch, mask, chunk_rows=self.chunk_rows, fp32_lm_head=self.cfg.fp32_lm_head,
-                                entropy_grad=entropy_grad)
+                                entropy_grad=entropy_grad, shared_prefix=self.cfg.shared_prefix)
 
 
 def completion_logps(model: nn.Module, batch: Mapping[str, Any], mask: torch.Tensor, *, chunk_rows: int | None = None,
-                     fp32_lm_head: bool = False, entropy_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     fp32_lm_head: bool = False, entropy_grad: bool = False,
+                     shared_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """`(logps, entropy)`, both `[B, T]` fp32 and 0 outside `mask`: the log-prob of each label under `model`
     (with gradient when enabled) and the entropy of its next-token distribution (detached unless
     `entropy_grad`, which the entropy bonus needs). The LM head runs in row chunks of `chunk_rows` (None:
-    by memory budget). The learner (`GRPOObjective.loss`) and the source's old-policy pass
-    (`flowlm.rl.source`, minibatches > 1) both use this, so their numbers agree."""
-    flat = mask.reshape(-1)
-    targets = batch["labels"].reshape(-1)[flat]
-    ids = batch["input_ids"]
+    by memory budget). With `shared_prefix`, a model with `supports_tree` and the batch's `group_ids`,
+    each group's prompt is computed once for its completions (`flowlm.model.tree`, one flat row without
+    padding); the numbers are the row-by-row ones to float rounding. The learner (`GRPOObjective.loss`)
+    and the source's old-policy pass (`flowlm.rl.source`, minibatches > 1) both use this, so their
+    numbers agree."""
+    labels, ids = batch["labels"], batch["input_ids"]
+    where, kw = None, {}
+    if shared_prefix and getattr(model, "supports_tree", False) and "group_ids" in batch:
+        from flowlm.data.pairs import causal_lengths
+        from flowlm.model.tree import group_rows, share_prefixes
+
+        shared = share_prefixes(ids, labels, causal_lengths(labels), group_rows(batch["group_ids"]))
+        flat = mask.reshape(-1)[shared.source]  # trunk tokens carry no label, so never trained
+        where = shared.source[flat]
+        targets = labels.reshape(-1)[where]
+        ids, kw = shared.input_ids, {"tree": shared.tree}
+    else:
+        flat = mask.reshape(-1)
+        targets = labels.reshape(-1)[flat]
 
     def project(x: torch.Tensor, w: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         rows = x.reshape(-1, x.shape[-1])[flat]
@@ -250,11 +267,11 @@ def completion_logps(model: nn.Module, batch: Mapping[str, Any], mask: torch.Ten
         per = chunked_rows(fn, (rows, targets), (w,), chunk)  # [N, 2]
         return per[:, 0], (per[:, 1] if entropy_grad else per[:, 1].detach())
 
-    logp, ent = through_head(model, ids, project)
-    zeros = torch.zeros(flat.shape[0], dtype=torch.float32, device=ids.device)
-    logps = zeros.masked_scatter(flat, logp).view(mask.shape)
-    entropy = zeros.masked_scatter(flat, ent).view(mask.shape)
-    return logps, entropy
+    logp, ent = through_head(model, ids, project, **kw)
+    zeros = torch.zeros(mask.numel(), dtype=torch.float32, device=ids.device)
+    if where is None:
+        return zeros.masked_scatter(flat, logp).view(mask.shape), zeros.masked_scatter(flat, ent).view(mask.shape)
+    return zeros.index_copy(0, where, logp).view(mask.shape), zeros.index_copy(0, where, ent).view(mask.shape)
 
 
 def _chunk(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None, *, fp32_lm_head: bool,
