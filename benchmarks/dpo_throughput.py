@@ -10,8 +10,8 @@ one flowlm tokenizer and chat template; the tiny OLMo-3 preset with the same ini
 (saved once with `flowlm.model.hf.save_pretrained`; flowlm `load_native`, TRL `Olmo3ForCausalLM`, SDPA);
 sigmoid DPO loss with β = 0.1 on summed answer log-probabilities (flowlm
 `{"name": "dpo", "loss_type": "dpo", "beta": 0.1}`, TRL `loss_type="sigmoid"`, `beta=0.1`); 8 pairs per
-optimizer step (flowlm: the 16 sequences packed best-fit-decreasing with per-sequence masks; TRL: 16 rows
-padded to the batch's longest);
+optimizer step (flowlm: each pair's prompt computed once for both answers, all 8 pairs in one flat row
+without padding, `flowlm.model.tree`; TRL: 16 rows padded to the batch's longest);
 `max_length` 512; fp32; AdamW lr 1e-6 (TRL's DPO default), betas (0.9, 0.999), no weight decay, linear
 decay, clip 1.0; `torch.set_num_threads(2)`; no gradient checkpointing (TRL defaults `bf16` and
 `gradient_checkpointing` to True; both set False here, as in peer-baselines.md §3c).
