@@ -223,9 +223,15 @@ def test_rl_stage_in_ray_mode_trains_through_flowlm_train(cluster, tmp_path, ran
     for r in steps:
         assert all(math.isfinite(r[k]) for k in ("loss", "grad_norm", "reward", "entropy", "policy_lag"))
         assert r["grad_norm"] > 0 and 0 <= r["reward"] <= 1 and "reward/ifeval" in r and r["verifier_errors"] == 0
-        assert r["policy_lag"] <= 1 and r["stale_dropped"] == 0 and 0 <= r["learner_idle_share"] <= 1
+        # Two workers finish out of order, so a group may outlive `async_steps` and be dropped (the documented
+        # guard, `flowlm.rl.actor`): no consumed group is staler than the bound; drops are checked below.
+        assert r["policy_lag"] <= 1 and 0 <= r["learner_idle_share"] <= 1
         assert r["informative_share"] == 1.0 and r["rollout_tok_s"] > 0
     recs = records(Path(d / "run" / "rl" / "rollouts.jsonl"))
     assert [r["position"] for r in recs] == [0, 1, 2, 3] and [r["version"] for r in recs] == [0, 1, 2, 3]
-    check_accounting(recs)
+    _, consumed = check_accounting(recs)
+    # every stale drop is counted in the metrics and its prompt re-queued: consumed later or still pending
+    dropped = [p for rec in recs for p in rec["stale_dropped"]]
+    assert sum(r["stale_dropped"] for r in steps) == len(dropped)
+    assert all(p in consumed or p in recs[-1]["pending"] for p in dropped)
     assert st["metrics"]["rollouts"]["batches"] == 4
