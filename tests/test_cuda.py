@@ -73,6 +73,34 @@ def test_flex_training_path_matches_sdpa_bf16_loss() -> None:
     assert abs(losses[0] - losses[1]) < 2e-2 * losses[0], losses
 
 
+def test_shared_prefix_rows_flex_equal_sdpa_buckets_fp32() -> None:
+    # `forward(tree=...)` (DPO pairs, RL groups): FlexAttention's block mask over the flat row (training
+    # on CUDA) against the SDPA bucket path; logits and gradients.
+    from flowlm.model.tree import share_prefixes
+
+    ref, model = _pair(_cfg())
+    g = torch.Generator().manual_seed(2)
+    lengths = [400, 300, 350, 120, 500, 260]
+    ids = torch.randint(1, 512, (6, 512), generator=g)
+    ids[1, :100], ids[2, :100] = ids[0, :100], ids[0, :100]
+    ids[4, :40] = ids[3, :40]
+    labels = torch.full((6, 512), -100)
+    for r, n in enumerate(lengths):
+        labels[r, 99 if r < 3 else 39:n - 1] = ids[r, 100 if r < 3 else 40:n]
+    sb = share_prefixes(ids.to(CUDA), labels.to(CUDA), lengths, [[0, 1, 2], [3, 4], [5]])
+    torch.backends.cuda.matmul.allow_tf32 = False
+    outs, grads = [], []
+    for m in (ref, model):
+        logits = m(sb.input_ids, tree=sb.tree)
+        logits.pow(2).mean().backward()
+        outs.append(logits.detach())
+        grads.append({n: p.grad for n, p in m.named_parameters()})
+    assert (outs[0] - outs[1]).abs().max().item() < 1e-4
+    for name, grad in grads[0].items():
+        rel = ((grad - grads[1][name]).norm() / grad.norm().clamp_min(1e-12)).item()
+        assert rel < 1e-3, (name, rel)
+
+
 def test_native_matches_transformers_on_gpu(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 

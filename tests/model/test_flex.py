@@ -66,3 +66,28 @@ def test_auto_uses_flex_only_for_training_on_cuda() -> None:
     model.attention = "fast"
     with pytest.raises(ValueError, match="'auto', 'flex' or 'sdpa'"):
         model._use_flex(torch.device("cpu"))
+
+
+def test_tree_block_mask_forward_equals_the_bucket_path() -> None:
+    # Shared-prefix rows (`flowlm.model.tree`) under FlexAttention (training on CUDA): one block-sparse
+    # mask over the flat row instead of per-branch masks; same logits as the CPU bucket path.
+    from flowlm.model.tree import share_prefixes
+
+    cfg = micro_config(sliding_window=32, max_seq_len=256, hidden_size=128, num_heads=4, num_kv_heads=2)
+    ref = Olmo3(cfg)
+    model = Olmo3(cfg)
+    model.load_state_dict(ref.state_dict())
+    model.attention = "flex"
+    g = torch.Generator().manual_seed(0)
+    lengths = [150, 90, 120, 40, 200]
+    ids = torch.randint(1, cfg.vocab_size, (5, 200), generator=g)
+    ids[1, :60], ids[2, :60] = ids[0, :60], ids[0, :60]  # rows 0-2 share a 60-token prompt
+    labels = torch.full((5, 200), -100)
+    for r, n in enumerate(lengths):
+        labels[r, 59:n - 1] = ids[r, 60:n]
+    sb = share_prefixes(ids, labels, lengths, [[0, 1, 2], [3, 4]])
+    assert sb.tree.trunk_len.tolist()[0] == 59
+    with torch.no_grad():
+        a = ref(sb.input_ids, tree=sb.tree)
+        b = model(sb.input_ids, tree=sb.tree)
+    assert (a - b).abs().max().item() < 1e-5

@@ -59,6 +59,23 @@ def block_mask(seq_len: int, *, window: int | None, doc_ids: torch.Tensor | None
     return create_block_mask(mask_mod, batch, None, seq_len, seq_len, device=device)
 
 
+def tree_block_mask(group: torch.Tensor, branch: torch.Tensor, positions: torch.Tensor, *,
+                    window: int | None) -> "BlockMask":
+    """The `BlockMask` of a shared-prefix row (`flowlm.model.tree`): `[S]` group, branch (-1: trunk) and
+    position of every token. Key k is visible to query q iff both lie in one group, k is on the trunk
+    or on q's branch, k <= q in the row (a group's trunk precedes its branches), and within `window`
+    positions when set: what `tree.tree_masks` allows, without materialising per-branch masks."""
+    S = group.shape[0]
+
+    def mask_mod(b, h, q, k):
+        ok = (group[q] == group[k]) & ((branch[k] == -1) | (branch[k] == branch[q])) & (k <= q)
+        if window is not None:
+            ok = ok & (positions[q] - positions[k] < window)
+        return ok
+
+    return create_block_mask(mask_mod, None, None, S, S, device=group.device)
+
+
 @functools.cache
 def _compiled():
     # Eager flex_attention is a slow reference implementation; compiled, it is one fused Triton kernel

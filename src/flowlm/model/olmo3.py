@@ -396,7 +396,13 @@ class Olmo3(nn.Module):
                 raise ValueError("forward(tree=...) takes one flat row [1, S] and no doc_ids")
             position_ids = tree.position_ids
             window = self.cfg.sliding_window
-            masks = {kind: tree_masks(tree, window if kind == SLIDING else None) for kind in set(self.cfg.layer_types)}
+            if self._use_flex(input_ids.device):  # block-sparse over the flat row: no per-branch masks at scale
+                masks = {kind: flex.tree_block_mask(tree.group, tree.branch, tree.position_ids,
+                                                    window=window if kind == SLIDING else None)
+                         for kind in set(self.cfg.layer_types)}
+            else:
+                masks = {kind: tree_masks(tree, window if kind == SLIDING else None)
+                         for kind in set(self.cfg.layer_types)}
         else:
             masks = self.masks(T, doc_ids, input_ids.device, local=True, use_flex=self._use_flex(input_ids.device))
         if position_ids is None:

@@ -20,6 +20,7 @@ labels are its sequence's.
 
 `share_prefixes` builds the layout (`SharedBatch`) from right-padded rows and a partition of the rows
 into groups; `tree_masks` builds one `TreeMask` per attention kind; `tree_attention` is the attention.
+(Training on CUDA takes FlexAttention instead: `flowlm.model.flex.tree_block_mask` over the flat row.)
 The linear layers, norms and MLP run on the flat `[1, S, D]` row unchanged. Attention pads the trunks to
 the longest (`[N, P]`) and the branches, sorted by length, in up to four buckets to the longest of each
 (`[m, B]`, cut where the padded scores are fewest): its cost is about `N·P² + Σ m·B·(P + B)` scores
@@ -57,6 +58,8 @@ class PrefixTree(NamedTuple):
     trunk_len: torch.Tensor  # [N] int64 (0: a group with nothing shared)
     buckets: tuple[Branches, ...]
     inverse: torch.Tensor  # [S] int64
+    group: torch.Tensor  # [S] int64: each flat token's group (FlexAttention's predicate, `flowlm.model.flex`)
+    branch: torch.Tensor  # [S] int64: each flat token's branch, -1 on trunks
 
 
 class SharedBatch(NamedTuple):
@@ -112,6 +115,8 @@ def share_prefixes(input_ids: torch.Tensor, labels: torch.Tensor, lengths: Seque
     src: list[np.ndarray] = []
     pos: list[np.ndarray] = []
     rows: list[np.ndarray] = []
+    group_of: list[np.ndarray] = []
+    branch_of: list[np.ndarray] = []
     trunks: list[tuple[int, int]] = []  # (start, length) in the flat row
     branches: list[tuple[int, int, int]] = []  # (start, length, trunk)
     at = 0
@@ -122,13 +127,17 @@ def share_prefixes(input_ids: torch.Tensor, labels: torch.Tensor, lengths: Seque
         src.append(g[0] * T + np.arange(s))
         pos.append(np.arange(s))
         rows.append(np.full(s, g[0]))
+        group_of.append(np.full(s, t))
+        branch_of.append(np.full(s, -1))
         at += s
         for r in g:
             n = int(lengths[r]) - s
-            branches.append((at, n, t))
             src.append(r * T + np.arange(s, s + n))
             pos.append(np.arange(s, s + n))
             rows.append(np.full(n, r))
+            group_of.append(np.full(n, t))
+            branch_of.append(np.full(n, len(branches)))
+            branches.append((at, n, t))
             at += n
     S = at
     source = np.concatenate(src).astype(np.int64)
@@ -153,7 +162,8 @@ def share_prefixes(input_ids: torch.Tensor, labels: torch.Tensor, lengths: Seque
         buckets.append(Branches(as_t(index), as_t(np.array([branches[i][1] for i in members], dtype=np.int64)),
                                 as_t(np.array([branches[i][2] for i in members], dtype=np.int64))))
     tree = PrefixTree(as_t(np.concatenate(pos).astype(np.int64)), as_t(trunk_index),
-                      as_t(np.array([n for _, n in trunks], dtype=np.int64)), tuple(buckets), as_t(inverse))
+                      as_t(np.array([n for _, n in trunks], dtype=np.int64)), tuple(buckets), as_t(inverse),
+                      as_t(np.concatenate(group_of).astype(np.int64)), as_t(np.concatenate(branch_of).astype(np.int64)))
     src_t = as_t(source)
     return SharedBatch(input_ids.reshape(-1)[src_t][None], _branch_labels(labels, src_t, trunks), src_t,
                        as_t(np.concatenate(rows).astype(np.int64)), tree)
