@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flowlm.model.kernels import block_attention
+
 IGNORE = -100
 
 
@@ -58,6 +60,7 @@ class PrefixTree(NamedTuple):
     trunk_len: torch.Tensor  # [N] int64 (0: a group with nothing shared)
     buckets: tuple[Branches, ...]
     inverse: torch.Tensor  # [S] int64
+    layout: torch.Tensor  # [N * P + Σ m * B] int64: the flat position of every attention slot (S: padding)
     group: torch.Tensor  # [S] int64: each flat token's group (FlexAttention's predicate, `flowlm.model.flex`)
     branch: torch.Tensor  # [S] int64: each flat token's branch, -1 on trunks
 
@@ -112,43 +115,52 @@ def share_prefixes(input_ids: torch.Tensor, labels: torch.Tensor, lengths: Seque
     if seen != list(range(R)):
         raise ValueError(f"share_prefixes: groups must partition the {R} rows, got {[list(g) for g in groups]}")
     ids_np, lab_np = input_ids.cpu().numpy(), labels.cpu().numpy()
-    src: list[np.ndarray] = []
-    pos: list[np.ndarray] = []
-    rows: list[np.ndarray] = []
-    group_of: list[np.ndarray] = []
-    branch_of: list[np.ndarray] = []
+    # per flat token: source index (row * T + column), position, row, group, branch (-1: trunk)
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("src", "pos", "row", "group", "branch")}
     trunks: list[tuple[int, int]] = []  # (start, length) in the flat row
     branches: list[tuple[int, int, int]] = []  # (start, length, trunk)
+
+    def add(r: int, lo: int, hi: int, t: int, branch: int) -> None:
+        for key, value in (("src", r * T + np.arange(lo, hi)), ("pos", np.arange(lo, hi)),
+                           ("row", np.full(hi - lo, r)), ("group", np.full(hi - lo, t)),
+                           ("branch", np.full(hi - lo, branch))):
+            cols[key].append(value)
+
     at = 0
     for t, g in enumerate(groups):
         g = list(g)
         s = _prefix_len([ids_np[r, :lengths[r]] for r in g], [lab_np[r, :lengths[r]] for r in g])
         trunks.append((at, s))
-        src.append(g[0] * T + np.arange(s))
-        pos.append(np.arange(s))
-        rows.append(np.full(s, g[0]))
-        group_of.append(np.full(s, t))
-        branch_of.append(np.full(s, -1))
+        add(g[0], 0, s, t, -1)
         at += s
         for r in g:
             n = int(lengths[r]) - s
-            src.append(r * T + np.arange(s, s + n))
-            pos.append(np.arange(s, s + n))
-            rows.append(np.full(n, r))
-            group_of.append(np.full(n, t))
-            branch_of.append(np.full(n, len(branches)))
+            add(r, s, s + n, t, len(branches))
             branches.append((at, n, t))
             at += n
-    S = at
-    source = np.concatenate(src).astype(np.int64)
+    device = labels.device
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)  # noqa: E731
+    flat = {k: as_t(np.concatenate(v)) for k, v in cols.items()}
+    trunk_index, buckets, inverse = _attention_layout(trunks, branches, at)
+    layout = np.concatenate([trunk_index.reshape(-1), *(index.reshape(-1) for index, _, _ in buckets)])
+    tree = PrefixTree(flat["pos"], as_t(trunk_index), as_t([n for _, n in trunks]),
+                      tuple(Branches(*(as_t(a) for a in b)) for b in buckets), as_t(inverse), as_t(layout),
+                      flat["group"], flat["branch"])
+    # trunk tokens carry no label: the trunk ends before every row's first label
+    return SharedBatch(input_ids.reshape(-1)[flat["src"]][None], labels.reshape(-1)[flat["src"]][None],
+                       flat["src"], flat["row"], tree)
+
+
+def _attention_layout(trunks: list[tuple[int, int]], branches: list[tuple[int, int, int]],
+                      S: int) -> tuple[np.ndarray, list[tuple[np.ndarray, list[int], list[int]]], np.ndarray]:
+    """`(trunk_index [N, P], buckets [(index [m, B], lengths, trunks)], inverse [S])`: the trunks padded to
+    the longest, the branches bucketed by length (`_buckets`), padding pointing at slot `S`."""
     P = max(n for _, n in trunks)
     trunk_index = np.full((len(trunks), P), S, dtype=np.int64)
     inverse = np.empty(S, dtype=np.int64)
     for i, (start, n) in enumerate(trunks):
         trunk_index[i, :n] = np.arange(start, start + n)
         inverse[start:start + n] = i * P + np.arange(n)
-    device = labels.device
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
     base, buckets = len(trunks) * P, []
     for members in _buckets(sorted(range(len(branches)), key=lambda i: branches[i][1]),
                             [n for _, n, _ in branches], P):
@@ -159,14 +171,8 @@ def share_prefixes(input_ids: torch.Tensor, labels: torch.Tensor, lengths: Seque
             index[k, :n] = np.arange(start, start + n)
             inverse[start:start + n] = base + k * B + np.arange(n)
         base += len(members) * B
-        buckets.append(Branches(as_t(index), as_t(np.array([branches[i][1] for i in members], dtype=np.int64)),
-                                as_t(np.array([branches[i][2] for i in members], dtype=np.int64))))
-    tree = PrefixTree(as_t(np.concatenate(pos).astype(np.int64)), as_t(trunk_index),
-                      as_t(np.array([n for _, n in trunks], dtype=np.int64)), tuple(buckets), as_t(inverse),
-                      as_t(np.concatenate(group_of).astype(np.int64)), as_t(np.concatenate(branch_of).astype(np.int64)))
-    src_t = as_t(source)
-    return SharedBatch(input_ids.reshape(-1)[src_t][None], _branch_labels(labels, src_t, trunks), src_t,
-                       as_t(np.concatenate(rows).astype(np.int64)), tree)
+        buckets.append((index, [branches[i][1] for i in members], [branches[i][2] for i in members]))
+    return trunk_index, buckets, inverse
 
 
 # A bucket's fixed cost in attention scores (one more pair of batched GEMMs and a softmax call).
@@ -207,13 +213,6 @@ def _buckets(order: list[int], lengths: list[int], trunk: int) -> list[list[int]
         out.append(order[points[a]:points[b]])
         b, k = a, k - 1
     return out[::-1]
-
-
-def _branch_labels(labels: torch.Tensor, source: torch.Tensor, trunks: list[tuple[int, int]]) -> torch.Tensor:
-    flat = labels.reshape(-1)[source].clone()
-    for start, n in trunks:  # unlabelled by construction; set explicitly so no trunk position ever scores
-        flat[start:start + n] = IGNORE
-    return flat[None]
 
 
 def tree_masks(tree: PrefixTree, window: int | None) -> TreeMask:
@@ -288,10 +287,6 @@ class _FromLayout(torch.autograd.Function):
         return F.pad(grad, (0, 0, 0, 1))[:, index], None, None
 
 
-def _layout_index(tree: PrefixTree) -> torch.Tensor:
-    return torch.cat((tree.trunk_index.reshape(-1), *(b.index.reshape(-1) for b in tree.buckets)))
-
-
 def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: TreeMask) -> torch.Tensor:
     """Attention over the flat row: `q`, `k`, `v` `[1, H, S, hd]` (k, v with q's head count) -> `[1, H, S, hd]`.
 
@@ -299,11 +294,8 @@ def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Tree
     is a contiguous view; on CPU they go through `kernels.block_attention` (batched GEMMs, faster than
     SDPA for such short blocks, as for the sliding window), elsewhere through SDPA.
     """
-    from flowlm.model.kernels import block_attention
-
     tree = mask.tree
-    index = _layout_index(tree)
-    q, k, v = (_ToLayout.apply(x[0], index, tree.inverse) for x in (q, k, v))
+    q, k, v = (_ToLayout.apply(x[0], tree.layout, tree.inverse) for x in (q, k, v))
     H, _, hd = q.shape
     N, P = tree.trunk_index.shape
     scale = hd ** -0.5
@@ -332,7 +324,7 @@ def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Tree
             kb = torch.cat((kt[:, b.trunk], kb), dim=2)
             vb = torch.cat((vt[:, b.trunk], vb), dim=2)
         parts.append(attend(qb, kb, vb, m, bias))
-    return _FromLayout.apply(torch.cat(parts, dim=1), tree.inverse, index)[None]
+    return _FromLayout.apply(torch.cat(parts, dim=1), tree.inverse, tree.layout)[None]
 
 
 def group_rows(group_ids: torch.Tensor) -> list[list[int]]:

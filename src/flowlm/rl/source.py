@@ -86,12 +86,7 @@ from torch import nn
 
 from flowlm.errors import ConfigError, FlowError
 from flowlm.rl.config import ACTOR_MODES, ASYNC_FIELDS, RAY_FIELDS, RolloutConfig  # noqa: F401 (re-exported)
-from flowlm.rl.rows import (
-    check_prompt_rows,
-    is_verifier_error,
-    row_domain,
-    verify_completions,
-)
+from flowlm.rl.rows import check_prompt_rows, is_verifier_error, row_domain, verify_completions
 from flowlm.rl.stats import STAT, coin_rewards, stat_columns
 from flowlm.train.batch import SplitRule, split_batch, to_device
 from flowlm.train.losses import IGNORE
@@ -385,11 +380,7 @@ class RolloutSource:
 
     def _group(self, index: int, draw: int, res: Any, verdicts: list[Any], stats: Counter[str]) -> Group:
         from flowlm.generate.params import FINISH_LENGTH
-        from flowlm.rl.advantages import (
-            advantage_estimator,
-            informative_groups,
-            overlong_penalty,
-        )
+        from flowlm.rl.advantages import advantage_estimator, informative_groups, overlong_penalty
 
         cfg = self.cfg
         scores = torch.tensor([v.score for v in verdicts], dtype=torch.float32)
