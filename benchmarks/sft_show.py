@@ -28,9 +28,9 @@ Both sides run with 2 threads (`--threads`). A flowlm run that exits non-zero fa
 here (the smoke case; such numbers mean nothing). `--quick` (alias `--smoke`): 60 examples, a few steps,
 a 5 s peer budget, 10 eval items: it checks the script runs; the numbers mean nothing.
 
-Prints a table, then `RESULT {json}`: `flowlm`, `peer` (greedy pass@1), `ratio`, `base`, `unit`,
-`<side>_seconds`, `<side>_steps`, `<side>_tokens` (flowlm: packed row slots; peer: real tokens),
-`<side>_unclosed_think`, `<side>_by_task`, the settings, `init` and `quick`. Everything lives in one
+Prints a table, then `RESULT {json}`: `flowlm`, `peer` (greedy pass@1), `ratio` (null when the peer scores
+0), `base`, `unit`, `<side>_seconds`, `<side>_steps`, `<side>_tokens` (flowlm: packed row slots; peer: real
+tokens), `<side>_unclosed_think`, `<side>_by_task`, the settings, `init` and `quick`. Everything lives in one
 temporary directory, removed however the script ends.
 """
 
@@ -200,7 +200,7 @@ def main() -> None:
                   for name, model in (("base", args.init), ("flowlm", ckpt), ("peer", tmp / "peer"))}
     result: dict[str, Any] = {
         "flowlm": scores["flowlm"]["pass@1"], "peer": scores["peer"]["pass@1"],
-        "ratio": scores["flowlm"]["pass@1"] / max(scores["peer"]["pass@1"], 1e-9),
+        "ratio": scores["flowlm"]["pass@1"] / scores["peer"]["pass@1"] if scores["peer"]["pass@1"] else None,
         "base": scores["base"]["pass@1"], "unit": "greedy pass@1, built-in held-out suite",
         "flowlm_seconds": round(flowlm_s, 1), "peer_seconds": round(peer["seconds"], 1),
         "flowlm_steps": int(settings["stages.sft.steps"]), "peer_steps": peer["steps"],
