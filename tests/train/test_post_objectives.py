@@ -57,11 +57,14 @@ def fit(model, objective, loader, out: Path, *, steps: int = 4, grad_accum: int 
 
 def assert_same_records(a: list[dict], b: list[dict], keys: list[str]) -> None:
     """Step 1 equal to float rounding (1e-5); later steps within 1e-4, since the rounding differences of
-    the two summation orders compound through the optimizer updates (measured up to 2e-5 by step 6)."""
+    the two summation orders compound through the optimizer updates (measured up to 2e-5 by step 6).
+    Values that are zero up to rounding (DPO's step-1 rewards: the policy is the reference) carry the
+    rounding of the log-prob sums they come from, ~1e-7 to 1e-6 (2.4e-7 measured on an AVX-512 CPU),
+    hence the absolute 1e-6."""
     for ra, rb in zip(a, b, strict=True):
         rel = 1e-5 if ra["step"] == 1 else 1e-4
         for k in ["loss", "grad_norm", *keys]:
-            assert ra[k] == pytest.approx(rb[k], rel=rel, abs=1e-7), (ra["step"], k)
+            assert ra[k] == pytest.approx(rb[k], rel=rel, abs=1e-6), (ra["step"], k)
 
 
 def write_pairs(root: Path, n: int = 16, seed: int = 0) -> Path:
