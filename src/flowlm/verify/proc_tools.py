@@ -1,9 +1,12 @@
-"""Process bookkeeping via /proc: find and kill every process of a uid (sandbox cleanup)."""
+"""Process bookkeeping for the sandbox: pump a run's output under a deadline and a cap, and kill every
+process of a run afterwards (by uid or by environment marker, found via /proc)."""
 
 from __future__ import annotations
 
 import os
+import selectors
 import signal
+import subprocess
 import time
 from typing import Callable
 
@@ -72,3 +75,55 @@ def pids_with_marker(marker: str) -> list[int]:
 def kill_marked_processes(marker: str, rounds: int = 50) -> int:
     """SIGKILL every process carrying the run marker until none is left."""
     return _kill_until_gone(lambda: pids_with_marker(marker), rounds)
+
+
+def pump_output(proc: subprocess.Popen, timeout: float, output_bytes: int) -> tuple[bytes, bytes, bool, bool]:
+    """Read stdout/stderr until EOF, `timeout` seconds or `output_bytes` per stream; returns (out, err,
+    timed_out, truncated)."""
+    sel = selectors.DefaultSelector()
+    bufs = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+    for f in bufs:
+        os.set_blocking(f.fileno(), False)
+        sel.register(f, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    timed_out = truncated = False
+    while sel.get_map():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        for key, _ in sel.select(timeout=min(left, 0.5)):
+            chunk = key.fileobj.read(65536)
+            if not chunk:
+                sel.unregister(key.fileobj)
+                continue
+            buf = bufs[key.fileobj]
+            buf.extend(chunk[: max(0, output_bytes - len(buf))])
+            if len(buf) >= output_bytes:
+                truncated = True
+        if truncated:
+            break
+    sel.close()
+    return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), timed_out, truncated
+
+
+def exited_soon(proc: subprocess.Popen, grace: float = 2.0) -> bool:
+    """Did the process end by itself? Its output is at EOF, so it is exiting; wait briefly for that."""
+    try:
+        proc.wait(timeout=grace)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def kill_run(proc: subprocess.Popen, uid: int | None, marker: str) -> None:
+    """Kill the process group, then every straggler: by uid when we switched uid, else by env marker."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    if uid is not None:
+        kill_uid_processes(uid)
+    else:
+        kill_marked_processes(marker)

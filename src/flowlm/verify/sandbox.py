@@ -34,7 +34,6 @@ import ctypes
 import functools
 import os
 import random
-import selectors
 import shutil
 import signal
 import subprocess
@@ -47,7 +46,7 @@ from typing import Any
 
 from flowlm.errors import FlowError
 from flowlm.verify import seccomp_filter
-from flowlm.verify.proc_tools import MARKER_VAR, kill_marked_processes, kill_uid_processes
+from flowlm.verify.proc_tools import MARKER_VAR, exited_soon, kill_run, pump_output
 
 _PR_SET_PDEATHSIG = 1
 _CLONE_NEWNET = 0x40000000
@@ -333,57 +332,6 @@ def _seccomp_pipe() -> int | None:
     return r
 
 
-def _pump(proc: subprocess.Popen, limits: Limits) -> tuple[bytes, bytes, bool, bool]:
-    """Read stdout/stderr until EOF, the deadline or the output cap; returns (out, err, timed_out, truncated)."""
-    sel = selectors.DefaultSelector()
-    bufs = {proc.stdout: bytearray(), proc.stderr: bytearray()}
-    for f in bufs:
-        os.set_blocking(f.fileno(), False)
-        sel.register(f, selectors.EVENT_READ)
-    deadline = time.monotonic() + limits.timeout
-    timed_out = truncated = False
-    while sel.get_map():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            timed_out = True
-            break
-        for key, _ in sel.select(timeout=min(left, 0.5)):
-            chunk = key.fileobj.read(65536)
-            if not chunk:
-                sel.unregister(key.fileobj)
-                continue
-            buf = bufs[key.fileobj]
-            buf.extend(chunk[: max(0, limits.output_bytes - len(buf))])
-            if len(buf) >= limits.output_bytes:
-                truncated = True
-        if truncated:
-            break
-    sel.close()
-    return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), timed_out, truncated
-
-
-def _exited(proc: subprocess.Popen, grace: float = 2.0) -> bool:
-    """Did the process end by itself? Its output is at EOF, so it is exiting; wait briefly for that."""
-    try:
-        proc.wait(timeout=grace)
-        return True
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def _kill_all(proc: subprocess.Popen, uid: int | None, marker: str) -> None:
-    """Kill the process group, then every straggler: by uid when we switched uid, else by env marker."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-    if uid is not None:
-        kill_uid_processes(uid)
-    else:
-        kill_marked_processes(marker)
-
-
 def _world_executable(exe: str) -> bool:
     """Can an unprivileged uid exec `exe` (it and every parent dir executable by "other")?"""
     path = Path(exe)
@@ -486,13 +434,13 @@ def _run(backend: str, exe: str | None, source: str, stdin: str, limits: Limits)
             seccomp_fd = None
         ended = False
         try:
-            out, err, timed_out, truncated = _pump(proc, limits)
-            ended = not (timed_out or truncated) and _exited(proc)
+            out, err, timed_out, truncated = pump_output(proc, limits.timeout, limits.output_bytes)
+            ended = not (timed_out or truncated) and exited_soon(proc)
         finally:
             # A bwrap run that ended by itself has nothing left: its init exited, which empties the pid
             # namespace before bwrap sees it (see `sandbox_boot`). Anything else gets the full sweep.
             if not (ended and exe is not None):
-                _kill_all(proc, uid, marker)
+                kill_run(proc, uid, marker)
         return SandboxResult(
             returncode=None if timed_out else proc.returncode,
             stdout=out.decode("utf-8", errors="replace"), stderr=err.decode("utf-8", errors="replace"),
