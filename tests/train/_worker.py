@@ -30,10 +30,10 @@ def make_store(path: Path, n_docs: int = 64, seed: int = 0) -> TokenStore:
     return TokenStore.write(path, docs, vocab_size=128, tokenizer_hash="synthetic")
 
 
-def build(out: Path, store_dir: Path, steps: int, grad_accum: int = 1, checkpoint_every: int = 2):
+def build(out: Path, store_dir: Path, steps: int, grad_accum: int = 1, checkpoint_every: int = 2, tie: bool = False):
     world = init_world()
     torch.manual_seed(0)
-    model = Olmo3(ModelConfig.preset("tiny", **SMALL))
+    model = Olmo3(ModelConfig.preset("tiny", **SMALL, tie_embeddings=tie))
     cfg = EngineConfig(steps=steps, seq_len=64, batch_size=8, grad_accum=grad_accum, checkpoint_every=checkpoint_every, keep_last=3)
     loader = PackedLoader(PackedDataset(TokenStore.open(store_dir), 64, seed=0), 8, seed=0)
     if world.distributed:

@@ -79,6 +79,33 @@ def test_exact_resume_after_kill_9(tmp_path, store_dir):
 
 
 @pytest.mark.distributed
+def test_tied_embeddings_save_once_and_resume_exactly(tmp_path, store_dir):
+    """A tied model (lm_head.weight is embed_tokens.weight) checkpoints with the matrix stored once, as
+    HF stores it, and resumes tied with the uninterrupted run's losses."""
+    torch.set_num_threads(1)
+    ref = _worker.build(tmp_path / "ref", store_dir, steps=4, tie=True)
+    ref.fit()
+    run = _worker.build(tmp_path / "run", store_dir, steps=4, tie=True)
+    run.fit()
+    shutil.rmtree(ckpt.step_dir(tmp_path / "run" / "checkpoints", 4))  # as if killed after step 2's save
+    saved = ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    assert saved.name == "step_0000002"
+    from safetensors import safe_open
+    with safe_open(str(saved / "model.safetensors"), "pt") as f:
+        assert "model.embed_tokens.weight" in f.keys() and "lm_head.weight" not in f.keys()
+    resumed = _worker.build(tmp_path / "run", store_dir, steps=4, tie=True)
+    resumed.resume()
+    assert resumed.step == 2
+    m = resumed.model
+    assert m.lm_head.weight is m.model.embed_tokens.weight
+    resumed.fit()
+    got, want = losses(tmp_path / "run"), losses(tmp_path / "ref")
+    assert sorted(got) == [1, 2, 3, 4]
+    assert got == want
+    assert m.lm_head.weight is m.model.embed_tokens.weight
+    torch.testing.assert_close(m.lm_head.weight, ref.model.lm_head.weight, rtol=0, atol=0)
+
+
 def test_fsdp2_two_processes_equal_one(tmp_path, store_dir):
     steps = 3
     one = tmp_path / "one"

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -31,6 +31,7 @@ from flowlm.atomic import atomic_dir
 from flowlm.errors import FlowError
 
 MANIFEST = "checkpoint.json"
+ALIASES = "flowlm_aliases"  # safetensors metadata key: {alias: stored name} for shared tensors
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -77,9 +78,10 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint `step` under `root` atomically; `write_config(dir)` adds config/tokenizer files."""
     final = step_dir(root, step)
+    tensors, aliases = _split_aliases(model_state)
     with atomic_dir(final) as tmp:  # a re-save of the same step replaces the old copy
-        save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt"})
+        save_file(tensors, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt", ALIASES: json.dumps(aliases, sort_keys=True)})
         write_config(tmp)
         if optim_state is not None:
             torch.save(optim_state, tmp / "optimizer.pt")
@@ -89,6 +91,21 @@ def save_checkpoint(
         _fsync_dir(tmp)
     _fsync_dir(root)
     return final
+
+
+def _split_aliases(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Store a tensor shared under several names (tied embeddings: `lm_head.weight` is
+    `model.embed_tokens.weight`) once: (tensors to write, {alias: stored name})."""
+    stored: dict[tuple, str] = {}
+    tensors, aliases = {}, {}
+    for name, t in state.items():
+        view = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() and view in stored:  # (empty tensors may all report data_ptr 0)
+            aliases[name] = stored[view]
+            continue
+        stored[view] = name
+        tensors[name] = t.contiguous()
+    return tensors, aliases
 
 
 def validate_checkpoint(path: Path) -> dict[str, Any]:
@@ -129,8 +146,14 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None, d
     validate_checkpoint(path)
     try:
         msd = load_file(str(path / "model.safetensors"))
-    except (SafetensorError, OSError) as exc:
+        with safe_open(str(path / "model.safetensors"), "pt") as f:
+            aliases = json.loads((f.metadata() or {}).get(ALIASES, "{}"))
+    except (SafetensorError, OSError, json.JSONDecodeError) as exc:
         raise FlowError(f"{path / 'model.safetensors'}: unreadable ({exc})") from None
+    for alias, name in aliases.items():  # one tensor again under every name it was saved under
+        if name not in msd:
+            raise FlowError(f"{path / 'model.safetensors'}: alias {alias} names missing tensor {name}")
+        msd[alias] = msd[name]
     osd = None
     if (path / "optimizer.pt").is_file():
         osd = _torch_load(path / "optimizer.pt")
