@@ -5,9 +5,10 @@
 1. every rank takes part in gathering the policy's full weights from its FSDP2 shards
    (`flowlm.train.checkpoint.full_state`, a collective; rank 0 receives them on the CPU);
 2. rank 0's `RolloutSource` makes the batch exactly as in one process, with those weights
-   (`RolloutSource.policy_weights`): mode sync loads them into its rollout engine and samples; mode ray
-   puts them in the object store for its rollout actors as an inflight update (`flowlm.rl.ray_workers`),
-   the actors having generated ahead meanwhile;
+   (`RolloutSource.policy_weights`): mode sync loads them into its rollout engine and samples; mode async
+   hands them to its rollout thread as an inflight update (`flowlm.rl.actor`); mode ray puts them in the
+   object store for its rollout actors, also inflight (`flowlm.rl.ray_workers`); in both actor modes
+   the workers have generated ahead meanwhile;
 3. the batch is broadcast from rank 0 (`torch.distributed.broadcast_object_list`), and each rank keeps
    its `1/size` of the groups (`flowlm.train.batch.split_batch`, whole groups; the batch statistics
    ride in the first rows, so they are counted once when the trainer sums its metrics over ranks).
@@ -16,9 +17,9 @@ The trainer normalises the loss over the global batch (its units summed over ran
 compute what one process computes on the whole batch. The engine is built from the unsharded model
 before FSDP2 shards it (`binds_unsharded`: `train_once` binds such a loader first). Checkpoints hold
 rank 0's source state (the trainer saves rank 0's loader state and loads it on every rank; the other
-ranks ignore it), so `kill -9` and a rerun resume the prompt stream as in one process. Modes `sync` and
-`ray` with one optimizer step per rollout batch: mode async's thread would share rank 0's cores, and
-minibatches > 1 need an old-policy pass on every rank (the rl stage says so up front).
+ranks ignore it), so `kill -9` and a rerun resume the prompt stream as in one process. One optimizer
+step per rollout batch: minibatches > 1 need an old-policy pass on every rank (the rl stage says so up
+front). Mode async's thread shares rank 0's cores (on a GPU node, its GPU), like a colocated engine.
 """
 
 from __future__ import annotations

@@ -191,8 +191,16 @@ class RolloutSource:
         self.engine = self.make_engine(policy) if self.cfg.mode != "ray" else None  # ray: engines in the actors
 
     def make_engine(self, policy: nn.Module) -> Any:
-        """A rollout engine holding its own copy of `policy`'s current weights."""
+        """A rollout engine holding its own copy of `policy`'s current weights. A policy sharded by FSDP2
+        since `bind` (torchrun; mode async rebuilding a dead worker's engine) gives a freshly initialised
+        copy of its architecture: the caller loads the full weights (`policy_weights`) into the engine."""
         from flowlm.generate.engine import Engine, GenerateConfig
+        from flowlm.model.olmo3 import Olmo3
+
+        if any(type(p).__name__ == "DTensor" for p in policy.parameters()):
+            if not isinstance(policy, Olmo3):
+                raise ConfigError(f"rl rollouts: cannot rebuild an engine from a sharded {type(policy).__name__}")
+            policy = Olmo3(policy.cfg)
 
         slots = self.cfg.max_slots or self.cfg.prompts_per_step * self.cfg.group_size
         context = min(self.max_len, getattr(getattr(policy, "cfg", None), "max_seq_len", self.max_len))

@@ -21,9 +21,10 @@ export and the run record are the train stage's. `batch_size` is `prompts_per_st
 prompt ids drawn and trained; `rollouts.jsonl`; mode async adds the ids consumed, dropped as stale and
 still pending). Mode async runs the rollout worker as threads of this process (`flowlm.rl.actor`), mode
 ray as Ray actors (`flowlm.rl.ray_workers`, several engines, local or multi-node): the learner's
-checkpoint holds the prompts in flight, which a resumed run regenerates first. Under torchrun (mode
-sync or ray, minibatches 1) every rank trains its share of each batch's groups, and rank 0 generates
-(sync) or pushes to the Ray workers (ray) the full weights gathered from the shards (`flowlm.rl.ranks`).
+checkpoint holds the prompts in flight, which a resumed run regenerates first. Under torchrun
+(minibatches 1) every rank trains its share of each batch's groups, and rank 0 generates with (sync),
+hands its rollout thread (async) or pushes to the Ray workers (ray) the full weights gathered from the
+shards (`flowlm.rl.ranks`).
 `tasks` narrows built-in prompts to some task
 generators; `prompt_format: plain` renders them in the base-model template for RL-Zero
 (`rollout.reward: random` is its spurious-reward control; docs/rl.md). `instructions` appends a
@@ -184,10 +185,9 @@ def run(ctx: StageContext, name: str, cfg: RLStageConfig) -> StageResult:
 
     if ctx.world.distributed:  # the learner on every rank, rollouts on rank 0 (flowlm.rl.ranks)
         r, size = cfg.rollout, ctx.world.size
-        if r.mode not in ("sync", "ray") or r.minibatches != 1:
-            raise FlowError(f"stage '{name}': under torchrun the rl stage runs mode sync or ray with minibatches 1 "
-                            f"(got mode {r.mode}, minibatches {r.minibatches}; mode async's rollout thread would "
-                            "share rank 0's cores: use ray)")
+        if r.minibatches != 1:
+            raise FlowError(f"stage '{name}': under torchrun the rl stage runs minibatches 1 (got {r.minibatches}: "
+                            "minibatches > 1 need an old-policy pass on every rank)")
         if r.prompts_per_step % (cfg.grad_accum * size):
             raise FlowError(f"stage '{name}': rollout.prompts_per_step {r.prompts_per_step} must split into whole "
                             f"groups over {size} ranks x grad_accum {cfg.grad_accum}")
