@@ -93,6 +93,7 @@ def test_tied_embeddings_save_once_and_resume_exactly(tmp_path, store_dir):
     from safetensors import safe_open
     with safe_open(str(saved / "model.safetensors"), "pt") as f:
         assert "model.embed_tokens.weight" in f.keys() and "lm_head.weight" not in f.keys()
+    assert json.loads((saved / ckpt.MANIFEST).read_text())["aliases"] == {"lm_head.weight": "model.embed_tokens.weight"}
     resumed = _worker.build(tmp_path / "run", store_dir, steps=4, tie=True)
     resumed.resume()
     assert resumed.step == 2

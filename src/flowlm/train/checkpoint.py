@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -31,7 +31,6 @@ from flowlm.atomic import atomic_dir
 from flowlm.errors import FlowError
 
 MANIFEST = "checkpoint.json"
-ALIASES = "flowlm_aliases"  # safetensors metadata key: {alias: stored name} for shared tensors
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -80,14 +79,14 @@ def save_checkpoint(
     final = step_dir(root, step)
     tensors, aliases = _split_aliases(model_state)
     with atomic_dir(final) as tmp:  # a re-save of the same step replaces the old copy
-        save_file(tensors, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt", ALIASES: json.dumps(aliases, sort_keys=True)})
+        # (one metadata key: safetensors writes several in an unstable order, and the bytes must not vary)
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         write_config(tmp)
         if optim_state is not None:
             torch.save(optim_state, tmp / "optimizer.pt")
         torch.save(trainer_state, tmp / "trainer.pt")
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-        _write_json(tmp / MANIFEST, {"step": step, "files": files})
+        _write_json(tmp / MANIFEST, {"step": step, "files": files, **({"aliases": aliases} if aliases else {})})
         _fsync_dir(tmp)
     _fsync_dir(root)
     return final
@@ -143,16 +142,16 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict | None, dict[str, Any]]:
     """Read (model state, optimizer state, trainer state) of a validated checkpoint."""
-    validate_checkpoint(path)
+    aliases = validate_checkpoint(path).get("aliases", {})
+    if not isinstance(aliases, dict):
+        raise FlowError(f"{path / MANIFEST}: corrupt checkpoint manifest (aliases is not a mapping)")
     try:
         msd = load_file(str(path / "model.safetensors"))
-        with safe_open(str(path / "model.safetensors"), "pt") as f:
-            aliases = json.loads((f.metadata() or {}).get(ALIASES, "{}"))
-    except (SafetensorError, OSError, json.JSONDecodeError) as exc:
+    except (SafetensorError, OSError) as exc:
         raise FlowError(f"{path / 'model.safetensors'}: unreadable ({exc})") from None
     for alias, name in aliases.items():  # one tensor again under every name it was saved under
         if name not in msd:
-            raise FlowError(f"{path / 'model.safetensors'}: alias {alias} names missing tensor {name}")
+            raise FlowError(f"{path / MANIFEST}: alias {alias} names tensor {name}, not in model.safetensors")
         msd[alias] = msd[name]
     osd = None
     if (path / "optimizer.pt").is_file():
