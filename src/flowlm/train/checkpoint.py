@@ -5,6 +5,7 @@ Layout of `<stage>/checkpoints/step_000050/`:
     optimizer.pt                                         full (unsharded) AdamW state
     trainer.pt                                           step, loader position, RNG states
     checkpoint.json                                      manifest, written last: step + file sizes
+                                                         (+ aliases: tied tensors, stored once)
 
 A checkpoint is written into a temporary sibling directory and renamed into place
 (`flowlm.atomic.atomic_dir`; the manifest and both directories are fsynced), so a crash (even
