@@ -325,7 +325,7 @@ def test_torchrun_async_learner_kill_9_then_resume_loses_and_replays_no_prompt(a
 
 
 REBUILD = r"""
-import os, sys, torch, torch.distributed as dist
+import sys, torch, torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from flowlm.generate.params import SamplingParams
 from flowlm.model.config import ModelConfig

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from flowlm.errors import FlowError
 from flowlm.train import checkpoint as ckpt
@@ -78,7 +79,6 @@ def test_exact_resume_after_kill_9(tmp_path, store_dir):
     assert got == want  # bitwise-equal losses, step for step
 
 
-@pytest.mark.distributed
 def test_tied_embeddings_save_once_and_resume_exactly(tmp_path, store_dir):
     """A tied model (lm_head.weight is embed_tokens.weight) checkpoints with the matrix stored once, as
     HF stores it, and resumes tied with the uninterrupted run's losses."""
@@ -90,7 +90,6 @@ def test_tied_embeddings_save_once_and_resume_exactly(tmp_path, store_dir):
     shutil.rmtree(ckpt.step_dir(tmp_path / "run" / "checkpoints", 4))  # as if killed after step 2's save
     saved = ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")[-1]
     assert saved.name == "step_0000002"
-    from safetensors import safe_open
     with safe_open(str(saved / "model.safetensors"), "pt") as f:
         assert "model.embed_tokens.weight" in f.keys() and "lm_head.weight" not in f.keys()
     assert json.loads((saved / ckpt.MANIFEST).read_text())["aliases"] == {"lm_head.weight": "model.embed_tokens.weight"}
@@ -107,6 +106,7 @@ def test_tied_embeddings_save_once_and_resume_exactly(tmp_path, store_dir):
     torch.testing.assert_close(m.lm_head.weight, ref.model.lm_head.weight, rtol=0, atol=0)
 
 
+@pytest.mark.distributed
 def test_fsdp2_two_processes_equal_one(tmp_path, store_dir):
     steps = 3
     one = tmp_path / "one"

@@ -183,7 +183,7 @@ class RolloutSource:
         `old_logps_fn(policy, minibatch) -> [B, T]`: the old-policy pass of minibatches > 1 (default: the one
         given to the constructor, else `old_policy_logps` with the `grpo` objective's default LM-head
         settings, in fp32)."""
-        if any(type(p).__name__ == "DTensor" for p in policy.parameters()):
+        if _sharded(policy):
             raise ConfigError("rl: rollouts run in one process (the engine needs full weights)")
         self._policy = policy
         if old_logps_fn is not None:
@@ -197,7 +197,7 @@ class RolloutSource:
         from flowlm.generate.engine import Engine, GenerateConfig
         from flowlm.model.olmo3 import Olmo3
 
-        if any(type(p).__name__ == "DTensor" for p in policy.parameters()):
+        if _sharded(policy):
             if not isinstance(policy, Olmo3):
                 raise ConfigError(f"rl rollouts: cannot rebuild an engine from a sharded {type(policy).__name__}")
             policy = Olmo3(policy.cfg)
@@ -478,6 +478,11 @@ class RolloutSource:
 
 
 OldLogpsFn = Callable[[nn.Module, dict[str, Any]], torch.Tensor]
+
+
+def _sharded(policy: nn.Module) -> bool:
+    """Whether FSDP2 has sharded `policy` (its parameters are DTensors): an engine cannot copy it."""
+    return any(type(p).__name__ == "DTensor" for p in policy.parameters())
 
 
 def old_policy_logps(policy: nn.Module, batch: dict[str, Any], *, fp32_lm_head: bool = False,
