@@ -4,14 +4,21 @@ sympy cross-check used when math-verify cannot parse one side (and recorded as a
 Decision rule (binary): equal if the Hendrycks-normalised strings are identical (checked first: it is
 cheap and exact), or math-verify says equal, or — only when math-verify parsed nothing for one side —
 sympy proves `simplify(a - b) == 0`. `audit` records what each method said, for disagreement logs.
+
+math-verify reports its own timeouts only as log warnings (quoting the whole input) and then answers
+"not equal" / "nothing parsed". Its loggers are routed here instead of stderr: a comparison that timed
+out is method `timeout` (undecided, scored 0, counted as a verifier timeout), not a wrong answer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import re
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from flowlm.verify import math_normalize
 from flowlm.verify.timeouts import CheckTimeout, alarm, on_main_thread
@@ -24,6 +31,39 @@ class EquivResult:
     equal: bool
     method: str
     audit: dict[str, Any]
+
+
+class _TimeoutLog(logging.Handler):
+    """Collects math-verify's warnings for the calling thread while `_captured()` is open."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.local = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        messages = getattr(self.local, "messages", None)
+        if messages is not None:
+            messages.append(record.getMessage()[:60])
+
+
+_LOG = _TimeoutLog()
+
+
+@contextlib.contextmanager
+def _captured() -> Iterator[list[str]]:
+    """The math-verify warnings logged in the block (and none on stderr)."""
+    logger = logging.getLogger("math_verify")
+    if _LOG not in logger.handlers:
+        logger.addHandler(_LOG)
+        logger.propagate = False
+    outer = getattr(_LOG.local, "messages", None)
+    _LOG.local.messages = messages = []
+    try:
+        yield messages
+    finally:
+        _LOG.local.messages = outer
+        if outer is not None:
+            outer.extend(messages)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -84,8 +124,14 @@ def equivalent(pred: str, gold: str, timeout: float = 5.0) -> EquivResult:
     if math_normalize.is_equiv(pred, gold):
         return EquivResult(True, "string-normalised", {"string_equal": True})
     try:
-        with alarm(timeout * 2):
+        with alarm(timeout * 2), _captured() as logged:
             mv = math_verify_equal(pred, gold, timeout)
+        timeouts = sorted({m.split(":")[0] for m in logged if m.startswith("Timeout")})
+        if timeouts:
+            audit["math_verify"] = "; ".join(t.lower() for t in timeouts)
+            if "Timeout during comparison" in timeouts and not mv:
+                audit["math_verify_equal"] = None
+                return EquivResult(False, "timeout", audit)
     except CheckTimeout:
         mv = None
         audit["math_verify"] = "timeout"
@@ -103,4 +149,6 @@ def equivalent(pred: str, gold: str, timeout: float = 5.0) -> EquivResult:
         audit["sympy_equal"] = sp
         if sp:
             return EquivResult(True, "sympy", audit)
+    if mv is None and audit.get("sympy_equal") is None and "timeout" in str(audit.get("math_verify", "")):
+        return EquivResult(False, "timeout", audit)  # nothing decided, and math-verify ran out of time
     return EquivResult(False, "math-verify" if mv is not None else "no-parse", audit)

@@ -52,6 +52,8 @@ def _score(completion: str, ground_truth: Any, strictness: str, timeout: float) 
     meta = {"extracted": pred[:200], "extraction": method, "equivalence": res.method, **res.audit}
     if res.equal:
         return Verdict(1.0, f"correct ({res.method}): {pred[:80]}", meta)
+    if res.method == "timeout":
+        return Verdict(0.0, f"timeout: could not compare {pred[:80]!r} with {gold[:80]!r} within {timeout:g}s", meta)
     return Verdict(0.0, f"wrong: got {pred[:80]!r}, expected {gold[:80]!r}", meta)
 
 
