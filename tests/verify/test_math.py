@@ -84,9 +84,10 @@ def test_sympy_fallback_when_math_verify_cannot_parse(monkeypatch):
                          ids=["comparison", "parsing"])
 def test_a_math_verify_timeout_is_a_counted_timeout_not_a_wrong_answer_and_stays_off_stderr(answer, stage, capfd):
     # math-verify answers "not equal" / "nothing parsed" when it runs out of time, and logs the whole input.
-    v = verify("math", f"\\boxed{{{answer}}}", "4", timeout=1)
-    assert v.score == 0.0 and v.reason.startswith("timeout: could not compare"), v.reason
-    assert v.meta["equivalence"] == "timeout" and v.meta["math_verify"] == f"timeout during {stage}"
+    for _ in range(2):  # the second time math-verify's parses come from its cache: the same verdict
+        v = verify("math", f"\\boxed{{{answer}}}", "4", timeout=1)
+        assert v.score == 0.0 and v.reason.startswith("timeout: could not compare"), v.reason
+        assert v.meta["equivalence"] == "timeout" and v.meta["math_verify"] == f"timeout during {stage}"
     out, err = capfd.readouterr()
     assert "Timeout" not in out + err
     assert verify("math", "\\boxed{4}", "4", timeout=1).score == 1.0  # the check still decides ordinary answers

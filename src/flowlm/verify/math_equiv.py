@@ -62,21 +62,32 @@ def _captured() -> Iterator[list[str]]:
         yield messages
     finally:
         _LOG.local.messages = outer
-        if outer is not None:
-            outer.extend(messages)
+
+
+def _note(message: str) -> None:
+    """Add `message` to the innermost open `_captured()` block, if any."""
+    messages = getattr(_LOG.local, "messages", None)
+    if messages is not None:
+        messages.append(message)
 
 
 @functools.lru_cache(maxsize=4096)
-def _mv_parse_cached(text: str, timeout: int | None) -> tuple:
+def _mv_parse_cached(text: str, timeout: int | None) -> tuple[tuple, bool]:
     from math_verify import parse
 
     # Parsed answers are immutable sympy objects, so caching is safe; the same gold answer is
-    # usually checked against many sampled completions.
-    return tuple(parse(text, parsing_timeout=timeout))
+    # usually checked against many sampled completions. Whether the parse timed out is cached with
+    # it, so a repeated input gets the same verdict.
+    with _captured() as logged:
+        parsed = tuple(parse(text, parsing_timeout=timeout))
+    return parsed, any(m.startswith("Timeout") for m in logged)
 
 
 def _mv_parse(text: str, timeout: int | None) -> list:
-    return list(_mv_parse_cached(text, timeout))
+    parsed, timed_out = _mv_parse_cached(text, timeout)
+    if timed_out:
+        _note("Timeout during parsing")
+    return list(parsed)
 
 
 _BASE_RE = re.compile(r"_\{?(\d+)\}?")
