@@ -89,3 +89,18 @@ def test_text_utilities_offline():
     assert count_words("it's a well-known fact") == 6
     assert detect_language("Der schnelle braune Fuchs springt über den faulen Hund.") == "de"
     assert detect_language("12345 !!!") is None
+
+
+def test_title_spans_equal_ifevals_regex_on_random_text():
+    import random
+    import re
+
+    from flowlm.verify.ifeval.ifeval_checks import double_angle_spans
+
+    rng = random.Random(0)
+    for _ in range(20_000):
+        s = "".join(rng.choice("<>\nab ") for _ in range(rng.randint(0, 30)))
+        assert double_angle_spans(s) == re.findall(r"<<[^\n]+>>", s), s
+    gt = {"instruction_id_list": ["detectable_format:title"], "kwargs": [{}]}
+    assert verify("ifeval", "<<" * 100_000, gt).score == 0.0  # the regex's quadratic case
+    assert verify("ifeval", "<<" * 1000 + "x>>", gt).score == 1.0

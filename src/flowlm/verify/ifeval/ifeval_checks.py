@@ -180,9 +180,26 @@ def json_format(r: str) -> bool:
     return True
 
 
+def double_angle_spans(r: str) -> list[str]:
+    """`re.findall(r"<<[^\\n]+>>", r)` (IFEval's title pattern) in linear time: that regex backtracks
+    quadratically on a line of many `<<` without `>>` (a 40 kB line of them took 0.9 s). Per line, a
+    match starts at the next `<<` and, `[^\\n]+` being greedy, ends at the line's last `>>` that leaves
+    it at least one character."""
+    spans = []
+    for line in r.split("\n"):
+        pos = 0
+        while (i := line.find("<<", pos)) >= 0:
+            j = line.rfind(">>", i + 3)
+            if j < 0:
+                break
+            spans.append(line[i:j + 2])
+            pos = j + 2
+    return spans
+
+
 @constraint("detectable_format:title")
 def title(r: str) -> bool:
-    return any(t.lstrip("<").rstrip(">").strip() for t in re.findall(r"<<[^\n]+>>", r))
+    return any(t.lstrip("<").rstrip(">").strip() for t in double_angle_spans(r))
 
 
 # --- combination / start-end / punctuation ------------------------------------------------------
