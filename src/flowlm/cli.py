@@ -269,6 +269,23 @@ def iter_input_objects(path: Path | None) -> Iterator[tuple[str, dict[str, Any]]
                 raise FlowError(f"<stdin>:{lineno}: {exc}") from None
 
 
+def check_output(out: Path | None) -> None:
+    """Fail before any work when `--out` cannot be written: a directory, or a path whose nearest existing
+    ancestor is a file or not writable (`open_output` creates missing parents and writes a sibling
+    temporary). Call it at the start of a verb, so a bad `--out` does not cost the run."""
+    if out is None or is_stdio(out):
+        return
+    if out.is_dir():
+        raise FlowError(f"{out}: is a directory (--out names the output file)")
+    ancestor = out.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise FlowError(f"{out}: cannot write: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise FlowError(f"{out}: cannot write in {ancestor} (permission denied)")
+
+
 @contextlib.contextmanager
 def open_output(out: Path | None) -> Iterator[TextIO]:
     """stdout (None or `-`), or a text file written beside `out` and renamed onto it when the block succeeds;
