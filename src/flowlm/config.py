@@ -2,7 +2,8 @@
 
 A recipe is found by name among the YAML files shipped in `flowlm/flow/recipes/` (`flowlm run tiny`) or
 given as a path. Validation happens once, at load: an unknown key or a bad value becomes one
-`ConfigError` line naming the key, what is allowed and, for typos, the closest known key.
+`ConfigError` line naming the key, what is allowed and, for typos, the closest known key. A key written
+twice in one YAML mapping, or a file that is not UTF-8, is an error naming the file and line.
 """
 
 from __future__ import annotations
@@ -61,9 +62,7 @@ def read_recipe(name_or_path: str, _seen: tuple[str, ...] = ()) -> tuple[dict[st
 def _read_one(name_or_path: str) -> tuple[dict[str, Any], str]:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"recipe file not found: {path}")
-        text, origin = path.read_text(), str(path)
+        text, origin = _read_text(path), str(path)
     else:
         names = recipe_names()
         if name_or_path not in names:
@@ -72,15 +71,58 @@ def _read_one(name_or_path: str) -> tuple[dict[str, Any], str]:
             raise ConfigError(f"unknown recipe '{name_or_path}'{extra}; built-in recipes: {', '.join(names)}")
         text = resources.files(RECIPE_PACKAGE).joinpath(f"{name_or_path}.yaml").read_text()
         origin = f"builtin:{name_or_path}"
+    return parse_yaml_mapping(text, origin), origin
+
+
+def _read_text(path: Path) -> str:
+    """The text of a recipe / config file; a one-line ConfigError when it is missing, a directory or not UTF-8."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a recipe file")
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
     try:
-        raw = yaml.safe_load(text) or {}
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                          f"{exc.start})") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that rejects a key written twice in one mapping (YAML itself keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges; its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                seen = first.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if seen is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first set on line {seen + 1})", key_node.start_mark)
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml_mapping(text: str, origin: str) -> dict[str, Any]:
+    """Parse YAML whose top level is a mapping; bad YAML or a duplicate key is a ConfigError naming ORIGIN:LINE."""
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{origin}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: a recipe must be a mapping at the top level")
-    return raw, origin
+    return raw
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -285,6 +285,8 @@ def is_chat_file(path: str | Path) -> bool:
     p = Path(path)
     if not p.exists():
         return False  # the reader that gets it reports the missing file
+    if p.is_dir():
+        raise FlowError(f"{p}: is a directory, not a data file (name the jsonl / parquet files in it)")
     if p.name.endswith(".parquet"):
         cols = set(_parquet_file(p).schema_arrow.names)
         return is_chat_row(cols) or is_pair_row(cols)

@@ -69,12 +69,44 @@ def add_parser(subparsers: Any) -> None:
         v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override, e.g. dedup.minhash.bands=20")
         v.add_argument("--executor", choices=["serial", "local", "ray"])
-        v.add_argument("--workers", type=int)
+        v.add_argument("--workers", type=_positive_int, help="worker processes (>= 1)")
         v.add_argument("--excluded", action="store_true", help="write rejected docs per stage (needs --out)")
         if verb == "decon":
             v.add_argument("--bench", action="append", required=True, help="benchmark file (repeatable)")
             v.add_argument("--mode", choices=["posttrain", "pretrain"], default="pretrain")
         v.set_defaults(func=main)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type for counts: an integer >= 1 (else argparse's usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
+def _config_file(path: str) -> str:
+    """`--config PATH` checked: an existing file (a missing file or a directory is a one-line ConfigError)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"--config {path}: is a directory, not a config file")
+    if not p.is_file():
+        raise ConfigError(f"--config {path}: config file not found")
+    return path
+
+
+def _out_dir(out: str | None) -> Path | None:
+    """`--out DIR` as a path (None: stdout); an existing non-directory there is a one-line ConfigError."""
+    if out is None or is_stdio(out):
+        return None
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a directory (the pipeline writes docs/, stats.json "
+                          "and work/ into it)")
+    return path
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -87,7 +119,7 @@ def build_config(args: argparse.Namespace) -> Any:
     if args.config:
         from flowlm.config import read_recipe
 
-        user, origin = read_recipe(args.config)
+        user, origin = read_recipe(_config_file(args.config))
         raw = deep_merge(raw, user)
     if args.data_cmd == "decon":
         raw["decontam"] = {"benchmarks": args.bench, "cfg": {**raw["decontam"]["cfg"], "mode": args.mode}}
@@ -106,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "data_cmd", None) not in VERBS:
         raise ConfigError(f"flowlm data: unknown verb {getattr(args, 'data_cmd', None)!r}")
     cfg = build_config(args)
-    out_dir = None if args.out is None or is_stdio(args.out) else Path(args.out)
+    out_dir = _out_dir(args.out)
     if out_dir is None and args.excluded:
         raise ConfigError(f"flowlm data {args.data_cmd}: --excluded writes files into the output directory; "
                           "give --out DIR")
@@ -114,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
     # removes it on every way out of the block, Ctrl-C included (the executor's pool is closed first).
     with tempfile.TemporaryDirectory(prefix="flowlm-data-", ignore_cleanup_errors=True) as tmp:
         inputs, spool = _inputs(args, Path(tmp))
-        res = run_pipeline(inputs, out_dir or Path(tmp) / "pipeline", cfg)
+        res = run_pipeline(inputs, out_dir or Path(tmp) / "pipeline", cfg, spooled=[spool] if spool else [])
         _print_stats(res.stats.to_dict(), spool, res if out_dir is not None else None)
         if out_dir is None:
             _copy_docs(res.shards)

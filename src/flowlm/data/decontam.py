@@ -27,7 +27,7 @@ import numpy as np
 from flowlm.config import Strict
 from flowlm.data.dedup.minhash import WordHasher
 from flowlm.errors import FlowError
-from flowlm.jsonlines import open_binary, read_json_objects
+from flowlm.jsonlines import read_bytes, read_json_objects
 
 QUESTION_KEYS = ("question", "problem", "prompt", "instruction", "input")
 ANSWER_KEYS = ("answer", "solution", "canonical_solution", "response", "output")
@@ -83,19 +83,17 @@ def ngram_hashes(words: np.ndarray, n: int) -> np.ndarray:
 
 
 def load_benchmark(path: str | Path, name: str | None = None) -> list[dict[str, Any]]:
-    """Items {benchmark, item_id, question, answer} from jsonl (.gz/.zst) or a JSON array file."""
+    """Items {benchmark, item_id, question, answer} from jsonl (.gz/.zst) or a JSON array file.
+
+    A file that yields no item (empty, or no row with a question / answer field) is a FlowError: a
+    decontamination against nothing would pass every document silently.
+    """
     path = Path(path)
     if not path.exists():
         raise FlowError(f"{path}: benchmark file not found")
-    with open_binary(path) as fh:
-        raw = fh.read()
-    if not raw.lstrip().startswith(b"["):
-        rows: list[Any] = read_json_objects(path)  # JSON lines: errors name FILE:LINE
-    else:
-        try:
-            rows = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise FlowError(f"{path}:{e.lineno}: invalid JSON in benchmark file") from None
+    if path.is_dir():
+        raise FlowError(f"{path}: is a directory, not a benchmark file (name the jsonl / json file in it)")
+    rows = _benchmark_rows(path)
     name = name or path.parent.name or path.stem
     items = []
     for i, r in enumerate(rows):
@@ -104,7 +102,29 @@ def load_benchmark(path: str | Path, name: str | None = None) -> list[dict[str, 
         if q or a:
             items.append({"benchmark": name, "item_id": str(r.get("task_id", r.get("key", i))),
                           "question": q, "answer": a})
+    if not items:
+        if not rows:
+            raise FlowError(f"{path}: no benchmark items (the file is empty)")
+        raise FlowError(f"{path}: no benchmark items (no question/answer fields in its {len(rows)} row(s); "
+                        f"looked for {', '.join(QUESTION_KEYS + ANSWER_KEYS)})")
     return items
+
+
+def _benchmark_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a benchmark file: JSON lines, or one JSON array of objects (errors name FILE[:LINE])."""
+    raw = read_bytes(path)
+    if not raw.lstrip().startswith(b"["):
+        return read_json_objects(path)  # JSON lines: errors name FILE:LINE
+    try:
+        rows = json.loads(raw)
+    except UnicodeDecodeError:
+        raise FlowError(f"{path}: invalid UTF-8 in benchmark file") from None
+    except json.JSONDecodeError as e:
+        raise FlowError(f"{path}:{e.lineno}: invalid JSON in benchmark file ({e.msg})") from None
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise FlowError(f"{path}: item {i} of the JSON array is {type(r).__name__}, not an object")
+    return rows
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 A document is a dict with the schema `id, text, source, metadata`. Readers never raise on a bad line:
 bad JSON, bad UTF-8, a non-object, or a missing/non-string `text` goes to the `Quarantine` with
-`file:line` and a reason, and is counted by the caller's `StepStats` as dropped `malformed`.
+`file:line` and a reason, and is counted by the caller's `StepStats` as dropped `malformed`. A file that
+cannot be read at all (a directory, a `.gz` / `.zst` / parquet file that does not decode) is a one-line
+`FlowError` naming it.
 """
 
 from __future__ import annotations
@@ -72,26 +74,38 @@ def _bad(quarantine: Quarantine | None, where: str, reason: str, raw: str) -> No
 def read_parquet(path: str | Path, quarantine: Quarantine | None = None,
                  batch_size: int = 1024) -> Iterator[Doc]:
     """Stream documents from a parquet file in record batches (row index stands in for the line)."""
-    import pyarrow.parquet as pq
-
     path = Path(path)
     if not path.exists():
         raise FlowError(f"{path}: input file not found")
     row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-        for rec in batch.to_pylist():
-            row += 1
-            if isinstance(rec.get("metadata"), str):
-                # Parquet writers store metadata as a JSON string so heterogeneous dicts round-trip.
-                try:
-                    rec["metadata"] = json.loads(rec["metadata"])
-                except json.JSONDecodeError:
-                    _bad(quarantine, f"{path}:{row}", "metadata is not JSON", rec["metadata"])
-                    continue
+    for rec in _parquet_records(path, batch_size):
+        row += 1
+        if isinstance(rec.get("metadata"), str):
+            # Parquet writers store metadata as a JSON string so heterogeneous dicts round-trip.
             try:
-                yield normalize_doc(rec, f"{path.name}:{row}", path.stem)
-            except ValueError as e:
-                _bad(quarantine, f"{path}:{row}", str(e), str(rec)[:200])
+                rec["metadata"] = json.loads(rec["metadata"])
+            except json.JSONDecodeError:
+                _bad(quarantine, f"{path}:{row}", "metadata is not JSON", rec["metadata"])
+                continue
+        try:
+            yield normalize_doc(rec, f"{path.name}:{row}", path.stem)
+        except ValueError as e:
+            _bad(quarantine, f"{path}:{row}", str(e), str(rec)[:200])
+
+
+def _parquet_records(path: Path, batch_size: int) -> Iterator[dict[str, Any]]:
+    """The rows of a parquet file as dicts; a directory or a file pyarrow cannot read is a FlowError."""
+    import pyarrow.parquet as pq
+
+    if path.is_dir():
+        raise FlowError(f"{path}: is a directory, not a parquet file")
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+        for batch in batches:
+            yield from batch.to_pylist()
+    except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError, ArrowIOError an OSError
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FlowError(f"{path}: not a valid parquet file ({reason})") from None
 
 
 def read_docs(path: str | Path, quarantine: Quarantine | None = None) -> Iterator[Doc]:

@@ -3,19 +3,29 @@ decontaminate, on any executor, with conservation-checked accounting written to 
 
 Intermediate shards live in `out_dir/work/<NN_step>/part-XXXXX.jsonl`; the kept documents are
 `out_dir/docs/part-XXXXX.jsonl`. Each shard task is recorded by a completion marker, so re-running
-the same call after a crash redoes only unfinished shards.
+the same call after a crash redoes only unfinished shards. The markers are only trusted for the same
+inputs and config: `work/fingerprint.json` records both (input paths with their content hash, or size +
+mtime for files over `CONTENT_HASH_MAX`; the config without the executor settings; the benchmark and
+quality files it names), and a call whose fingerprint differs discards `work/` and recomputes every
+step, with a note on stderr.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import stat
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Collection, Iterable, Literal
 
 import numpy as np
+from pydantic import Field
 
+from flowlm.atomic import atomic_write_json
 from flowlm.config import Strict
 from flowlm.data import shard_tasks
 from flowlm.data.accounting import RunStats, StepStats
@@ -27,7 +37,11 @@ from flowlm.data.docs import JsonlWriter, expand_inputs
 from flowlm.data.executor import Executor, make_executor
 from flowlm.data.filters import FilterConfig
 from flowlm.data.upsample import UpsampleCfg
-from flowlm.errors import ConfigError
+from flowlm.errors import ConfigError, FlowError
+
+FINGERPRINT = "fingerprint.json"  # in out_dir/work: the inputs and config the markers there belong to
+CONTENT_HASH_MAX = 16 << 20  # input files up to this size are fingerprinted by content, larger by size + mtime
+RUN_ONLY_KEYS = ("executor", "workers")  # settings that do not change what a run writes
 
 
 class DedupCfg(Strict):
@@ -65,8 +79,8 @@ class PipelineConfig(Strict):
     mix: MixCfg = MixCfg()
     decontam: DecontamStepCfg = DecontamStepCfg()
     executor: Literal["serial", "local", "ray"] = "local"
-    workers: int = 2
-    docs_per_shard: int = 1000
+    workers: int = Field(2, ge=1)
+    docs_per_shard: int = Field(1000, ge=1)
     write_excluded: bool = False
     seed: int = 0
 
@@ -110,6 +124,35 @@ class _Run:
         self.n_stage = 0
         executor.set_markers(self.work / "markers")
 
+    def claim(self, inputs: list[Path], spooled: Collection[Path] = ()) -> None:
+        """Make `work/` hold results of this call's inputs and config only.
+
+        A rerun with the same fingerprint keeps the markers (resume); one with other inputs or config
+        discards the earlier intermediate files, says so on stderr and recomputes every step.
+        """
+        new = run_fingerprint(self.cfg, inputs, self.out, spooled)
+        path = self.work / FINGERPRINT
+        old = _load_json(path)
+        if old != new and (old is not None or (self.work / "markers").exists()):
+            changed = [k for k in ("inputs", "config") if (old or {}).get(k) != new[k]]
+            if (old or {}).get("config_files") != new["config_files"] and "config" not in changed:
+                changed.append("files named in the config")
+            why = f"the {' and '.join(changed)} changed since" if old is not None else "no fingerprint of"
+            print(f"note: {self.out}: {why} the earlier run in this directory; recomputing every step "
+                  "(its intermediate files are discarded)", file=sys.stderr)
+            self._clear_work()
+        atomic_write_json(path, new)
+
+    def _clear_work(self) -> None:
+        """Remove markers and intermediate shards; keep the documents spooled for this call (`00_input`)."""
+        for child in self.work.iterdir():
+            if child.name == "00_input":
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
     def stage_dir(self, name: str) -> Path:
         self.n_stage += 1
         d = self.work / f"{self.n_stage:02d}_{name}"
@@ -139,6 +182,8 @@ def _stage_inputs(run: _Run, inputs: Any) -> list[Path]:
                                            and isinstance(inputs[0], (str, Path))):
         return expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
     d = run.work / "00_input"
+    if d.exists():  # shards of an earlier call's documents
+        shutil.rmtree(d)
     d.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     w: JsonlWriter | None = None
@@ -154,6 +199,71 @@ def _stage_inputs(run: _Run, inputs: Any) -> list[Path]:
     if w:
         w.close()
     return paths
+
+
+def run_fingerprint(cfg: PipelineConfig, inputs: list[Path], out: Path,
+                    spooled: Collection[Path] = ()) -> dict[str, Any]:
+    """What the results in `out/work` depend on: the config (less the executor settings), every input file
+    and every file the config names for the steps that run (benchmarks, quality classifier / examples)."""
+    conf = json.loads(cfg.model_dump_json())
+    for key in RUN_ONLY_KEYS:
+        conf.pop(key, None)
+    spooled = {Path(p) for p in spooled}
+    return {"config": conf, "inputs": [_file_key(Path(p), out, spooled) for p in inputs],
+            "config_files": [_file_key(p, out, set()) for p in _config_files(cfg)]}
+
+
+def _config_files(cfg: PipelineConfig) -> list[Path]:
+    """The files the enabled steps read besides the inputs (a path that is missing stays, as named)."""
+    named = list(cfg.decontam.benchmarks)
+    if cfg.quality.enabled and cfg.upsample.mode != "none":
+        named += [*([cfg.quality.classifier] if cfg.quality.classifier else []), *cfg.quality.positive,
+                  *cfg.quality.negative]
+    files: list[Path] = []
+    for name in named:
+        try:
+            files.extend(expand_inputs([name]))
+        except FlowError:  # the step that reads it names the problem
+            files.append(Path(name))
+    return files
+
+
+def _file_key(path: Path, out: Path, spooled: Collection[Path]) -> dict[str, Any]:
+    """A file's identity: its name and content hash (spooled, in the run dir, or small), else size + mtime.
+
+    A file spooled for this call only (stdin) is named by content alone; a special file (a pipe) never
+    matches an earlier run.
+    """
+    inside = path.resolve().is_relative_to(out.resolve())
+    name = f"<spooled>/{path.name}" if path in spooled else \
+        str(path.resolve().relative_to(out.resolve())) if inside else str(path.resolve())
+    try:
+        st = path.stat()
+    except OSError:
+        return {"path": name, "missing": True}
+    if not stat.S_ISREG(st.st_mode):
+        return {"path": name, "special": time.time_ns()}
+    if path in spooled or inside or st.st_size <= CONTENT_HASH_MAX:
+        return {"path": name, "sha256": _sha256_file(path)}
+    return {"path": name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_json(path: Path) -> Any:
+    """The JSON in `path`, {} when it is unreadable (never equal to a fingerprint), None when it is absent."""
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _read(run: _Run, inputs: list[Path]) -> list[Path]:
@@ -266,16 +376,26 @@ def _decontam(run: _Run, shards: list[Path]) -> tuple[list[Path], Path]:
 
 
 def run_pipeline(docs: Iterable[dict[str, Any]] | str | Path | list[str | Path], out_dir: str | Path,
-                 cfg: PipelineConfig | None = None, executor: Executor | None = None) -> PipelineResult:
-    """Run every enabled stage; raise FlowError if accounting does not conserve documents/tokens."""
+                 cfg: PipelineConfig | None = None, executor: Executor | None = None, *,
+                 spooled: Collection[str | Path] = ()) -> PipelineResult:
+    """Run every enabled stage; raise FlowError if accounting does not conserve documents/tokens.
+
+    `spooled`: input files written for this call only (stdin copied to a temporary file); they are
+    recognised on a rerun by their content, not by their path.
+    """
+    from flowlm.data.decontam import load_benchmark
+
     cfg = cfg or PipelineConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    for bench in cfg.decontam.benchmarks:  # a bad benchmark file stops the run before any work
+        load_benchmark(bench)
+    out = _make_out_dir(Path(out_dir))
     own = executor is None
     ex = executor or make_executor(cfg.executor, cfg.workers)
     run = _Run(out, cfg, ex)
     try:
-        shards = _read(run, _stage_inputs(run, docs))
+        inputs = _stage_inputs(run, docs)
+        run.claim(inputs, [Path(p) for p in spooled])
+        shards = _read(run, inputs)
         fj = cfg.filters.model_dump_json()
         shards = run.per_shard("filter", shards, shard_tasks.filter_task, [(fj,)] * len(shards))
         if cfg.dedup.exact is not None:
@@ -294,6 +414,8 @@ def run_pipeline(docs: Iterable[dict[str, Any]] | str | Path | list[str | Path],
         if own:
             ex.close()
     final = _publish(out, shards)
+    if report is None and (out / "decontam_report.jsonl").exists():  # an earlier call's, not this one's
+        (out / "decontam_report.jsonl").unlink()
     run.stats.check()
     stats_path = out / "stats.json"
     doc = run.stats.to_dict()
@@ -302,10 +424,19 @@ def run_pipeline(docs: Iterable[dict[str, Any]] | str | Path | list[str | Path],
     return PipelineResult(out, final, run.stats, stats_path, report)
 
 
+def _make_out_dir(out: Path) -> Path:
+    """Create the output directory; a file in the way, or a path that cannot be made, is a one-line FlowError."""
+    if out.exists() and not out.is_dir():
+        raise FlowError(f"{out}: is a file, not an output directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FlowError(f"{out}: cannot create the output directory ({exc.strerror or exc})") from None
+    return out
+
+
 def _publish(out: Path, shards: list[Path]) -> list[Path]:
     """Copy the last stage's shards to out/docs (a fresh directory each run)."""
-    import shutil
-
     d = out / "docs"
     if d.exists():
         shutil.rmtree(d)

@@ -44,6 +44,8 @@ def objective_recipe(objective: str, init: str, data: list[str], *, name: str | 
     for f in data:
         if not Path(f).exists():
             raise ConfigError(f"--data {f}: no such file")
+        if Path(f).is_dir():
+            raise ConfigError(f"--data {f}: is a directory, not a data file (name the jsonl / parquet files in it)")
     init = str(Path(init).resolve())
     train = {**DEFAULTS, **OBJECTIVE_DEFAULTS.get(objective, {}), "kind": "train", "init": init, "data": "data",
              "objective": {"name": objective}}

@@ -67,6 +67,51 @@ def code_version() -> dict[str, str]:
     return out
 
 
+def read_record(path: Path) -> dict[str, Any]:
+    """The parsed `flow.json` at `path`; FlowError naming the file when it is unreadable or not a run record."""
+    path = Path(path)
+    if path.is_dir():
+        raise FlowError(f"{path}: is a directory, not a flowlm run record")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise FlowError(f"{path}: corrupt run record (not UTF-8)") from None
+    except json.JSONDecodeError as exc:
+        raise FlowError(f"{path}:{exc.lineno}: corrupt run record ({exc.msg})") from None
+    problem = record_problem(data)
+    if problem:
+        raise FlowError(f"{path}: not a flowlm run record ({problem})")
+    return data
+
+
+def record_problem(data: Any) -> str | None:
+    """Why `data` is not shaped like a run record (the parts the runner and the report read), or None."""
+    if not isinstance(data, dict):
+        return f"the top level is a JSON {_json_type(data)}, not an object"
+    for key in ("recipe", "stages"):
+        if key in data and not isinstance(data[key], dict):
+            return f"'{key}' is a JSON {_json_type(data[key])}, not an object"
+    for name, st in data.get("stages", {}).items():
+        if not isinstance(st, dict):
+            return f"stage '{name}' is a JSON {_json_type(st)}, not an object"
+        for key in ("metrics", "outputs", "config"):
+            if st.get(key) is not None and not isinstance(st[key], dict):
+                return f"'stages.{name}.{key}' is a JSON {_json_type(st[key])}, not an object"
+        metrics = st.get("metrics") or {}
+        for key in ("eval", "eval_init", "results"):
+            if metrics.get(key) and not isinstance(metrics[key], dict):
+                return f"'stages.{name}.metrics.{key}' is a JSON {_json_type(metrics[key])}, not an object"
+        for model, suites in (metrics.get("results") or {}).items():
+            if not isinstance(suites, dict) or not all(isinstance(v, dict) or v is None for v in suites.values()):
+                return f"'stages.{name}.metrics.results.{model}' is not an object of suite summaries"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
 class FlowRecord:
     """In-memory view of `flow.json` with atomic saves."""
 
@@ -76,13 +121,7 @@ class FlowRecord:
     @classmethod
     def open(cls, run_dir: Path) -> "FlowRecord":
         path = run_dir / RECORD
-        if path.exists():
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise FlowError(f"{path}:{exc.lineno}: corrupt run record ({exc.msg})") from None
-        else:
-            data = {"created": _now(), "stages": {}}
+        data = read_record(path) if path.exists() else {"created": _now(), "stages": {}}
         return cls(run_dir, data)
 
     @property

@@ -3,7 +3,6 @@ table (eval stages: model × suite, pass@1 with majority vote and the contaminat
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,17 +10,15 @@ from rich.console import Console
 from rich.table import Table
 
 from flowlm.errors import FlowError
-from flowlm.flow.record import RECORD
+from flowlm.flow.record import RECORD, read_record
 
 
 def load_record(run_dir: Path) -> dict[str, Any]:
+    """The run record of `run_dir`; FlowError naming `flow.json` when it is missing, corrupt or not a run record."""
     path = Path(run_dir) / RECORD
     if not path.is_file():
         raise FlowError(f"{path}: no run record (is this a flowlm run directory?)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FlowError(f"{path}:{exc.lineno}: corrupt run record ({exc.msg})") from None
+    return read_record(path)
 
 
 def bpb_rows(data: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:

@@ -11,6 +11,7 @@ record, and every rank receives each finished stage's entry.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import traceback
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from flowlm.config import apply_overrides, read_recipe
-from flowlm.errors import FlowError
+from flowlm.errors import ConfigError, FlowError
 from flowlm.flow.record import FlowRecord, code_version, sha256_json, sha256_path
 from flowlm.flow.schema import Recipe, parse_recipe
 from flowlm.flow.stages import StageContext, declared_inputs, get_kind
@@ -59,6 +60,7 @@ def run_recipe(
     world = init_world()
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
+    prepare_run_dir(run_dir)
     record = FlowRecord.open(run_dir)
     if world.is_main:
         record.set_recipe(recipe.name, origin, overrides, recipe.model_dump(mode="json", by_alias=True))
@@ -72,6 +74,19 @@ def run_recipe(
     for name in names[: last + 1]:  # stages after the last selected one are not touched
         _run_stage(ctx, record, name, recipe.stages[name], world, selected=only is None or name in only)
     return record
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create `run_dir` (and its parents); a path that is a file, or one that cannot be made, is a one-line error."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir}: is a file, not a run directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FlowError(f"--run-dir {run_dir}: cannot create ({exc.strerror or exc})") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise FlowError(f"--run-dir {run_dir}: not writable")
 
 
 def _run_stage(ctx: StageContext, record: FlowRecord, name: str, stage: Any, world: World, selected: bool) -> None:

@@ -51,6 +51,8 @@ class Recipe(Strict):
 
         if not isinstance(value, dict):
             return value
+        if not value:
+            raise ValueError("no stages (a recipe runs at least one stage)")
         defaults = default_kinds()
         out = {}
         for name, cfg in value.items():
