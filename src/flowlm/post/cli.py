@@ -12,8 +12,9 @@ Input rows (`--file`, or stdin, the convention of every record verb in `flowlm.c
 A teacher is a checkpoint directory, `procedural` (the built-in tasks' worked solutions; needs rows with
 a `solution`, as `--builtin` makes) or `weak` (the procedural weak model). Knobs are `--set key=value`
 overrides of `ColdStartCfg` / `PairCfg` plus `teacher.*` (`TeacherCfg`) and, for judge pairs,
-`judge_verifier` / `judge_options.*`. The accounting table goes to stderr; a bad input line stops the
-run with `error: FILE:LINE: ...` before any sampling.
+`judge_verifier` / `judge_options.*` (a registered verifier name, checked up front). The accounting table
+goes to stderr; a bad input line, or a row a `procedural`/`weak` teacher cannot answer (no `solution`),
+stops the run with `error: FILE:LINE: ...` before any sampling, and an unwritable `--out` before any work.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flowlm.cli import add_io_arguments, input_path, iter_input_objects, open_output, run_guarded, write_json_line
+from pydantic import field_validator
+
+from flowlm.cli import (add_io_arguments, check_output, input_path, iter_input_objects, open_output, run_guarded,
+                        write_json_line)
 from flowlm.errors import ConfigError, FlowError
 from flowlm.post.coldstart import ColdStartCfg
 from flowlm.post.delta import PairCfg
-from flowlm.post.teachers import TeacherCfg
+from flowlm.post.teachers import NAMED_TEACHERS, TeacherCfg, procedural_problem
 
 
 class ColdStartRun(ColdStartCfg):
@@ -45,6 +49,19 @@ class PairsRun(PairCfg):
     row's own verifiers."""
     judge_options: dict[str, Any] = {}
     """Extra arguments of `judge_verifier` (e.g. `reward_model: PATH`, `judge_url: URL`)."""
+
+    @field_validator("judge_verifier")
+    @classmethod
+    def _known_verifier(cls, name: str | None) -> str | None:
+        """An unknown name would score every answer 0 (and make no pair): refuse it here."""
+        from flowlm.verify.base import UnknownVerifierError, get_verifier
+
+        if name is not None:
+            try:
+                get_verifier(name)
+            except UnknownVerifierError as exc:
+                raise ValueError(exc.args[0]) from None
+        return name
 
 
 def add_parser(subparsers: Any) -> None:
@@ -90,8 +107,9 @@ def build_config(args: argparse.Namespace) -> ColdStartRun | PairsRun:
     return validate(model, apply_overrides(raw, args.set), f"flowlm post {args.post_cmd}")
 
 
-def load_prompt_rows(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
-    """`--builtin N` rows, or every row of `--file`/stdin checked up front (FILE:LINE on the first bad one)."""
+def load_prompt_rows(args: argparse.Namespace, seed: int, teachers: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """`--builtin N` rows, or every row of `--file`/stdin checked up front (FILE:LINE on the first bad one),
+    including that each of the named `procedural`/`weak` `teachers` can answer it."""
     from flowlm.post.teachers import builtin_rows
 
     if args.builtin is not None:
@@ -101,10 +119,14 @@ def load_prompt_rows(args: argparse.Namespace, seed: int) -> list[dict[str, Any]
             raise ConfigError(f"--builtin must be >= 1, got {args.builtin}")
         return builtin_rows(args.builtin, seed)
     source = input_path(args.file, f"post {args.post_cmd}")
-    rows = [check_prompt_row(where, row) for where, row in iter_input_objects(source)]
-    if not rows:
+    checked = [(where, check_prompt_row(where, row)) for where, row in iter_input_objects(source)]
+    if not checked:
         raise FlowError(f"{args.file or '<stdin>'}: no prompt rows")
-    return rows
+    for spec in teachers:  # after the row schema: a malformed row is reported as such first
+        bad = next(((where, p) for where, row in checked if (p := procedural_problem(row))), None)
+        if bad is not None:
+            raise FlowError(f"{bad[0]}: teacher {spec!r} {bad[1]}")
+    return [row for _, row in checked]
 
 
 def check_prompt_row(where: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -139,13 +161,18 @@ def main(args: argparse.Namespace) -> int:
     """Run `flowlm post coldstart|pairs`; bad input raises FlowError (printed as one line by `run_guarded`)."""
     from flowlm.post.teachers import make_teacher
 
+    check_output(args.out)
     cfg = build_config(args)
-    rows = load_prompt_rows(args, cfg.seed)
-    decontam = load_decontam(args.bench)
     specs = _teacher_specs(args)
+    pool = getattr(args, "pool", [])
+    if isinstance(cfg, PairsRun) and not pool and (cfg.judge_verifier or cfg.judge_options):
+        raise ConfigError("flowlm post pairs: judge_verifier / judge_options apply to judge pairs (--pool); "
+                          "delta pairs (--strong/--weak) have no judge")
+    named = tuple(dict.fromkeys(s for s in [*specs.values(), *pool] if s in NAMED_TEACHERS))
+    rows = load_prompt_rows(args, cfg.seed, named)
+    decontam = load_decontam(args.bench)
     slots = cfg.teacher.max_slots
     wanted = cfg.n if isinstance(cfg, ColdStartRun) else max(cfg.n_chosen, cfg.n_per_teacher)
-    pool = getattr(args, "pool", [])
     if any(Path(s).is_dir() for s in [*specs.values(), *pool] if s) and wanted > slots:
         raise ConfigError(f"n={wanted} exceeds teacher.max_slots={slots}")
     teachers = {role: make_teacher(spec, rows, cfg.teacher) for role, spec in specs.items() if spec}

@@ -415,8 +415,29 @@ def builtin_rows(n: int, seed: int = 0, *, tasks: Sequence[str] | None = None) -
     return rows
 
 
+NAMED_TEACHERS = ("procedural", "weak")
+"""Teacher specs that answer from the rows' worked solutions (`procedural_problem` says which rows they can)."""
+
+
+def procedural_problem(row: Mapping[str, Any]) -> str | None:
+    """Why the `procedural` / `weak` teachers cannot answer `row` (None: they can): they need a worked
+    `solution` string and a final answer (`answer`, else a string or int `ground_truth`)."""
+    solution = row.get("solution")
+    if not isinstance(solution, str) or not solution.strip():
+        return "needs a 'solution' field (the worked solution it answers with)"
+    answer = row.get("answer", row.get("ground_truth"))
+    if isinstance(answer, bool) or not isinstance(answer, (str, int)):
+        return "needs an 'answer' field (or a string 'ground_truth') beside the 'solution'"
+    return None
+
+
 def make_teacher(spec: str, rows: Sequence[Mapping[str, Any]], cfg: TeacherCfg) -> Teacher:
-    """A teacher from a CLI spec: `procedural`, `weak`, or a checkpoint directory."""
+    """A teacher from a CLI spec: `procedural`, `weak`, or a checkpoint directory. The named teachers refuse
+    rows they cannot answer (`procedural_problem`), which would otherwise all be dropped as teacher errors."""
+    if spec in NAMED_TEACHERS:
+        bad = next(((i, p) for i, row in enumerate(rows) if (p := procedural_problem(row))), None)
+        if bad is not None:
+            raise FlowError(f"teacher {spec!r}: prompt row {bad[0] + 1} {bad[1]}")
     if spec == "procedural":
         return ProceduralTeacher.from_rows(rows, error_rate=cfg.error_rate)
     if spec == "weak":

@@ -9,8 +9,12 @@ verified; the pass rate is the mean
 verifier score (the share of correct samples for binary verifiers). Rows whose pass rate lies in
 [`min_pass_rate`, `max_pass_rate`] are written with a `pass_rate` column; the others are dropped as too
 easy / too hard. Sampling and verification settings are `--set key=value` overrides of `FilterCfg`.
-Input is `--file` or stdin, output stdout or `--out` (atomic), the accounting goes to stderr; a bad input
-line stops the command with `error: FILE:LINE: ...` before any sampling (exit 1).
+Input is `--file` or stdin, output stdout or `--out` (atomic; an unwritable `--out` fails before any work),
+the accounting goes to stderr; a bad input line stops the command with `error: FILE:LINE: ...` before any
+sampling (exit 1). A prompt the model cannot sample from (longer than its context, or empty once templated)
+gets no pass rate: like the too easy / too hard rows it is left out of the output, named on stderr
+(`rl filter: FILE:LINE: not sampled (left out of the output): WHY`) and counted as `unsampled` in the
+accounting line; when no prompt can be sampled the command fails (exit 1).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from flowlm.cli import add_io_arguments, input_path, iter_input_objects, open_output, run_guarded, write_json_line
+from flowlm.cli import (add_io_arguments, check_output, input_path, iter_input_objects, open_output, run_guarded,
+                        write_json_line)
 from flowlm.config import Strict
 from flowlm.errors import FlowError
 
@@ -56,7 +61,9 @@ def add_parser(subparsers: Any) -> None:
     """Register the `rl` verb on the top-level CLI."""
     p = subparsers.add_parser("rl", help="RL tools: offline difficulty filter of prompts")
     verbs = p.add_subparsers(dest="rl_cmd", metavar="VERB", required=True)
-    f = verbs.add_parser("filter", help="sample k answers per prompt, keep prompts whose pass rate is low enough")
+    f = verbs.add_parser("filter", help="sample k answers per prompt, keep prompts whose pass rate is low enough",
+                         epilog="Prompts longer than the model's context cannot be sampled: they are left out of "
+                                "the output, named on stderr (FILE:LINE) and counted as 'unsampled'.")
     add_io_arguments(f, "prompt rows with verifier routing", out_help="write the kept rows here (atomically)")
     f.add_argument("--model", required=True, type=Path, metavar="CKPT", help="checkpoint directory to sample from")
     f.add_argument("-k", type=int, default=None, help="samples per prompt (default 8)")
@@ -77,20 +84,22 @@ def build_config(args: argparse.Namespace) -> FilterCfg:
     return validate(FilterCfg, apply_overrides(raw, args.set), "flowlm rl filter")
 
 
-def load_rows(path: Path | None) -> list[dict[str, Any]]:
-    """Every row checked up front (prompt and verifier routing); the first bad one is FILE:LINE."""
+def load_rows(path: Path | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every row checked up front (prompt and verifier routing), with its `FILE:LINE`; the first bad one
+    raises a FlowError naming it."""
     from flowlm.rl.rows import prompt_of
 
-    rows = []
+    rows, wheres = [], []
     for where, row in iter_input_objects(path):
         try:
             prompt_of(row)
         except ValueError as exc:
             raise FlowError(f"{where}: {exc}") from None
         rows.append(row)
+        wheres.append(where)
     if not rows:
         raise FlowError(f"{path or '<stdin>'}: no prompt rows")
-    return rows
+    return rows, wheres
 
 
 def prompt_seed(seed: int, prompt: list[dict[str, Any]]) -> int:
@@ -101,8 +110,11 @@ def prompt_seed(seed: int, prompt: list[dict[str, Any]]) -> int:
     return (seed * 1_000_003 + zlib.crc32(json.dumps(prompt, sort_keys=True).encode())) % (1 << 30)
 
 
-def pass_rates(model: Path, rows: list[dict[str, Any]], cfg: FilterCfg) -> tuple[list[float | None], dict[str, int]]:
-    """The pass rate of every row over `cfg.k` samples (None where the prompt could not be sampled)."""
+def pass_rates(model: Path, rows: list[dict[str, Any]], cfg: FilterCfg, wheres: list[str] | None = None
+               ) -> tuple[list[float | None], dict[str, int], dict[int, str]]:
+    """The pass rate of every row over `cfg.k` samples (None where the prompt could not be sampled), the
+    counts of the accounting line, and why each unsampled row (by index) could not be sampled. Fails when
+    no prompt can be sampled at all (`wheres` names the rows, default `row N`)."""
     from flowlm.generate.engine import Engine, GenerateConfig
     from flowlm.generate.params import SamplingParams
     from flowlm.rl.rows import check_prompt_rows, is_verifier_error, verify_completions
@@ -113,8 +125,13 @@ def pass_rates(model: Path, rows: list[dict[str, Any]], cfg: FilterCfg) -> tuple
     prompts = check_prompt_rows(rows)
     params = [SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                              seed=prompt_seed(cfg.seed, p)) for p in prompts]
-    results = engine.generate(prompts, params)
-    sampled = [i for i, r in enumerate(results) if r.ok]
+    results = engine.generate(prompts, params)  # a prompt that cannot be sampled comes back at once, with its error
+    skipped = {i: str(r.error) for i, r in enumerate(results) if not r.ok}
+    if len(skipped) == len(rows):
+        where = wheres[0] if wheres else "row 1"
+        raise FlowError(f"rl filter: none of the {len(rows)} prompts can be sampled from {model} "
+                        f"({where}: {skipped[0]})")
+    sampled = [i for i in range(len(rows)) if i not in skipped]
     pool = None
     if cfg.verify_workers > 0:
         from flowlm.verify.pool import VerifyPool
@@ -130,18 +147,21 @@ def pass_rates(model: Path, rows: list[dict[str, Any]], cfg: FilterCfg) -> tuple
     for j, i in enumerate(sampled):
         chunk = verdicts[j * cfg.k:(j + 1) * cfg.k]
         rates[i] = sum(v.score for v in chunk) / cfg.k
-    counts = {"unsampled": len(rows) - len(sampled), "verifier_errors": sum(is_verifier_error(v) for v in verdicts),
+    counts = {"unsampled": len(skipped), "verifier_errors": sum(is_verifier_error(v) for v in verdicts),
               "samples": len(verdicts)}
-    return rates, counts
+    return rates, counts, skipped
 
 
 def main(args: argparse.Namespace) -> int:
     """Run `flowlm rl filter`; bad input raises FlowError (printed as one line by `run_guarded`)."""
+    check_output(args.out)
     cfg = build_config(args)
     if not args.model.is_dir():
         raise FlowError(f"{args.model}: not a checkpoint directory")
-    rows = load_rows(input_path(args.file, "rl filter"))
-    rates, counts = pass_rates(args.model, rows, cfg)
+    rows, wheres = load_rows(input_path(args.file, "rl filter"))
+    rates, counts, skipped = pass_rates(args.model, rows, cfg, wheres)
+    for i, why in skipped.items():
+        print(f"rl filter: {wheres[i]}: not sampled (left out of the output): {why}", file=sys.stderr)
     kept = easy = hard = 0
     with open_output(args.out) as fh:
         for row, rate in zip(rows, rates):

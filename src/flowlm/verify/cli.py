@@ -8,7 +8,7 @@ tags (see `flowlm.verify.rows`); `--name` overrides the tags. Rows come from `--
 verdicts go to stdout or `--out` (written atomically), the convention of every record verb
 (`flowlm.cli`). Rows are validated first, so an unknown verifier or malformed ground truth stops the
 run with `error: FILE:LINE: ...` (exit 1) before any scoring. Scoring runs in a process pool
-(`--workers`, hard `--timeout` per item).
+(`--workers` >= 1, hard `--timeout` > 0 per item); an input without rows is an error (`FILE: no rows`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flowlm.cli import add_io_arguments, input_path, iter_input_objects, open_output, run_guarded, write_json_line
-from flowlm.errors import FlowError
+from flowlm.cli import (add_io_arguments, check_output, input_path, iter_input_objects, open_output, run_guarded,
+                        write_json_line)
+from flowlm.errors import ConfigError, FlowError
 
 
 def add_parser(subparsers: Any) -> None:
@@ -32,8 +33,16 @@ def add_parser(subparsers: Any) -> None:
 def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="verifier name (default: route each row by its dataset tag)")
     add_io_arguments(p, "rows to score", out_help="write the verdicts here (atomically) instead of to stdout")
-    p.add_argument("--workers", type=int, default=2, help="verifier processes")
-    p.add_argument("--timeout", type=float, default=60.0, help="hard time limit per verification (s)")
+    p.add_argument("--workers", type=int, default=2, help="verifier processes (at least 1)")
+    p.add_argument("--timeout", type=float, default=60.0, help="hard time limit per verification (s, > 0)")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse settings that would score every row 0 (`--timeout` <= 0) or mean nothing (`--workers` < 1)."""
+    if args.workers < 1:
+        raise ConfigError(f"verify: --workers must be at least 1 (verifier processes), got {args.workers}")
+    if not args.timeout > 0:  # also NaN
+        raise ConfigError(f"verify: --timeout must be > 0 seconds, got {args.timeout:g}")
 
 
 def load_rows(path: Path | None, name: str | None) -> list[dict[str, Any]]:
@@ -54,6 +63,8 @@ def load_rows_with_verifiers(path: Path | None, name: str | None) -> tuple[list[
             msg = exc.args[0] if exc.args else str(exc)
             raise FlowError(f"{where}: {msg}") from None
         rows.append(row)
+    if not rows:
+        raise FlowError(f"{path or '<stdin>'}: no rows")
     return rows, names
 
 
@@ -70,6 +81,8 @@ def main(args: argparse.Namespace) -> int:
     """Run the verb; raises FlowError for bad input (the top-level CLI prints it and exits 1)."""
     from flowlm.verify import verify_rows
 
+    check_arguments(args)
+    check_output(args.out)
     rows, verifiers = load_rows_with_verifiers(input_path(args.file, "verify"), args.name)
     announce_sandbox(verifiers)
     verdicts = verify_rows(rows, name=args.name, workers=args.workers, timeout=args.timeout)

@@ -61,22 +61,50 @@ def parse_tests(ground_truth: Any, row: dict[str, Any]) -> tuple[list[TestCase],
         gt = {"tests": list(gt)}
     if not isinstance(gt, dict):
         raise GroundTruthError(f"unsupported code ground truth: {type(gt).__name__}")
-    setup = "\n".join(_as_list(gt.get("imports", row.get("test_imports", [])) or []))
+    imports = _as_list(gt.get("imports", row.get("test_imports", [])) or [])
+    if not all(isinstance(x, str) for x in imports):
+        raise GroundTruthError(f"imports must be strings, got {_short(imports)}")
+    setup = "\n".join(imports)
     if "test" in gt:
         entry = gt.get("entry_point", row.get("entry_point"))
         if not entry:
             raise GroundTruthError("HumanEval-style test needs an entry_point")
+        if not isinstance(entry, str) or not isinstance(gt["test"], str):
+            raise GroundTruthError(f"HumanEval-style test needs a `test` string and an entry_point string, "
+                                   f"got test {_short(gt['test'])}, entry_point {entry!r}")
         return [TestCase("check", code=f"{gt['test']}\n\ncheck({entry})\n")], setup
     if "tests" in gt or "test_list" in gt:
         asserts = _as_list(gt.get("tests", gt.get("test_list")))
         return [TestCase(f"test {i + 1}", code=str(t)) for i, t in enumerate(asserts)], setup
-    pairs = gt.get("stdio")
-    if pairs is None and "inputs" in gt:
-        pairs = [{"input": i, "output": o} for i, o in zip(gt["inputs"], gt["outputs"], strict=True)]
-    if pairs is None:
-        raise GroundTruthError("code ground truth needs tests, test, stdio or inputs/outputs")
-    return [TestCase(f"case {i + 1}", stdin=str(p["input"]), expected_stdout=str(p["output"]))
-            for i, p in enumerate(pairs)], setup
+    return [TestCase(f"case {i + 1}", stdin=stdin, expected_stdout=stdout)
+            for i, (stdin, stdout) in enumerate(_stdio_cases(gt))], setup
+
+
+def _stdio_cases(gt: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (stdin, expected stdout) strings of `{"stdio": [...]}` or `{"inputs": [...], "outputs": [...]}`;
+    raises GroundTruthError naming the bad entry."""
+    if "stdio" in gt:
+        cases = gt["stdio"]
+        if not isinstance(cases, list):
+            raise GroundTruthError(f'stdio must be a list of {{"input", "output"}} objects, got {_short(cases)}')
+        for i, c in enumerate(cases):
+            if not (isinstance(c, dict) and isinstance(c.get("input"), str) and isinstance(c.get("output"), str)):
+                raise GroundTruthError(f'stdio[{i}] needs "input" and "output" strings, got {_short(c)}')
+        return [(c["input"], c["output"]) for c in cases]
+    if "inputs" in gt:
+        ins, outs = gt["inputs"], gt.get("outputs")
+        for key, xs in (("inputs", ins), ("outputs", outs)):
+            if not isinstance(xs, list) or not all(isinstance(x, str) for x in xs):
+                raise GroundTruthError(f"{key} must be a list of strings, got {_short(xs)}")
+        if len(ins) != len(outs):
+            raise GroundTruthError(f"{len(ins)} inputs but {len(outs)} outputs")
+        return list(zip(ins, outs))
+    raise GroundTruthError("code ground truth needs tests, test, stdio or inputs/outputs")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _validate(ground_truth: Any, row: dict[str, Any]) -> None:
@@ -85,6 +113,10 @@ def _validate(ground_truth: Any, row: dict[str, Any]) -> None:
         raise GroundTruthError("no tests")
     if row.get("reward", "all_pass") not in ("all_pass", "pass_rate"):
         raise GroundTruthError("reward must be all_pass or pass_rate")
+    for key in ("timeout", "memory_mb"):
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise GroundTruthError(f"{key} must be a number > 0, got {value!r}")
     detect_backend()  # raises SandboxUnavailable: refuse at load time rather than score every row 0
 
 

@@ -4,7 +4,7 @@ A row is a JSON object. Its verifier(s) are given in one of two ways:
 
 1. tag + ground truth: `{"dataset": "math", "ground_truth": "42"}` (`verifier` is an alias of
    `dataset` and wins if both are present). Several pairs: `{"dataset": ["math", "ifeval"],
-   "ground_truth": ["42", {...}]}` (same length), optional `"weights": [1, 1]`.
+   "ground_truth": ["42", {...}]}` (same length), optional `"weights": [1, 1]` (numbers >= 0, not all 0).
 2. an explicit list: `{"verifiers": [{"name": "math", "ground_truth": "42", "weight": 1.0,
    "strictness": "strict"}, ...]}`; extra keys are per-verifier options.
 
@@ -15,6 +15,7 @@ the weighted mean of its pairs' scores (so it stays in [0, 1]).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,32 +35,65 @@ class Pair:
 
 
 def pairs_of(row: dict[str, Any], default_name: str | None = None) -> list[Pair]:
-    """The row's (verifier, ground truth) pairs; raises GroundTruthError on schema errors."""
+    """The row's (verifier, ground truth) pairs; raises GroundTruthError (naming the key) on schema errors."""
     if "verifiers" in row:
-        specs = row["verifiers"]
-        if not isinstance(specs, list) or not specs:
-            raise GroundTruthError("`verifiers` must be a non-empty list")
-        out = []
-        for s in specs:
-            if not isinstance(s, dict) or "name" not in s:
-                raise GroundTruthError("each `verifiers` entry needs a name")
-            opts = {k: v for k, v in s.items() if k not in ("name", "ground_truth", "weight")}
-            out.append(Pair(s["name"], s.get("ground_truth"), float(s.get("weight", 1.0)), opts))
-        return out
+        return _explicit_pairs(row["verifiers"])
     tag = row.get("verifier", row.get("dataset", default_name))
     if default_name is not None:
         tag = default_name  # an explicit name (CLI --name, adapter name) overrides row tags
     if tag is None:
         raise GroundTruthError("row has no `dataset`/`verifier` tag and no verifier name was given")
+    key = "verifier" if "verifier" in row and default_name is None else "dataset"
     if isinstance(tag, (list, tuple)):
+        if not tag or not all(isinstance(t, str) for t in tag):
+            raise GroundTruthError(f"`{key}` must be a verifier name or a non-empty list of names, got {tag!r}")
         gts = row.get("ground_truth")
         if not isinstance(gts, (list, tuple)) or len(gts) != len(tag):
             raise GroundTruthError("several tags need a ground_truth list of the same length")
-        weights = row.get("weights") or [1.0] * len(tag)
-        if len(weights) != len(tag):
-            raise GroundTruthError("weights must match the tags")
-        return [Pair(t, g, float(w)) for t, g, w in zip(tag, gts, weights)]
-    return [Pair(str(tag), row.get("ground_truth"))]
+        weights = row.get("weights")
+        if weights is None:
+            weights = [1.0] * len(tag)
+        if not isinstance(weights, (list, tuple)) or len(weights) != len(tag):
+            raise GroundTruthError(f"`weights` must be a list of {len(tag)} numbers (one per tag), got {weights!r}")
+        ws = [_weight(w, f"weights[{i}]") for i, w in enumerate(weights)]
+        _check_total(ws, "weights")
+        return [Pair(t, g, w) for t, g, w in zip(tag, gts, ws)]
+    if not isinstance(tag, str):
+        raise GroundTruthError(f"`{key}` must be a verifier name or a list of names, got {tag!r}")
+    return [Pair(tag, row.get("ground_truth"))]
+
+
+def _explicit_pairs(specs: Any) -> list[Pair]:
+    """The pairs of a `verifiers` list (`{"name", "ground_truth"?, "weight"?, **options}` each)."""
+    if not isinstance(specs, list) or not specs:
+        raise GroundTruthError("`verifiers` must be a non-empty list")
+    out = []
+    for i, s in enumerate(specs):
+        if not isinstance(s, dict) or not isinstance(s.get("name"), str):
+            raise GroundTruthError(f"`verifiers[{i}]` must be an object with a `name` string")
+        opts = {k: v for k, v in s.items() if k not in ("name", "ground_truth", "weight")}
+        out.append(Pair(s["name"], s.get("ground_truth"), _weight(s.get("weight", 1.0), f"verifiers[{i}].weight"),
+                        opts))
+    _check_total([p.weight for p in out], "verifiers[*].weight")
+    return out
+
+
+def _weight(value: Any, key: str) -> float:
+    """`value` as a pair weight: a finite number >= 0 (not a string, not a bool)."""
+    try:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    except OverflowError:  # an int beyond any float
+        ok = False
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise GroundTruthError(f"`{key}` must be a number >= 0, got {shown}")
+    return float(value)
+
+
+def _check_total(weights: list[float], key: str) -> None:
+    """All-zero weights leave a row's weighted mean undefined: refuse them."""
+    if not any(weights):
+        raise GroundTruthError(f"`{key}`: at least one weight must be > 0")
 
 
 def row_columns(row: dict[str, Any]) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def words_japanese(r: str, N: int) -> bool:  # noqa: N803
 
 # --- ratio: ------------------------------------------------------------------------------------
 @constraint("ratio:stop_words", ("percentage",))
-def stop_words(r: str, percentage: int) -> bool:
+def stop_words(r: str, percentage: float) -> bool:
     toks = words(r)
     if not toks:
         return False
@@ -142,7 +142,7 @@ def sentence_words(r: str) -> bool:
 
 
 @constraint("ratio:overlap", ("reference_text", "percentage"))
-def overlap(r: str, reference_text: str, percentage: int) -> bool:
+def overlap(r: str, reference_text: str, percentage: float) -> bool:
     # Character trigrams (the reference applies n-grams to the raw strings).
     grams = {r[i:i + 3] for i in range(len(r) - 2)}
     ref = {reference_text[i:i + 3] for i in range(len(reference_text) - 2)}

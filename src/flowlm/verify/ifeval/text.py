@@ -111,6 +111,13 @@ def count_words(text: str) -> int:
     return len(words(text))
 
 
+# The codes `detect_language` can return (langdetect's 55 profiles): a `language:response_language`
+# kwarg outside them could never be met.
+LANGUAGE_CODES = frozenset((
+    "af ar bg bn ca cs cy da de el en es et fa fi fr gu he hi hr hu id it ja kn ko lt lv mk ml mr ne nl no pa "
+    "pl pt ro ru sk sl so sq sv sw ta te th tl tr uk ur vi zh-cn zh-tw").split())
+
+
 @functools.lru_cache(maxsize=1)
 def _seeded_langdetect():
     from langdetect import DetectorFactory, detect
