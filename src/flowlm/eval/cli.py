@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from flowlm.cli import check_output
+
+    check_output(args.out)
+    check_arguments(args)
     if not args.suite:
         return _bpb(args)
     from flowlm.eval.evaluate import evaluate_models, load_suites, parse_suite_specs, sandbox_for
@@ -75,6 +80,26 @@ def main(args: argparse.Namespace) -> int:
            "items": {name: r.items for name, r in results.items()}}
     _write(args.out, doc)
     return 0
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Reject option values that would be ignored or misread, before any model is loaded (`ConfigError`)."""
+    from flowlm.errors import ConfigError
+
+    if args.file is not None and not args.suite:
+        raise ConfigError("--file needs --suite (e.g. --suite jsonl); without --suite, eval computes BPB "
+                          "on the built-in or the run's own sets")
+    if args.max_items is not None and args.max_items < 1:
+        raise ConfigError(f"--max-items must be >= 1, got {args.max_items}")
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0 (0 = verify in this process), got {args.workers}")
+    if args.max_slots < 1:
+        raise ConfigError(f"--max-slots must be >= 1, got {args.max_slots}")
+    if args.n > args.max_slots:
+        raise ConfigError(f"--n {args.n} exceeds --max-slots {args.max_slots} "
+                          "(an item's n samples are decoded together)")
 
 
 def _bpb(args: argparse.Namespace) -> int:

@@ -29,8 +29,10 @@ def parse_suite_specs(specs: Sequence[str], file: str | Path | None = None) -> l
             if part:
                 name, _, path = part.partition("=")
                 out.append((name.strip(), path.strip() or None))
-    from flowlm.eval.suites import BUILTIN_TASKS, INSTRUCT_SUITE
+    from flowlm.eval.suites import BUILTIN_TASKS, INSTRUCT_SUITE, suite_names
 
+    if not out:
+        raise ConfigError(f"no suite named in {list(specs)!r}; suites: {', '.join(suite_names())}")
     builtin = ("builtin", INSTRUCT_SUITE, *BUILTIN_TASKS)
     needs = [i for i, (name, path) in enumerate(out) if path is None and name not in builtin]
     if file is not None:

@@ -12,9 +12,10 @@ A suite is what one `flowlm eval --suite NAME` scores. Three sources:
 - **any JSONL** (`jsonl`): rows with `prompt` (str) or `messages`, routed to verifiers exactly as
   `flowlm verify` routes them (`dataset` + `ground_truth`, or `verifiers`; see `flowlm.verify.rows`).
 
-Every row is validated at load (unknown verifier, malformed ground truth → one-line `FlowError` naming
-FILE:LINE), and every verifier a suite needs is checked for its Python dependencies
-(`check_verifier_dependencies`): a missing package is named up front instead of scoring 0 later.
+Every row is validated at load (empty prompt, chat role or content the template cannot render, unknown
+verifier, malformed ground truth → one-line `FlowError` naming FILE:LINE), and every verifier a suite
+needs is checked for its Python dependencies (`check_verifier_dependencies`): a missing package is named
+up front instead of scoring 0 later.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def _builtin_item(it: dict[str, Any]) -> EvalItem:
 
 def read_user_rows(path: Path, name: str = "jsonl") -> Suite:
     """A JSONL of `{prompt | messages, dataset + ground_truth | verifiers, id?, ...}` rows."""
+    from flowlm.generate.prompts import prompt_problem
     from flowlm.jsonlines import iter_json_objects
     from flowlm.verify.base import GroundTruthError, UnknownVerifierError
     from flowlm.verify.rows import validate_row
@@ -133,11 +135,9 @@ def read_user_rows(path: Path, name: str = "jsonl") -> Suite:
         if len(keys) != 1:
             raise FlowError(f"{where}: a row needs exactly one of prompt, messages (found {keys or 'none'})")
         prompt = row[keys[0]]
-        if keys[0] == "prompt" and not isinstance(prompt, str):
-            raise FlowError(f"{where}: prompt must be a string, got {type(prompt).__name__}")
-        chat = isinstance(prompt, list) and prompt and all(isinstance(m, dict) and "role" in m for m in prompt)
-        if keys[0] == "messages" and not chat:
-            raise FlowError(f"{where}: messages must be a non-empty list of {{role, content}} objects")
+        problem = prompt_problem(keys[0], prompt)  # the checks `flowlm generate` makes of its rows
+        if problem:
+            raise FlowError(f"{where}: {problem}")
         try:
             validate_row(row)
         except (GroundTruthError, UnknownVerifierError) as exc:

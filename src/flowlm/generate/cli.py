@@ -8,12 +8,14 @@ line go to stderr.
 
 Input rows: `{"prompt": str}`, `{"messages": [...]}` (rendered with the checkpoint's chat template)
 or `{"prompt_ids": [...]}`, optionally with `"sampling": {...}` overriding the command-line
-parameters for that row. The whole file is parsed before any generation, so a malformed line fails
-fast with `file:line`; a row that parses but cannot be generated (empty or too long prompt, invalid
-sampling values) gets an `"error"` in its output row and the others complete. Output rows are the
-input row plus `completions` (text, tokens, logprobs, versions, finish_reason), `error` and
-`timings`, written in input order as soon as each prefix of the file is done (with `--out`, into a
-temporary file renamed into place at the end).
+parameters for that row. Every row is checked before any generation — its shape, chat roles and
+content, token ids against the vocabulary, prompt length against the context, sampling values — so
+bad input fails fast with `file:line` and nothing is generated. A request that still fails while
+generating gets an `"error"` in its output row and the others complete; the command then exits 1
+naming the failed lines. Output rows are the input row plus `completions` (text, tokens, logprobs,
+versions, finish_reason), `error` and `timings` (null for a time that never came), written in input
+order as soon as each prefix of the file is done (with `--out`, into a temporary file renamed into
+place at the end).
 """
 
 from __future__ import annotations
@@ -24,11 +26,18 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from flowlm.cli import add_io_arguments, input_path, iter_input_objects, open_output, write_json_line
+from flowlm.cli import (add_io_arguments, check_output, input_path, iter_input_objects, open_output,
+                        write_json_line)
 from flowlm.errors import ConfigError, FlowError
 from flowlm.generate.params import SamplingParams
+from flowlm.generate.prompts import prompt_problem
 
 PROMPT_KEYS = ("prompt", "messages", "prompt_ids")
+MAX_NAMED = 5
+"""Failed lines named on stderr at most (then `and N more`)."""
+
+Row = tuple[str, dict[str, Any], Any, SamplingParams]
+"""(FILE:LINE, input row, prompt, sampling params) of one parsed input line."""
 
 
 def add_parser(subparsers: Any) -> None:
@@ -58,8 +67,8 @@ def base_params(args: argparse.Namespace) -> dict[str, Any]:
                 seed=args.seed)
 
 
-def read_rows(path: Path | None, base: dict[str, Any]) -> list[tuple[dict[str, Any], Any, SamplingParams]]:
-    """Parse every line of `path` (None: stdin) into (row, prompt, params); a malformed line raises
+def read_rows(path: Path | None, base: dict[str, Any]) -> list[Row]:
+    """Parse every line of `path` (None: stdin) into (where, row, prompt, params); a malformed line raises
     `FlowError` naming file:line."""
     rows = []
     for where, row in iter_input_objects(path):
@@ -69,15 +78,19 @@ def read_rows(path: Path | None, base: dict[str, Any]) -> list[tuple[dict[str, A
     return rows
 
 
-def _parse_row(where: str, row: dict[str, Any], base: dict[str, Any],
-               index: int) -> tuple[dict[str, Any], Any, SamplingParams]:
+def _parse_row(where: str, row: dict[str, Any], base: dict[str, Any], index: int) -> Row:
+    """One input row checked without the model: one prompt key of the right shape, valid sampling values."""
     keys = [k for k in PROMPT_KEYS if k in row]
     if len(keys) != 1:
         raise FlowError(f"{where}: a row needs exactly one of {', '.join(PROMPT_KEYS)} (found {keys or 'none'})")
-    prompt = row[keys[0]]
-    expected = {"prompt": str, "messages": list, "prompt_ids": list}[keys[0]]
-    if not isinstance(prompt, expected) or (keys[0] == "messages" and not all(isinstance(m, dict) for m in prompt)):
-        raise FlowError(f"{where}: {keys[0]} has the wrong type ({type(prompt).__name__})")
+    problem = prompt_problem(keys[0], row[keys[0]])
+    if problem:
+        raise FlowError(f"{where}: {problem}")
+    return where, row, row[keys[0]], _row_params(where, row, base, index)
+
+
+def _row_params(where: str, row: dict[str, Any], base: dict[str, Any], index: int) -> SamplingParams:
+    """The command line's sampling parameters with the row's `sampling` overrides, validated."""
     overrides = row.get("sampling", {})
     if not isinstance(overrides, dict):
         raise FlowError(f"{where}: sampling must be an object")
@@ -88,7 +101,29 @@ def _parse_row(where: str, row: dict[str, Any], base: dict[str, Any],
         params = SamplingParams(**kwargs)
     except TypeError as exc:
         raise FlowError(f"{where}: sampling: {exc}") from None
-    return row, prompt, params
+    problem = params.validate()
+    if problem:
+        raise FlowError(f"{where}: sampling: {problem}")
+    return params
+
+
+def check_stop_token_ids(ids: list[int], vocab_size: int) -> None:
+    """`--stop-token-id` values must be token ids of the model (a `ConfigError` naming the vocabulary)."""
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    if bad:
+        raise ConfigError(f"--stop-token-id {bad[0]} is outside the model's vocabulary [0, {vocab_size})")
+
+
+def prepare_rows(engine: Any, rows: list[Row]) -> list[list[int]]:
+    """Token ids of every row, checked against the model (roles the template accepts, vocabulary, context,
+    `n` <= slots); the first row that cannot be generated raises `FlowError` naming its FILE:LINE."""
+    prepared = []
+    for where, _, prompt, params in rows:
+        ids, problem = engine.prepare(prompt, params)
+        if problem:
+            raise FlowError(f"{where}: {problem}")
+        prepared.append(ids)
+    return prepared
 
 
 def build_engine(args: argparse.Namespace) -> Any:
@@ -103,26 +138,46 @@ def build_engine(args: argparse.Namespace) -> Any:
 
 
 def main(args: argparse.Namespace) -> int:
+    check_output(args.out)
     problem = SamplingParams(**base_params(args)).validate()
     if problem:
         raise ConfigError(f"generate: {problem}")
+    if args.max_slots < 1:
+        raise ConfigError(f"--max-slots must be >= 1, got {args.max_slots}")
+    if args.n > args.max_slots:
+        raise ConfigError(f"--n {args.n} exceeds --max-slots {args.max_slots} "
+                          "(a prompt's n samples are decoded together)")
     rows = read_rows(input_path(args.file, "generate"), base_params(args))
     engine = build_engine(args)
-    order = [engine.submit(prompt, params, tag=row) for row, prompt, params in rows]
+    check_stop_token_ids(args.stop_token_id, engine.vocab_size)
+    prompts = prepare_rows(engine, rows)
+    order = [engine.submit(ids, params, tag=row) for ids, (_, row, _, params) in zip(prompts, rows)]
     with open_output(args.out) as out:
-        n_err = _run(engine, order, out, show=not args.no_progress)
+        failed = _run(engine, order, out, show=not args.no_progress)
     where = f" -> {args.out}" if args.out is not None else ""
-    print(f"generate: {len(rows) - n_err}/{len(rows)} requests done, {n_err} failed{where}", file=sys.stderr)
+    print(f"generate: {len(rows) - len(failed)}/{len(rows)} requests done, {len(failed)} failed{where}",
+          file=sys.stderr)
+    if failed:
+        raise FlowError(f"generate: {failed_lines(failed, [w for w, *_ in rows])}")
     return 0
 
 
-def _run(engine: Any, order: list[int], out: TextIO, show: bool) -> int:
-    """Stream results into `out` in input order; returns the number of failed requests."""
+def failed_lines(failed: dict[int, str], wheres: list[str]) -> str:
+    """`2 rows failed: in.jsonl:3: <error>; in.jsonl:7: <error>` (the first `MAX_NAMED`), from
+    {input position: error}."""
+    named = [f"{wheres[i]}: {failed[i]}" for i in sorted(failed)[:MAX_NAMED]]
+    more = f"; and {len(failed) - MAX_NAMED} more" if len(failed) > MAX_NAMED else ""
+    return f"{len(failed)} row{'s' if len(failed) > 1 else ''} failed: {'; '.join(named)}{more}"
+
+
+def _run(engine: Any, order: list[int], out: TextIO, show: bool) -> dict[int, str]:
+    """Stream results into `out` in input order; returns {input position: error} of the failed requests."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     done: dict[int, Any] = {}
-    next_pos, n_err, tokens, t0 = 0, 0, 0, time.perf_counter()
+    failed: dict[int, str] = {}
+    next_pos, tokens, t0 = 0, 0, time.perf_counter()
     columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn())
     # The bar lives on stderr and leaves sys.stdout alone: stdout may be the output rows.
@@ -130,13 +185,14 @@ def _run(engine: Any, order: list[int], out: TextIO, show: bool) -> int:
         task = bar.add_task("generate", total=len(order), rate="")
         for result in engine.stream():
             done[result.request_id] = result
-            n_err += result.error is not None
             tokens += result.num_generated
             rate = tokens / max(time.perf_counter() - t0, 1e-9)
             bar.update(task, advance=1, rate=f"{rate:,.0f} tok/s")
             while next_pos < len(order) and order[next_pos] in done:
                 res = done.pop(order[next_pos])
+                if res.error is not None:
+                    failed[next_pos] = res.error
                 write_json_line(out, {**res.tag, **res.to_dict()})
                 next_pos += 1
             out.flush()
-    return n_err
+    return failed

@@ -141,12 +141,7 @@ class Engine(Driver):
             self._next_id += 1
             self._unfinished += 1
         now = time.perf_counter()
-        try:
-            ids, error = to_prompt_ids(prompt, self.tokenizer, self.config.enable_thinking), params.validate()
-        except Exception as exc:  # untrusted input: a bad row must not take the engine down
-            ids, error = [], f"bad prompt: {exc}"
-        error = error or check_prompt(ids, params, context=self.context, vocab_size=self.runner.vocab_size,
-                                      max_n=self.config.max_slots)
+        ids, error = self.prepare(prompt, params)
         request = Request(rid, tuple(ids), params, tag)
         completions = [] if error else [Completion() for _ in range(params.n)]
         result = Result(rid, list(ids), completions, Timings(submitted=now), error=error, tag=tag)
@@ -157,6 +152,20 @@ class Engine(Driver):
             else:
                 self._waiting.append(_RequestState(request, result))
         return rid
+
+    @property
+    def vocab_size(self) -> int:
+        return self.runner.vocab_size
+
+    def prepare(self, prompt: Prompt, params: SamplingParams) -> tuple[list[int], str | None]:
+        """The prompt's token ids and why it cannot be generated (one line), or None: what `submit` checks,
+        for callers that want to reject bad input before submitting anything."""
+        try:
+            ids, error = to_prompt_ids(prompt, self.tokenizer, self.config.enable_thinking), params.validate()
+        except Exception as exc:  # untrusted input: a bad row must not take the engine down
+            return [], f"bad prompt: {exc}"
+        return ids, error or check_prompt(ids, params, context=self.context, vocab_size=self.vocab_size,
+                                          max_n=self.config.max_slots)
 
     def has_unfinished(self) -> bool:
         return self._unfinished > 0

@@ -134,14 +134,14 @@ class Timings:
     finished: float = 0.0
 
     @property
-    def latency(self) -> float:
-        """Seconds from submit to the last completion finishing."""
-        return self.finished - self.submitted
+    def latency(self) -> float | None:
+        """Seconds from submit to the last completion finishing; None if it never finished."""
+        return self.finished - self.submitted if self.finished else None
 
     @property
-    def ttft(self) -> float:
-        """Time to first token."""
-        return self.first_token - self.submitted
+    def ttft(self) -> float | None:
+        """Time to first token; None when no token was generated (a rejected request)."""
+        return self.first_token - self.submitted if self.first_token else None
 
 
 @dataclass
@@ -170,5 +170,10 @@ class Result:
             "completions": [{"text": c.text, "tokens": c.tokens, "logprobs": c.logprobs,
                              "versions": c.versions, "finish_reason": c.finish_reason}
                             for c in self.completions],
-            "timings": {"latency_s": round(self.timings.latency, 6), "ttft_s": round(self.timings.ttft, 6)},
+            "timings": {"latency_s": _seconds(self.timings.latency), "ttft_s": _seconds(self.timings.ttft)},
         }
+
+
+def _seconds(value: float | None) -> float | None:
+    """A duration for JSON: rounded to the microsecond; None (null) for a time that never happened."""
+    return None if value is None else round(value, 6)

@@ -76,12 +76,7 @@ class VLLMEngine(Driver):
         params = params or SamplingParams()
         with self._lock:
             rid, self._next_id = self._next_id, self._next_id + 1
-        try:
-            ids, error = to_prompt_ids(prompt, self.tokenizer, self.enable_thinking), params.validate()
-        except Exception as exc:  # untrusted input
-            ids, error = [], f"bad prompt: {exc}"
-        error = error or check_prompt(ids, params, context=self.context, vocab_size=self.vocab_size,
-                                      max_n=self.max_slots)
+        ids, error = self.prepare(prompt, params)
         result = Result(rid, list(ids), [], Timings(submitted=time.perf_counter()), error=error, tag=tag)
         with self._lock:
             if error:
@@ -92,6 +87,15 @@ class VLLMEngine(Driver):
             self._live[str(rid)] = result
             self._engine.add_request(str(rid), {"prompt_token_ids": ids}, self._to_vllm(params))
         return rid
+
+    def prepare(self, prompt: Prompt, params: SamplingParams) -> tuple[list[int], str | None]:
+        """The prompt's token ids and why it cannot be generated (one line), or None (see `Engine.prepare`)."""
+        try:
+            ids, error = to_prompt_ids(prompt, self.tokenizer, self.enable_thinking), params.validate()
+        except Exception as exc:  # untrusted input
+            return [], f"bad prompt: {exc}"
+        return ids, error or check_prompt(ids, params, context=self.context, vocab_size=self.vocab_size,
+                                          max_n=self.max_slots)
 
     def _to_vllm(self, p: SamplingParams) -> Any:
         vllm = require_vllm()
