@@ -27,6 +27,21 @@ from typing import Any
 StrPath = str | os.PathLike[str]
 
 
+def make_dir(path: StrPath, label: str) -> Path:
+    """Create directory `path` (and its parents); a file in the way, or a path that cannot be made, is a
+    one-line `FlowError` that starts with `label` (e.g. `--run-dir runs/x`)."""
+    from flowlm.errors import FlowError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FlowError(f"{label}: is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FlowError(f"{label}: cannot create ({exc.strerror or exc})") from None
+    return path
+
+
 def temp_sibling(path: StrPath) -> Path:
     """The temporary file name used for `path` by this process: `.tmp-<name>-<pid>` beside it."""
     path = Path(path)

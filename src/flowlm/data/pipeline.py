@@ -426,13 +426,9 @@ def run_pipeline(docs: Iterable[dict[str, Any]] | str | Path | list[str | Path],
 
 def _make_out_dir(out: Path) -> Path:
     """Create the output directory; a file in the way, or a path that cannot be made, is a one-line FlowError."""
-    if out.exists() and not out.is_dir():
-        raise FlowError(f"{out}: is a file, not an output directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FlowError(f"{out}: cannot create the output directory ({exc.strerror or exc})") from None
-    return out
+    from flowlm.atomic import make_dir
+
+    return make_dir(out, f"output directory {out}")
 
 
 def _publish(out: Path, shards: list[Path]) -> list[Path]:

@@ -95,11 +95,9 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     if args.workers < 0:
         raise ConfigError(f"--workers must be >= 0 (0 = verify in this process), got {args.workers}")
-    if args.max_slots < 1:
-        raise ConfigError(f"--max-slots must be >= 1, got {args.max_slots}")
-    if args.n > args.max_slots:
-        raise ConfigError(f"--n {args.n} exceeds --max-slots {args.max_slots} "
-                          "(an item's n samples are decoded together)")
+    from flowlm.generate.params import check_slots
+
+    check_slots(args.n, args.max_slots, "item")
 
 
 def _bpb(args: argparse.Namespace) -> int:

@@ -78,13 +78,12 @@ def run_recipe(
 
 def prepare_run_dir(run_dir: Path) -> None:
     """Create `run_dir` (and its parents); a path that is a file, or one that cannot be made, is a one-line error."""
+    from flowlm.atomic import make_dir
+
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
+    if run_dir.exists() and not run_dir.is_dir():  # a usage error (exit 2), before make_dir's FlowError
         raise ConfigError(f"--run-dir {run_dir}: is a file, not a run directory")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FlowError(f"--run-dir {run_dir}: cannot create ({exc.strerror or exc})") from None
+    make_dir(run_dir, f"--run-dir {run_dir}")
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise FlowError(f"--run-dir {run_dir}: not writable")
 

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 from flowlm.cli import (add_io_arguments, check_output, input_path, iter_input_objects, open_output,
                         write_json_line)
 from flowlm.errors import ConfigError, FlowError
-from flowlm.generate.params import SamplingParams
+from flowlm.generate.params import SamplingParams, check_slots
 from flowlm.generate.prompts import prompt_problem
 
 PROMPT_KEYS = ("prompt", "messages", "prompt_ids")
@@ -142,11 +142,7 @@ def main(args: argparse.Namespace) -> int:
     problem = SamplingParams(**base_params(args)).validate()
     if problem:
         raise ConfigError(f"generate: {problem}")
-    if args.max_slots < 1:
-        raise ConfigError(f"--max-slots must be >= 1, got {args.max_slots}")
-    if args.n > args.max_slots:
-        raise ConfigError(f"--n {args.n} exceeds --max-slots {args.max_slots} "
-                          "(a prompt's n samples are decoded together)")
+    check_slots(args.n, args.max_slots, "prompt")
     rows = read_rows(input_path(args.file, "generate"), base_params(args))
     engine = build_engine(args)
     check_stop_token_ids(args.stop_token_id, engine.vocab_size)

@@ -88,6 +88,14 @@ class SamplingParams:
         return params
 
 
+def check_slots(n: int, max_slots: int, what: str) -> None:
+    """`--max-slots` >= 1 and `--n` <= `--max-slots` (the n samples of one `what` are decoded together)."""
+    if max_slots < 1:
+        raise ConfigError(f"--max-slots must be >= 1, got {max_slots}")
+    if n > max_slots:
+        raise ConfigError(f"--n {n} exceeds --max-slots {max_slots} (a {what}'s n samples are decoded together)")
+
+
 def _is_num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
