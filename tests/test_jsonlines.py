@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import gzip
 from pathlib import Path
 
@@ -40,3 +42,15 @@ def test_first_bad_line_is_named(tmp_path: Path, bad: bytes, reason: str) -> Non
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FlowError, match="not found"):
         read_json_objects(tmp_path / "nope.jsonl")
+
+
+def test_a_multi_frame_zst_is_read_whole(tmp_path):
+    import zstandard
+
+    from flowlm.jsonlines import iter_lines
+
+    rows = [json.dumps({"id": i}) + "\n" for i in range(300)]
+    path = tmp_path / "multi.jsonl.zst"  # three independent frames, as `cat a.zst b.zst c.zst` makes
+    path.write_bytes(b"".join(zstandard.ZstdCompressor().compress("".join(rows[i:i + 100]).encode())
+                              for i in range(0, 300, 100)))
+    assert [json.loads(raw)["id"] for _, raw in iter_lines(path)] == list(range(300))
