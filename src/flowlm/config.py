@@ -9,6 +9,7 @@ twice in one YAML mapping, or a file that is not UTF-8, is an error naming the f
 from __future__ import annotations
 
 import difflib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,9 @@ def validate(model_cls: type[BaseModel], raw: dict[str, Any], origin: str) -> An
         raise ConfigError(format_error(model_cls, exc.errors()[0], origin)) from None
 
 
+_NESTED_MISSING = re.compile(r"^\w+: missing required key '([^']+)'$")
+
+
 def format_error(model_cls: type[BaseModel], err: dict[str, Any], origin: str) -> str:
     """One line naming the dotted key, the problem and (for unknown keys) the closest allowed key."""
     loc, classes = _walk(model_cls, [str(p) for p in err.get("loc", ())])
@@ -195,6 +199,11 @@ def format_error(model_cls: type[BaseModel], err: dict[str, Any], origin: str) -
         return f"{origin}: unknown key '{key}'{extra}; allowed here: {', '.join(allowed)}"
     if not key:
         return f"{origin}: {msg}"
+    if err.get("type") == "missing":
+        return f"{origin}: missing required key '{key}'"
+    nested = _NESTED_MISSING.match(msg)  # a sub-config's own missing key (e.g. an objective's beta)
+    if nested:
+        return f"{origin}: missing required key '{key}.{nested.group(1)}'"
     value = err.get("input")
     shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
     return f"{origin}: bad value for '{key}': {msg}{shown}"

@@ -129,3 +129,15 @@ def test_builtin_rl_modes_recipe_has_instruct_and_qwen3_rl_after_tiny_post():
     assert general.init == "qwen3_reasoning_rl" and general.reward_model == "reward_model"
     assert st["reward_model"].objective.name == "reward_model" and general.instructions > 0
     assert "builtin_instruct" in st["evaluate_modes"].suites
+
+
+def test_a_missing_required_key_is_named_in_full_even_inside_an_objective(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nstages:\n  dpo:\n    kind: train\n    init: ckpt\n    seq_len: 64\n    batch_size: 2\n    data: pairs\n"
+                      "    objective: {name: dpo}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_recipe(str(recipe), [])
+    assert str(exc.value) == f"{recipe}: missing required key 'stages.dpo.objective.beta'"
+    recipe.write_text("name: r\nstages:\n  dpo:\n    kind: train\n    init: ckpt\n    seq_len: 64\n    batch_size: 2\n    objective: {name: dpo, beta: 0.1}\n")
+    with pytest.raises(ConfigError, match="missing required key 'stages.dpo.data'$"):
+        load_recipe(str(recipe), [])
