@@ -67,11 +67,13 @@ BAD_ROWS = [
     ({"prompt_ids": [99999999]}, "token id 99999999 outside the vocabulary [0, "),
     ({"prompt_ids": [5] * CONTEXT}, f"prompt has {CONTEXT} tokens; the context is {CONTEXT}"),
     ({"prompt": "hi", "sampling": {"temperature": -5}}, "sampling: temperature must be >= 0"),
+    ({"prompt": "hi", "temperature": 0.7}, "'temperature' is a sampling parameter: put it under \"sampling\""),
 ]
 
 
 BAD_ROW_IDS = ["role", "message-not-object", "content-int", "content-null", "messages-empty", "prompt-empty",
-               "ids-empty", "ids-negative", "ids-float", "ids-beyond-vocab", "too-long", "row-sampling"]
+               "ids-empty", "ids-negative", "ids-float", "ids-beyond-vocab", "too-long", "row-sampling",
+               "top-level-sampling-key"]
 
 
 @pytest.mark.parametrize("row,message", BAD_ROWS, ids=BAD_ROW_IDS)

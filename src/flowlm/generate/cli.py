@@ -21,6 +21,7 @@ place at the end).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,8 @@ from flowlm.generate.params import SamplingParams, check_slots
 from flowlm.generate.prompts import prompt_problem
 
 PROMPT_KEYS = ("prompt", "messages", "prompt_ids")
+SAMPLING_KEYS = tuple(f.name for f in dataclasses.fields(SamplingParams))
+"""Per-row sampling settings belong under `sampling`; at a row's top level they are refused."""
 MAX_NAMED = 5
 """Failed lines named on stderr at most (then `and N more`)."""
 
@@ -86,6 +89,10 @@ def _parse_row(where: str, row: dict[str, Any], base: dict[str, Any], index: int
     problem = prompt_problem(keys[0], row[keys[0]])
     if problem:
         raise FlowError(f"{where}: {problem}")
+    misplaced = [k for k in SAMPLING_KEYS if k in row]
+    if misplaced:  # it would be carried to the output unread, and the row sampled with other settings
+        raise FlowError(f"{where}: {misplaced[0]!r} is a sampling parameter: put it under \"sampling\" "
+                        f"({{\"sampling\": {{\"{misplaced[0]}\": ...}}}})")
     return where, row, row[keys[0]], _row_params(where, row, base, index)
 
 
