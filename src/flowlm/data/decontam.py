@@ -16,6 +16,7 @@ Items have components `question`, `answer` and `qa` (both); the best component's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import numpy as np
 from flowlm.config import Strict
 from flowlm.data.dedup.minhash import WordHasher
 from flowlm.errors import FlowError
-from flowlm.jsonlines import read_bytes, read_json_objects
+from flowlm.jsonlines import iter_lines, read_bytes, read_json_objects
 
 QUESTION_KEYS = ("question", "problem", "prompt", "instruction", "input")
 ANSWER_KEYS = ("answer", "solution", "canonical_solution", "response", "output")
@@ -112,11 +113,12 @@ def load_benchmark(path: str | Path, name: str | None = None) -> list[dict[str, 
 
 def _benchmark_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of a benchmark file: JSON lines, or one JSON array of objects (errors name FILE[:LINE])."""
-    raw = read_bytes(path)
-    if not raw.lstrip().startswith(b"["):
+    with contextlib.closing(iter_lines(path)) as lines:  # the first non-blank line says which format
+        first = next(lines, None)
+    if first is None or not first[1].lstrip().startswith(b"["):
         return read_json_objects(path)  # JSON lines: errors name FILE:LINE
     try:
-        rows = json.loads(raw)
+        rows = json.loads(read_bytes(path))
     except UnicodeDecodeError:
         raise FlowError(f"{path}: invalid UTF-8 in benchmark file") from None
     except json.JSONDecodeError as e:

@@ -86,9 +86,10 @@ from torch import nn
 
 from flowlm.errors import ConfigError, FlowError
 from flowlm.rl.config import ACTOR_MODES, ASYNC_FIELDS, RAY_FIELDS, RolloutConfig  # noqa: F401 (re-exported)
+from flowlm.rl.old_policy import old_policy_logps
 from flowlm.rl.rows import check_prompt_rows, is_verifier_error, row_domain, verify_completions
 from flowlm.rl.stats import STAT, coin_rewards, stat_columns
-from flowlm.train.batch import SplitRule, split_batch, to_device
+from flowlm.train.batch import SplitRule, split_batch
 from flowlm.train.losses import IGNORE
 
 
@@ -483,23 +484,3 @@ OldLogpsFn = Callable[[nn.Module, dict[str, Any]], torch.Tensor]
 def _sharded(policy: nn.Module) -> bool:
     """Whether FSDP2 has sharded `policy` (its parameters are DTensors): an engine cannot copy it."""
     return any(type(p).__name__ == "DTensor" for p in policy.parameters())
-
-
-def old_policy_logps(policy: nn.Module, batch: dict[str, Any], *, fp32_lm_head: bool = False,
-                     bf16: bool = False, shared_prefix: bool = True) -> torch.Tensor:
-    """`[B, T]` fp32 log-prob of every trained token (`grpo.token_mask`) under `policy` as it is now, NaN
-    elsewhere; no gradient, on the policy's device, returned on the batch's (CPU). `fp32_lm_head`, `bf16`
-    (autocast, as the trainer runs a single-process bf16 stage) and `shared_prefix` must be the learner's,
-    so that the ratio of a rollout batch's first minibatch is exactly 1 (the rl stage passes them)."""
-    import contextlib
-
-    from flowlm.train.objectives.grpo import completion_logps, token_mask
-
-    device = next(policy.parameters()).device
-    keys = ("input_ids", "labels", "loss_rows", "masked_rows", "group_ids")
-    on_device = to_device({k: batch[k] for k in keys if k in batch}, device)
-    mask = token_mask(on_device)
-    cast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    with torch.no_grad(), cast:
-        logps = completion_logps(policy, on_device, mask, fp32_lm_head=fp32_lm_head, shared_prefix=shared_prefix)[0]
-    return torch.where(mask, logps, float("nan")).to(batch["input_ids"].device)

@@ -168,10 +168,10 @@ def plain_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def old_logps_fn(cfg: RLStageConfig) -> Any:
     """The old-policy pass of `minibatches > 1` with the learner's LM-head precision, autocast and prefix sharing, so the
-    first minibatch of a rollout batch has ratio 1 exactly (`flowlm.rl.source.old_policy_logps`)."""
+    first minibatch of a rollout batch has ratio 1 exactly (`flowlm.rl.old_policy.old_policy_logps`)."""
     from functools import partial
 
-    from flowlm.rl.source import old_policy_logps
+    from flowlm.rl.old_policy import old_policy_logps
 
     return partial(old_policy_logps, fp32_lm_head=bool(getattr(cfg.objective, "fp32_lm_head", False)),
                    bf16=cfg.precision == "bf16", shared_prefix=bool(getattr(cfg.objective, "shared_prefix", True)))
