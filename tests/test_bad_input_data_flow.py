@@ -155,6 +155,9 @@ def test_run_pipeline_on_other_documents_in_the_same_out_dir(tmp_path: Path) -> 
     ("bad.json", "[{\"question\": 1,\n", "invalid JSON"),
     ("x.jsonl.gz", "garbage\n", "not a valid gzip file"),
     ("SOMEDIR", None, "is a directory"),
+    # one row of three without a question/answer field: named by line, not left out of the index
+    ("partial.jsonl", '{"question": "What is 2+2?"}\n\n{"foo": 1}\n{"answer": "4"}\n', ":3: benchmark row without"),
+    ("partial.json", '[{"problem": "p"}, {"id": 7}]\n', ": item 1: benchmark row without"),
 ])
 def test_decon_bad_benchmark_is_one_line(docs: Path, tmp_path: Path, name: str, content: str | None,
                                          says: str) -> None:

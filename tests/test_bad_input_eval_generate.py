@@ -202,3 +202,24 @@ def test_eval_out_directory_fails_before_generating(ckpt: Path, tmp_path: Path) 
     r = run_flowlm("eval", "--model", str(ckpt), "--suite", "jsonl", "--file", str(src), "--out", str(tmp_path),
                    "--max-new-tokens", "2", "--workers", "0", "--no-progress")
     assert _error(r, 1) == f"error: {tmp_path}: is a directory (--out names the output file)"
+
+
+def test_eval_item_longer_than_the_context_exits_1_naming_it_and_keeps_the_rest(ckpt: Path, tmp_path: Path) -> None:
+    """An item whose prompt does not fit the model fails inside the engine: the results are still written (the
+    other item scored, the failed one with its error, counted in `errors`), and the command exits 1 naming it."""
+    long = {**GOOD, "id": "too-long", "prompt": "one two three four five six seven " * 60}
+    src = _jsonl(tmp_path / "r.jsonl", [GOOD, long])
+    out = tmp_path / "res.json"
+    r = run_flowlm("eval", "--model", str(ckpt), "--suite", "jsonl", "--file", str(src), "--out", str(out),
+                   "--max-new-tokens", "2", "--workers", "0", "--no-progress")
+    assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
+    errors = [ln for ln in r.stderr.splitlines() if "error" in ln.lower()]  # the table also goes to stderr
+    assert len(errors) == 1 and "internal error" not in errors[0], r.stderr[-2000:]
+    line = errors[0]
+    assert line.startswith("error: eval: suite 'jsonl' item 'too-long' failed: prompt has "), line
+    assert "1 item(s) scored 0" in line
+    doc = json.loads(out.read_text())
+    items = {it["id"]: it for it in doc["items"]["jsonl"]}
+    assert items["a"]["error"] is None and len(items["a"]["samples"]) == 1
+    assert items["too-long"]["error"] and items["too-long"]["samples"] == []
+    assert doc["results"]["jsonl"]["errors"] == 1 and doc["results"]["jsonl"]["items"] == 2

@@ -28,7 +28,7 @@ import numpy as np
 from flowlm.config import Strict
 from flowlm.data.dedup.minhash import WordHasher
 from flowlm.errors import FlowError
-from flowlm.jsonlines import iter_lines, read_bytes, read_json_objects
+from flowlm.jsonlines import iter_json_objects, iter_lines, read_bytes
 
 QUESTION_KEYS = ("question", "problem", "prompt", "instruction", "input")
 ANSWER_KEYS = ("answer", "solution", "canonical_solution", "response", "output")
@@ -87,7 +87,9 @@ def load_benchmark(path: str | Path, name: str | None = None) -> list[dict[str, 
     """Items {benchmark, item_id, question, answer} from jsonl (.gz/.zst) or a JSON array file.
 
     A file that yields no item (empty, or no row with a question / answer field) is a FlowError: a
-    decontamination against nothing would pass every document silently.
+    decontamination against nothing would pass every document silently. So is a row without either
+    field among rows that have them (FILE:LINE, or FILE: item N of a JSON array): it would be left out of
+    the index without a word.
     """
     path = Path(path)
     if not path.exists():
@@ -96,27 +98,34 @@ def load_benchmark(path: str | Path, name: str | None = None) -> list[dict[str, 
         raise FlowError(f"{path}: is a directory, not a benchmark file (name the jsonl / json file in it)")
     rows = _benchmark_rows(path)
     name = name or path.parent.name or path.stem
-    items = []
-    for i, r in enumerate(rows):
+    items, empty = [], []
+    for i, (where, r) in enumerate(rows):
         q = next((r[k] for k in QUESTION_KEYS if isinstance(r.get(k), str)), "")
         a = next((r[k] for k in ANSWER_KEYS if isinstance(r.get(k), str)), "")
         if q or a:
             items.append({"benchmark": name, "item_id": str(r.get("task_id", r.get("key", i))),
                           "question": q, "answer": a})
+        else:
+            empty.append(where)
+    looked = ", ".join(QUESTION_KEYS + ANSWER_KEYS)
     if not items:
         if not rows:
             raise FlowError(f"{path}: no benchmark items (the file is empty)")
         raise FlowError(f"{path}: no benchmark items (no question/answer fields in its {len(rows)} row(s); "
-                        f"looked for {', '.join(QUESTION_KEYS + ANSWER_KEYS)})")
+                        f"looked for {looked})")
+    if empty:
+        more = f" (and {len(empty) - 1} more such row(s))" if len(empty) > 1 else ""
+        raise FlowError(f"{empty[0]}: benchmark row without a question/answer text field{more}; looked for {looked}")
     return items
 
 
-def _benchmark_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a benchmark file: JSON lines, or one JSON array of objects (errors name FILE[:LINE])."""
+def _benchmark_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """`(where, row)` for the rows of a benchmark file: JSON lines (`where` FILE:LINE), or one JSON array of
+    objects (FILE: item N); bad JSON is a FlowError naming FILE[:LINE]."""
     with contextlib.closing(iter_lines(path)) as lines:  # the first non-blank line says which format
         first = next(lines, None)
     if first is None or not first[1].lstrip().startswith(b"["):
-        return read_json_objects(path)  # JSON lines: errors name FILE:LINE
+        return [(f"{path}:{line}", row) for line, row in iter_json_objects(path)]
     try:
         rows = json.loads(read_bytes(path))
     except UnicodeDecodeError:
@@ -126,7 +135,7 @@ def _benchmark_rows(path: Path) -> list[dict[str, Any]]:
     for i, r in enumerate(rows):
         if not isinstance(r, dict):
             raise FlowError(f"{path}: item {i} of the JSON array is {type(r).__name__}, not an object")
-    return rows
+    return [(f"{path}: item {i}", r) for i, r in enumerate(rows)]
 
 
 @dataclass

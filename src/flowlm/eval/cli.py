@@ -79,7 +79,21 @@ def main(args: argparse.Namespace) -> int:
            "results": {name: r.summary for name, r in results.items()},
            "items": {name: r.items for name, r in results.items()}}
     _write(args.out, doc)
-    return 0
+    return _report_failures(results)
+
+
+def _report_failures(results: dict[str, Any]) -> int:
+    """1 with a one-line error on stderr naming the first failed item when any request failed (e.g. a
+    prompt longer than the model's context): the results are written, those items score 0 and are
+    counted in `errors`, but a run with holes in it must not pass as a clean one. Else 0."""
+    failed = [(name, it) for name, r in results.items() for it in r.items if it.get("error")]
+    if not failed:
+        return 0
+    name, it = failed[0]
+    more = f" (and {len(failed) - 1} more; see each item's \"error\")" if len(failed) > 1 else ""
+    print(f"error: eval: suite {name!r} item {it['id']!r} failed: {it['error']}{more}; "
+          f"{len(failed)} item(s) scored 0", file=sys.stderr)
+    return 1
 
 
 def check_arguments(args: argparse.Namespace) -> None:
