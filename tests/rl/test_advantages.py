@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from flowlm.rl.advantages import (
+    oversample,
     advantage_estimator,
     advantage_estimator_names,
     group_advantages,
@@ -131,3 +132,16 @@ def test_truncated_completions_add_nothing_to_the_loss():
     assert logps.grad[0].abs().max() == 0
     with pytest.raises(ValueError, match="truncated"):
         mask_truncated(mask, torch.tensor([True]))
+
+
+def test_oversample_draws_the_shortfall_over_the_smoothed_informative_share_within_the_cap():
+    # share = (informative + 1) / (seen + 2), by hand:
+    assert oversample(2, 0, 2, 4.0) == 8      # 1/4 -> 2 / 0.25 = 8, cap 8
+    assert oversample(1, 1, 4, 4.0) == 3      # 2/6 -> 1 / (1/3) = 3
+    assert oversample(3, 9, 10, 4.0) == 4     # 10/12 -> ceil(3.6) = 4
+    assert oversample(2, 0, 100, 4.0) == 8    # 1/102 -> 204, capped at 4 x 2
+    assert oversample(3, 0, 5, 2.5) == 7      # 1/7 -> 21, capped at floor(7.5)
+    assert oversample(2, 0, 2, 1.0) == 2      # cap 1: the shortfall only
+    assert oversample(2, 50, 50, 4.0) == 3    # 51/52 -> 2.04, rounded up
+    assert oversample(5, 0, 0, 1.0) == 5
+    assert oversample(0, 3, 5, 4.0) == 0

@@ -100,7 +100,7 @@ def test_rl_stage_trains_on_informative_groups_and_records_its_rollouts(straight
     recs = steps(straight)
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
     for r in recs:
-        assert r["informative_share"] == 1.0 and r["groups_mixed"] >= 2 and r["filtered"] == r["resampled"]
+        assert r["informative_share"] == 1.0 and r["groups_mixed"] >= 2 and r["filtered"] + r["surplus"] == r["resampled"]
         assert 0 < r["loss_tokens"] <= 8 * 10 and 0 <= r["reward"] <= 1 and r["entropy"] > 0
         assert r["mismatch/abs_diff_max"] < 1e-3 and r["mismatch/out_of_band"] == 0  # same fp32 weights
         assert r["grad_norm"] > 0

@@ -156,8 +156,9 @@ def test_zero_std_filtering_with_active_sampling_gives_only_informative_groups(t
     for b in batches:
         m = metrics(b)
         assert m["informative_share"] == 1.0 and b["loss_rows"].all()
-        assert m["filtered"] == m["resampled"] == m["prompts"] - 4  # every dropped group was replaced
-        assert m["groups_mixed"] == 4
+        # every filtered group was replaced; later rounds may draw more than the shortfall (surplus dropped)
+        assert m["filtered"] + m["surplus"] == m["resampled"] == m["prompts"] - 4
+        assert m["groups_mixed"] == 4 + m["surplus"]
         filtered += m["filtered"]
         adv = b["advantages"].view(4, 2)
         assert (adv.abs().sum(dim=1) > 0).all()  # no zero-advantage group trains
@@ -166,6 +167,26 @@ def test_zero_std_filtering_with_active_sampling_gives_only_informative_groups(t
     assert [r["position"] for r in logged] == [0, 1, 2] and all(len(r["trained"]) == 4 for r in logged)
     drawn = [p for r in logged for p in r["drawn"]]
     assert len(drawn) == len(set(drawn))  # 40 prompts: none drawn twice within the epoch
+
+
+def test_active_sampling_oversamples_later_rounds_on_a_hard_prompt_set(tok, model, tmp_path):
+    """85 in 100 prompts can never be informative (constant reward): in 3 rounds, drawing only the shortfall
+    leaves batches short; drawing the shortfall over the informative share seen so far fills every batch."""
+    hard = rows(85, "rl_test_const", "0", prefix="c") + rows(15, prefix="p")
+    log = tmp_path / "rollouts.jsonl"
+    src = source(tok, model, hard, log=log, prompts_per_step=2, group_size=4, max_draws=3, max_oversample=8)
+    oversampled = False
+    for b in take(src, 4):
+        m = metrics(b)
+        assert m["informative_share"] == 1.0 and b["loss_rows"].all()
+        assert m["filtered"] + m["surplus"] == m["resampled"] == m["prompts"] - 2
+        oversampled |= m["prompts"] > 2 * m["draws"]  # more than shortfall-only rounds can draw
+    assert oversampled
+    logged = [json.loads(x) for x in log.read_text().splitlines()]
+    assert all(len(r["trained"]) == 2 for r in logged)
+    shortfall_only = source(tok, model, hard, prompts_per_step=2, group_size=4, max_draws=3, max_oversample=1)
+    shares = [metrics(b)["informative_share"] for b in take(shortfall_only, 4)]
+    assert sum(s < 1.0 for s in shares) >= 2, shares  # measured: 0.5, 0.5, 0.0, 0.5
 
 
 def test_without_active_sampling_filtered_groups_are_masked_padding(tok, model):
@@ -179,7 +200,8 @@ def test_without_active_sampling_filtered_groups_are_masked_padding(tok, model):
     # all solved: nothing is informative, every draw is used, the batch is all padding (no loss)
     b = take(source(tok, model, rows(30, "rl_test_const", "1"), prompts_per_step=2, group_size=2, max_draws=3), 1)[0]
     m = metrics(b)
-    assert m["draws"] == 3 and m["groups_solved"] == 6 and m["filtered"] == 6 and not b["loss_rows"].any()
+    # (rounds of 2, then 2 x 4 / (0 + 1) = 8 capped at max_oversample 4 x 2, twice)
+    assert m["draws"] == 3 and m["groups_solved"] == m["filtered"] == 2 + 8 + 8 and not b["loss_rows"].any()
     # filtering off: zero-std groups train (with zero advantages)
     b = take(source(tok, model, rows(4, "rl_test_const", "0"), prompts_per_step=2, group_size=2,
                     filter_zero_std=False, active_sampling=False), 1)[0]
@@ -246,12 +268,12 @@ def test_domain_weights_choose_what_is_drawn(tok, model, tmp_path):
 
 def test_state_dict_resumes_to_the_same_batches_and_trims_the_log(tok, model, tmp_path):
     cfg = {"prompts_per_step": 2, "group_size": 2, "skip_solved_threshold": 1.0}
-    straight = source(tok, model, rows(8), log=tmp_path / "a.jsonl", **cfg)
+    straight = source(tok, model, rows(16), log=tmp_path / "a.jsonl", **cfg)
     it = iter(straight)
     first = [next(it)]
     state = json.loads(json.dumps(straight.state_dict()))  # what a checkpoint keeps (JSON-safe)
     first += [next(it) for _ in range(3)]
-    resumed = source(tok, model, rows(8), log=tmp_path / "a.jsonl", **cfg)
+    resumed = source(tok, model, rows(16), log=tmp_path / "a.jsonl", **cfg)
     resumed.load_state_dict(state)
     again = take(resumed, 3)
     assert all(same(a, b) for a, b in zip(first[1:], again))
@@ -426,3 +448,11 @@ def test_minibatches_through_the_trainer_clip_from_the_second_and_resume_exactly
     keys = ("loss", "grad_norm", "clip_frac_low", "clip_frac_high", "ratio_max", "entropy")
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
     assert [r.get("reward") for r in resumed] == [r.get("reward") for r in straight]
+
+
+def test_max_groups_bounds_what_one_batch_may_roll_out():
+    # 4 in the first round, then at most floor(4 x 4) = 16 in each of the 3 others; the async actor's cap
+    assert RolloutConfig(prompts_per_step=4, max_draws=4).max_groups() == 4 + 3 * 16
+    assert RolloutConfig(prompts_per_step=4, max_draws=4, max_oversample=1).max_groups() == 16
+    assert RolloutConfig(prompts_per_step=3, max_draws=2, max_oversample=2.5).max_groups() == 3 + 7
+    assert RolloutConfig(prompts_per_step=4, active_sampling=False).max_groups() == 4

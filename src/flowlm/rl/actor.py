@@ -30,7 +30,8 @@ staleness, weight pushes and their timeout, restarts, prompt accounting, the bat
   async: `Engine.update_weights(..., wait=False)` with a copy of the state dict; mode ray: the state dict
   is put in Ray's object store once and its ref sent to every actor); then takes ready groups until the
   batch holds `prompts_per_step` informative ones (zero-std filtering and active sampling as in sync mode:
-  at most `prompts_per_step x max_draws` groups are taken, the shortfall is masked padding). Token ids,
+  at most `RolloutConfig.max_groups()` groups are taken, as many as sync mode's rounds may draw; the
+  shortfall is masked padding). Token ids,
   the engine's log-probs and each token's policy version pass into the batch unchanged
   (`rollout_versions`); the `grpo` objective's truncated importance weights correct the off-policy tokens
   (OLMo 3: TIS cap 2.0 with `async_steps` 8).
@@ -286,7 +287,7 @@ class AsyncRollouts:
         taken: list[Group] = []
         dropped: list[int] = []
         lags: list[int] = []
-        limit = cfg.prompts_per_step * (cfg.max_draws if cfg.active_sampling else 1)
+        limit = cfg.max_groups()
         while len(kept) < cfg.prompts_per_step and len(taken) < limit:
             item = self._take(stats)
             lag = version - min(min(c.versions) for c in item.result.completions)

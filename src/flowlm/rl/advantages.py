@@ -1,4 +1,5 @@
-"""Group-relative advantages and the reward shaping that precedes them, as pure tensor functions.
+"""Group-relative advantages, the reward shaping that precedes them and the zero-std filter that follows
+(with active sampling's draw size, `oversample`), as pure functions.
 
 Layout: `n` completions per prompt, grouped prompt by prompt. Rewards are `[G, n]`, or flat `[G * n]`
 with `group_size=n` (completion `i` belongs to group `i // n`); every function returns the shape it was
@@ -18,6 +19,7 @@ a group of one has std 0. Named estimators are registered as in veRL `core_algos
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -141,6 +143,21 @@ def informative_groups(rewards: torch.Tensor, group_size: int | None = None, *, 
     """
     r = _grouped(rewards, group_size)
     return (r.amax(dim=1) - r.amin(dim=1)) > atol
+
+
+def oversample(need: int, informative: int, seen: int, cap: float) -> int:
+    """Prompts to draw in a later round of active sampling for a shortfall of `need` informative groups,
+    when `informative` of the `seen` groups drawn so far for this batch were: the shortfall divided by the
+    informative share (smoothed as (informative + 1) / (seen + 2), so 0 of 4 is 1/6, not 0), rounded up,
+    at most `floor(cap * need)`. `cap` 1 draws the shortfall only. On a hard prompt set (a tenth of the
+    groups informative) drawing only the shortfall takes many small rounds and often runs out of them.
+    veRL's DAPO recipe oversamples a fixed 3x per round (`gen_batch_size` 1536 for 512 prompts, up to 10
+    rounds); open-instruct's async active sampling queues a new prompt as each one finishes.
+    """
+    if need <= 0:
+        return 0
+    wanted = -(-need * (seen + 2) // (informative + 1))  # ceil(need / share), in integers
+    return min(wanted, math.floor(cap * need))  # >= need: the share is at most 1 and cap at least 1
 
 
 def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, *, factor: float = 1.0) -> torch.Tensor:

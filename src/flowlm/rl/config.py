@@ -4,6 +4,7 @@ Field descriptions are the reference; docs/rl.md maps the defaults to OLMo 3's f
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -29,6 +30,10 @@ class RolloutConfig(Strict):
     filter_zero_std: bool = Field(True, description="leave groups whose rewards are all equal out of the loss")
     active_sampling: bool = Field(True, description="draw more prompts until the batch is all informative groups")
     max_draws: int = Field(8, gt=0, description="active sampling: rounds of drawing per batch at most")
+    max_oversample: float = Field(
+        4.0, ge=1, description="active sampling: a later round draws the shortfall divided by the informative "
+                               "share seen so far, at most this many times the shortfall (1: the shortfall only; "
+                               "informative groups beyond the batch are dropped and counted as surplus)")
     skip_solved_threshold: float | None = Field(
         None, gt=0, le=1, description="skip prompts whose latest group's pass rate reached this (Instruct: 0.875)")
     mask_truncated: bool = Field(False, description="truncated completions add nothing to the loss (RL-Zero: true)")
@@ -71,6 +76,13 @@ class RolloutConfig(Strict):
     minibatches: int = Field(
         1, gt=0, description="optimizer steps per rollout batch, whole groups each (OLMo 3 Instruct: 4, Think: 1); "
                              "> 1 makes the PPO ratio and clip act (old_logps from before the first step)")
+
+    def max_groups(self) -> int:
+        """The most groups one batch may roll out: `prompts_per_step`, then (active sampling) at most
+        `floor(max_oversample x prompts_per_step)` in each of the other `max_draws - 1` rounds."""
+        if not self.active_sampling:
+            return self.prompts_per_step
+        return self.prompts_per_step + (self.max_draws - 1) * math.floor(self.max_oversample * self.prompts_per_step)
 
     @field_validator("advantage")
     @classmethod

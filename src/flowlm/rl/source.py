@@ -26,7 +26,9 @@ One batch, in order (the synchronous mode: generation, reward and learning take 
    `r - mean_group`, no std scaling);
 5. zero-std filtering: groups whose rewards are all equal give no policy gradient; they are counted and
    left out. Active sampling draws more prompts (up to `max_draws` rounds) until the batch holds
-   `prompts_per_step` informative groups. If the rounds run out, the shortfall is filled with filtered
+   `prompts_per_step` informative groups; a later round draws the shortfall divided by the informative
+   share seen so far (`oversample`, at most `max_oversample` x the shortfall), and informative groups beyond
+   the batch are dropped and counted (`surplus`). If the rounds run out, the shortfall is filled with filtered
    groups whose rows are masked (`loss_rows` 0): the batch keeps its shape (so it still splits into
    micro-batches of whole groups) and the masked rows add nothing to the loss or to its token count.
 
@@ -85,6 +87,7 @@ import torch
 from torch import nn
 
 from flowlm.errors import ConfigError, FlowError
+from flowlm.rl.advantages import oversample
 from flowlm.rl.config import ACTOR_MODES, ASYNC_FIELDS, RAY_FIELDS, RolloutConfig  # noqa: F401 (re-exported)
 from flowlm.rl.old_policy import old_policy_logps
 from flowlm.rl.rows import check_prompt_rows, is_verifier_error, row_domain, verify_completions
@@ -294,21 +297,28 @@ class RolloutSource:
         self.engine.update_weights(self.policy_weights(), version=self.steps)  # idle engine: applied now
         kept: list[Group] = []
         spare: list[Group] = []
+        surplus: list[Group] = []
         stats: Counter[str] = Counter()
         stats["time_sync_s"] += time.perf_counter() - t0
         drawn: list[int] = []
         for draw in range(cfg.max_draws if cfg.active_sampling else 1):
-            indices = self._pick(draw, cfg.prompts_per_step - len(kept), stats)
+            need, informative = cfg.prompts_per_step - len(kept), len(kept) + len(surplus)
+            n = need if draw == 0 else oversample(need, informative, informative + len(spare), cfg.max_oversample)
+            indices = self._pick(draw, n, stats)
             drawn += indices
             stats["resampled"] += len(indices) if draw > 0 else 0
             stats["draws"] += 1
             for g in self._rollout(indices, draw, stats):
-                (kept if g.informative or not cfg.filter_zero_std else spare).append(g)
+                if g.informative or not cfg.filter_zero_std:
+                    (kept if len(kept) < cfg.prompts_per_step else surplus).append(g)
+                else:
+                    spare.append(g)
             if len(kept) == cfg.prompts_per_step:
                 break
         pad = spare[len(spare) - (cfg.prompts_per_step - len(kept)):] if len(kept) < cfg.prompts_per_step else []
         groups = kept + pad
         stats["filtered"] = len(spare) if cfg.filter_zero_std else 0
+        stats["surplus"] = len(surplus)
         stats["informative"] = sum(g.informative for g in groups)
         stats["num:informative_share"], stats["den:informative_share"] = stats["informative"], len(groups)
         self.totals.update({k: v for k, v in stats.items() if not k.startswith(("num:", "den:", "time_"))})
