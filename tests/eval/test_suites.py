@@ -161,6 +161,31 @@ def test_contamination_share_finds_items_in_training_docs(tmp_path):
     assert contamination_share(items, []) == 0.0
 
 
+def test_contamination_reads_chat_and_preference_corpora(tmp_path):
+    """An SFT corpus holds chat rows and a DPO one preference rows, not `{"text"}` documents: an item in a
+    user turn, in an assistant's reasoning, or in a rejected answer is found all the same."""
+    from flowlm.errors import FlowError
+    from flowlm.eval.contamination import contamination_report
+
+    items = load_suite("word_problem", n=10).items
+    chat = tmp_path / "sft.jsonl"
+    rows = [{"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi."}]},
+            {"messages": [{"role": "user", "content": items[0].question},
+                          {"role": "assistant", "content": "The answer is 3.", "reasoning_content": items[0].demo}]},
+            {"messages": [{"role": "user", "content": "Solve this."},
+                          {"role": "assistant", "content": f"<think>{items[1].question}</think>{items[1].demo}"}]}]
+    chat.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = tmp_path / "dpo.jsonl"
+    pairs.write_text(json.dumps({"prompt": "A question.", "chosen": "Fine.",
+                                 "rejected": f"{items[2].question} {items[2].demo}"}) + "\n")
+    rep = contamination_report(items, [chat, pairs])
+    assert rep["matched_ids"] == sorted(it.id for it in items[:3]) and rep["docs_scanned"] == 4
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"messages": [{"role": "wizard", "content": "x"}]}) + "\n")
+    with pytest.raises(FlowError, match=f"{bad}:2"):
+        contamination_report(items, [bad])
+
+
 def test_generation_eval_fn_runs_inside_the_train_engine_callback(micro_ckpt):
     from flowlm.eval.evaluate import make_generation_eval_fn
     from flowlm.model.hf import load_native

@@ -10,7 +10,7 @@ match and are reported as `unchecked`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,8 @@ def _benchmark_items(items: Sequence[EvalItem], name: str) -> list[dict[str, Any
 def contamination_report(items: Sequence[EvalItem], corpus_paths: Iterable[str | Path], *, cfg: Any = None,
                          name: str = "suite") -> dict[str, Any]:
     """`{share, matched, unchecked, items, matched_ids, docs_scanned}` for `items` against the documents
-    (`{"text": ...}` JSONL, plain or compressed) in `corpus_paths`."""
+    in `corpus_paths` (`training_texts`)."""
     from flowlm.data.decontam import DecontamCfg, Decontaminator
-    from flowlm.data.docs import read_jsonl
 
     items = list(items)
     if not items:
@@ -40,11 +39,28 @@ def contamination_report(items: Sequence[EvalItem], corpus_paths: Iterable[str |
     matched: set[str] = set()
     n_docs = 0
     for path in corpus_paths:
-        for doc in read_jsonl(path):
+        for doc in training_texts(path):
             n_docs += 1
             matched.update(hit["item_id"] for hit in deco.scan(doc))
     return {"share": len(matched) / len(items), "matched": len(matched), "unchecked": deco.skipped_items,
             "items": len(items), "matched_ids": sorted(matched), "docs_scanned": n_docs}
+
+
+def training_texts(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The documents of one training file as `{id, text}`: a `{"text": ...}` JSONL file (plain or
+    compressed) as it is, or a chat / preference file (what an SFT or DPO corpus holds, `flowlm.data.chat`)
+    one row per document, its turns' contents and reasoning joined by newlines. A bad row is a FlowError
+    naming FILE:LINE."""
+    from flowlm.data.chat import is_chat_file, read_chat_rows
+    from flowlm.data.docs import read_jsonl
+
+    if not is_chat_file(path):
+        yield from read_jsonl(path)
+        return
+    for i, row in enumerate(read_chat_rows(path)):
+        turns = [m for key in ("messages", "prompt", "chosen", "rejected") for m in row.get(key) or ()]
+        parts = [m.get(k) for m in turns for k in ("reasoning_content", "content")]
+        yield {"id": str(row.get("id", i)), "text": "\n".join(t for t in parts if isinstance(t, str) and t)}
 
 
 def contamination_share(items: Sequence[EvalItem], corpus_paths: Iterable[str | Path]) -> float:
