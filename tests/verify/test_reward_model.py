@@ -61,3 +61,23 @@ def test_loading_a_reward_model_leaves_the_process_grad_mode_alone(tiny_rm):
     load_reward_model.cache_clear()
     raw_rewards(tiny_rm, ["what is two plus two"], ["four"])
     assert torch.is_grad_enabled()
+
+
+def test_flowlm_verify_with_a_reward_model_keeps_stderr_free_of_transformers_progress_bars(tiny_rm, tmp_path):
+    """The CLI prints verdicts on stdout and nothing on stderr for a clean run: transformers' per-load
+    "Loading weights" bar (one line per reward model loaded) is switched off, and switched back on after."""
+    import json
+
+    from transformers.utils import logging as hf_logging
+
+    from tests.test_cli_verbs import run_flowlm
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "what is two plus two", "completion": "four", "dataset": "reward_model",
+                                "reward_model": tiny_rm}) + "\n")
+    r = run_flowlm("verify", "--file", str(rows))
+    assert r.returncode == 0 and json.loads(r.stdout)["reason"].startswith("reward model r=")
+    assert "Loading weights" not in r.stderr, r.stderr[-500:]
+    load_reward_model.cache_clear()
+    raw_rewards(tiny_rm, ["what is two plus two"], ["four"])
+    assert hf_logging.is_progress_bar_enabled()

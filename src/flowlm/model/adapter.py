@@ -9,7 +9,9 @@ every model the post-training stages touch. Nothing is downloaded: paths must be
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,22 @@ def _model_type(path: Path) -> str:
     return str(read_json(path / "config.json").get("model_type", ""))
 
 
+@contextlib.contextmanager
+def quiet_hf_loading() -> Iterator[None]:
+    """transformers' "Loading weights" progress bar off inside the block: a flowlm verb that loads a model
+    prints its own progress, and the bar is noise on stderr (one line per load, e.g. per reward-model row
+    batch in `flowlm verify`). Restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_causal_lm(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
                    dtype: torch.dtype | None = None) -> nn.Module:
     """Native `Olmo3` for Olmo3 checkpoints, else `HFCausalLM` around `AutoModelForCausalLM`."""
@@ -103,8 +121,9 @@ def load_causal_lm(path: str | os.PathLike[str], *, device: str | torch.device =
     from transformers import AutoModelForCausalLM
 
     try:
-        hf = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or "auto", attn_implementation="sdpa",
-                                                  local_files_only=True)
+        with quiet_hf_loading():
+            hf = AutoModelForCausalLM.from_pretrained(root, dtype=dtype or "auto", attn_implementation="sdpa",
+                                                      local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FlowError(f"{root}: cannot load as a causal LM ({reason})") from None

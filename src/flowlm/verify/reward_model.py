@@ -23,8 +23,11 @@ def load_reward_model(path: str) -> tuple[Any, Any]:
     """(model, tokenizer) from a local directory; refuses anything but a 1-label classifier."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from flowlm.model.adapter import quiet_hf_loading
+
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
+    with quiet_hf_loading():
+        model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
     if model.config.num_labels != 1:
         raise GroundTruthError(f"{path}: reward model must have num_labels=1, has {model.config.num_labels}")
     if tok.pad_token is None:

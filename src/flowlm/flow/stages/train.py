@@ -367,6 +367,8 @@ def build_reward_model(ctx: StageContext, cfg: TrainStageConfig, tok: Any) -> tu
     fresh), padded with the run's pad id: what the `reward_model` verifier loads from the exported dir."""
     from transformers import AutoModelForSequenceClassification
 
+    from flowlm.model.adapter import quiet_hf_loading
+
     if cfg.init == "scratch":
         raise FlowError("a reward_model stage starts from a trained LM: set init to an earlier stage or a checkpoint")
     if cfg.yarn is not None or cfg.sliding_window is not None:
@@ -374,8 +376,9 @@ def build_reward_model(ctx: StageContext, cfg: TrainStageConfig, tok: Any) -> tu
     src = ctx.model_dir(cfg.init)
     torch.manual_seed(cfg.seed)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(src), num_labels=1, pad_token_id=tok.pad_token_id, local_files_only=True, dtype=torch.float32)
+        with quiet_hf_loading():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(src), num_labels=1, pad_token_id=tok.pad_token_id, local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise FlowError(f"stage init {src}: cannot load as a sequence classifier ({str(exc).splitlines()[0]})") from None
     return model, _hf_model_config_writer(model.config, tok)
