@@ -99,8 +99,8 @@ def _model_type(path: Path) -> str:
 @contextlib.contextmanager
 def quiet_hf_loading() -> Iterator[None]:
     """transformers' "Loading weights" progress bar off inside the block: a flowlm verb that loads a model
-    prints its own progress, and the bar is noise on stderr (one line per load, e.g. per reward-model row
-    batch in `flowlm verify`). Restored afterwards."""
+    prints its own progress, and the bar is noise on stderr (a line per model loaded, e.g. the reward model
+    of `flowlm verify`). Restored afterwards."""
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()
