@@ -104,3 +104,18 @@ def test_title_spans_equal_ifevals_regex_on_random_text():
     gt = {"instruction_id_list": ["detectable_format:title"], "kwargs": [{}]}
     assert verify("ifeval", "<<" * 100_000, gt).score == 0.0  # the regex's quadratic case
     assert verify("ifeval", "<<" * 1000 + "x>>", gt).score == 1.0
+
+
+def test_capital_word_frequency_counts_zero_without_tokenizing_text_that_has_no_uppercase(monkeypatch):
+    """Text without an uppercase character has no all-capital token, so the check skips nltk's tokenizer
+    (the slowest IFEval check on long output); text with one still goes through it, as IFEval does."""
+    from flowlm.verify.ifeval import ifeval_checks
+
+    gt = {"instruction_id_list": ["change_case:capital_word_frequency"],
+          "kwargs": [{"capital_frequency": 1, "capital_relation": "less than"}]}
+    calls = []
+    real = ifeval_checks.word_tokenize
+    monkeypatch.setattr(ifeval_checks, "word_tokenize", lambda t: calls.append(t) or real(t))
+    assert verify("ifeval", ". " * 20_000 + "all lower, 123 ÿ ß", gt).score == 1.0 and calls == []
+    assert verify("ifeval", "one WORD here", gt).score == 0.0 and calls == ["one WORD here"]
+    assert verify("ifeval", "Title case only", gt).score == 1.0  # "Title" is not all capitals
