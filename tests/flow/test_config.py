@@ -103,6 +103,8 @@ def test_builtin_rl_recipe_extends_tiny_post_with_think_rl_zero_and_its_coin_con
     assert list(recipe.stages)[: len(post.stages)] == list(post.stages)
     rl = {name: st for name, st in recipe.stages.items() if st.kind == "rl"}
     assert set(rl) == {"think_rl", "rl_zero", "rl_zero_coin"} and rl["think_rl"].init == "sft"
+    think = rl["think_rl"].rollout  # zero-std filtering, active sampling, 8 oversampling rounds
+    assert think.filter_zero_std and think.active_sampling and think.max_draws == 8 and think.max_oversample == 4
     zero, coin = rl["rl_zero"], rl["rl_zero_coin"]
     assert zero.init == coin.init == "long_context" and zero.prompt_format == "plain"
     assert zero.rollout.stop == ["\nQuestion:"] and zero.rollout.mask_truncated
