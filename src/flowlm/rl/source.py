@@ -302,8 +302,8 @@ class RolloutSource:
         stats["time_sync_s"] += time.perf_counter() - t0
         drawn: list[int] = []
         for draw in range(cfg.max_draws if cfg.active_sampling else 1):
-            need, informative = cfg.prompts_per_step - len(kept), len(kept) + len(surplus)
-            n = need if draw == 0 else oversample(need, informative, informative + len(spare), cfg.max_oversample)
+            need = cfg.prompts_per_step - len(kept)  # surplus only arises in the round that fills the batch
+            n = need if draw == 0 else oversample(need, len(kept), len(kept) + len(spare), cfg.max_oversample)
             indices = self._pick(draw, n, stats)
             drawn += indices
             stats["resampled"] += len(indices) if draw > 0 else 0
