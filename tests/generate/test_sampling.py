@@ -76,3 +76,57 @@ def test_unit_temperature_fast_path_samples_the_same_tokens() -> None:
     assert torch.equal(fast[1::2], general[1::2])
     assert torch.equal(lp_fast[1::2], lp_general[1::2])
     assert not torch.equal(fast[::2], general[::2])  # the 0.5 rows really took the other path
+
+
+def test_two_level_inverse_cdf_hand_computed() -> None:
+    # 300 tokens = blocks of 128, 128 and a padded 44. Weight only on tokens 5 (1.0), 200 (3.0), 299 (4.0).
+    from flowlm.generate.sampling import _blocks, _inverse_cdf
+
+    w = torch.zeros(7, 300)
+    w[:, 5], w[:, 200], w[:, 299] = 1.0, 3.0, 4.0
+    wb, cdf = _blocks(w)
+    assert wb.shape == (7, 3, 128) and cdf[0].tolist() == [1.0, 4.0, 8.0]
+    # targets u * 8: 0 and 0.99 -> token 5; exactly 1 (the cdf at token 5) -> the next token with weight;
+    # 3.99 -> 200; 4.0 -> 299; just under 8 -> 299; u = 1 (a target at the total, as rounding can give) -> 299
+    u = torch.tensor([0.0, 0.99 / 8, 1 / 8, 3.99 / 8, 0.5, 0.99999, 1.0])
+    assert _inverse_cdf(wb, cdf, u).tolist() == [5, 5, 200, 200, 299, 299, 299]
+    # a row whose last blocks are empty: a target at the total stays on the last token with weight
+    w2 = torch.zeros(1, 300)
+    w2[0, 3] = 2.0
+    assert _inverse_cdf(*_blocks(w2), torch.tensor([1.0])).tolist() == [3]
+
+
+def test_sampling_matches_a_full_vocabulary_cumsum_and_log_softmax() -> None:
+    torch.manual_seed(1)
+    n, vocab = 4000, 1000
+    logits = torch.randn(n, vocab) * 4
+    u = torch.rand(n)
+    common = dict(temperature=torch.ones(n), top_k=torch.zeros(n, dtype=torch.long), top_p=torch.ones(n),
+                  min_p=torch.zeros(n), uniform=u, needs_filter=False)
+    tokens, logp = sample(logits, **common)
+    probs = torch.softmax(logits.double(), -1)
+    ref = torch.searchsorted(probs.cumsum(-1), u.double()[:, None], right=True).squeeze(-1)
+    # the same draw up to rounding at a boundary between two tokens
+    assert (tokens == ref).float().mean() > 0.999
+    assert torch.allclose(logp.double(), torch.log_softmax(logits.double(), -1).gather(-1, tokens[:, None]).squeeze(-1),
+                          atol=2e-6)
+
+
+@pytest.mark.parametrize("vocab", [8192, 1000])
+def test_a_row_samples_the_same_token_and_logprob_bits_alone_and_in_a_batch(vocab: int) -> None:
+    torch.manual_seed(2)
+    n = 64
+    logits = torch.randn(n, vocab) * 3
+    u = torch.rand(n)
+
+    def draw(rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        m = logits[rows].shape[0]
+        return sample(logits[rows], temperature=torch.ones(m), top_k=torch.zeros(m, dtype=torch.long),
+                      top_p=torch.ones(m), min_p=torch.zeros(m), uniform=u[rows], needs_filter=False,
+                      any_greedy=False, all_unit_temperature=True)
+
+    batch_tokens, batch_logp = draw(slice(0, n))
+    for i in (0, 17, 63):
+        alone_tokens, alone_logp = draw(slice(i, i + 1))
+        assert alone_tokens.item() == batch_tokens[i].item()
+        assert torch.equal(alone_logp, batch_logp[i:i + 1])

@@ -42,6 +42,7 @@ from flowlm.generate.params import (FINISH_LENGTH, FINISH_STOP, Completion, Requ
 from flowlm.generate.driver import Driver
 from flowlm.generate.prompts import Prompt, check_prompt, to_prompt_ids
 from flowlm.generate.sampling import sample
+from flowlm.generate.threads import one_thread
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -278,12 +279,8 @@ class Engine(Driver):
             if s.rng is not None:
                 uniform[i] = s.rng.random()
         dev = logits.device
-        tokens, logps = sample(
-            logits, temperature=torch.tensor([p.temperature for p in ps], device=dev, dtype=torch.float32),
-            top_k=torch.tensor([p.top_k for p in ps], device=dev), top_p=torch.tensor([p.top_p for p in ps], device=dev),
-            min_p=torch.tensor([p.min_p for p in ps], device=dev), uniform=torch.from_numpy(uniform).to(dev),
-            needs_filter=any(p.top_k > 0 or p.top_p < 1 or p.min_p > 0 for p in ps),
-            any_greedy=any(p.temperature <= 0 for p in ps), all_unit_temperature=all(p.temperature == 1 for p in ps))
+        with one_thread(dev):  # a few dozen small ops: waking a second CPU thread costs more than it saves
+            tokens, logps = self._sample(logits, ps, uniform)
         now = time.perf_counter()
         finished = []
         for i, (s, tok, lp) in enumerate(zip(seqs, tokens.tolist(), logps.tolist())):
@@ -301,6 +298,17 @@ class Engine(Driver):
         self.stats["generated_tokens"] += len(seqs)
         for slot in sorted(finished, reverse=True):
             self._retire(slot)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, ps: list[SamplingParams], uniform: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """`sampling.sample` with each row's parameters."""
+        dev = logits.device
+        return sample(
+            logits, temperature=torch.tensor([p.temperature for p in ps], device=dev, dtype=torch.float32),
+            top_k=torch.tensor([p.top_k for p in ps], device=dev), top_p=torch.tensor([p.top_p for p in ps], device=dev),
+            min_p=torch.tensor([p.min_p for p in ps], device=dev), uniform=torch.from_numpy(uniform).to(dev),
+            needs_filter=any(p.top_k > 0 or p.top_p < 1 or p.min_p > 0 for p in ps),
+            any_greedy=any(p.temperature <= 0 for p in ps), all_unit_temperature=all(p.temperature == 1 for p in ps))
 
     def _finish_reason(self, s: _Seq) -> str | None:
         c, params = s.completion, s.state.request.params

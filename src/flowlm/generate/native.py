@@ -25,13 +25,22 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from flowlm.generate.threads import Threads
 from flowlm.model.config import SLIDING
 from flowlm.model.kernels import swiglu
 from flowlm.model.olmo3 import Olmo3, RMSNorm, fuse_projections
 from flowlm.model.rope import cos_sin, layer_rope
 
 # Decode steps with at least this many live slots use the prepacked oneDNN weights (`NativeRunner._pack`).
-PACKED_MIN_ROWS = 3
+PACKED_MIN_ROWS = 2
+# On CPU a decode step runs its small element-wise ops on one thread, and a matmul on all of the caller's
+# intra-op threads only from this much work up (multiply-adds: a GEMM, or an attention bmm reading the
+# cache). Below it, waking the other OpenMP threads costs more than they save (OMP_WAIT_POLICY=PASSIVE
+# wakes them for every parallel region). Measured on the 2-core machine (2026-12-05), median step time:
+# 9.5 -> 6.7 ms at 2 live slots, 6.7 -> 4.8 at 4, 8.6 -> 7.0 at 12, unchanged within noise from 24 up;
+# a bmm threshold of 1 M made 24-32 slots at short spans 5-10% slower.
+WIDE_GEMM_MACS = 6_000_000
+WIDE_BMM_MACS = 400_000
 
 
 def _onednn_available() -> bool:
@@ -107,7 +116,8 @@ class NativeRunner:
 
         A decode GEMM has few rows (the live slots) against a whole weight matrix, and MKL's `F.linear`
         re-packs the weight on every call; the prepacked oneDNN GEMM ran 15-45% faster per matmul at
-        5-64 rows on our 2-core machine (2x slower at 1 row, even at 2: `PACKED_MIN_ROWS`). Same values,
+        5-64 rows on our 2-core machine; at 2 rows it beats MKL by 1.2-3.5x on one thread (MKL's 2-row
+        GEMM wakes its second thread; 2026-12-05), at 1 row MKL's GEMV wins (`PACKED_MIN_ROWS`). Same values,
         another summation order (logits differ by ~2e-6). Costs one more copy of those weights' memory.
         """
         if not self._packs:
@@ -175,8 +185,19 @@ class NativeRunner:
         span = max(self.lens[:n]) + 1
         if span > self.context:
             raise RuntimeError(f"slot overflow: position {span - 1} >= context {self.context}")
-        cfg, dev = self.cfg, self.device
-        heads, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        threads = Threads(self.device)
+        try:
+            threads.narrow()
+            logits = self._step(tokens, n, span, threads)
+        finally:
+            threads.restore()
+        for i in range(n):
+            self.lens[i] += 1
+        return logits
+
+    def _step(self, tokens: torch.Tensor, n: int, span: int, threads: Threads) -> torch.Tensor:
+        """`decode`'s per-step tables, then its forward pass (`_layers`)."""
+        dev, kvh = self.device, self.cfg.num_kv_heads
         pos = torch.tensor(self.lens[:n], device=dev)
         # Shared by every layer this step: additive mask (0 where index <= position, else -inf), one row
         # per (slot, kv head), sliced to each layer's width; the RoPE rows; the cache rows to write.
@@ -191,17 +212,31 @@ class NativeRunner:
             cap = kc.shape[2]
             if cap not in rows:
                 rows[cap] = base * cap + (pos % cap).repeat_interleave(kvh)
-        model = self.model
-        h = model.model.embed_tokens(tokens.to(dev))  # [n, D]
+        return self._layers(tokens.to(dev), n, span, bias, tables, rows, threads)
+
+    def _layers(self, tokens: torch.Tensor, n: int, span: int, bias: torch.Tensor,
+                tables: dict[str, tuple[torch.Tensor, torch.Tensor]], rows: dict[int, torch.Tensor],
+                threads: Threads) -> torch.Tensor:
+        """`decode`'s forward pass: embeddings, every layer (cache writes and attention), the LM head."""
+        cfg, model = self.cfg, self.model
+        heads, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        h = model.model.embed_tokens(tokens)  # [n, D]
         scale = hd ** -0.5
         packed = self.packed if self.packed is not None and n >= PACKED_MIN_ROWS else None
+
+        def linear(x: torch.Tensor, weight: torch.Tensor, pack: torch.Tensor | None) -> torch.Tensor:
+            threads.wide(n * weight.shape[0] * weight.shape[1], WIDE_GEMM_MACS)
+            out = _linear(x, weight, pack)
+            threads.narrow()
+            return out
+
         for i, (layer, (kc, vc), (w_qkv, w_gu)) in enumerate(zip(model.model.layers, self.caches, self.fused)):
             attn, mlp = layer.self_attn, layer.mlp
             p_qkv, p_o, p_gu, p_down = packed[i] if packed is not None else (None,) * 4
             cos, sin = tables[layer.layer_type]
             if w_qkv is None:
                 w_qkv = torch.cat((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))
-            q, k, v = _linear(h, w_qkv, p_qkv).split([heads * hd, kvh * hd, kvh * hd], dim=-1)
+            q, k, v = linear(h, w_qkv, p_qkv).split([heads * hd, kvh * hd, kvh * hd], dim=-1)
             q = _rope(_norm(attn.q_norm, q).view(n, heads, hd), cos, sin)
             k = _rope(_norm(attn.k_norm, k).view(n, kvh, hd), cos, sin)
             cap = kc.shape[2]
@@ -210,19 +245,18 @@ class NativeRunner:
             vc.view(-1, hd).index_copy_(0, idx, v.reshape(n * kvh, hd))
             width = min(span, cap)
             out = self._attend(q.view(n * kvh, heads // kvh, hd), kc[:n, :, :width].reshape(n * kvh, width, hd),
-                               vc[:n, :, :width].reshape(n * kvh, width, hd), bias[..., :width], scale)
-            h = h + _norm(layer.post_attention_layernorm, _linear(out.view(n, heads * hd), attn.o_proj.weight, p_o))
+                               vc[:n, :, :width].reshape(n * kvh, width, hd), bias[..., :width], scale, threads)
+            h = h + _norm(layer.post_attention_layernorm, linear(out.view(n, heads * hd), attn.o_proj.weight, p_o))
             if w_gu is None:
                 w_gu = torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight))
-            gate_up = _linear(h, w_gu, p_gu)
-            h = h + _norm(layer.post_feedforward_layernorm, _linear(swiglu(gate_up), mlp.down_proj.weight, p_down))
-        for i in range(n):
-            self.lens[i] += 1
+            gate_up = linear(h, w_gu, p_gu)
+            h = h + _norm(layer.post_feedforward_layernorm, linear(swiglu(gate_up), mlp.down_proj.weight, p_down))
         h = _norm(model.model.norm, h)
-        return _linear(h, model.lm_head.weight, packed[-1][0] if packed is not None else None).float()
+        return linear(h, model.lm_head.weight, packed[-1][0] if packed is not None else None).float()
 
     @staticmethod
-    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
+                threads: Threads | None = None) -> torch.Tensor:
         """One-query attention against cached keys, batched over (slot, kv head) `b`: `q[b, rep, hd]`
         (the `rep` query heads sharing a kv head, so GQA needs no cache expansion), `k`/`v[b, width, hd]`,
         additive mask `bias[b, 1, width]` -> `[b, rep, hd]`.
@@ -230,11 +264,23 @@ class NativeRunner:
         On CPU in fp32 two batched GEMMs and a softmax: there SDPA's flash kernel cost more per call than the
         whole product at our decode shapes (it parallelises and allocates per call, ~1.5 ms even for
         one slot on the loaded 2-core machine). Other devices and 16-bit dtypes keep SDPA (same mask, scale).
+        `threads`: the bmm's run wide from `WIDE_BMM_MACS` up, the softmax narrow.
         """
         if q.device.type != "cpu" or q.dtype != torch.float32:  # 16-bit: SDPA's fp32 accumulation
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        macs = q.shape[0] * q.shape[1] * k.shape[1] * k.shape[2]
+        if threads is not None:
+            threads.wide(macs, WIDE_BMM_MACS)
         s = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale)
-        return torch.bmm(torch.softmax(s, dim=-1), v)
+        if threads is not None:
+            threads.narrow()
+        p = torch.softmax(s, dim=-1)
+        if threads is not None:
+            threads.wide(macs, WIDE_BMM_MACS)
+        out = torch.bmm(p, v)
+        if threads is not None:
+            threads.narrow()
+        return out
 
     # ---- slot management ----------------------------------------------------------------------
     def move(self, src: int, dst: int) -> None:

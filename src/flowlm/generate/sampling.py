@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def filter_probs(probs: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
@@ -110,35 +111,78 @@ def _filter_probs_threshold(probs: torch.Tensor, top_k: torch.Tensor, top_p: tor
     return out
 
 
+_BLOCK = 128  # inverse-CDF in two levels: per-row sums of blocks of this many tokens, then one block
+
+
+def _shifted_exp(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(m, exp(z - m))` with `m` the row max `[B, 1]`: unnormalised probabilities, one pass."""
+    m = z.amax(dim=-1, keepdim=True)
+    return m, (z - m).exp_()
+
+
+def _blocks(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`w[B, V]` (zero-padded to whole blocks) as `[B, nb, _BLOCK]`, and the running sum of its block
+    sums `[B, nb]` (the last column is the row total). Every sum here reduces within a row, in the same
+    order whatever the batch, so a row's totals do not depend on its batch-mates."""
+    if w.shape[-1] % _BLOCK:
+        w = F.pad(w, (0, _BLOCK - w.shape[-1] % _BLOCK))
+    wb = w.view(w.shape[0], -1, _BLOCK)
+    return wb, wb.sum(dim=-1).cumsum(dim=-1)
+
+
+def _inverse_cdf(wb: torch.Tensor, block_cdf: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """The first token whose running weight exceeds `uniform * total`, per row: the block from the block
+    sums' running total, then the token from a cumsum over that block only (`_BLOCK` values instead of
+    the vocabulary). Always a token of weight > 0: the first running sum above a target is one that
+    just grew, and targets at or past the total (rounding) go to the last token with weight."""
+    rows, _, size = wb.shape
+    total = block_cdf[:, -1:]
+    target = uniform.to(block_cdf.dtype)[:, None] * total
+    blk = torch.searchsorted(block_cdf, target, right=True)
+    blk = torch.minimum(blk, (block_cdf < total).sum(dim=-1, keepdim=True))  # last block with weight
+    before = torch.where(blk > 0, block_cdf.gather(-1, (blk - 1).clamp_min(0)), 0.0)
+    inner = wb.gather(1, blk[:, :, None].expand(rows, 1, size)).squeeze(1).cumsum(dim=-1)
+    j = torch.searchsorted(inner, target - before, right=True)
+    j = torch.minimum(j, (inner < inner[:, -1:]).sum(dim=-1, keepdim=True))  # last token with weight
+    return (blk * size + j).squeeze(-1)
+
+
 def sample(logits: torch.Tensor, *, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
            min_p: torch.Tensor, uniform: torch.Tensor, needs_filter: bool,
            any_greedy: bool = True, all_unit_temperature: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row; returns `(tokens[B] int64, raw logprobs[B] fp32)`.
 
     `logits[B, V]` are the model's raw logits. Rows with `temperature == 0` take the argmax of the raw
-    logits (greedy). `uniform[B]` in [0, 1) drives inverse-CDF sampling. The flags only skip work the
-    caller knows is unneeded (all three are facts about `temperature`/filters the caller already
-    holds, so no device sync is needed to learn them): `needs_filter` False skips the sort when no
-    row uses top-k/top-p/min-p (the common RL case), `any_greedy` False skips the argmax, and
-    `all_unit_temperature` reuses the raw log-softmax as the sampling distribution.
+    logits (greedy). `uniform[B]` in [0, 1) drives inverse-CDF sampling over each row's unnormalised
+    probabilities `exp(logits / t - max)`; rows with a filter (top-k, top-p, min-p) are normalised and
+    filtered first. The flags only skip work the caller knows is unneeded (all three are facts about
+    `temperature`/filters the caller already holds, so no device sync is needed to learn them):
+    `needs_filter` False skips the filters when no row uses top-k/top-p/min-p (the common RL case),
+    `any_greedy` False skips the argmax, and `all_unit_temperature` reuses the raw probabilities as
+    the sampling weights. A temperature-1 row without filters gets bit-for-bit the same weights on
+    every path (`logits / 1` is `logits`), so a seeded request samples the same tokens whatever else
+    shares its batch.
+
+    The raw logprob is `logits[token] - max - log(sum exp(logits - max))`, the row's log-softmax at
+    the token, from the same pass (one exp over the vocabulary when every row has temperature 1).
     """
     logits = logits.float()
-    raw_logp = torch.log_softmax(logits, dim=-1)
-    if all_unit_temperature:
-        probs = raw_logp.exp()
-    else:
-        greedy = temperature <= 0
-        safe_t = torch.where(greedy, torch.ones_like(temperature), temperature)
-        # exp(log_softmax) rather than softmax: a temperature-1 row then gets bit-for-bit the same
-        # probabilities as on the fast path, so a seeded request samples the same tokens whatever
-        # else shares its batch.
-        probs = torch.log_softmax(logits / safe_t[:, None], dim=-1).exp()
+    raw_max, raw_w = _shifted_exp(logits)
+    raw_blocks, raw_cdf = _blocks(raw_w)
+    weights, blocks, cdf = raw_w, raw_blocks, raw_cdf
+    if not all_unit_temperature:
+        safe_t = torch.where(temperature <= 0, torch.ones_like(temperature), temperature)
+        weights = _shifted_exp(logits / safe_t[:, None])[1]
     if needs_filter:
-        probs = filter_probs(probs, top_k, top_p, min_p)
-    cdf = probs.cumsum(dim=-1)
-    target = uniform.to(cdf.dtype)[:, None] * cdf[:, -1:]
-    # right=True: the first index whose cdf exceeds the target, which always has probability > 0.
-    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max(logits.shape[-1] - 1)
+        rows = ((top_k > 0) | (top_p < 1) | (min_p > 0)).nonzero().squeeze(-1)
+        if rows.numel():
+            sub = weights[rows]
+            probs = sub / _blocks(sub)[1][:, -1:]
+            weights[rows] = filter_probs(probs, top_k[rows], top_p[rows], min_p[rows])  # raw sums are taken
+    if weights is not raw_w or needs_filter:
+        blocks, cdf = _blocks(weights)
+    tokens = _inverse_cdf(blocks, cdf, uniform)
     if any_greedy and not all_unit_temperature:
         tokens = torch.where(temperature <= 0, logits.argmax(dim=-1), tokens)
-    return tokens, raw_logp.gather(-1, tokens[:, None]).squeeze(-1)
+    logp = logits.gather(-1, tokens[:, None]) - raw_max - raw_cdf[:, -1:].log()
+    return tokens, logp.squeeze(-1)
