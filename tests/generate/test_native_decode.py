@@ -64,3 +64,39 @@ def test_decode_with_few_rows_skips_packed_path() -> None:
         seq.append(int(logits[0].argmax()))
         logits = runner.decode(torch.tensor([seq[-1]]))
         torch.testing.assert_close(logits[0], _reference_logits(model, seq), atol=1e-4, rtol=1e-4)
+
+
+def test_length_groups_hand_computed() -> None:
+    from flowlm.generate.native import length_groups
+
+    # padded size of [10, 10, 12] is 36 <= 1.15 * 32 = 36.8; adding 20 would pad 80 > 1.15 * 52
+    assert length_groups([10, 10, 12, 20, 21], slack=1.15, min_tokens=0) == [[0, 1, 2], [3, 4]]
+    assert length_groups([10, 10, 12, 20, 21], slack=1.15, min_tokens=40) == [[0, 1, 2, 3], [4]]
+    assert length_groups([5] * 4, slack=1.0, min_tokens=0) == [[0, 1, 2, 3]]  # equal lengths never split
+    assert length_groups([]) == []
+
+
+def test_prefill_in_length_groups_fills_shuffled_slot_groups(monkeypatch) -> None:
+    """Prompts prefilled as several length-sorted batches (every length its own batch here), each prompt
+    into one or two slots given out of order: every slot decodes what the training forward gives."""
+    monkeypatch.setattr(native, "length_groups", lambda lengths: [[i] for i in range(len(lengths))])
+    model = micro_model(seed=0)
+    runner = NativeRunner(copy.deepcopy(model), num_slots=8, context=64, owned=True)
+    prompts = [PROMPTS[5], PROMPTS[0], PROMPTS[3], PROMPTS[1], PROMPTS[4], PROMPTS[2]]
+    groups = [[6], [0, 7], [2], [5, 1], [3], [4]]
+    logits = runner.prefill(prompts, groups)
+    for b, prompt in enumerate(prompts):  # logits come back in the prompts' order
+        torch.testing.assert_close(logits[b], _reference_logits(model, list(prompt)), atol=1e-4, rtol=1e-4)
+    seqs = [None] * 8
+    for prompt, slots in zip(prompts, groups):
+        for s in slots:
+            seqs[s] = list(prompt)
+    first = {s: int(logits[b].argmax()) for b, slots in enumerate(groups) for s in slots}
+    for s in range(8):
+        seqs[s].append(first[s])
+    for _ in range(10):  # past the window of 8: rings wrap
+        out = runner.decode(torch.tensor([s[-1] for s in seqs]))
+        want = torch.stack([_reference_logits(model, s) for s in seqs])
+        torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-4)
+        for s, row in zip(seqs, out):
+            s.append(int(row.argmax()))

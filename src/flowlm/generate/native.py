@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from flowlm.generate.threads import Threads
 from flowlm.model.config import SLIDING
-from flowlm.model.kernels import swiglu
 from flowlm.model.olmo3 import Olmo3, RMSNorm, fuse_projections
 from flowlm.model.rope import cos_sin, layer_rope
 
@@ -63,6 +62,12 @@ def _norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
     return norm(x)
 
 
+def _swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    """`kernels.swiglu` (`silu(gate) * up`) without its autograd Function wrapper (decode calls it per layer)."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate).mul_(up)
+
+
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """`kernels.rope` (`x * cos + rotate_half(x) * sin` in the tables' dtype) cast back to x's dtype,
     the same ops without the autograd Function wrapper."""
@@ -71,6 +76,25 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1.0)
     out[..., half:].addcmul_(x[..., :half], sin[..., half:])
     return out.to(x.dtype)
+
+
+def length_groups(lengths: Sequence[int], slack: float = 1.15, min_tokens: int = 512) -> list[list[int]]:
+    """Split ascending `lengths` into runs of consecutive indices for right-padded batches: a run is
+    closed when adding the next length would make its padded size (longest x count) exceed `slack` x
+    its real tokens, but never before it holds `min_tokens` tokens (small batches cost more per token
+    than the padding they save)."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    tokens = 0
+    for i, n in enumerate(lengths):
+        if current and tokens >= min_tokens and n * (len(current) + 1) > slack * (tokens + n):
+            groups.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += n
+    if current:
+        groups.append(current)
+    return groups
 
 
 class NativeRunner:
@@ -131,11 +155,24 @@ class NativeRunner:
     # ---- prefill -------------------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, prompts: Sequence[Sequence[int]], slot_groups: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Run the prompts as one right-padded batch, copy row b's keys/values into every slot of
-        `slot_groups[b]` (n samples share one prefill) and return the last-position logits `[R, V]`.
+        """Run the prompts, copy prompt b's keys/values into every slot of `slot_groups[b]` (n samples
+        share one prefill) and return the last-position logits `[R, V]` in the prompts' order.
 
-        Right padding needs no extra mask: a real query never sees the padding keys after it.
+        The prompts run as right-padded batches of similar lengths (`length_groups`): one batch of
+        16-48-token prompts would spend a third of its rows on padding.
         """
+        order = sorted(range(len(prompts)), key=lambda b: len(prompts[b]))
+        rows: list[torch.Tensor | None] = [None] * len(prompts)
+        for group in length_groups([len(prompts[b]) for b in order]):
+            members = [order[i] for i in group]
+            logits = self._prefill_batch([prompts[b] for b in members], [slot_groups[b] for b in members])
+            for row, b in zip(logits, members):
+                rows[b] = row
+        return torch.stack(rows)  # type: ignore[arg-type]
+
+    def _prefill_batch(self, prompts: Sequence[Sequence[int]], slot_groups: Sequence[Sequence[int]]) -> torch.Tensor:
+        """One right-padded batch of `prefill`. Right padding needs no extra mask: a real query never
+        sees the padding keys after it."""
         lengths = [len(p) for p in prompts]
         T = max(lengths)
         ids = torch.zeros(len(prompts), T, dtype=torch.long)
@@ -145,12 +182,16 @@ class NativeRunner:
         model = self.model
         tables = model.rope_tables(torch.arange(T, device=self.device))
         masks = model.masks(T, None, self.device)
+        writes = {cap: self._prompt_rows(lengths, slot_groups, T, cap) for cap in {kc.shape[2] for kc, _ in self.caches}}
         h = model.model.embed_tokens(ids)
         for layer, (kc, vc), (w_qkv, w_gu) in zip(model.model.layers, self.caches, self.fused):
             attn = layer.self_attn
             cos, sin = tables[layer.layer_type]
             q, k, v = attn.project(h, cos, sin, w_qkv)
-            self._store_prompt(kc, vc, k, v, lengths, slot_groups, layer.layer_type == SLIDING)
+            src, dst = writes[kc.shape[2]]
+            hd = kc.shape[-1]
+            kc.view(-1, hd).index_copy_(0, dst, k.reshape(-1, hd).index_select(0, src))
+            vc.view(-1, hd).index_copy_(0, dst, v.reshape(-1, hd).index_select(0, src))
             h = h + layer.post_attention_layernorm(attn.attend(q, k, v, masks[layer.layer_type]))
             h = h + layer.post_feedforward_layernorm(layer.mlp(h, w_gu))
         last = torch.as_tensor(lengths, device=self.device) - 1
@@ -161,21 +202,22 @@ class NativeRunner:
                 self.lens[s] = length
         return logits.float()
 
-    def _store_prompt(self, kc: torch.Tensor, vc: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      lengths: list[int], slot_groups: Sequence[Sequence[int]], ring: bool) -> None:
-        """Write each prompt's keys/values `[R, kvh, T, hd]` into its slots (ring layers: last W only)."""
+    def _prompt_rows(self, lengths: list[int], slot_groups: Sequence[Sequence[int]], T: int,
+                     cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row indices for writing a batch's keys/values into a cache of `cap` positions per slot, as one
+        gather and one `index_copy_` per tensor: `src` into `k.reshape(R * kvh * T, hd)`, `dst` into
+        `cache.view(slots * kvh * cap, hd)`. A ring (sliding) cache keeps each prompt's last `cap`
+        positions, position p at index `p % cap`; a full cache has `cap >= length`."""
+        kvh = self.cfg.num_kv_heads
+        heads = torch.arange(kvh)[:, None]
+        src, dst = [], []
         for b, (length, slots) in enumerate(zip(lengths, slot_groups)):
-            idx = torch.as_tensor(list(slots), device=self.device)
-            if ring:
-                start = max(0, length - kc.shape[2])
-                pos = torch.arange(start, length, device=self.device)
-                ring_idx = pos % kc.shape[2]
-                for s in slots:
-                    kc[s, :, ring_idx] = k[b, :, start:length]
-                    vc[s, :, ring_idx] = v[b, :, start:length]
-            else:
-                kc[idx, :, :length] = k[b:b + 1, :, :length]
-                vc[idx, :, :length] = v[b:b + 1, :, :length]
+            pos = torch.arange(max(0, length - cap), length)
+            src_b = ((b * kvh + heads) * T + pos).view(-1)
+            for s in slots:
+                src.append(src_b)
+                dst.append(((s * kvh + heads) * cap + pos % cap).view(-1))
+        return torch.cat(src).to(self.device), torch.cat(dst).to(self.device)
 
     # ---- decode --------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -250,7 +292,7 @@ class NativeRunner:
             if w_gu is None:
                 w_gu = torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight))
             gate_up = linear(h, w_gu, p_gu)
-            h = h + _norm(layer.post_feedforward_layernorm, linear(swiglu(gate_up), mlp.down_proj.weight, p_down))
+            h = h + _norm(layer.post_feedforward_layernorm, linear(_swiglu(gate_up), mlp.down_proj.weight, p_down))
         h = _norm(model.model.norm, h)
         return linear(h, model.lm_head.weight, packed[-1][0] if packed is not None else None).float()
 
