@@ -28,7 +28,7 @@ def _omp_set_num_threads() -> Callable[[int], None] | None:
     """
     try:
         fn = ctypes.CDLL(None).omp_set_num_threads
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):  # TypeError: Windows has no CDLL(None)
         return None
     fn.argtypes, fn.restype = [ctypes.c_int], None
     before = torch.get_num_threads()
