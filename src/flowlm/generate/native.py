@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from flowlm.generate.threads import Threads
 from flowlm.model.config import SLIDING
+from flowlm.model.kernels import swiglu_composite
 from flowlm.model.olmo3 import Olmo3, RMSNorm, fuse_projections
 from flowlm.model.rope import cos_sin, layer_rope
 
@@ -60,12 +61,6 @@ def _norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.float32 and w.dtype == torch.float32:
         return F.rms_norm(x, w.shape, w, norm.eps)
     return norm(x)
-
-
-def _swiglu(gate_up: torch.Tensor) -> torch.Tensor:
-    """`kernels.swiglu` (`silu(gate) * up`) without its autograd Function wrapper (decode calls it per layer)."""
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate).mul_(up)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -292,13 +287,13 @@ class NativeRunner:
             if w_gu is None:
                 w_gu = torch.cat((mlp.gate_proj.weight, mlp.up_proj.weight))
             gate_up = linear(h, w_gu, p_gu)
-            h = h + _norm(layer.post_feedforward_layernorm, linear(_swiglu(gate_up), mlp.down_proj.weight, p_down))
+            h = h + _norm(layer.post_feedforward_layernorm, linear(swiglu_composite(gate_up), mlp.down_proj.weight, p_down))
         h = _norm(model.model.norm, h)
         return linear(h, model.lm_head.weight, packed[-1][0] if packed is not None else None).float()
 
     @staticmethod
     def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
-                threads: Threads | None = None) -> torch.Tensor:
+                threads: Threads) -> torch.Tensor:
         """One-query attention against cached keys, batched over (slot, kv head) `b`: `q[b, rep, hd]`
         (the `rep` query heads sharing a kv head, so GQA needs no cache expansion), `k`/`v[b, width, hd]`,
         additive mask `bias[b, 1, width]` -> `[b, rep, hd]`.
@@ -311,17 +306,13 @@ class NativeRunner:
         if q.device.type != "cpu" or q.dtype != torch.float32:  # 16-bit: SDPA's fp32 accumulation
             return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
         macs = q.shape[0] * q.shape[1] * k.shape[1] * k.shape[2]
-        if threads is not None:
-            threads.wide(macs, WIDE_BMM_MACS)
+        threads.wide(macs, WIDE_BMM_MACS)
         s = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale)
-        if threads is not None:
-            threads.narrow()
+        threads.narrow()
         p = torch.softmax(s, dim=-1)
-        if threads is not None:
-            threads.wide(macs, WIDE_BMM_MACS)
+        threads.wide(macs, WIDE_BMM_MACS)
         out = torch.bmm(p, v)
-        if threads is not None:
-            threads.narrow()
+        threads.narrow()
         return out
 
     # ---- slot management ----------------------------------------------------------------------

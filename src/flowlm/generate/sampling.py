@@ -169,18 +169,18 @@ def sample(logits: torch.Tensor, *, temperature: torch.Tensor, top_k: torch.Tens
     logits = logits.float()
     raw_max, raw_w = _shifted_exp(logits)
     raw_blocks, raw_cdf = _blocks(raw_w)
-    weights, blocks, cdf = raw_w, raw_blocks, raw_cdf
+    weights, changed = raw_w, False
     if not all_unit_temperature:
         safe_t = torch.where(temperature <= 0, torch.ones_like(temperature), temperature)
-        weights = _shifted_exp(logits / safe_t[:, None])[1]
+        weights, changed = _shifted_exp(logits / safe_t[:, None])[1], True
     if needs_filter:
         rows = ((top_k > 0) | (top_p < 1) | (min_p > 0)).nonzero().squeeze(-1)
         if rows.numel():
             sub = weights[rows]
             probs = sub / _blocks(sub)[1][:, -1:]
             weights[rows] = filter_probs(probs, top_k[rows], top_p[rows], min_p[rows])  # raw sums are taken
-    if weights is not raw_w or needs_filter:
-        blocks, cdf = _blocks(weights)
+            changed = True
+    blocks, cdf = _blocks(weights) if changed else (raw_blocks, raw_cdf)
     tokens = _inverse_cdf(blocks, cdf, uniform)
     if any_greedy and not all_unit_temperature:
         tokens = torch.where(temperature <= 0, logits.argmax(dim=-1), tokens)
