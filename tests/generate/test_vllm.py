@@ -3,6 +3,7 @@ they need `pip install 'flowlm[vllm]'` (not part of `dev`: vllm brings its own C
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from flowlm.generate.params import SamplingParams
 
 from .conftest import micro_model
 
-needs_gpu_vllm = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+needs_gpu_vllm = pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None,
+                                    reason="needs a CUDA GPU and the vllm package")
 
 
 def test_missing_vllm_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

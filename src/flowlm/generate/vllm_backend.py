@@ -15,6 +15,16 @@ Design choices (following open-instruct's `vllm_utils.py`, see reference/rl-anch
   worker — the path open-instruct uses; requests in flight keep their KV cache (inflight updates).
   This is a host-memory handoff suited to one process and one GPU; multi-node NCCL broadcast
   (open-instruct `--vllm_sync_backend nccl`) is not implemented here.
+* **Pause with keep-mode** is what the step lock gives: `update_weights` runs between two scheduler
+  iterations (a call made while a step runs is queued and applied when it ends, as in the native engine),
+  so nothing is computed during the swap and every request, waiting or running, stays with its KV cache
+  (open-instruct pauses its async vLLM with `sleep(level=0, mode="keep")` for the same effect).
+* **No stale KV is reused across policy versions.** Every request carries a prefix-cache salt naming the
+  policy version it was submitted under (vLLM's `cache_salt`), so a prompt submitted after an update
+  never hits prefix blocks computed with older weights. After each update the prefix cache is also reset
+  (`reset_prefix_cache`), which frees the old blocks; vLLM refuses that while running requests hold
+  blocks, and the refusal is counted (`stats["prefix_cache_resets_refused"]`): the salt already keeps
+  those blocks from the new version. A request keeps the salt it was submitted with, like its KV.
 * Logprobs are vLLM's `raw_logprobs` mode: log_softmax of the raw logits at temperature 1, the same
   quantity the native engine records (`SamplingParams` docstring).
 
@@ -51,7 +61,8 @@ class VLLMEngine(Driver):
 
     def __init__(self, model_path: str | Path, tokenizer: Any = None, *, max_slots: int = 256,
                  context: int | None = None, seed: int = 0, enable_thinking: bool = True,
-                 gpu_memory_utilization: float = 0.85, dtype: str = "auto", **llm_kwargs: Any) -> None:
+                 gpu_memory_utilization: float = 0.85, dtype: str = "auto", weight_prefix: str = "",
+                 **llm_kwargs: Any) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         vllm = require_vllm()
         from flowlm.model.tokenizer import load_tokenizer
@@ -65,11 +76,16 @@ class VLLMEngine(Driver):
         self.context, self.vocab_size = cfg.max_model_len, cfg.get_vocab_size()
         self.max_slots, self.enable_thinking = max_slots, enable_thinking
         self.version = 0
-        self._lock = threading.Lock()
+        self.weight_prefix = weight_prefix  # stripped from update_weights' names (an HF adapter's "hf.")
+        self._lock = threading.Lock()  # the request tables and the vLLM engine's calls
+        self._step_lock = threading.Lock()  # held for a whole step: updates land between two steps
+        self._pending: tuple[dict[str, Any], int] | None = None  # a queued update (the newest wins)
+        self._waiters: list[threading.Event] = []
         self._next_id = 0
         self._ready: list[Result] = []
         self._live: dict[str, Result] = {}
-        self.stats = {"generated_tokens": 0, "steps": 0}
+        self.stats = {"generated_tokens": 0, "steps": 0, "weight_updates": 0, "prefix_cache_resets": 0,
+                      "prefix_cache_resets_refused": 0}
 
     def submit(self, prompt: Prompt, params: SamplingParams | None = None, *, tag: Any = None) -> int:
         """Queue one request; problems come back as an error result from the next `step()`."""
@@ -85,8 +101,13 @@ class VLLMEngine(Driver):
                 return rid
             result.completions = [Completion() for _ in range(params.n)]
             self._live[str(rid)] = result
-            self._engine.add_request(str(rid), {"prompt_token_ids": ids}, self._to_vllm(params))
+            prompt = {"prompt_token_ids": ids, "cache_salt": self.cache_salt()}
+            self._engine.add_request(str(rid), prompt, self._to_vllm(params))
         return rid
+
+    def cache_salt(self) -> str:
+        """The prefix-cache namespace of requests submitted now: one per policy version."""
+        return f"flowlm-policy-v{self.version}"
 
     def prepare(self, prompt: Prompt, params: SamplingParams) -> tuple[list[int], str | None]:
         """The prompt's token ids and why it cannot be generated (one line), or None (see `Engine.prepare`)."""
@@ -108,14 +129,16 @@ class VLLMEngine(Driver):
         return bool(self._live or self._ready)
 
     def step(self) -> list[Result]:
-        """One vLLM scheduler iteration; returns the requests that finished."""
-        with self._lock:
-            outputs = self._engine.step() if self._live else []
-            self.stats["steps"] += 1
-            now = time.perf_counter()
-            for out in outputs:
-                self._absorb(out, now)
-            done, self._ready = self._ready, []
+        """One vLLM scheduler iteration (after any queued weight update); returns the finished requests."""
+        with self._step_lock:
+            self._apply_pending()
+            with self._lock:
+                outputs = self._engine.step() if self._live else []
+                self.stats["steps"] += 1
+                now = time.perf_counter()
+                for out in outputs:
+                    self._absorb(out, now)
+                done, self._ready = self._ready, []
         return done
 
     def _absorb(self, out: Any, now: float) -> None:
@@ -138,11 +161,50 @@ class VLLMEngine(Driver):
             result.timings.finished = now
             self._ready.append(self._live.pop(out.request_id))
 
-    def update_weights(self, weights: Any, version: int | None = None) -> int:
-        """Load new weights into every worker between two steps; in-flight requests keep going."""
+    def update_weights(self, weights: Any, version: int | None = None, strict: bool = True,
+                       wait: bool = True) -> int:
+        """Load new weights into every worker between two steps; returns the new version (default: latest + 1).
+
+        In-flight requests keep going with their KV cache; their tokens sampled after the swap carry the new
+        version. Safe from another thread: during a step the update is queued (a newer one replaces it) and
+        applied before the next step, and `wait` blocks until then. `strict` is accepted for the native
+        engine's signature; vLLM's loader checks the names.
+        """
         state = weights.state_dict() if hasattr(weights, "state_dict") else weights
-        items = [(name, t.detach()) for name, t in state.items()]
+        prefix = self.weight_prefix
+        named = {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v for k, v in state.items()}
+        applied = threading.Event()
         with self._lock:
-            self.llm.collective_rpc(_load_weights_on_worker, args=(items,))
-            self.version = self.version + 1 if version is None else int(version)
-            return self.version
+            base = self._pending[1] if self._pending else self.version
+            new_version = base + 1 if version is None else int(version)
+            self._pending = (named, new_version)
+            self._waiters.append(applied)
+        if self._step_lock.acquire(blocking=False):  # between steps: apply now
+            try:
+                self._apply_pending()
+            finally:
+                self._step_lock.release()
+        elif wait:
+            applied.wait()
+        return new_version
+
+    def _apply_pending(self) -> None:
+        """Load the queued update, then reset the prefix cache (the caller holds the step lock)."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+            waiters, self._waiters = self._waiters, []
+        try:
+            if pending is not None:
+                state, version = pending
+                items = [(name, t.detach()) for name, t in state.items()]
+                with self._lock:
+                    self.llm.collective_rpc(_load_weights_on_worker, args=(items,))
+                    self.version = version
+                    self.stats["weight_updates"] += 1
+                    # frees the blocks of older versions; refused while running requests hold blocks (the
+                    # salt keeps those from new requests either way)
+                    reset = self.llm.reset_prefix_cache()
+                    self.stats["prefix_cache_resets" if reset is not False else "prefix_cache_resets_refused"] += 1
+        finally:  # a failed load raises here (in the stepping thread); the version stays, so a waiting
+            for event in waiters:  # caller sees it unapplied and the actor's weight-sync timeout names it
+                event.set()

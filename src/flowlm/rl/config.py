@@ -45,6 +45,9 @@ class RolloutConfig(Strict):
     verify_workers: int = Field(0, ge=0, description="verifier processes (0 = in-process, no hard timeout)")
     verify_timeout: float = Field(60.0, gt=0, description="seconds per verification (with verify_workers > 0)")
     max_slots: int | None = Field(None, gt=0, description="sequences decoded together (default: a whole step)")
+    backend: Literal["native", "vllm"] = Field(
+        "native", description="the rollout engine: native (flowlm.generate, CPU or GPU) or vllm (CUDA, the vllm "
+                              "extra; the policy is exported once as an HF checkpoint, then updated in place)")
     mode: Literal["sync", "async", "ray"] = Field(
         "sync", description="sync: generation, reward and learning take turns (exact resume); async: a rollout "
                             "worker thread generates ahead of the learner (flowlm.rl.actor); ray: async with "
@@ -110,6 +113,9 @@ class RolloutConfig(Strict):
         ray_only = sorted(f for f in RAY_FIELDS if getattr(self, f) != type(self).model_fields[f].default)
         if self.mode != "ray" and ray_only:
             raise ValueError(f"{', '.join(ray_only)} only apply to mode: ray")
+        if self.backend == "vllm" and self.mode == "ray":
+            raise ValueError("backend vllm runs in modes sync and async (one engine in this process); the ray "
+                             "actors build native engines")
         if self.prompts_per_step % self.minibatches:
             raise ValueError(f"minibatches {self.minibatches} must divide prompts_per_step {self.prompts_per_step} "
                              "(minibatches hold whole groups)")

@@ -74,7 +74,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -144,6 +146,7 @@ class RolloutSource:
         self.engine: Any = None
         self._policy: nn.Module | None = None
         self._pool: Any = None
+        self._exports: list[Path] = []  # temporary checkpoints the vLLM backend was built from (removed at close)
         self._log_checked = False
         self.weights: dict[str, torch.Tensor] | None = None  # full weights for the next batch (torchrun: rank 0)
         self._actor: Any = None  # flowlm.rl.actor.AsyncRollouts (mode async), started by the first iteration
@@ -208,8 +211,24 @@ class RolloutSource:
 
         slots = self.cfg.max_slots or self.cfg.prompts_per_step * self.cfg.group_size
         context = min(self.max_len, getattr(getattr(policy, "cfg", None), "max_seq_len", self.max_len))
+        if self.cfg.backend == "vllm":
+            return self._vllm_engine(policy, slots, context)
         return Engine(policy, self.tokenizer, GenerateConfig(max_slots=slots, context=context,
                                                              enable_thinking=self.cfg.thinking))
+
+    def _vllm_engine(self, policy: nn.Module, slots: int, context: int) -> Any:
+        """A vLLM engine over `policy`, exported once to a temporary HF checkpoint (removed at `close`);
+        later weights go in place through `update_weights`, the learner's names stripped of an adapter's
+        prefix."""
+        from flowlm.generate.vllm_backend import VLLMEngine, require_vllm
+        from flowlm.model.adapter import save
+
+        require_vllm()  # the one-line error before any export
+        path = Path(tempfile.mkdtemp(prefix="flowlm-vllm-")) / "policy"
+        self._exports.append(path.parent)
+        save(policy, path, self.tokenizer)
+        return VLLMEngine(path, self.tokenizer, max_slots=slots, context=context, seed=self.seed,
+                          enable_thinking=self.cfg.thinking, weight_prefix=getattr(policy, "checkpoint_prefix", ""))
 
     def close(self) -> None:
         """Stop the rollout workers (modes async and ray) and the verifier processes (if any)."""
@@ -220,6 +239,9 @@ class RolloutSource:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        for path in self._exports:  # the vLLM backend's exported checkpoints
+            shutil.rmtree(path, ignore_errors=True)
+        self._exports.clear()
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
