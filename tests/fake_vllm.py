@@ -112,6 +112,7 @@ class LLM:
     def __init__(self, model: str, tokenizer: str, max_num_seqs: int, max_model_len: int | None, seed: int,
                  gpu_memory_utilization: float, dtype: str, logprobs_mode: str, **kwargs: Any) -> None:
         assert logprobs_mode == "raw_logprobs", logprobs_mode
+        self.gpu_memory_utilization = gpu_memory_utilization
         native = Engine.from_pretrained(model, GenerateConfig(max_slots=max_num_seqs, context=max_model_len,
                                                               seed=seed))
         self.path = model

@@ -121,7 +121,7 @@ def test_rl_rollouts_through_the_vllm_backend(vllm, tok, model, mode):  # noqa: 
     policy.load_state_dict(model.state_dict())
     extra = {"mode": "async", "async_steps": 1} if mode == "async" else {}
     src = _source(tok, policy, **extra)
-    assert isinstance(src.engine, VLLMEngine)
+    assert isinstance(src.engine, VLLMEngine) and vllm.INSTANCES[-1].gpu_memory_utilization == 0.3
     export = Path(vllm.INSTANCES[-1].path)
     it = iter(src)
     for step in range(3):
@@ -144,9 +144,12 @@ def test_rl_rollouts_through_the_vllm_backend(vllm, tok, model, mode):  # noqa: 
     assert not export.exists()  # the exported checkpoint is removed
 
 
-def test_backend_vllm_is_refused_in_mode_ray():
+def test_backend_vllm_is_refused_in_mode_ray_and_its_memory_share_elsewhere():
     with pytest.raises(ValueError, match="backend vllm runs in modes sync and async"):
         RolloutConfig(backend="vllm", mode="ray")
+    with pytest.raises(ValueError, match="vllm_gpu_memory only applies to backend: vllm"):
+        RolloutConfig(vllm_gpu_memory=0.5)
+    assert RolloutConfig(backend="vllm", vllm_gpu_memory=0.5).vllm_gpu_memory == 0.5
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None,

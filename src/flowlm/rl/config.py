@@ -48,6 +48,9 @@ class RolloutConfig(Strict):
     backend: Literal["native", "vllm"] = Field(
         "native", description="the rollout engine: native (flowlm.generate, CPU or GPU) or vllm (CUDA, the vllm "
                               "extra; the policy is exported once as an HF checkpoint, then updated in place)")
+    vllm_gpu_memory: float = Field(
+        0.3, gt=0, le=1, description="backend vllm: the share of GPU memory vLLM takes for weights and KV cache "
+                                     "(the learner shares the GPU; TRL's colocate default is 0.3)")
     mode: Literal["sync", "async", "ray"] = Field(
         "sync", description="sync: generation, reward and learning take turns (exact resume); async: a rollout "
                             "worker thread generates ahead of the learner (flowlm.rl.actor); ray: async with "
@@ -113,6 +116,8 @@ class RolloutConfig(Strict):
         ray_only = sorted(f for f in RAY_FIELDS if getattr(self, f) != type(self).model_fields[f].default)
         if self.mode != "ray" and ray_only:
             raise ValueError(f"{', '.join(ray_only)} only apply to mode: ray")
+        if self.backend != "vllm" and self.vllm_gpu_memory != type(self).model_fields["vllm_gpu_memory"].default:
+            raise ValueError("vllm_gpu_memory only applies to backend: vllm")
         if self.backend == "vllm" and self.mode == "ray":
             raise ValueError("backend vllm runs in modes sync and async (one engine in this process); the ray "
                              "actors build native engines")

@@ -228,7 +228,8 @@ class RolloutSource:
         self._exports.append(path.parent)
         save(policy, path, self.tokenizer)
         return VLLMEngine(path, self.tokenizer, max_slots=slots, context=context, seed=self.seed,
-                          enable_thinking=self.cfg.thinking, weight_prefix=getattr(policy, "checkpoint_prefix", ""))
+                          enable_thinking=self.cfg.thinking, gpu_memory_utilization=self.cfg.vllm_gpu_memory,
+                          weight_prefix=getattr(policy, "checkpoint_prefix", ""))
 
     def close(self) -> None:
         """Stop the rollout workers (modes async and ray) and the verifier processes (if any)."""
