@@ -8,6 +8,7 @@ test-only hook `FLOWLM_RL_KILL_AT_POSITION` (see `flowlm.rl.source`).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -129,6 +130,48 @@ def test_kill_9_then_resume_gives_the_same_losses_and_prompts(base, straight, tm
     # no prompt replayed or lost: the same prompts drawn and trained at every position, once each
     assert [(r["position"], r["drawn"], r["trained"]) for r in rollouts(d)] == [
         (r["position"], r["drawn"], r["trained"]) for r in rollouts(straight)]
+
+
+def test_rl_stage_with_backend_vllm_through_a_stand_in_for_vllm(base, tmp_path):
+    """`rollout.backend: vllm` as a stage, with `tests/fake_vllm.py` importable as `vllm` in the subprocess
+    (flowlm's native engine behind vLLM's calls): the stage trains, the engine took the policy before every
+    batch (fp32 on both sides: no mismatch) and the exported checkpoint is gone afterwards."""
+    d = tmp_path / "run"
+    shutil.copytree(base / "run", d)
+    shim = tmp_path / "shim" / "vllm"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("from tests.fake_vllm import *  # noqa: F401,F403\n")
+    raw = yaml.safe_load((base / "recipe.yaml").read_text())
+    raw["stages"]["rl"]["steps"] = 2
+    raw["stages"]["rl"]["rollout"]["backend"] = "vllm"
+    (tmp_path / "vllm.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    root = str(Path(__file__).resolve().parents[2])
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {"PYTHONPATH": os.pathsep.join([str(shim.parent), root, os.environ.get("PYTHONPATH", "")]),
+           "TMPDIR": str(tmp)}
+    flowlm("train", str(tmp_path / "vllm.yaml"), "--stage", "rl", "--run-dir", str(d), "--no-progress", env=env)
+    st = json.loads((d / "flow.json").read_text())["stages"]["rl"]
+    assert st["status"] == "done" and st["config"]["rollout"]["backend"] == "vllm"
+    recs = steps(d)
+    assert [r["step"] for r in recs] == [1, 2]
+    assert all(r["mismatch/out_of_band"] == 0 and r["mismatch/abs_diff_max"] < 1e-3 for r in recs)
+    assert not list(tmp.glob("flowlm-vllm-*"))  # the exported policy was removed
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_rl_stage_with_backend_vllm_and_no_vllm_is_one_line(base, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(base / "run", d)
+    raw = yaml.safe_load((base / "recipe.yaml").read_text())
+    raw["stages"]["rl"]["rollout"]["backend"] = "vllm"
+    (tmp_path / "vllm.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    proc = flowlm("train", str(tmp_path / "vllm.yaml"), "--stage", "rl", "--run-dir", str(d), "--no-progress",
+                  check=False)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "needs the 'vllm' package: pip install 'flowlm[vllm]'" in last, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
 
 
 def torchrun_train(recipe: Path, run_dir: Path, *stages: str, env: dict | None = None) -> subprocess.CompletedProcess:
