@@ -132,24 +132,28 @@ def test_kill_9_then_resume_gives_the_same_losses_and_prompts(base, straight, tm
         (r["position"], r["drawn"], r["trained"]) for r in rollouts(straight)]
 
 
+def fake_vllm_env(tmp_path: Path) -> dict[str, str]:
+    """Environment under which a `flowlm` subprocess imports `tests/fake_vllm.py` as `vllm`."""
+    shim = tmp_path / "shim" / "vllm"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("from tests.fake_vllm import *  # noqa: F401,F403\n")
+    root = str(Path(__file__).resolve().parents[2])
+    return {"PYTHONPATH": os.pathsep.join([str(shim.parent), root, os.environ.get("PYTHONPATH", "")])}
+
+
 def test_rl_stage_with_backend_vllm_through_a_stand_in_for_vllm(base, tmp_path):
     """`rollout.backend: vllm` as a stage, with `tests/fake_vllm.py` importable as `vllm` in the subprocess
     (flowlm's native engine behind vLLM's calls): the stage trains, the engine took the policy before every
     batch (fp32 on both sides: no mismatch) and the exported checkpoint is gone afterwards."""
     d = tmp_path / "run"
     shutil.copytree(base / "run", d)
-    shim = tmp_path / "shim" / "vllm"
-    shim.mkdir(parents=True)
-    (shim / "__init__.py").write_text("from tests.fake_vllm import *  # noqa: F401,F403\n")
     raw = yaml.safe_load((base / "recipe.yaml").read_text())
     raw["stages"]["rl"]["steps"] = 2
     raw["stages"]["rl"]["rollout"]["backend"] = "vllm"
     (tmp_path / "vllm.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    root = str(Path(__file__).resolve().parents[2])
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    env = {"PYTHONPATH": os.pathsep.join([str(shim.parent), root, os.environ.get("PYTHONPATH", "")]),
-           "TMPDIR": str(tmp)}
+    env = {**fake_vllm_env(tmp_path), "TMPDIR": str(tmp)}
     flowlm("train", str(tmp_path / "vllm.yaml"), "--stage", "rl", "--run-dir", str(d), "--no-progress", env=env)
     st = json.loads((d / "flow.json").read_text())["stages"]["rl"]
     assert st["status"] == "done" and st["config"]["rollout"]["backend"] == "vllm"
@@ -283,6 +287,10 @@ def test_rl_filter_keeps_hard_prompts_with_their_pass_rate(base, straight, tmp_p
     # the same rows again give the same pass rates (seeded sampling)
     again = flowlm("rl", "filter", "--model", str(model), "--file", str(out), "-k", "4", "--set", "max_new_tokens=10")
     assert [json.loads(x)["pass_rate"] for x in again.stdout.splitlines()] == [r["pass_rate"] for r in kept]
+    # --set backend=vllm through the stand-in (the native engine behind vLLM's calls, same seeds): the same rates
+    via = flowlm("rl", "filter", "--model", str(model), "--file", str(out), "-k", "4", "--set", "max_new_tokens=10",
+                 "--set", "backend=vllm", env=fake_vllm_env(tmp_path))
+    assert via.stdout == again.stdout
 
 
 def test_rl_filter_bad_input_is_one_line_naming_file_and_line(straight, tmp_path):

@@ -23,7 +23,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -47,6 +47,7 @@ class FilterCfg(Strict):
     max_slots: int = Field(64, gt=0, description="sequences decoded together (at least k)")
     verify_workers: int = Field(0, ge=0, description="verifier processes (0 = in-process)")
     verify_timeout: float = Field(60.0, gt=0)
+    backend: Literal["native", "vllm"] = Field("native", description="the engine: native or vllm (CUDA, the vllm extra)")
 
     @model_validator(mode="after")
     def _check(self) -> "FilterCfg":
@@ -121,7 +122,12 @@ def pass_rates(model: Path, rows: list[dict[str, Any]], cfg: FilterCfg, wheres: 
 
     if not (model / "config.json").is_file():
         raise FlowError(f"{model}: not a checkpoint directory (no config.json)")
-    engine = Engine.from_pretrained(model, GenerateConfig(max_slots=cfg.max_slots, enable_thinking=cfg.thinking))
+    if cfg.backend == "vllm":  # open-instruct's filtering_vllm.py path, for real-scale models on a GPU
+        from flowlm.generate.vllm_backend import VLLMEngine
+
+        engine: Any = VLLMEngine(model, max_slots=cfg.max_slots, seed=cfg.seed, enable_thinking=cfg.thinking)
+    else:
+        engine = Engine.from_pretrained(model, GenerateConfig(max_slots=cfg.max_slots, enable_thinking=cfg.thinking))
     prompts = check_prompt_rows(rows)
     params = [SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                              seed=prompt_seed(cfg.seed, p)) for p in prompts]
