@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,9 +42,17 @@ ASYNC_METRICS = {"stale_dropped", "staleness/lag_0", "staleness/lag_1", "policy_
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A local Ray for the whole module (the sources find it initialised and use it; the CLI connects)."""
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+def cluster(tmp_path_factory):
+    """A local Ray for the whole module (the sources find it initialised and use it; the CLI connects). Its
+    workers can import `tests/fake_vllm.py` as `vllm` (a shim on their PYTHONPATH), for `backend: vllm`."""
+    from tests.rl.test_rl_flow import fake_vllm_env
+
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = fake_vllm_env(tmp_path_factory.mktemp("ray_shim"))["PYTHONPATH"]
+    try:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    finally:
+        os.environ.pop("PYTHONPATH") if old is None else os.environ.__setitem__("PYTHONPATH", old)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -166,6 +175,29 @@ def test_a_weight_sync_timeout_is_a_clear_error_naming_the_worker(cluster, tok, 
         assert time.perf_counter() - t0 < 15
     finally:
         src.close()
+
+
+def test_ray_rollout_actors_with_backend_vllm(cluster, tok, model):
+    """`backend: vllm` in mode ray: each actor builds a VLLMEngine (here over the stand-in, with no GPU asked
+    for) and takes the learner's pushes as inflight updates; the batches keep the async contract."""
+    src = ray_source(tok, model, rows(40), num_rollout_workers=1, num_reward_workers=0, backend="vllm",
+                     rollout_worker_gpus=0)
+    try:
+        it = iter(src)
+        for position in range(3):
+            b = next(it)
+            with torch.no_grad():
+                next(model.parameters()).add_(1e-4)
+            labelled = b["labels"] != -100
+            v = b["rollout_versions"]
+            assert b["input_ids"].shape[0] == 12 and ((v >= 0) == labelled).all()
+            assert (position - v[labelled] <= 1).all() and (v[labelled] <= position).all()
+        unit = src._actor.units[0]
+        assert unit.info["engine"] == "VLLMEngine" and unit.gpus == 0
+        assert unit.version >= 1  # a push was applied in the actor
+    finally:
+        src.close()
+    assert RolloutConfig(mode="ray", backend="vllm").actor_gpus() == 1.0 and RolloutConfig(mode="ray").actor_gpus() == 0
 
 
 def test_an_actor_the_cluster_cannot_place_fails_naming_it(cluster, tok, model):

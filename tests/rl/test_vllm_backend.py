@@ -144,9 +144,7 @@ def test_rl_rollouts_through_the_vllm_backend(vllm, tok, model, mode):  # noqa: 
     assert not export.exists()  # the exported checkpoint is removed
 
 
-def test_backend_vllm_is_refused_in_mode_ray_and_its_memory_share_elsewhere():
-    with pytest.raises(ValueError, match="backend vllm runs in modes sync and async"):
-        RolloutConfig(backend="vllm", mode="ray")
+def test_the_vllm_memory_share_applies_to_backend_vllm_only():
     with pytest.raises(ValueError, match="vllm_gpu_memory only applies to backend: vllm"):
         RolloutConfig(vllm_gpu_memory=0.5)
     assert RolloutConfig(backend="vllm", vllm_gpu_memory=0.5).vllm_gpu_memory == 0.5

@@ -35,6 +35,7 @@ Importing this module never needs vLLM; constructing a `VLLMEngine` without it r
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -49,6 +50,21 @@ from flowlm.generate.prompts import Prompt, check_prompt, to_prompt_ids
 def require_vllm() -> Any:
     """The `vllm` module, or a one-line `ConfigError` saying how to get it."""
     return require("vllm", "vllm", "the vLLM backend (CUDA)")
+
+
+def export_policy(model: Any, tokenizer: Any) -> Path:
+    """Write `model` (a native or HF-adapted policy) as an HF checkpoint in a new temporary directory, for
+    vLLM to load; returns the checkpoint (its parent is the directory to remove when done)."""
+    import tempfile
+
+    from flowlm.model.adapter import save
+
+    path = Path(tempfile.mkdtemp(prefix="flowlm-vllm-")) / "policy"
+    try:
+        return save(model, path, tokenizer)
+    except BaseException:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        raise
 
 
 def _load_weights_on_worker(worker: Any, weights: list[tuple[str, Any]]) -> None:

@@ -12,7 +12,8 @@ from pydantic import Field, field_validator, model_validator
 from flowlm.config import Strict
 
 ASYNC_FIELDS = {"async_steps", "max_inflight_groups", "weight_sync_timeout", "rollout_timeout", "max_worker_restarts"}
-RAY_FIELDS = {"ray_address", "num_rollout_workers", "num_reward_workers", "rollout_worker_cpus"}
+RAY_FIELDS = {"ray_address", "num_rollout_workers", "num_reward_workers", "rollout_worker_cpus",
+              "rollout_worker_gpus"}
 ACTOR_MODES = ("async", "ray")  # modes run by flowlm.rl.actor.AsyncRollouts (same checkpoint state)
 
 
@@ -74,6 +75,8 @@ class RolloutConfig(Strict):
         1, ge=0, description="ray: verifier actors (0 = verify in this process, or its VerifyPool)")
     rollout_worker_cpus: int = Field(
         1, ge=1, description="ray: CPUs each rollout actor asks Ray for, and its torch threads")
+    rollout_worker_gpus: float | None = Field(
+        None, ge=0, description="ray: GPUs Ray gives each rollout actor (default: 1 with backend vllm, else 0)")
     stop: list[str] = Field(default_factory=list, description="strings that end a completion (plain prompts: "
                                                                   "the next '\\nQuestion:'); chat stops at <|im_end|>")
     reward: Literal["verifier", "random"] = Field(
@@ -82,6 +85,12 @@ class RolloutConfig(Strict):
     minibatches: int = Field(
         1, gt=0, description="optimizer steps per rollout batch, whole groups each (OLMo 3 Instruct: 4, Think: 1); "
                              "> 1 makes the PPO ratio and clip act (old_logps from before the first step)")
+
+    def actor_gpus(self) -> float:
+        """Mode ray: the GPUs each rollout actor asks Ray for (`rollout_worker_gpus`, default 1 for vllm)."""
+        if self.rollout_worker_gpus is not None:
+            return self.rollout_worker_gpus
+        return 1.0 if self.backend == "vllm" else 0.0
 
     def max_groups(self) -> int:
         """The most groups one batch may roll out: `prompts_per_step`, then (active sampling) at most
@@ -118,9 +127,6 @@ class RolloutConfig(Strict):
             raise ValueError(f"{', '.join(ray_only)} only apply to mode: ray")
         if self.backend != "vllm" and self.vllm_gpu_memory != type(self).model_fields["vllm_gpu_memory"].default:
             raise ValueError("vllm_gpu_memory only applies to backend: vllm")
-        if self.backend == "vllm" and self.mode == "ray":
-            raise ValueError("backend vllm runs in modes sync and async (one engine in this process); the ray "
-                             "actors build native engines")
         if self.prompts_per_step % self.minibatches:
             raise ValueError(f"minibatches {self.minibatches} must divide prompts_per_step {self.prompts_per_step} "
                              "(minibatches hold whole groups)")

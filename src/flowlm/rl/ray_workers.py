@@ -9,7 +9,9 @@ uses for `mode: ray`, whose rollout units are Ray actors instead of an engine in
 
 - `RolloutActor` (`rollout-<k>`, `num_rollout_workers` of them, `rollout_worker_cpus` Ray CPUs and torch
   threads each): builds its own model from the policy's class and config (shipped, not a pickled module)
-  and its own `flowlm.generate.Engine` (continuous batching). A driver thread per actor (the unit's
+  and its own engine: `flowlm.generate.Engine` (continuous batching), or with `backend: vllm` a
+  `VLLMEngine` loaded from an export of that model (`rollout_worker_gpus` GPUs each, default 1). A driver
+  thread per actor (the unit's
   thread here) sends it the prompts it claimed with each `run` call, which steps the engine until a group
   finishes or `RUN_BUDGET_S` passes and returns the finished results: token ids, log-probs and per-token
   versions as the engine produced them.
@@ -94,21 +96,41 @@ class RolloutActor:
     """One rollout worker: its own model (built from the policy's class and config) and engine."""
 
     def __init__(self, name: str, model_cls: type, model_cfg: Any, dtype: str, tokenizer: Any, gen_cfg: Any,
-                 weights: dict[str, tuple[np.ndarray, str]], version: int, threads: int) -> None:
+                 weights: dict[str, tuple[np.ndarray, str]], version: int, threads: int,
+                 engine: tuple[str, float] = ("native", 0.0)) -> None:
         import torch
-
-        from flowlm.generate.engine import Engine
 
         torch.set_num_threads(max(1, int(threads)))
         self.name = name
         model = model_cls(model_cfg).to(getattr(torch, dtype)).eval()
-        self.engine = Engine(model, tokenizer, gen_cfg, copy_model=False, _owned=True)
+        kind, gpu_memory = engine
+        if kind == "vllm":
+            self.engine = self._vllm(model, tokenizer, gen_cfg, gpu_memory)
+        else:
+            from flowlm.generate.engine import Engine
+
+            self.engine = Engine(model, tokenizer, gen_cfg, copy_model=False, _owned=True)
         self.engine.update_weights(unpack_state(weights), version=version)  # idle: applied now
         self._lock = threading.Lock()
         self._requested = version
 
+    @staticmethod
+    def _vllm(model: Any, tokenizer: Any, gen_cfg: Any, gpu_memory: float) -> Any:
+        """A vLLM engine over `model`'s architecture, loaded from an export removed when the actor exits
+        (a killed actor leaves it in the node's temporary directory)."""
+        import atexit
+        import shutil
+
+        from flowlm.generate.vllm_backend import VLLMEngine, export_policy, require_vllm
+
+        require_vllm()
+        path = export_policy(model, tokenizer)
+        atexit.register(shutil.rmtree, path.parent, True)
+        return VLLMEngine(path, tokenizer, max_slots=gen_cfg.max_slots, context=gen_cfg.context, seed=gen_cfg.seed,
+                          enable_thinking=gen_cfg.enable_thinking, gpu_memory_utilization=gpu_memory)
+
     def ready(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "version": self.engine.version}
+        return {"pid": os.getpid(), "version": self.engine.version, "engine": type(self.engine).__name__}
 
     def run(self, submissions: list[tuple[list[int], Any, Any]], budget_s: float) -> dict[str, Any]:
         """Submit `(prompt_ids, params, tag)`s, step the engine until a group finishes or `budget_s` passes."""
@@ -203,8 +225,11 @@ class RayUnit(RolloutUnit):
     def __init__(self, name: str, backend: RayBackend, version: int) -> None:
         super().__init__(name, version)
         self.ray, self.cpus = backend.ray, backend.cfg.rollout_worker_cpus
-        self.handle = backend.rollout_cls.options(num_cpus=self.cpus, max_concurrency=ACTOR_CONCURRENCY).remote(
-            name, *backend.model_spec, backend.tokenizer_ref, backend.gen_cfg, backend.weights_ref, version, self.cpus)
+        self.gpus = backend.cfg.actor_gpus()
+        self.handle = backend.rollout_cls.options(num_cpus=self.cpus, num_gpus=self.gpus,
+                                                  max_concurrency=ACTOR_CONCURRENCY).remote(
+            name, *backend.model_spec, backend.tokenizer_ref, backend.gen_cfg, backend.weights_ref, version, self.cpus,
+            (backend.cfg.backend, backend.cfg.vllm_gpu_memory))
         self._ready_ref = self.handle.ready.remote()
         self.version = version  # newest version known applied
         self.updates: list[tuple[Any, int]] = []  # (ref of update_weights, version) not yet resolved
@@ -217,8 +242,9 @@ class RayUnit(RolloutUnit):
             self.info = ray.get(self._ready_ref, timeout=max(timeout, 0.0))
         except ray.exceptions.GetTimeoutError:
             raise FlowError(f"rl ray: rollout worker '{self.name}' did not start within {timeout:.0f} s "
-                            f"(rollout_timeout; it asks Ray for {self.cpus} CPU(s): does the cluster have them "
-                            f"free? ray.available_resources() = {ray.available_resources()})") from None
+                            f"(rollout_timeout; it asks Ray for {self.cpus} CPU(s) and {self.gpus:g} GPU(s): does "
+                            f"the cluster have them free? ray.available_resources() = {ray.available_resources()})"
+                            ) from None
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
             raise FlowError(f"rl ray: rollout worker '{self.name}' failed to start: {describe(exc)}") from None
 

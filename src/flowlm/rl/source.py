@@ -76,7 +76,6 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -220,13 +219,11 @@ class RolloutSource:
         """A vLLM engine over `policy`, exported once to a temporary HF checkpoint (removed at `close`);
         later weights go in place through `update_weights`, the learner's names stripped of an adapter's
         prefix."""
-        from flowlm.generate.vllm_backend import VLLMEngine, require_vllm
-        from flowlm.model.adapter import save
+        from flowlm.generate.vllm_backend import VLLMEngine, export_policy, require_vllm
 
         require_vllm()  # the one-line error before any export
-        path = Path(tempfile.mkdtemp(prefix="flowlm-vllm-")) / "policy"
+        path = export_policy(policy, self.tokenizer)
         self._exports.append(path.parent)
-        save(policy, path, self.tokenizer)
         return VLLMEngine(path, self.tokenizer, max_slots=slots, context=context, seed=self.seed,
                           enable_thinking=self.cfg.thinking, gpu_memory_utilization=self.cfg.vllm_gpu_memory,
                           weight_prefix=getattr(policy, "checkpoint_prefix", ""))
