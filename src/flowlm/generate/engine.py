@@ -39,7 +39,7 @@ from torch import nn
 from flowlm.errors import ConfigError
 from flowlm.generate.params import (FINISH_LENGTH, FINISH_STOP, Completion, Request, Result, SamplingParams,
                                     Timings)
-from flowlm.generate.driver import Driver
+from flowlm.generate.driver import Driver, InflightUpdates
 from flowlm.generate.prompts import Prompt, check_prompt, to_prompt_ids
 from flowlm.generate.sampling import sample
 from flowlm.generate.threads import one_thread
@@ -85,7 +85,7 @@ class _RequestState:
         self.remaining = request.params.n
 
 
-class Engine(Driver):
+class Engine(InflightUpdates, Driver):
     """Continuous-batching generator over a native `Olmo3` or any HF causal LM (see module docstring)."""
 
     def __init__(self, model: nn.Module, tokenizer: Any = None, config: GenerateConfig | None = None, *,
@@ -183,44 +183,14 @@ class Engine(Driver):
             self._unfinished -= len(done)
         return done
 
-    def update_weights(self, weights: nn.Module | dict[str, torch.Tensor], version: int | None = None,
-                       strict: bool = True, wait: bool = True) -> int:
-        """Swap in new weights between two decode steps; returns the new version.
-
-        `version` defaults to the latest version + 1. In-flight sequences are neither dropped nor
-        restarted; the tokens sampled after the swap carry the new version. Safe to call from another
-        thread: when a step is running the weights are queued and applied at the start of the next
-        step (a queued update is replaced by a newer one), and `wait` blocks until then.
-        """
-        state = weights.state_dict() if isinstance(weights, nn.Module) else weights
+    def _checked_state(self, state: dict[str, torch.Tensor], strict: bool) -> dict[str, torch.Tensor]:
         self._check_keys(state, strict)
-        applied = threading.Event()
-        with self._lock:
-            base = self._pending[1] if self._pending else self.version
-            new_version = base + 1 if version is None else int(version)
-            self._pending = (state, new_version, strict)
-            self._waiters.append(applied)
-        if self._step_lock.acquire(blocking=False):  # idle engine: apply now
-            try:
-                self._apply_pending()
-            finally:
-                self._step_lock.release()
-        elif wait:
-            applied.wait()
-        return new_version
+        return state
 
-    def _apply_pending(self) -> None:
-        """Load a queued weight update (caller holds the step lock)."""
-        with self._lock:
-            pending, self._pending = self._pending, None
-            waiters, self._waiters = self._waiters, []
-        if pending is not None:
-            state, version, strict = pending
-            with torch.inference_mode():
-                self.runner.load_weights(state, strict=strict)
-            self.version = version
-        for ev in waiters:
-            ev.set()
+    def _load_state(self, state: dict[str, torch.Tensor], version: int, strict: bool) -> None:
+        with torch.inference_mode():
+            self.runner.load_weights(state, strict=strict)
+        self.version = version
 
     def _check_keys(self, state: dict[str, torch.Tensor], strict: bool) -> None:
         """Reject a mismatched state dict in the caller's thread, not later inside a step."""

@@ -43,7 +43,7 @@ from typing import Any
 
 from flowlm.extras import require
 from flowlm.generate.params import (FINISH_LENGTH, FINISH_STOP, Completion, Result, SamplingParams, Timings)
-from flowlm.generate.driver import Driver
+from flowlm.generate.driver import Driver, InflightUpdates
 from flowlm.generate.prompts import Prompt, check_prompt, to_prompt_ids
 
 
@@ -72,7 +72,7 @@ def _load_weights_on_worker(worker: Any, weights: list[tuple[str, Any]]) -> None
     worker.model_runner.model.load_weights(weights=weights)
 
 
-class VLLMEngine(Driver):
+class VLLMEngine(InflightUpdates, Driver):
     """The rollout-engine interface over a vLLM `LLMEngine` (see module docstring)."""
 
     def __init__(self, model_path: str | Path, tokenizer: Any = None, *, max_slots: int = 256,
@@ -95,7 +95,7 @@ class VLLMEngine(Driver):
         self.weight_prefix = weight_prefix  # stripped from update_weights' names (an HF adapter's "hf.")
         self._lock = threading.Lock()  # the request tables and the vLLM engine's calls
         self._step_lock = threading.Lock()  # held for a whole step: updates land between two steps
-        self._pending: tuple[dict[str, Any], int] | None = None  # a queued update (the newest wins)
+        self._pending: tuple[dict[str, Any], int, bool] | None = None  # a queued update (the newest wins)
         self._waiters: list[threading.Event] = []
         self._next_id = 0
         self._ready: list[Result] = []
@@ -177,50 +177,18 @@ class VLLMEngine(Driver):
             result.timings.finished = now
             self._ready.append(self._live.pop(out.request_id))
 
-    def update_weights(self, weights: Any, version: int | None = None, strict: bool = True,
-                       wait: bool = True) -> int:
-        """Load new weights into every worker between two steps; returns the new version (default: latest + 1).
-
-        In-flight requests keep going with their KV cache; their tokens sampled after the swap carry the new
-        version. Safe from another thread: during a step the update is queued (a newer one replaces it) and
-        applied before the next step, and `wait` blocks until then. `strict` is accepted for the native
-        engine's signature; vLLM's loader checks the names.
-        """
-        state = weights.state_dict() if hasattr(weights, "state_dict") else weights
+    def _checked_state(self, state: dict[str, Any], strict: bool) -> dict[str, Any]:
+        """The learner's names without `weight_prefix` (vLLM's loader checks them when it loads)."""
         prefix = self.weight_prefix
-        named = {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v for k, v in state.items()}
-        applied = threading.Event()
-        with self._lock:
-            base = self._pending[1] if self._pending else self.version
-            new_version = base + 1 if version is None else int(version)
-            self._pending = (named, new_version)
-            self._waiters.append(applied)
-        if self._step_lock.acquire(blocking=False):  # between steps: apply now
-            try:
-                self._apply_pending()
-            finally:
-                self._step_lock.release()
-        elif wait:
-            applied.wait()
-        return new_version
+        return {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v for k, v in state.items()}
 
-    def _apply_pending(self) -> None:
-        """Load the queued update, then reset the prefix cache (the caller holds the step lock)."""
+    def _load_state(self, state: dict[str, Any], version: int, strict: bool) -> None:
+        """Load into every worker, then reset the prefix cache: that frees the blocks of older versions, and
+        vLLM refuses it while running requests hold blocks (the salt keeps those from new requests anyway)."""
+        items = [(name, t.detach()) for name, t in state.items()]
         with self._lock:
-            pending, self._pending = self._pending, None
-            waiters, self._waiters = self._waiters, []
-        try:
-            if pending is not None:
-                state, version = pending
-                items = [(name, t.detach()) for name, t in state.items()]
-                with self._lock:
-                    self.llm.collective_rpc(_load_weights_on_worker, args=(items,))
-                    self.version = version
-                    self.stats["weight_updates"] += 1
-                    # frees the blocks of older versions; refused while running requests hold blocks (the
-                    # salt keeps those from new requests either way)
-                    reset = self.llm.reset_prefix_cache()
-                    self.stats["prefix_cache_resets" if reset is not False else "prefix_cache_resets_refused"] += 1
-        finally:  # a failed load raises here (in the stepping thread); the version stays, so a waiting
-            for event in waiters:  # caller sees it unapplied and the actor's weight-sync timeout names it
-                event.set()
+            self.llm.collective_rpc(_load_weights_on_worker, args=(items,))
+            self.version = version
+            self.stats["weight_updates"] += 1
+            reset = self.llm.reset_prefix_cache()
+            self.stats["prefix_cache_resets" if reset is not False else "prefix_cache_resets_refused"] += 1
