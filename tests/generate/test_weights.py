@@ -109,3 +109,21 @@ def test_update_is_queued_while_a_step_runs_and_bad_keys_are_rejected() -> None:
         engine.update_weights({"nope.weight": torch.zeros(1)})
     res = next(iter(engine.stream())).completions[0]
     assert res.versions == [0, 0] + [1] * 18
+
+
+def test_a_load_that_fails_in_the_step_releases_the_waiting_caller_and_keeps_the_version() -> None:
+    model = micro_model()
+    engine = Engine(model, config=GenerateConfig(max_slots=4))
+    bad = {k: v.clone() for k, v in model.state_dict().items()}
+    bad["lm_head.weight"] = torch.zeros(3, 3)  # the right name, a wrong shape: only the load can tell
+    returned: list[int] = []
+    engine._step_lock.acquire()  # a step is running
+    waiter = threading.Thread(target=lambda: returned.append(engine.update_weights(bad, wait=True)))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # queued behind the running step
+    engine._step_lock.release()
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        engine.step()
+    waiter.join(5)
+    assert not waiter.is_alive() and returned == [1] and engine.version == 0
