@@ -11,10 +11,9 @@ uses for `mode: ray`, whose rollout units are Ray actors instead of an engine in
   threads each): builds its own model from the policy's class and config (shipped, not a pickled module)
   and its own engine: `flowlm.generate.Engine` (continuous batching), or with `backend: vllm` a
   `VLLMEngine` loaded from an export of that model (`rollout_worker_gpus` GPUs each, default 1). A driver
-  thread per actor (the unit's
-  thread here) sends it the prompts it claimed with each `run` call, which steps the engine until a group
-  finishes or `RUN_BUDGET_S` passes and returns the finished results: token ids, log-probs and per-token
-  versions as the engine produced them.
+  thread per actor (the unit's thread here) sends it the prompts it claimed with each `run` call, which
+  steps the engine until a group finishes or `RUN_BUDGET_S` passes and returns the finished results: token
+  ids, log-probs and per-token versions as the engine produced them.
 - `RewardActor` (`reward-<k>`, `num_reward_workers`): runs the rows' verifiers (`verify_completions`,
   in a `VerifyPool` inside the actor when `verify_workers > 0`). It imports the modules that registered
   those verifiers in the learner's process (plus `FLOWLM_PLUGINS`), so a verifier must live in an
