@@ -52,21 +52,6 @@ def require_vllm() -> Any:
     return require("vllm", "vllm", "the vLLM backend (CUDA)")
 
 
-def export_policy(model: Any, tokenizer: Any) -> Path:
-    """Write `model` (a native or HF-adapted policy) as an HF checkpoint in a new temporary directory, for
-    vLLM to load; returns the checkpoint (its parent is the directory to remove when done)."""
-    import tempfile
-
-    from flowlm.model.adapter import save
-
-    path = Path(tempfile.mkdtemp(prefix="flowlm-vllm-")) / "policy"
-    try:
-        return save(model, path, tokenizer)
-    except BaseException:
-        shutil.rmtree(path.parent, ignore_errors=True)
-        raise
-
-
 def _load_weights_on_worker(worker: Any, weights: list[tuple[str, Any]]) -> None:
     """Runs inside each vLLM worker (via `collective_rpc`): copy weights into the model in place."""
     worker.model_runner.model.load_weights(weights=weights)
@@ -93,6 +78,7 @@ class VLLMEngine(InflightUpdates, Driver):
         self.max_slots, self.enable_thinking = max_slots, enable_thinking
         self.version = 0
         self.weight_prefix = weight_prefix  # stripped from update_weights' names (an HF adapter's "hf.")
+        self.export_dir: Path | None = None  # from_policy: the temporary checkpoint's directory
         self._lock = threading.Lock()  # the request tables and the vLLM engine's calls
         self._step_lock = threading.Lock()  # held for a whole step: updates land between two steps
         self._pending: tuple[dict[str, Any], int, bool] | None = None  # a queued update (the newest wins)
@@ -102,6 +88,26 @@ class VLLMEngine(InflightUpdates, Driver):
         self._live: dict[str, Result] = {}
         self.stats = {"generated_tokens": 0, "steps": 0, "weight_updates": 0, "prefix_cache_resets": 0,
                       "prefix_cache_resets_refused": 0}
+
+    @classmethod
+    def from_policy(cls, model: Any, tokenizer: Any, **kwargs: Any) -> "VLLMEngine":
+        """An engine over an in-memory policy (native or HF-adapted): exported once as an HF checkpoint to a
+        new temporary directory, which vLLM loads; later weights go in place through `update_weights`. The
+        directory to remove when done is `engine.export_dir`."""
+        import tempfile
+
+        from flowlm.model.adapter import save
+
+        require_vllm()  # the one-line error before any export
+        export_dir = Path(tempfile.mkdtemp(prefix="flowlm-vllm-"))
+        try:
+            engine = cls(save(model, export_dir / "policy", tokenizer), tokenizer,
+                         weight_prefix=getattr(model, "checkpoint_prefix", ""), **kwargs)
+        except BaseException:
+            shutil.rmtree(export_dir, ignore_errors=True)
+            raise
+        engine.export_dir = export_dir
+        return engine
 
     def submit(self, prompt: Prompt, params: SamplingParams | None = None, *, tag: Any = None) -> int:
         """Queue one request; problems come back as an error result from the next `step()`."""

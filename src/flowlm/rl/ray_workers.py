@@ -103,8 +103,16 @@ class RolloutActor:
         self.name = name
         model = model_cls(model_cfg).to(getattr(torch, dtype)).eval()
         kind, gpu_memory = engine
-        if kind == "vllm":
-            self.engine = self._vllm(model, tokenizer, gen_cfg, gpu_memory)
+        if kind == "vllm":  # its export is removed when the actor exits (a killed actor leaves it behind)
+            import atexit
+            import shutil
+
+            from flowlm.generate.vllm_backend import VLLMEngine
+
+            self.engine = VLLMEngine.from_policy(model, tokenizer, max_slots=gen_cfg.max_slots, context=gen_cfg.context,
+                                                 seed=gen_cfg.seed, enable_thinking=gen_cfg.enable_thinking,
+                                                 gpu_memory_utilization=gpu_memory)
+            atexit.register(shutil.rmtree, self.engine.export_dir, True)
         else:
             from flowlm.generate.engine import Engine
 
@@ -112,21 +120,6 @@ class RolloutActor:
         self.engine.update_weights(unpack_state(weights), version=version)  # idle: applied now
         self._lock = threading.Lock()
         self._requested = version
-
-    @staticmethod
-    def _vllm(model: Any, tokenizer: Any, gen_cfg: Any, gpu_memory: float) -> Any:
-        """A vLLM engine over `model`'s architecture, loaded from an export removed when the actor exits
-        (a killed actor leaves it in the node's temporary directory)."""
-        import atexit
-        import shutil
-
-        from flowlm.generate.vllm_backend import VLLMEngine, export_policy, require_vllm
-
-        require_vllm()
-        path = export_policy(model, tokenizer)
-        atexit.register(shutil.rmtree, path.parent, True)
-        return VLLMEngine(path, tokenizer, max_slots=gen_cfg.max_slots, context=gen_cfg.context, seed=gen_cfg.seed,
-                          enable_thinking=gen_cfg.enable_thinking, gpu_memory_utilization=gpu_memory)
 
     def ready(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "version": self.engine.version, "engine": type(self.engine).__name__}

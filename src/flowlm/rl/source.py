@@ -210,23 +210,16 @@ class RolloutSource:
 
         slots = self.cfg.max_slots or self.cfg.prompts_per_step * self.cfg.group_size
         context = min(self.max_len, getattr(getattr(policy, "cfg", None), "max_seq_len", self.max_len))
-        if self.cfg.backend == "vllm":
-            return self._vllm_engine(policy, slots, context)
+        if self.cfg.backend == "vllm":  # removed at close
+            from flowlm.generate.vllm_backend import VLLMEngine
+
+            engine = VLLMEngine.from_policy(policy, self.tokenizer, max_slots=slots, context=context, seed=self.seed,
+                                            enable_thinking=self.cfg.thinking,
+                                            gpu_memory_utilization=self.cfg.vllm_gpu_memory)
+            self._exports.append(engine.export_dir)
+            return engine
         return Engine(policy, self.tokenizer, GenerateConfig(max_slots=slots, context=context,
                                                              enable_thinking=self.cfg.thinking))
-
-    def _vllm_engine(self, policy: nn.Module, slots: int, context: int) -> Any:
-        """A vLLM engine over `policy`, exported once to a temporary HF checkpoint (removed at `close`);
-        later weights go in place through `update_weights`, the learner's names stripped of an adapter's
-        prefix."""
-        from flowlm.generate.vllm_backend import VLLMEngine, export_policy, require_vllm
-
-        require_vllm()  # the one-line error before any export
-        path = export_policy(policy, self.tokenizer)
-        self._exports.append(path.parent)
-        return VLLMEngine(path, self.tokenizer, max_slots=slots, context=context, seed=self.seed,
-                          enable_thinking=self.cfg.thinking, gpu_memory_utilization=self.cfg.vllm_gpu_memory,
-                          weight_prefix=getattr(policy, "checkpoint_prefix", ""))
 
     def close(self) -> None:
         """Stop the rollout workers (modes async and ray) and the verifier processes (if any)."""
