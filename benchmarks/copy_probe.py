@@ -4,18 +4,21 @@ A pure copy task: random token sequences of `--seq` tokens, each written twice i
 per step, AdamW at `--lr` (constant, no weight decay). The loss on the second copy falls far below the
 first's (chance, ~9 nats over 8,192 tokens) only once the model has formed a copy (induction) circuit.
 Variants, each from the same seed: `untied` is the tiny preset as the default flow trains it (untied
-embeddings, QK-norm); `tied` ties the input and output embeddings; `+noqk` removes QK-norm (both norms
-replaced by the identity), as in `tied+noqk`.
+embeddings, QK-norm); `tied` ties the input and output embeddings; `tiedinit` keeps them untied but starts
+the LM head as a copy of the input embedding (so the two begin aligned, then train apart); `+noqk` removes
+QK-norm (both norms replaced by the identity), as in `tied+noqk`. `--vocab N` shrinks the preset's
+vocabulary to N tokens (the random sequences then use only those).
 With `--init CKPT` the runs start from a trained checkpoint instead of a random init, and every report
 also gives the list probe (nats per token of 12 two-digit numbers, first and repeated:
 `x = [..]\\ny = [..]`), which says whether the language model survived.
 
     python benchmarks/copy_probe.py                       # untied, tied, tied+noqk from random init, 400 steps
     python benchmarks/copy_probe.py --seq 64 --variants tied
+    python benchmarks/copy_probe.py --variants untied,tiedinit --vocab 2048
     python benchmarks/copy_probe.py --init runs/tiny/long_context/checkpoints/step_0000012 --variants untied
 
 Ends with `RESULT {json}`: `variants` (name -> `steps`, `first`, `repeat`, and with `--init` `list_first`,
-`list_repeat`, each a list over the reports), `seq`, `batch`, `lr`, `init`, `smoke`.
+`list_repeat`, each a list over the reports), `seq`, `batch`, `lr`, `vocab`, `init`, `smoke`.
 """
 
 from __future__ import annotations
@@ -34,20 +37,24 @@ from flowlm.model.config import PRESETS
 from flowlm.model.olmo3 import Olmo3
 
 
-def build(variant: str, init: str | None) -> tuple[Olmo3, object | None]:
+def build(variant: str, init: str | None, vocab: int | None = None) -> tuple[Olmo3, object | None]:
     """The model of one variant and, with `init`, the checkpoint's tokenizer."""
     if init:
         from flowlm.model.hf import load_native
         from flowlm.model.tokenizer import load_tokenizer
 
-        if variant != "untied":
-            raise SystemExit(f"--init: only the untied variant (the checkpoint's own), got {variant!r}")
+        if variant != "untied" or vocab:
+            raise SystemExit(f"--init: only the untied variant at the checkpoint's vocabulary, got {variant!r}")
         return load_native(init)[0].train(), load_tokenizer(init)
     base, *extra = variant.split("+")
-    if base not in ("untied", "tied") or set(extra) - {"noqk"}:
-        raise SystemExit(f"unknown variant {variant!r} (untied or tied, optionally +noqk)")
+    if base not in ("untied", "tied", "tiedinit") or set(extra) - {"noqk"}:
+        raise SystemExit(f"unknown variant {variant!r} (untied, tied or tiedinit, optionally +noqk)")
     torch.manual_seed(0)
-    model = Olmo3(dataclasses.replace(PRESETS["tiny"], tie_embeddings=base == "tied"))
+    cfg = dataclasses.replace(PRESETS["tiny"], tie_embeddings=base == "tied")
+    model = Olmo3(dataclasses.replace(cfg, vocab_size=vocab) if vocab else cfg)
+    if base == "tiedinit":
+        with torch.no_grad():
+            model.lm_head.weight.copy_(model.model.embed_tokens.weight)
     if "noqk" in extra:
         for layer in model.model.layers:
             layer.self_attn.q_norm, layer.self_attn.k_norm = nn.Identity(), nn.Identity()
@@ -72,7 +79,7 @@ def list_probe(model: Olmo3, tok: object) -> tuple[float, float]:
 
 
 def run(variant: str, args: argparse.Namespace) -> dict[str, list[float]]:
-    model, tok = build(variant, args.init)
+    model, tok = build(variant, args.init, args.vocab)
     vocab = model.cfg.vocab_size
     special = set(getattr(tok, "all_special_ids", []) or [])
     pool = torch.tensor([i for i in range(vocab) if i not in special])
@@ -106,12 +113,14 @@ def run(variant: str, args: argparse.Namespace) -> dict[str, list[float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--variants", default="untied,tied,tied+noqk", help="comma-separated: untied, tied, +noqk")
+    ap.add_argument("--variants", default="untied,tied,tied+noqk",
+                    help="comma-separated: untied, tied, tiedinit, each optionally +noqk")
     ap.add_argument("--init", help="start from this checkpoint (untied only) instead of a random init")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--seq", type=int, default=24, help="tokens per sequence (a row holds it twice)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--vocab", type=int, help="shrink the tiny preset's vocabulary to this many tokens")
     ap.add_argument("--every", type=int, default=50, help="report every N steps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", "--quick", action="store_true", help="2 steps of 8-token sequences: checks it runs")
@@ -123,7 +132,7 @@ def main() -> None:
         print(f"start: list probe {' / '.join(f'{v:.2f}' for v in list_probe(*build('untied', args.init)))}")
     results = {v: run(v, args) for v in args.variants.split(",")}
     print("RESULT " + json.dumps({"variants": results, "seq": args.seq, "batch": args.batch, "lr": args.lr,
-                                  "init": args.init, "smoke": args.smoke}))
+                                  "vocab": args.vocab, "init": args.init, "smoke": args.smoke}))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ DATA = REPO.parent / "shared" / "data"
 
 # benchmark -> (RESULT keys its docstring documents, folders of ../shared/data it reads, marks)
 CASES = {
-    "copy_probe.py": ({"variants", "seq", "batch", "lr", "init", "smoke"}, (), []),
+    "copy_probe.py": ({"variants", "seq", "batch", "lr", "vocab", "init", "smoke"}, (), []),
     "dedup_throughput.py": ({"docs", "flowlm", "flowlm_dt", "flowlm_dt_ws", "flowlm_verified", "flowlm_dt_verified",
                              "peer", "agreement", "agreement_variant", "ratio", "agreement_by_variant",
                              "ratio_by_variant", "load_avg_start", "load_avg_end"}, (), [pytest.mark.slow]),

@@ -221,6 +221,20 @@ def test_torchrun_learner_on_two_ranks_equals_one_process_and_resumes(base, stra
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6) and a["reward"] == b["reward"]
 
 
+def test_torchrun_refuses_more_than_one_optimizer_step_per_rollout_batch_in_one_line(base, tmp_path):
+    """minibatches or num_epochs > 1 need an old-policy pass on every rank: under torchrun that is a clear
+    one-line error naming the stage, before any rollout."""
+    spec = yaml.safe_load((base / "recipe.yaml").read_text())
+    spec["stages"]["rl"]["rollout"]["num_epochs"] = 2
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    d = tmp_path / "run"
+    shutil.copytree(base / "run", d)
+    proc = torchrun_rl(tmp_path / "recipe.yaml", d)
+    assert proc.returncode != 0
+    assert "stage 'rl': under torchrun the rl stage runs minibatches 1 and num_epochs 1 (got 1 and 2" in proc.stderr
+    assert not (d / "rl" / "rollouts.jsonl").exists()
+
+
 def test_rl_zero_stage_plain_builtin_prompts_with_coin_rewards(base, tmp_path):
     """RL-Zero's spurious-reward control as a stage: built-in counting prompts in the plain template (no chat
     markup; completions stop at the next '\\nQuestion:'), advantages from coins, the logged reward the

@@ -367,6 +367,31 @@ def test_minibatches_split_whole_groups_with_the_old_policy_logps(tok, model):
         RolloutConfig(prompts_per_step=4, minibatches=2, mode="async")
 
 
+def test_num_epochs_serve_the_minibatches_again_with_the_same_old_logps(tok, model):
+    """minibatches 3 x num_epochs 2: six optimizer steps per rollout batch, the second pass the same three
+    minibatches in the same order, with the old-policy log-probs taken once before the first."""
+    first_pass = take(source(tok, model, rows(12), minibatches=3), 3)
+    src = source(tok, model, rows(12), minibatches=3, num_epochs=2)
+    parts = take(src, 7)
+    assert (src.position, src.steps, src.batches_per_epoch) == (2, 7, 24)
+    for k, part in enumerate(parts[:6]):
+        ref = first_pass[k % 3]
+        for key in ("input_ids", "labels", "advantages", "loss_rows", "group_ids", "old_logps"):
+            assert torch.equal(part[key].nan_to_num(7.0), ref[key].nan_to_num(7.0)), (k, key)
+        assert any(key.startswith("stat_") for key in part) == (k == 0)  # statistics once per rollout batch
+    assert parts[3] is not parts[0] and parts[3] is not parts[6]
+    # the next rollout batch was sampled for the policy after six optimizer steps
+    labelled = parts[6]["labels"] != -100
+    assert (parts[6]["rollout_versions"][labelled] == 6).all()
+    # num_epochs alone (minibatches 1) also takes the old-policy pass: the second epoch needs its ratio
+    one = take(source(tok, model, rows(12), num_epochs=2), 2)
+    assert torch.equal(one[0]["old_logps"].nan_to_num(7.0), one[1]["old_logps"].nan_to_num(7.0))
+    assert torch.equal(one[0]["input_ids"], one[1]["input_ids"])
+    with pytest.raises(ValueError, match="num_epochs > 1 is supported in mode: sync only"):
+        RolloutConfig(prompts_per_step=4, num_epochs=2, mode="async")
+    assert RolloutConfig(prompts_per_step=4, minibatches=2, num_epochs=3).steps_per_batch() == 6
+
+
 def test_minibatch_ratio_is_against_the_policy_before_the_first_step(tok, model):
     """The ratio of minibatch 2, by hand: exp(learner after an update - learner before the batch)."""
     import copy
@@ -396,9 +421,10 @@ class _Crash(Exception):
     pass
 
 
-def _minibatch_run(tok, out, *, stop_at: int | None = None, resume: bool = False) -> list[dict]:
-    """6 optimizer steps = 3 rollout batches x 2 minibatches at a large LR; checkpoints every step;
-    `stop_at`: crash right after that step's checkpoint."""
+def _minibatch_run(tok, out, *, stop_at: int | None = None, resume: bool = False,
+                   split: str = "minibatches") -> list[dict]:
+    """6 optimizer steps = 3 rollout batches x 2 (`split`: 2 minibatches, or 2 epochs of one) at a large LR;
+    checkpoints every step; `stop_at`: crash right after that step's checkpoint."""
     from flowlm.model.config import ModelConfig
     from flowlm.model.olmo3 import Olmo3
     from flowlm.train.config import EngineConfig
@@ -414,7 +440,7 @@ def _minibatch_run(tok, out, *, stop_at: int | None = None, resume: bool = False
     policy = Olmo3(ModelConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
                                intermediate_size=64, max_seq_len=128, sliding_window=16, init_std=0.2))
     src = RolloutSource(rows(40, "rl_test_digits"), tok, RolloutConfig(prompts_per_step=4, group_size=4,
-                                                                      max_new_tokens=6, minibatches=2),
+                                                                      max_new_tokens=6, **{split: 2}),
                         seed=0, max_len=64)
     src.bind(policy)
     cfg = EngineConfig(steps=6, seq_len=64, batch_size=16, optim={"lr": 0.05}, schedule={"kind": "constant"},
@@ -429,8 +455,9 @@ def _minibatch_run(tok, out, *, stop_at: int | None = None, resume: bool = False
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
 
 
-def test_minibatches_through_the_trainer_clip_from_the_second_and_resume_exactly_mid_batch(tok, tmp_path):
-    straight = _minibatch_run(tok, tmp_path / "a")
+@pytest.mark.parametrize("split", ["minibatches", "num_epochs"])
+def test_minibatches_through_the_trainer_clip_from_the_second_and_resume_exactly_mid_batch(tok, tmp_path, split):
+    straight = _minibatch_run(tok, tmp_path / "a", split=split)
     assert [r["step"] for r in straight] == [1, 2, 3, 4, 5, 6]
     for r in straight[0::2]:  # the first minibatch of each rollout batch: the policy it was sampled for
         assert r["clip_frac_low"] == r["clip_frac_high"] == 0 and r["ratio_max"] == pytest.approx(1.0, abs=1e-4)
@@ -442,9 +469,9 @@ def test_minibatches_through_the_trainer_clip_from_the_second_and_resume_exactly
     # crash after step 3 (the first minibatch of rollout batch 1), resume from its checkpoint: the
     # second minibatch comes from the checkpoint, with its old_logps; every loss equals the straight run's
     out = tmp_path / "b"
-    cut = _minibatch_run(tok, out, stop_at=3)
+    cut = _minibatch_run(tok, out, stop_at=3, split=split)
     assert [r["step"] for r in cut] == [1, 2, 3]
-    resumed = _minibatch_run(tok, out, stop_at=3, resume=True)
+    resumed = _minibatch_run(tok, out, stop_at=3, resume=True, split=split)
     keys = ("loss", "grad_norm", "clip_frac_low", "clip_frac_high", "ratio_max", "entropy")
     assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in straight]
     assert [r.get("reward") for r in resumed] == [r.get("reward") for r in straight]

@@ -85,6 +85,14 @@ class RolloutConfig(Strict):
     minibatches: int = Field(
         1, gt=0, description="optimizer steps per rollout batch, whole groups each (OLMo 3 Instruct: 4, Think: 1); "
                              "> 1 makes the PPO ratio and clip act (old_logps from before the first step)")
+    num_epochs: int = Field(
+        1, gt=0, description="passes over each rollout batch, each pass `minibatches` optimizer steps in row order "
+                             "(open-instruct's --num_epochs, TRL's num_iterations); > 1 makes the ratio and clip "
+                             "act like minibatches > 1")
+
+    def steps_per_batch(self) -> int:
+        """Optimizer steps one rollout batch makes: `minibatches` x `num_epochs`."""
+        return self.minibatches * self.num_epochs
 
     def actor_gpus(self) -> float:
         """Mode ray: the GPUs each rollout actor asks Ray for (`rollout_worker_gpus`, default 1 for vllm)."""
@@ -130,9 +138,10 @@ class RolloutConfig(Strict):
         if self.prompts_per_step % self.minibatches:
             raise ValueError(f"minibatches {self.minibatches} must divide prompts_per_step {self.prompts_per_step} "
                              "(minibatches hold whole groups)")
-        if self.minibatches > 1 and self.mode in ACTOR_MODES:
+        if self.steps_per_batch() > 1 and self.mode in ACTOR_MODES:
             # the actor counts one policy version per rollout batch (its lag, staleness drops and in-flight
-            # cap), while a batch of M minibatches advances the policy by M optimizer steps
-            raise ValueError("minibatches > 1 is supported in mode: sync only (the async actor counts one policy "
+            # cap), while a batch of M minibatches x E epochs advances the policy by M x E optimizer steps
+            which = "minibatches" if self.minibatches > 1 else "num_epochs"
+            raise ValueError(f"{which} > 1 is supported in mode: sync only (the async actor counts one policy "
                              "version per rollout batch)")
         return self

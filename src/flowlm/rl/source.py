@@ -47,13 +47,14 @@ the learner's time inside the source for this batch; the trainer's `step_time` i
 
 Minibatches (`minibatches` M > 1, sync mode; OLMo 3 Instruct RL: 4): each rollout batch becomes M
 optimizer steps of `prompts_per_step / M` whole groups each, in row order (advantages were computed per
-group before the split). Before the first of them the source computes, without gradient, the bound
+group before the split); `num_epochs` E > 1 serves those M minibatches E times over, in the same order
+(M x E optimizer steps per rollout batch). Before the first of them the source computes, without gradient, the bound
 policy's log-prob of every trained token of every minibatch (`old_logps`, NaN elsewhere;
 `flowlm.train.objectives.grpo.completion_logps`, the learner's own code), so the `grpo` objective's PPO
 ratio on minibatch k > 1 is taken against the policy that the batch was sampled for. The engine takes the
-weights once per rollout batch, with version = optimizer steps done (rollout batches x M). The rollout
+weights once per rollout batch, with version = optimizer steps done (rollout batches x M x E). The rollout
 statistics (`stat_*`) ride on the first minibatch only: they are logged with the first step of their
-batch, and summing them over steps still gives the totals. With M = 1 nothing changes: no old-policy
+batch, and summing them over steps still gives the totals. With M = E = 1 nothing changes: no old-policy
 pass (the learner's detached log-probs are that policy), no `old_logps` key.
 
 Exact resume: the state is the position, the optimizer steps served, the prompt streams' (epoch,
@@ -166,7 +167,7 @@ class RolloutSource:
     @property
     def batches_per_epoch(self) -> int:
         """Trainer batches (optimizer steps) per pass over the prompts."""
-        return max(1, len(self.rows) // self.cfg.prompts_per_step) * self.cfg.minibatches
+        return max(1, len(self.rows) // self.cfg.prompts_per_step) * self.cfg.steps_per_batch()
 
     def policy_weights(self) -> dict[str, torch.Tensor]:
         """The policy's full weights for the rollout engines: under torchrun those rank 0 was handed for this
@@ -288,9 +289,10 @@ class RolloutSource:
 
     def minibatches(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         """`batch` as `minibatches` trainer batches of whole groups, each with the current policy's `old_logps`
-        (computed here, before any of them trains); the statistics columns stay with the first one."""
+        (computed here, before any of them trains), `num_epochs` times over in the same order; the statistics
+        columns stay with the first one."""
         m = self.cfg.minibatches
-        if m == 1:
+        if self.cfg.steps_per_batch() == 1:
             return [batch]
         t0 = time.perf_counter()
         parts = split_batch(batch, m, self.split_rule)
@@ -301,7 +303,8 @@ class RolloutSource:
             col = first[key].clone() if key in first else torch.zeros(len(first["advantages"]))
             col[0] += elapsed
             first[key] = col
-        return [first] + [{k: v for k, v in p.items() if not k.startswith(STAT)} for p in parts[1:]]
+        plain = [{k: v for k, v in p.items() if not k.startswith(STAT)} for p in parts]
+        return [first] + plain[1:] + [dict(p) for _ in range(self.cfg.num_epochs - 1) for p in plain]
 
     def next_batch(self) -> dict[str, Any]:
         """The batch of the current position (the position does not advance)."""

@@ -185,9 +185,9 @@ def run(ctx: StageContext, name: str, cfg: RLStageConfig) -> StageResult:
 
     if ctx.world.distributed:  # the learner on every rank, rollouts on rank 0 (flowlm.rl.ranks)
         r, size = cfg.rollout, ctx.world.size
-        if r.minibatches != 1:
-            raise FlowError(f"stage '{name}': under torchrun the rl stage runs minibatches 1 (got {r.minibatches}: "
-                            "minibatches > 1 need an old-policy pass on every rank)")
+        if r.steps_per_batch() != 1:
+            raise FlowError(f"stage '{name}': under torchrun the rl stage runs minibatches 1 and num_epochs 1 (got "
+                            f"{r.minibatches} and {r.num_epochs}: more need an old-policy pass on every rank)")
         if r.prompts_per_step % (cfg.grad_accum * size):
             raise FlowError(f"stage '{name}': rollout.prompts_per_step {r.prompts_per_step} must split into whole "
                             f"groups over {size} ranks x grad_accum {cfg.grad_accum}")
