@@ -18,6 +18,9 @@ Systems, each run in a fresh process, alternating within every round, medians ov
 - `flowlm_async`: the same with `mode: async`, `async_steps` (`--async-steps`, 2) and `max_slots`
   (`--async-slots`, 32): a rollout thread generates the next two steps' groups (32 sequences decoded
   together) during the learner's step, weights are pushed as inflight updates (`flowlm.rl.actor`);
+- `flowlm_ray` (only with `--ray`): the same as async with `mode: ray` on a local Ray cluster started by
+  the run: one rollout actor process (`rollout_worker_cpus: 1`, its own engine, weights through the object
+  store), verification in the learner's process (`num_reward_workers: 0`); `ray_vs_async` compares it;
 - `trl`: `GRPOConfig(per_device_train_batch_size=16, num_generations=8, max_completion_length=64,
   bf16=False, gradient_checkpointing=False, epsilon_high=0.272, beta=0)`, HF `generate` (TRL's default
   path without vLLM), `chat_template_kwargs={"enable_thinking": True}` so its prompt tokens equal flowlm's.
@@ -35,7 +38,7 @@ threads, not on the learner's path) and `idle` is only the learner's wait. For T
 reward its `_calculate_rewards` (wrapped to time them; the steps are unchanged).
 
     python benchmarks/rl_throughput.py [--runs 3] [--steps 4] [--warmup 2] [--threads 2] [--async-steps 2]
-                                       [--async-slots 32] [--profile] [--smoke]
+                                       [--async-slots 32] [--ray] [--profile] [--smoke]
 
 Needs the `bench` extra (trl, datasets, accelerate). `--smoke` (alias `--quick`): one run of each system, 1
 warm-up + 1 timed step of 16 new tokens: it checks the script runs; the numbers mean nothing. `--profile`:
@@ -46,7 +49,8 @@ Ends with `RESULT {json}`: `flowlm` (async steps/s), `peer` (TRL steps/s), `rati
 generated tokens/s), `breakdown`, `ratio_rounds` and `async_vs_sync_rounds` (the ratios within each
 round), `runs`, `trl_config` (as the TRL run reported it), the settings (`prompts_per_step`, `group_size`,
 `max_new_tokens`, `async_steps`, `async_slots`, `warmup`, `steps`, `threads`, `omp_wait_policy`, `lr`,
-`versions`, `data`) and `quick`. Everything lives in one scratch directory, removed on success, failure,
+`versions`, `data`) and `quick`; with `--ray` also `flowlm_ray_steps_s`, `flowlm_ray_gen_tok_s` and
+`ray_vs_async` (and `flowlm_ray` in `breakdown` and `runs`). Everything lives in one scratch directory, removed on success, failure,
 Ctrl-C and SIGTERM.
 """
 
@@ -128,7 +132,11 @@ def flowlm_setup(d: Path, mode: str, total: int, args: argparse.Namespace, callb
     model, _ = load_native(d / "ckpt")
     world = World()
     model = parallelize(model, world, compile=False, bf16=False)
-    extra = {"mode": "async", "async_steps": args.async_steps, "max_slots": args.async_slots} if mode == "async" else {}
+    extra: dict[str, Any] = {}
+    if mode in ("async", "ray"):
+        extra = {"mode": mode, "async_steps": args.async_steps, "max_slots": args.async_slots}
+    if mode == "ray":  # one rollout actor process on its own core; rewards in this process
+        extra |= {"num_rollout_workers": 1, "rollout_worker_cpus": 1, "num_reward_workers": 0}
     cfg = RolloutConfig(prompts_per_step=PROMPTS, group_size=GROUP, max_new_tokens=NEW_TOKENS, filter_zero_std=False,
                         active_sampling=False, **extra)
     source = RolloutSource(json.loads((d / "prompts.json").read_text()), load_tokenizer(d / "tok"), cfg, seed=0,
@@ -164,7 +172,7 @@ def run_flowlm(d: Path, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     # collation in sync mode; waiting, weight sync and collation in async mode)
     parts = {"generation": mean("time_generate_s"), "reward": mean("time_verify_s"),
              "learner": mean("step_time") - mean("time_batch_s"), "weight_sync": mean("time_sync_s"),
-             "idle": mean("time_wait_s") if mode == "async" else mean("time_batch_s")}
+             "idle": mean("time_wait_s") if mode in ("async", "ray") else mean("time_batch_s")}
     parts["other"] = max(0.0, seconds / len(timed) - mean("step_time"))  # metrics, logging between steps
     return {"seconds": seconds, "steps": len(timed),
             "gen_tokens": int(sum(round(r["completion_len"] * r["completions"]) for r in timed)),
@@ -291,6 +299,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--async-steps", type=int, default=2, help="flowlm async: the staleness bound")
     ap.add_argument("--async-slots", type=int, default=32, help="flowlm async: sequences decoded together")
+    ap.add_argument("--ray", action="store_true", help="also run flowlm's mode ray (a local Ray cluster, one actor)")
     ap.add_argument("--profile", action="store_true", help="also profile flowlm's sync RL step (torch.profiler)")
     ap.add_argument("--quick", "--smoke", action="store_true", help="1 run, 1+1 steps, 16 new tokens: checks it runs")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -306,13 +315,14 @@ def main() -> None:
     vers = versions()
     print(f"versions: {json.dumps(vers)}; threads {args.threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
     extra = ("--async-steps", str(args.async_steps), "--async-slots", str(args.async_slots))
-    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SYSTEMS}
+    systems = SYSTEMS + (("flowlm_ray",) if args.ray else ())
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
     with scratch_dir("rlbench-") as d:
         t0 = time.perf_counter()
         data = build_data(d)
         print(f"data: {json.dumps(data)} ({time.perf_counter() - t0:.0f} s to build)", flush=True)
         for r in range(args.runs):
-            for s in SYSTEMS:
+            for s in systems:
                 res = spawn(__file__, s, d, args, extra)
                 runs[s].append(res)
                 print(f"run {r + 1} {s:<13} {res['steps'] / res['seconds']:7.3f} steps/s  "
@@ -328,8 +338,8 @@ def main() -> None:
     print(f"\n{PROMPTS} prompts x {GROUP} samples, <= {NEW_TOKENS} new tokens per step, fp32, {args.threads} threads, "
           f"{args.warmup} warm-up + {args.steps} timed steps per run, {args.runs} runs; async: async_steps "
           f"{args.async_steps}, {args.async_slots} slots")
-    med = print_table({s: rate(s, "steps") for s in SYSTEMS}, "steps/s", "optimizer steps of 16 completions")
-    tok = print_table({s: rate(s, "gen_tokens") for s in SYSTEMS}, "gen tok/s", "completion tokens trained on")
+    med = print_table({s: rate(s, "steps") for s in systems}, "steps/s", "optimizer steps of 16 completions")
+    tok = print_table({s: rate(s, "gen_tokens") for s in systems}, "gen tok/s", "completion tokens trained on")
     split = breakdown(runs)
     print(f"{'seconds per step':<16}" + "".join(f"{k:>12}" for k in ("step",) + PARTS))
     for s, b in split.items():
@@ -344,16 +354,19 @@ def main() -> None:
     result = {
         "flowlm": round(med["flowlm_async"], 4), "peer": round(med["trl"], 4), "ratio": round(ratio, 3),
         "unit": "steps/s", "flowlm_sync": round(med["flowlm_sync"], 4), "ratio_sync": round(ratio_sync, 3),
-        "async_vs_sync": round(both, 3), **{f"{s}_steps_s": round(med[s], 4) for s in SYSTEMS},
-        **{f"{s}_gen_tok_s": round(tok[s], 1) for s in SYSTEMS},
+        "async_vs_sync": round(both, 3), **{f"{s}_steps_s": round(med[s], 4) for s in systems},
+        **{f"{s}_gen_tok_s": round(tok[s], 1) for s in systems},
         "tok_ratio": round(tok["flowlm_async"] / tok["trl"], 3), "breakdown": split,
         "ratio_rounds": rounds("flowlm_async", "trl"), "async_vs_sync_rounds": rounds("flowlm_async", "flowlm_sync"),
-        "runs": {s: [{k: v for k, v in x.items() if k != "settings"} for x in runs[s]] for s in SYSTEMS},
+        "runs": {s: [{k: v for k, v in x.items() if k != "settings"} for x in runs[s]] for s in systems},
         "prompts_per_step": PROMPTS, "group_size": GROUP, "max_new_tokens": NEW_TOKENS,
         "async_steps": args.async_steps, "async_slots": args.async_slots, "warmup": args.warmup, "steps": args.steps,
         "threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "lr": LR,
         "trl_config": runs["trl"][0].get("settings"), "versions": vers, "data": data, "quick": args.quick,
     }
+    if args.ray:
+        result["ray_vs_async"] = round(med["flowlm_ray"] / med["flowlm_async"], 3)
+        print(f"flowlm ray / async = {result['ray_vs_async']:.2f}x (one rollout actor process instead of a thread)")
     print("RESULT " + json.dumps(result))
 
 
