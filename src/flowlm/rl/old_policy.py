@@ -1,7 +1,7 @@
 """The old-policy pass of RL minibatches: log-probs of the trained tokens under the policy as it is now.
 
-With `rollout.minibatches` > 1 the rollout source computes these once per rollout batch, before the first
-minibatch's update, so every minibatch's ratio is taken against the same old policy (open-instruct's
+With `rollout.minibatches` or `num_epochs` > 1 the rollout source computes these once per rollout batch,
+before the first step's update, so every step's ratio is taken against the same old policy (open-instruct's
 `old_logprobs`). It is a learner-side forward, kept out of the rollout source itself.
 """
 

@@ -187,9 +187,9 @@ class RolloutSource:
 
     def bind(self, policy: nn.Module, *, old_logps_fn: OldLogpsFn | None = None) -> None:
         """Sample from `policy` (its weights are read before every batch); builds the engine.
-        `old_logps_fn(policy, minibatch) -> [B, T]`: the old-policy pass of minibatches > 1 (default: the one
-        given to the constructor, else `old_policy_logps` with the `grpo` objective's default LM-head
-        settings, in fp32)."""
+        `old_logps_fn(policy, minibatch) -> [B, T]`: the old-policy pass of minibatches or num_epochs > 1
+        (default: the one given to the constructor, else `old_policy_logps` with the `grpo` objective's
+        default LM-head settings, in fp32)."""
         if _sharded(policy):
             raise ConfigError("rl: rollouts run in one process (the engine needs full weights)")
         self._policy = policy

@@ -167,8 +167,9 @@ def plain_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def old_logps_fn(cfg: RLStageConfig) -> Any:
-    """The old-policy pass of `minibatches > 1` with the learner's LM-head precision, autocast and prefix sharing, so the
-    first minibatch of a rollout batch has ratio 1 exactly (`flowlm.rl.old_policy.old_policy_logps`)."""
+    """The old-policy pass (`minibatches` or `num_epochs` > 1) with the learner's LM-head precision, autocast
+    and prefix sharing, so the first step of a rollout batch has ratio 1 exactly
+    (`flowlm.rl.old_policy.old_policy_logps`)."""
     from functools import partial
 
     from flowlm.rl.old_policy import old_policy_logps

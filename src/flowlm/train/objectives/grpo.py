@@ -23,10 +23,11 @@ their tokens but still count as sequences.
 The old policy (the PPO ratio's denominator). With one optimizer step per rollout batch (OLMo 3 Think:
 1 epoch, 1 minibatch) it is the learner itself: the ratio is taken against the learner's detached
 log-probs, it is 1, and the clip is never active (clip fractions read 0). With `rollout.minibatches`
-M > 1 (OLMo 3 Instruct: 4) the source splits each rollout batch into M optimizer steps and puts the
-policy's log-probs from before the first of them into the batch as `old_logps` (computed once, without
-gradient, by `completion_logps`); the ratio is taken against those, so from the second minibatch on it
-moves and the clip acts. (`minibatches` is a rollout setting, not an objective one: the source decides
+M > 1 (OLMo 3 Instruct: 4) the source splits each rollout batch into M optimizer steps, and with
+`rollout.num_epochs` E > 1 serves them E times; either way it puts the policy's log-probs from before
+the first step into the batch as `old_logps` (computed once, without gradient, by `completion_logps`);
+the ratio is taken against those, so from the second step on it moves and the clip acts.
+(`minibatches` and `num_epochs` are rollout settings, not objective ones: the source decides
 what a trainer batch is and holds the policy for the old pass; the objective only reads `old_logps`.) The mismatch weights then compare `old_logps` (not the current learner) with
 the engine's `rollout_logps`, as open-instruct does: they correct the sampler/trainer gap, the PPO ratio
 corrects the policy's own updates within the batch.
@@ -186,7 +187,7 @@ class GRPOObjective(Objective):
                 raise FlowError("grpo: kl_coef > 0 but no reference model (setup was not called)")
             with torch.no_grad():
                 ref = self.token_logps(self.reference, batch, mask)[0]
-        old = batch.get("old_logps")  # minibatches > 1: the policy before this rollout batch's first step
+        old = batch.get("old_logps")  # minibatches / num_epochs > 1: the policy before the batch's first step
         behind = logps.detach() if old is None else old
         mm = mismatch_weights(behind, batch["rollout_logps"], mask, mode="truncate" if cfg.is_mode == "off"
                               else cfg.is_mode, level=cfg.is_level, cap=cfg.is_cap, lower=cfg.is_lower)
