@@ -504,6 +504,12 @@ TABLE: dict[str, Smoke] = {
         "flowlm train --objective dpo --init runs/tiny-post/sft/model --data pairs.jsonl stages.dpo.objective.beta=0.1 "
         "stages.dpo.seq_len=128 stages.dpo.batch_size=4", after=("post",), check=_check_model("runs/dpo", "dpo"),
         shrunk="seq_len 128, batch 4; runs/tiny-post is the smoke run with tiny-post's sft stage"),
+    "flowlm train --objective grpo --init runs/tiny-post/sft/model --data prompts.jsonl stages.grpo.steps=20": Smoke(
+        "flowlm train --objective grpo --init runs/tiny-post/sft/model --data prompts.jsonl stages.grpo.steps=2 "
+        "stages.grpo.rollout.group_size=4 stages.grpo.rollout.max_new_tokens=16 stages.grpo.rollout.max_draws=1",
+        after=("post",), check=_check_model("runs/grpo", "grpo"),
+        shrunk="2 steps of 4 samples x 16 new tokens, one draw; runs/tiny-post is the smoke run with tiny-post's sft "
+               "stage"),
     COLDSTART_BUILTIN: Smoke(COLDSTART_BUILTIN, after=(), check=_check_post("sft.jsonl", "rows", 200)),
     "flowlm post pairs --file prompts.jsonl --strong runs/big/model --weak runs/small/model --out pairs.jsonl": Smoke(
         "flowlm post pairs --file prompts.jsonl --strong runs/big/model --weak runs/small/model --out pairs.jsonl "

@@ -85,13 +85,13 @@ def straight(base, tmp_path_factory) -> Path:
     return d
 
 
-def steps(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "rl" / "metrics.jsonl").read_text().splitlines()]
+def steps(run_dir: Path, stage: str = "rl") -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / stage / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if "loss" in r]
 
 
-def rollouts(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "rl" / "rollouts.jsonl").read_text().splitlines()]
+def rollouts(run_dir: Path, stage: str = "rl") -> list[dict]:
+    return [json.loads(line) for line in (run_dir / stage / "rollouts.jsonl").read_text().splitlines()]
 
 
 def test_rl_stage_trains_on_informative_groups_and_records_its_rollouts(straight):
@@ -233,6 +233,29 @@ def test_torchrun_refuses_more_than_one_optimizer_step_per_rollout_batch_in_one_
     assert proc.returncode != 0
     assert "stage 'rl': under torchrun the rl stage runs minibatches 1 and num_epochs 1 (got 1 and 2" in proc.stderr
     assert not (d / "rl" / "rollouts.jsonl").exists()
+
+
+def test_train_objective_grpo_on_a_prompts_file_runs_an_rl_stage(base, tmp_path):
+    """`flowlm train --objective grpo --init CKPT --data prompts.jsonl`: the direct command builds an rl stage
+    with the file as its prompts; more than one --data file is a one-line error."""
+    init, prompts = base / "run" / "pretrain" / "model", base / "prompts.jsonl"
+    d = tmp_path / "run"
+    flowlm("train", "--objective", "grpo", "--init", str(init), "--data", str(prompts), "--run-dir", str(d),
+           "--no-progress", "stages.grpo.steps=2", "stages.grpo.seq_len=160", "stages.grpo.rollout.prompts_per_step=2",
+           "stages.grpo.rollout.group_size=4", "stages.grpo.rollout.max_new_tokens=10",
+           "stages.grpo.rollout.max_draws=2", "eval.max_items=2", "eval.heldout_docs=1", "eval.tasks=[prose]",
+           "threads=1")
+    record = json.loads((d / "flow.json").read_text())["stages"]["grpo"]
+    assert record["kind"] == "rl" and record["status"] == "done"
+    trained = steps(d, "grpo")
+    assert [r["step"] for r in trained] == [1, 2] and all("reward" in r for r in trained)
+    ids = {json.loads(x)["id"] for x in prompts.read_text().splitlines()}
+    drawn = [i for r in rollouts(d, "grpo") for i in r["drawn"]]
+    assert drawn and set(drawn) <= ids  # the prompts came from the file
+    proc = flowlm("train", "--objective", "grpo", "--init", str(init), "--data", str(prompts), "--data",
+                  str(prompts), "--run-dir", str(tmp_path / "two"), check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--objective grpo: one --data file of prompt rows (JSONL), got 2" in proc.stderr
 
 
 def test_rl_zero_stage_plain_builtin_prompts_with_coin_rewards(base, tmp_path):

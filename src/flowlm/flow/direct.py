@@ -8,8 +8,14 @@ run gets the run record, the fingerprints, resume after a crash and the report f
                 become chosen / rejected stores)
     <NAME>      kind: train, init: the checkpoint, data: data, objective: {name: NAME}
 
+An objective that trains on rollouts (`grpo`) gets stage kind `rl` instead, with one `--data` JSONL of
+prompt rows as its `prompts` (and an empty corpus stage: the tokenizer stage needs one):
+
+    <NAME>      kind: rl, init: the checkpoint, prompts: the file, objective: {name: NAME}
+
 Overrides address the stages by these names (`stages.sft.epochs=1`, `stages.dpo.objective.beta=5`,
-`stages.tokenizer.assistant_loss=last`). `--print-recipe` shows the recipe instead of running it.
+`stages.tokenizer.assistant_loss=last`, `stages.grpo.steps=100`, `stages.grpo.rollout.group_size=8`).
+`--print-recipe` shows the recipe instead of running it.
 """
 
 from __future__ import annotations
@@ -29,11 +35,15 @@ OBJECTIVE_DEFAULTS: dict[str, dict[str, Any]] = {
             "schedule": {"kind": "linear", "warmup_steps": 0, "final_lr_ratio": 0.0}},
     "reward_model": {"optim": {"lr": 5.0e-6, "weight_decay": 0.0}},
 }
+# An rl stage (objective data_kind "rollouts"): TRL's and veRL's GRPO learning rate, constant (OLMo 3 RL);
+# `steps` has no default (set stages.<NAME>.steps); batch_size follows the rollout settings.
+RL_DEFAULTS: dict[str, Any] = {"seq_len": 2048, "checkpoint_every": 100, "optim": {"lr": 1.0e-6, "weight_decay": 0.0},
+                               "schedule": {"kind": "constant", "warmup_steps": 0}}
 
 
 def objective_recipe(objective: str, init: str, data: list[str], *, name: str | None = None) -> dict[str, Any]:
     """The raw recipe of a direct run of `objective` from checkpoint `init` on the files `data`."""
-    from flowlm.train.objectives import objective_names
+    from flowlm.train.objectives import objective_class, objective_names
 
     if objective not in objective_names():
         raise ConfigError(f"--objective: unknown objective '{objective}'; known: {', '.join(objective_names())}")
@@ -47,6 +57,18 @@ def objective_recipe(objective: str, init: str, data: list[str], *, name: str | 
         if Path(f).is_dir():
             raise ConfigError(f"--data {f}: is a directory, not a data file (name the jsonl / parquet files in it)")
     init = str(Path(init).resolve())
+    if objective_class(objective).data_kind == "rollouts":
+        if len(data) != 1:
+            raise ConfigError(f"--objective {objective}: one --data file of prompt rows (JSONL), got {len(data)}")
+        return {
+            "name": name or objective,
+            "stages": {
+                "corpus": {"kind": "corpus", "source": "files", "curate": None, "files": {}},
+                "tokenizer": {"kind": "tokenizer", "path": init},
+                objective: {**RL_DEFAULTS, "kind": "rl", "init": init, "prompts": str(Path(data[0]).resolve()),
+                            "objective": {"name": objective}},
+            },
+        }
     train = {**DEFAULTS, **OBJECTIVE_DEFAULTS.get(objective, {}), "kind": "train", "init": init, "data": "data",
              "objective": {"name": objective}}
     return {
