@@ -179,7 +179,8 @@ def test_a_weight_sync_timeout_is_a_clear_error_naming_the_worker(cluster, tok, 
 
 def test_ray_rollout_actors_with_backend_vllm(cluster, tok, model):
     """`backend: vllm` in mode ray: each actor builds a VLLMEngine (here over the stand-in, with no GPU asked
-    for) and takes the learner's pushes as inflight updates; the batches keep the async contract."""
+    for) and takes the learner's pushes as inflight updates; the batches keep the async contract; the
+    actor's export is gone after the source closes."""
     src = ray_source(tok, model, rows(40), num_rollout_workers=1, num_reward_workers=0, backend="vllm",
                      rollout_worker_gpus=0)
     try:
@@ -195,8 +196,12 @@ def test_ray_rollout_actors_with_backend_vllm(cluster, tok, model):
         unit = src._actor.units[0]
         assert unit.info["engine"] == "VLLMEngine" and unit.gpus == 0
         assert unit.version >= 1  # a push was applied in the actor
+        export = Path(unit.info["export_dir"])
+        assert (export / "policy" / "config.json").is_file()  # the actor's export (this node: the same disk)
     finally:
         src.close()
+    # closing the source closes the actor, which removes its export first (`ray.kill` skips exit handlers)
+    assert not export.exists()
     assert RolloutConfig(mode="ray", backend="vllm").actor_gpus() == 1.0 and RolloutConfig(mode="ray").actor_gpus() == 0
 
 

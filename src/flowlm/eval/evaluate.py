@@ -29,12 +29,11 @@ def parse_suite_specs(specs: Sequence[str], file: str | Path | None = None) -> l
             if part:
                 name, _, path = part.partition("=")
                 out.append((name.strip(), path.strip() or None))
-    from flowlm.eval.suites import BUILTIN_TASKS, INSTRUCT_SUITE, suite_names
+    from flowlm.eval.suites import BUILTIN_SUITES, suite_names
 
     if not out:
         raise ConfigError(f"no suite named in {list(specs)!r}; suites: {', '.join(suite_names())}")
-    builtin = ("builtin", INSTRUCT_SUITE, *BUILTIN_TASKS)
-    needs = [i for i, (name, path) in enumerate(out) if path is None and name not in builtin]
+    needs = [i for i, (name, path) in enumerate(out) if path is None and name not in BUILTIN_SUITES]
     if file is not None:
         if len(needs) != 1:
             raise ConfigError(f"--file goes with exactly one file suite without =PATH; got {[out[i][0] for i in needs] or 'none'}")

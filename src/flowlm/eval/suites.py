@@ -4,9 +4,11 @@ A suite is what one `flowlm eval --suite NAME` scores. Three sources:
 
 - **built-in** procedural tasks, held-out split only (`flowlm.data.tasks.generate(..., split="heldout")`,
   checked with `tasks.is_heldout`): one suite per task type (`arithmetic`, `linear_equation`,
-  `word_problem`, `sorting`, `counting`), `builtin` (all of them, round robin) and `builtin_instruct`
+  `word_problem`, `sorting`, `counting`), `builtin` (all of them, round robin), `builtin_instruct`
   (the `builtin` items with one verifiable IFEval-style instruction each, `flowlm.rl.instruct`, scored
-  by the task's verifier and `ifeval` together: pass@1 needs both). No files.
+  by the task's verifier and `ifeval` together: pass@1 needs both) and `builtin_if` (the same items and
+  instructions scored by `ifeval` alone: IFEval's prompt-level strict accuracy, on held-out questions
+  with the instruction types RL trains on). No files.
 - **benchmark files** in their published formats, from a path the user gives (`flowlm.eval.benchmarks`):
   `gsm8k`, `math500`, `math`, `aime`, `amc`, `humaneval`, `mbpp`, `ifeval`, `ifbench`.
 - **any JSONL** (`jsonl`): rows with `prompt` (str) or `messages`, routed to verifiers exactly as
@@ -30,6 +32,8 @@ from flowlm.errors import ConfigError, FlowError
 
 BUILTIN_TASKS = ("arithmetic", "linear_equation", "word_problem", "sorting", "counting")
 INSTRUCT_SUITE = "builtin_instruct"
+IF_SUITE = "builtin_if"
+BUILTIN_SUITES = ("builtin", INSTRUCT_SUITE, IF_SUITE, *BUILTIN_TASKS)  # generated, no files
 MATH_VERIFIERS = frozenset({"math", "math_verify", "gsm8k", "sequence"})
 # What each verifier imports beyond flowlm itself: (module, pip package).
 VERIFIER_DEPENDENCIES: dict[str, tuple[tuple[str, str], ...]] = {
@@ -92,26 +96,28 @@ class Suite:
 
 
 def builtin_suite(name: str = "builtin", *, n: int = 200, seed: int = 0) -> Suite:
-    """Held-out procedural items of one task type (or all: `builtin`, `builtin_instruct`); few-shot demos
-    from the train split."""
+    """Held-out procedural items of one task type (or all: `builtin`, `builtin_instruct`, `builtin_if`);
+    few-shot demos from the train split."""
     from flowlm.data import tasks
 
-    chosen = BUILTIN_TASKS if name in ("builtin", INSTRUCT_SUITE) else (name,)
+    chosen = BUILTIN_TASKS if name in ("builtin", INSTRUCT_SUITE, IF_SUITE) else (name,)
     items = tuple(_builtin_item(it) for it in tasks.generate(seed, n, split="heldout", tasks=chosen))
     leaked = [it.id for it in items if not tasks.is_heldout(it.question)]
     if leaked:  # the split rule is the only thing keeping these out of every training mix
         raise FlowError(f"suite {name}: items {leaked[:3]} are not on the held-out side of the split")
-    if name == INSTRUCT_SUITE:  # the task question is what the split rule hashes: checked above
-        items = tuple(_with_instruction(it) for it in items)
+    if name in (INSTRUCT_SUITE, IF_SUITE):  # the task question is what the split rule hashes: checked above
+        items = tuple(_with_instruction(it, only=name == IF_SUITE) for it in items)
     pool = tuple(_builtin_item(it) for it in tasks.generate(seed + 7_919, 16, split="train", tasks=chosen))
     return Suite(name, items, "builtin", max_new_tokens=256, instruction=BOXED, fewshot_pool=pool)
 
 
-def _with_instruction(item: EvalItem) -> EvalItem:
+def _with_instruction(item: EvalItem, *, only: bool = False) -> EvalItem:
+    """`item` with its instruction appended, scored by its task's verifier and `ifeval` (or `only` ifeval)."""
     from flowlm.rl.instruct import instruction_for, with_ifeval
 
     text, gt = instruction_for(item.id, task=item.row["task"])
-    return dataclasses.replace(item, question=f"{item.question} {text}", row=with_ifeval(item.row, gt))
+    row = {"dataset": "ifeval", "ground_truth": gt, "task": item.row["task"]} if only else with_ifeval(item.row, gt)
+    return dataclasses.replace(item, question=f"{item.question} {text}", row=row)
 
 
 def _builtin_item(it: dict[str, Any]) -> EvalItem:
@@ -160,7 +166,7 @@ def _last_user(messages: list[dict[str, Any]]) -> str:
 def suite_names() -> list[str]:
     from flowlm.eval.benchmarks import BENCHMARKS
 
-    return ["builtin", INSTRUCT_SUITE, *BUILTIN_TASKS, *BENCHMARKS, "jsonl"]
+    return [*BUILTIN_SUITES, *BENCHMARKS, "jsonl"]
 
 
 def load_suite(name: str, path: str | Path | None = None, *, n: int | None = None, seed: int = 0) -> Suite:
@@ -168,7 +174,7 @@ def load_suite(name: str, path: str | Path | None = None, *, n: int | None = Non
     suites; `n` keeps the first n items (built-in: generates n, default 200)."""
     from flowlm.eval.benchmarks import BENCHMARKS, read_benchmark
 
-    if name in ("builtin", INSTRUCT_SUITE) or name in BUILTIN_TASKS:
+    if name in BUILTIN_SUITES:
         if path is not None:
             raise ConfigError(f"suite {name}: built-in suites take no file (got {path})")
         suite = builtin_suite(name, n=n or 200, seed=seed)

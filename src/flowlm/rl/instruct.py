@@ -3,7 +3,7 @@
 - `add_instructions(rows, share, seed)`: a seeded `share` of the rows get one IFEval-style instruction
   appended to their last user turn (`INSTRUCTIONS`: no commas, a word limit, a keyword, lowercase) and
   are then scored by their own verifier and `ifeval` together (equal weights, the row routing's
-  `verifiers` list). A row's instruction depends on its id (and task) alone, so the same row gets the
+  `verifiers` list), or with `alone` by `ifeval` only (the IF domain by itself). A row's instruction depends on its id (and task) alone, so the same row gets the
   same one in every run; sorting never gets "no commas" (its answer is a list). OLMo 3's Instruct RL
   mixes math, code, IF and chat prompts; on the miniature the built-in task prompts plus these
   instructions are its math + IF mix.
@@ -64,22 +64,26 @@ def with_ifeval(row: dict[str, Any], ground_truth: dict[str, Any]) -> dict[str, 
     return _with_routing(row, [*_pairs(row), {"name": "ifeval", "ground_truth": ground_truth}])
 
 
-def add_instruction(row: dict[str, Any], seed: int = 0) -> dict[str, Any]:
-    """`row` with one instruction appended to its last user turn and `ifeval` added to its verifiers."""
+def add_instruction(row: dict[str, Any], seed: int = 0, *, alone: bool = False) -> dict[str, Any]:
+    """`row` with one instruction appended to its last user turn and `ifeval` added to its verifiers
+    (`alone`: `ifeval` replaces them)."""
     text, gt = instruction_for(str(row.get("id", "")), seed, row.get("task"))
     messages = [dict(m) for m in row.get("messages") or ()]
     users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
     if not users or not isinstance(messages[users[-1]].get("content"), str):
         raise ValueError(f"row {row.get('id', '?')}: no user turn to add an instruction to")
     messages[users[-1]]["content"] = f"{messages[users[-1]]['content']} {text}"
-    return {**with_ifeval(row, gt), "messages": messages}
+    routed = _with_routing(row, [{"name": "ifeval", "ground_truth": gt}]) if alone else with_ifeval(row, gt)
+    return {**routed, "messages": messages}
 
 
-def add_instructions(rows: Sequence[dict[str, Any]], share: float, seed: int = 0) -> list[dict[str, Any]]:
-    """A seeded `share` of `rows` (chosen by id) with one verifiable instruction each; the rest unchanged."""
+def add_instructions(rows: Sequence[dict[str, Any]], share: float, seed: int = 0, *,
+                     alone: bool = False) -> list[dict[str, Any]]:
+    """A seeded `share` of `rows` (chosen by id) with one verifiable instruction each (`alone`: scored by
+    `ifeval` only); the rest unchanged."""
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"instructions share must be in [0, 1], got {share}")
-    return [add_instruction(r, seed) if _draw(f"pick:{r.get('id', i)}", seed).random() < share else dict(r)
+    return [add_instruction(r, seed, alone=alone) if _draw(f"pick:{r.get('id', i)}", seed).random() < share else dict(r)
             for i, r in enumerate(rows)]
 
 

@@ -58,6 +58,7 @@ if TYPE_CHECKING:  # torch is imported where used: a reward actor (this module, 
 
 RUN_BUDGET_S = 0.25  # one `run` call steps the engine at most this long before returning (new prompts wait)
 ACTOR_CONCURRENCY = 4  # `run`, weight updates waiting for a step boundary, `stall`
+RELEASE_TIMEOUT_S = 10.0  # how long a closing unit waits for its actor to remove its files
 
 
 # -- weights through the object store ---------------------------------------------------------------------
@@ -103,7 +104,8 @@ class RolloutActor:
         self.name = name
         model = model_cls(model_cfg).to(getattr(torch, dtype)).eval()
         kind, gpu_memory = engine
-        if kind == "vllm":  # its export is removed when the actor exits (a killed actor leaves it behind)
+        self.export_dir: str | None = None
+        if kind == "vllm":  # its export: removed by `release` (the driver's close) or at a clean exit
             import atexit
             import shutil
 
@@ -112,7 +114,8 @@ class RolloutActor:
             self.engine = VLLMEngine.from_policy(model, tokenizer, max_slots=gen_cfg.max_slots, context=gen_cfg.context,
                                                  seed=gen_cfg.seed, enable_thinking=gen_cfg.enable_thinking,
                                                  gpu_memory_utilization=gpu_memory)
-            atexit.register(shutil.rmtree, self.engine.export_dir, True)
+            self.export_dir = self.engine.export_dir
+            atexit.register(shutil.rmtree, self.export_dir, True)
         else:
             from flowlm.generate.engine import Engine
 
@@ -122,7 +125,17 @@ class RolloutActor:
         self._requested = version
 
     def ready(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "version": self.engine.version, "engine": type(self.engine).__name__}
+        return {"pid": os.getpid(), "version": self.engine.version, "engine": type(self.engine).__name__,
+                "export_dir": self.export_dir}
+
+    def release(self) -> bool:
+        """Remove what the actor wrote to its node's disk (the vLLM export) before the driver kills it:
+        `ray.kill` ends the process without running its exit handlers."""
+        import shutil
+
+        if self.export_dir is not None:
+            shutil.rmtree(self.export_dir, ignore_errors=True)
+        return True
 
     def run(self, submissions: list[tuple[list[int], Any, Any]], budget_s: float) -> dict[str, Any]:
         """Submit `(prompt_ids, params, tag)`s, step the engine until a group finishes or `budget_s` passes."""
@@ -223,6 +236,7 @@ class RayUnit(RolloutUnit):
             name, *backend.model_spec, backend.tokenizer_ref, backend.gen_cfg, backend.weights_ref, version, self.cpus,
             (backend.cfg.backend, backend.cfg.vllm_gpu_memory))
         self._ready_ref = self.handle.ready.remote()
+        self.info: dict[str, Any] | None = None  # what the actor's `ready` reported, once it has
         self.version = version  # newest version known applied
         self.updates: list[tuple[Any, int]] = []  # (ref of update_weights, version) not yet resolved
         self.inflight = 0  # groups submitted to the actor and not returned
@@ -284,6 +298,11 @@ class RayUnit(RolloutUnit):
         return max(0.0, time.perf_counter() - started - RUN_BUDGET_S) if started is not None else 0.0
 
     def close(self) -> None:
+        """Have the actor remove its files (a few seconds at most: a dead or hung actor is killed anyway),
+        then kill it."""
+        if getattr(self, "info", None) is not None:  # started (one never placed has nothing to remove)
+            with contextlib.suppress(Exception):  # already gone, or hung
+                self.ray.get(self.handle.release.remote(), timeout=RELEASE_TIMEOUT_S)
         with contextlib.suppress(Exception):  # already gone
             self.ray.kill(self.handle, no_restart=True)
 

@@ -28,7 +28,8 @@ shards (`flowlm.rl.ranks`).
 `tasks` narrows built-in prompts to some task
 generators; `prompt_format: plain` renders them in the base-model template for RL-Zero
 (`rollout.reward: random` is its spurious-reward control; docs/rl.md). `instructions` appends a
-verifiable instruction to a share of the prompts (Instruct RL's IF domain) and `reward_model` adds a
+verifiable instruction to a share of the prompts (Instruct RL's IF domain; scored with the task's verifier,
+or by `ifeval` alone with `instruction_reward: alone`) and `reward_model` adds a
 Bradley–Terry reward model's score to every prompt's rule rewards (Qwen3 general RL); `flowlm.rl.instruct`.
 """
 
@@ -61,6 +62,9 @@ class RLStageConfig(TrainStageConfig):
     instructions: float = Field(
         0.0, ge=0, le=1, description="share of the prompts that get one verifiable IFEval-style instruction, "
                                      "scored by their verifier and ifeval together (Instruct RL; flowlm.rl.instruct)")
+    instruction_reward: Literal["with_task", "alone"] = Field(
+        "with_task", description="how a prompt with an instruction is scored: by its task's verifier and ifeval "
+                                 "together (with_task), or by ifeval alone (alone: the IF domain by itself)")
     reward_model: str | None = Field(
         None, description="a reward-model stage (objective reward_model) or checkpoint directory: every prompt is "
                           "also scored by it (Qwen3 general RL: rule rewards plus a model reward without reference)")
@@ -114,6 +118,8 @@ class RLStageConfig(TrainStageConfig):
                              f"rollout.prompts_per_step / minibatches = {groups} (micro-batches hold whole groups)")
         if self.tasks is not None and self.prompts != "builtin":
             raise ValueError("tasks only apply to prompts: builtin")
+        if self.instruction_reward != "with_task" and self.instructions == 0:
+            raise ValueError("instruction_reward applies to prompts with instructions: set instructions > 0")
         if self.prompt_format == "plain" and self.instructions > 0:
             raise ValueError("instructions are added to chat prompts: not with prompt_format: plain")
         if self.prompt_format == "plain" and r.thinking:
@@ -142,7 +148,7 @@ def prompt_rows(ctx: StageContext, name: str, cfg: RLStageConfig) -> list[dict[s
 
     rows = read_prompt_rows(ctx, name, cfg.prompts, n_builtin=cfg.n_prompts, seed=cfg.seed, tasks=cfg.tasks)
     if cfg.instructions > 0:
-        rows = add_instructions(rows, cfg.instructions, cfg.seed)
+        rows = add_instructions(rows, cfg.instructions, cfg.seed, alone=cfg.instruction_reward == "alone")
     if cfg.reward_model is not None:
         path = ctx.model_dir(cfg.reward_model)
         if not (path / "config.json").is_file():
