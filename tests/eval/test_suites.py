@@ -54,6 +54,22 @@ def test_builtin_instruct_suite_adds_one_verifiable_instruction_and_needs_both()
     assert verify_row(it.row, f"The result is \\boxed{{{gt}}}").score == 1.0
 
 
+def test_builtin_if_suite_is_builtin_instruct_scored_by_ifeval_alone():
+    from flowlm.eval.suites import suite_names
+    from flowlm.verify import verify_row
+
+    inst, only = load_suite("builtin_instruct", n=30).items, load_suite("builtin_if", n=30).items
+    assert [(a.id, a.question) for a in inst] == [(b.id, b.question) for b in only]  # same items, same prompts
+    for a, b in zip(inst, only):
+        assert b.verifier_names() == ["ifeval"] and b.row["ground_truth"] == a.row["verifiers"][1]["ground_truth"]
+    # a wrong answer that follows the instruction passes here and not in builtin_instruct
+    a, b = next((a, b) for a, b in zip(inst, only) if a.question.endswith("Do not use any commas in your response."))
+    assert verify_row(b.row, "The result is \\boxed{-999999}").score == 1.0
+    assert verify_row(a.row, "The result is \\boxed{-999999}").score == 0.5
+    assert verify_row(b.row, "So, the result is \\boxed{1}").score == 0.0
+    assert "builtin_if" in suite_names()
+
+
 def test_sequence_verifier_checks_order():
     from flowlm.verify import verify
 

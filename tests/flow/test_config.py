@@ -131,6 +131,10 @@ def test_builtin_rl_modes_recipe_has_instruct_and_qwen3_rl_after_tiny_post():
     assert general.init == "qwen3_reasoning_rl" and general.reward_model == "reward_model"
     assert st["reward_model"].objective.name == "reward_model" and general.instructions > 0
     assert "builtin_instruct" in st["evaluate_modes"].suites
+    # the IF domain by itself: every prompt with an instruction, scored by ifeval alone, evaluated on builtin_if
+    if_rl = st["if_rl"]
+    assert if_rl.init == "sft" and if_rl.instructions == 1.0 and if_rl.instruction_reward == "alone"
+    assert st["evaluate_if"].models == ["sft", "if_rl"] and "builtin_if" in st["evaluate_if"].suites
 
 
 def test_a_missing_required_key_is_named_in_full_even_inside_an_objective(tmp_path):

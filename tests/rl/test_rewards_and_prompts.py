@@ -97,3 +97,27 @@ def test_rl_stage_tasks_and_plain_format():
         RLStageConfig(**{**base, "prompts": "rows.jsonl", "tasks": ["counting"]})
     with pytest.raises(ValueError, match="grad_accum 2 must divide the groups of one optimizer step"):
         RLStageConfig(**{**base, "grad_accum": 2, "rollout": {**base["rollout"], "minibatches": 2}})
+
+
+def test_instructions_scored_alone_route_to_ifeval_only():
+    """`instruction_reward: alone`: a prompt with an instruction is scored by ifeval alone (the IF domain by
+    itself), with the same instruction text it gets with its task's verifier."""
+    from flowlm.flow.stages.rl import RLStageConfig
+    from flowlm.post.teachers import builtin_rows
+    from flowlm.rl.instruct import add_instructions
+    from flowlm.verify import verify_row
+
+    rows = builtin_rows(20, 0, tasks=["counting"])
+    both, alone = add_instructions(rows, 1.0, 0), add_instructions(rows, 1.0, 0, alone=True)
+    for a, b in zip(both, alone):
+        assert a["messages"] == b["messages"]  # the same instruction
+        assert [v["name"] for v in a["verifiers"]] == ["math", "ifeval"]
+        assert b["verifiers"] == [a["verifiers"][1]]
+    row = next(r for r in alone if "lowercase" in r["messages"][-1]["content"])
+    assert verify_row(row, "the answer is \\boxed{123456}").score == 1.0  # wrong answer, instruction followed
+    assert verify_row(row, "The answer is \\boxed{123456}").score == 0.0
+    assert add_instructions(rows, 0.5, 0, alone=True) == add_instructions(rows, 0.5, 0, alone=True)
+    base = {"kind": "rl", "init": "x", "steps": 2, "seq_len": 64, "rollout": {"prompts_per_step": 2, "group_size": 2}}
+    assert RLStageConfig(**base, instructions=1.0, instruction_reward="alone").instruction_reward == "alone"
+    with pytest.raises(ValueError, match="instruction_reward applies to prompts with instructions"):
+        RLStageConfig(**base, instruction_reward="alone")
