@@ -3,8 +3,9 @@
 - `add_instructions(rows, share, seed)`: a seeded `share` of the rows get one IFEval-style instruction
   appended to their last user turn (`INSTRUCTIONS`: no commas, a word limit, a keyword, lowercase) and
   are then scored by their own verifier and `ifeval` together (equal weights, the row routing's
-  `verifiers` list), or with `alone` by `ifeval` only (the IF domain by itself). A row's instruction depends on its id (and task) alone, so the same row gets the
-  same one in every run; sorting never gets "no commas" (its answer is a list). OLMo 3's Instruct RL
+  `verifiers` list), or with `alone` by `ifeval` only (the IF domain by itself). A row's instruction
+  depends on its id (and task) alone, so the same row gets the same one in every run; sorting never gets
+  "no commas" (its answer is a list). OLMo 3's Instruct RL
   mixes math, code, IF and chat prompts; on the miniature the built-in task prompts plus these
   instructions are its math + IF mix.
 - `add_reward_model(rows, path, weight)`: every row also scored by the Bradley–Terry reward model at
@@ -83,8 +84,8 @@ def add_instructions(rows: Sequence[dict[str, Any]], share: float, seed: int = 0
     `ifeval` only); the rest unchanged."""
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"instructions share must be in [0, 1], got {share}")
-    return [add_instruction(r, seed, alone=alone) if _draw(f"pick:{r.get('id', i)}", seed).random() < share else dict(r)
-            for i, r in enumerate(rows)]
+    return [add_instruction(r, seed, alone=alone) if _draw(f"pick:{r.get('id', i)}", seed).random() < share
+            else dict(r) for i, r in enumerate(rows)]
 
 
 def add_reward_model(rows: Sequence[dict[str, Any]], path: str, weight: float) -> list[dict[str, Any]]:

@@ -114,7 +114,7 @@ class RolloutActor:
             self.engine = VLLMEngine.from_policy(model, tokenizer, max_slots=gen_cfg.max_slots, context=gen_cfg.context,
                                                  seed=gen_cfg.seed, enable_thinking=gen_cfg.enable_thinking,
                                                  gpu_memory_utilization=gpu_memory)
-            self.export_dir = self.engine.export_dir
+            self.export_dir = str(self.engine.export_dir)
             atexit.register(shutil.rmtree, self.export_dir, True)
         else:
             from flowlm.generate.engine import Engine

@@ -48,8 +48,8 @@ the learner's time inside the source for this batch; the trainer's `step_time` i
 Minibatches (`minibatches` M > 1, sync mode; OLMo 3 Instruct RL: 4): each rollout batch becomes M
 optimizer steps of `prompts_per_step / M` whole groups each, in row order (advantages were computed per
 group before the split); `num_epochs` E > 1 serves those M minibatches E times over, in the same order
-(M x E optimizer steps per rollout batch). Before the first of them the source computes, without gradient, the bound
-policy's log-prob of every trained token of every minibatch (`old_logps`, NaN elsewhere;
+(M x E optimizer steps per rollout batch). Before the first of them the source computes, without
+gradient, the bound policy's log-prob of every trained token of every minibatch (`old_logps`, NaN elsewhere;
 `flowlm.train.objectives.grpo.completion_logps`, the learner's own code), so the `grpo` objective's PPO
 ratio on minibatch k > 1 is taken against the policy that the batch was sampled for. The engine takes the
 weights once per rollout batch, with version = optimizer steps done (rollout batches x M x E). The rollout
