@@ -121,3 +121,27 @@ def test_instructions_scored_alone_route_to_ifeval_only():
     assert RLStageConfig(**base, instructions=1.0, instruction_reward="alone").instruction_reward == "alone"
     with pytest.raises(ValueError, match="instruction_reward applies to prompts with instructions"):
         RLStageConfig(**base, instruction_reward="alone")
+
+
+def test_instructions_reach_plain_prompts_for_rl_zero(tmp_path):
+    """RL-Zero on the IF domain: the instruction goes into the question of the plain template; a JSONL row
+    with a plain `prompt` string has no user turn to add one to, a one-line error naming the stage."""
+    from types import SimpleNamespace
+
+    from flowlm.errors import FlowError
+    from flowlm.flow.stages.rl import RLStageConfig, prompt_rows
+    from flowlm.rl.instruct import INSTRUCTIONS
+
+    settings = {"kind": "rl", "init": "x", "steps": 2, "seq_len": 64, "n_prompts": 6, "prompt_format": "plain",
+                "instructions": 1.0, "instruction_reward": "alone",
+                "rollout": {"prompts_per_step": 2, "group_size": 2, "thinking": False}}
+    for row in prompt_rows(None, "rl_zero_if", RLStageConfig(**settings)):
+        question = row["prompt"].removeprefix("Question: ").removesuffix("\nAnswer:")
+        assert row["prompt"] == f"Question: {question}\nAnswer:" and "messages" not in row
+        assert any(question.endswith(text) for text, _, _ in INSTRUCTIONS)
+        assert [v["name"] for v in row["verifiers"]] == ["ifeval"]
+    rows = tmp_path / "plain.jsonl"
+    rows.write_text('{"id": "q", "prompt": "Question: 2+2?\\nAnswer:", "dataset": "math", "ground_truth": "4"}\n')
+    ctx = SimpleNamespace(recipe=SimpleNamespace(stages={}))
+    with pytest.raises(FlowError, match="stage 'rl_zero_if': instructions: row q: no user turn to add an instruction"):
+        prompt_rows(ctx, "rl_zero_if", RLStageConfig(**{**settings, "prompts": str(rows)}))

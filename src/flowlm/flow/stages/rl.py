@@ -120,8 +120,6 @@ class RLStageConfig(TrainStageConfig):
             raise ValueError("tasks only apply to prompts: builtin")
         if self.instruction_reward != "with_task" and self.instructions == 0:
             raise ValueError("instruction_reward applies to prompts with instructions: set instructions > 0")
-        if self.prompt_format == "plain" and self.instructions > 0:
-            raise ValueError("instructions are added to chat prompts: not with prompt_format: plain")
         if self.prompt_format == "plain" and r.thinking:
             raise ValueError("prompt_format: plain renders no chat template: set rollout.thinking: false")
         if objective_class(self.objective.name).data_kind != ROLLOUTS:
@@ -147,8 +145,11 @@ def prompt_rows(ctx: StageContext, name: str, cfg: RLStageConfig) -> list[dict[s
     from flowlm.rl.instruct import add_instructions, add_reward_model
 
     rows = read_prompt_rows(ctx, name, cfg.prompts, n_builtin=cfg.n_prompts, seed=cfg.seed, tasks=cfg.tasks)
-    if cfg.instructions > 0:
-        rows = add_instructions(rows, cfg.instructions, cfg.seed, alone=cfg.instruction_reward == "alone")
+    if cfg.instructions > 0:  # to the last user turn, before a plain rendering puts it in the template
+        try:
+            rows = add_instructions(rows, cfg.instructions, cfg.seed, alone=cfg.instruction_reward == "alone")
+        except ValueError as exc:  # a row without a user turn (a plain `prompt` string)
+            raise FlowError(f"stage '{name}': instructions: {exc}") from None
     if cfg.reward_model is not None:
         path = ctx.model_dir(cfg.reward_model)
         if not (path / "config.json").is_file():
