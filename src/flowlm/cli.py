@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run only the named stages of a recipe (torchrun-friendly), or one "
                            "objective on your own data (--objective)")
     _recipe_args(train, default=None)
-    train.add_argument("--stage", action="append", help="stage to run (repeatable)")
+    train.add_argument("--stage", action="append",
+                       help="stage to run (repeatable); the stages it reads must be done, others are not touched")
     train.add_argument("--objective", help="train this objective (sft, dpo, reward_model, distill, lm) without a recipe")
     train.add_argument("--init", help="--objective: the checkpoint to start from (its tokenizer is used)")
     train.add_argument("--data", action="append", default=[], help="--objective: jsonl / parquet file (repeatable)")

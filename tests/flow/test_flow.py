@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,6 +203,23 @@ def test_eval_verb_scores_any_checkpoint(run_dir):
     out = json.loads(proc.stdout)
     assert {"code_docstring/bpb", "math/bpb", "prose/bpb", "bpb", "heldout_loss"} <= set(out)
     assert all(0 < v < 20 for v in out.values())
+
+
+def test_stage_selection_needs_only_what_the_selected_stages_read(run_dir, tmp_path):
+    """`--stage midtrain_2` with a changed midtrain config: midtrain_2 reads pretrain (unchanged), not
+    midtrain, so it reruns and midtrain is not touched; `--stage soup` reads both midtrains, and the changed
+    one is a one-line error naming it."""
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    before = record(d)["stages"]["midtrain"]
+    changed = [*MICRO, "stages.midtrain.optim.lr=0.00123", "stages.midtrain_2.seed=7"]
+    flowlm("train", "tiny", "--stage", "midtrain_2", "--run-dir", str(d), "--no-progress", *changed)
+    stages = record(d)["stages"]
+    assert stages["midtrain_2"]["status"] == "done" and stages["midtrain_2"]["config"]["seed"] == 7
+    assert stages["midtrain"] == before  # not read by midtrain_2: neither run nor required
+    proc = flowlm("train", "tiny", "--stage", "soup", "--run-dir", str(d), "--no-progress", *changed, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "error: stage 'midtrain' is needed but not done; run it first (or drop --stage)" in proc.stderr
 
 
 def test_help_lists_the_verbs():

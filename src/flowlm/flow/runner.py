@@ -4,6 +4,9 @@ A stage's fingerprint hashes its effective config, the model section, the conten
 artifacts it reads (earlier stages' output hashes) and the code version. Re-running the same recipe
 therefore skips finished stages; a stage that was `running` or `failed` with the same fingerprint
 resumes from its last checkpoint; a changed stage (and everything downstream, through the hashes) reruns.
+With `--stage` (`flowlm train RECIPE --stage NAME ...`) only the named stages run; the stages they read
+(declared inputs, transitively) must be done and unchanged, or it is a one-line error naming the first
+one; every other stage is not touched.
 Under torchrun, stages that write shared artifacts (their kind says `main_rank_only`) run on rank 0
 while the other ranks wait; training and evaluation stages run on every rank; only rank 0 writes the
 record, and every rank receives each finished stage's entry.
@@ -71,9 +74,22 @@ def run_recipe(
             raise FlowError(f"unknown stage(s) {unknown}; recipe '{recipe.name}' has {list(recipe.stages)}")
     names = list(recipe.stages)
     last = max(names.index(s) for s in only) if only else len(names) - 1
+    needed = needed_stages(ctx, only) if only else set(names)
     for name in names[: last + 1]:  # stages after the last selected one are not touched
-        _run_stage(ctx, record, name, recipe.stages[name], world, selected=only is None or name in only)
+        if name in needed:  # with --stage: the selected stages and what they read; the rest is not touched
+            _run_stage(ctx, record, name, recipe.stages[name], world, selected=only is None or name in only)
     return record
+
+
+def needed_stages(ctx: StageContext, only: list[str]) -> set[str]:
+    """The stages `only` names and, transitively, the earlier stages they declare as inputs."""
+    stages, todo, seen = ctx.recipe.stages, list(only), set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += [ref for ref in declared_inputs(ctx, name, stages[name]) if ref in stages]
+    return seen
 
 
 def prepare_run_dir(run_dir: Path) -> None:
