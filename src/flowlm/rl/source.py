@@ -91,10 +91,10 @@ from torch import nn
 from flowlm.errors import ConfigError, FlowError
 from flowlm.rl.advantages import oversample
 from flowlm.rl.config import ACTOR_MODES, ASYNC_FIELDS, RAY_FIELDS, RolloutConfig  # noqa: F401 (re-exported)
-from flowlm.rl.old_policy import old_policy_logps
+from flowlm.rl.old_policy import old_policy_logps, serve_steps
 from flowlm.rl.rows import check_prompt_rows, is_verifier_error, row_domain, verify_completions
 from flowlm.rl.stats import STAT, coin_rewards, stat_columns
-from flowlm.train.batch import SplitRule, split_batch
+from flowlm.train.batch import SplitRule
 from flowlm.train.losses import IGNORE
 
 
@@ -291,20 +291,8 @@ class RolloutSource:
         """`batch` as `minibatches` trainer batches of whole groups, each with the current policy's `old_logps`
         (computed here, before any of them trains), `num_epochs` times over in the same order; the statistics
         columns stay with the first one."""
-        m = self.cfg.minibatches
-        if self.cfg.steps_per_batch() == 1:
-            return [batch]
-        t0 = time.perf_counter()
-        parts = split_batch(batch, m, self.split_rule)
-        for part in parts:
-            part["old_logps"] = self._old_logps_fn(self._policy, part)
-        first, elapsed = parts[0], time.perf_counter() - t0
-        for key in (f"{STAT}sum/time_old_logps_s", f"{STAT}sum/time_batch_s"):  # the learner's time in here
-            col = first[key].clone() if key in first else torch.zeros(len(first["advantages"]))
-            col[0] += elapsed
-            first[key] = col
-        plain = [{k: v for k, v in p.items() if not k.startswith(STAT)} for p in parts]
-        return [first] + plain[1:] + [dict(p) for _ in range(self.cfg.num_epochs - 1) for p in plain]
+        return serve_steps(batch, self._policy, self._old_logps_fn, self.cfg.minibatches, self.cfg.num_epochs,
+                           self.split_rule)
 
     def next_batch(self) -> dict[str, Any]:
         """The batch of the current position (the position does not advance)."""
