@@ -230,3 +230,23 @@ def test_train_stage_scores_generation_suites_at_each_eval_point(base, tmp_path)
     metrics = json.loads((d / "flow.json").read_text())["stages"]["pretrain"]["metrics"]
     for point in (metrics["eval_init"], metrics["eval"]):
         assert 0.0 <= point["arithmetic/pass@1"] <= 1.0 and "prose/bpb" in point
+
+
+@pytest.mark.parametrize("fmt", ["chat", "plain"])
+def test_generation_eval_format_reaches_the_prompt_format(monkeypatch, fmt):
+    """`generation_eval.format: plain` (RL-Zero's in-loop curves) renders the suites' base-model template."""
+    import flowlm.eval.evaluate as evaluate
+    from flowlm.flow.stages import train as train_stage
+
+    seen = {}
+    monkeypatch.setattr(train_stage, "bpb_eval_fn", lambda ctx, name, tok: lambda model: {"prose/bpb": 1.0})
+    monkeypatch.setattr(evaluate, "load_suites", lambda specs, max_items: ["suite"])
+    monkeypatch.setattr(evaluate, "make_generation_eval_fn",
+                        lambda tok, suites, fmt, sampling: seen.update(fmt=fmt) or (lambda model: {"s/pass@1": 0.5}))
+    cfg = train_stage.TrainStageConfig.model_validate(
+        {"kind": "train", "init": "x", "data": "d", "steps": 1, "seq_len": 8, "batch_size": 1,
+         "generation_eval": {"suites": ["builtin_if"], "format": fmt, "thinking": False}})
+    ctx = type("Ctx", (), {"world": type("W", (), {"distributed": False})()})()
+    fn = train_stage.eval_fn(ctx, "rl", cfg, tok=None)
+    assert fn(None) == {"prose/bpb": 1.0, "s/pass@1": 0.5}
+    assert seen["fmt"].style == fmt and seen["fmt"].thinking is False

@@ -43,6 +43,8 @@ class GenerationEvalConfig(Strict):
     max_new_tokens: int | None = Field(None, gt=0, description="default: the suite's own limit")
     temperature: float = Field(0.0, ge=0, description="0 = greedy (in-loop curves without sampling noise)")
     thinking: bool = True
+    format: Literal["chat", "plain"] = Field(
+        "chat", description="the chat template, or the suite's plain template (base models, RL-Zero)")
 
 
 class EarlyStopConfig(Strict):
@@ -307,7 +309,7 @@ def eval_fn(ctx: StageContext, name: str, cfg: TrainStageConfig, tok: Any) -> Ca
     from flowlm.eval.prompting import PromptFormat
 
     suites = load_suites(parse_suite_specs(gen_cfg.suites), max_items=gen_cfg.max_items)
-    generate = make_generation_eval_fn(tok, suites, fmt=PromptFormat(thinking=gen_cfg.thinking),
+    generate = make_generation_eval_fn(tok, suites, fmt=PromptFormat(style=gen_cfg.format, thinking=gen_cfg.thinking),
                                        sampling=SamplingSettings(temperature=gen_cfg.temperature,
                                                                  max_new_tokens=gen_cfg.max_new_tokens))
     return lambda model: {**bpb(model), **generate(model)}
