@@ -89,7 +89,9 @@ def test_ray_batches_have_the_async_contract_and_resume_without_loss(cluster, to
             assert m["verifier_errors"] == 0 and m["completions"] >= 12  # the reward actor ran the test verifier
         units = src._actor.units
         assert [u.name for u in units] == ["rollout-0", "rollout-1"]
-        assert all(u.groups > 0 for u in units)  # both actors generated
+        # Both actors are started before any prompt is dispatched, but which one generates which group is
+        # the threads' race for room: under load one actor may serve all 12 (a CI-like run failed so).
+        assert sum(u.groups for u in units) >= 12
         assert len({u.info["pid"] for u in units}) == 2  # in their own processes
         state = json.loads(json.dumps(src.state_dict()))  # what a checkpoint keeps
         next(it)  # generated after the checkpoint: lost with the process
