@@ -135,6 +135,14 @@ def test_builtin_rl_modes_recipe_has_instruct_and_qwen3_rl_after_tiny_post():
     if_rl = st["if_rl"]
     assert if_rl.init == "sft" and if_rl.instructions == 1.0 and if_rl.instruction_reward == "alone"
     assert st["evaluate_if"].models == ["sft", "if_rl"] and "builtin_if" in st["evaluate_if"].suites
+    # RL-Zero on the IF domain and its coin control: from the base model, curves in the plain template,
+    # the two runs differing in the reward only
+    zero, coin = st["rl_zero_if"], st["rl_zero_if_coin"]
+    assert zero.init == "long_context" and zero.prompt_format == "plain" and zero.instruction_reward == "alone"
+    assert zero.generation_eval.format == "plain" and "builtin_if" in zero.generation_eval.suites
+    assert zero.rollout.reward == "verifier" and coin.rollout.reward == "random"
+    assert coin.model_dump(exclude={"rollout"}) == zero.model_dump(exclude={"rollout"})
+    assert coin.rollout.model_dump(exclude={"reward"}) == zero.rollout.model_dump(exclude={"reward"})
 
 
 def test_a_missing_required_key_is_named_in_full_even_inside_an_objective(tmp_path):
