@@ -309,7 +309,8 @@ def eval_fn(ctx: StageContext, name: str, cfg: TrainStageConfig, tok: Any) -> Ca
     from flowlm.eval.prompting import PromptFormat
 
     suites = load_suites(parse_suite_specs(gen_cfg.suites), max_items=gen_cfg.max_items)
-    generate = make_generation_eval_fn(tok, suites, fmt=PromptFormat(style=gen_cfg.format, thinking=gen_cfg.thinking),
+    fmt = PromptFormat(style=gen_cfg.format, thinking=gen_cfg.thinking)
+    generate = make_generation_eval_fn(tok, suites, fmt=fmt,
                                        sampling=SamplingSettings(temperature=gen_cfg.temperature,
                                                                  max_new_tokens=gen_cfg.max_new_tokens))
     return lambda model: {**bpb(model), **generate(model)}
