@@ -26,7 +26,8 @@ Both sides run with 2 threads (`--threads`). A flowlm run that exits non-zero fa
 `--init` is the checkpoint both sides start from: `runs/tiny/long_context/checkpoints/step_0000012` after
 `flowlm run`. Without it the script starts from a randomly initialised tiny model with a tokenizer trained
 here (the smoke case; such numbers mean nothing). `--quick` (alias `--smoke`): 60 examples, a few steps,
-a 5 s peer budget, 10 eval items: it checks the script runs; the numbers mean nothing.
+a 5 s peer budget, 10 eval items of at most 32 new tokens: it checks the script runs; the numbers mean
+nothing.
 
 Prints a table, then `RESULT {json}`: `flowlm`, `peer` (greedy pass@1), `ratio` (null when the peer scores
 0), `base`, `unit`, `<side>_seconds`, `<side>_steps`, `<side>_tokens` (flowlm: packed row slots; peer: real
@@ -138,9 +139,11 @@ def flowlm_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return proc
 
 
-def evaluate(model: Path | str, out: Path, items: int, env: dict[str, str]) -> dict[str, Any]:
+def evaluate(model: Path | str, out: Path, items: int, env: dict[str, str],
+             max_new_tokens: int | None = None) -> dict[str, Any]:
+    limit = ("--max-new-tokens", str(max_new_tokens)) if max_new_tokens else ()
     flowlm_cli("eval", "--model", str(model), "--suite", "builtin", "--max-items", str(items),
-               "--temperature", "0", "--out", str(out), "--no-progress", env=env)
+               "--temperature", "0", "--out", str(out), "--no-progress", *limit, env=env)
     doc = json.loads(out.read_text())
     res = doc["results"]["builtin"]
     solved, seen = Counter(), Counter()
@@ -196,7 +199,8 @@ def main() -> None:
             sys.exit(f"peer loop failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         peer = json.loads(proc.stdout.strip().splitlines()[-1])
 
-        scores = {name: evaluate(model, tmp / f"{name}.json", items, env)
+        # --smoke: short answers (a random model never stops, and the smoke's numbers mean nothing)
+        scores = {name: evaluate(model, tmp / f"{name}.json", items, env, 32 if args.quick else None)
                   for name, model in (("base", args.init), ("flowlm", ckpt), ("peer", tmp / "peer"))}
     result: dict[str, Any] = {
         "flowlm": scores["flowlm"]["pass@1"], "peer": scores["peer"]["pass@1"],
