@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from flowlm.rl.stats import STAT
 from flowlm.train.batch import SplitRule, split_batch, to_device
 
 
@@ -43,8 +44,6 @@ def serve_steps(batch: dict[str, Any], policy: nn.Module,
     """`batch` as `minibatches` trainer batches of whole groups, each with `policy`'s `old_logps` (computed
     here, before any of them trains), `num_epochs` times over in the same order; the statistics columns
     stay with the first one, which also carries the time this took. One step: `[batch]`, no old pass."""
-    from flowlm.rl.stats import STAT
-
     if minibatches * num_epochs == 1:
         return [batch]
     t0 = time.perf_counter()
