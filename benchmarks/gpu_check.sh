@@ -12,13 +12,13 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit,driver_version --format=csv | tee "$out/device.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/device.txt"
-python3 -m pytest -p no:cacheprovider -q -rs tests/test_cuda.py tests/model/test_flex.py tests/model/test_kernels.py \
+python3 -m pytest -o addopts="" -p no:cacheprovider -q -rs tests/test_cuda.py tests/model/test_flex.py tests/model/test_kernels.py \
     tests/train/test_losses.py 2>&1 | tee "$out/tests.txt" | tail -25
 python3 benchmarks/train_throughput.py "$@" 2>&1 | grep -v Warning | tee "$out/bench.txt"
 # #15: the vLLM backend against the real vLLM (parity with the native engine, an inflight update, the
 # mismatch band share in an RL batch), where the vllm package is installed: the lent image has none
 if python3 -c "import vllm" 2>/dev/null; then
-  python3 -m pytest -p no:cacheprovider -q -rs -s tests/generate/test_vllm.py tests/rl/test_vllm_backend.py 2>&1 \
+  python3 -m pytest -o addopts="" -p no:cacheprovider -q -rs -s tests/generate/test_vllm.py tests/rl/test_vllm_backend.py 2>&1 \
       | tee "$out/vllm.txt" | tail -8
 else
   echo "vllm: not installed on this machine; the vLLM checks did not run" | tee "$out/vllm.txt"
