@@ -134,7 +134,11 @@ def test_rl_rollouts_through_the_vllm_backend(vllm, tok, model, mode):  # noqa: 
     engine, fake = src.engine, vllm.INSTANCES[-1]
     assert engine.stats["weight_updates"] >= 3
     salts = set(fake.llm_engine.cache.salts)
-    assert {"flowlm-policy-v0", "flowlm-policy-v1"} <= salts  # each version its own prefix-cache namespace
+    # each version its own prefix-cache namespace: the requests after an update use the new version's salt
+    assert "flowlm-policy-v0" in salts and salts <= {f"flowlm-policy-v{v}" for v in range(engine.version + 1)}
+    # in sync mode every version samples a batch; in async mode, under load, the learner's pushes can
+    # outrun generation so that a version samples nothing (a CI-like run saw v0 and v2 only)
+    assert salts == {"flowlm-policy-v0", "flowlm-policy-v1", "flowlm-policy-v2"} if mode == "sync" else len(salts) >= 2
     if mode == "sync":  # the engine took the policy before each batch: it holds the weights of the last one
         assert engine.version == 2
         loaded = fake.worker.engine.runner.model.state_dict()
