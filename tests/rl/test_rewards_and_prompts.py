@@ -123,6 +123,31 @@ def test_instructions_scored_alone_route_to_ifeval_only():
         RLStageConfig(**base, instruction_reward="alone")
 
 
+def test_instruction_ids_limit_the_draw_and_all_of_them_change_nothing():
+    from flowlm.flow.stages.rl import RLStageConfig
+    from flowlm.post.teachers import builtin_rows
+    from flowlm.rl.instruct import INSTRUCTION_IDS, add_instructions
+
+    rows = builtin_rows(40, 0, tasks=["counting", "sorting"])
+    lower = add_instructions(rows, 1.0, 0, alone=True, only=["change_case:english_lowercase"])
+    assert {r["verifiers"][0]["ground_truth"]["instruction_id_list"][0] for r in lower} == {
+        "change_case:english_lowercase"}
+    assert all(r["messages"][-1]["content"].endswith("No capital letters are allowed.") for r in lower)
+    two = add_instructions(rows, 1.0, 0, only=["keywords:existence", "punctuation:no_comma"])
+    got = {r["verifiers"][1]["ground_truth"]["instruction_id_list"][0] for r in two}
+    assert got == {"keywords:existence", "punctuation:no_comma"}
+    assert all("commas" not in r["messages"][-1]["content"] for r in two if r["task"] == "sorting")  # the clash
+    assert add_instructions(rows, 1.0, 3, only=list(INSTRUCTION_IDS)) == add_instructions(rows, 1.0, 3)
+    with pytest.raises(ValueError, match=r"row sorting-\w+: no instruction of \['punctuation:no_comma'\] fits "
+                                         r"task 'sorting'"):
+        add_instructions(rows, 1.0, 0, only=["punctuation:no_comma"])
+    base = {"kind": "rl", "init": "x", "steps": 2, "seq_len": 64, "rollout": {"prompts_per_step": 2, "group_size": 2}}
+    with pytest.raises(ValueError, match=r"instruction_ids: unknown \['keywords:frequency'\]; known: "):
+        RLStageConfig(**base, instructions=1.0, instruction_ids=["keywords:frequency"])
+    with pytest.raises(ValueError, match="instruction_ids apply to prompts with instructions"):
+        RLStageConfig(**base, instruction_ids=["punctuation:no_comma"])
+
+
 def test_instructions_reach_plain_prompts_for_rl_zero(tmp_path):
     """RL-Zero on the IF domain: the instruction goes into the question of the plain template; a JSONL row
     with a plain `prompt` string has no user turn to add one to, a one-line error naming the stage."""

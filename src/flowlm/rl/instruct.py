@@ -1,7 +1,8 @@
 """Prompt rows for Instruct RL and Qwen3's general RL: verifiable instructions and reward-model rewards.
 
 - `add_instructions(rows, share, seed)`: a seeded `share` of the rows get one IFEval-style instruction
-  appended to their last user turn (`INSTRUCTIONS`: no commas, a word limit, a keyword, lowercase) and
+  appended to their last user turn (`INSTRUCTIONS`: no commas, a word limit, a keyword, lowercase; `only`
+  restricts the draw to some of their IFEval ids) and
   are then scored by their own verifier and `ifeval` together (equal weights, the row routing's
   `verifiers` list), or with `alone` by `ifeval` only (the IF domain by itself). A row's instruction
   depends on its id (and task) alone, so the same row gets the same one in every run; sorting never gets
@@ -53,9 +54,19 @@ def _with_routing(row: dict[str, Any], verifiers: list[dict[str, Any]]) -> dict[
 _CLASHES = {"sorting": {"punctuation:no_comma"}}
 
 
-def instruction_for(key: str, seed: int = 0, task: str | None = None) -> tuple[str, dict[str, Any]]:
-    """`(text, ifeval ground truth)` of the instruction row `key` (of `task`) gets."""
-    options = [i for i in INSTRUCTIONS if i[1] not in _CLASHES.get(task or "", ())]
+INSTRUCTION_IDS = tuple(i[1] for i in INSTRUCTIONS)
+
+
+def instruction_for(key: str, seed: int = 0, task: str | None = None,
+                    only: Sequence[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """`(text, ifeval ground truth)` of the instruction row `key` (of `task`) gets; `only`: drawn from these
+    IFEval ids alone (with all of them, the same draw as without)."""
+    unknown = sorted(set(only or ()) - set(INSTRUCTION_IDS))
+    if unknown:
+        raise ValueError(f"unknown instruction ids {unknown}; known: {list(INSTRUCTION_IDS)}")
+    options = [i for i in INSTRUCTIONS if i[1] not in _CLASHES.get(task or "", ()) and (only is None or i[1] in only)]
+    if not options:
+        raise ValueError(f"no instruction of {list(only or ())} fits task {task!r} (its answer would break it)")
     text, iid, kwargs = options[_draw(key, seed).randrange(len(options))]
     return text, {"instruction_id_list": [iid], "kwargs": [dict(kwargs)]}
 
@@ -65,10 +76,14 @@ def with_ifeval(row: dict[str, Any], ground_truth: dict[str, Any]) -> dict[str, 
     return _with_routing(row, [*_pairs(row), {"name": "ifeval", "ground_truth": ground_truth}])
 
 
-def add_instruction(row: dict[str, Any], seed: int = 0, *, alone: bool = False) -> dict[str, Any]:
-    """`row` with one instruction appended to its last user turn and `ifeval` added to its verifiers
-    (`alone`: `ifeval` replaces them)."""
-    text, gt = instruction_for(str(row.get("id", "")), seed, row.get("task"))
+def add_instruction(row: dict[str, Any], seed: int = 0, *, alone: bool = False,
+                    only: Sequence[str] | None = None) -> dict[str, Any]:
+    """`row` with one instruction (of the ids `only`, default any) appended to its last user turn and
+    `ifeval` added to its verifiers (`alone`: `ifeval` replaces them)."""
+    try:
+        text, gt = instruction_for(str(row.get("id", "")), seed, row.get("task"), only)
+    except ValueError as exc:
+        raise ValueError(f"row {row.get('id', '?')}: {exc}") from None
     messages = [dict(m) for m in row.get("messages") or ()]
     users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
     if not users or not isinstance(messages[users[-1]].get("content"), str):
@@ -79,12 +94,12 @@ def add_instruction(row: dict[str, Any], seed: int = 0, *, alone: bool = False) 
 
 
 def add_instructions(rows: Sequence[dict[str, Any]], share: float, seed: int = 0, *,
-                     alone: bool = False) -> list[dict[str, Any]]:
+                     alone: bool = False, only: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """A seeded `share` of `rows` (chosen by id) with one verifiable instruction each (`alone`: scored by
-    `ifeval` only); the rest unchanged."""
+    `ifeval` only; `only`: of these IFEval ids); the rest unchanged."""
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"instructions share must be in [0, 1], got {share}")
-    return [add_instruction(r, seed, alone=alone) if _draw(f"pick:{r.get('id', i)}", seed).random() < share
+    return [add_instruction(r, seed, alone=alone, only=only) if _draw(f"pick:{r.get('id', i)}", seed).random() < share
             else dict(r) for i, r in enumerate(rows)]
 
 

@@ -29,7 +29,7 @@ shards (`flowlm.rl.ranks`).
 generators; `prompt_format: plain` renders them in the base-model template for RL-Zero
 (`rollout.reward: random` is its spurious-reward control; docs/rl.md). `instructions` appends a
 verifiable instruction to a share of the prompts (Instruct RL's IF domain; scored with the task's verifier,
-or by `ifeval` alone with `instruction_reward: alone`) and `reward_model` adds a
+or by `ifeval` alone with `instruction_reward: alone`; `instruction_ids` limits which) and `reward_model` adds a
 Bradley–Terry reward model's score to every prompt's rule rewards (Qwen3 general RL); `flowlm.rl.instruct`.
 """
 
@@ -65,6 +65,9 @@ class RLStageConfig(TrainStageConfig):
     instruction_reward: Literal["with_task", "alone"] = Field(
         "with_task", description="how a prompt with an instruction is scored: by its task's verifier and ifeval "
                                  "together (with_task), or by ifeval alone (alone: the IF domain by itself)")
+    instruction_ids: list[str] | None = Field(
+        None, min_length=1, description="the instructions drawn from: these IFEval ids only (default all of "
+                                        "flowlm.rl.instruct.INSTRUCTIONS, e.g. [change_case:english_lowercase])")
     reward_model: str | None = Field(
         None, description="a reward-model stage (objective reward_model) or checkpoint directory: every prompt is "
                           "also scored by it (Qwen3 general RL: rule rewards plus a model reward without reference)")
@@ -120,6 +123,14 @@ class RLStageConfig(TrainStageConfig):
             raise ValueError("tasks only apply to prompts: builtin")
         if self.instruction_reward != "with_task" and self.instructions == 0:
             raise ValueError("instruction_reward applies to prompts with instructions: set instructions > 0")
+        if self.instruction_ids is not None:
+            from flowlm.rl.instruct import INSTRUCTION_IDS
+
+            if self.instructions == 0:
+                raise ValueError("instruction_ids apply to prompts with instructions: set instructions > 0")
+            unknown = sorted(set(self.instruction_ids) - set(INSTRUCTION_IDS))
+            if unknown:
+                raise ValueError(f"instruction_ids: unknown {unknown}; known: {list(INSTRUCTION_IDS)}")
         if self.prompt_format == "plain" and r.thinking:
             raise ValueError("prompt_format: plain renders no chat template: set rollout.thinking: false")
         if objective_class(self.objective.name).data_kind != ROLLOUTS:
@@ -147,7 +158,8 @@ def prompt_rows(ctx: StageContext, name: str, cfg: RLStageConfig) -> list[dict[s
     rows = read_prompt_rows(ctx, name, cfg.prompts, n_builtin=cfg.n_prompts, seed=cfg.seed, tasks=cfg.tasks)
     if cfg.instructions > 0:  # to the last user turn, before a plain rendering puts it in the template
         try:
-            rows = add_instructions(rows, cfg.instructions, cfg.seed, alone=cfg.instruction_reward == "alone")
+            rows = add_instructions(rows, cfg.instructions, cfg.seed, alone=cfg.instruction_reward == "alone",
+                                    only=cfg.instruction_ids)
         except ValueError as exc:  # a row without a user turn (a plain `prompt` string)
             raise FlowError(f"stage '{name}': instructions: {exc}") from None
     if cfg.reward_model is not None:
