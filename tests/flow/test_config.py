@@ -143,6 +143,11 @@ def test_builtin_rl_modes_recipe_has_instruct_and_qwen3_rl_after_tiny_post():
     assert zero.rollout.reward == "verifier" and coin.rollout.reward == "random"
     assert coin.model_dump(exclude={"rollout"}) == zero.model_dump(exclude={"rollout"})
     assert coin.rollout.model_dump(exclude={"reward"}) == zero.rollout.model_dump(exclude={"reward"})
+    # the pair with the lowercase instruction only: rl_zero_if's settings otherwise, again differing in the reward
+    lower, lower_coin = st["rl_zero_lower"], st["rl_zero_lower_coin"]
+    assert lower.instruction_ids == ["change_case:english_lowercase"] and zero.instruction_ids is None
+    assert lower.model_dump(exclude={"instruction_ids"}) == zero.model_dump(exclude={"instruction_ids"})
+    assert lower_coin.model_dump(exclude={"instruction_ids"}) == coin.model_dump(exclude={"instruction_ids"})
 
 
 def test_a_missing_required_key_is_named_in_full_even_inside_an_objective(tmp_path):
