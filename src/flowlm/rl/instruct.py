@@ -57,13 +57,18 @@ _CLASHES = {"sorting": {"punctuation:no_comma"}}
 INSTRUCTION_IDS = tuple(i[1] for i in INSTRUCTIONS)
 
 
+def check_instruction_ids(ids: Sequence[str]) -> None:
+    """A ValueError naming the ids that are not in `INSTRUCTION_IDS`."""
+    unknown = sorted(set(ids) - set(INSTRUCTION_IDS))
+    if unknown:
+        raise ValueError(f"unknown {unknown}; known: {list(INSTRUCTION_IDS)}")
+
+
 def instruction_for(key: str, seed: int = 0, task: str | None = None,
                     only: Sequence[str] | None = None) -> tuple[str, dict[str, Any]]:
     """`(text, ifeval ground truth)` of the instruction row `key` (of `task`) gets; `only`: drawn from these
     IFEval ids alone (with all of them, the same draw as without)."""
-    unknown = sorted(set(only or ()) - set(INSTRUCTION_IDS))
-    if unknown:
-        raise ValueError(f"unknown instruction ids {unknown}; known: {list(INSTRUCTION_IDS)}")
+    check_instruction_ids(only or ())
     options = [i for i in INSTRUCTIONS if i[1] not in _CLASHES.get(task or "", ()) and (only is None or i[1] in only)]
     if not options:
         raise ValueError(f"no instruction of {list(only or ())} fits task {task!r} (its answer would break it)")

@@ -124,13 +124,14 @@ class RLStageConfig(TrainStageConfig):
         if self.instruction_reward != "with_task" and self.instructions == 0:
             raise ValueError("instruction_reward applies to prompts with instructions: set instructions > 0")
         if self.instruction_ids is not None:
-            from flowlm.rl.instruct import INSTRUCTION_IDS
+            from flowlm.rl.instruct import check_instruction_ids
 
             if self.instructions == 0:
                 raise ValueError("instruction_ids apply to prompts with instructions: set instructions > 0")
-            unknown = sorted(set(self.instruction_ids) - set(INSTRUCTION_IDS))
-            if unknown:
-                raise ValueError(f"instruction_ids: unknown {unknown}; known: {list(INSTRUCTION_IDS)}")
+            try:
+                check_instruction_ids(self.instruction_ids)
+            except ValueError as exc:
+                raise ValueError(f"instruction_ids: {exc}") from None
         if self.prompt_format == "plain" and r.thinking:
             raise ValueError("prompt_format: plain renders no chat template: set rollout.thinking: false")
         if objective_class(self.objective.name).data_kind != ROLLOUTS:
