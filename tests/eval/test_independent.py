@@ -51,6 +51,11 @@ def test_flowlm_eval_equals_transformers_greedy_scored_by_verify(micro_ckpt, tmp
     n_right = sum(ref_scores)
     assert 0 < n_right < N_ITEMS  # a mix of right and wrong answers: the comparison has teeth
     assert doc["results"]["builtin"]["pass@1"] == n_right / N_ITEMS
+    by_task: dict[str, list[float]] = {}
+    for it, sc in zip(items, ref_scores):
+        by_task.setdefault(it.row["task"], []).append(sc)
+    assert {t: (c["items"], c["pass@1"]) for t, c in doc["results"]["builtin"]["by_category"].items()} == {
+        t: (len(v), sum(v) / len(v)) for t, v in by_task.items()}
 
 
 def test_other_hf_architectures_go_through_the_engines_hf_path(micro_ckpt, tmp_path):

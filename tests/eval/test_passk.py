@@ -72,3 +72,24 @@ def test_summary_partial_credit_lengths_and_flags():
     assert s["maj@4"] == pytest.approx(1 / 3)                               # item 1 votes "1" (right), item 2 "3"
     assert s["truncated"] == pytest.approx(1 / 8) and s["unclosed_think"] == pytest.approx(1 / 8)
     assert s["mean_tokens"] == pytest.approx((4 + 8 + 6 + 30 + 40) / 8)
+
+
+def test_summary_breaks_down_by_category_and_only_when_items_have_one():
+    items = [
+        {"category": "counting", "samples": [_s(1.0), _s(0.0)]},
+        {"category": "sorting", "samples": [_s(0.0), _s(0.0)]},
+        {"category": "counting", "samples": [_s(1.0), _s(1.0)]},
+        {"category": "sorting", "samples": [_s(0.5), _s(1.0)]},
+        {"category": None, "samples": [_s(1.0), _s(1.0)]},                  # in the suite, in no category
+    ]
+    by = summarize(items, n=2)["by_category"]
+    assert list(by) == ["counting", "sorting"]
+    assert by["counting"] == {"items": 2, "mean_reward": pytest.approx(0.75), "pass@1": pytest.approx(0.75),
+                              "pass@2": pytest.approx(1.0)}
+    assert by["sorting"] == {"items": 2, "mean_reward": pytest.approx((0 + 0.75) / 2), "pass@1": pytest.approx(0.25),
+                             "pass@2": pytest.approx(0.5)}                  # 0.5 is partial: no pass
+    assert set(summarize(items[:2], n=1 + 1)["by_category"]) == {"counting", "sorting"}
+    assert "by_category" not in summarize([{"samples": [_s(1.0)]}], n=1)
+    assert summarize(items[:1], n=2)["by_category"]["counting"]["pass@1"] == pytest.approx(0.5)
+    assert set(summarize([{"category": "a", "samples": [_s(1.0)]}], n=1)["by_category"]["a"]) == {
+        "items", "mean_reward", "pass@1"}

@@ -4,6 +4,7 @@ function, and the CLI's one-line errors."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -68,6 +69,28 @@ def test_builtin_if_suite_is_builtin_instruct_scored_by_ifeval_alone():
     assert verify_row(a.row, "The result is \\boxed{-999999}").score == 0.5
     assert verify_row(b.row, "So, the result is \\boxed{1}").score == 0.0
     assert "builtin_if" in suite_names()
+
+
+def test_items_carry_their_category_for_the_breakdown(tmp_path):
+    """A built-in item's category is its task; in `builtin_instruct` / `builtin_if` its instruction; a JSONL
+    row's `category` column (kept out of the verifier row). MATH's subjects: tests/eval/test_suites_data.py."""
+    from flowlm.eval.suites import BUILTIN_TASKS
+
+    builtin = load_suite("builtin", n=10)
+    assert [it.category for it in builtin.items] == [it.row["task"] for it in builtin.items]
+    assert {it.category for it in builtin.items} == set(BUILTIN_TASKS)
+    for name in ("builtin_if", "builtin_instruct"):
+        for it in load_suite(name, n=12).items:
+            gt = it.row["ground_truth"] if name == "builtin_if" else it.row["verifiers"][-1]["ground_truth"]
+            assert it.category == "+".join(gt["instruction_id_list"]) and ":" in it.category
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "1+1?", "dataset": "math", "ground_truth": "2", "category": "easy"}) + "\n"
+                    + json.dumps({"prompt": "2+2?", "dataset": "math", "ground_truth": "4"}) + "\n")
+    a, b = load_suite("jsonl", rows).items
+    assert (a.category, b.category) == ("easy", None) and "category" not in a.row
+    rows.write_text(json.dumps({"prompt": "1+1?", "dataset": "math", "ground_truth": "2", "category": 3}) + "\n")
+    with pytest.raises(FlowError, match=f"{rows}:1: category must be a string"):
+        load_suite("jsonl", rows)
 
 
 def test_sequence_verifier_checks_order():
@@ -217,6 +240,49 @@ def test_generation_eval_fn_runs_inside_the_train_engine_callback(micro_ckpt):
     assert set(out) == {"builtin/pass@1", "builtin/mean_reward"} and 0 <= out["builtin/pass@1"] <= 1
     assert all((model.state_dict()[k] == v).all() for k, v in before.items())  # the model is untouched
     assert fn(model) == out  # greedy: the same numbers every time
+
+
+def test_generation_eval_fn_samples_n_per_item_and_breaks_down_by_category(micro_ckpt):
+    from flowlm.eval.evaluate import make_generation_eval_fn
+    from flowlm.eval.harness import SamplingSettings
+    from flowlm.model.hf import load_native
+    from flowlm.model.tokenizer import load_tokenizer
+
+    model, _ = load_native(micro_ckpt)
+    suite = load_suite("builtin", n=15)
+    fn = make_generation_eval_fn(load_tokenizer(micro_ckpt), [suite],
+                                 fmt=PromptFormat(style="plain"), by_category=True,
+                                 sampling=SamplingSettings(n=3, temperature=0.8, max_new_tokens=10, seed=1))
+    out = fn(model)
+    per_task = {f"builtin/{t}/pass@{k}" for t in BUILTIN_TASKS for k in (1, 3)}
+    assert set(out) == {"builtin/pass@1", "builtin/pass@3", "builtin/mean_reward"} | per_task
+    assert all(0 <= v <= 1 for v in out.values()) and out["builtin/pass@1"] <= out["builtin/pass@3"]
+    count = {t: sum(it.category == t for it in suite.items) for t in BUILTIN_TASKS}  # the suite's pass@1 is
+    assert out["builtin/pass@1"] == pytest.approx(sum(out[f"builtin/{t}/pass@1"] * count[t] for t in count) / 15)
+    assert fn(model) == out  # seeded: the same samples at every eval point for the same weights
+
+
+def test_installed_cli_prints_a_row_per_category_under_its_suite(micro_ckpt, tmp_path):
+    import subprocess
+
+    from tests.cli_entry import flowlm_command
+
+    out = tmp_path / "r.json"
+    proc = subprocess.run([*flowlm_command(), "eval", "--model", str(micro_ckpt), "--suite", "builtin,builtin_if",
+                           "--max-items", "10", "--format", "plain", "--temperature", "0.7", "--n", "2",
+                           "--max-new-tokens", "8", "--no-progress", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())["results"]
+    builtin, inst = results["builtin"]["by_category"], results["builtin_if"]["by_category"]
+    assert set(builtin) == set(BUILTIN_TASKS) and sum(c["items"] for c in builtin.values()) == 10
+    assert all(set(c) == {"items", "mean_reward", "pass@1", "pass@2"} for c in builtin.values())
+    assert sum(c["items"] for c in inst.values()) == 10 and len(inst) > 1
+    rows = [ln for ln in proc.stderr.splitlines() if "│" in ln]
+    names = [ln.split("│")[1].strip() for ln in rows]
+    first = names.index("builtin")
+    assert names[first + 1: first + 1 + len(builtin)] == sorted(BUILTIN_TASKS)  # under their suite, in order
+    assert names[names.index("builtin_if") + 1] == sorted(inst)[0]
 
 
 def test_cli_errors_are_one_line(micro_ckpt, tmp_path, capsys):

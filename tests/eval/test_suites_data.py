@@ -51,6 +51,8 @@ def test_gsm8k_reference_solutions_and_off_by_one():
 def test_math500_solutions_answers_and_corruptions():
     suite = load_suite("math500", data_dir("math500"))
     assert len(suite.items) == 500 and suite.majority_vote
+    assert {it.category for it in suite.items} == {"Algebra", "Counting & Probability", "Geometry", "Intermediate Algebra",
+                                                   "Number Theory", "Prealgebra", "Precalculus"}  # the breakdown
     comps = [[it.demo, f"The answer is $\\boxed{{{it.row['ground_truth']}}}$.",
               f"The answer is $\\boxed{{{corrupt_math(it.row['ground_truth'])}}}$."] for it in suite.items]
     check(suite, comps, [1.0, 1.0, 0.0])
@@ -71,6 +73,7 @@ def test_aime_and_amc_answers_and_corruptions():
 def test_math_full_test_set_reads_every_row():
     suite = load_suite("math", data_dir("math_test") / "test.jsonl.gz")
     assert len(suite.items) == 5000 and all(it.row["ground_truth"] for it in suite.items)
+    assert len({it.category for it in suite.items}) == 7 and None not in {it.category for it in suite.items}
 
 
 @pytest.mark.slow

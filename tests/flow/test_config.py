@@ -146,8 +146,14 @@ def test_builtin_rl_modes_recipe_has_instruct_and_qwen3_rl_after_tiny_post():
     # the pair with the lowercase instruction only: rl_zero_if's settings otherwise, again differing in the reward
     lower, lower_coin = st["rl_zero_lower"], st["rl_zero_lower_coin"]
     assert lower.instruction_ids == ["change_case:english_lowercase"] and zero.instruction_ids is None
-    assert lower.model_dump(exclude={"instruction_ids"}) == zero.model_dump(exclude={"instruction_ids"})
-    assert lower_coin.model_dump(exclude={"instruction_ids"}) == coin.model_dump(exclude={"instruction_ids"})
+    # and in the in-loop eval: sampled, 300 items, per instruction (the lowercase curve is the one that counts)
+    assert lower.model_dump(exclude={"instruction_ids", "generation_eval"}) == zero.model_dump(
+        exclude={"instruction_ids", "generation_eval"})
+    assert lower_coin.model_dump(exclude={"instruction_ids", "generation_eval"}) == coin.model_dump(
+        exclude={"instruction_ids", "generation_eval"})
+    assert lower.generation_eval == lower_coin.generation_eval
+    assert lower.generation_eval.model_dump(include={"suites", "max_items", "temperature", "n", "by_category"}) == {
+        "suites": ["builtin_if"], "max_items": 300, "temperature": 0.8, "n": 4, "by_category": True}
 
 
 def test_a_missing_required_key_is_named_in_full_even_inside_an_objective(tmp_path):

@@ -242,7 +242,9 @@ def test_generation_eval_format_reaches_the_prompt_format(monkeypatch, fmt):
     monkeypatch.setattr(train_stage, "bpb_eval_fn", lambda ctx, name, tok: lambda model: {"prose/bpb": 1.0})
     monkeypatch.setattr(evaluate, "load_suites", lambda specs, max_items: ["suite"])
     monkeypatch.setattr(evaluate, "make_generation_eval_fn",
-                        lambda tok, suites, fmt, sampling: seen.update(fmt=fmt) or (lambda model: {"s/pass@1": 0.5}))
+                        lambda tok, suites, fmt, sampling, by_category: seen.update(fmt=fmt, sampling=sampling,
+                                                                                    by_category=by_category)
+                        or (lambda model: {"s/pass@1": 0.5}))
     cfg = train_stage.TrainStageConfig.model_validate(
         {"kind": "train", "init": "x", "data": "d", "steps": 1, "seq_len": 8, "batch_size": 1,
          "generation_eval": {"suites": ["builtin_if"], "format": fmt, "thinking": False}})
@@ -250,3 +252,19 @@ def test_generation_eval_format_reaches_the_prompt_format(monkeypatch, fmt):
     fn = train_stage.eval_fn(ctx, "rl", cfg, tok=None)
     assert fn(None) == {"prose/bpb": 1.0, "s/pass@1": 0.5}
     assert seen["fmt"].style == fmt and seen["fmt"].thinking is False
+    assert (seen["sampling"].n, seen["sampling"].temperature, seen["by_category"]) == (1, 0.0, False)  # greedy
+    sampled = cfg.generation_eval.model_copy(update={"n": 4, "temperature": 0.8, "top_p": 0.9, "seed": 3,
+                                                     "by_category": True})
+    train_stage.eval_fn(ctx, "rl", cfg.model_copy(update={"generation_eval": sampled}), tok=None)
+    s = seen["sampling"]
+    assert (s.n, s.temperature, s.top_p, s.seed, seen["by_category"]) == (4, 0.8, 0.9, 3, True)
+
+
+def test_generation_eval_refuses_several_greedy_samples():
+    from pydantic import ValidationError
+
+    from flowlm.flow.stages.train import GenerationEvalConfig
+
+    with pytest.raises(ValidationError, match="n = 4 greedy samples would all be the same"):
+        GenerationEvalConfig(suites=["builtin"], n=4)
+    assert GenerationEvalConfig(suites=["builtin"], n=4, temperature=0.6).n == 4

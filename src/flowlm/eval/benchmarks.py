@@ -85,7 +85,9 @@ def _math(where: str, i: int, row: dict[str, Any]) -> EvalItem:
     gt = _number_text(answer)
     item_id = str(row.get("unique_id", row.get("id", row.get("idx", i))))
     demo = solution if isinstance(solution, str) and "\\boxed" in solution else f"The answer is $\\boxed{{{gt}}}$."
-    return EvalItem(item_id, problem, {"dataset": "math", "ground_truth": gt}, demo=demo)
+    subject = row.get("subject", row.get("type"))  # MATH500 / MATH's subject, e.g. "Precalculus"
+    return EvalItem(item_id, problem, {"dataset": "math", "ground_truth": gt}, demo=demo,
+                    category=subject if isinstance(subject, str) and subject else None)
 
 
 def _number_text(x: Any) -> str:

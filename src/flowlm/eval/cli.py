@@ -166,7 +166,8 @@ class _progress:
 
 
 def print_table(summaries: dict[str, dict[str, Any]], n: int) -> None:
-    """suite × (items, mean reward, pass@1, pass@n, maj@n, tokens, truncated, unclosed think) on stderr."""
+    """suite × (items, mean reward, pass@1, pass@n, maj@n, tokens, truncated, unclosed think) on stderr,
+    with a row per category under a suite whose items fall in more than one (`by_category`)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -180,6 +181,10 @@ def print_table(summaries: dict[str, dict[str, Any]], n: int) -> None:
         table.add_column(labels[c], justify="right")
     for name, s in summaries.items():
         table.add_row(name, *(_fmt(s.get(c)) for c in cols))
+        by_category = s.get("by_category") or {}
+        if len(by_category) > 1:  # one row per category under its suite (the columns it has)
+            for cat, sub in by_category.items():
+                table.add_row(f"  {cat}", *(_fmt(sub.get(c)) for c in cols))
     Console(stderr=True).print(table)
 
 

@@ -71,22 +71,31 @@ def evaluate_models(models: dict[str, str | Path], suites: list[Suite], *, fmt: 
 
 def make_generation_eval_fn(tokenizer: Any, suites: list[Suite], *, fmt: PromptFormat | None = None,
                             sampling: SamplingSettings | None = None, max_slots: int = 64,
-                            metrics: Sequence[str] = HEADLINE) -> Callable[[Any], dict[str, float]]:
+                            metrics: Sequence[str] = HEADLINE,
+                            by_category: bool = False) -> Callable[[Any], dict[str, float]]:
     """`fn(model) -> {"<suite>/<metric>": value}` for `flowlm.train.engine.EvalCallback`: generates with a
     private copy of the model's weights (the engine copies the module; training is not disturbed) and
     verifies in this process (no worker pool inside a training job). Defaults to greedy decoding, which
     keeps in-loop curves free of sampling noise. Single-process models only (an FSDP-sharded model would
-    need its full state gathered first)."""
+    need its full state gathered first). With `sampling.n` > 1 pass@n is added to `metrics`; with
+    `by_category`, `"<suite>/<category>/pass@1"` (and pass@n) for every category of a suite's items."""
     from flowlm.generate import engine as gen
 
     fmt = fmt or PromptFormat()
     sampling = sampling or SamplingSettings(temperature=0.0)
 
+    keys = [*metrics, f"pass@{sampling.n}"] if sampling.n > 1 else list(metrics)
+
     def fn(model: Any) -> dict[str, float]:
         # A `torch.compile`d module wraps the model it runs; the engine needs the model itself.
         engine = gen.Engine(getattr(model, "_orig_mod", model), tokenizer, gen.GenerateConfig(max_slots=max_slots))
         results = run_suites(engine, suites, fmt, sampling, workers=0)
-        return {f"{name}/{m}": float(r.summary[m]) for name, r in results.items() for m in metrics if m in r.summary}
+        out = {f"{name}/{m}": float(r.summary[m]) for name, r in results.items() for m in keys if m in r.summary}
+        if by_category:
+            for name, r in results.items():
+                for cat, sub in r.summary.get("by_category", {}).items():
+                    out.update({f"{name}/{cat}/{k}": float(v) for k, v in sub.items() if k.startswith("pass@")})
+        return out
 
     return fn
 

@@ -102,7 +102,7 @@ def generate(engine: Any, suites: list[Suite], fmt: PromptFormat, sampling: Samp
     for suite in suites:
         for j, item in enumerate(suite.items):
             r = render(item, suite, fmt, tok)
-            rec = {"id": item.id, "question": item.question, "prompt_tokens": len(r.ids),
+            rec = {"id": item.id, "category": item.category, "question": item.question, "prompt_tokens": len(r.ids),
                    "ground_truth": item.row.get("ground_truth", item.row.get("verifiers")), "samples": [],
                    "error": None}
             out[suite.name].append(rec)

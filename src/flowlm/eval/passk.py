@@ -7,6 +7,9 @@ it is computed as the product 1 - prod_{i=n-c+1}^{n} (1 - k/i) (each factor in [
 the result is exactly 1 when n - c < k. OLMo 3 reports pass@1 as the mean correctness over N samples
 ("Avg@N"), which is what pass@1 of this estimator is.
 
+Items with a `category` are also summarised per category (`by_category`: items, mean reward, pass@1 and
+pass@n), e.g. per built-in task or per MATH subject.
+
 A sample counts as correct for pass@k when its score is 1 (partial-credit verifiers such as IFEval's
 `fraction` reward give less); `mean_reward` keeps the partial credit.
 """
@@ -60,7 +63,8 @@ def summarize(items: Sequence[dict[str, Any]], n: int, *, majority: bool = False
 
     Each item has `samples`: dicts with `score` (0..1), `tokens` (generated count), `finish_reason`
     (`stop` / `length`), `unclosed_think` (bool) and, for majority vote, `answer` (canonical str or
-    None). Items whose request failed (`error`) score 0 on every sample and are counted in `errors`.
+    None), and optionally `category`. Items whose request failed (`error`) score 0 on every sample and are
+    counted in `errors`.
     """
     scores = [[s["score"] for s in it["samples"]] or [0.0] * n for it in items]
     correct = [sum(x >= CORRECT for x in sc) for sc in scores]
@@ -80,4 +84,17 @@ def summarize(items: Sequence[dict[str, Any]], n: int, *, majority: bool = False
         votes = [majority_correct([s.get("answer") for s in it["samples"]], [s["score"] for s in it["samples"]])
                  if it["samples"] else 0.0 for it in items]
         out[f"maj@{n}"] = sum(votes) / max(len(items), 1)
+    groups: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        if it.get("category") is not None:
+            groups.setdefault(str(it["category"]), []).append(i)
+    if groups:
+        out["by_category"] = {cat: _category(scores, correct, idx, n) for cat, idx in sorted(groups.items())}
     return out
+
+
+def _category(scores: list[list[float]], correct: list[int], idx: list[int], n: int) -> dict[str, Any]:
+    """items, mean_reward and pass@1 (and pass@n for n > 1) of the items at `idx`."""
+    ks = (1, n) if n > 1 else (1,)
+    return {"items": len(idx), "mean_reward": sum(sum(scores[i]) / len(scores[i]) for i in idx) / len(idx),
+            **{f"pass@{k}": v for k, v in pass_at_ks([correct[i] for i in idx], n, ks).items()}}

@@ -57,7 +57,10 @@ class EvalItem:
     `question` is the user turn (chat) or the `{question}` of the plain template; `messages` replaces
     it when a file gives a whole conversation. `row` is the verifier row (routing + ground truth + the
     columns verifiers read, e.g. HumanEval's `prompt` and `entry_point`). `demo` is a worked answer for
-    few-shot prompts (None: the item cannot serve as an example).
+    few-shot prompts (None: the item cannot serve as an example). `category` is what the suite's
+    per-category breakdown (`by_category` in its summary) groups the item under: a built-in item's task,
+    the instruction of `builtin_instruct` / `builtin_if`, a MATH problem's subject, a JSONL row's
+    `category` column (None: the item is in no breakdown).
     """
 
     id: str
@@ -65,6 +68,7 @@ class EvalItem:
     row: dict[str, Any]
     messages: tuple[dict[str, Any], ...] | None = None
     demo: str | None = None
+    category: str | None = None
 
     def verifier_names(self) -> list[str]:
         from flowlm.verify.rows import pairs_of
@@ -117,18 +121,19 @@ def _with_instruction(item: EvalItem, *, only: bool = False) -> EvalItem:
 
     text, gt = instruction_for(item.id, task=item.row["task"])
     row = {"dataset": "ifeval", "ground_truth": gt, "task": item.row["task"]} if only else with_ifeval(item.row, gt)
-    return dataclasses.replace(item, question=f"{item.question} {text}", row=row)
+    return dataclasses.replace(item, question=f"{item.question} {text}", row=row,
+                               category="+".join(gt["instruction_id_list"]))
 
 
 def _builtin_item(it: dict[str, Any]) -> EvalItem:
     # Word problems end in `#### n` (GSM8K style); sorting needs the order checked; the rest are numbers.
     verifier = {"word_problem": "gsm8k", "sorting": "sequence"}.get(it["task"], "math")
     row = {"dataset": verifier, "ground_truth": it["answer"], "task": it["task"]}
-    return EvalItem(it["id"], it["prompt"], row, demo=it["solution"])
+    return EvalItem(it["id"], it["prompt"], row, demo=it["solution"], category=it["task"])
 
 
 def read_user_rows(path: Path, name: str = "jsonl") -> Suite:
-    """A JSONL of `{prompt | messages, dataset + ground_truth | verifiers, id?, ...}` rows."""
+    """A JSONL of `{prompt | messages, dataset + ground_truth | verifiers, id?, category?, ...}` rows."""
     from flowlm.generate.prompts import prompt_problem
     from flowlm.jsonlines import iter_json_objects
     from flowlm.verify.base import GroundTruthError, UnknownVerifierError
@@ -148,11 +153,14 @@ def read_user_rows(path: Path, name: str = "jsonl") -> Suite:
             validate_row(row)
         except (GroundTruthError, UnknownVerifierError) as exc:
             raise FlowError(f"{where}: {exc.args[0] if exc.args else exc}") from None
-        verifier_row = {k: v for k, v in row.items() if k not in ("messages", "completion", "response", "id")}
+        category = row.get("category")
+        if category is not None and not isinstance(category, str):
+            raise FlowError(f"{where}: category must be a string, got {type(category).__name__}")
+        verifier_row = {k: v for k, v in row.items() if k not in ("messages", "completion", "response", "id", "category")}
         question = prompt if isinstance(prompt, str) else _last_user(prompt)
         messages = tuple(prompt) if keys[0] == "messages" else None
         items.append(EvalItem(str(row.get("id", f"{Path(path).stem}-{lineno}")), question, verifier_row, messages,
-                              row.get("demo") if isinstance(row.get("demo"), str) else None))
+                              row.get("demo") if isinstance(row.get("demo"), str) else None, category))
     if not items:
         raise FlowError(f"{path}: no rows")
     return Suite(name, tuple(items), str(path), max_new_tokens=512, fewshot_pool=tuple(items))

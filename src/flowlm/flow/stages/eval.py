@@ -26,7 +26,7 @@ from flowlm.config import Strict
 from flowlm.flow.stages.registry import StageContext, StageKind, StageResult, register
 
 HEADLINE_KEYS = ("items", "n", "mean_reward", "mean_tokens", "truncated", "unclosed_think", "errors",
-                 "contamination", "contamination_unchecked")
+                 "contamination", "contamination_unchecked", "by_category")
 
 
 class EvalStageConfig(Strict):
@@ -71,7 +71,8 @@ def _corpus_files(ctx: StageContext, name: str) -> list[Path]:
 
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:
-    """The summary numbers kept in `flow.json`: pass@k for k = 1, 2, 4, ... and n, maj@n, lengths, flags."""
+    """The summary numbers kept in `flow.json`: pass@k for k = 1, 2, 4, ... and n, maj@n, lengths, flags,
+    and the per-category breakdown."""
     n = int(summary.get("n", 1))
     ks = sorted({k for k in (2**i for i in range(12)) if k <= n} | {n})
     keep = [*HEADLINE_KEYS, *(f"pass@{k}" for k in ks), f"maj@{n}"]

@@ -38,10 +38,20 @@ class YarnStageConfig(Strict):
 class GenerationEvalConfig(Strict):
     """Generation-based eval inside a train stage (greedy by default), beside BPB, at every eval point."""
 
+    @model_validator(mode="after")
+    def _samples_need_sampling(self) -> GenerationEvalConfig:
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError(f"n = {self.n} greedy samples would all be the same; set temperature > 0")
+        return self
+
     suites: list[str] = Field(min_length=1, description="suite specs as `flowlm eval --suite` takes them")
     max_items: int = Field(50, gt=0, description="items per suite")
     max_new_tokens: int | None = Field(None, gt=0, description="default: the suite's own limit")
     temperature: float = Field(0.0, ge=0, description="0 = greedy (in-loop curves without sampling noise)")
+    n: int = Field(1, ge=1, description="samples per item (temperature > 0): pass@1 is their mean, pass@n added")
+    top_p: float = Field(0.95, gt=0, le=1, description="with temperature > 0 (flowlm eval's default)")
+    seed: int = Field(0, description="sampling seed: the same samples at every eval point for the same weights")
+    by_category: bool = Field(False, description="also '<suite>/<category>/pass@1' per task / instruction / subject")
     thinking: bool = True
     format: Literal["chat", "plain"] = Field(
         "chat", description="the chat template, or the suite's plain template (base models, RL-Zero)")
@@ -310,9 +320,9 @@ def eval_fn(ctx: StageContext, name: str, cfg: TrainStageConfig, tok: Any) -> Ca
 
     suites = load_suites(parse_suite_specs(gen_cfg.suites), max_items=gen_cfg.max_items)
     fmt = PromptFormat(style=gen_cfg.format, thinking=gen_cfg.thinking)
-    generate = make_generation_eval_fn(tok, suites, fmt=fmt,
-                                       sampling=SamplingSettings(temperature=gen_cfg.temperature,
-                                                                 max_new_tokens=gen_cfg.max_new_tokens))
+    sampling = SamplingSettings(n=gen_cfg.n, temperature=gen_cfg.temperature, top_p=gen_cfg.top_p,
+                                max_new_tokens=gen_cfg.max_new_tokens, seed=gen_cfg.seed)
+    generate = make_generation_eval_fn(tok, suites, fmt=fmt, sampling=sampling, by_category=gen_cfg.by_category)
     return lambda model: {**bpb(model), **generate(model)}
 
 
