@@ -222,14 +222,21 @@ def test_tokenizer_stage_tokenizes_every_corpus_chat_included(tmp_path):
 
 
 def test_train_stage_scores_generation_suites_at_each_eval_point(base, tmp_path):
+    from flowlm.eval.suites import load_suite
+
     d = tmp_path / "run"
     shutil.copytree(base, d)
     run(d, MICRO + ["stages.pretrain.steps=2", "stages.pretrain.seq_len=64", "stages.pretrain.batch_size=2",
-                    "stages.pretrain.generation_eval={suites: [arithmetic], max_items: 4, max_new_tokens: 8}"],
+                    "stages.pretrain.generation_eval={suites: [arithmetic, builtin], max_items: 4, max_new_tokens: 8,"
+                    " temperature: 0.8, n: 2, by_category: true}"],
         ["pretrain"])
     metrics = json.loads((d / "flow.json").read_text())["stages"]["pretrain"]["metrics"]
+    tasks = {it.category for it in load_suite("builtin", n=4).items}
     for point in (metrics["eval_init"], metrics["eval"]):
-        assert 0.0 <= point["arithmetic/pass@1"] <= 1.0 and "prose/bpb" in point
+        assert 0.0 <= point["arithmetic/pass@1"] <= point["arithmetic/pass@2"] <= 1.0 and "prose/bpb" in point
+        # 2 samples per item, and pass@1 / pass@2 per task of the builtin suite's items
+        assert {k.split("/")[1] for k in point if k.startswith("builtin/") and k.count("/") == 2} == tasks
+        assert point["arithmetic/arithmetic/pass@1"] == point["arithmetic/pass@1"]  # one category: the suite
 
 
 @pytest.mark.parametrize("fmt", ["chat", "plain"])
