@@ -68,12 +68,13 @@ def summarize(items: Sequence[dict[str, Any]], n: int, *, majority: bool = False
     """
     scores = [[s["score"] for s in it["samples"]] or [0.0] * n for it in items]
     correct = [sum(x >= CORRECT for x in sc) for sc in scores]
+    rewards = [sum(sc) / len(sc) for sc in scores]  # per item, partial credit kept
     samples = [s for it in items for s in it["samples"]]
     n_samples = max(len(samples), 1)
     out: dict[str, Any] = {
         "items": len(items),
         "n": n,
-        "mean_reward": sum(sum(sc) / len(sc) for sc in scores) / max(len(items), 1),
+        "mean_reward": sum(rewards) / max(len(items), 1),
         **{f"pass@{k}": v for k, v in pass_at_ks(correct, n).items()},
         "mean_tokens": sum(s["tokens"] for s in samples) / n_samples,
         "truncated": sum(s["finish_reason"] == "length" for s in samples) / n_samples,
@@ -89,12 +90,12 @@ def summarize(items: Sequence[dict[str, Any]], n: int, *, majority: bool = False
         if it.get("category") is not None:
             groups.setdefault(str(it["category"]), []).append(i)
     if groups:
-        out["by_category"] = {cat: _category(scores, correct, idx, n) for cat, idx in sorted(groups.items())}
+        out["by_category"] = {cat: _category(rewards, correct, idx, n) for cat, idx in sorted(groups.items())}
     return out
 
 
-def _category(scores: list[list[float]], correct: list[int], idx: list[int], n: int) -> dict[str, Any]:
+def _category(rewards: list[float], correct: list[int], idx: list[int], n: int) -> dict[str, Any]:
     """items, mean_reward and pass@1 (and pass@n for n > 1) of the items at `idx`."""
     ks = (1, n) if n > 1 else (1,)
-    return {"items": len(idx), "mean_reward": sum(sum(scores[i]) / len(scores[i]) for i in idx) / len(idx),
+    return {"items": len(idx), "mean_reward": sum(rewards[i] for i in idx) / len(idx),
             **{f"pass@{k}": v for k, v in pass_at_ks([correct[i] for i in idx], n, ks).items()}}
