@@ -89,6 +89,130 @@ def test_async_batches_respect_the_staleness_bound(tok, model, tmp_path):
     check_accounting(recs)
 
 
+def test_batches_behind_counts_weight_pushes_by_hand():
+    from flowlm.rl.actor import batches_behind
+
+    # one optimizer step per rollout batch: the difference of the versions
+    assert [batches_behind(d, 1) for d in (0, 1, 3)] == [0, 1, 3]
+    # 4 steps per batch (OLMo 3 Instruct's minibatches): versions 0, 4, 8 pushed; 8 - 0 is two pushes
+    assert [batches_behind(d, 4) for d in (0, 4, 8, 12)] == [0, 1, 2, 3]
+    # a resume after minibatch 1 of 4 starts the engine on version 5; the next push (8) is one push later
+    assert batches_behind(8 - 5, 4) == 1 and batches_behind(12 - 5, 4) == 2
+
+
+def test_async_minibatches_push_once_per_rollout_batch_with_the_old_policy_logps(tok, model, tmp_path):
+    """minibatches 3 in mode async (OLMo 3 Instruct RL ran 4 with async_steps 8): each rollout batch is 3
+    optimizer steps of one whole group each, their `old_logps` the policy at the batch's first step; the
+    weights are pushed once per batch (versions 0, 3, 6: optimizer steps done) and the staleness bound
+    counts pushes."""
+    from flowlm.train.objectives.grpo import token_mask
+    from tests.rl.test_grpo_objective import full_logps
+
+    policy = copy.deepcopy(model)
+    log = tmp_path / "r.jsonl"
+    src = async_source(tok, policy, rows(80), log=log, async_steps=1, minibatches=3)
+    try:
+        it = iter(src)
+        for k in range(12):
+            part = next(it)
+            if k % 3 == 0:  # the first step of a rollout batch: the policy the old-policy pass used
+                before = copy.deepcopy(policy)
+                version = k  # optimizer steps done when the batch was taken
+                m = metrics(part)
+                assert m["policy_lag"] <= 1 and m["stale_dropped"] == 0 and m["informative_share"] == 1.0
+                assert m["staleness/lag_0"] + m["staleness/lag_1"] == m["prompts"]  # groups taken, each lag <= 1
+            else:
+                assert not any(key.startswith("stat_") for key in part)  # statistics once per batch
+            assert part["input_ids"].shape[0] == 4  # one whole group per optimizer step
+            mask = token_mask(part)
+            assert torch.equal(~part["old_logps"].isnan(), mask)
+            with torch.no_grad():
+                assert torch.allclose(part["old_logps"][mask], full_logps(before, part)[mask], atol=1e-5)
+            v = part["rollout_versions"][part["labels"] != -100]
+            assert (v % 3 == 0).all() and (v <= version).all() and ((version - v) // 3 <= 1).all()
+            with torch.no_grad():  # the learner's optimizer step
+                next(policy.parameters()).add_(1e-3)
+            time.sleep(0.02)
+    finally:
+        src.close()
+    assert (src.position, src.steps) == (4, 12)
+    recs = records(log)
+    assert [r["position"] for r in recs] == [0, 1, 2, 3] and [r["version"] for r in recs] == [0, 3, 6, 9]
+    assert all(max(r["lags"]) <= 1 for r in recs) and sum(r["lags"].count(1) for r in recs) > 0
+    check_accounting(recs)
+
+
+def test_async_resume_between_two_minibatches_serves_the_rest_then_loses_no_prompt(tok, model, tmp_path):
+    """A checkpoint after the first of 3 minibatches: the resumed source serves the other two (the same
+    tensors and old-policy log-probs), then regenerates what was in flight first; no prompt lost or replayed."""
+    policy = copy.deepcopy(model)
+    log = tmp_path / "r.jsonl"
+    straight = async_source(tok, policy, rows(80), log=log, async_steps=2, minibatches=3)
+    try:
+        it = iter(straight)
+        for _ in range(4):
+            next(it)
+        state = copy.deepcopy(straight.state_dict())  # (the trainer's checkpoint keeps it with torch.save)
+        rest = [next(it), next(it)]
+        next(it)  # the next batch, generated after the checkpoint: lost with the process
+    finally:
+        straight.close()
+    assert (state["position"], state["steps"], len(state["pending"])) == (2, 4, 2) and state["async"]["requeue"]
+    resumed = async_source(tok, policy, rows(80), log=log, async_steps=2, minibatches=3)
+    resumed.load_state_dict(state)
+    try:
+        it = iter(resumed)
+        again = [next(it) for _ in range(2)]
+        after = [next(it) for _ in range(6)]
+    finally:
+        resumed.close()
+    for a, b in zip(rest, again):
+        for key in ("input_ids", "labels", "advantages", "old_logps", "rollout_versions"):
+            assert torch.equal(a[key].nan_to_num(7.0), b[key].nan_to_num(7.0)), key
+    # then whole rollout batches again, their statistics on the first step of each
+    assert [any(key.startswith("stat_") for key in part) for part in after] == [True, False, False] * 2
+    recs = records(log)
+    assert [r["position"] for r in recs] == [0, 1, 2, 3] and [r["version"] for r in recs] == [0, 3, 6, 9]
+    check_accounting(recs)
+    pending = {f"p{i}" for i in state["async"]["requeue"]}
+    assert pending <= {p for r in recs[2:] for p in r["consumed"]} | set(recs[-1]["pending"])
+
+
+def test_async_minibatches_through_the_trainer_ratio_one_on_each_first_step(tok, tmp_path):
+    """Mode async with minibatches 2 through the trainer: the first step of each rollout batch has ratio 1
+    (its old-policy pass is the learner's own weights, however old the samples: their lag shows in the
+    mismatch band, where the truncated importance weights correct it), the second step's ratio moves, and
+    the easy reward still rises."""
+    from flowlm.model.config import ModelConfig
+    from flowlm.model.olmo3 import Olmo3
+    from flowlm.train.config import EngineConfig
+    from flowlm.train.engine import Trainer
+    from flowlm.train.objectives import build_objective
+
+    torch.manual_seed(0)
+    policy = Olmo3(ModelConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                               intermediate_size=64, max_seq_len=128, sliding_window=16, init_std=0.2))
+    src = RolloutSource(rows(64, "rl_test_digits"), tok, RolloutConfig(
+        prompts_per_step=8, group_size=8, max_new_tokens=8, mode="async", async_steps=1, minibatches=2),
+        seed=0, max_len=64)
+    src.bind(policy)
+    cfg = EngineConfig(steps=60, seq_len=64, batch_size=64, optim={"lr": 3e-3}, schedule={"kind": "constant"},
+                       checkpoint_every=1000)
+    try:
+        Trainer(policy, build_objective("grpo"), src, cfg, tmp_path, show_progress=False).fit()
+    finally:
+        src.close()
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    firsts, seconds = recs[0::2], recs[1::2]
+    assert all("reward" in r for r in firsts) and not any("reward" in r for r in seconds)
+    assert all(r["ratio_max"] == pytest.approx(1.0, abs=1e-4) for r in firsts)
+    assert all(r["ratio_max"] > 1.0 + 1e-4 for r in seconds)
+    assert all(r["policy_lag"] <= 1 for r in firsts) and sum(r["staleness/lag_1"] for r in firsts) > 0
+    assert any(r["mismatch/out_of_band"] > 0 for r in firsts)
+    first, last = (sum(r["reward"] for r in part) / 4 for part in (firsts[:4], firsts[-4:]))
+    assert first < 0.15 and last > 0.5, (first, last)
+
+
 def test_stale_groups_are_dropped_counted_and_replaced(tok, model, tmp_path):
     # 8 groups generated at once for a learner that takes 1 per step: groups sampled at version 0 are 2
     # versions old by the third batch and must be dropped (and their prompts sampled again). (With fewer
@@ -311,6 +435,24 @@ def test_kill_9_then_resume_in_async_mode_loses_and_replays_no_prompt(async_base
     kill_9_then_resume(async_base, d, lambda env: flowlm(
         "train", str(async_base / "recipe.yaml"), "--stage", "rl", "--run-dir", str(d), "--no-progress",
         check=False, env=env), killed_rc=-9)
+
+
+def test_flowlm_train_async_with_minibatches_two_steps_per_rollout_batch(async_base, tmp_path):
+    """OLMo 3 Instruct RL's shape (async with minibatches) through the installed `flowlm train`: 4 optimizer
+    steps from 2 rollout batches, pushed as versions 0 and 2, the rollout statistics on each batch's first step."""
+    d = tmp_path / "run"
+    shutil.copytree(async_base / "run", d)
+    flowlm("train", str(async_base / "recipe.yaml"), "--stage", "rl", "--run-dir", str(d), "--no-progress",
+           "stages.rl.rollout.minibatches=2")
+    st = json.loads((d / "flow.json").read_text())["stages"]["rl"]
+    assert st["status"] == "done" and st["config"]["rollout"]["minibatches"] == 2
+    steps = [json.loads(x) for x in (d / "rl" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert ["reward" in r for r in steps] == [True, False, True, False]
+    assert all(r["ratio_max"] == pytest.approx(1.0, abs=1e-4) for r in steps[0::2])
+    recs = records(d / "rl" / "rollouts.jsonl")
+    assert [r["version"] for r in recs] == [0, 2] and all(max(r["lags"]) <= 1 for r in recs)
+    check_accounting(recs)
 
 
 def test_torchrun_async_learner_kill_9_then_resume_loses_and_replays_no_prompt(async_base, tmp_path):

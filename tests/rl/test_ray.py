@@ -113,6 +113,28 @@ def test_ray_batches_have_the_async_contract_and_resume_without_loss(cluster, to
     assert pending <= {p for r in recs[4:] for p in r["consumed"]} | set(recs[-1]["pending"])
 
 
+def test_ray_minibatches_push_once_per_rollout_batch(cluster, tok, model, tmp_path):
+    """minibatches 3 in mode ray: three optimizer steps per rollout batch, each with the old-policy
+    log-probs; the actor gets the weights once per batch (versions 0, 3, 6: optimizer steps done)."""
+    policy = copy.deepcopy(model)
+    log = tmp_path / "r.jsonl"
+    src = ray_source(tok, policy, rows(80), log=log, minibatches=3)
+    try:
+        it = iter(src)
+        for k in range(9):
+            part = next(it)
+            assert part["input_ids"].shape[0] == 4 and not part["old_logps"][part["labels"] != -100].isnan().any()
+            v = part["rollout_versions"][part["labels"] != -100]
+            assert (v % 3 == 0).all() and (v <= k - k % 3).all()
+            with torch.no_grad():
+                next(policy.parameters()).add_(1e-3)
+    finally:
+        src.close()
+    recs = records(log)
+    assert [r["version"] for r in recs] == [0, 3, 6] and all(max(r["lags"]) <= 1 for r in recs)
+    check_accounting(recs)
+
+
 def test_a_killed_rollout_actor_is_restarted_and_its_prompts_are_not_lost(cluster, tok, model, tmp_path, capsys):
     log = tmp_path / "r.jsonl"
     src = ray_source(tok, model, rows(80), log=log, async_steps=2, num_rollout_workers=2, num_reward_workers=1)

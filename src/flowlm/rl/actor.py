@@ -36,7 +36,17 @@ staleness, weight pushes and their timeout, restarts, prompt accounting, the bat
   (`rollout_versions`); the `grpo` objective's truncated importance weights correct the off-policy tokens
   (OLMo 3: TIS cap 2.0 with `async_steps` 8).
 
-Staleness. A group's lag is the learner's version minus its oldest token's version. A group whose lag
+Minibatches (`minibatches` M or `num_epochs` E > 1; OLMo 3 Instruct RL ran M = 4 with `async_steps` 8):
+the learner asks for a batch once per rollout batch, so the weights are pushed once per M x E optimizer
+steps, as open-instruct syncs once per training step. `flowlm.rl.source` splits the batch and takes the
+old-policy pass (`old_logps`, the policy at the batch's first step) in the trainer's thread; the `grpo`
+objective's ratio is against that policy and its truncated importance weights against the engine's
+log-probs, so a group sampled several versions back is corrected towards `old_logps`, as AReaL's decoupled
+loss and open-instruct's TIS do. Versions stay optimizer steps done (the sync mode's numbers); lags count
+weight pushes (`batches_behind`).
+
+Staleness. A group's lag is the number of weight pushes between its oldest token's version and the
+learner's (with one optimizer step per batch, the difference of the two). A group whose lag
 exceeds `async_steps` is dropped, counted (`stale_dropped`) and its prompt re-queued at the front: the
 replacement is a fresh sample of the same prompt, so dropping does not bias the batch towards prompts
 with short completions (tinker-cookbook#822) and no prompt is lost. Pacing keeps drops rare: at most
@@ -96,6 +106,14 @@ if TYPE_CHECKING:  # (no torch import here: mode ray's reward actors import this
     from flowlm.rl.source import Group, RolloutSource
 
 
+def batches_behind(steps_behind: int, steps_per_batch: int) -> int:
+    """Weight pushes between a token's policy version and the learner's, both in optimizer steps done: the
+    weights are pushed once per rollout batch of `steps_per_batch` steps, so the pushes after a version `v`
+    up to `V` number `ceil((V - v) / steps_per_batch)` (a resume between two minibatches starts the engine
+    on a version off the batch boundary; the next push still counts one)."""
+    return -(-steps_behind // steps_per_batch)
+
+
 class AsyncRollouts:
     """The rollout side of modes `async` and `ray` and the learner's batch assembly (see module docstring)."""
 
@@ -129,7 +147,7 @@ class AsyncRollouts:
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the workers on the policy's current (possibly resumed) weights, then their threads."""
-        version = self.source.position
+        version = self.source.steps  # optimizer steps done (a resume may land between two minibatches)
         try:
             self.backend.open(version)
             self.pushed = version
@@ -278,7 +296,8 @@ class AsyncRollouts:
         """Push the weights, take verified groups into a batch (see module docstring)."""
         cfg, src = self.cfg, self.source
         t0 = time.perf_counter()
-        version = src.position  # optimizer steps done: the version of the policy this batch trains
+        version = src.steps  # optimizer steps done: the version of the policy this batch trains
+        per_batch = cfg.steps_per_batch()
         stats: Counter[str] = Counter()
         self._check(stats)
         self._push(version, stats)
@@ -290,7 +309,7 @@ class AsyncRollouts:
         limit = cfg.max_groups()
         while len(kept) < cfg.prompts_per_step and len(taken) < limit:
             item = self._take(stats)
-            lag = version - min(min(c.versions) for c in item.result.completions)
+            lag = batches_behind(version - min(min(c.versions) for c in item.result.completions), per_batch)
             with self.lock:
                 self._release(item.ticket)
                 self.lock.notify_all()  # room for the rollout threads to dispatch

@@ -57,8 +57,9 @@ class RolloutConfig(Strict):
                             "worker thread generates ahead of the learner (flowlm.rl.actor); ray: async with "
                             "rollout and reward workers as Ray actors (flowlm.rl.ray_workers)")
     async_steps: int = Field(
-        8, ge=1, description="async: groups whose oldest token is more policy versions behind the learner are "
-                             "dropped, counted and regenerated (OLMo 3: 8, RL-Zero 4; 1-2 on CPU)")
+        8, ge=1, description="async: groups whose oldest token is more policy versions (weight pushes: one per "
+                             "rollout batch) behind the learner are dropped, counted and regenerated (OLMo 3: 8, "
+                             "RL-Zero 4; 1-2 on CPU)")
     max_inflight_groups: int | None = Field(
         None, gt=0, description="async: groups dispatched and not yet consumed (default async_steps x "
                                 "prompts_per_step); the engine decodes max_slots sequences of them at a time")
@@ -84,7 +85,9 @@ class RolloutConfig(Strict):
                                 "control of RL-Zero) a fair coin per completion; the logged reward stays the verifiers'")
     minibatches: int = Field(
         1, gt=0, description="optimizer steps per rollout batch, whole groups each (OLMo 3 Instruct: 4, Think: 1); "
-                             "> 1 makes the PPO ratio and clip act (old_logps from before the first step)")
+                             "> 1 makes the PPO ratio and clip act (old_logps from before the first step); in "
+                             "modes async and ray the weights are pushed once per rollout batch and async_steps "
+                             "counts rollout batches")
     num_epochs: int = Field(
         1, gt=0, description="passes over each rollout batch, each pass `minibatches` optimizer steps in row order "
                              "(open-instruct's --num_epochs, TRL's num_iterations); > 1 makes the ratio and clip "
@@ -138,10 +141,4 @@ class RolloutConfig(Strict):
         if self.prompts_per_step % self.minibatches:
             raise ValueError(f"minibatches {self.minibatches} must divide prompts_per_step {self.prompts_per_step} "
                              "(minibatches hold whole groups)")
-        if self.steps_per_batch() > 1 and self.mode in ACTOR_MODES:
-            # the actor counts one policy version per rollout batch (its lag, staleness drops and in-flight
-            # cap), while a batch of M minibatches x E epochs advances the policy by M x E optimizer steps
-            which = "minibatches" if self.minibatches > 1 else "num_epochs"
-            raise ValueError(f"{which} > 1 is supported in mode: sync only (the async actor counts one policy "
-                             "version per rollout batch)")
         return self

@@ -45,7 +45,7 @@ token count, the sequence still counts for per-sequence normalisation, as `advan
 `time_generate_s`, `time_verify_s`, `time_sync_s` (weights into the engine) and `time_batch_s` (all of
 the learner's time inside the source for this batch; the trainer's `step_time` includes it).
 
-Minibatches (`minibatches` M > 1, sync mode; OLMo 3 Instruct RL: 4): each rollout batch becomes M
+Minibatches (`minibatches` M > 1, any mode; OLMo 3 Instruct RL: 4): each rollout batch becomes M
 optimizer steps of `prompts_per_step / M` whole groups each, in row order (advantages were computed per
 group before the split); `num_epochs` E > 1 serves those M minibatches E times over, in the same order
 (M x E optimizer steps per rollout batch). Before the first of them the source computes, without
