@@ -221,18 +221,43 @@ def test_torchrun_learner_on_two_ranks_equals_one_process_and_resumes(base, stra
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6) and a["reward"] == b["reward"]
 
 
-def test_torchrun_refuses_more_than_one_optimizer_step_per_rollout_batch_in_one_line(base, tmp_path):
-    """minibatches or num_epochs > 1 need an old-policy pass on every rank: under torchrun that is a clear
-    one-line error naming the stage, before any rollout."""
+def test_torchrun_minibatches_equal_one_process_and_resume_between_two(base, tmp_path):
+    """minibatches 2 under `torchrun --nproc_per_node 2`: each minibatch's groups split over the ranks, the
+    old-policy pass collective (every rank on its share). Same prompts, rewards and losses as one process;
+    `kill -9` of rank 0 with the newest checkpoint between two minibatches, then the same command: the rest
+    of that batch comes from the checkpoint and every loss equals the uninterrupted run's."""
     spec = yaml.safe_load((base / "recipe.yaml").read_text())
-    spec["stages"]["rl"]["rollout"]["num_epochs"] = 2
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    d = tmp_path / "run"
-    shutil.copytree(base / "run", d)
-    proc = torchrun_rl(tmp_path / "recipe.yaml", d)
+    spec["stages"]["rl"].update({"steps": 6, "checkpoint_every": 3})
+    spec["stages"]["rl"]["rollout"].update({"prompts_per_step": 4, "minibatches": 2})
+    rec = tmp_path / "recipe.yaml"
+    rec.write_text(yaml.safe_dump(spec, sort_keys=False))
+    one, d, k = tmp_path / "one", tmp_path / "ranks", tmp_path / "killed"
+    for run in (one, d, k):
+        shutil.copytree(base / "run", run)
+    flowlm("train", str(rec), "--stage", "rl", "--run-dir", str(one), "--no-progress")
+    proc = torchrun_rl(rec, d)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [(r["position"], r["drawn"], r["trained"]) for r in rollouts(d)] == [
+        (r["position"], r["drawn"], r["trained"]) for r in rollouts(one)]
+    ranks = steps(d)
+    assert [r["step"] for r in ranks] == [1, 2, 3, 4, 5, 6]
+    assert ["reward" in r for r in ranks] == [True, False] * 3  # statistics on each batch's first step
+    for a, b in zip(steps(one), ranks):
+        assert a.get("reward") == b.get("reward") and a["loss_tokens"] == b["loss_tokens"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+        assert b["ratio_max"] == pytest.approx(a["ratio_max"], rel=1e-4)
+    assert all(r["ratio_max"] == pytest.approx(1.0, abs=1e-4) for r in ranks[0::2])  # the collective old pass
+    # killed while generating batch 2 (steps 1-4 done); the newest checkpoint is step 3, mid batch 1
+    proc = torchrun_rl(rec, k, env={"FLOWLM_RL_KILL_AT_POSITION": "2"})
     assert proc.returncode != 0
-    assert "stage 'rl': under torchrun the rl stage runs minibatches 1 and num_epochs 1 (got 1 and 2" in proc.stderr
-    assert not (d / "rl" / "rollouts.jsonl").exists()
+    assert sorted(p.name for p in (k / "rl" / "checkpoints").glob("step_*")) == ["step_0000003"]
+    proc = torchrun_rl(rec, k)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [(r["position"], r["drawn"], r["trained"]) for r in rollouts(k)] == [
+        (r["position"], r["drawn"], r["trained"]) for r in rollouts(d)]
+    for a, b in zip(ranks, steps(k)):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6) and a.get("reward") == b.get("reward")
 
 
 def test_train_objective_grpo_on_a_prompts_file_runs_an_rl_stage(base, tmp_path):

@@ -13,13 +13,20 @@
    its `1/size` of the groups (`flowlm.train.batch.split_batch`, whole groups; the batch statistics
    ride in the first rows, so they are counted once when the trainer sums its metrics over ranks).
 
+Minibatches (`minibatches` M or `num_epochs` E > 1): the weights are gathered and a rollout batch made
+only when rank 0's source has no minibatch of the current batch left (a flag broadcast before each
+step). The old-policy pass of each of the M minibatches is collective (`_old_pass`): rank 0 broadcasts
+the minibatch, every rank computes the log-probs of its own share of the groups with the FSDP2 policy,
+and the shares are gathered back, so rank 0's source holds whole minibatches with their `old_logps`
+exactly as one process does. Its checkpoint state is then the same too: a checkpoint between two
+minibatches resumes with the rest of the batch, on every rank.
+
 The trainer normalises the loss over the global batch (its units summed over ranks), so two ranks
 compute what one process computes on the whole batch. The engine is built from the unsharded model
 before FSDP2 shards it (`binds_unsharded`: `train_once` binds such a loader first). Checkpoints hold
 rank 0's source state (the trainer saves rank 0's loader state and loads it on every rank; the other
-ranks ignore it), so `kill -9` and a rerun resume the prompt stream as in one process. One optimizer
-step per rollout batch: minibatches > 1 need an old-policy pass on every rank (the rl stage says so up
-front). Mode async's thread shares rank 0's cores (on a GPU node, its GPU), like a colocated engine.
+ranks ignore it), so `kill -9` and a rerun resume the prompt stream as in one process. Mode async's
+thread shares rank 0's cores (on a GPU node, its GPU), like a colocated engine.
 """
 
 from __future__ import annotations
@@ -69,12 +76,44 @@ class RankRollouts:
 
         if self.policy is None:
             raise RuntimeError("rl rollouts: bind(model) before iterating")
-        batches = iter(self.source) if self.rank == 0 else None
-        while True:
-            weights, _ = full_state(self.policy, None)  # collective: every rank, once per rollout batch
-            box: list[Any] = [None]
-            if batches is not None:
-                self.source.weights = weights
-                box[0] = next(batches)
-            dist.broadcast_object_list(box, src=0)
-            yield split_batch(box[0], self.size, self.split_rule)[self.rank]
+        src = self.source
+        several = src.cfg.steps_per_batch() > 1
+        local_pass = src.old_logps_fn
+        if several and self.rank == 0:  # the source's old-policy pass becomes the collective one
+            src.old_logps_fn = lambda policy, part: self._old_pass(local_pass, part)
+        batches = iter(src) if self.rank == 0 else None
+        try:
+            while True:
+                new = [src.pending_steps == 0 if self.rank == 0 else None]
+                if several:  # does this step start a rollout batch? (always, with one step per batch)
+                    dist.broadcast_object_list(new, src=0)
+                if new[0] or not several:
+                    weights, _ = full_state(self.policy, None)  # collective: every rank, once per rollout batch
+                box: list[Any] = [None]
+                if batches is not None:
+                    if new[0] or not several:
+                        src.weights = weights
+                    box[0] = next(batches)  # a new batch: rank 0's M old-policy passes meet the loop below
+                elif several and new[0]:
+                    for _ in range(src.cfg.minibatches):
+                        self._old_pass(local_pass, None)
+                dist.broadcast_object_list(box, src=0)
+                yield split_batch(box[0], self.size, self.split_rule)[self.rank]
+        finally:
+            if self.rank == 0:
+                src.old_logps_fn = local_pass
+
+    def _old_pass(self, local_pass: Any, part: dict[str, Any] | None) -> Any:
+        """One minibatch's old-policy log-probs, computed by every rank on its share of the groups: rank 0
+        gives `part` (and gets the whole `[B, T]` back), the other ranks give None (and get None)."""
+        import torch
+        import torch.distributed as dist
+
+        from flowlm.train.batch import split_batch
+
+        box: list[Any] = [part]
+        dist.broadcast_object_list(box, src=0)
+        share = split_batch(box[0], self.size, self.split_rule)[self.rank]
+        shares: list[Any] = [None] * self.size
+        dist.all_gather_object(shares, local_pass(self.policy, share))
+        return torch.cat(shares, 0) if self.rank == 0 else None

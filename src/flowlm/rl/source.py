@@ -139,7 +139,8 @@ class RolloutSource:
         self.position = 0  # rollout batches generated (seeds, the log)
         self.steps = 0  # minibatches served = optimizer steps done when the trainer has trained them (version)
         self._pending: list[dict[str, Any]] = []  # minibatches of the current rollout batch not yet served
-        self._old_logps_fn: OldLogpsFn = old_logps_fn or old_policy_logps
+        # the old-policy pass of minibatches / num_epochs > 1 (under torchrun, `flowlm.rl.ranks` makes it collective)
+        self.old_logps_fn: OldLogpsFn = old_logps_fn or old_policy_logps
         self.pass_rate: dict[int, float] = {}  # prompt index -> pass rate of its latest group
         self.totals: Counter[str] = Counter()
         self.split_rule = SplitRule(group=cfg.group_size)
@@ -194,7 +195,7 @@ class RolloutSource:
             raise ConfigError("rl: rollouts run in one process (the engine needs full weights)")
         self._policy = policy
         if old_logps_fn is not None:
-            self._old_logps_fn = old_logps_fn
+            self.old_logps_fn = old_logps_fn
         self.engine = self.make_engine(policy) if self.cfg.mode != "ray" else None  # ray: engines in the actors
 
     def make_engine(self, policy: nn.Module) -> Any:
@@ -287,11 +288,16 @@ class RolloutSource:
             if self._actor is not None:
                 self.close()
 
+    @property
+    def pending_steps(self) -> int:
+        """Optimizer steps of the current rollout batch not yet served (after a checkpoint between two)."""
+        return len(self._pending)
+
     def minibatches(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         """`batch` as `minibatches` trainer batches of whole groups, each with the current policy's `old_logps`
         (computed here, before any of them trains), `num_epochs` times over in the same order; the statistics
         columns stay with the first one."""
-        return serve_steps(batch, self._policy, self._old_logps_fn, self.cfg.minibatches, self.cfg.num_epochs,
+        return serve_steps(batch, self._policy, self.old_logps_fn, self.cfg.minibatches, self.cfg.num_epochs,
                            self.split_rule)
 
     def next_batch(self) -> dict[str, Any]:

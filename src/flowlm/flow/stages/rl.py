@@ -22,9 +22,9 @@ prompt ids drawn and trained; `rollouts.jsonl`; mode async adds the ids consumed
 still pending). Mode async runs the rollout worker as threads of this process (`flowlm.rl.actor`), mode
 ray as Ray actors (`flowlm.rl.ray_workers`, several engines, local or multi-node): the learner's
 checkpoint holds the prompts in flight, which a resumed run regenerates first. Under torchrun
-(minibatches 1) every rank trains its share of each batch's groups, and rank 0 generates with (sync),
+every rank trains its share of each batch's (or minibatch's) groups, and rank 0 generates with (sync),
 hands its rollout thread (async) or pushes to the Ray workers (ray) the full weights gathered from the
-shards (`flowlm.rl.ranks`).
+shards (`flowlm.rl.ranks`; with minibatches the old-policy pass is collective, each rank on its share).
 `tasks` narrows built-in prompts to some task
 generators; `prompt_format: plain` renders them in the base-model template for RL-Zero
 (`rollout.reward: random` is its spurious-reward control; docs/rl.md). `instructions` appends a
@@ -206,12 +206,12 @@ def run(ctx: StageContext, name: str, cfg: RLStageConfig) -> StageResult:
 
     if ctx.world.distributed:  # the learner on every rank, rollouts on rank 0 (flowlm.rl.ranks)
         r, size = cfg.rollout, ctx.world.size
-        if r.steps_per_batch() != 1:
-            raise FlowError(f"stage '{name}': under torchrun the rl stage runs minibatches 1 and num_epochs 1 (got "
-                            f"{r.minibatches} and {r.num_epochs}: more need an old-policy pass on every rank)")
-        if r.prompts_per_step % (cfg.grad_accum * size):
-            raise FlowError(f"stage '{name}': rollout.prompts_per_step {r.prompts_per_step} must split into whole "
-                            f"groups over {size} ranks x grad_accum {cfg.grad_accum}")
+        groups = r.prompts_per_step // r.minibatches  # per optimizer step
+        if groups % (cfg.grad_accum * size):
+            per = f"rollout.prompts_per_step {r.prompts_per_step}" + (f" / minibatches {r.minibatches} = {groups}"
+                                                                        if r.minibatches > 1 else "")
+            raise FlowError(f"stage '{name}': {per} must split into whole groups over {size} ranks x grad_accum "
+                            f"{cfg.grad_accum}")
     tok = load_tokenizer(ctx.path(ctx.outputs[ctx.latest("tokenizer", name)]["tokenizer"]))
     log = ctx.path(f"{name}/{ROLLOUTS}.jsonl")
     source = RolloutSource(prompt_rows(ctx, name, cfg), tok, cfg.rollout, seed=cfg.seed, max_len=cfg.seq_len,
