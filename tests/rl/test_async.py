@@ -183,26 +183,7 @@ def test_async_minibatches_through_the_trainer_ratio_one_on_each_first_step(tok,
     (its old-policy pass is the learner's own weights, however old the samples: their lag shows in the
     mismatch band, where the truncated importance weights correct it), the second step's ratio moves, and
     the easy reward still rises."""
-    from flowlm.model.config import ModelConfig
-    from flowlm.model.olmo3 import Olmo3
-    from flowlm.train.config import EngineConfig
-    from flowlm.train.engine import Trainer
-    from flowlm.train.objectives import build_objective
-
-    torch.manual_seed(0)
-    policy = Olmo3(ModelConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
-                               intermediate_size=64, max_seq_len=128, sliding_window=16, init_std=0.2))
-    src = RolloutSource(rows(64, "rl_test_digits"), tok, RolloutConfig(
-        prompts_per_step=8, group_size=8, max_new_tokens=8, mode="async", async_steps=1, minibatches=2),
-        seed=0, max_len=64)
-    src.bind(policy)
-    cfg = EngineConfig(steps=60, seq_len=64, batch_size=64, optim={"lr": 3e-3}, schedule={"kind": "constant"},
-                       checkpoint_every=1000)
-    try:
-        Trainer(policy, build_objective("grpo"), src, cfg, tmp_path, show_progress=False).fit()
-    finally:
-        src.close()
-    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    recs = train_easy_reward(tok, tmp_path, 60, minibatches=2)
     firsts, seconds = recs[0::2], recs[1::2]
     assert all("reward" in r for r in firsts) and not any("reward" in r for r in seconds)
     assert all(r["ratio_max"] == pytest.approx(1.0, abs=1e-4) for r in firsts)
@@ -359,9 +340,8 @@ def test_async_only_settings_are_refused_in_sync_mode():
     assert RolloutConfig(mode="async").async_steps == 8  # OLMo 3 Think RL
 
 
-def test_async_grpo_through_the_trainer_raises_an_easy_reward(tok, tmp_path):
-    """The sync test's 30 GRPO steps with one-step-off-policy rollouts: the truncated importance weights
-    (cap 2) carry the lag, and the reward 'share of digits' still rises from < 0.15 to > 0.5."""
+def train_easy_reward(tok, out: Path, steps: int, **rollout) -> list[dict]:
+    """GRPO in mode async (async_steps 1) on the reward 'share of digits' with a micro model; the step records."""
     from flowlm.model.config import ModelConfig
     from flowlm.model.olmo3 import Olmo3
     from flowlm.train.config import EngineConfig
@@ -372,15 +352,21 @@ def test_async_grpo_through_the_trainer_raises_an_easy_reward(tok, tmp_path):
     policy = Olmo3(ModelConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
                                intermediate_size=64, max_seq_len=128, sliding_window=16, init_std=0.2))
     src = RolloutSource(rows(64, "rl_test_digits"), tok, RolloutConfig(
-        prompts_per_step=8, group_size=8, max_new_tokens=8, mode="async", async_steps=1), seed=0, max_len=64)
+        prompts_per_step=8, group_size=8, max_new_tokens=8, mode="async", async_steps=1, **rollout), seed=0, max_len=64)
     src.bind(policy)
-    cfg = EngineConfig(steps=30, seq_len=64, batch_size=64, optim={"lr": 3e-3}, schedule={"kind": "constant"},
+    cfg = EngineConfig(steps=steps, seq_len=64, batch_size=64, optim={"lr": 3e-3}, schedule={"kind": "constant"},
                        checkpoint_every=1000)
     try:
-        Trainer(policy, build_objective("grpo"), src, cfg, tmp_path, show_progress=False).fit()
+        Trainer(policy, build_objective("grpo"), src, cfg, out, show_progress=False).fit()
     finally:
         src.close()
-    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+
+def test_async_grpo_through_the_trainer_raises_an_easy_reward(tok, tmp_path):
+    """The sync test's 30 GRPO steps with one-step-off-policy rollouts: the truncated importance weights
+    (cap 2) carry the lag, and the reward 'share of digits' still rises from < 0.15 to > 0.5."""
+    recs = train_easy_reward(tok, tmp_path, 30)
     first, last = (sum(r["reward"] for r in part) / 5 for part in (recs[:5], recs[-5:]))
     assert first < 0.15 and last > 0.5, (first, last)
     assert all(r["policy_lag"] <= 1 for r in recs) and sum(r["staleness/lag_1"] for r in recs) > 0
