@@ -290,7 +290,7 @@ class RolloutSource:
 
     @property
     def pending_steps(self) -> int:
-        """Optimizer steps of the current rollout batch not yet served (after a checkpoint between two)."""
+        """Optimizer steps of the current rollout batch not yet served (0: the next step starts a new batch)."""
         return len(self._pending)
 
     def minibatches(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
