@@ -441,6 +441,31 @@ def test_flowlm_train_async_with_minibatches_two_steps_per_rollout_batch(async_b
     check_accounting(recs)
 
 
+def test_torchrun_async_minibatches_resume_between_two_minibatches(async_base, tmp_path):
+    """Mode async with minibatches 2 under `torchrun --nproc_per_node 2`, rank 0 killed with the newest
+    checkpoint (step 3) between two minibatches: the same command serves the rest of that batch (the rollout
+    thread starts on the gathered weights first) and finishes with no prompt lost or replayed."""
+    spec = yaml.safe_load((async_base / "recipe.yaml").read_text())
+    spec["stages"]["rl"].update({"steps": 6, "checkpoint_every": 3})
+    spec["stages"]["rl"]["rollout"].update({"prompts_per_step": 4, "minibatches": 2})
+    rec = tmp_path / "recipe.yaml"
+    rec.write_text(yaml.safe_dump(spec, sort_keys=False))
+    d = tmp_path / "run"
+    shutil.copytree(async_base / "run", d)
+    proc = torchrun_rl(rec, d, env={"FLOWLM_RL_KILL_AT_POSITION": "2"})
+    assert proc.returncode != 0
+    assert sorted(p.name for p in (d / "rl" / "checkpoints").glob("step_*")) == ["step_0000003"]
+    proc = torchrun_rl(rec, d)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    recs = records(d / "rl" / "rollouts.jsonl")
+    assert [(r["position"], r["version"]) for r in recs] == [(0, 0), (1, 2), (2, 4)]
+    assert all(max(r["lags"]) <= 1 for r in recs)
+    check_accounting(recs)
+    steps = [json.loads(x) for x in (d / "rl" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    assert all(r["ratio_max"] == pytest.approx(1.0, abs=1e-4) for r in steps[0::2])
+
+
 def test_torchrun_async_learner_kill_9_then_resume_loses_and_replays_no_prompt(async_base, tmp_path):
     """Mode async under `torchrun --nproc_per_node 2`: rank 0's rollout thread generates with the full weights
     gathered from the FSDP2 shards (pushed inflight), each rank trains half of every batch's groups. `kill -9`

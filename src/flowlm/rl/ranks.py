@@ -82,16 +82,21 @@ class RankRollouts:
         if several and self.rank == 0:  # the source's old-policy pass becomes the collective one
             src.old_logps_fn = lambda policy, part: self._old_pass(local_pass, part)
         batches = iter(src) if self.rank == 0 else None
+        first = True
         try:
             while True:
                 new = [src.pending_steps == 0 if self.rank == 0 else None]
                 if several:  # does this step start a rollout batch? (always, with one step per batch)
                     dist.broadcast_object_list(new, src=0)
-                if new[0] or not several:
-                    weights, _ = full_state(self.policy, None)  # collective: every rank, once per rollout batch
+                # the weights: for every rollout batch, and for the first step (mode async starts its
+                # engine then, also when a resume first serves the rest of a batch)
+                gather = bool(new[0]) or not several or first
+                first = False
+                if gather:
+                    weights, _ = full_state(self.policy, None)  # collective: every rank
                 box: list[Any] = [None]
                 if batches is not None:
-                    if new[0] or not several:
+                    if gather:
                         src.weights = weights
                     box[0] = next(batches)  # a new batch: rank 0's M old-policy passes meet the loop below
                 elif several and new[0]:
