@@ -13,9 +13,10 @@
    its `1/size` of the groups (`flowlm.train.batch.split_batch`, whole groups; the batch statistics
    ride in the first rows, so they are counted once when the trainer sums its metrics over ranks).
 
-Minibatches (`minibatches` M or `num_epochs` E > 1): the weights are gathered and a rollout batch made
-only when rank 0's source has no minibatch of the current batch left (a flag broadcast before each
-step). The old-policy pass of each of the M minibatches is collective (`_old_pass`): rank 0 broadcasts
+Minibatches (`minibatches` M or `num_epochs` E > 1): a rollout batch is made only when rank 0's source
+has no minibatch of the current batch left (a flag broadcast before each step), and the weights are
+gathered then and on the first step (mode async starts its rollout thread on them, also when a resume
+first serves the rest of a batch). The old-policy pass of each of the M minibatches is collective (`_old_pass`): rank 0 broadcasts
 the minibatch, every rank computes the log-probs of its own share of the groups with the FSDP2 policy,
 and the shares are gathered back, so rank 0's source holds whole minibatches with their `old_logps`
 exactly as one process does. Its checkpoint state is then the same too: a checkpoint between two
