@@ -783,6 +783,23 @@ def test_extraction_rules():
                     "srun bash -c 'a b'", "flowlm z"]
 
 
+# torchrun's elastic agent logs, with a traceback, when the node hosting the rendezvous store exits while
+# another node still waits at the exit barrier ("Error waiting on exit barrier"): a race inside torch at
+# shutdown after every rank succeeded (rc 0), seen in two-node runs on one loaded machine.
+ELASTIC_AGENT_LOG = "torch/distributed/elastic/agent/server/api.py:"
+
+
+def own_output(stderr: str) -> str:
+    """`stderr` without torchrun's elastic-agent log lines (see ELASTIC_AGENT_LOG)."""
+    return "\n".join(line for line in stderr.splitlines() if ELASTIC_AGENT_LOG not in line)
+
+
+def test_own_output_drops_only_the_elastic_agents_log_lines():
+    err = ("E1206 16:30:09.152000 13329 torch/distributed/elastic/agent/server/api.py:1008] Traceback (most recent "
+           "call last):\nTraceback (most recent call last):\n  File \"flowlm/cli.py\"")
+    assert own_output(err) == 'Traceback (most recent call last):\n  File "flowlm/cli.py"'
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("key", list(TABLE), ids=[f"{i:02d}-{k.split(' [')[0][:60]}" for i, k in enumerate(TABLE)])
 def test_documented_command_runs_at_smoke_size(results, key):
@@ -793,7 +810,7 @@ def test_documented_command_runs_at_smoke_size(results, key):
         pytest.fail(f"{where}: {key}\n{r.not_run}:\n{need.tail() if need else ''}")
     try:
         assert r.rc == 0, f"{where}: `{key}` failed at smoke size\n{r.tail()}"
-        assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.tail()
+        assert "Traceback" not in own_output(r.stderr) and "Traceback" not in r.stdout, r.tail()
         check = TABLE[key].check
         if check is not None:
             try:
