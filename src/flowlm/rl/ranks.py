@@ -86,13 +86,13 @@ class RankRollouts:
         first = True
         try:
             while True:
-                new = [src.pending_steps == 0 if self.rank == 0 else None]
-                if several:  # does this step start a rollout batch? (always, with one step per batch)
+                new = [True]  # does this step start a rollout batch? (always, with one step per batch)
+                if several:
+                    new = [src.pending_steps == 0 if self.rank == 0 else None]
                     dist.broadcast_object_list(new, src=0)
                 # the weights: for every rollout batch, and for the first step (mode async starts its
                 # engine then, also when a resume first serves the rest of a batch)
-                gather = bool(new[0]) or not several or first
-                first = False
+                gather, first = bool(new[0]) or first, False
                 if gather:
                     weights, _ = full_state(self.policy, None)  # collective: every rank
                 box: list[Any] = [None]
