@@ -294,6 +294,26 @@ def test_a_crash_loop_fails_naming_the_worker(tok, model, monkeypatch):
         src.close()
 
 
+def test_groups_finished_before_the_verifier_starts_are_not_dropped(tok, model, monkeypatch):
+    """The verify thread starts before the rollout threads: a group finished early is verified, not lost
+    (it was dropped while no verifier existed, and its ticket then blocked dispatch: a CI timeout)."""
+    from flowlm.rl.actor import AsyncRollouts
+
+    start_verifier = AsyncRollouts._start_verifier
+
+    def late(self, v=None):
+        time.sleep(1.0)  # a busy machine: time for the rollout thread to finish whole groups
+        start_verifier(self, v)
+
+    monkeypatch.setattr(AsyncRollouts, "_start_verifier", late)
+    src = async_source(tok, model, rows(20), max_new_tokens=2, rollout_timeout=8.0)
+    try:
+        batch = next(iter(src))
+    finally:
+        src.close()
+    assert batch["input_ids"].shape[0] == 3 * 4
+
+
 def test_all_solved_in_a_worker_fails_the_run(tok, model):
     src = async_source(tok, model, rows(3, "rl_test_const", "1"), prompts_per_step=2, group_size=2,
                        filter_zero_std=False, active_sampling=False, skip_solved_threshold=0.9)

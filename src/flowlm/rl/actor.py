@@ -159,9 +159,9 @@ class AsyncRollouts:
         except BaseException:
             self.close()
             raise
+        self._start_verifier()  # first: a rollout thread hands finished groups to it (none may be dropped)
         for unit in self.units:
             unit.start_thread(lambda unit=unit: self._rollout_loop(unit))
-        self._start_verifier()
         self._last_batch = time.perf_counter()
 
     def _start_verifier(self, v: VerifyUnit | None = None) -> None:
