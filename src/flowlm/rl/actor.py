@@ -245,7 +245,7 @@ class AsyncRollouts:
                     index = self.requeue.popleft()
                 else:  # seeded by (seed, ticket); skipped solved prompts are counted with the next batch
                     rng = np.random.default_rng([src.seed, ticket, 0, 2])
-                    index = src.draw(rng, list(src.streams), self.activity)
+                    index = src.draw(rng, src.streams.names(), self.activity)
                     self.drawn_unlogged.append(index)
                 self.dispatched += 1
                 self.outstanding[ticket] = index

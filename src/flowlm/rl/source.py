@@ -16,7 +16,8 @@ One batch, in order (the synchronous mode: generation, reward and learning take 
    version = the batch's position = optimizer steps done);
 2. prompts are drawn from seeded per-epoch permutations (one stream, or one per domain when
    `domain_weights` mixes domains; the domain of a row is its verifier name). A prompt whose latest
-   group reached `skip_solved_threshold` is skipped from then on (open-instruct `no_resampling_pass_rate`);
+   group reached `skip_solved_threshold` is skipped from then on (open-instruct `no_resampling_pass_rate`;
+   `flowlm.rl.streams`);
 3. every prompt is sampled `group_size` times (`SamplingParams(n=group_size, seed=...)`, seeds derived from
    (seed, position, draw)), and every completion is verified (`flowlm.verify`, rows routed by their tags;
    in-process, or in a `VerifyPool` with hard timeouts). A verifier that raises, times out or crashes
@@ -94,6 +95,7 @@ from flowlm.rl.config import ACTOR_MODES, ASYNC_FIELDS, RAY_FIELDS, RolloutConfi
 from flowlm.rl.old_policy import old_policy_logps, serve_steps
 from flowlm.rl.rows import check_prompt_rows, is_verifier_error, row_domain, verify_completions
 from flowlm.rl.stats import STAT, coin_rewards, stat_columns
+from flowlm.rl.streams import PromptStreams
 from flowlm.train.batch import SplitRule
 from flowlm.train.losses import IGNORE
 
@@ -135,7 +137,7 @@ class RolloutSource:
         self.domains = [row_domain(r) for r in self.rows]
         self.dropped_long = len(rows) - len(keep)
         self.stop_ids = turn_end_ids(tokenizer)  # chat replies end at <|im_end|>, not at the model's EOS
-        self.streams = self._build_streams()
+        self.streams = PromptStreams(self.domains, cfg.domain_weights, seed, cfg.skip_solved_threshold)
         self.position = 0  # rollout batches generated (seeds, the log)
         self.steps = 0  # minibatches served = optimizer steps done when the trainer has trained them (version)
         self._pending: list[dict[str, Any]] = []  # minibatches of the current rollout batch not yet served
@@ -152,18 +154,6 @@ class RolloutSource:
         self.weights: dict[str, torch.Tensor] | None = None  # full weights for the next batch (torchrun: rank 0)
         self._actor: Any = None  # flowlm.rl.actor.AsyncRollouts (mode async), started by the first iteration
         self._async_state: dict[str, Any] = {}  # mode async: the restored in-flight prompts, until the actor starts
-
-    def _build_streams(self) -> dict[str, dict[str, Any]]:
-        weights = self.cfg.domain_weights
-        if weights is None:
-            return {"*": {"indices": list(range(len(self.rows))), "weight": 1.0, "epoch": 0, "cursor": 0, "number": 0}}
-        missing = sorted(d for d, w in weights.items() if w > 0 and d not in self.domains)
-        if missing:
-            raise FlowError(f"rl prompts: domain_weights name domains without prompts: {missing} "
-                            f"(domains: {sorted(set(self.domains))})")
-        named = [(d, w) for d, w in sorted(weights.items()) if w > 0]
-        return {d: {"indices": [i for i, x in enumerate(self.domains) if x == d], "weight": float(w), "epoch": 0,
-                    "cursor": 0, "number": k} for k, (d, w) in enumerate(named)}
 
     @property
     def batches_per_epoch(self) -> int:
@@ -243,7 +233,7 @@ class RolloutSource:
         with self._actor.lock if self._actor is not None else contextlib.nullcontext():
             state = {"position": self.position, "steps": self.steps, "pending": list(self._pending),
                      "pass_rate": dict(self.pass_rate), "totals": dict(self.totals),
-                     "streams": {k: (s["epoch"], s["cursor"]) for k, s in self.streams.items()}}
+                     "streams": self.streams.state_dict()}
             if self.cfg.mode in ACTOR_MODES:  # async and ray keep the same state: either resumes the other
                 state["async"] = self._actor.state() if self._actor is not None else dict(self._async_state)
         return state
@@ -258,10 +248,7 @@ class RolloutSource:
         self._pending = [dict(mb) for mb in state.get("pending", [])]
         self.pass_rate = {int(k): float(v) for k, v in state.get("pass_rate", {}).items()}
         self.totals = Counter(state.get("totals", {}))
-        for key, (epoch, cursor) in state.get("streams", {}).items():
-            if key not in self.streams:
-                raise FlowError(f"rl resume: prompt stream '{key}' is not in this run's prompts")
-            self.streams[key]["epoch"], self.streams[key]["cursor"] = int(epoch), int(cursor)
+        self.streams.load_state_dict(state.get("streams", {}))
 
     # -- iteration --------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -340,43 +327,12 @@ class RolloutSource:
     def _pick(self, draw: int, n: int, stats: Counter[str]) -> list[int]:
         """`n` prompt indices for round `draw` of this position (seeded by (seed, position, draw))."""
         rng = np.random.default_rng([self.seed, self.position, draw])
-        live = list(self.streams)
+        live = self.streams.names()
         return [self.draw(rng, live, stats) for _ in range(n)]
 
     def draw(self, rng: np.random.Generator, live: list[str], stats: Counter[str]) -> int:
-        """The next prompt of a stream chosen by weight among `live` (streams whose prompts are all
-        skipped as solved are removed from `live`); FlowError when none is left."""
-        while live:
-            w = np.array([self.streams[k]["weight"] for k in live])
-            key = live[int(rng.choice(len(live), p=w / w.sum()))] if len(live) > 1 else live[0]
-            idx = self._next_index(self.streams[key], stats)
-            if idx is not None:
-                return idx
-            live.remove(key)
-        raise FlowError(f"rl prompts: every prompt is solved at or above skip_solved_threshold "
-                        f"{self.cfg.skip_solved_threshold}; nothing left to train on")
-
-    def _next_index(self, stream: dict[str, Any], stats: Counter[str]) -> int | None:
-        """The stream's next prompt not skipped as solved; None after a whole pass of solved prompts."""
-        indices = stream["indices"]
-        thr = self.cfg.skip_solved_threshold
-        for _ in range(len(indices)):
-            if stream["cursor"] >= len(indices):
-                stream["epoch"], stream["cursor"] = stream["epoch"] + 1, 0
-            idx = indices[int(self._perm(stream)[stream["cursor"]])]
-            stream["cursor"] += 1
-            if thr is not None and self.pass_rate.get(idx, 0.0) >= thr:
-                stats["skipped_solved"] += 1
-                continue
-            return idx
-        return None
-
-    def _perm(self, stream: dict[str, Any]) -> np.ndarray:
-        """The stream's order in its current epoch (seeded by (seed, stream, epoch); cached)."""
-        if stream.get("perm_epoch") != stream["epoch"]:
-            rng = np.random.default_rng([self.seed, stream["number"], stream["epoch"]])
-            stream["perm"], stream["perm_epoch"] = rng.permutation(len(stream["indices"])), stream["epoch"]
-        return stream["perm"]
+        """The next prompt from the streams (`PromptStreams.draw`), skipping solved ones by `pass_rate`."""
+        return self.streams.draw(rng, live, self.pass_rate, stats)
 
     # -- one round: generate, verify, reward --------------------------------------------------------
     def _rollout(self, indices: list[int], draw: int, stats: Counter[str]) -> list[Group]:
