@@ -70,9 +70,11 @@ class PromptStreams:
                         f"{self.threshold}; nothing left to train on")
 
     def _next_index(self, stream: dict[str, Any], pass_rate: dict[int, float], stats: Counter[str]) -> int | None:
-        """The stream's next prompt not skipped as solved; None after a whole pass of solved prompts."""
+        """The stream's next prompt not skipped as solved; None once the rest of this epoch and the whole
+        next one are all solved. (Not after len(indices) solved in a row: a run of them can span two
+        epochs' orders while unsolved prompts remain.)"""
         indices, thr = stream["indices"], self.threshold
-        for _ in range(len(indices)):
+        for _ in range(max(0, len(indices) - stream["cursor"]) + len(indices)):
             if stream["cursor"] >= len(indices):
                 stream["epoch"], stream["cursor"] = stream["epoch"] + 1, 0
             idx = indices[int(self._perm(stream)[stream["cursor"]])]
