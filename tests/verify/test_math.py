@@ -121,3 +121,44 @@ def test_a_math_verify_parse_timeout_is_a_counted_timeout_and_stays_off_stderr(m
         _assert_counted_timeout("(" * 30 + "1" + ")" * 30, "timeout during parsing", capfd)
     finally:
         math_equiv._mv_parse_cached.cache_clear()
+
+
+def _in_a_thread(fn):
+    """Run `fn()` in a worker thread; return its result and how often the main thread woke meanwhile."""
+    import threading
+    import time
+
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    thread.start()
+    beats, t0 = 0, time.perf_counter()
+    while thread.is_alive() and time.perf_counter() - t0 < 120:
+        time.sleep(0.2)
+        beats += 1
+    assert not thread.is_alive(), "the comparison did not finish within 120 s"
+    return out[0], beats
+
+
+def test_off_the_main_thread_a_power_tower_times_out_and_the_process_keeps_running():
+    # Off the main thread there is no SIGALRM: sympy's exact 9^(9^(9^9)) used to hold the GIL for good,
+    # freezing every thread (an async RL run's learner included). It now runs in the helper process.
+    tower = "The answer is \\boxed{9^{9^{9^{9}}}}"
+    on_main = verify("math", tower, "7")
+    off_main, beats = _in_a_thread(lambda: verify("math", tower, "7"))
+    assert on_main.score == off_main.score == 0.0
+    assert on_main.reason == off_main.reason == "timeout: could not compare '9^{9^{9^{9}}}' with '7' within 5s"
+    assert beats >= 10  # the main thread ran throughout (0.2 s naps over the ~5 s comparison)
+
+
+@pytest.mark.parametrize("completion,truth", [
+    ("\\boxed{\\sqrt{4}}", "2"),  # math-verify decides
+    ("\\boxed{\\frac{2}{4}}", "0.5"),
+    ("\\boxed{3}", "2"),  # wrong
+    ("\\boxed{x^2+2x+1}", "(x+1)^2"),
+    ("\\boxed{\\text{banana}}", "\\frac{\\pi}{3}"),
+    ("\\boxed{1/2}", "\\frac12"),  # the string check, before any helper
+])
+def test_off_the_main_thread_verdicts_equal_the_main_threads(completion, truth):
+    on_main = verify("math", completion, truth)
+    off_main, _ = _in_a_thread(lambda: verify("math", completion, truth))
+    assert (off_main.score, off_main.reason, off_main.meta) == (on_main.score, on_main.reason, on_main.meta)

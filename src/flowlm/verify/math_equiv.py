@@ -8,6 +8,16 @@ sympy proves `simplify(a - b) == 0`. `audit` records what each method said, for 
 math-verify reports its own timeouts only as log warnings (quoting the whole input) and then answers
 "not equal" / "nothing parsed". Its loggers are routed here instead of stderr: a comparison that timed
 out is method `timeout` (undecided, scored 0, counted as a verifier timeout), not a wrong answer.
+
+Off the main thread (the async RL actor's verify thread, a threaded server) no SIGALRM limit exists, and
+sympy's exact integer arithmetic holds the GIL: `\boxed{9^{9^{9^{9}}}}` froze the whole process, the
+learner included, and parsing `\binom{100000000}{50000000}` never returned. So there every comparison
+that the string check does not settle runs in one helper process (a forked `VerifyPool` worker, on its
+main thread where the limits work, SIGKILLed and replaced past `3 x timeout + 5` seconds): the same
+decision rule and verdicts as on the main thread, bounded in time. Forked, not from a forkserver: a
+forkserver child re-imports the caller's `__main__`, which re-runs an unguarded script. A fork taken
+while another thread holds a lock can deadlock the child; the hard limit kills such a child, and the
+comparison counts as a timeout.
 """
 
 from __future__ import annotations
@@ -129,11 +139,52 @@ def sympy_equal(pred: str, gold: str, timeout: float = 5.0) -> bool | None:
 
 def equivalent(pred: str, gold: str, timeout: float = 5.0) -> EquivResult:
     """Is the predicted answer `pred` equivalent to the reference `gold`?"""
-    audit: dict[str, Any] = {}
     # Identical canonical strings are equal under every method; skipping the parsers here makes the
     # common exact-match case ~100x cheaper.
     if math_normalize.is_equiv(pred, gold):
         return EquivResult(True, "string-normalised", {"string_equal": True})
+    if not on_main_thread():
+        return _in_helper(pred, gold, timeout)
+    return _parsed_equivalent(pred, gold, timeout)
+
+
+_HELPER: Any = None  # flowlm.verify.pool.VerifyPool: the helper process of off-main-thread comparisons
+_HELPER_LOCK = threading.Lock()
+
+
+def _in_helper(pred: str, gold: str, timeout: float) -> EquivResult:
+    """`_parsed_equivalent` in the helper process (see the module docstring); a comparison it does not
+    finish in time is method `timeout`."""
+    global _HELPER
+    from flowlm.verify.pool import Task, VerifyPool
+
+    limit = 3 * timeout + 5  # math-verify's parse, its comparison and the sympy fallback, each bounded by `timeout`
+    task = Task("math-equivalence", pred, gold, {"timeout": timeout}, timeout=limit,
+                fn="flowlm.verify.math_equiv:equivalence_verdict")
+    with _HELPER_LOCK:
+        if _HELPER is None:
+            _HELPER = VerifyPool(workers=1, timeout=limit)  # fork (see the module docstring)
+        verdict = _HELPER.map([task])[0]
+    if "equal" not in verdict.meta:  # killed past its limit (or crashed)
+        return EquivResult(False, "timeout", {"helper": verdict.reason})
+    return EquivResult(bool(verdict.meta["equal"]), verdict.meta["method"], verdict.meta["audit"])
+
+
+def equivalence_verdict(pred: str, gold: str, timeout: float = 5.0, **_: Any) -> Any:
+    """(In the helper process.) `_parsed_equivalent` as a Verdict whose meta carries the EquivResult."""
+    from flowlm.verify.base import Verdict
+
+    try:
+        res = _parsed_equivalent(pred, gold, float(timeout))
+    except Exception as exc:  # noqa: BLE001 - as on the main thread: undecided, not a dead helper
+        res = EquivResult(False, "error", {"helper_error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+    return Verdict(float(res.equal), res.method, {"equal": res.equal, "method": res.method, "audit": res.audit})
+
+
+def _parsed_equivalent(pred: str, gold: str, timeout: float) -> EquivResult:
+    """math-verify, then the sympy fallback (see the module docstring): on the main thread, where their
+    SIGALRM limits work."""
+    audit: dict[str, Any] = {}
     try:
         with alarm(timeout * 2), _captured() as logged:
             mv = math_verify_equal(pred, gold, timeout)

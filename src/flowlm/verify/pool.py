@@ -12,6 +12,7 @@ model). The verifier modules are imported before the first fork so children shar
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 import os
 import time
@@ -31,6 +32,7 @@ class Task:
     ground_truth: Any
     row: dict[str, Any]
     timeout: float | None = None  # overrides the pool's default hard timeout
+    fn: str | None = None  # "module:function" with a verifier's signature, run instead of the registry's `name`
 
 
 def _worker_loop(conn: Connection) -> None:
@@ -41,7 +43,11 @@ def _worker_loop(conn: Connection) -> None:
             task = conn.recv()
         except EOFError:
             return
-        v = run_verifier(task.name, task.completion, task.ground_truth, **task.row)
+        if task.fn is None:
+            v = run_verifier(task.name, task.completion, task.ground_truth, **task.row)
+        else:  # flowlm's own helpers (e.g. `math_equiv`'s comparison off the main thread): not model code
+            module, _, attr = task.fn.partition(":")
+            v = getattr(importlib.import_module(module), attr)(task.completion, task.ground_truth, **task.row)
         conn.send((v.score, v.reason, v.meta))
 
 
