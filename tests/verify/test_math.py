@@ -162,3 +162,33 @@ def test_off_the_main_thread_verdicts_equal_the_main_threads(completion, truth):
     on_main = verify("math", completion, truth)
     off_main, _ = _in_a_thread(lambda: verify("math", completion, truth))
     assert (off_main.score, off_main.reason, off_main.meta) == (on_main.score, on_main.reason, on_main.meta)
+
+
+def _last_boxed_by_rescanning(text):
+    """The former quadratic `last_boxed` (each `\\boxed{` scanned to its closing brace), as the reference."""
+    import re
+
+    for m in reversed(list(re.finditer(r"\\(?:boxed|fbox)\s*", text))):
+        end = m.end()
+        if end < len(text) and text[end] == "{":
+            depth = 0
+            for i in range(end, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[i], 0)
+                if depth == 0:
+                    return text[end + 1:i].strip()
+        elif m.group(0)[-1] in " \t":
+            tok = re.match(r"[^\s$]+", text[end:])
+            if tok:
+                return tok.group(0).strip()
+    return None
+
+
+def test_last_boxed_pairs_braces_once_as_the_rescanning_version_did():
+    import random
+
+    r = random.Random(0)
+    pieces = ["\\boxed{", "\\boxed ", "\\fbox{", "{", "}", "}", "1", "x ", "\\frac{a}{b}", "$"]
+    for _ in range(3000):
+        text = "".join(r.choice(pieces) for _ in range(r.randint(0, 30)))
+        assert last_boxed(text) == _last_boxed_by_rescanning(text), text
+    assert last_boxed("\\boxed{7}" + "\\boxed{" * 20000) == "7"  # 20,000 unclosed after it: n² scans before

@@ -24,28 +24,30 @@ _GSM_RE = re.compile(r"####\s*\$?\s*([-+]?[\d,]*\.?\d+)")
 _NUM_RE = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:/\d+)?|[-+]?\.\d+")
 
 
-def _balanced_from(text: str, start: int) -> str | None:
-    """The content of the `{…}` group opening at `text[start]`, or None if it never closes."""
-    depth = 0
-    for i in range(start, len(text)):
-        ch = text[i]
+def _closing_braces(text: str) -> dict[int, int]:
+    """Each `{` that closes -> the index of its `}` (depth counting, one pass; `\\{` is not special)."""
+    opened: list[int] = []
+    pairs: dict[int, int] = {}
+    for i, ch in enumerate(text):
         if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i]
-    return None
+            opened.append(i)
+        elif ch == "}" and opened:
+            pairs[opened.pop()] = i
+    return pairs
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last complete `\\boxed{…}` (or `\\boxed x`) in `text`."""
+    """Content of the last complete `\\boxed{…}` (or `\\boxed x`) in `text`. Linear in the text: braces are
+    paired once, not rescanned per `\\boxed` (a model's 6,000 unclosed `\\boxed{` took 9.5 s)."""
+    pairs: dict[int, int] | None = None
     for m in reversed(list(_BOX_RE.finditer(text))):
         end = m.end()
         if end < len(text) and text[end] == "{":
-            inner = _balanced_from(text, end)
-            if inner is not None:
-                return inner.strip()
+            if pairs is None:
+                pairs = _closing_braces(text)
+            close = pairs.get(end)
+            if close is not None:
+                return text[end + 1:close].strip()
         elif m.group(0).endswith(" ") or m.group(0).endswith("\t"):
             # `\boxed 5` form: the argument is the next token.
             tok = re.match(r"[^\s$]+", text[end:])
