@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,14 +63,24 @@ CASES = {
 TRAIN_CUDA_KEYS = {"flowlm", "flowlm_mode", "peer", "ratio", "mfu", "device", "preset", "batch", "seq_len"}
 
 
-def _env(tmp_path: Path) -> tuple[dict[str, str], Path]:
-    tmpdir = tmp_path / "tmp"
-    tmpdir.mkdir()
-    env = {**os.environ, "TMPDIR": str(tmpdir), "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1",
+@pytest.fixture
+def bench_env(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
+    """The benchmark's environment and its own empty TMPDIR. That directory is short (`/tmp/fb-…`), not
+    under `tmp_path`: multiprocessing's forkserver binds a socket at `$TMPDIR/pymp-…/listener-…`, and
+    AF_UNIX paths stop at 107 bytes, which pytest's `…/pytest-123/popen-gw1/test_benchmark_smoke_run_dedu0/tmp`
+    exceeded once its run counter reached three digits (dedup and upsample failed in a CI simulation)."""
+    tmpdir = Path(tempfile.mkdtemp(prefix="fb-"))
+    try:
+        yield _env(tmp_path, tmpdir), tmpdir
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _env(tmp_path: Path, tmpdir: Path) -> dict[str, str]:
+    return {**os.environ, "TMPDIR": str(tmpdir), "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1",
            # torch creates its compile cache under TMPDIR on import (`torchinductor_<user>`): a cache, not
            # a benchmark's leftover, so it goes elsewhere here
            "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    return env, tmpdir
 
 
 def test_every_benchmark_has_a_smoke_case() -> None:
@@ -78,12 +91,12 @@ def test_every_benchmark_has_a_smoke_case() -> None:
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=m) for n, (_, _, m) in CASES.items()])
-def test_benchmark_smoke_run(name: str, tmp_path: Path) -> None:
+def test_benchmark_smoke_run(name: str, bench_env: tuple[dict[str, str], Path]) -> None:
     keys, data, _ = CASES[name]
     for folder in data:
         if not (DATA / folder).is_dir():
             pytest.skip(f"../shared/data/{folder} (the shared/ checkout beside the repo) not found")
-    env, tmpdir = _env(tmp_path)
+    env, tmpdir = bench_env
     r = subprocess.run([sys.executable, str(BENCH / name), "--smoke"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, f"{name} exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
@@ -112,8 +125,9 @@ with scratch_dir("held-") as d:
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, -signal.SIGINT)])
-def test_scratch_dir_is_removed_on_sigterm_and_ctrl_c(sig: signal.Signals, code: int, tmp_path: Path) -> None:
-    env, tmpdir = _env(tmp_path)
+def test_scratch_dir_is_removed_on_sigterm_and_ctrl_c(sig: signal.Signals, code: int,
+                                                       bench_env: tuple[dict[str, str], Path]) -> None:
+    env, tmpdir = bench_env
     p = subprocess.Popen([sys.executable, "-c", _HOLD.format(bench=str(BENCH))], env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     held = Path(p.stdout.readline().strip())
