@@ -70,17 +70,14 @@ def bench_env(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
     AF_UNIX paths stop at 107 bytes, which pytest's `…/pytest-123/popen-gw1/test_benchmark_smoke_run_dedu0/tmp`
     exceeded once its run counter reached three digits (dedup and upsample failed in a CI simulation)."""
     tmpdir = Path(tempfile.mkdtemp(prefix="fb-"))
-    try:
-        yield _env(tmp_path, tmpdir), tmpdir
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def _env(tmp_path: Path, tmpdir: Path) -> dict[str, str]:
-    return {**os.environ, "TMPDIR": str(tmpdir), "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1",
+    env = {**os.environ, "TMPDIR": str(tmpdir), "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1",
            # torch creates its compile cache under TMPDIR on import (`torchinductor_<user>`): a cache, not
            # a benchmark's leftover, so it goes elsewhere here
            "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    try:
+        yield env, tmpdir
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def test_every_benchmark_has_a_smoke_case() -> None:

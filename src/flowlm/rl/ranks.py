@@ -16,11 +16,11 @@
 Minibatches (`minibatches` M or `num_epochs` E > 1): a rollout batch is made only when rank 0's source
 has no minibatch of the current batch left (a flag broadcast before each step), and the weights are
 gathered then and on the first step (mode async starts its rollout thread on them, also when a resume
-first serves the rest of a batch). The old-policy pass of each of the M minibatches is collective (`_old_pass`): rank 0 broadcasts
-the minibatch, every rank computes the log-probs of its own share of the groups with the FSDP2 policy,
-and the shares are gathered back, so rank 0's source holds whole minibatches with their `old_logps`
-exactly as one process does. Its checkpoint state is then the same too: a checkpoint between two
-minibatches resumes with the rest of the batch, on every rank.
+first serves the rest of a batch). The old-policy pass of each of the M minibatches is collective
+(`_old_pass`): rank 0 broadcasts the minibatch, every rank computes the log-probs of its own share of
+the groups with the FSDP2 policy, and the shares are gathered back, so rank 0's source holds whole
+minibatches with their `old_logps` exactly as one process does. Its checkpoint state is then the same
+too: a checkpoint between two minibatches resumes with the rest of the batch, on every rank.
 
 The trainer normalises the loss over the global batch (its units summed over ranks), so two ranks
 compute what one process computes on the whole batch. The engine is built from the unsharded model
