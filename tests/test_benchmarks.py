@@ -66,9 +66,9 @@ TRAIN_CUDA_KEYS = {"flowlm", "flowlm_mode", "peer", "ratio", "mfu", "device", "p
 @pytest.fixture
 def bench_env(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
     """The benchmark's environment and its own empty TMPDIR. That directory is short (`/tmp/fb-…`), not
-    under `tmp_path`: multiprocessing's forkserver binds a socket at `$TMPDIR/pymp-…/listener-…`, and
-    AF_UNIX paths stop at 107 bytes, which pytest's `…/pytest-123/popen-gw1/test_benchmark_smoke_run_dedu0/tmp`
-    exceeded once its run counter reached three digits (dedup and upsample failed in a CI simulation)."""
+    under `tmp_path` (`…/pytest-123/popen-gw1/test_benchmark_smoke_run_dedu0/tmp`): under a TMPDIR that
+    long, `flowlm.forkserver` moves multiprocessing's temp dir (the forkserver's socket) to /tmp, out of
+    the directory whose emptiness this file checks."""
     tmpdir = Path(tempfile.mkdtemp(prefix="fb-"))
     env = {**os.environ, "TMPDIR": str(tmpdir), "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1",
            # torch creates its compile cache under TMPDIR on import (`torchinductor_<user>`): a cache, not

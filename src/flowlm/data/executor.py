@@ -14,6 +14,7 @@ import multiprocessing as mp
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from flowlm import forkserver
 from flowlm.atomic import atomic_write_json
 from flowlm.errors import ConfigError
 from flowlm.extras import require
@@ -81,10 +82,10 @@ class LocalExecutor(Executor):
     def _execute(self, tasks: list[Task]) -> list[Any]:
         if self.workers == 1 or len(tasks) <= 1:
             return super()._execute(tasks)
-        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-        ctx = mp.get_context(method)
-        if method == "forkserver":
-            ctx.set_forkserver_preload(["flowlm.data.shard_tasks"])
+        if "forkserver" in mp.get_all_start_methods():
+            ctx = forkserver.context(["flowlm.data.shard_tasks"])
+        else:
+            ctx = mp.get_context("spawn")
         with ctx.Pool(min(self.workers, len(tasks))) as pool:
             return pool.map(_run_one, tasks, chunksize=1)
 

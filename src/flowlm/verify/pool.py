@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Iterable
 
+from flowlm import forkserver
 from flowlm.verify.base import Verdict, run_verifier
 
 
@@ -73,9 +74,10 @@ class VerifyPool:
     def __init__(self, workers: int = 2, timeout: float = 60.0, context: str = "fork") -> None:
         self.n_workers = max(1, workers)
         self.timeout = timeout
-        self._ctx = mp.get_context(context)
         if context == "forkserver":
-            self._ctx.set_forkserver_preload(["flowlm.verify.builtin"])
+            self._ctx = forkserver.context(["flowlm.verify.builtin"])
+        else:
+            self._ctx = mp.get_context(context)
         import flowlm.verify.builtin  # noqa: F401  # import once here, so forked workers start warm
         self._workers: list[_Worker] = []
         self.replaced = 0  # workers killed for timeouts or crashes (observability)
