@@ -225,3 +225,44 @@ def test_train_objective_bad_input_is_one_line(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     proc = flowlm("train", "--objective", "nope", "--init", str(model), "--data", str(bad), check=False)
     assert proc.returncode != 0 and "unknown objective 'nope'" in proc.stderr
+
+
+def test_sft_and_dpo_on_a_checkpoint_whose_template_has_no_generation_markers(tmp_path):
+    """A Hugging Face checkpoint (a tiny Qwen3) whose tokenizer has a plain ChatML template, as published
+    templates do: SFT trains on the assistant tokens of every step (it trained on none, silently, with a
+    loss of 0, until 2026-12-06), and DPO's answers carry labels."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from flowlm.data import builtin
+    from flowlm.model.tokenizer import train_tokenizer
+
+    init = tmp_path / "qwen"
+    tok = train_tokenizer([json.dumps(e["messages"]) for e in builtin.sft_examples(0, 200)], 400, init)
+    tok.chat_template = ("{%- for m in messages -%}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}"
+                         "{%- endfor -%}{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+    tok.save_pretrained(init)
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                 max_position_embeddings=256)).save_pretrained(init)
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Say {i}."},
+                                                       {"role": "assistant", "content": f"{i}"}]}) for i in range(16)))
+    common = ["--no-progress", "eval.max_items=2", "eval.heldout_docs=1", "eval.tasks=[prose]", "threads=1"]
+    flowlm("train", "--objective", "sft", "--init", str(init), "--data", str(chat), "--run-dir", str(tmp_path / "s"),
+           "stages.sft.seq_len=64", "stages.sft.batch_size=2", *common)
+    steps = [json.loads(line) for line in (tmp_path / "s" / "sft" / "metrics.jsonl").read_text().splitlines()
+             if line.strip() and "loss" in json.loads(line)]
+    assert steps and all(s["loss_tokens"] > 0 and s["loss"] > 0 for s in steps)
+    # the labels are each answer's tokens and its <|im_end|>, nothing else, in each of the 2 epochs
+    answers = sum(len(tok(str(i), add_special_tokens=False)["input_ids"]) + 1 for i in range(16))
+    assert sum(s["loss_tokens"] for s in steps) == 2 * answers
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps({"prompt": f"Say {i}.", "chosen": f"{i}", "rejected": f"{i + 1}"})
+                               for i in range(4)))
+    flowlm("train", "--objective", "dpo", "--init", str(init), "--data", str(pairs), "--run-dir", str(tmp_path / "d"),
+           "stages.dpo.seq_len=64", "stages.dpo.batch_size=2", "stages.dpo.objective.beta=0.1", *common)
+    dpo = [json.loads(line) for line in (tmp_path / "d" / "dpo" / "metrics.jsonl").read_text().splitlines()
+           if line.strip() and "loss" in json.loads(line)]
+    assert dpo and all(s["grad_norm"] > 0 for s in dpo)

@@ -35,6 +35,7 @@ from typing import Any, Literal, NoReturn
 
 from flowlm.errors import FlowError
 from flowlm.jsonlines import iter_json_objects, iter_lines, parse_object
+from flowlm.model.tokenizer import last_turn_mask, render_chat  # noqa: F401  # last_turn_mask: re-exported
 
 AssistantLoss = Literal["all", "last"]
 ROLES = ("system", "user", "assistant", "tool")
@@ -330,18 +331,6 @@ def apply_mode_flags(messages: Sequence[Mapping[str, Any]], *,
     return out, thinking
 
 
-def last_turn_mask(mask: Sequence[int]) -> list[int]:
-    """Keep only the last run of 1s of an assistant mask (the final assistant turn: turns are separated by
-    the unmasked `\\n<|im_start|>role\\n` between them)."""
-    end = len(mask)
-    while end and not mask[end - 1]:
-        end -= 1
-    start = end
-    while start and mask[start - 1]:
-        start -= 1
-    return [0] * start + [1] * (end - start) + [0] * (len(mask) - end)
-
-
 def render_chat_example(
     tokenizer: Any,
     row_or_messages: Mapping[str, Any] | Sequence[Mapping[str, Any]],
@@ -360,13 +349,14 @@ def render_chat_example(
     template only turns after the last user turn carry their reasoning, so `"last"` avoids training on
     history answers rendered without it). `tools` overrides the row's own `tools` column.
     """
-    from flowlm.model.tokenizer import render_chat  # lazy: the tokenizer module imports transformers
-
     if assistant_loss not in ("all", "last"):
         raise FlowError(f"assistant_loss must be 'all' or 'last', got {assistant_loss!r}")
     src = row_or_messages if isinstance(row_or_messages, Mapping) else {"messages": list(row_or_messages)}
     row = chat_row(src, where=where)
     messages, thinking = apply_mode_flags(row["messages"], default=enable_thinking)
     ids, mask = render_chat(tokenizer, messages, enable_thinking=thinking,
-                            tools=tools if tools is not None else row.get("tools"))
-    return ids, (last_turn_mask(mask) if assistant_loss == "last" else mask)
+                            tools=tools if tools is not None else row.get("tools"), last_only=assistant_loss == "last")
+    if not any(mask):
+        raise FlowError(f"{where}: the chat template gave no assistant tokens to train on "
+                        f"(tokenizer {getattr(tokenizer, 'name_or_path', '?')})")
+    return ids, mask

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -146,6 +147,55 @@ def tokenizer_hash(path_or_tok: str | Path | Any) -> str:
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
 
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def has_generation_markers(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template marks assistant output with `{% generation %}` (flowlm's does;
+    most published templates, Qwen3's and Llama 3's among them, do not)."""
+    template = getattr(tokenizer, "chat_template", None)
+    templates = template.values() if isinstance(template, dict) else [template]
+    return any(isinstance(t, str) and _GENERATION_TAG.search(t) for t in templates)
+
+
+def _render_ids(tokenizer: Any, messages: Sequence[dict[str, Any]], **kw: Any) -> list[int]:
+    if not messages and not kw.get("add_generation_prompt"):
+        return []
+    out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True, **kw)
+    return list(out["input_ids"])
+
+
+def _prefix_mask(tokenizer: Any, messages: Sequence[dict[str, Any]], ids: list[int], *, last_only: bool,
+                 **kw: Any) -> list[int]:
+    """The assistant mask of a template without `{% generation %}` markers, as open-instruct computes it:
+    assistant message i spans from the end of `messages[:i]` rendered with the (thinking-mode) generation
+    prompt to the end of `messages[:i+1]`, cut after its last end-of-turn token (`<|im_end|>`, the EOS), so
+    the newline between turns stays unlabelled. Needs a template whose renderings of those prefixes are prefixes of
+    the whole conversation's; FlowError when one is not (a template that re-renders earlier turns)."""
+    ends = set(turn_end_ids(tokenizer))
+    if tokenizer.eos_token_id is not None:
+        ends.add(int(tokenizer.eos_token_id))
+    turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    mask = [0] * len(ids)
+    for i in turns[-1:] if last_only else turns:
+        # the bare generation prompt: a non-thinking one may pre-fill the empty think block, which the
+        # model must learn to write (as the marked template labels it)
+        before = _render_ids(tokenizer, messages[:i], add_generation_prompt=True, **{**kw, "enable_thinking": True})
+        upto = _render_ids(tokenizer, messages[:i + 1], **kw)
+        start, end = len(before), len(upto)
+        if ids[:start] != before or ids[:end] != upto or end <= start:
+            raise FlowError(
+                f"tokenizer {getattr(tokenizer, 'name_or_path', '?')}: its chat template has no {{% generation %}} "
+                f"markers and renders messages[{i}] differently inside the whole conversation than at its end, so "
+                "its assistant tokens cannot be located; give the tokenizer a chat template with {% generation %} "
+                "markers, or (SFT) train on the last assistant turn only: assistant_loss: last")
+        closing = [j for j in range(start, end) if ids[j] in ends]
+        if closing:
+            end = closing[-1] + 1
+        mask[start:end] = [1] * (end - start)
+    return mask
+
+
 def render_chat(
     tokenizer: Any,
     messages: Sequence[dict[str, Any]],
@@ -153,20 +203,40 @@ def render_chat(
     enable_thinking: bool = True,
     add_generation_prompt: bool = False,
     tools: list[dict[str, Any]] | None = None,
+    last_only: bool = False,
 ) -> tuple[list[int], list[int]]:
-    """Token ids of a rendered conversation and a 0/1 mask of the tokens inside assistant turns.
+    """Token ids of a rendered conversation and a 0/1 mask of the tokens inside assistant turns (of the last
+    assistant message only with `last_only`).
 
-    The mask comes from the template's `{% generation %}` spans mapped to tokens through the fast
-    tokenizer's character offsets (no string search over the rendered text): it covers each assistant
-    turn's think block, content, tool calls and closing `<|im_end|>`, and excludes the
-    `<|im_start|>assistant\\n` header and everything outside assistant turns.
+    With flowlm's template (or any with `{% generation %}` markers) the mask comes from the template's
+    generation spans mapped to tokens through the fast tokenizer's character offsets (no string search
+    over the rendered text): it covers each assistant turn's think block, content, tool calls and closing
+    `<|im_end|>`, and excludes the `<|im_start|>assistant\\n` header and everything outside assistant
+    turns. Other templates (a Hugging Face checkpoint's own) get the same spans by rendering each
+    assistant message's prefix (`_prefix_mask`).
     """
     if not getattr(tokenizer, "chat_template", None):
         raise FlowError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')}: has no chat template")
+    kw = {"tools": tools, "enable_thinking": enable_thinking}
+    if not has_generation_markers(tokenizer):
+        ids = _render_ids(tokenizer, messages, add_generation_prompt=add_generation_prompt, **kw)
+        return ids, _prefix_mask(tokenizer, messages, ids, last_only=last_only, **kw)
     out = tokenizer.apply_chat_template(
-        list(messages), tools=tools, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
-        add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking,
+        list(messages), tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+        add_generation_prompt=add_generation_prompt, **kw,
     )
     ids = list(out["input_ids"])
     mask = [int(x) for x in out["assistant_masks"]]
-    return ids, mask
+    return ids, (last_turn_mask(mask) if last_only else mask)
+
+
+def last_turn_mask(mask: Sequence[int]) -> list[int]:
+    """Keep only the last run of 1s of an assistant mask (the final assistant turn: turns are separated by
+    the unmasked `\\n<|im_start|>role\\n` between them)."""
+    end = len(mask)
+    while end and not mask[end - 1]:
+        end -= 1
+    start = end
+    while start and mask[start - 1]:
+        start -= 1
+    return [0] * start + [1] * (end - start) + [0] * (len(mask) - end)

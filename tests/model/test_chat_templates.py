@@ -1,0 +1,132 @@
+"""Assistant masks under chat templates without `{% generation %}` markers (most published ones: Qwen3's,
+Llama 3's): `render_chat` locates each assistant turn by rendering its prefix, and gives the marked template's
+masks wherever that is possible; where it is not, a one-line error, never an all-zero mask (which trained
+on nothing and reported a loss of 0)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from flowlm.data import builtin
+from flowlm.data.chat import render_chat_example
+from flowlm.data.pairs import render_pair
+from flowlm.errors import FlowError
+from flowlm.model.tokenizer import has_generation_markers, load_tokenizer, render_chat, train_tokenizer
+
+# A plain ChatML template, prefix-stable: every turn renders the same wherever it stands.
+CHATML = ("{%- for m in messages -%}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}{%- endfor -%}"
+          "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+PIECES = ["Hello", " world", "  two spaces", "\n", "\n\n", " ", "\t", "x=1", "é", "😀", "/think", "/no_think",
+          "12345", " 7", "a\r\nb", "   "]
+
+
+@pytest.fixture(scope="module")
+def toks(tmp_path_factory: pytest.TempPathFactory):
+    """(flowlm's tokenizer, the same with its template's generation markers removed, the same with CHATML)."""
+    d = tmp_path_factory.mktemp("tok")
+    marked = train_tokenizer([json.dumps(e["messages"]) for e in builtin.sft_examples(0, 300)], 500, d)
+    stripped = load_tokenizer(d)
+    stripped.chat_template = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", marked.chat_template)
+    chatml = load_tokenizer(d)
+    chatml.chat_template = CHATML
+    return marked, stripped, chatml
+
+
+def _text(rng: random.Random) -> str:
+    return "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 5)))
+
+
+def _conversation(rng: random.Random, turns: int) -> list[dict]:
+    msgs = [{"role": "system", "content": _text(rng)}] if rng.random() < 0.3 else []
+    for _ in range(turns):
+        msgs.append({"role": "user", "content": _text(rng) or "q"})
+        msgs.append({"role": "assistant", "content": _text(rng) or "a", "reasoning_content": _text(rng)})
+    return msgs
+
+
+def _runs(tok, ids, mask) -> list[str]:
+    out, cur = [], []
+    for i, m in zip(ids, mask):
+        if m:
+            cur.append(i)
+        elif cur:
+            out.append(tok.decode(cur))
+            cur = []
+    return out + ([tok.decode(cur)] if cur else [])
+
+
+def test_marker_detection(toks) -> None:
+    marked, stripped, chatml = toks
+    assert has_generation_markers(marked) and not has_generation_markers(stripped)
+    assert not has_generation_markers(chatml)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_without_markers_the_masks_equal_the_marked_templates(toks, seed: int) -> None:
+    """Single-turn rows (either loss) and the last turn of multi-turn rows: token for token the same mask."""
+    marked, stripped, _ = toks
+    rng = random.Random(seed)
+    single = _conversation(rng, 1)
+    multi = _conversation(rng, rng.randint(2, 3))
+    for msgs, losses in ((single, ("all", "last")), (multi, ("last",))):
+        for loss in losses:
+            want = render_chat_example(marked, msgs, assistant_loss=loss)
+            assert render_chat_example(stripped, msgs, assistant_loss=loss) == want
+
+
+def test_a_template_that_rerenders_history_is_a_clear_error_for_every_turn(toks) -> None:
+    """flowlm's template (like Qwen3's) drops the reasoning of turns before the last user turn, so without
+    markers an earlier turn renders differently at the end of its prefix than inside the conversation."""
+    marked, stripped, _ = toks
+    msgs = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1", "reasoning_content": "r1"},
+            {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2", "reasoning_content": "r2"}]
+    with pytest.raises(FlowError, match=r"renders messages\[1\] differently .*assistant_loss: last"):
+        render_chat_example(stripped, msgs, assistant_loss="all")
+    assert _runs(stripped, *render_chat_example(stripped, msgs, assistant_loss="last")) == [
+        "<think>\nr2\n</think>\n\na2<|im_end|>"]
+    assert sum(render_chat_example(marked, msgs, assistant_loss="all")[1]) > 0  # the marked template has both
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_prefix_stable_template_masks_every_assistant_turn_and_nothing_else(toks, seed: int) -> None:
+    _, _, chatml = toks
+    rng = random.Random(seed)
+    msgs = _conversation(rng, rng.randint(1, 3))
+    for m in msgs:
+        m.pop("reasoning_content", None)  # CHATML renders content only
+    ids, mask = render_chat_example(chatml, msgs, assistant_loss="all")
+    assert ids == chatml.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]
+    # each turn's content and its <|im_end|>: not its header, not the newline after it
+    assert _runs(chatml, ids, mask) == [m["content"] + "<|im_end|>" for m in msgs if m["role"] == "assistant"]
+    ids_last, last = render_chat_example(chatml, msgs, assistant_loss="last")
+    assert ids_last == ids and _runs(chatml, ids, last) == [msgs[-1]["content"] + "<|im_end|>"]
+
+
+def test_generation_prompt_and_empty_answers(toks) -> None:
+    _, _, chatml = toks
+    ids, mask = render_chat(chatml, [{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    assert chatml.decode(ids).endswith("<|im_start|>assistant\n") and not any(mask)
+    ids, mask = render_chat(chatml, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}])
+    assert _runs(chatml, ids, mask) == ["<|im_end|>"]
+
+
+def test_preference_pairs_mask_only_the_answer_without_markers(toks) -> None:
+    marked, stripped, chatml = toks
+    row = {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}
+    assert render_pair(stripped, row) == render_pair(marked, row)
+    got = render_pair(chatml, row)
+    assert [_runs(chatml, *got[side]) for side in ("chosen", "rejected")] == [["4<|im_end|>"], ["5<|im_end|>"]]
+
+
+def test_a_template_that_hides_the_answer_is_an_error_not_a_silent_zero_loss(toks) -> None:
+    _, _, chatml = toks
+    hiding = load_tokenizer(chatml.name_or_path)
+    hiding.chat_template = ("{%- for m in messages if m.role != 'assistant' -%}{{- m.content -}}{%- endfor -%}"
+                            "{%- if add_generation_prompt -%}{{- 'A:' -}}{%- endif -%}")
+    with pytest.raises(FlowError):
+        render_chat_example(hiding, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                            where="chat.jsonl:3")
