@@ -250,6 +250,12 @@ def test_sft_and_dpo_on_a_checkpoint_whose_template_has_no_generation_markers(tm
     chat.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Say {i}."},
                                                        {"role": "assistant", "content": f"{i}"}]}) for i in range(16)))
     common = ["--no-progress", "eval.max_items=2", "eval.heldout_docs=1", "eval.tasks=[prose]", "threads=1"]
+    # the defaults (8 rows of 2,048 tokens a step) leave these few short rows less than one batch: say which keys
+    proc = flowlm("train", "--objective", "sft", "--init", str(init), "--data", str(chat), "--run-dir",
+                  str(tmp_path / "s"), *common, check=False)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == (
+        f"error: stage 'sft': {tmp_path / 's' / 'tokenizer' / 'stores' / 'data'} holds 1 packed rows of 2048 tokens, "
+        "fewer than one batch (stages.sft.batch_size=8): lower stages.sft.batch_size or stages.sft.seq_len, or add data")
     flowlm("train", "--objective", "sft", "--init", str(init), "--data", str(chat), "--run-dir", str(tmp_path / "s"),
            "stages.sft.seq_len=64", "stages.sft.batch_size=2", *common)
     steps = [json.loads(line) for line in (tmp_path / "s" / "sft" / "metrics.jsonl").read_text().splitlines()

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from flowlm.config import Strict
-from flowlm.errors import FlowError
+from flowlm.errors import ConfigError, FlowError
 from flowlm.flow.stages.common import bpb_eval_fn, export_model, hf_config_writer
 from flowlm.flow.stages.registry import StageContext, StageKind, StageResult, register
 from flowlm.train.config import EngineConfig
@@ -235,6 +235,11 @@ def make_loader(ctx: StageContext, name: str, cfg: TrainStageConfig, tok: Any, k
     else:  # `open` checks the vocabulary and the tokenizer hash itself
         store = TokenStore.open(path, expect_vocab_size=len(tok), expect_tokenizer_hash=thash)
         dataset = PackedDataset(store, cfg.seq_len, seed=cfg.seed)
+    if len(dataset) < cfg.batch_size:  # the loader drops the last partial batch: there would be none
+        rows = "pairs" if kind == "pairs" else f"packed rows of {cfg.seq_len} tokens"
+        raise ConfigError(f"stage '{name}': {path} holds {len(dataset)} {rows}, fewer than one batch "
+                          f"(stages.{name}.batch_size={cfg.batch_size}): lower stages.{name}.batch_size"
+                          + ("" if kind == "pairs" else f" or stages.{name}.seq_len") + ", or add data")
     return PackedLoader(dataset, cfg.batch_size, seed=cfg.seed)
 
 
