@@ -66,6 +66,27 @@ def test_hf_runner_matches_native_engine(exported) -> None:
     assert torch.allclose(lp_native, torch.tensor(via_hf[1].completions[0].logprobs), atol=1e-4)
 
 
+def test_engine_over_the_hf_adapter_takes_the_adapters_weights(exported) -> None:
+    """RL pushes the learner's state dict, which names an HF model's weights under the adapter's "hf."
+    (`flowlm train --objective grpo --init <a Qwen3 checkpoint>` failed at its first sync until 2026-12-06)."""
+    from flowlm.model.adapter import HFCausalLM
+
+    _, _, path = exported
+    adapter = HFCausalLM(AutoModelForCausalLM.from_pretrained(path).eval())  # what `load_causal_lm` gives a Qwen3
+    engine = Engine(adapter, config=GenerateConfig(max_slots=2))
+    prompts = _prompts((3, 12))
+    before = [r.completions[0].tokens for r in engine.generate(prompts, GREEDY)]
+    new = {k: torch.randn_like(v) * 0.5 if v.is_floating_point() else v for k, v in adapter.state_dict().items()}
+    assert all(k.startswith("hf.") for k in new)
+    assert engine.update_weights(new) == 1
+    after = [r.completions[0].tokens for r in engine.generate(prompts, GREEDY)]
+    adapter.load_state_dict(new)
+    want = Engine(adapter.hf, config=GenerateConfig(max_slots=2)).generate(prompts, GREEDY)
+    assert after == [r.completions[0].tokens for r in want] and after != before
+    with pytest.raises(Exception, match="unknown keys"):
+        engine.update_weights({**new, "hf.not_a_weight": torch.zeros(1)})
+
+
 @pytest.mark.parametrize("params", [
     SamplingParams(temperature=1.0, max_new_tokens=30, ignore_eos=True, seed=3),
     SamplingParams(temperature=0.7, top_k=20, top_p=0.9, min_p=0.02, max_new_tokens=30, ignore_eos=True, seed=4),

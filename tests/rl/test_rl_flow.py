@@ -283,6 +283,30 @@ def test_train_objective_grpo_on_a_prompts_file_runs_an_rl_stage(base, tmp_path)
     assert "--objective grpo: one --data file of prompt rows (JSONL), got 2" in proc.stderr
 
 
+def test_train_objective_grpo_from_a_hugging_face_checkpoint(base, tmp_path):
+    """An HF checkpoint of another family (a tiny Qwen3) runs through the adapter: the rollout engine takes the
+    learner's weights, named under the adapter's "hf.", at every sync (the first sync failed until 2026-12-06)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    init, prompts = tmp_path / "qwen", base / "prompts.jsonl"
+    tok = AutoTokenizer.from_pretrained(base / "run" / "pretrain" / "model")
+    tok.save_pretrained(init)
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                 max_position_embeddings=256)).save_pretrained(init)
+    d = tmp_path / "run"
+    flowlm("train", "--objective", "grpo", "--init", str(init), "--data", str(prompts), "--run-dir", str(d),
+           "--no-progress", "stages.grpo.steps=2", "stages.grpo.seq_len=160", "stages.grpo.rollout.prompts_per_step=2",
+           "stages.grpo.rollout.group_size=4", "stages.grpo.rollout.max_new_tokens=6",
+           "stages.grpo.rollout.max_draws=1", "eval.max_items=2", "eval.heldout_docs=1", "eval.tasks=[prose]",
+           "threads=1")
+    trained = steps(d, "grpo")
+    assert [r["step"] for r in trained] == [1, 2] and all(r["rollout_tokens"] > 0 for r in trained)
+    assert (d / "grpo" / "model" / "model.safetensors").exists()
+
+
 def test_rl_zero_stage_plain_builtin_prompts_with_coin_rewards(base, tmp_path):
     """RL-Zero's spurious-reward control as a stage: built-in counting prompts in the plain template (no chat
     markup; completions stop at the next '\\nQuestion:'), advantages from coins, the logged reward the

@@ -105,6 +105,8 @@ class Engine(InflightUpdates, Driver):
             if hf is None:
                 raise ConfigError(f"generate: unsupported model type {type(model).__name__}")
             self.runner = HFRunner(hf, self.config.max_slots, self.config.context)
+        # a wrapper's state dict names the HF model's weights under its prefix (the adapter's "hf.")
+        self.weight_prefix = getattr(model, "checkpoint_prefix", "") if model is not self.runner.model else ""
         self.eos_ids = frozenset(eos_token_ids if eos_token_ids is not None else _default_eos(tokenizer, model))
         self.version = 0
         self._rng = np.random.default_rng(self.config.seed)
@@ -184,6 +186,10 @@ class Engine(InflightUpdates, Driver):
         return done
 
     def _checked_state(self, state: dict[str, torch.Tensor], strict: bool) -> dict[str, torch.Tensor]:
+        """`state` under the runner's names (a wrapper's `weight_prefix` stripped), checked."""
+        prefix = self.weight_prefix
+        if prefix:
+            state = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
         self._check_keys(state, strict)
         return state
 
