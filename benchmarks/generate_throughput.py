@@ -9,6 +9,10 @@ prompts, same threads for every contender, fp32, sampling at temperature 1 with 
     their own length, so a logits processor bans EOS before a row's length and forces it at the
     length — the batch then runs until its longest row, 64 x 255 decode slots, as HF would.
   B (fixed length): 32 prompts x exactly 128 new tokens.
+  C (`--hf-family`): workload A on a Qwen3 of the tiny preset's shape (random weights, full attention),
+    which flowlm runs through its runner for other model families (`flowlm.generate.hf_runner`): batched
+    decode over one left-padded cache, against the same runner one slot at a time (`flowlm_per_slot`,
+    what it did before 2026-12-06) and HF static `generate`.
 
 "useful tok/s" counts the requested tokens only; "waste" is the share of computed decode slots
 (rows x steps) that produced no useful token (padding after EOS, idle slots). Each figure is the
@@ -16,15 +20,16 @@ median of `--repeats` interleaved rounds after one warm-up round; `ratio` in the
 median of the per-round flowlm / HF-static ratios (robust to the shared machine's swings). Ends
 with `RESULT {json}`.
 
-    python benchmarks/generate_throughput.py [--threads 2] [--repeats 3] [--skip-cb] [--large] [--smoke]
+    python benchmarks/generate_throughput.py [--threads 2] [--repeats 3] [--skip-cb] [--large] [--hf-family] [--smoke]
 
 Needs no extra (`pip install -e .`: the peers are transformers' own generation paths).
 `--large` (CUDA only) adds a ~1B-preset run with a few hundred requests (flowlm vs HF static).
-`--smoke` runs 4 + 2 short requests, one timed round, without continuous batching (which takes 1-2 s
-per token on the loaded 2-core machine): seconds, and the numbers mean nothing.
+`--smoke` runs 4 + 2 (+ 4 for C) short requests, one timed round, without continuous batching (which takes
+1-2 s per token on the loaded 2-core machine): seconds, and the numbers mean nothing.
 
 RESULT keys: `flowlm`, `peer`, `ratio`, `ratio_of_medians`, `flowlm_waste`, `peer_waste`, `B_ratio`,
-`threads`, `omp_wait_policy`, `device`, `repeats`, `table`. The tokenizer and checkpoint live in a
+`threads`, `omp_wait_policy`, `device`, `repeats`, `table`; with C also `C_ratio` (batched / HF static) and
+`C_batched_vs_per_slot`. The tokenizer and checkpoint live in a
 temporary directory removed on success, failure, Ctrl-C and SIGTERM.
 """
 
@@ -73,6 +78,18 @@ def build(workdir: Path, preset: str, device: str, tok_bytes: int = 400_000) -> 
     return model.to(device), tok, hf.to(device)
 
 
+def build_qwen3(workdir: Path, tok: Any, device: str) -> Any:
+    """A Qwen3 of the tiny preset's shape (random weights), saved and loaded back as a user's checkpoint is."""
+    from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=8192, hidden_size=256, intermediate_size=1024, num_hidden_layers=6,
+                      num_attention_heads=4, num_key_value_heads=4, head_dim=64, max_position_embeddings=1024,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    Qwen3ForCausalLM(cfg).save_pretrained(workdir / "qwen3")
+    return AutoModelForCausalLM.from_pretrained(workdir / "qwen3", attn_implementation="sdpa").eval().to(device)
+
+
 def make_prompts(tok: Any, n: int, seed: int = 0) -> list[list[int]]:
     """`n` prompts of 16-48 tokens cut from built-in documents (deterministic)."""
     from flowlm.data.builtin import pretrain_docs
@@ -87,13 +104,16 @@ def make_prompts(tok: Any, n: int, seed: int = 0) -> list[list[int]]:
     return out
 
 
-def run_flowlm(model: Olmo3, tok: Any, prompts: list[list[int]], lengths: list[int],
-               slots: int) -> dict[str, float]:
+def run_flowlm(model: Any, tok: Any, prompts: list[list[int]], lengths: list[int],
+               slots: int, per_slot: bool = False) -> dict[str, float]:
     # Context sized to the workload (longest prompt + completion), as HF's dynamic cache is: the 1b preset's
     # 8,192-token default would pre-allocate tens of GB of KV cache for 256 slots.
-    context = min(model.cfg.max_seq_len, max(len(p) for p in prompts) + max(lengths) + 1)
+    limit = model.cfg.max_seq_len if isinstance(model, Olmo3) else model.config.max_position_embeddings
+    context = min(limit, max(len(p) for p in prompts) + max(lengths) + 1)
     # the engine's own copy of the weights (the default), made before the clock starts
     engine = Engine(model, tok, GenerateConfig(max_slots=slots, seed=0, context=context))
+    if per_slot:
+        engine.runner.batched = False
     params = [SamplingParams(temperature=1.0, max_new_tokens=n, ignore_eos=True, seed=i) for i, n in enumerate(lengths)]
     t0 = time.perf_counter()
     results = engine.generate(prompts, params)
@@ -140,6 +160,12 @@ def run_hf_static(hf: Any, tok: Any, prompts: list[list[int]], lengths: list[int
     return {"seconds": dt, "useful": useful, "computed": gen.numel()}
 
 
+def run_flowlm_per_slot(hf: Any, tok: Any, prompts: list[list[int]], lengths: list[int],
+                        slots: int) -> dict[str, float]:
+    """flowlm's engine over an HF model with its runner held to one forward per slot per step."""
+    return run_flowlm(hf, tok, prompts, lengths, slots, per_slot=True)
+
+
 def _until_eos(row: list[int], eos: int) -> int:
     return row.index(eos) + 1 if eos in row else len(row)
 
@@ -177,7 +203,7 @@ def measure(contenders: dict[str, tuple[Callable[..., dict[str, float]], Any]], 
             last[name] = r
     base = rates["hf_static"]
     return {name: {"tok_s": statistics.median(v), "min": min(v), "max": max(v),
-                   "ratio_vs_static": statistics.median(x / y for x, y in zip(v, base)),
+                   "ratio_vs_static": statistics.median(x / y for x, y in zip(v, base)), "rates": v,
                    "useful": last[name]["useful"], "computed": last[name]["computed"],
                    "waste": 1.0 - last[name]["useful"] / last[name]["computed"]} for name, v in rates.items()}
 
@@ -193,6 +219,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-cb", action="store_true", help="skip transformers continuous batching (slow on CPU)")
     ap.add_argument("--large", action="store_true", help="CUDA only: also a ~1B preset with 256 requests")
+    ap.add_argument("--hf-family", action="store_true",
+                    help="also workload C: a Qwen3 through flowlm's runner for other model families")
     ap.add_argument("--smoke", action="store_true",
                     help="4 + 2 short requests, 1 timed round, no CB: checks the script runs")
     args = ap.parse_args()
@@ -210,6 +238,14 @@ def main() -> int:
                 contenders["hf_cb"] = (run_hf_cb, hf)
             print(f"workload {name}", file=sys.stderr, flush=True)
             table[name] = measure(contenders, args.repeats, tok, prompts, lengths, 64)
+        if args.hf_family or args.smoke:
+            lengths = workloads(4, 2, 16)["A"] if args.smoke else workloads()["A"]
+            prompts = make_prompts(tok, len(lengths))
+            qwen = build_qwen3(tmp, tok, device)
+            contenders = {"flowlm": (run_flowlm, qwen), "flowlm_per_slot": (run_flowlm_per_slot, qwen),
+                          "hf_static": (run_hf_static, qwen)}
+            print("workload C (Qwen3)", file=sys.stderr, flush=True)
+            table["C"] = measure(contenders, args.repeats, tok, prompts, lengths, 64)
         if args.large and device == "cuda":
             table["large_1b"] = run_large(tmp, args.repeats)
     print_table(table)
@@ -222,6 +258,11 @@ def main() -> int:
                "threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "device": device,
                "repeats": args.repeats,
                "table": {w: {k: round(v["tok_s"], 1) for k, v in row.items()} for w, row in table.items()}}
+    if "C" in table:
+        c = table["C"]
+        summary["C_ratio"] = round(c["flowlm"]["ratio_vs_static"], 3)
+        summary["C_batched_vs_per_slot"] = round(statistics.median(
+            x / y for x, y in zip(c["flowlm"]["rates"], c["flowlm_per_slot"]["rates"])), 3)
     print("RESULT " + json.dumps(summary))
     return 0
 

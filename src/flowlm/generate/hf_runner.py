@@ -1,15 +1,25 @@
-"""Runner for any `transformers` causal LM: one HF cache object per slot, one forward per slot per step.
+"""Runner for any `transformers` causal LM, behind the interface of `NativeRunner`.
 
-Chosen over batching HF models through a shared padded cache because HF cache classes differ per
-architecture (sliding, hybrid, quantized, ...) and each model builds its own masks: letting every
-slot keep the model's own `past_key_values` is correct for every architecture with no per-model
-code. The price is no cross-slot batching in the decode step, so this path is for models without a
-native implementation (teachers, judges, baselines); OLMo-3 checkpoints use `NativeRunner`.
+Two ways to hold the live slots' keys and values:
+
+* **Batched** (every layer of the model's cache a plain `DynamicLayer`, full attention: Qwen3, Llama,
+  Mistral without a window, ...). The live slots `0..n-1` share one `DynamicCache`, left-padded to a common
+  length, and a decode step is one forward over all of them, with an attention mask that hides each row's
+  padding and per-row position ids, as `generate` runs a left-padded batch. A prompt is prefilled on its
+  own and its cache joins the batch as new rows (the shorter side gets left padding); a finished slot's row
+  is replaced by the last row and dropped, and padding columns no live row needs are cut off.
+* **Per slot** (any other cache: sliding-window, hybrid, quantized, ...). Every slot keeps the model's own
+  `past_key_values` and a decode step runs one forward per slot. Correct for every architecture with no
+  per-model code, but without cross-slot batching.
+
+OLMo-3 checkpoints use `NativeRunner` instead; this path is for models of other families (adapter
+policies, teachers, judges, baselines).
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +36,24 @@ def find_hf_model(model: nn.Module) -> Any | None:
     return next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
 
 
+def _batchable(cache: Any) -> bool:
+    """Whether a prefill's cache can join a left-padded batch: a `DynamicCache` of plain full-attention layers."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return isinstance(cache, DynamicCache) and bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _cache_of(out: Any) -> Any:
+    """A forward's cache: `cache` in newer transformers 5 releases, `past_key_values` before."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
+def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
+    """`t` `[B, H, L, D]` with `n` zero positions in front of L."""
+    return t if n == 0 else torch.cat([t.new_zeros(*t.shape[:2], n, t.shape[3]), t], dim=2)
+
+
 class HFRunner:
     """Same interface as `NativeRunner` (prefill / decode / move / release / load_weights)."""
 
@@ -35,8 +63,15 @@ class HFRunner:
         self.context = min(context, limit) if context else limit
         self.vocab_size = model.config.vocab_size
         self.device = next(model.parameters()).device
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
+        self.lens = [0] * num_slots  # tokens each slot holds (its next token's position)
+        self.batched: bool | None = None  # decided by the first prefill's cache
+        # per slot: one cache each
         self.caches: list[Any] = [None] * num_slots
-        self.lens = [0] * num_slots
+        # batched: one cache for the live slots 0..n-1, each row left-padded by pads[i]
+        self.batch: Any = None
+        self.pads: list[int] = []
 
     def load_weights(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
         """Copy new weights in place; live caches are kept."""
@@ -44,34 +79,100 @@ class HFRunner:
 
     @torch.inference_mode()
     def prefill(self, prompts: Sequence[Sequence[int]], slot_groups: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Prefill each prompt on its own; the first slot of a group keeps the cache, others get copies."""
+        """Prefill each prompt on its own; its cache goes to every slot of its group (the batch's new rows,
+        or the first slot's own cache and copies for the others)."""
         rows = []
         for prompt, slots in zip(prompts, slot_groups):
             ids = torch.as_tensor([list(prompt)], dtype=torch.long, device=self.device)
             out = self.model(input_ids=ids, use_cache=True)
             rows.append(out.logits[0, -1].float())
-            for i, s in enumerate(slots):
-                self.caches[s] = out.past_key_values if i == 0 else copy.deepcopy(out.past_key_values)
+            cache = _cache_of(out)
+            if self.batched is None:
+                self.batched = _batchable(cache)
+            if self.batched:
+                self._join(cache, list(slots), len(prompt))
+            else:
+                for i, s in enumerate(slots):
+                    self.caches[s] = cache if i == 0 else copy.deepcopy(cache)
+            for s in slots:
                 self.lens[s] = len(prompt)
         return torch.stack(rows)
 
+    def _join(self, cache: Any, slots: list[int], length: int) -> None:
+        """Append a prompt's cache to the batch as the rows `slots` (the next free ones: live slots are 0..n-1)."""
+        n = len(self.pads)
+        if slots != list(range(n, n + len(slots))):
+            raise RuntimeError(f"hf runner: slots {slots} do not follow the {n} live ones")
+        if self.batch is None:
+            for layer in cache.layers:
+                layer.keys = layer.keys.expand(len(slots), -1, -1, -1).contiguous()
+                layer.values = layer.values.expand(len(slots), -1, -1, -1).contiguous()
+            self.batch, self.pads = cache, [0] * len(slots)
+            return
+        width = self.batch.layers[0].keys.shape[2]
+        grow, pad = max(0, length - width), max(0, width - length)
+        for mine, new in zip(self.batch.layers, cache.layers):
+            k = _left_pad(new.keys, pad).expand(len(slots), -1, -1, -1)
+            v = _left_pad(new.values, pad).expand(len(slots), -1, -1, -1)
+            mine.keys = torch.cat([_left_pad(mine.keys, grow), k], dim=0)
+            mine.values = torch.cat([_left_pad(mine.values, grow), v], dim=0)
+        self.pads = [p + grow for p in self.pads] + [pad] * len(slots)
+
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
-        """One forward per active slot `0..n-1`; returns logits `[n, V]`."""
+        """One step for the live slots `0..n-1`; returns logits `[n, V]`."""
+        if self.batched:
+            return self._decode_batch(tokens)
         rows = []
         for i, tok in enumerate(tokens.tolist()):
             ids = torch.tensor([[tok]], dtype=torch.long, device=self.device)
             pos = torch.tensor([[self.lens[i]]], device=self.device)
-            out = self.model(input_ids=ids, past_key_values=self.caches[i], position_ids=pos,
-                             cache_position=pos[0], use_cache=True)
-            self.caches[i] = out.past_key_values
+            out = self.model(input_ids=ids, position_ids=pos, cache_position=pos[0], use_cache=True,
+                             **{self._cache_kw: self.caches[i]})
+            self.caches[i] = _cache_of(out)
             self.lens[i] += 1
             rows.append(out.logits[0, -1].float())
         return torch.stack(rows)
 
+    def _decode_batch(self, tokens: torch.Tensor) -> torch.Tensor:
+        n = len(self.pads)
+        if len(tokens) != n:
+            raise RuntimeError(f"hf runner: {len(tokens)} tokens for {n} live slots")
+        width = self.batch.layers[0].keys.shape[2]
+        pads = torch.tensor(self.pads, device=self.device)
+        mask = (torch.arange(width + 1, device=self.device)[None, :] >= pads[:, None]).long()
+        pos = torch.tensor(self.lens[:n], device=self.device)[:, None]
+        out = self.model(input_ids=tokens.to(self.device).view(n, 1), attention_mask=mask, position_ids=pos,
+                         use_cache=True, **{self._cache_kw: self.batch})
+        self.batch = _cache_of(out)
+        for i in range(n):
+            self.lens[i] += 1
+        return out.logits[:, -1].float()
+
     def move(self, src: int, dst: int) -> None:
-        self.caches[dst], self.lens[dst] = self.caches[src], self.lens[src]
-        self.caches[src] = None
+        if self.batched:
+            for layer in self.batch.layers:
+                layer.keys[dst] = layer.keys[src]
+                layer.values[dst] = layer.values[src]
+            self.pads[dst] = self.pads[src]
+        else:
+            self.caches[dst] = self.caches[src]
+            self.caches[src] = None
+        self.lens[dst] = self.lens[src]
 
     def release(self, slot: int) -> None:
-        self.caches[slot], self.lens[slot] = None, 0
+        self.lens[slot] = 0
+        if not self.batched:
+            self.caches[slot] = None
+            return
+        if slot != len(self.pads) - 1:
+            raise RuntimeError(f"hf runner: release of slot {slot}, not the last live one ({len(self.pads) - 1})")
+        self.pads.pop()
+        if not self.pads:
+            self.batch = None
+            return
+        cut = min(self.pads)  # leading columns that are padding in every live row
+        for layer in self.batch.layers:
+            layer.keys = layer.keys[:slot, :, cut:]
+            layer.values = layer.values[:slot, :, cut:]
+        self.pads = [p - cut for p in self.pads]
