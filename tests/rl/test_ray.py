@@ -135,6 +135,31 @@ def test_ray_minibatches_push_once_per_rollout_batch(cluster, tok, model, tmp_pa
     check_accounting(recs)
 
 
+def test_ray_rollout_actors_run_an_hf_policy_behind_the_adapter(cluster, tok):
+    """A policy of another family (a tiny Qwen3 behind `HFCausalLM`): each actor builds the architecture from
+    its transformers config and loads the learner's weights, so the rollout log-probs are the policy's own
+    (an actor left with its fresh weights would be far off)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from flowlm.model.adapter import HFCausalLM
+    from flowlm.train.losses import token_logprobs
+
+    torch.manual_seed(0)
+    policy = HFCausalLM(Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=256))).eval()
+    src = ray_source(tok, policy, rows(24), num_rollout_workers=1, num_reward_workers=0)
+    try:
+        b = next(iter(src))
+    finally:
+        src.close()
+    labelled = b["labels"] != -100
+    assert labelled.any() and (b["rollout_versions"][labelled] == 0).all()
+    with torch.no_grad():
+        mine = token_logprobs(policy(b["input_ids"]).float(), b["labels"].clamp(min=0))
+    assert (mine[labelled] - b["rollout_logps"][labelled]).abs().max().item() < 1e-4
+
+
 def test_a_killed_rollout_actor_is_restarted_and_its_prompts_are_not_lost(cluster, tok, model, tmp_path, capsys):
     log = tmp_path / "r.jsonl"
     src = ray_source(tok, model, rows(80), log=log, async_steps=2, num_rollout_workers=2, num_reward_workers=1)

@@ -41,6 +41,14 @@ class HFCausalLM(nn.Module):
         super().__init__()
         self.hf = hf
 
+    @classmethod
+    def from_config(cls, config: Any) -> "HFCausalLM":
+        """The same architecture with fresh weights, from a transformers config (a rollout worker's copy
+        of the policy, which then loads the learner's weights)."""
+        from transformers import AutoModelForCausalLM
+
+        return cls(AutoModelForCausalLM.from_config(config, attn_implementation="sdpa"))
+
     @property
     def lm_head(self) -> nn.Module:
         """The wrapped model's output embedding (logits = lm_head(hidden))."""

@@ -93,9 +93,10 @@ def unpack_state(packed: dict[str, tuple[np.ndarray, str]]) -> dict[str, torch.T
 
 # -- the actors (plain classes; `ray.remote` is applied by the backend, so importing needs no ray) ----------
 class RolloutActor:
-    """One rollout worker: its own model (built from the policy's class and config) and engine."""
+    """One rollout worker: its own model (built by `model_cls(model_cfg)`: the policy's class and config, or
+    `HFCausalLM.from_config` and a transformers config) and engine."""
 
-    def __init__(self, name: str, model_cls: type, model_cfg: Any, dtype: str, tokenizer: Any, gen_cfg: Any,
+    def __init__(self, name: str, model_cls: Any, model_cfg: Any, dtype: str, tokenizer: Any, gen_cfg: Any,
                  weights: dict[str, tuple[np.ndarray, str]], version: int, threads: int,
                  engine: tuple[str, float] = ("native", 0.0)) -> None:
         import torch
@@ -327,10 +328,13 @@ class RayBackend(Backend):
 
         self.ray = require("ray", "ray", "rollout mode 'ray'")
         self.source, self.cfg = source, source.cfg
+        from flowlm.model.adapter import HFCausalLM
+
         model = getattr(policy, "_orig_mod", policy)  # (torch.compile wraps the module)
-        if not hasattr(model, "cfg"):
+        if not hasattr(model, "cfg") and not isinstance(model, HFCausalLM):
             raise ConfigError(f"rollout mode 'ray' builds each worker's model from the policy's class and config: "
-                              f"{type(model).__name__} has no `cfg` (a native flowlm model is needed)")
+                              f"{type(model).__name__} is neither a native flowlm model nor an HF model behind "
+                              "flowlm's adapter")
         self.model = model
         self.names = [f"rollout-{k}" for k in range(self.cfg.num_rollout_workers)]
         self.rewards: list[tuple[str, Any]] = []
@@ -349,10 +353,19 @@ class RayBackend(Backend):
             self._owns = True
         self.rollout_cls = ray.remote(RolloutActor)
         self.reward_cls = ray.remote(RewardActor)
+        from flowlm.model.adapter import HFCausalLM
+
         model = self.model
-        self.model_spec = (plain_class(model), model.cfg, str(next(model.parameters()).dtype).removeprefix("torch."))
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        if isinstance(model, HFCausalLM):  # the wrapped model's transformers config; `max_position_embeddings`
+            config = model.hf.config
+            self.model_spec = (HFCausalLM.from_config, config, dtype)
+            longest = getattr(config, "max_position_embeddings", None) or src.max_len
+        else:
+            self.model_spec = (plain_class(model), model.cfg, dtype)
+            longest = getattr(model.cfg, "max_seq_len", src.max_len)
         self.tokenizer_ref = ray.put(src.tokenizer)
-        context = min(src.max_len, getattr(model.cfg, "max_seq_len", src.max_len))
+        context = min(src.max_len, longest)
         self.gen_cfg = GenerateConfig(max_slots=cfg.max_slots or cfg.prompts_per_step * cfg.group_size,
                                       context=context, enable_thinking=cfg.thinking)
         self.weights_ref = ray.put(pack_state(src.policy_weights()))
