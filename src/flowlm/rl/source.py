@@ -193,12 +193,16 @@ class RolloutSource:
         since `bind` (torchrun; mode async rebuilding a dead worker's engine) gives a freshly initialised
         copy of its architecture: the caller loads the full weights (`policy_weights`) into the engine."""
         from flowlm.generate.engine import Engine, GenerateConfig
+        from flowlm.model.adapter import HFCausalLM
         from flowlm.model.olmo3 import Olmo3
 
         if _sharded(policy):
-            if not isinstance(policy, Olmo3):
+            if isinstance(policy, Olmo3):
+                policy = Olmo3(policy.cfg)
+            elif isinstance(policy, HFCausalLM):
+                policy = HFCausalLM.from_config(policy.hf.config)
+            else:
                 raise ConfigError(f"rl rollouts: cannot rebuild an engine from a sharded {type(policy).__name__}")
-            policy = Olmo3(policy.cfg)
 
         slots = self.cfg.max_slots or self.cfg.prompts_per_step * self.cfg.group_size
         context = min(self.max_len, getattr(getattr(policy, "cfg", None), "max_seq_len", self.max_len))
