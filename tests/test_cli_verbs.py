@@ -468,3 +468,11 @@ def test_crash_in_a_real_process(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", _CRASH], capture_output=True, text=True, timeout=120,
                        env={**env, "FLOWLM_DEBUG": "1"})
     assert r.returncode == 1 and "Traceback" in r.stderr and "KeyError: 'stages'" in r.stderr
+
+
+def test_report_numbers_keep_small_values_visible() -> None:
+    """A distillation loss of 2e-6 printed as "0.0000" looked like a run that trained on nothing."""
+    from flowlm.flow.report import _fmt
+
+    assert [_fmt(x) for x in (0.0, 2.13e-6, 0.7007, 12345.6, 0.0123, None)] == [
+        "0.0000", "2.13e-06", "0.7007", "12,346", "0.0123", "-"]

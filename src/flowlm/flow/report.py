@@ -101,6 +101,6 @@ def _eval_cell(summary: dict[str, Any] | None) -> str:
 def _fmt(v: Any) -> str:
     if v is None:
         return "-"
-    if isinstance(v, float):
-        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4f}"
+    if isinstance(v, float):  # small values keep 4 significant digits (a loss of 2e-6 is not "0.0000")
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4f}" if v == 0 or abs(v) >= 0.01 else f"{v:.4g}"
     return str(v)
