@@ -130,3 +130,11 @@ def test_a_template_that_hides_the_answer_is_an_error_not_a_silent_zero_loss(tok
     with pytest.raises(FlowError):
         render_chat_example(hiding, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
                             where="chat.jsonl:3")
+
+
+def test_a_tokenizer_without_a_template_says_how_to_give_it_one(toks) -> None:
+    _, _, chatml = toks
+    base = load_tokenizer(chatml.name_or_path)
+    base.chat_template = None
+    with pytest.raises(FlowError, match="has no chat template .*put a chat_template.jinja beside its tokenizer files"):
+        render_chat_example(base, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])

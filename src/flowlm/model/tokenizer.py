@@ -216,7 +216,8 @@ def render_chat(
     assistant message's prefix (`_prefix_mask`).
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise FlowError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')}: has no chat template")
+        raise FlowError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')}: has no chat template (a base model's "
+                        "tokenizer?): chat data needs one; put a chat_template.jinja beside its tokenizer files")
     kw = {"tools": tools, "enable_thinking": enable_thinking}
     if not has_generation_markers(tokenizer):
         ids = _render_ids(tokenizer, messages, add_generation_prompt=add_generation_prompt, **kw)
