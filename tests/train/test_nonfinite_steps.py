@@ -1,6 +1,7 @@
 """The engine skips a whole step whose loss or gradient norm is not finite: parameters and AdamW state
 untouched, one warning line, `step_skipped` in the record, the step still counted; `max_nonfinite_steps`
-in a row stop the run with a FlowError, and the count survives a checkpoint and resume.
+in a row stop the run with a FlowError, and the count survives a checkpoint and resume. A step with no
+loss unit at all (RL: every group filtered) applies no update either (`step_empty`).
 
 A toy objective (least squares on a linear model) turns its loss NaN on the rows the loader marks `bad`,
 or its gradient NaN with a finite loss on rows marked `bad_grad`, so a chosen micro-batch of a chosen
@@ -41,13 +42,13 @@ class Toy(Objective):
         self.ended: list[int] = []
 
     def count_units(self, batch: dict[str, Any]) -> int:
-        return int(batch["x"].shape[0])
+        return int(batch["keep"].sum())
 
     def count_tokens(self, batch: dict[str, Any]) -> int:
         return int(batch["x"].shape[0])
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> LossOutput:
-        loss = (model(batch["x"]) - batch["y"]).square().sum()
+        loss = ((model(batch["x"]) - batch["y"]).square() * batch["keep"][:, None]).sum()
         if batch["bad"].any():
             loss = loss * float("nan")
         if batch["bad_grad"].any():  # d sqrt(u)/du at 0 is inf: times 0 gives a finite loss, a NaN gradient
@@ -61,15 +62,17 @@ class Toy(Objective):
 class Loader:
     """Seeded batches of 4 rows; `bad[step]` / `bad_grad[step]` (1-based) name the rows to spoil."""
 
-    def __init__(self, bad: dict[int, list[int]] | None = None, bad_grad: dict[int, list[int]] | None = None):
-        self.bad, self.bad_grad, self.pos = bad or {}, bad_grad or {}, 0
+    def __init__(self, bad: dict[int, list[int]] | None = None, bad_grad: dict[int, list[int]] | None = None,
+                 empty: tuple[int, ...] = ()):
+        self.bad, self.bad_grad, self.empty, self.pos = bad or {}, bad_grad or {}, empty, 0
 
     def __iter__(self):
         while True:
             g = torch.Generator().manual_seed(self.pos)
             x, y = torch.randn(ROWS, 3, generator=g), torch.randn(ROWS, 1, generator=g)
             self.pos += 1
-            yield {"x": x, "y": y, "bad": self._flags(self.bad), "bad_grad": self._flags(self.bad_grad)}
+            keep = torch.full((ROWS,), self.pos not in self.empty)  # an empty step: no row counts
+            yield {"x": x, "y": y, "bad": self._flags(self.bad), "bad_grad": self._flags(self.bad_grad), "keep": keep}
 
     def _flags(self, table: dict[int, list[int]]) -> torch.Tensor:
         flags = torch.zeros(ROWS, dtype=torch.bool)
@@ -170,3 +173,27 @@ def test_the_count_in_a_row_survives_a_resume(tmp_path):
     clean = [{k: v for k, v in r.items() if k not in ("step_time", "tok_s")} for r in records(tmp_path / "s")]
     again_ = [{k: v for k, v in r.items() if k not in ("step_time", "tok_s")} for r in records(tmp_path / "r")]
     assert json.dumps(clean) == json.dumps(again_)  # NaN included
+
+
+def test_a_step_without_loss_units_applies_no_update(tmp_path, capsys):
+    """Step 2's global batch has no loss unit: its gradient is zero, yet AdamW's step would still move the
+    weights along the moments of step 1 (by about a step's size); the engine leaves weights and moments as
+    they were, counts the step, and says so in `step_empty`."""
+    loader = Loader(empty=(2,))
+    t = trainer(tmp_path, loader)
+    batches = iter(loader)
+    assert t.train_step(next(batches))["step_empty"] == 0
+    params = copy.deepcopy(t.model.state_dict())
+    optim = copy.deepcopy(t.optimizer.state_dict())
+    rec = t.train_step(next(batches))
+    assert rec["step_empty"] == 1 and rec["step_skipped"] == 0 and rec["loss_tokens"] == 0 and t.step == 2
+    for k, v in t.model.state_dict().items():
+        assert torch.equal(v, params[k]), k
+    after = t.optimizer.state_dict()
+    for i, st in optim["state"].items():
+        for k, v in st.items():
+            assert torch.equal(after["state"][i][k], v), (i, k)
+    assert "warning" not in capsys.readouterr().err and t.nonfinite_in_a_row == 0
+    third = t.train_step(next(batches))
+    assert third["step_empty"] == 0 and not torch.equal(t.model.weight, params["weight"])
+    assert t.objective.ended == [1, 3]

@@ -14,9 +14,12 @@ A step whose loss (summed over micro-batches and ranks) or gradient norm is not 
 no optimizer step (parameters and AdamW state untouched), gradients dropped, one `warning: step N: ...`
 line, `step_skipped` 1 in its record; after `max_nonfinite_steps` such steps in a row the run stops
 with a FlowError. The step still counts: the batch was consumed, `step` advances, and with it the LR
-schedule (a pure function of `step`), so a checkpoint after a skipped step resumes exactly. An objective
-with `end_step(metrics)` is called after every applied step with the step's reduced metrics (the `grpo`
-objective's adaptive entropy coefficient).
+schedule (a pure function of `step`), so a checkpoint after a skipped step resumes exactly. A step whose
+global batch holds no loss unit at all (RL: every group filtered as uninformative) applies no optimizer
+step either (`step_empty` 1): its gradient is zero, and AdamW would still move the weights along its old
+moments, by about a normal step's size. It too counts as a step. An objective with `end_step(metrics)`
+is called after every applied step with the step's reduced metrics (the `grpo` objective's adaptive
+entropy coefficient).
 """
 
 from __future__ import annotations
@@ -346,9 +349,10 @@ class Trainer:
         loss_sum, grad_norm = metrics.fetch([torch.stack(parts).sum(), norm.float().to(parts[0].device)])
         loss_sum = all_reduce_sum(loss_sum, world)  # every rank decides alike (the norm is global already)
         skipped = not (math.isfinite(loss_sum) and math.isfinite(grad_norm))
+        empty = n_global == 0  # no loss unit anywhere: a zero gradient, and AdamW's moments would still move
         if skipped:
             self._skip_step(loss_sum, grad_norm)
-        else:
+        elif not empty:
             self.optimizer.step()
             self.nonfinite_in_a_row = 0
         self.optimizer.zero_grad(set_to_none=True)
@@ -357,9 +361,10 @@ class Trainer:
         self.step += 1
         self.tokens_seen += tokens
         record = {"step": self.step, "loss": loss_sum / max(n_global, 1.0), "lr": lr, "grad_norm": grad_norm,
-                  "tokens": tokens, f"loss_{objective.unit}": int(n_global), "step_skipped": int(skipped)}
+                  "tokens": tokens, f"loss_{objective.unit}": int(n_global), "step_skipped": int(skipped),
+                  "step_empty": int(empty)}
         record.update(metrics.reduce(world))
-        if not skipped:
+        if not skipped and not empty:
             objective.end_step(record)
         return record
 
