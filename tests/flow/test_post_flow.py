@@ -231,21 +231,15 @@ def test_sft_and_dpo_on_a_checkpoint_whose_template_has_no_generation_markers(tm
     """A Hugging Face checkpoint (a tiny Qwen3) whose tokenizer has a plain ChatML template, as published
     templates do: SFT trains on the assistant tokens of every step (it trained on none, silently, with a
     loss of 0, until 2026-12-06), and DPO's answers carry labels."""
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
     from flowlm.data import builtin
     from flowlm.model.tokenizer import train_tokenizer
+    from tests.hf_models import save_tiny_qwen3
 
     init = tmp_path / "qwen"
     tok = train_tokenizer([json.dumps(e["messages"]) for e in builtin.sft_examples(0, 200)], 400, init)
     tok.chat_template = ("{%- for m in messages -%}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}"
                          "{%- endfor -%}{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
-    tok.save_pretrained(init)
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                                 max_position_embeddings=256)).save_pretrained(init)
+    save_tiny_qwen3(init, tok)
     chat = tmp_path / "chat.jsonl"
     chat.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": f"Say {i}."},
                                                        {"role": "assistant", "content": f"{i}"}]}) for i in range(16)))

@@ -18,12 +18,10 @@ LENGTHS = (1, 5, 8, 9, 17, 33)
 
 @pytest.fixture(scope="module")
 def qwen():
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from tests.hf_models import tiny_qwen3
 
-    torch.manual_seed(0)
-    cfg = Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
-    return Qwen3ForCausalLM(cfg).eval()
+    return tiny_qwen3(128, layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                      num_key_value_heads=2)
 
 
 def _prompts(lengths=LENGTHS, seed: int = 1) -> list[list[int]]:

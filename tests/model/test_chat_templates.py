@@ -16,6 +16,7 @@ from flowlm.data.chat import render_chat_example
 from flowlm.data.pairs import render_pair
 from flowlm.errors import FlowError
 from flowlm.model.tokenizer import has_generation_markers, load_tokenizer, render_chat, train_tokenizer
+from tests.data.test_chat import _runs
 
 # A plain ChatML template, prefix-stable: every turn renders the same wherever it stands.
 CHATML = ("{%- for m in messages -%}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}{%- endfor -%}"
@@ -46,17 +47,6 @@ def _conversation(rng: random.Random, turns: int) -> list[dict]:
         msgs.append({"role": "user", "content": _text(rng) or "q"})
         msgs.append({"role": "assistant", "content": _text(rng) or "a", "reasoning_content": _text(rng)})
     return msgs
-
-
-def _runs(tok, ids, mask) -> list[str]:
-    out, cur = [], []
-    for i, m in zip(ids, mask):
-        if m:
-            cur.append(i)
-        elif cur:
-            out.append(tok.decode(cur))
-            cur = []
-    return out + ([tok.decode(cur)] if cur else [])
 
 
 def test_marker_detection(toks) -> None:

@@ -139,15 +139,11 @@ def test_ray_rollout_actors_run_an_hf_policy_behind_the_adapter(cluster, tok):
     """A policy of another family (a tiny Qwen3 behind `HFCausalLM`): each actor builds the architecture from
     its transformers config and loads the learner's weights, so the rollout log-probs are the policy's own
     (an actor left with its fresh weights would be far off)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
     from flowlm.model.adapter import HFCausalLM
     from flowlm.train.losses import token_logprobs
+    from tests.hf_models import tiny_qwen3
 
-    torch.manual_seed(0)
-    policy = HFCausalLM(Qwen3ForCausalLM(Qwen3Config(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=256))).eval()
+    policy = HFCausalLM(tiny_qwen3(len(tok))).eval()
     src = ray_source(tok, policy, rows(24), num_rollout_workers=1, num_reward_workers=0)
     try:
         b = next(iter(src))

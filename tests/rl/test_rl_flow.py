@@ -260,16 +260,19 @@ def test_torchrun_minibatches_equal_one_process_and_resume_between_two(base, tmp
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6) and a.get("reward") == b.get("reward")
 
 
+# `flowlm train --objective grpo` settings that keep a run to seconds
+SMALL_GRPO = ("--no-progress", "stages.grpo.steps=2", "stages.grpo.seq_len=160", "stages.grpo.rollout.prompts_per_step=2",
+              "stages.grpo.rollout.group_size=4", "eval.max_items=2", "eval.heldout_docs=1", "eval.tasks=[prose]",
+              "threads=1")
+
+
 def test_train_objective_grpo_on_a_prompts_file_runs_an_rl_stage(base, tmp_path):
     """`flowlm train --objective grpo --init CKPT --data prompts.jsonl`: the direct command builds an rl stage
     with the file as its prompts; more than one --data file is a one-line error."""
     init, prompts = base / "run" / "pretrain" / "model", base / "prompts.jsonl"
     d = tmp_path / "run"
     flowlm("train", "--objective", "grpo", "--init", str(init), "--data", str(prompts), "--run-dir", str(d),
-           "--no-progress", "stages.grpo.steps=2", "stages.grpo.seq_len=160", "stages.grpo.rollout.prompts_per_step=2",
-           "stages.grpo.rollout.group_size=4", "stages.grpo.rollout.max_new_tokens=10",
-           "stages.grpo.rollout.max_draws=2", "eval.max_items=2", "eval.heldout_docs=1", "eval.tasks=[prose]",
-           "threads=1")
+           *SMALL_GRPO, "stages.grpo.rollout.max_new_tokens=10", "stages.grpo.rollout.max_draws=2")
     record = json.loads((d / "flow.json").read_text())["stages"]["grpo"]
     assert record["kind"] == "rl" and record["status"] == "done"
     trained = steps(d, "grpo")
@@ -286,22 +289,15 @@ def test_train_objective_grpo_on_a_prompts_file_runs_an_rl_stage(base, tmp_path)
 def test_train_objective_grpo_from_a_hugging_face_checkpoint(base, tmp_path):
     """An HF checkpoint of another family (a tiny Qwen3) runs through the adapter: the rollout engine takes the
     learner's weights, named under the adapter's "hf.", at every sync (the first sync failed until 2026-12-06)."""
-    import torch
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoTokenizer
 
-    init, prompts = tmp_path / "qwen", base / "prompts.jsonl"
-    tok = AutoTokenizer.from_pretrained(base / "run" / "pretrain" / "model")
-    tok.save_pretrained(init)
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                                 max_position_embeddings=256)).save_pretrained(init)
+    from tests.hf_models import save_tiny_qwen3
+
+    prompts = base / "prompts.jsonl"
+    init = save_tiny_qwen3(tmp_path / "qwen", AutoTokenizer.from_pretrained(base / "run" / "pretrain" / "model"))
     d = tmp_path / "run"
     flowlm("train", "--objective", "grpo", "--init", str(init), "--data", str(prompts), "--run-dir", str(d),
-           "--no-progress", "stages.grpo.steps=2", "stages.grpo.seq_len=160", "stages.grpo.rollout.prompts_per_step=2",
-           "stages.grpo.rollout.group_size=4", "stages.grpo.rollout.max_new_tokens=6",
-           "stages.grpo.rollout.max_draws=1", "eval.max_items=2", "eval.heldout_docs=1", "eval.tasks=[prose]",
-           "threads=1")
+           *SMALL_GRPO, "stages.grpo.rollout.max_new_tokens=6", "stages.grpo.rollout.max_draws=1")
     trained = steps(d, "grpo")
     assert [r["step"] for r in trained] == [1, 2] and all(r["rollout_tokens"] > 0 for r in trained)
     assert (d / "grpo" / "model" / "model.safetensors").exists()
