@@ -128,3 +128,17 @@ def test_a_tokenizer_without_a_template_says_how_to_give_it_one(toks) -> None:
     base.chat_template = None
     with pytest.raises(FlowError, match="has no chat template .*put a chat_template.jinja beside its tokenizer files"):
         render_chat_example(base, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+
+
+def test_multi_turn_prompts_of_a_template_that_rerenders_history(toks) -> None:
+    """Only the final answer needs locating: a DPO pair and a generation prompt whose prompt holds earlier
+    turns with reasoning work under the marker-free copy of flowlm's (Qwen3-like) template."""
+    from flowlm.generate.prompts import to_prompt_ids
+
+    marked, stripped, _ = toks
+    history = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1", "reasoning_content": "r1"},
+               {"role": "user", "content": "q2"}]
+    row = {"prompt": history, "chosen": "good", "rejected": "bad"}
+    assert render_pair(stripped, row) == render_pair(marked, row)
+    assert _runs(stripped, *render_pair(stripped, row)["chosen"]) == ["<think>\n\n</think>\n\ngood<|im_end|>"]
+    assert to_prompt_ids(history, stripped) == to_prompt_ids(history, marked)

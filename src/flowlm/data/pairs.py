@@ -47,13 +47,16 @@ def render_pair(tok: Any, row: Mapping[str, Any], *, enable_thinking: bool = Tru
     The row holds `prompt` (a string or messages) and `chosen` / `rejected` (a string or the assistant
     messages that follow the prompt). The mask marks the answer's assistant tokens only.
     """
-    from flowlm.model.tokenizer import render_chat
+    from flowlm.model.tokenizer import render_chat, render_ids
 
     prompt = _messages(row["prompt"], "user")
+    n_prompt = len(render_ids(tok, prompt, enable_thinking=enable_thinking, add_generation_prompt=True))
     out = {}
     for side in SIDES:
-        ids, mask = render_chat(tok, prompt + _messages(row[side], "assistant"), enable_thinking=enable_thinking)
-        n_prompt = len(render_chat(tok, prompt, enable_thinking=enable_thinking, add_generation_prompt=True)[0])
+        answer = _messages(row[side], "assistant")
+        # one answer message (the usual case): only its mask is needed, so a template that re-renders the
+        # prompt's earlier turns (Qwen3's, without generation markers) still works
+        ids, mask = render_chat(tok, prompt + answer, enable_thinking=enable_thinking, last_only=len(answer) == 1)
         mask = [0] * min(n_prompt, len(mask)) + list(mask[n_prompt:])
         out[side] = (ids, mask)
     return out

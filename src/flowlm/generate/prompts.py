@@ -86,10 +86,9 @@ def to_prompt_ids(prompt: Prompt, tokenizer: Any, enable_thinking: bool = True) 
     if prompt and all(isinstance(m, dict) for m in prompt):
         if tokenizer is None:
             raise ValueError("chat messages need a tokenizer")
-        from flowlm.model.tokenizer import render_chat
+        from flowlm.model.tokenizer import render_ids
 
-        ids, _ = render_chat(tokenizer, prompt, add_generation_prompt=True, enable_thinking=enable_thinking)
-        return ids
+        return render_ids(tokenizer, prompt, add_generation_prompt=True, enable_thinking=enable_thinking)
     if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         raise ValueError("prompt must be a string, chat messages or a list of token ids")
     return prompt

@@ -158,7 +158,12 @@ def has_generation_markers(tokenizer: Any) -> bool:
     return any(isinstance(t, str) and _GENERATION_TAG.search(t) for t in templates)
 
 
-def _render_ids(tokenizer: Any, messages: Sequence[dict[str, Any]], **kw: Any) -> list[int]:
+def render_ids(tokenizer: Any, messages: Sequence[dict[str, Any]], **kw: Any) -> list[int]:
+    """Token ids of `messages` rendered with the chat template, no mask (a prompt to generate from: pass
+    `add_generation_prompt=True`); `kw` goes to `apply_chat_template` (`enable_thinking`, `tools`)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise FlowError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')}: has no chat template (a base model's "
+                        "tokenizer?): chat data needs one; put a chat_template.jinja beside its tokenizer files")
     if not messages and not kw.get("add_generation_prompt"):
         return []
     out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True, **kw)
@@ -180,8 +185,8 @@ def _prefix_mask(tokenizer: Any, messages: Sequence[dict[str, Any]], ids: list[i
     for i in turns[-1:] if last_only else turns:
         # the bare generation prompt: a non-thinking one may pre-fill the empty think block, which the
         # model must learn to write (as the marked template labels it)
-        before = _render_ids(tokenizer, messages[:i], add_generation_prompt=True, **{**kw, "enable_thinking": True})
-        upto = _render_ids(tokenizer, messages[:i + 1], **kw)
+        before = render_ids(tokenizer, messages[:i], add_generation_prompt=True, **{**kw, "enable_thinking": True})
+        upto = render_ids(tokenizer, messages[:i + 1], **kw)
         start, end = len(before), len(upto)
         if ids[:start] != before or ids[:end] != upto or end <= start:
             raise FlowError(
@@ -215,12 +220,9 @@ def render_chat(
     turns. Other templates (a Hugging Face checkpoint's own) get the same spans by rendering each
     assistant message's prefix (`_prefix_mask`).
     """
-    if not getattr(tokenizer, "chat_template", None):
-        raise FlowError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')}: has no chat template (a base model's "
-                        "tokenizer?): chat data needs one; put a chat_template.jinja beside its tokenizer files")
     kw = {"tools": tools, "enable_thinking": enable_thinking}
-    if not has_generation_markers(tokenizer):
-        ids = _render_ids(tokenizer, messages, add_generation_prompt=add_generation_prompt, **kw)
+    if not has_generation_markers(tokenizer):  # (also a tokenizer without a template: render_ids says so)
+        ids = render_ids(tokenizer, messages, add_generation_prompt=add_generation_prompt, **kw)
         return ids, _prefix_mask(tokenizer, messages, ids, last_only=last_only, **kw)
     out = tokenizer.apply_chat_template(
         list(messages), tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
