@@ -24,7 +24,7 @@ with `RESULT {json}`.
 
 Needs no extra (`pip install -e .`: the peers are transformers' own generation paths).
 `--large` (CUDA only) adds a ~1B-preset run with a few hundred requests (flowlm vs HF static).
-`--smoke` runs 4 + 2 (+ 4 for C) short requests, one timed round, without continuous batching (which takes
+`--smoke` runs 4 + 2 (+ 4 of 4-16 tokens for C) short requests, one timed round, without continuous batching (which takes
 1-2 s per token on the loaded 2-core machine): seconds, and the numbers mean nothing.
 
 RESULT keys: `flowlm`, `peer`, `ratio`, `ratio_of_medians`, `flowlm_waste`, `peer_waste`, `B_ratio`,
@@ -239,7 +239,7 @@ def main() -> int:
             print(f"workload {name}", file=sys.stderr, flush=True)
             table[name] = measure(contenders, args.repeats, tok, prompts, lengths, 64)
         if args.hf_family or args.smoke:
-            lengths = workloads(4, 2, 16)["A"] if args.smoke else workloads()["A"]
+            lengths = [16, 8, 12, 4] if args.smoke else workloads()["A"]  # smoke: seconds (per slot is slow)
             prompts = make_prompts(tok, len(lengths))
             qwen = build_qwen3(tmp, tok, device)
             contenders = {"flowlm": (run_flowlm, qwen), "flowlm_per_slot": (run_flowlm_per_slot, qwen),
