@@ -476,3 +476,9 @@ def test_report_numbers_keep_small_values_visible() -> None:
 
     assert [_fmt(x) for x in (0.0, 2.13e-6, 0.7007, 12345.6, 0.0123, None)] == [
         "0.0000", "2.13e-06", "0.7007", "12,346", "0.0123", "-"]
+
+
+def test_report_wall_seconds_have_one_decimal() -> None:
+    from flowlm.flow.report import _wall
+
+    assert [_wall(x) for x in (0.73, 7.06, 1234.56, 3, None)] == ["0.7", "7.1", "1,234.6", "3.0", "-"]

@@ -44,7 +44,7 @@ def print_report(run_dir: Path, console: Console | None = None) -> dict[str, Any
         head = ", ".join(f"{k}={_fmt(m[k])}" for k in ("final_loss", "tok_s", "mfu", "vocab_size", "pretrain_tokens") if k in m)
         if isinstance(m.get("results"), dict):
             head = f"{len(m['results'])} model(s) x {len({s for r in m['results'].values() for s in r})} suite(s)"
-        stages.add_row(name, st.get("kind", "?"), st.get("status", "?"), _fmt(st.get("wall_s")), head)
+        stages.add_row(name, st.get("kind", "?"), st.get("status", "?"), _wall(st.get("wall_s")), head)
     console.print(stages)
     rows = bpb_rows(data)
     if rows:
@@ -96,6 +96,11 @@ def _eval_cell(summary: dict[str, Any] | None) -> str:
     if "contamination" in summary:
         parts.append(f"contam {summary['contamination']:.0%}")
     return "\n".join(parts)
+
+
+def _wall(v: Any) -> str:
+    """Seconds to one decimal ("7.1"), "-" when unknown."""
+    return f"{v:,.1f}" if isinstance(v, (int, float)) else "-"
 
 
 def _fmt(v: Any) -> str:
