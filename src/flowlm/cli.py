@@ -86,7 +86,7 @@ def cmd_train_objective(args: argparse.Namespace) -> int:
     import yaml
 
     from flowlm.config import apply_overrides
-    from flowlm.flow.direct import objective_recipe
+    from flowlm.flow.direct import objective_recipe, with_overrides
     from flowlm.flow.report import print_report
     from flowlm.flow.runner import run_recipe
     from flowlm.flow.schema import parse_recipe
@@ -98,7 +98,8 @@ def cmd_train_objective(args: argparse.Namespace) -> int:
     if args.recipe and "=" not in args.recipe:
         raise ConfigError(f"--objective builds its own recipe: drop '{args.recipe}' (overrides look like stages.NAME.key=value)")
     overrides = [args.recipe, *args.overrides] if args.recipe else list(args.overrides)
-    raw = apply_overrides(objective_recipe(args.objective, args.init, args.data), overrides)
+    raw = with_overrides(apply_overrides(objective_recipe(args.objective, args.init, args.data), overrides),
+                         args.objective, args.data)
     if args.print_recipe:
         print(yaml.safe_dump(raw, sort_keys=False), end="")
         return 0

@@ -215,6 +215,25 @@ def test_train_objective_on_user_files(post_run, tmp_path):
     assert proc.returncode != 0 and "beta" in proc.stderr and "Traceback" not in proc.stderr  # β has no default
 
 
+def test_train_objective_on_policy_distillation_samples_the_data_files_prompts(post_run, tmp_path):
+    """`--objective distill` with on_policy: the --data JSONL holds prompts (it failed as a corpus without
+    `text`, and the stage then found no prompts named 'data', until 2026-12-07)."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": f"Count to {i}."}) for i in range(6)))
+    args = ["train", "--objective", "distill", "--init", str(post_run / "pretrain" / "model"), "--data", str(prompts),
+            f"stages.distill.objective.teacher={post_run / 'sft' / 'model'}", "stages.distill.steps=2",
+            "stages.distill.on_policy={max_new_tokens: 8}", "stages.distill.seq_len=128", "stages.distill.batch_size=2"]
+    shown = yaml.safe_load(flowlm(*args, "--print-recipe").stdout)
+    assert shown["stages"]["distill"]["data"] == str(prompts) and shown["stages"]["corpus"]["files"] == {}
+    flowlm(*args, "--run-dir", str(tmp_path / "r"), "--no-progress", "eval.max_items=2", "eval.heldout_docs=1",
+           "eval.tasks=[prose]", "threads=1")
+    steps = [json.loads(line) for line in (tmp_path / "r" / "distill" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert [s["step"] for s in steps] == [1, 2] and all(0 < s["loss_tokens"] <= 2 * 8 for s in steps)
+    proc = flowlm(*args, "--data", str(prompts), check=False)  # two files: which one holds the prompts?
+    assert proc.returncode != 0 and "one --data JSONL of prompt rows" in proc.stderr.strip().splitlines()[-1]
+
+
 def test_train_objective_bad_input_is_one_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "narrator", "content": "x"}]}\n')

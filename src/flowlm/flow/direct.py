@@ -13,6 +13,10 @@ prompt rows as its `prompts` (and an empty corpus stage: the tokenizer stage nee
 
     <NAME>      kind: rl, init: the checkpoint, prompts: the file, objective: {name: NAME}
 
+On-policy distillation (`--objective distill` with `stages.distill.on_policy={...}`) samples the student
+from prompts instead of training on a corpus: its one `--data` JSONL (prompt rows, or chat rows whose
+final answer is dropped) becomes the stage's `data`, and the corpus stage stays empty, as for `grpo`.
+
 Overrides address the stages by these names (`stages.sft.epochs=1`, `stages.dpo.objective.beta=5`,
 `stages.tokenizer.assistant_loss=last`, `stages.grpo.steps=100`, `stages.grpo.rollout.group_size=8`).
 `--print-recipe` shows the recipe instead of running it.
@@ -80,3 +84,16 @@ def objective_recipe(objective: str, init: str, data: list[str], *, name: str | 
             objective: train,
         },
     }
+
+
+def with_overrides(raw: dict[str, Any], objective: str, data: list[str]) -> dict[str, Any]:
+    """The direct recipe after the user's overrides, adjusted for what they switched on: on-policy
+    distillation reads its prompts from the `--data` file (a corpus of it would need `text` / `messages`)."""
+    stage = raw.get("stages", {}).get(objective)
+    if not isinstance(stage, dict) or stage.get("on_policy") is None or stage.get("data") != "data":
+        return raw
+    if len(data) != 1 or Path(data[0]).suffix == ".parquet":
+        raise ConfigError(f"--objective {objective} with on_policy: one --data JSONL of prompt rows, got {data}")
+    stages = {**raw["stages"], "corpus": {**raw["stages"]["corpus"], "files": {}},
+              objective: {**stage, "data": str(Path(data[0]).resolve())}}
+    return {**raw, "stages": stages}
