@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from flowlm.errors import ConfigError
 from flowlm.rl.source import RolloutConfig, RolloutSource
 from flowlm.rl.stats import coin_rewards, rollout_metrics
 from flowlm.verify.base import Verdict, register
@@ -170,3 +171,49 @@ def test_instructions_reach_plain_prompts_for_rl_zero(tmp_path):
     ctx = SimpleNamespace(recipe=SimpleNamespace(stages={}))
     with pytest.raises(FlowError, match="stage 'rl_zero_if': instructions: row q: no user turn to add an instruction"):
         prompt_rows(ctx, "rl_zero_if", RLStageConfig(**{**settings, "prompts": str(rows)}))
+
+
+def test_plain_prompts_are_the_eval_plain_prompts_without_chat_markup(tok):
+    """RL-Zero (`prompt_format: plain`) samples from the base-model template as text: the same token ids as
+    `flowlm eval --format plain` gives the item. Until 2026-12-07 each plain prompt went through the chat
+    template as a user turn (with the empty think block of thinking off), which a base model never saw."""
+    from flowlm.eval.prompting import PromptFormat, render
+    from flowlm.eval.suites import load_suite
+    from flowlm.flow.stages.rl import plain_row
+
+    suite = load_suite("counting", n=6)
+    rows = [plain_row({"messages": [{"role": "user", "content": it.question}], "dataset": "math", "ground_truth": "1"})
+            for it in suite.items]
+    cfg = RolloutConfig(prompts_per_step=2, group_size=2, thinking=False)
+    src = RolloutSource(rows, tok, cfg, seed=0, max_len=256, plain=True)
+    assert len(src.prompt_ids) == len(suite.items) == 6
+    for item, ids in zip(suite.items, src.prompt_ids):
+        assert ids == render(item, suite, PromptFormat(style="plain"), tok).ids
+        assert tok.decode(ids) == f"Question: {item.question}\nAnswer:" and "<|im_start|>" not in tok.decode(ids)
+    with pytest.raises(ConfigError, match="plain prompts need a `prompt` string"):
+        RolloutSource(chat_rows(2), tok, cfg, seed=0, max_len=256, plain=True)
+
+
+def test_thinking_off_needs_a_template_with_the_switch(tok):
+    """Thinking off (`rollout.thinking: false`, `flowlm eval --no-thinking`) on a template that ignores
+    `enable_thinking` (ChatML, Llama 3) would give the thinking-on prompts under the non-thinking label:
+    a one-line error names the setting; flowlm's own template has the switch."""
+    import copy
+
+    from flowlm.eval.prompting import PromptFormat, render
+    from flowlm.eval.suites import load_suite
+    from flowlm.model.tokenizer import has_thinking_switch
+
+    chatml = copy.deepcopy(tok)
+    chatml.chat_template = ("{%- for m in messages -%}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}"
+                            "{%- endfor -%}{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+    assert has_thinking_switch(tok) and not has_thinking_switch(chatml)
+    off = RolloutConfig(prompts_per_step=2, group_size=2, thinking=False)
+    assert RolloutSource(chat_rows(2), tok, off, seed=0, max_len=96).prompt_ids
+    with pytest.raises(ConfigError, match="rollout.thinking: false: the chat template .* ignores enable_thinking"):
+        RolloutSource(chat_rows(2), chatml, off, seed=0, max_len=96)
+    assert RolloutSource(chat_rows(2), chatml, RolloutConfig(prompts_per_step=2, group_size=2), seed=0, max_len=96)
+    suite = load_suite("counting")
+    with pytest.raises(ConfigError, match="--no-thinking"):
+        render(suite.items[0], suite, PromptFormat(thinking=False), chatml)
+    assert render(suite.items[0], suite, PromptFormat(thinking=False), tok).ids

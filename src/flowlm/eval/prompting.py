@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from flowlm.errors import ConfigError
 from flowlm.eval.suites import EvalItem, Suite
-from flowlm.model.tokenizer import turn_end_ids
+from flowlm.model.tokenizer import require_thinking_switch, turn_end_ids
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +94,8 @@ def _chat(item: EvalItem, suite: Suite, fmt: PromptFormat, tokenizer: Any) -> Re
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')} has no chat template: "
                           "evaluate with the plain prompt format (--format plain)")
+    if not fmt.thinking:
+        require_thinking_switch(tokenizer, "thinking off (--no-thinking, thinking: false)")
     text = tokenizer.apply_chat_template(chat_messages(item, suite, fmt), tokenize=False,
                                          add_generation_prompt=True, enable_thinking=fmt.thinking)
     ids = list(tokenizer.encode(text, add_special_tokens=False))

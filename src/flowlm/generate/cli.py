@@ -153,6 +153,11 @@ def main(args: argparse.Namespace) -> int:
     rows = read_rows(input_path(args.file, "generate"), base_params(args))
     engine = build_engine(args)
     check_stop_token_ids(args.stop_token_id, engine.vocab_size)
+    if args.no_thinking and any(isinstance(prompt, list) and prompt and isinstance(prompt[0], dict)
+                                for _, _, prompt, _ in rows):
+        from flowlm.model.tokenizer import require_thinking_switch
+
+        require_thinking_switch(engine.tokenizer, "--no-thinking")
     prompts = prepare_rows(engine, rows)
     order = [engine.submit(ids, params, tag=row) for ids, (_, row, _, params) in zip(prompts, rows)]
     with open_output(args.out) as out:

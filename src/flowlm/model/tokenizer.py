@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from flowlm.errors import FlowError
+from flowlm.errors import ConfigError, FlowError
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -156,6 +156,35 @@ def has_generation_markers(tokenizer: Any) -> bool:
     template = getattr(tokenizer, "chat_template", None)
     templates = template.values() if isinstance(template, dict) else [template]
     return any(isinstance(t, str) and _GENERATION_TAG.search(t) for t in templates)
+
+
+_SWITCH: dict[tuple[int, str], bool] = {}
+
+
+def has_thinking_switch(tokenizer: Any) -> bool:
+    """Whether the chat template reads `enable_thinking` (Qwen3's hard switch; flowlm's template has it):
+    a one-turn generation prompt renders differently with it off. ChatML and Llama 3 templates ignore it."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return False
+    key = (id(tokenizer), str(template))
+    if key not in _SWITCH:
+        msgs = [{"role": "user", "content": "Hello"}]
+        on, off = (tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=v)
+                   for v in (True, False))
+        _SWITCH[key] = on != off
+    return _SWITCH[key]
+
+
+def require_thinking_switch(tokenizer: Any, option: str) -> None:
+    """ConfigError naming `option` (the setting that turned thinking off) when the template has no hard
+    thinking switch: its prompts with thinking off would be its prompts with thinking on, silently."""
+    if not has_thinking_switch(tokenizer):
+        raise ConfigError(
+            f"{option}: the chat template of {getattr(tokenizer, 'name_or_path', '?') or '?'} ignores enable_thinking "
+            "(it has no hard thinking switch), so thinking off would render the same prompts as thinking on; "
+            "put /no_think in the prompt instead (flowlm eval: --switch /no_think), or use a template that reads "
+            "enable_thinking")
 
 
 def render_ids(tokenizer: Any, messages: Sequence[dict[str, Any]], **kw: Any) -> list[int]:

@@ -119,16 +119,26 @@ class RolloutSource:
     """Batches of verified, advantage-weighted rollouts from the bound policy (see module docstring)."""
 
     def __init__(self, rows: Sequence[dict[str, Any]], tokenizer: Any, cfg: RolloutConfig, *, seed: int,
-                 max_len: int, log_path: Path | None = None, old_logps_fn: OldLogpsFn | None = None) -> None:
+                 max_len: int, log_path: Path | None = None, old_logps_fn: OldLogpsFn | None = None,
+                 plain: bool = False) -> None:
+        """`plain`: each row's `prompt` string is the prompt text as is, no chat template (RL-Zero's
+        `prompt_format: plain`, as `flowlm eval --format plain` encodes it); otherwise rows are chat prompts."""
         from flowlm.generate.prompts import to_prompt_ids
-        from flowlm.model.tokenizer import turn_end_ids
+        from flowlm.model.tokenizer import require_thinking_switch, turn_end_ids
 
         if not rows:
             raise ConfigError("rl prompts: no rows")
         self.cfg, self.tokenizer, self.seed, self.max_len = cfg, tokenizer, seed, max_len
         self.log_path = Path(log_path) if log_path is not None else None
         messages = check_prompt_rows(rows)
-        ids = [to_prompt_ids(m, tokenizer, cfg.thinking) for m in messages]
+        if plain:
+            if any(not isinstance(r.get("prompt"), str) for r in rows):
+                raise ConfigError("rl prompts: plain prompts need a `prompt` string in every row")
+            ids = [to_prompt_ids(r["prompt"], tokenizer) for r in rows]
+        else:
+            if not cfg.thinking:
+                require_thinking_switch(tokenizer, "rollout.thinking: false")
+            ids = [to_prompt_ids(m, tokenizer, cfg.thinking) for m in messages]
         keep = [i for i, x in enumerate(ids) if 0 < len(x) < max_len]  # room for at least one new token
         if not keep:
             raise FlowError(f"rl prompts: none of the {len(rows)} prompts fits in {max_len} tokens")

@@ -215,7 +215,7 @@ def run(ctx: StageContext, name: str, cfg: RLStageConfig) -> StageResult:
     tok = load_tokenizer(ctx.path(ctx.outputs[ctx.latest("tokenizer", name)]["tokenizer"]))
     log = ctx.path(f"{name}/{ROLLOUTS}.jsonl")
     source = RolloutSource(prompt_rows(ctx, name, cfg), tok, cfg.rollout, seed=cfg.seed, max_len=cfg.seq_len,
-                           log_path=log, old_logps_fn=old_logps_fn(cfg))
+                           log_path=log, old_logps_fn=old_logps_fn(cfg), plain=cfg.prompt_format == "plain")
     try:
         outputs, metrics = train_once(ctx, name, cfg, name, loader=source)
     finally:
