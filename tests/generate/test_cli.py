@@ -171,3 +171,8 @@ def test_no_thinking_on_a_template_without_the_switch_is_a_config_error(tok, tmp
     r = subprocess.run([*flowlm_command(), "eval", "--model", str(ckpt), "--suite", "counting", "--max-items", "1",
                         "--max-new-tokens", "2", "--no-thinking", "--no-progress"], capture_output=True, text=True)
     assert r.returncode == 2 and "--no-thinking" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    rows = _write(tmp_path / "rows.jsonl", [json.dumps({"messages": [{"role": "user", "content": "1+1?"}],
+                                                        "dataset": "math", "ground_truth": "2"})])
+    r = subprocess.run([*flowlm_command(), "rl", "filter", "--model", str(ckpt), "--file", str(rows), "-k", "2",
+                        "--set", "max_new_tokens=2", "--set", "thinking=false"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: thinking=false: the chat template"), r.stderr

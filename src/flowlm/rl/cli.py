@@ -129,6 +129,10 @@ def pass_rates(model: Path, rows: list[dict[str, Any]], cfg: FilterCfg, wheres: 
     else:
         engine = Engine.from_pretrained(model, GenerateConfig(max_slots=cfg.max_slots, enable_thinking=cfg.thinking))
     prompts = check_prompt_rows(rows)
+    if not cfg.thinking:
+        from flowlm.model.tokenizer import require_thinking_switch
+
+        require_thinking_switch(engine.tokenizer, "thinking=false")
     params = [SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                              seed=prompt_seed(cfg.seed, p)) for p in prompts]
     results = engine.generate(prompts, params)  # a prompt that cannot be sampled comes back at once, with its error
