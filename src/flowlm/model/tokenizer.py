@@ -170,8 +170,11 @@ def has_thinking_switch(tokenizer: Any) -> bool:
     key = (id(tokenizer), str(template))
     if key not in _SWITCH:
         msgs = [{"role": "user", "content": "Hello"}]
-        on, off = (tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=v)
-                   for v in (True, False))
+        try:
+            on, off = (tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
+                                                     enable_thinking=v) for v in (True, False))
+        except Exception:  # a template that refuses this probe conversation: no verdict, so no refusal
+            on, off = "", "?"
         _SWITCH[key] = on != off
     return _SWITCH[key]
 
