@@ -206,3 +206,28 @@ def test_text_and_chat_prompts_and_stop_strings(tok, tok_dir: Path) -> None:
                                                   stop=(stop,)))[0].completions[0]
     assert cut.finish_reason == "stop" and stop not in cut.text and text.startswith(cut.text)
     assert len(cut.tokens) < len(a.completions[0].tokens)
+
+
+def test_a_chat_reply_stops_at_the_end_of_turn_token(tok) -> None:
+    """A chat prompt's completion ends at `<|im_end|>` (flowlm's EOS ends a document, not a turn), as a chat
+    model's HF generation_config has it; text and token-id prompts run on past it. Until 2026-12-07 chat
+    requests that did not list it themselves (`flowlm generate`, `rl filter`, on-policy distillation) ran
+    past the end of the turn to `max_new_tokens`, and the verifier or the loss read what followed."""
+    from flowlm.generate.prompts import ends_its_turn, to_prompt_ids
+    from flowlm.model.tokenizer import turn_end_ids
+
+    (im_end,) = turn_end_ids(tok)
+    chat = [{"role": "user", "content": "hi"}]
+    model = micro_model(vocab_size=len(tok))
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
+    first = Engine(model, tok).generate([chat], [greedy])[0].completions[0].tokens[0]
+    with torch.no_grad():  # the end-of-turn token becomes the greedy choice wherever `first` was
+        model.lm_head.weight[im_end] = 4 * model.lm_head.weight[first]
+    ids = to_prompt_ids(chat, tok)
+    out = Engine(model, tok).generate([chat, ids], [greedy, greedy])
+    assert out[0].completions[0].tokens == [im_end] and out[0].completions[0].finish_reason == "stop"
+    assert out[1].completions[0].tokens[0] == im_end and len(out[1].completions[0].tokens) == 6
+    assert ends_its_turn(chat, SamplingParams(stop_token_ids=(7,)), tok).stop_token_ids == (7, im_end)
+    assert ends_its_turn(chat, SamplingParams(stop_token_ids=(im_end,)), tok).stop_token_ids == (im_end,)
+    assert ends_its_turn(chat, SamplingParams(ignore_eos=True), tok).stop_token_ids == ()
+    assert ends_its_turn("hi", greedy, tok) is greedy and ends_its_turn(ids, greedy, tok) is greedy

@@ -40,7 +40,7 @@ from flowlm.errors import ConfigError
 from flowlm.generate.params import (FINISH_LENGTH, FINISH_STOP, Completion, Request, Result, SamplingParams,
                                     Timings)
 from flowlm.generate.driver import Driver, InflightUpdates
-from flowlm.generate.prompts import Prompt, check_prompt, to_prompt_ids
+from flowlm.generate.prompts import Prompt, check_prompt, ends_its_turn, to_prompt_ids
 from flowlm.generate.sampling import sample
 from flowlm.generate.threads import one_thread
 
@@ -144,6 +144,7 @@ class Engine(InflightUpdates, Driver):
             self._next_id += 1
             self._unfinished += 1
         now = time.perf_counter()
+        params = ends_its_turn(prompt, params, self.tokenizer)
         ids, error = self.prepare(prompt, params)
         request = Request(rid, tuple(ids), params, tag)
         completions = [] if error else [Completion() for _ in range(params.n)]

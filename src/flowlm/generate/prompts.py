@@ -94,6 +94,22 @@ def to_prompt_ids(prompt: Prompt, tokenizer: Any, enable_thinking: bool = True) 
     return prompt
 
 
+def ends_its_turn(prompt: Prompt, params: SamplingParams, tokenizer: Any) -> SamplingParams:
+    """`params` for `prompt`: a chat prompt's reply ends its turn, so the template's end-of-turn token
+    (`<|im_end|>`) joins the stop ids, as a chat model's HF `generation_config` has it among its EOS ids
+    (a model's EOS ends a document, not a turn). Text and token-id prompts, and `ignore_eos`, are left alone."""
+    if params.ignore_eos or tokenizer is None or not isinstance(prompt, (list, tuple)):
+        return params
+    if not prompt or not all(isinstance(m, dict) for m in prompt):
+        return params
+    from dataclasses import replace
+
+    from flowlm.model.tokenizer import turn_end_ids
+
+    extra = [t for t in turn_end_ids(tokenizer) if t not in params.stop_token_ids]
+    return replace(params, stop_token_ids=(*params.stop_token_ids, *extra)) if extra else params
+
+
 def check_prompt(ids: list[int], params: SamplingParams, *, context: int, vocab_size: int,
                  max_n: int) -> str | None:
     """Why this prompt cannot be generated from (one line), or None."""

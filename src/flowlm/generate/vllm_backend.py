@@ -44,7 +44,7 @@ from typing import Any
 from flowlm.extras import require
 from flowlm.generate.params import (FINISH_LENGTH, FINISH_STOP, Completion, Result, SamplingParams, Timings)
 from flowlm.generate.driver import Driver, InflightUpdates
-from flowlm.generate.prompts import Prompt, check_prompt, to_prompt_ids
+from flowlm.generate.prompts import Prompt, check_prompt, ends_its_turn, to_prompt_ids
 
 
 def require_vllm() -> Any:
@@ -114,6 +114,7 @@ class VLLMEngine(InflightUpdates, Driver):
         params = params or SamplingParams()
         with self._lock:
             rid, self._next_id = self._next_id, self._next_id + 1
+        params = ends_its_turn(prompt, params, self.tokenizer)
         ids, error = self.prepare(prompt, params)
         result = Result(rid, list(ids), [], Timings(submitted=time.perf_counter()), error=error, tag=tag)
         with self._lock:

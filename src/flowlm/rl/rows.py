@@ -71,3 +71,18 @@ def verify_completions(rows: list[dict[str, Any]], texts: list[str], *, pool: An
         except Exception as exc:  # noqa: BLE001 - a verifier must never stop the run
             out.append(Verdict(0.0, f"verifier failed: {type(exc).__name__}: {str(exc)[:200]}"))
     return out
+
+
+def plain_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A chat prompt row as a base-model prompt: the last user turn in the plain QA template (the built-in
+    eval suite's `--format plain`), as a `prompt` string, routing kept. A row already holding a `prompt`
+    string is kept as it is."""
+    from flowlm.eval.suites import PLAIN_QA
+
+    if isinstance(row.get("prompt"), str):
+        return row
+    users = [m.get("content") for m in row.get("messages") or () if isinstance(m, dict) and m.get("role") == "user"]
+    if not users or not isinstance(users[-1], str):
+        raise FlowError(f"rl prompts: row {row.get('id', '?')} has no user turn to render plain")
+    out = {k: v for k, v in row.items() if k != "messages"}
+    return {**out, "prompt": PLAIN_QA.replace("{question}", users[-1])}

@@ -42,6 +42,7 @@ from pydantic import Field, SerializeAsAny, model_validator
 from flowlm.errors import FlowError
 from flowlm.flow.stages.registry import StageContext, StageKind, StageResult, register
 from flowlm.flow.stages.train import TrainStageConfig
+from flowlm.rl.rows import plain_row
 from flowlm.rl.source import RolloutConfig
 from flowlm.train.objectives import ObjectiveConfig, parse_objective_config
 
@@ -169,21 +170,6 @@ def prompt_rows(ctx: StageContext, name: str, cfg: RLStageConfig) -> list[dict[s
             raise FlowError(f"stage '{name}': reward_model '{cfg.reward_model}' is not a checkpoint directory ({path})")
         rows = add_reward_model(rows, str(path), cfg.reward_model_weight)
     return [plain_row(r) for r in rows] if cfg.prompt_format == "plain" else rows
-
-
-def plain_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A chat prompt row as a base-model prompt: the last user turn in the plain QA template (the built-in
-    eval suite's `--format plain`), as a `prompt` string, routing kept. A row already holding a `prompt`
-    string is kept as it is."""
-    from flowlm.eval.suites import PLAIN_QA
-
-    if isinstance(row.get("prompt"), str):
-        return row
-    users = [m.get("content") for m in row.get("messages") or () if isinstance(m, dict) and m.get("role") == "user"]
-    if not users or not isinstance(users[-1], str):
-        raise FlowError(f"rl prompts: row {row.get('id', '?')} has no user turn to render plain")
-    out = {k: v for k, v in row.items() if k != "messages"}
-    return {**out, "prompt": PLAIN_QA.replace("{question}", users[-1])}
 
 
 def old_logps_fn(cfg: RLStageConfig) -> Any:
