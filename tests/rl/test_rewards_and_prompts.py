@@ -217,3 +217,26 @@ def test_thinking_off_needs_a_template_with_the_switch(tok):
     with pytest.raises(ConfigError, match="--no-thinking"):
         render(suite.items[0], suite, PromptFormat(thinking=False), chatml)
     assert render(suite.items[0], suite, PromptFormat(thinking=False), tok).ids
+
+
+def test_rl_filter_plain_samples_the_rl_zero_prompts(tok, model, tmp_path, monkeypatch):
+    """`flowlm rl filter --set prompt_format=plain` samples what an RL-Zero stage samples: the plain template
+    as text (no chat markup), stopped at the template's next question; chat rows stop at the end of turn."""
+    from flowlm.generate.engine import Engine
+    from flowlm.model.hf import save_pretrained
+    from flowlm.rl.cli import FilterCfg, pass_rates
+
+    ckpt = save_pretrained(model, tok, tmp_path / "ckpt")
+    seen: list = []
+    real = Engine.generate
+    monkeypatch.setattr(Engine, "generate", lambda self, prompts, params: seen.append((prompts, params))
+                        or real(self, prompts, params))
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} + 1?"}], "dataset": "math", "ground_truth": "1"}
+            for i in range(3)]
+    rates, counts, _ = pass_rates(ckpt, rows, FilterCfg(k=2, max_new_tokens=4, prompt_format="plain"))
+    prompts, params = seen[-1]
+    assert prompts == [f"Question: What is {i} + 1?\nAnswer:" for i in range(3)] and counts["samples"] == 6
+    assert all(p.stop == ("\nQuestion:",) for p in params) and all(r is not None for r in rates)
+    pass_rates(ckpt, rows, FilterCfg(k=2, max_new_tokens=4))
+    prompts, params = seen[-1]
+    assert prompts == [r["messages"] for r in rows] and all(p.stop == () for p in params)

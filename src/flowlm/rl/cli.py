@@ -4,7 +4,8 @@
     flowlm rl filter --model CKPT --file prompts.jsonl -k 16 --max-pass-rate 0.5 --set temperature=0.7
 
 Each prompt row (`messages` or a `prompt` string, plus the verifier routing of `flowlm.verify.rows`) is
-sampled `k` times through the rollout engine (seeded by `seed` and the prompt's text) and every sample is
+sampled `k` times through the rollout engine (chat replies end at the end-of-turn token; with
+`prompt_format=plain`, the RL-Zero stage's plain text prompts, ending at the template's next question) (seeded by `seed` and the prompt's text) and every sample is
 verified; the pass rate is the mean
 verifier score (the share of correct samples for binary verifiers). Rows whose pass rate lies in
 [`min_pass_rate`, `max_pass_rate`] are written with a `pass_rate` column; the others are dropped as too
@@ -48,6 +49,11 @@ class FilterCfg(Strict):
     verify_workers: int = Field(0, ge=0, description="verifier processes (0 = in-process)")
     verify_timeout: float = Field(60.0, gt=0)
     backend: Literal["native", "vllm"] = Field("native", description="the engine: native or vllm (CUDA, the vllm extra)")
+    prompt_format: Literal["chat", "plain"] = Field(
+        "chat", description="chat: the chat template; plain: the last user turn in the base-model template "
+        "'Question: ...\\nAnswer:' as text (an RL-Zero stage's prompts; a `prompt` string is taken as is)")
+    stop: list[str] | None = Field(None, description="strings that end a sample (plain default: the template's "
+                                   "next '\\nQuestion:')")
 
     @model_validator(mode="after")
     def _check(self) -> "FilterCfg":
@@ -128,13 +134,20 @@ def pass_rates(model: Path, rows: list[dict[str, Any]], cfg: FilterCfg, wheres: 
         engine: Any = VLLMEngine(model, max_slots=cfg.max_slots, seed=cfg.seed, enable_thinking=cfg.thinking)
     else:
         engine = Engine.from_pretrained(model, GenerateConfig(max_slots=cfg.max_slots, enable_thinking=cfg.thinking))
-    prompts = check_prompt_rows(rows)
-    if not cfg.thinking:
+    prompts: list[Any] = check_prompt_rows(rows)
+    stop = cfg.stop
+    if cfg.prompt_format == "plain":  # as the rl stage samples RL-Zero prompts: text, no chat template
+        from flowlm.eval.suites import PLAIN_STOP
+        from flowlm.rl.rows import plain_row
+
+        prompts = [plain_row(row)["prompt"] for row in rows]
+        stop = list(PLAIN_STOP) if stop is None else stop
+    elif not cfg.thinking:
         from flowlm.model.tokenizer import require_thinking_switch
 
         require_thinking_switch(engine.tokenizer, "thinking=false")
     params = [SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                             seed=prompt_seed(cfg.seed, p)) for p in prompts]
+                             stop=tuple(stop or ()), seed=prompt_seed(cfg.seed, p)) for p in prompts]
     results = engine.generate(prompts, params)  # a prompt that cannot be sampled comes back at once, with its error
     skipped = {i: str(r.error) for i, r in enumerate(results) if not r.ok}
     if len(skipped) == len(rows):
