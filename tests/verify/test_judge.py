@@ -134,3 +134,27 @@ def test_parse_score_and_templates():
         t = load_template(name)
         assert "{{prompt}}" in t and "{{response}}" in t and "SCORE" in t
     assert "{{reference}}" in load_template("quality_ref")
+
+
+def test_the_judge_sees_the_question_of_a_messages_row():
+    """The judge template's {{prompt}} is the row's question whether the row holds a `prompt` string or
+    chat `messages` (it was empty for messages rows until 2026-12-07: the judge rated answers blind)."""
+    seen = []
+    j = CallableJudge(lambda msgs: seen.append(msgs[0]["content"]) or "Score: 5")
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Name a prime above 10."}]
+    verify("judge", "13", None, judge=j, messages=msgs)
+    verify("judge", "13", None, judge=j, prompt="Name a prime above 10.")
+    assert len(seen) == 2 and seen[0] == seen[1] and "Name a prime above 10." in seen[0]
+
+
+def test_prompt_turns_and_text_of_untrusted_rows():
+    from flowlm.verify.rows import prompt_text, prompt_turns
+
+    convo = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
+             {"role": "assistant", "content": "answer"}]
+    assert prompt_turns({"messages": convo}) == convo[:3] and prompt_text({"messages": convo}) == "c"
+    assert prompt_turns({"prompt": convo[:1]}) == convo[:1]  # TRL conversational prompt
+    assert prompt_turns({"prompt": "q"}) == [{"role": "user", "content": "q"}] and prompt_text({"prompt": "q"}) == "q"
+    for bad in ({}, {"prompt": 3}, {"messages": "x"}, {"messages": [1, None]}, {"messages": [{"role": "assistant"}]},
+                {"messages": [{"role": "user", "content": 5}]}, {"prompt": ""}):
+        assert prompt_turns(bad) == [] and prompt_text(bad) == ""

@@ -81,3 +81,19 @@ def test_flowlm_verify_with_a_reward_model_keeps_stderr_free_of_transformers_pro
     load_reward_model.cache_clear()
     raw_rewards(tiny_rm, ["what is two plus two"], ["four"])
     assert hf_logging.is_progress_bar_enabled()
+
+
+def test_a_messages_row_is_scored_with_its_question(tiny_rm):
+    """RL rows carry their prompt as `messages`. The verifier read only a `prompt` string, so until
+    2026-12-07 the reward model scored every such answer after an empty question."""
+    answer = "<think>x</think>the answer is four"
+    with_prompt = verify("reward_model", answer, None, prompt="what is two plus two", reward_model=tiny_rm)
+    msgs = [{"role": "user", "content": "what is two plus two"}]
+    with_messages = verify("reward_model", answer, None, messages=msgs, reward_model=tiny_rm)
+    without = verify("reward_model", answer, None, reward_model=tiny_rm)
+    assert with_messages.meta["raw_reward"] == pytest.approx(with_prompt.meta["raw_reward"], abs=1e-6)
+    assert without.meta["raw_reward"] != pytest.approx(with_prompt.meta["raw_reward"], abs=1e-4)
+    # a multi-turn prompt is scored as the whole conversation before the answer
+    turns = [{"role": "user", "content": "hello world"}, {"role": "assistant", "content": "five"}, *msgs]
+    multi = verify("reward_model", answer, None, messages=turns, reward_model=tiny_rm)
+    assert multi.meta["raw_reward"] == pytest.approx(raw_rewards(tiny_rm, [turns], ["the answer is four"])[0], abs=1e-6)

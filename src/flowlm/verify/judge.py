@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from flowlm.verify.base import Verdict, register
+from flowlm.verify.rows import prompt_text
 from flowlm.verify.thinking import extract_answer
 
 
@@ -200,7 +201,7 @@ def verify_with_judge(completion: str, ground_truth: Any, **row: Any) -> Verdict
     lo, hi = float(row.get("min_score", 1)), float(row.get("max_score", 10))
     has_ref = isinstance(ground_truth, str) and ground_truth.strip()
     template = load_template(row.get("template") or ("quality_ref" if has_ref else "quality"))
-    prompt = render(template, prompt=row.get("prompt", ""), response=answer, reference=ground_truth if has_ref else "",
+    prompt = render(template, prompt=prompt_text(row), response=answer, reference=ground_truth if has_ref else "",
                     min_score=int(lo), max_score=int(hi))
     try:
         reply = judge_from_row(row).complete([{"role": "user", "content": prompt}])

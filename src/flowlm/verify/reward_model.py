@@ -1,9 +1,10 @@
 """Bradley–Terry reward-model verifier: score with a trained sequence-classification checkpoint.
 
 The checkpoint is a local Hugging Face `AutoModelForSequenceClassification` directory with
-`num_labels=1` (what reward-model training saves). The input is the chat (prompt as the user turn,
-the answer after `</think>` as the assistant turn) rendered with the tokenizer's chat template when
-it has one, else `prompt + "\\n\\n" + answer`. The scalar reward r is mapped to [0, 1] by `rm_norm`:
+`num_labels=1` (what reward-model training saves). The input is the row's prompt conversation (`messages`
+up to the last user turn, or a `prompt` string as the user turn) and the answer after `</think>` as the
+assistant turn, rendered with the tokenizer's chat template when it has one, else the turns' text and
+the answer joined by blank lines. The scalar reward r is mapped to [0, 1] by `rm_norm`:
 `sigmoid` (default; σ(r) is the BT probability of beating a reward-0 response), `minmax`
 (with `rm_min`/`rm_max`) or `clip` (r clipped to [0, 1]). Models are loaded once per process.
 """
@@ -15,6 +16,7 @@ import math
 from typing import Any
 
 from flowlm.verify.base import GroundTruthError, Verdict, register
+from flowlm.verify.rows import prompt_turns
 from flowlm.verify.thinking import extract_answer
 
 
@@ -38,15 +40,18 @@ def load_reward_model(path: str) -> tuple[Any, Any]:
     return model, tok
 
 
-def _render(tok: Any, prompt: str, answer: str) -> str:
+def _render(tok: Any, prompt: str | list[dict[str, Any]], answer: str) -> str:
+    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if getattr(tok, "chat_template", None):
-        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-        return tok.apply_chat_template(msgs, tokenize=False)
-    return f"{prompt}\n\n{answer}" if prompt else answer
+        return tok.apply_chat_template([*turns, {"role": "assistant", "content": answer}], tokenize=False)
+    text = "\n\n".join(str(m.get("content") or "") for m in turns)
+    return f"{text}\n\n{answer}" if text else answer
 
 
-def raw_rewards(path: str, prompts: list[str], answers: list[str], max_length: int = 4096) -> list[float]:
-    """Scalar rewards for a batch of (prompt, answer) pairs."""
+def raw_rewards(path: str, prompts: list[str] | list[list[dict[str, Any]]], answers: list[str],
+                max_length: int = 4096) -> list[float]:
+    """Scalar rewards for a batch of (prompt, answer) pairs; a prompt is a user turn's text or the
+    conversation (messages) the answer follows."""
     import torch
 
     model, tok = load_reward_model(path)
@@ -77,7 +82,6 @@ def verify_with_reward_model(completion: str, ground_truth: Any, **row: Any) -> 
     answer = extract_answer(completion)
     if not answer:
         return Verdict(0.0, "empty answer")
-    prompt = row.get("prompt") if isinstance(row.get("prompt"), str) else ""
-    r = raw_rewards(path, [prompt], [answer])[0]
+    r = raw_rewards(path, [prompt_turns(row)], [answer])[0]
     score = normalise(r, row.get("rm_norm", "sigmoid"), float(row.get("rm_min", -5.0)), float(row.get("rm_max", 5.0)))
     return Verdict(score, f"reward model r={r:.4f}", {"raw_reward": r})

@@ -101,6 +101,28 @@ def row_columns(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in _SCHEMA_KEYS}
 
 
+def prompt_turns(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The conversation a row's completion answers: `messages` (or TRL-style `prompt` messages) up to
+    the last user turn, or a `prompt` string as one user turn; [] when the row has neither. Rows are
+    untrusted: malformed ones give [] rather than an error."""
+    value = row["messages"] if "messages" in row else row.get("prompt")
+    if isinstance(value, str) and "messages" not in row:
+        return [{"role": "user", "content": value}] if value else []
+    if not isinstance(value, list):
+        return []
+    turns = [m for m in value if isinstance(m, dict) and isinstance(m.get("role"), str)
+             and isinstance(m.get("content") or "", str)]
+    users = [i for i, m in enumerate(turns) if m["role"] == "user"]
+    return [{"role": m["role"], "content": m.get("content") or ""} for m in turns[:users[-1] + 1]] if users else []
+
+
+def prompt_text(row: dict[str, Any]) -> str:
+    """The question a row's completion answers, as text: its `prompt` string, else the last user turn of
+    its messages ("" when none). What the judge and IFEval's prompt-aware checks read."""
+    turns = prompt_turns(row)
+    return turns[-1]["content"] if turns else ""
+
+
 def row_completion(row: dict[str, Any]) -> Any:
     """The completion held in the row (`completion`, else `response`)."""
     return row.get("completion", row.get("response"))

@@ -2,7 +2,8 @@
 
 Ground truth: `{"instruction_id_list": [...], "kwargs": [{...}, ...]}` (see `core.parse_ground_truth`).
 Row options: `mode` = `strict` (default) | `loose`; `reward` = `fraction` (default, open-instruct's
-partial credit) | `all`; `prompt` is passed to checks that compare against the prompt.
+partial credit) | `all`; the row's prompt (`prompt`, or the last user turn of `messages`) goes to checks that compare
+against the prompt.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 from flowlm.verify.base import GroundTruthError, Verdict, register
 from flowlm.verify.ifeval.core import evaluate, parse_ground_truth
+from flowlm.verify.rows import prompt_text
 from flowlm.verify.thinking import extract_answer
 
 
@@ -31,8 +33,7 @@ def verify_instructions(completion: str, ground_truth: Any, **row: Any) -> Verdi
     answer = completion if "<think>" not in completion and "</think>" not in completion else extract_answer(completion)
     if not answer.strip():
         return Verdict(0.0, "empty answer", {"followed": [False] * len(constraints)})
-    prompt = row.get("prompt") if isinstance(row.get("prompt"), str) else None
-    followed = evaluate(constraints, answer, row.get("mode", "strict"), prompt)
+    followed = evaluate(constraints, answer, row.get("mode", "strict"), prompt_text(row) or None)
     n = sum(followed)
     score = n / len(followed) if row.get("reward", "fraction") == "fraction" else float(n == len(followed))
     missed = [c.spec.id for c, ok in zip(constraints, followed) if not ok]
