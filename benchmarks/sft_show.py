@@ -10,7 +10,7 @@ way:
    the same rows for both sides;
 2. flowlm: `flowlm train --objective sft --init CKPT --data FILE` with this script's SFT settings
    (`FLOWLM_SETTINGS`, overridable by trailing `key=value` overrides), timed from process start to exit
-   (tokenization, packing, training, checkpoint write);
+   (tokenization, packing, training, checkpoint write, and the stage's closing BPB eval on 2 items);
 3. peer: the newcomer's loop in a fresh process (`AutoModelForCausalLM`, `AdamW(lr=--peer-lr)`, no
    schedule, batches of 16 conversations right-padded to the longest, labels -100 outside the assistant
    mask of `flowlm.data.chat.render_chat_example`), training until the flowlm side's wall time is used
@@ -62,6 +62,9 @@ FLOWLM_SETTINGS = {
     "stages.sft.optim.lr": "3e-4",
     "stages.sft.schedule.warmup_steps": "10",
     "stages.sft.checkpoint_every": "100000",
+    # the stage's closing BPB eval at its smallest: its defaults took ~60 s of flowlm's timed run, which
+    # the peer (no eval) then spent training (so until 2026-12-07)
+    "eval.max_items": "2", "eval.heldout_docs": "1", "eval.tasks": "[prose]",
 }
 QUICK_SETTINGS = {"stages.sft.seq_len": "256", "stages.sft.batch_size": "2", "stages.sft.steps": "3",
                   "stages.sft.schedule.warmup_steps": "1"}
