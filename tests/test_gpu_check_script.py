@@ -54,9 +54,15 @@ def test_the_scripts_scaleout_commands_run_on_two_cpu_ranks_with_the_tiny_preset
     env = {**os.environ, "out": str(tmp_path), "OMP_NUM_THREADS": "1", "PET_MASTER_PORT": str(port),
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     env.update(variables)
+    # less data, a smaller vocabulary and the closing BPB eval on 2 items: the commands as written, at a CPU
+    # smoke size (their data and eval defaults took ~2 minutes of CI)
+    env["small"] = ("stages.corpus.pretrain_bytes=60000 stages.corpus.midtrain_bytes=20000 "
+                    "stages.tokenizer.train_bytes=60000 stages.tokenizer.vocab_size=1024")
     for cmd in commands:
         cmd = (cmd.replace('"$(nvidia-smi -L | wc -l)"', "2").replace("model.preset=1b", "model.preset=tiny")
                .replace("stages.pretrain.steps=8", "stages.pretrain.steps=2").replace("python3 ", f"{sys.executable} "))
+        if cmd.startswith("torchrun"):
+            cmd = cmd.replace(" $small ", " $small eval.max_items=2 eval.heldout_docs=1 'eval.tasks=[prose]' ")
         r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=SCRIPT.parents[1], env=env,
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, (cmd, r.stdout[-2000:], r.stderr[-3000:])

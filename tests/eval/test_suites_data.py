@@ -85,8 +85,14 @@ def test_humaneval_canonical_passes_and_return_none_fails():
 
 @pytest.mark.slow
 def test_mbpp_reference_code_passes_and_none_returning_code_fails():
+    """The suite's rows, prompts and tests reach the verifier: every 4th of the 427 items (each item's
+    reference solution through the verifier alone is tests/verify/test_code_data.py's; the whole set here
+    took 70 s of CI)."""
+    from dataclasses import replace
+
     suite = load_suite("mbpp", data_dir("mbpp_sanitized"))
     assert len(suite.items) == 427
+    suite = replace(suite, items=suite.items[::4])
     comps = []
     for it in suite.items:
         test = it.row["ground_truth"]["tests"][0]
