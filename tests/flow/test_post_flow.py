@@ -285,3 +285,13 @@ def test_sft_and_dpo_on_a_checkpoint_whose_template_has_no_generation_markers(tm
     dpo = [json.loads(line) for line in (tmp_path / "d" / "dpo" / "metrics.jsonl").read_text().splitlines()
            if line.strip() and "loss" in json.loads(line)]
     assert dpo and all(s["grad_norm"] > 0 for s in dpo)
+    # a tool call this template cannot write would train an empty turn: the tokenizer stage names the row
+    tools = tmp_path / "tools.jsonl"
+    tools.write_text(chat.read_text().splitlines()[0] + "\n" + json.dumps({"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": {}}}]}]}))
+    proc = flowlm("train", "--objective", "sft", "--init", str(init), "--data", str(tools), "--run-dir", str(tmp_path / "t"),
+                  *common, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: {tmp_path / 't' / 'corpus' / 'data.jsonl'}:2: the chat template of {init} does not write assistant `tool_calls`")

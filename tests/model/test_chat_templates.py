@@ -142,3 +142,44 @@ def test_multi_turn_prompts_of_a_template_that_rerenders_history(toks) -> None:
     assert render_pair(stripped, row) == render_pair(marked, row)
     assert _runs(stripped, *render_pair(stripped, row)["chosen"]) == ["<think>\n\n</think>\n\ngood<|im_end|>"]
     assert to_prompt_ids(history, stripped) == to_prompt_ids(history, marked)
+
+
+def test_a_template_that_ignores_reasoning_gets_the_trace_inline_and_trains_on_it(toks) -> None:
+    """A plain ChatML template writes `content` only: a thinking row's trace was dropped without a word
+    (SFT "with thinking traces" then trained on answers alone). Now it is written inline, as the content's
+    leading think block, and labelled like the rest of the answer."""
+    from flowlm.model.tokenizer import template_renders
+
+    marked, stripped, chatml = toks
+    assert template_renders(marked) == template_renders(stripped) == {"reasoning": True, "tools": True,
+                                                                      "tool_calls": True}
+    assert template_renders(chatml) == {"reasoning": False, "tools": False, "tool_calls": False}
+    row = {"messages": [{"role": "user", "content": "2+2?"},
+                        {"role": "assistant", "content": "4", "reasoning_content": "two and two"}]}
+    ids, mask = render_chat_example(chatml, row)
+    assert chatml.decode(ids) == ("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+                                  "<think>\ntwo and two\n</think>\n\n4<|im_end|>\n")
+    labelled = chatml.decode([t for t, m in zip(ids, mask) if m])
+    assert labelled == "<think>\ntwo and two\n</think>\n\n4<|im_end|>"
+    # a template that writes the trace itself is left alone (the trace once, in its own think block)
+    text = marked.decode(render_chat_example(marked, row)[0])
+    assert text.count("two and two") == 1 and "<think>\ntwo and two\n</think>" in text
+
+
+def test_tools_or_tool_calls_a_template_would_drop_are_an_error_naming_the_row(toks) -> None:
+    """Tool definitions and assistant tool calls a template does not write would vanish (the call's turn
+    rendering empty and trained as such): a one-line error naming the row instead."""
+    marked, _, chatml = toks
+    call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function",
+                                                                "function": {"name": "weather", "arguments": {}}}]}
+    tools = [{"type": "function", "function": {"name": "weather", "description": "d",
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    rows = [{"messages": [{"role": "user", "content": "Weather?"}, call, {"role": "tool", "content": "18C"},
+                          {"role": "assistant", "content": "18C."}]},
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+             "tools": tools}]
+    for row, what in zip(rows, ["`tool_calls`", "`tools`"]):
+        with pytest.raises(FlowError, match=rf"^in.jsonl:3: the chat template of .* does not write .*{what}"):
+            render_chat_example(chatml, row, where="in.jsonl:3")
+        ids, mask = render_chat_example(marked, row)  # flowlm's template writes both
+        assert "weather" in marked.decode(ids) and any(mask)

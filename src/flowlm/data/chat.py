@@ -354,8 +354,11 @@ def render_chat_example(
     src = row_or_messages if isinstance(row_or_messages, Mapping) else {"messages": list(row_or_messages)}
     row = chat_row(src, where=where)
     messages, thinking = apply_mode_flags(row["messages"], default=enable_thinking)
-    ids, mask = render_chat(tokenizer, messages, enable_thinking=thinking,
-                            tools=tools if tools is not None else row.get("tools"), last_only=assistant_loss == "last")
+    try:
+        ids, mask = render_chat(tokenizer, messages, enable_thinking=thinking,
+                                tools=tools if tools is not None else row.get("tools"), last_only=assistant_loss == "last")
+    except FlowError as exc:
+        raise FlowError(f"{where}: {exc}") from None
     if not any(mask):
         raise FlowError(f"{where}: the chat template gave no assistant tokens to train on "
                         f"(tokenizer {getattr(tokenizer, 'name_or_path', '?')})")

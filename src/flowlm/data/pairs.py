@@ -71,7 +71,7 @@ def tokenize_pairs(tok: Any, rows: Iterable[Mapping[str, Any]], out_dir: str | P
     for i, row in enumerate(rows):
         try:
             rendered = render_pair(tok, row, enable_thinking=enable_thinking)
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, FlowError) as exc:
             raise FlowError(f"{source}: pair {i}: {exc}") from None
         for side, (ids, mask) in rendered.items():
             sides[side][0].append(ids)

@@ -304,8 +304,8 @@ def _doc_text(doc: Any, i: int) -> str:
 
 
 def _encoded_pairs(tokenizer: Any, docs: Iterable[Any], append_eos: bool, batch: int, sources: Counter,
-                   enable_thinking: bool,
-                   assistant_loss: AssistantLoss) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+                   enable_thinking: bool, assistant_loss: AssistantLoss,
+                   source: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Yield `(ids, mask)`: plain text in batches through the Rust encoder, chat examples one by one."""
     eos = tokenizer.eos_token_id
     backend = tokenizer.backend_tokenizer
@@ -324,7 +324,8 @@ def _encoded_pairs(tokenizer: Any, docs: Iterable[Any], append_eos: bool, batch:
         if isinstance(doc, Mapping) and is_chat_row(doc):
             yield from flush()
             ids, mask = render_chat_example(tokenizer, doc, assistant_loss=assistant_loss,
-                                            enable_thinking=enable_thinking, where=f"document {i}")
+                                            enable_thinking=enable_thinking,
+                                            where=f"{source}:{i + 1}" if source else f"document {i}")
             # The appended EOS is not a target: SFT stops at <|im_end|>, which the mask already covers.
             yield (np.concatenate([np.asarray(ids, np.int64), tail]),
                    np.concatenate([np.asarray(mask, np.uint8), np.zeros(len(tail), np.uint8)]))
@@ -345,6 +346,7 @@ def tokenize_to_store(
     meta: Mapping[str, Any] | None = None,
     enable_thinking: bool = True,
     assistant_loss: AssistantLoss = "all",
+    source: str | None = None,
 ) -> TokenStore:
     """Tokenize documents into a new store at `out_dir` (atomic) and return it opened.
 
@@ -354,11 +356,12 @@ def tokenize_to_store(
     one with `assistant_loss="last"`. `enable_thinking` is the mode of conversations without a `/think`
     or `/no_think` flag. If any chat example is present the store has `label_mask.npy` (plain-text
     documents are all-ones there). `append_eos` appends `<|endoftext|>` so packed documents end cleanly.
+    `source`: the JSONL file the documents are the lines of, so an error names `FILE:LINE`.
     """
     from flowlm.model.tokenizer import tokenizer_hash
 
     sources: Counter = Counter()
-    pairs = _encoded_pairs(tokenizer, docs, append_eos, batch, sources, enable_thinking, assistant_loss)
+    pairs = _encoded_pairs(tokenizer, docs, append_eos, batch, sources, enable_thinking, assistant_loss, source)
     full_meta = {"eos_id": tokenizer.eos_token_id, "pad_id": tokenizer.pad_token_id, **dict(meta or {})}
     return TokenStore._write(Path(out_dir), pairs, vocab_size=len(tokenizer), tokenizer_hash=tokenizer_hash(tokenizer),
                              keep_mask=None, meta=full_meta, sources=sources)

@@ -233,6 +233,66 @@ def _prefix_mask(tokenizer: Any, messages: Sequence[dict[str, Any]], ids: list[i
     return mask
 
 
+_RENDERS: dict[tuple[int, str], dict[str, bool]] = {}
+_PROBE_USER = {"role": "user", "content": "Hello"}
+
+
+def template_renders(tokenizer: Any) -> dict[str, bool]:
+    """Which optional message fields the chat template writes out, probed once per template with marker
+    strings: `reasoning` (an assistant turn's `reasoning_content`), `tools` (tool definitions) and
+    `tool_calls` (an assistant turn's calls). flowlm's template and Qwen3's write all three; a plain ChatML
+    template none. A probe the template refuses gives no verdict (True)."""
+    template = getattr(tokenizer, "chat_template", None)
+    key = (id(tokenizer), str(template))
+    if key not in _RENDERS:
+        def writes(marker: str, messages: list[dict[str, Any]], **kw: Any) -> bool:
+            try:
+                return marker in tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+            except Exception:  # noqa: BLE001 - a template that refuses the probe: no verdict
+                return True
+
+        tool = {"type": "function", "function": {"name": "flowlmprobetool", "description": "probe",
+                                                 "parameters": {"type": "object", "properties": {}}}}
+        call = {"type": "function", "function": {"name": "flowlmprobecall", "arguments": {}}}
+        _RENDERS[key] = {
+            "reasoning": writes("flowlmprobereasoning", [_PROBE_USER, {"role": "assistant", "content": "Hi",
+                                                                       "reasoning_content": "flowlmprobereasoning"}]),
+            "tools": writes("flowlmprobetool", [_PROBE_USER], tools=[tool], add_generation_prompt=True),
+            "tool_calls": writes("flowlmprobecall", [_PROBE_USER, {"role": "assistant", "content": "",
+                                                                   "tool_calls": [call]}]),
+        }
+    return _RENDERS[key]
+
+
+def fit_to_template(tokenizer: Any, messages: Sequence[dict[str, Any]],
+                    tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """`messages` as the chat template can write them, so no field of the data is dropped silently:
+    - a template that ignores `reasoning_content` (plain ChatML) gets each trace inline, as the content's
+      leading `<think>\n…\n</think>\n\n` block (the R1-distill convention), rather than losing it;
+    - `tools` or assistant `tool_calls` that the template would not write are a FlowError (there is no
+      neutral way to invent its tool format): use a template that renders them."""
+    if not getattr(tokenizer, "chat_template", None):
+        return list(messages)
+    renders = template_renders(tokenizer)
+    name = getattr(tokenizer, "name_or_path", "?") or "?"
+    if tools and not renders["tools"]:
+        raise FlowError(f"the chat template of {name} does not write tool definitions (`tools`), so they would be "
+                        "left out of the rendered conversation; use a template that renders tools")
+    if not renders["tool_calls"] and any(m.get("role") == "assistant" and m.get("tool_calls") for m in messages):
+        raise FlowError(f"the chat template of {name} does not write assistant `tool_calls`, so those turns would "
+                        "render empty; use a template that renders tool calls")
+    if renders["reasoning"]:
+        return list(messages)
+    out = []
+    for m in messages:
+        trace = m.get("reasoning_content") if m.get("role") == "assistant" else None
+        if isinstance(trace, str) and trace.strip():
+            m = {k: v for k, v in m.items() if k != "reasoning_content"}
+            m["content"] = f"<think>\n{trace.strip()}\n</think>\n\n{m.get('content') or ''}"
+        out.append(m)
+    return out
+
+
 def render_chat(
     tokenizer: Any,
     messages: Sequence[dict[str, Any]],
@@ -253,6 +313,7 @@ def render_chat(
     assistant message's prefix (`_prefix_mask`).
     """
     kw = {"tools": tools, "enable_thinking": enable_thinking}
+    messages = fit_to_template(tokenizer, messages, tools)
     if not has_generation_markers(tokenizer):  # (also a tokenizer without a template: render_ids says so)
         ids = render_ids(tokenizer, messages, add_generation_prompt=add_generation_prompt, **kw)
         return ids, _prefix_mask(tokenizer, messages, ids, last_only=last_only, **kw)

@@ -67,7 +67,7 @@ def run(ctx: StageContext, name: str, cfg: TokenizerStageConfig) -> StageResult:
             metrics[f"{cname}_tokens"] = int(sum(st.n_tokens for st in stores.values()))
             continue
         store = tokenize_to_store(tok, docs, out / "stores" / cname, enable_thinking=cfg.enable_thinking,
-                                  assistant_loss=cfg.assistant_loss)
+                                  assistant_loss=cfg.assistant_loss, source=str(ctx.path(corpus[cname])))
         outputs[f"store:{cname}"] = f"{name}/stores/{cname}"
         metrics[f"{cname}_tokens"] = int(store.n_tokens)
     metrics["tokenizer_hash"] = tokenizer_hash(tok_dir)
