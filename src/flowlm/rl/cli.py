@@ -4,9 +4,9 @@
     flowlm rl filter --model CKPT --file prompts.jsonl -k 16 --max-pass-rate 0.5 --set temperature=0.7
 
 Each prompt row (`messages` or a `prompt` string, plus the verifier routing of `flowlm.verify.rows`) is
-sampled `k` times through the rollout engine (chat replies end at the end-of-turn token; with
-`prompt_format=plain`, the RL-Zero stage's plain text prompts, ending at the template's next question) (seeded by `seed` and the prompt's text) and every sample is
-verified; the pass rate is the mean
+sampled `k` times through the rollout engine (seeded by `seed` and the prompt's text; a chat reply ends
+at the end-of-turn token; `prompt_format=plain` samples an RL-Zero stage's plain text prompts, ending at
+the template's next question) and every sample is verified; the pass rate is the mean
 verifier score (the share of correct samples for binary verifiers). Rows whose pass rate lies in
 [`min_pass_rate`, `max_pass_rate`] are written with a `pass_rate` column; the others are dropped as too
 easy / too hard. Sampling and verification settings are `--set key=value` overrides of `FilterCfg`.
