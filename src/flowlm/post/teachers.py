@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from flowlm.config import Strict
 from flowlm.errors import FlowError
+from flowlm.verify.rows import prompt_messages  # re-exported: the chat prompt of a row
 from flowlm.verify.thinking import CLOSE, OPEN
 
 Message = dict[str, Any]
@@ -64,22 +65,6 @@ class TeacherCfg(Strict):
 
 
 # --- messages and responses -------------------------------------------------------------------------
-
-
-def prompt_messages(row: Mapping[str, Any]) -> list[Message]:
-    """The chat prompt of a row: `messages` (or TRL `prompt` messages) without a final assistant turn, or a
-    `prompt` string as one user turn. Raises ValueError (one line) for anything else."""
-    value = row.get("messages", row.get("prompt"))
-    if isinstance(value, str) and value.strip() and "messages" not in row:
-        return [{"role": "user", "content": value}]
-    if not (isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value)):
-        raise ValueError("a row needs `messages` (a list of {role, content}) or a non-empty `prompt` string")
-    msgs = [dict(m) for m in value]
-    if msgs[-1]["role"] == "assistant":  # multi-turn preference: only the last turn is answered anew
-        msgs = msgs[:-1]
-    if not msgs or msgs[-1]["role"] != "user" or not isinstance(msgs[-1].get("content"), str):
-        raise ValueError("the prompt must end with a user turn whose content is a string")
-    return msgs
 
 
 def user_text(messages: Sequence[Message]) -> str:

@@ -16,6 +16,7 @@ the weighted mean of its pairs' scores (so it stays in [0, 1]).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,22 +102,31 @@ def row_columns(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in _SCHEMA_KEYS}
 
 
-def prompt_turns(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The conversation a row's completion answers: `messages` (or TRL-style `prompt` messages) up to
-    the last user turn, or a `prompt` string as one user turn; [] when the row has neither. Rows are
-    untrusted: malformed ones give [] rather than an error."""
-    value = row["messages"] if "messages" in row else row.get("prompt")
-    if isinstance(value, str) and "messages" not in row:
-        return [{"role": "user", "content": value}] if value else []
-    if not isinstance(value, list):
+def prompt_messages(row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The chat prompt of a row: `messages` (or TRL `prompt` messages) without a final assistant turn, or a
+    `prompt` string as one user turn. Raises ValueError (one line) for anything else."""
+    value = row.get("messages", row.get("prompt"))
+    if isinstance(value, str) and value.strip() and "messages" not in row:
+        return [{"role": "user", "content": value}]
+    if not (isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value)):
+        raise ValueError("a row needs `messages` (a list of {role, content}) or a non-empty `prompt` string")
+    msgs = [dict(m) for m in value]
+    if msgs[-1]["role"] == "assistant":  # multi-turn preference: only the last turn is answered anew
+        msgs = msgs[:-1]
+    if not msgs or msgs[-1]["role"] != "user" or not isinstance(msgs[-1].get("content"), str):
+        raise ValueError("the prompt must end with a user turn whose content is a string")
+    return msgs
+
+
+def prompt_turns(row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`prompt_messages` for untrusted rows: [] where it would raise (no prompt, or a malformed one)."""
+    try:
+        return prompt_messages(row)
+    except ValueError:
         return []
-    turns = [m for m in value if isinstance(m, dict) and isinstance(m.get("role"), str)
-             and isinstance(m.get("content") or "", str)]
-    users = [i for i, m in enumerate(turns) if m["role"] == "user"]
-    return [{"role": m["role"], "content": m.get("content") or ""} for m in turns[:users[-1] + 1]] if users else []
 
 
-def prompt_text(row: dict[str, Any]) -> str:
+def prompt_text(row: Mapping[str, Any]) -> str:
     """The question a row's completion answers, as text: its `prompt` string, else the last user turn of
     its messages ("" when none). What the judge and IFEval's prompt-aware checks read."""
     turns = prompt_turns(row)
