@@ -31,7 +31,7 @@ from flowlm.cli import (add_io_arguments, check_output, input_path, iter_input_o
                         write_json_line)
 from flowlm.errors import ConfigError, FlowError
 from flowlm.generate.params import SamplingParams, check_slots
-from flowlm.generate.prompts import prompt_problem
+from flowlm.generate.prompts import is_chat, prompt_problem
 
 PROMPT_KEYS = ("prompt", "messages", "prompt_ids")
 SAMPLING_KEYS = tuple(f.name for f in dataclasses.fields(SamplingParams))
@@ -153,8 +153,7 @@ def main(args: argparse.Namespace) -> int:
     rows = read_rows(input_path(args.file, "generate"), base_params(args))
     engine = build_engine(args)
     check_stop_token_ids(args.stop_token_id, engine.vocab_size)
-    if args.no_thinking and any(isinstance(prompt, list) and prompt and isinstance(prompt[0], dict)
-                                for _, _, prompt, _ in rows):
+    if args.no_thinking and any(is_chat(prompt) for _, _, prompt, _ in rows):
         from flowlm.model.tokenizer import require_thinking_switch
 
         require_thinking_switch(engine.tokenizer, "--no-thinking")

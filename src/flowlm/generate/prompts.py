@@ -94,13 +94,16 @@ def to_prompt_ids(prompt: Prompt, tokenizer: Any, enable_thinking: bool = True) 
     return prompt
 
 
+def is_chat(prompt: Any) -> bool:
+    """Whether `prompt` is chat messages (rendered with the chat template), not text or token ids."""
+    return isinstance(prompt, (list, tuple)) and bool(prompt) and all(isinstance(m, dict) for m in prompt)
+
+
 def ends_its_turn(prompt: Prompt, params: SamplingParams, tokenizer: Any) -> SamplingParams:
     """`params` for `prompt`: a chat prompt's reply ends its turn, so the template's end-of-turn token
     (`<|im_end|>`) joins the stop ids, as a chat model's HF `generation_config` has it among its EOS ids
     (a model's EOS ends a document, not a turn). Text and token-id prompts, and `ignore_eos`, are left alone."""
-    if params.ignore_eos or tokenizer is None or not isinstance(prompt, (list, tuple)):
-        return params
-    if not prompt or not all(isinstance(m, dict) for m in prompt):
+    if params.ignore_eos or tokenizer is None or not is_chat(prompt):
         return params
     from dataclasses import replace
 

@@ -158,25 +158,41 @@ def has_generation_markers(tokenizer: Any) -> bool:
     return any(isinstance(t, str) and _GENERATION_TAG.search(t) for t in templates)
 
 
-_SWITCH: dict[tuple[int, str], bool] = {}
+_PROBES: dict[tuple[int, str, str], Any] = {}
+_PROBE_USER = {"role": "user", "content": "Hello"}
+
+
+def _probed(tokenizer: Any, what: str, probe: Any) -> Any:
+    """`probe(tokenizer)`, once per tokenizer and chat template (what a template writes cannot change)."""
+    key = (id(tokenizer), str(getattr(tokenizer, "chat_template", None)), what)
+    if key not in _PROBES:
+        _PROBES[key] = probe(tokenizer)
+    return _PROBES[key]
+
+
+def _writes(tokenizer: Any, marker: str, messages: list[dict[str, Any]], **kw: Any) -> bool:
+    """Whether `marker` appears in the rendering of `messages`; True (no verdict) if the template refuses."""
+    try:
+        return marker in tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+    except Exception:  # noqa: BLE001 - a template that refuses the probe conversation: no verdict
+        return True
 
 
 def has_thinking_switch(tokenizer: Any) -> bool:
     """Whether the chat template reads `enable_thinking` (Qwen3's hard switch; flowlm's template has it):
     a one-turn generation prompt renders differently with it off. ChatML and Llama 3 templates ignore it."""
-    template = getattr(tokenizer, "chat_template", None)
-    if not template:
+    if not getattr(tokenizer, "chat_template", None):
         return False
-    key = (id(tokenizer), str(template))
-    if key not in _SWITCH:
-        msgs = [{"role": "user", "content": "Hello"}]
+
+    def probe(tok: Any) -> bool:
         try:
-            on, off = (tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
-                                                     enable_thinking=v) for v in (True, False))
-        except Exception:  # a template that refuses this probe conversation: no verdict, so no refusal
-            on, off = "", "?"
-        _SWITCH[key] = on != off
-    return _SWITCH[key]
+            on, off = (tok.apply_chat_template([_PROBE_USER], tokenize=False, add_generation_prompt=True,
+                                               enable_thinking=v) for v in (True, False))
+        except Exception:  # noqa: BLE001 - a template that refuses this probe: no verdict, so no refusal
+            return True
+        return on != off
+
+    return _probed(tokenizer, "thinking_switch", probe)
 
 
 def require_thinking_switch(tokenizer: Any, option: str) -> None:
@@ -233,35 +249,24 @@ def _prefix_mask(tokenizer: Any, messages: Sequence[dict[str, Any]], ids: list[i
     return mask
 
 
-_RENDERS: dict[tuple[int, str], dict[str, bool]] = {}
-_PROBE_USER = {"role": "user", "content": "Hello"}
-
-
 def template_renders(tokenizer: Any) -> dict[str, bool]:
     """Which optional message fields the chat template writes out, probed once per template with marker
     strings: `reasoning` (an assistant turn's `reasoning_content`), `tools` (tool definitions) and
     `tool_calls` (an assistant turn's calls). flowlm's template and Qwen3's write all three; a plain ChatML
     template none. A probe the template refuses gives no verdict (True)."""
-    template = getattr(tokenizer, "chat_template", None)
-    key = (id(tokenizer), str(template))
-    if key not in _RENDERS:
-        def writes(marker: str, messages: list[dict[str, Any]], **kw: Any) -> bool:
-            try:
-                return marker in tokenizer.apply_chat_template(messages, tokenize=False, **kw)
-            except Exception:  # noqa: BLE001 - a template that refuses the probe: no verdict
-                return True
-
+    def probe(tok: Any) -> dict[str, bool]:
         tool = {"type": "function", "function": {"name": "flowlmprobetool", "description": "probe",
                                                  "parameters": {"type": "object", "properties": {}}}}
         call = {"type": "function", "function": {"name": "flowlmprobecall", "arguments": {}}}
-        _RENDERS[key] = {
-            "reasoning": writes("flowlmprobereasoning", [_PROBE_USER, {"role": "assistant", "content": "Hi",
-                                                                       "reasoning_content": "flowlmprobereasoning"}]),
-            "tools": writes("flowlmprobetool", [_PROBE_USER], tools=[tool], add_generation_prompt=True),
-            "tool_calls": writes("flowlmprobecall", [_PROBE_USER, {"role": "assistant", "content": "",
-                                                                   "tool_calls": [call]}]),
+        return {
+            "reasoning": _writes(tok, "flowlmprobereasoning", [_PROBE_USER, {
+                "role": "assistant", "content": "Hi", "reasoning_content": "flowlmprobereasoning"}]),
+            "tools": _writes(tok, "flowlmprobetool", [_PROBE_USER], tools=[tool], add_generation_prompt=True),
+            "tool_calls": _writes(tok, "flowlmprobecall", [_PROBE_USER, {"role": "assistant", "content": "",
+                                                                        "tool_calls": [call]}]),
         }
-    return _RENDERS[key]
+
+    return _probed(tokenizer, "renders", probe)
 
 
 def fit_to_template(tokenizer: Any, messages: Sequence[dict[str, Any]],
