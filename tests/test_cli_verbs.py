@@ -406,12 +406,13 @@ def test_internal_error_when_the_log_cannot_be_written(tmp_path: Path, monkeypat
     assert err.count("\n") == 1
 
 
-def test_flowlm_debug_reraises(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_flowlm_debug_reraises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the "0" case below writes its crash log here
     monkeypatch.setenv("FLOWLM_DEBUG", "1")
     with pytest.raises(RuntimeError, match="disk on fire"):
         run_guarded(_boom)
     monkeypatch.setenv("FLOWLM_DEBUG", "0")  # "0" means off
-    assert run_guarded(_boom) == 1
+    assert run_guarded(_boom) == 1 and (tmp_path / f"flowlm-crash-{os.getpid()}.log").is_file()
 
 
 @pytest.mark.parametrize("exc,code,message", [

@@ -179,11 +179,14 @@ def test_rl_stage_with_backend_vllm_and_no_vllm_is_one_line(base, tmp_path):
 
 
 def torchrun_train(recipe: Path, run_dir: Path, *stages: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`flowlm train RECIPE STAGES --run-dir RUN_DIR` under `torchrun --nproc_per_node 2` (gloo)."""
+    """`flowlm train RECIPE STAGES --run-dir RUN_DIR` under `torchrun --nproc_per_node 2` (gloo). Its temp dir
+    is beside the run: a rank whose peer is killed writes its crash log there, not into the machine's /tmp."""
+    tmp = run_dir.with_name(run_dir.name + "-tmp")
+    tmp.mkdir(exist_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "flowlm.cli", "train",
            str(recipe), *stages, "--run-dir", str(run_dir), "--no-progress"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp), **(env or {})})
 
 
 def torchrun_rl(recipe: Path, run_dir: Path, *, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -58,13 +58,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def env() -> dict[str, str]:
-    # PET_MASTER_PORT is torchrun's own --master_port: a free one, so concurrent test runs do not share 29500
-    return {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PET_MASTER_PORT": str(free_port())}
+def env(run_dir: Path) -> dict[str, str]:
+    """PET_MASTER_PORT is torchrun's own --master_port: a free one, so concurrent test runs do not share 29500.
+    TMPDIR is beside the run: the rank that outlives a killed peer writes its crash log there, not into /tmp."""
+    tmp = run_dir.with_name(run_dir.name + "-tmp")
+    tmp.mkdir(exist_ok=True)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PET_MASTER_PORT": str(free_port()),
+            "TMPDIR": str(tmp)}
 
 
 def run(run_dir: Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(command(run_dir), check=False, capture_output=True, text=True, env=env(), timeout=300)
+    proc = subprocess.run(command(run_dir), check=False, capture_output=True, text=True, env=env(run_dir), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -100,7 +104,7 @@ def test_kill_one_rank_mid_stage_then_rerun_resumes_and_ends_like_an_uninterrupt
     ref, d = tmp_path / "ref", tmp_path / "killed"
     run(ref)  # the uninterrupted run
 
-    proc = subprocess.Popen(command(d), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(),
+    proc = subprocess.Popen(command(d), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(d),
                             start_new_session=True)
     try:
         launcher = psutil.Process(proc.pid)
