@@ -111,10 +111,14 @@ class LLMEngine:
 class LLM:
     def __init__(self, model: str, tokenizer: str, max_num_seqs: int, max_model_len: int | None, seed: int,
                  gpu_memory_utilization: float, dtype: str, logprobs_mode: str, **kwargs: Any) -> None:
-        assert logprobs_mode == "raw_logprobs", logprobs_mode
+        # vLLM's processed log-probs come after temperature and top-k/top-p; the stand-in's "tempered" after the
+        # temperature only, the same when those filters are off (as RL runs them)
+        modes = {"raw_logprobs": "raw", "processed_logprobs": "tempered"}
+        assert logprobs_mode in modes, logprobs_mode
+        self.logprobs_mode = logprobs_mode
         self.gpu_memory_utilization = gpu_memory_utilization
         native = Engine.from_pretrained(model, GenerateConfig(max_slots=max_num_seqs, context=max_model_len,
-                                                              seed=seed))
+                                                              seed=seed, logprobs=modes[logprobs_mode]))
         self.path = model
         self.worker = _Worker(native)
         self.llm_engine = LLMEngine(native, native.context, native.vocab_size)

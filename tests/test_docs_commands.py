@@ -451,7 +451,8 @@ SLURM = ("srun bash -c 'torchrun --nnodes $SLURM_NNODES --node_rank $SLURM_NODEI
          "-m flowlm.cli run my_recipe.yaml --run-dir /shared/runs/exp1'")
 GEN_SYNOPSIS = ("flowlm generate --model CKPT [--file in.jsonl | -] [--out out.jsonl] [--backend native|vllm] [--n N] "
                 "[--temperature T] [--top-p P] [--top-k K] [--min-p P] [--max-new-tokens N] [--stop S]... "
-                "[--stop-token-id ID]... [--seed S] [--max-slots N] [--no-thinking] [--no-progress]")
+                "[--stop-token-id ID]... [--seed S] [--max-slots N] [--no-thinking] [--logprobs raw|tempered] "
+                "[--no-progress]")
 RL_SYNOPSIS = ("flowlm rl filter --model CKPT --file prompts.jsonl [-k 8] [--max-pass-rate 0.625] [--out kept.jsonl] "
                "[--set temperature=0.7 --set max_new_tokens=512 --set min_pass_rate=0.1 --set verify_workers=4]")
 VERIFY_SYNOPSIS = "flowlm verify [--file rows.jsonl | -] [--out verdicts.jsonl] [--name NAME] [--workers 2] [--timeout 60]"

@@ -136,6 +136,33 @@ def test_entry_point_stdout_out_and_stdin_agree(ckpt: Path, tmp_path: Path) -> N
     assert r.returncode == 0 and _records(r.stdout) == rows
 
 
+def test_entry_point_logprobs_tempered_divides_by_the_row_temperature(ckpt: Path, tmp_path: Path) -> None:
+    """`--logprobs tempered`: the same tokens as the default, each log-prob that of the logits divided by
+    the row's temperature (a row's own `sampling.temperature` included), checked against the model."""
+    import torch
+
+    from flowlm.model.hf import load_native
+
+    prompts = _write(tmp_path / "in.jsonl", [json.dumps({"prompt_ids": [5, 6, 7]}),
+                                             json.dumps({"prompt_ids": [9, 4], "sampling": {"temperature": 1.8}})])
+    common = ["--model", str(ckpt), "--file", str(prompts), "--max-new-tokens", "5", "--seed", "2",
+              "--temperature", "0.5", "--no-progress"]
+    raw, tempered = _run(common), _run([*common, "--logprobs", "tempered"])
+    assert raw.returncode == 0 and tempered.returncode == 0, tempered.stderr
+    model = load_native(ckpt)[0].eval()
+    for a, b, t in zip(_records(raw.stdout), _records(tempered.stdout), (0.5, 1.8)):
+        ca, cb = a["completions"][0], b["completions"][0]
+        assert ca["tokens"] == cb["tokens"]
+        seq = torch.tensor([b["prompt_ids"] + cb["tokens"]])
+        with torch.no_grad():
+            logits = model(seq[:, :-1]).float()[0, len(b["prompt_ids"]) - 1:]
+        want = torch.log_softmax(logits / t, -1).gather(-1, torch.tensor(cb["tokens"])[:, None]).squeeze(-1)
+        assert (torch.tensor(cb["logprobs"]) - want).abs().max() < 1e-4
+        assert (torch.tensor(ca["logprobs"]) - want).abs().max() > 1e-2
+    bad = _run([*common, "--logprobs", "processed"])
+    assert bad.returncode == 2 and "invalid choice: 'processed'" in bad.stderr
+
+
 def test_entry_point_errors_are_one_line(ckpt: Path, tmp_path: Path) -> None:
     prompts = _write(tmp_path / "in.jsonl", [json.dumps({"prompt": "ok"}), '{"text": "x"}'])
     out = tmp_path / "out.jsonl"

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from flowlm.errors import ConfigError
 from flowlm.generate.engine import Engine, GenerateConfig
 from flowlm.generate.params import SamplingParams
 from flowlm.model.hf import save_pretrained
@@ -104,6 +105,29 @@ def test_sampled_logprobs_equal_training_forward(params: SamplingParams) -> None
         got = torch.tensor(c.logprobs)
         assert (got - ref).abs().max().item() < 1e-4
         assert c.versions == [0] * len(c.tokens)
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0.6, max_new_tokens=30, ignore_eos=True, seed=5),
+    SamplingParams(temperature=1.4, top_p=0.9, max_new_tokens=30, ignore_eos=True, seed=6),
+])
+def test_tempered_logprobs_equal_the_training_forward_at_the_temperature(params: SamplingParams) -> None:
+    """`GenerateConfig(logprobs="tempered")`: the same tokens as raw mode, each with the log-prob of the
+    logits divided by the request's temperature (before top-p), as the RL learner computes it."""
+    model = micro_model()
+    prompts = _prompts((4, 11, 20))
+    raw = Engine(model, config=GenerateConfig(max_slots=2)).generate(prompts, params)
+    results = Engine(model, config=GenerateConfig(max_slots=2, logprobs="tempered")).generate(prompts, params)
+    for prompt, res, base in zip(prompts, results, raw):
+        c = res.completions[0]
+        assert c.tokens == base.completions[0].tokens
+        seq = torch.tensor([prompt + c.tokens])
+        with torch.no_grad():
+            logits = model(seq[:, :-1])
+        ref = token_logprobs(logits / params.temperature, seq[:, 1:])[0, len(prompt) - 1:]
+        assert (torch.tensor(c.logprobs) - ref).abs().max().item() < 1e-4
+    with pytest.raises(ConfigError, match="logprobs must be one of raw, tempered"):
+        GenerateConfig(logprobs="processed")
 
 
 def test_slots_are_freed_at_once_and_no_idle_slot_is_computed() -> None:

@@ -50,6 +50,40 @@ def test_greedy_rows_and_temperature_rows_in_one_batch() -> None:
     assert torch.allclose(logp, torch.log_softmax(logits, -1)[[0, 1], [1, 0]])
 
 
+@pytest.mark.parametrize("needs_filter", [False, True])
+def test_tempered_logprobs_are_the_tempered_log_softmax_and_sample_the_same_tokens(needs_filter: bool) -> None:
+    # 300 tokens: not a whole number of the sampler's 128-token blocks. Rows: hot, unit, greedy, cold, with
+    # top-p, with top-k (the filters apply only with needs_filter). The tempered log-prob is taken before
+    # any filter; a greedy row keeps the raw one.
+    torch.manual_seed(0)
+    logits = torch.randn(6, 300) * 3
+    temperature = torch.tensor([1.7, 1.0, 0.0, 0.5, 0.7, 0.7])
+    top_k = torch.tensor([0, 0, 0, 0, 0, 5]) if needs_filter else torch.zeros(6, dtype=torch.long)
+    top_p = torch.tensor([1, 1, 1, 1, 0.9, 1.0]) if needs_filter else torch.ones(6)
+    kw = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=torch.zeros(6),
+              uniform=torch.tensor([0.3, 0.9, 0.5, 0.01, 0.6, 0.45]), needs_filter=needs_filter)
+    raw_tokens, raw = sample(logits.clone(), **kw)
+    tokens, tempered = sample(logits.clone(), tempered=True, **kw)
+    assert tokens.tolist() == raw_tokens.tolist()
+    rows = torch.arange(6)
+    want_raw = torch.log_softmax(logits.double(), -1)[rows, tokens]
+    safe = torch.where(temperature > 0, temperature, 1.0).double()
+    want = torch.log_softmax(logits.double() / safe[:, None], -1)[rows, tokens]
+    assert torch.allclose(raw.double(), want_raw, atol=1e-5)
+    assert torch.allclose(tempered.double(), want, atol=1e-5)
+    assert tempered[1] == raw[1] and tempered[2] == raw[2]  # temperature 1 and greedy: the raw log-prob
+    assert not torch.allclose(tempered[[0, 3]], raw[[0, 3]], atol=1e-2)
+    # without a greedy row the raw pass is skipped: the same numbers
+    hot = [0, 1, 3, 4, 5]
+    kw_hot = {k: (v[hot] if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    t2, lp2 = sample(logits[hot].clone(), tempered=True, any_greedy=False, **kw_hot)
+    assert t2.tolist() == tokens[hot].tolist() and torch.equal(lp2, tempered[hot])
+    # every row at temperature 1: tempered is raw, bit for bit
+    kw_unit = {**kw, "temperature": torch.ones(6)}
+    assert torch.equal(sample(logits.clone(), tempered=True, all_unit_temperature=True, **kw_unit)[1],
+                       sample(logits.clone(), all_unit_temperature=True, **kw_unit)[1])
+
+
 def test_params_validation_messages() -> None:
     assert SamplingParams().validate() is None
     assert "top_p" in SamplingParams(top_p=0.0).validate()

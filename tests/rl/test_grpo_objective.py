@@ -298,3 +298,35 @@ def test_shared_prompt_forward_equals_row_forward_in_loss_and_gradients():
     logps = {s: GRPOObjective(shared_prefix=s).token_logps(model, batch, mask)[0] for s in (False, True)}
     torch.testing.assert_close(logps[True], logps[False], rtol=1e-5, atol=1e-6)
     assert (logps[True][mask] != 0).all() and (logps[True][~mask] == 0).all()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_batch_temperature_divides_the_logits_in_logps_entropy_and_gradients(shared):
+    """A batch's `temperature` [B] (the rollout's sampling temperature, `tempered_logprobs`): the learner's
+    log-probs, entropy and gradients are those of `log_softmax(logits / t)`, as TRL, open-instruct and veRL
+    compute them; row by row and with the shared prompt alike; temperature 1 is the batch without it."""
+    model = micro()
+    batch = hand_batch()
+    batch["input_ids"][1, :3] = batch["input_ids"][0, :3]
+    batch["input_ids"][3, :3] = batch["input_ids"][2, :3]
+    batch = with_rollout(model, batch)
+    t = torch.tensor([0.7, 0.7, 1.6, 1.6])
+    hot = {**batch, "temperature": t}
+    mask = token_mask(batch)
+    obj = GRPOObjective(shared_prefix=shared)
+    obj.chunk_rows = 3
+    logits = model(batch["input_ids"]).float() / t[:, None, None]
+    want = torch.log_softmax(logits, -1).gather(-1, batch["labels"].clamp_min(0)[..., None]).squeeze(-1) * mask
+    p = torch.softmax(logits, -1)
+    lp, ent = obj.token_logps(model, hot, mask)
+    torch.testing.assert_close(lp, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent[mask], -(p * torch.log(p)).sum(-1)[mask], atol=1e-4, rtol=1e-4)
+    coef = torch.randn(mask.shape, generator=torch.Generator().manual_seed(2))
+    params = list(model.parameters())
+    got = torch.autograd.grad((obj.token_logps(model, hot, mask)[0] * coef).sum(), params)
+    ref = torch.autograd.grad((want * coef).sum(), params)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    unit = obj.token_logps(model, {**batch, "temperature": torch.ones(4)}, mask)[0]
+    assert torch.equal(unit, obj.token_logps(model, batch, mask)[0])
+    assert not torch.allclose(lp, unit, atol=1e-3)

@@ -35,7 +35,7 @@ ray = pytest.importorskip("ray")
 tok, model = test_source.tok, test_source.model  # its fixtures (importing it also registers its verifiers)
 
 BATCH_KEYS = {"input_ids", "labels", "rollout_logps", "rollout_versions", "advantages", "loss_rows", "masked_rows",
-              "group_ids", "prompt_index"}
+              "group_ids", "prompt_index", "temperature"}
 ASYNC_METRICS = {"stale_dropped", "staleness/lag_0", "staleness/lag_1", "policy_lag", "learner_idle_share",
                  "rollout_tok_s", "rollout_tokens", "time_wait_s", "time_generate_s", "time_verify_s",
                  "time_batch_s", "informative_share", "reward", "reward/rl_test_parity", "prompts", "completions"}

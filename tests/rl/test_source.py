@@ -148,6 +148,29 @@ def test_labels_and_rollout_logps_are_the_sampled_tokens_and_match_the_learner(t
     assert (entropy[labelled] > 0).all()
 
 
+@pytest.mark.parametrize("tempered", [True, False])
+def test_at_a_temperature_the_learner_and_the_engine_score_the_same_policy(tok, model, tempered):
+    """`tempered_logprobs` (default): at temperature 0.6 the engine records log_softmax(logits / 0.6), the
+    batch's `temperature` column makes the learner divide by the same, and the two agree; off, both are at
+    temperature 1 (and agree too). The rollouts themselves are the same either way."""
+    from flowlm.train.objectives.grpo import GRPOObjective, token_mask
+
+    def batch_of(flag):
+        src = source(tok, model, rows(6, "rl_test_record"), filter_zero_std=False, active_sampling=False,
+                     temperature=0.6, tempered_logprobs=flag)
+        return take(src, 1)[0]
+
+    batch = batch_of(tempered)
+    labelled = batch["labels"] != -100
+    assert batch["temperature"].tolist() == pytest.approx([0.6 if tempered else 1.0] * 12)
+    with torch.no_grad():
+        logps = GRPOObjective().token_logps(model, batch, token_mask(batch))[0]
+    assert (logps - batch["rollout_logps"].nan_to_num(0.0)).abs()[labelled].max().item() < 1e-4
+    other = batch_of(not tempered)
+    assert torch.equal(other["input_ids"], batch["input_ids"])
+    assert (other["rollout_logps"] - batch["rollout_logps"]).abs()[labelled].max().item() > 0.1
+
+
 def test_zero_std_filtering_with_active_sampling_gives_only_informative_groups(tok, model, tmp_path):
     log = tmp_path / "rollouts.jsonl"
     src = source(tok, model, rows(40), log=log, prompts_per_step=4, group_size=2, max_draws=10)

@@ -60,6 +60,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=None, help="per-row seed = seed + line index")
     p.add_argument("--max-slots", type=int, default=64, help="sequences decoded together")
     p.add_argument("--no-thinking", action="store_true", help="chat rows: render with thinking disabled")
+    p.add_argument("--logprobs", choices=("raw", "tempered"), default="raw",
+                   help="completion log-probs of the raw logits (temperature 1) or of the logits divided by the "
+                        "row's temperature (what RL at that temperature trains); both before top-k/top-p/min-p")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=main)
 
@@ -137,11 +140,13 @@ def build_engine(args: argparse.Namespace) -> Any:
     if args.backend == "vllm":
         from flowlm.generate.vllm_backend import VLLMEngine
 
-        return VLLMEngine(args.model, max_slots=args.max_slots, enable_thinking=not args.no_thinking)
+        return VLLMEngine(args.model, max_slots=args.max_slots, enable_thinking=not args.no_thinking,
+                          logprobs=args.logprobs)
     from flowlm.generate.engine import Engine, GenerateConfig
 
     return Engine.from_pretrained(args.model, GenerateConfig(max_slots=args.max_slots,
-                                                             enable_thinking=not args.no_thinking))
+                                                             enable_thinking=not args.no_thinking,
+                                                             logprobs=args.logprobs))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -45,6 +45,9 @@ from flowlm.generate.sampling import sample
 from flowlm.generate.threads import one_thread
 
 
+LOGPROBS_MODES = ("raw", "tempered")
+
+
 @dataclass(frozen=True, kw_only=True)
 class GenerateConfig:
     """Capacity and placement of an engine."""
@@ -59,10 +62,17 @@ class GenerateConfig:
     """Seed of the generator used by requests without their own seed."""
     enable_thinking: bool = True
     """Chat prompts: render the generation prompt with thinking on (Qwen3 convention)."""
+    logprobs: str = "raw"
+    """`Completion.logprobs`: "raw" = log_softmax of the raw logits (temperature 1); "tempered" = of the logits
+    divided by the request's temperature (greedy requests: raw). Both before top-k/top-p/min-p. RL uses
+    "tempered" (the sampling temperature's policy, as TRL / open-instruct / veRL train it)."""
 
     def __post_init__(self) -> None:
         if self.max_slots < 1 or self.max_prefill_tokens < 1 or (self.context is not None and self.context < 2):
             raise ConfigError(f"generate engine: invalid capacity {self}")
+        if self.logprobs not in LOGPROBS_MODES:
+            raise ConfigError(f"generate engine: logprobs must be one of {', '.join(LOGPROBS_MODES)}, "
+                              f"not {self.logprobs!r}")
 
 
 class _Seq:
@@ -257,7 +267,7 @@ class Engine(InflightUpdates, Driver):
                 uniform[i] = s.rng.random()
         dev = logits.device
         with one_thread(dev):  # a few dozen small ops: waking a second CPU thread costs more than it saves
-            tokens, logps = self._sample(logits, ps, uniform)
+            tokens, logps = self._sample(logits, ps, uniform, tempered=self.config.logprobs == "tempered")
         now = time.perf_counter()
         finished = []
         for i, (s, tok, lp) in enumerate(zip(seqs, tokens.tolist(), logps.tolist())):
@@ -277,7 +287,8 @@ class Engine(InflightUpdates, Driver):
             self._retire(slot)
 
     @staticmethod
-    def _sample(logits: torch.Tensor, ps: list[SamplingParams], uniform: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(logits: torch.Tensor, ps: list[SamplingParams], uniform: np.ndarray, *,
+                tempered: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """`sampling.sample` with each row's parameters."""
         dev = logits.device
         return sample(
@@ -285,7 +296,8 @@ class Engine(InflightUpdates, Driver):
             top_k=torch.tensor([p.top_k for p in ps], device=dev), top_p=torch.tensor([p.top_p for p in ps], device=dev),
             min_p=torch.tensor([p.min_p for p in ps], device=dev), uniform=torch.from_numpy(uniform).to(dev),
             needs_filter=any(p.top_k > 0 or p.top_p < 1 or p.min_p > 0 for p in ps),
-            any_greedy=any(p.temperature <= 0 for p in ps), all_unit_temperature=all(p.temperature == 1 for p in ps))
+            any_greedy=any(p.temperature <= 0 for p in ps), all_unit_temperature=all(p.temperature == 1 for p in ps),
+            tempered=tempered)
 
     def _finish_reason(self, s: _Seq) -> str | None:
         c, params = s.completion, s.state.request.params

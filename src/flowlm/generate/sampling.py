@@ -6,8 +6,11 @@ Randomness comes in as one uniform number per row (drawn by the caller from that
 generator), and the token is picked by inverse-CDF over the filtered, unnormalised probabilities.
 That makes a seeded request reproduce the same tokens whatever else shares its batch.
 
-The returned logprob is always `log_softmax(raw_logits)[token]` (temperature 1, no filtering): the
-policy probability the RL loss needs, not the probability of the modified sampling distribution.
+The returned logprob is `log_softmax(raw_logits)[token]` (temperature 1, no filtering) by default, or with
+`tempered` `log_softmax(raw_logits / temperature)[token]` (the row's temperature, still before top-k/top-p/
+min-p; greedy rows keep the raw one): the log-prob of the policy the RL loss trains, at temperature 1 or at
+the sampling temperature as TRL, open-instruct and veRL scale the learner's logits. Never the probability of
+the filtered sampling distribution, whose renormalisation the learner cannot reproduce (TRL #6789).
 """
 
 from __future__ import annotations
@@ -149,8 +152,9 @@ def _inverse_cdf(wb: torch.Tensor, block_cdf: torch.Tensor, uniform: torch.Tenso
 
 def sample(logits: torch.Tensor, *, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
            min_p: torch.Tensor, uniform: torch.Tensor, needs_filter: bool,
-           any_greedy: bool = True, all_unit_temperature: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row; returns `(tokens[B] int64, raw logprobs[B] fp32)`.
+           any_greedy: bool = True, all_unit_temperature: bool = False,
+           tempered: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one token per row; returns `(tokens[B] int64, logprobs[B] fp32)`.
 
     `logits[B, V]` are the model's raw logits. Rows with `temperature == 0` take the argmax of the raw
     logits (greedy). `uniform[B]` in [0, 1) drives inverse-CDF sampling over each row's unnormalised
@@ -163,16 +167,28 @@ def sample(logits: torch.Tensor, *, temperature: torch.Tensor, top_k: torch.Tens
     every path (`logits / 1` is `logits`), so a seeded request samples the same tokens whatever else
     shares its batch.
 
-    The raw logprob is `logits[token] - max - log(sum exp(logits - max))`, the row's log-softmax at
-    the token, from the same pass (one exp over the vocabulary when every row has temperature 1).
+    The logprob is `z[token] - max(z) - log(sum exp(z - max(z)))` from the same pass as the sampling
+    weights: `z` the raw logits (default), or with `tempered` the logits divided by the row's temperature,
+    summed before any filter (greedy rows: the raw logits). One exp over the vocabulary when every row has
+    temperature 1, or when `tempered` and no row is greedy.
     """
     logits = logits.float()
-    raw_max, raw_w = _shifted_exp(logits)
-    raw_blocks, raw_cdf = _blocks(raw_w)
-    weights, changed = raw_w, False
-    if not all_unit_temperature:
+    unit = all_unit_temperature
+    raw = unit or not tempered or any_greedy  # the raw log-softmax is needed
+    if raw:
+        raw_max, raw_w = _shifted_exp(logits)
+        raw_blocks, raw_cdf = _blocks(raw_w)
+    if unit:
+        weights, changed = raw_w, False
+    else:
         safe_t = torch.where(temperature <= 0, torch.ones_like(temperature), temperature)
-        weights, changed = _shifted_exp(logits / safe_t[:, None])[1], True
+        z = logits / safe_t[:, None]
+        z_max, weights = _shifted_exp(z)
+        if tempered:  # the tempered totals, taken before a filter zeroes part of `weights` in place
+            t_blocks, t_cdf = _blocks(weights)
+            z_total, changed = t_cdf[:, -1:].clone(), False
+        else:
+            changed = True
     if needs_filter:
         rows = ((top_k > 0) | (top_p < 1) | (min_p > 0)).nonzero().squeeze(-1)
         if rows.numel():
@@ -180,9 +196,20 @@ def sample(logits: torch.Tensor, *, temperature: torch.Tensor, top_k: torch.Tens
             probs = sub / _blocks(sub)[1][:, -1:]
             weights[rows] = filter_probs(probs, top_k[rows], top_p[rows], min_p[rows])  # raw sums are taken
             changed = True
-    blocks, cdf = _blocks(weights) if changed else (raw_blocks, raw_cdf)
+    if changed:
+        blocks, cdf = _blocks(weights)
+    elif unit:
+        blocks, cdf = raw_blocks, raw_cdf
+    else:
+        blocks, cdf = t_blocks, t_cdf
     tokens = _inverse_cdf(blocks, cdf, uniform)
-    if any_greedy and not all_unit_temperature:
+    if any_greedy and not unit:
         tokens = torch.where(temperature <= 0, logits.argmax(dim=-1), tokens)
-    logp = logits.gather(-1, tokens[:, None]) - raw_max - raw_cdf[:, -1:].log()
+    if tempered and not unit:
+        logp = z.gather(-1, tokens[:, None]) - z_max - z_total.log()
+        if any_greedy:
+            logp = torch.where((temperature <= 0)[:, None],
+                               logits.gather(-1, tokens[:, None]) - raw_max - raw_cdf[:, -1:].log(), logp)
+    else:
+        logp = logits.gather(-1, tokens[:, None]) - raw_max - raw_cdf[:, -1:].log()
     return tokens, logp.squeeze(-1)

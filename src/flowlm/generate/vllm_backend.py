@@ -25,8 +25,12 @@ Design choices (following open-instruct's `vllm_utils.py`, see reference/rl-anch
   (`reset_prefix_cache`), which frees the old blocks; vLLM refuses that while running requests hold
   blocks, and the refusal is counted (`stats["prefix_cache_resets_refused"]`): the salt already keeps
   those blocks from the new version. A request keeps the salt it was submitted with, like its KV.
-* Logprobs are vLLM's `raw_logprobs` mode: log_softmax of the raw logits at temperature 1, the same
-  quantity the native engine records (`SamplingParams` docstring).
+* Logprobs: `logprobs="raw"` (default) is vLLM's `raw_logprobs` mode, log_softmax of the raw logits at
+  temperature 1, the same quantity the native engine records; `logprobs="tempered"` is its
+  `processed_logprobs` mode, after the request's temperature, as the native engine's `tempered` (RL at a
+  temperature other than 1). vLLM's processed log-probs also come after top-k / top-p, the native
+  engine's do not: the two agree when those are off, as RL runs them (a top-p below 1 would show in the
+  mismatch band as the renormalisation, TRL #6789).
 
 Importing this module never needs vLLM; constructing a `VLLMEngine` without it raises a one-line
 `ConfigError` naming the `vllm` extra. Not exercised on the CPU development machine (its tests need CUDA).
@@ -52,6 +56,9 @@ def require_vllm() -> Any:
     return require("vllm", "vllm", "the vLLM backend (CUDA)")
 
 
+_LOGPROBS_MODE = {"raw": "raw_logprobs", "tempered": "processed_logprobs"}  # flowlm's names -> vLLM's
+
+
 def _load_weights_on_worker(worker: Any, weights: list[tuple[str, Any]]) -> None:
     """Runs inside each vLLM worker (via `collective_rpc`): copy weights into the model in place."""
     worker.model_runner.model.load_weights(weights=weights)
@@ -63,7 +70,9 @@ class VLLMEngine(InflightUpdates, Driver):
     def __init__(self, model_path: str | Path, tokenizer: Any = None, *, max_slots: int = 256,
                  context: int | None = None, seed: int = 0, enable_thinking: bool = True,
                  gpu_memory_utilization: float = 0.85, dtype: str = "auto", weight_prefix: str = "",
-                 **llm_kwargs: Any) -> None:
+                 logprobs: str = "raw", **llm_kwargs: Any) -> None:
+        if logprobs not in _LOGPROBS_MODE:
+            raise ConfigError(f"vllm engine: logprobs must be one of {', '.join(_LOGPROBS_MODE)}, not {logprobs!r}")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         vllm = require_vllm()
         from flowlm.model.tokenizer import load_tokenizer
@@ -71,7 +80,7 @@ class VLLMEngine(InflightUpdates, Driver):
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_path)
         self.llm = vllm.LLM(model=str(model_path), tokenizer=str(model_path), max_num_seqs=max_slots,
                             max_model_len=context, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
-                            dtype=dtype, logprobs_mode="raw_logprobs", **llm_kwargs)
+                            dtype=dtype, logprobs_mode=_LOGPROBS_MODE[logprobs], **llm_kwargs)
         self._engine = self.llm.llm_engine
         cfg = self._engine.model_config
         self.context, self.vocab_size = cfg.max_model_len, cfg.get_vocab_size()

@@ -25,6 +25,10 @@ class RolloutConfig(Strict):
     prompts_per_step: int = Field(64, gt=0, description="groups (prompts) per optimizer step")
     group_size: int = Field(8, ge=2, description="completions per prompt")
     temperature: float = Field(1.0, gt=0)
+    tempered_logprobs: bool = Field(
+        True, description="the learner's and the engine's log-probs are those of the sampling policy: logits divided "
+                          "by `temperature`, as TRL, open-instruct and veRL train (false: the raw policy at "
+                          "temperature 1 on both sides; the same when temperature is 1)")
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(256, gt=0)
     thinking: bool = Field(True, description="render chat prompts with thinking on (Qwen3 convention)")
@@ -96,6 +100,14 @@ class RolloutConfig(Strict):
     def steps_per_batch(self) -> int:
         """Optimizer steps one rollout batch makes: `minibatches` x `num_epochs`."""
         return self.minibatches * self.num_epochs
+
+    def logprobs_mode(self) -> str:
+        """The rollout engine's `GenerateConfig.logprobs`: "tempered" or "raw" (`tempered_logprobs`)."""
+        return "tempered" if self.tempered_logprobs else "raw"
+
+    def logit_temperature(self) -> float:
+        """What the learner divides its logits by so its log-probs are the engine's: `temperature` or 1."""
+        return self.temperature if self.tempered_logprobs else 1.0
 
     def actor_gpus(self) -> float:
         """Mode ray: the GPUs each rollout actor asks Ray for (`rollout_worker_gpus`, default 1 for vllm)."""

@@ -29,7 +29,7 @@ def old_policy_logps(policy: nn.Module, batch: dict[str, Any], *, fp32_lm_head: 
     from flowlm.train.objectives.grpo import completion_logps, token_mask
 
     device = next(policy.parameters()).device
-    keys = ("input_ids", "labels", "loss_rows", "masked_rows", "group_ids")
+    keys = ("input_ids", "labels", "loss_rows", "masked_rows", "group_ids", "temperature")
     on_device = to_device({k: batch[k] for k in keys if k in batch}, device)
     mask = token_mask(on_device)
     cast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()

@@ -114,7 +114,7 @@ class RolloutActor:
 
             self.engine = VLLMEngine.from_policy(model, tokenizer, max_slots=gen_cfg.max_slots, context=gen_cfg.context,
                                                  seed=gen_cfg.seed, enable_thinking=gen_cfg.enable_thinking,
-                                                 gpu_memory_utilization=gpu_memory)
+                                                 gpu_memory_utilization=gpu_memory, logprobs=gen_cfg.logprobs)
             self.export_dir = str(self.engine.export_dir)
             atexit.register(shutil.rmtree, self.export_dir, True)
         else:
@@ -367,7 +367,7 @@ class RayBackend(Backend):
         self.tokenizer_ref = ray.put(src.tokenizer)
         context = min(src.max_len, longest)
         self.gen_cfg = GenerateConfig(max_slots=cfg.max_slots or cfg.prompts_per_step * cfg.group_size,
-                                      context=context, enable_thinking=cfg.thinking)
+                                      context=context, enable_thinking=cfg.thinking, logprobs=cfg.logprobs_mode())
         self.weights_ref = ray.put(pack_state(src.policy_weights()))
         if cfg.num_reward_workers == 0:
             local_pool(src)

@@ -36,7 +36,9 @@ One batch, in order (the synchronous mode: generation, reward and learning take 
 Batch (rows laid out group by group, `group_size` rows per group; `split_rule` keeps groups whole):
 `input_ids` [B, T] (prompt + completion token ids exactly as the engine produced them, never
 re-tokenized; right padding), `labels` [B, T] (the completion tokens at the positions that predict them,
--100 elsewhere), `rollout_logps` [B, T] (the engine's raw-policy log-prob of each label, NaN elsewhere),
+-100 elsewhere), `rollout_logps` [B, T] (the engine's log-prob of each label, NaN elsewhere: of the policy
+at the sampling temperature with `tempered_logprobs`, else at temperature 1), `temperature` [B] (what the
+learner divides the logits by to get the same quantity: the sampling temperature, or 1),
 `rollout_versions` [B, T] (the policy version that sampled each label, -1 elsewhere), `advantages` [B],
 `loss_rows` [B] bool (False: a padding group's row, no loss, not counted),
 `masked_rows` [B] bool (a truncated completion under `mask_truncated`: its tokens leave the loss and the
@@ -220,12 +222,13 @@ class RolloutSource:
             from flowlm.generate.vllm_backend import VLLMEngine
 
             engine = VLLMEngine.from_policy(policy, self.tokenizer, max_slots=slots, context=context, seed=self.seed,
-                                            enable_thinking=self.cfg.thinking,
+                                            enable_thinking=self.cfg.thinking, logprobs=self.cfg.logprobs_mode(),
                                             gpu_memory_utilization=self.cfg.vllm_gpu_memory)
             self._exports.append(engine.export_dir)
             return engine
         return Engine(policy, self.tokenizer, GenerateConfig(max_slots=slots, context=context,
-                                                             enable_thinking=self.cfg.thinking))
+                                                             enable_thinking=self.cfg.thinking,
+                                                             logprobs=self.cfg.logprobs_mode()))
 
     def close(self) -> None:
         """Stop the rollout workers (modes async and ray) and the verifier processes (if any)."""
@@ -436,6 +439,7 @@ class RolloutSource:
             "masked_rows": truncated & self.cfg.mask_truncated,
             "group_ids": torch.arange(len(groups)).repeat_interleave(n),
             "prompt_index": torch.tensor([g.index for g in groups]).repeat_interleave(n),
+            "temperature": torch.full((B,), self.cfg.logit_temperature(), dtype=torch.float32),
         }
         batch.update(stat_columns(stats, B))
         return batch

@@ -243,8 +243,11 @@ def completion_logps(model: nn.Module, batch: Mapping[str, Any], mask: torch.Ten
     each group's prompt is computed once for its completions (`flowlm.model.tree`, one flat row without
     padding); the numbers are the row-by-row ones to float rounding. The learner (`GRPOObjective.loss`)
     and the source's old-policy pass (`flowlm.rl.source`, minibatches > 1) both use this, so their
-    numbers agree."""
+    numbers agree. A batch's `temperature` [B] divides each row's logits (the policy that sampled it, as
+    TRL, open-instruct and veRL score it; both numbers then are those of that tempered distribution)."""
     labels, ids = batch["labels"], batch["input_ids"]
+    temps = batch.get("temperature")
+    per_pos = None if temps is None else temps.to(torch.float32)[:, None].expand(labels.shape).reshape(-1)
     where, kw = None, {}
     if shared_prefix and getattr(model, "supports_tree", False) and "group_ids" in batch:
         from flowlm.data.pairs import causal_lengths
@@ -254,13 +257,19 @@ def completion_logps(model: nn.Module, batch: Mapping[str, Any], mask: torch.Ten
         flat = mask.reshape(-1)[shared.source]  # trunk tokens carry no label, so never trained
         where = shared.source[flat]
         targets = labels.reshape(-1)[where]
+        scale = None if per_pos is None else per_pos[where]
         ids, kw = shared.input_ids, {"tree": shared.tree}
     else:
         flat = mask.reshape(-1)
         targets = labels.reshape(-1)[flat]
+        scale = None if per_pos is None else per_pos[flat]
+    if scale is not None and bool((scale == 1).all()):
+        scale = None  # temperature 1: the same numbers without the division
 
     def project(x: torch.Tensor, w: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         rows = x.reshape(-1, x.shape[-1])[flat]
+        if scale is not None:  # logits / t = (hidden / t) @ W.T: the head stays one fused GEMM
+            rows = rows / scale.to(device=rows.device, dtype=rows.dtype)[:, None]
         chunk = chunk_rows or default_chunk_rows(w.shape[0] if w is not None else x.shape[-1], x.device)
         if w is not None and not entropy_grad:  # the fused head: gradient written out, entropy on the side
             return target_logps(rows, targets, w, chunk, entropy=True, fp32=fp32_lm_head)
