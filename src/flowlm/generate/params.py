@@ -7,8 +7,10 @@ other requests complete. `SamplingParams.checked(...)` is the raising variant fo
 that want to fail early.
 
 Logprobs: `Completion.logprobs[i]` is `log_softmax(raw logits)[token_i]` — the policy's own
-probability at temperature 1 before top-k/top-p/min-p filtering — because that is what the RL
-importance ratio needs (vllm-project/vllm#42259, huggingface/trl#4159 show what goes wrong otherwise).
+probability at temperature 1 before top-k/top-p/min-p filtering — or, with the engine's
+`GenerateConfig(logprobs="tempered")`, `log_softmax(raw logits / temperature)[token_i]`, still before the
+filters. Either is what an RL importance ratio needs as long as the learner computes the same one
+(vllm-project/vllm#42259, huggingface/trl#4159 show what goes wrong otherwise).
 """
 
 from __future__ import annotations
