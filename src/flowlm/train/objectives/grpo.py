@@ -269,7 +269,9 @@ def completion_logps(model: nn.Module, batch: Mapping[str, Any], mask: torch.Ten
     def project(x: torch.Tensor, w: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         rows = x.reshape(-1, x.shape[-1])[flat]
         if scale is not None:  # logits / t = (hidden / t) @ W.T: the head stays one fused GEMM
-            rows = rows / scale.to(device=rows.device, dtype=rows.dtype)[:, None]
+            # divided in fp32 (a bf16 0.8 is 0.80078: a bias on every logit), kept fp32 for an fp32 head
+            divided = rows.float() / scale.to(device=rows.device, dtype=torch.float32)[:, None]
+            rows = divided if fp32_lm_head else divided.to(rows.dtype)
         chunk = chunk_rows or default_chunk_rows(w.shape[0] if w is not None else x.shape[-1], x.device)
         if w is not None and not entropy_grad:  # the fused head: gradient written out, entropy on the side
             return target_logps(rows, targets, w, chunk, entropy=True, fp32=fp32_lm_head)
