@@ -414,15 +414,21 @@ def test_num_epochs_serve_the_minibatches_again_with_the_same_old_logps(tok, mod
     assert RolloutConfig(prompts_per_step=4, minibatches=2, num_epochs=3).steps_per_batch() == 6
 
 
-def test_minibatch_ratio_is_against_the_policy_before_the_first_step(tok, model):
-    """The ratio of minibatch 2, by hand: exp(learner after an update - learner before the batch)."""
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_minibatch_ratio_is_against_the_policy_before_the_first_step(tok, model, temperature):
+    """The ratio of minibatch 2, by hand: exp(learner after an update - learner before the batch), both at
+    the sampling temperature (the old-policy pass divides by it too, so minibatch 1's ratio is exactly 1)."""
     import copy
 
     from flowlm.train.objectives.grpo import GRPOObjective, token_mask
-    from tests.rl.test_grpo_objective import full_logps
+
+    def full_logps(policy, batch):
+        logits = policy(batch["input_ids"]).float() / temperature
+        lp = torch.log_softmax(logits, -1).gather(-1, batch["labels"].clamp_min(0)[..., None]).squeeze(-1)
+        return torch.where(batch["labels"] != -100, lp, 0.0)
 
     policy = copy.deepcopy(model)
-    src = source(tok, policy, rows(12), minibatches=3)
+    src = source(tok, policy, rows(12), minibatches=3, temperature=temperature)
     first, second = take(src, 2)
     obj = GRPOObjective(is_mode="off")
     m = obj.loss(policy, first).metrics
