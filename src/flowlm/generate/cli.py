@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from flowlm.cli import (add_io_arguments, check_output, input_path, iter_input_objects, open_output,
                         write_json_line)
 from flowlm.errors import ConfigError, FlowError
-from flowlm.generate.params import SamplingParams, check_slots
+from flowlm.generate.params import LOGPROBS_MODES, SamplingParams, check_slots
 from flowlm.generate.prompts import is_chat, prompt_problem
 
 PROMPT_KEYS = ("prompt", "messages", "prompt_ids")
@@ -60,7 +60,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=None, help="per-row seed = seed + line index")
     p.add_argument("--max-slots", type=int, default=64, help="sequences decoded together")
     p.add_argument("--no-thinking", action="store_true", help="chat rows: render with thinking disabled")
-    p.add_argument("--logprobs", choices=("raw", "tempered"), default="raw",
+    p.add_argument("--logprobs", choices=LOGPROBS_MODES, default="raw",
                    help="completion log-probs of the raw logits (temperature 1) or of the logits divided by the "
                         "row's temperature (what RL at that temperature trains); both before top-k/top-p/min-p")
     p.add_argument("--no-progress", action="store_true")

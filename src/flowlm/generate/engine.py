@@ -37,15 +37,12 @@ import torch
 from torch import nn
 
 from flowlm.errors import ConfigError
-from flowlm.generate.params import (FINISH_LENGTH, FINISH_STOP, Completion, Request, Result, SamplingParams,
-                                    Timings)
+from flowlm.generate.params import (FINISH_LENGTH, FINISH_STOP, LOGPROBS_MODES, Completion, Request, Result,
+                                    SamplingParams, Timings)
 from flowlm.generate.driver import Driver, InflightUpdates
 from flowlm.generate.prompts import Prompt, check_prompt, ends_its_turn, to_prompt_ids
 from flowlm.generate.sampling import sample
 from flowlm.generate.threads import one_thread
-
-
-LOGPROBS_MODES = ("raw", "tempered")
 
 
 @dataclass(frozen=True, kw_only=True)

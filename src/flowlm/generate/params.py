@@ -21,6 +21,10 @@ from typing import Any
 
 from flowlm.errors import ConfigError
 
+# What `Completion.logprobs` holds (`GenerateConfig.logprobs`; see the module docstring): the raw logits'
+# log-softmax, or the logits divided by the request's temperature. Both before top-k/top-p/min-p.
+LOGPROBS_MODES = ("raw", "tempered")
+
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
 

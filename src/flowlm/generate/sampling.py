@@ -150,6 +150,11 @@ def _inverse_cdf(wb: torch.Tensor, block_cdf: torch.Tensor, uniform: torch.Tenso
     return (blk * size + j).squeeze(-1)
 
 
+def _token_logprob(z: torch.Tensor, z_max: torch.Tensor, cdf: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """`log_softmax(z)[token]` per row from the pass's row max and running exp-sums (last column: the total)."""
+    return (z.gather(-1, tokens[:, None]) - z_max - cdf[:, -1:].log()).squeeze(-1)
+
+
 def sample(logits: torch.Tensor, *, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
            min_p: torch.Tensor, uniform: torch.Tensor, needs_filter: bool,
            any_greedy: bool = True, all_unit_temperature: bool = False,
@@ -174,42 +179,33 @@ def sample(logits: torch.Tensor, *, temperature: torch.Tensor, top_k: torch.Tens
     """
     logits = logits.float()
     unit = all_unit_temperature
-    raw = unit or not tempered or any_greedy  # the raw log-softmax is needed
-    if raw:
+    if unit or not tempered or any_greedy:  # the raw log-softmax is needed
         raw_max, raw_w = _shifted_exp(logits)
         raw_blocks, raw_cdf = _blocks(raw_w)
     if unit:
-        weights, changed = raw_w, False
+        weights, blocks, cdf = raw_w, raw_blocks, raw_cdf
     else:
         safe_t = torch.where(temperature <= 0, torch.ones_like(temperature), temperature)
         z = logits / safe_t[:, None]
         z_max, weights = _shifted_exp(z)
-        if tempered:  # the tempered totals, taken before a filter zeroes part of `weights` in place
-            t_blocks, t_cdf = _blocks(weights)
-            z_total, changed = t_cdf[:, -1:].clone(), False
-        else:
-            changed = True
+        # tempered: the sums are taken here, before a filter zeroes part of `weights` in place
+        blocks, cdf = _blocks(weights) if tempered else (None, None)
+        z_cdf = cdf
     if needs_filter:
         rows = ((top_k > 0) | (top_p < 1) | (min_p > 0)).nonzero().squeeze(-1)
         if rows.numel():
             sub = weights[rows]
             probs = sub / _blocks(sub)[1][:, -1:]
             weights[rows] = filter_probs(probs, top_k[rows], top_p[rows], min_p[rows])  # raw sums are taken
-            changed = True
-    if changed:
+            blocks = None
+    if blocks is None:
         blocks, cdf = _blocks(weights)
-    elif unit:
-        blocks, cdf = raw_blocks, raw_cdf
-    else:
-        blocks, cdf = t_blocks, t_cdf
     tokens = _inverse_cdf(blocks, cdf, uniform)
     if any_greedy and not unit:
         tokens = torch.where(temperature <= 0, logits.argmax(dim=-1), tokens)
-    if tempered and not unit:
-        logp = z.gather(-1, tokens[:, None]) - z_max - z_total.log()
-        if any_greedy:
-            logp = torch.where((temperature <= 0)[:, None],
-                               logits.gather(-1, tokens[:, None]) - raw_max - raw_cdf[:, -1:].log(), logp)
-    else:
-        logp = logits.gather(-1, tokens[:, None]) - raw_max - raw_cdf[:, -1:].log()
-    return tokens, logp.squeeze(-1)
+    if unit or not tempered:
+        return tokens, _token_logprob(logits, raw_max, raw_cdf, tokens)
+    logp = _token_logprob(z, z_max, z_cdf, tokens)
+    if any_greedy:
+        logp = torch.where(temperature <= 0, _token_logprob(logits, raw_max, raw_cdf, tokens), logp)
+    return tokens, logp

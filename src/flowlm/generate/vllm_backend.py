@@ -46,7 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from flowlm.extras import require
-from flowlm.generate.params import (FINISH_LENGTH, FINISH_STOP, Completion, Result, SamplingParams, Timings)
+from flowlm.generate.params import (FINISH_LENGTH, FINISH_STOP, LOGPROBS_MODES, Completion, Result, SamplingParams,
+                                    Timings)
 from flowlm.generate.driver import Driver, InflightUpdates
 from flowlm.generate.prompts import Prompt, check_prompt, ends_its_turn, to_prompt_ids
 
@@ -56,7 +57,7 @@ def require_vllm() -> Any:
     return require("vllm", "vllm", "the vLLM backend (CUDA)")
 
 
-_LOGPROBS_MODE = {"raw": "raw_logprobs", "tempered": "processed_logprobs"}  # flowlm's names -> vLLM's
+_VLLM_LOGPROBS = {"raw": "raw_logprobs", "tempered": "processed_logprobs"}  # LOGPROBS_MODES -> vLLM's names
 
 
 def _load_weights_on_worker(worker: Any, weights: list[tuple[str, Any]]) -> None:
@@ -71,8 +72,8 @@ class VLLMEngine(InflightUpdates, Driver):
                  context: int | None = None, seed: int = 0, enable_thinking: bool = True,
                  gpu_memory_utilization: float = 0.85, dtype: str = "auto", weight_prefix: str = "",
                  logprobs: str = "raw", **llm_kwargs: Any) -> None:
-        if logprobs not in _LOGPROBS_MODE:
-            raise ConfigError(f"vllm engine: logprobs must be one of {', '.join(_LOGPROBS_MODE)}, not {logprobs!r}")
+        if logprobs not in LOGPROBS_MODES:
+            raise ConfigError(f"vllm engine: logprobs must be one of {', '.join(LOGPROBS_MODES)}, not {logprobs!r}")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         vllm = require_vllm()
         from flowlm.model.tokenizer import load_tokenizer
@@ -80,7 +81,7 @@ class VLLMEngine(InflightUpdates, Driver):
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_path)
         self.llm = vllm.LLM(model=str(model_path), tokenizer=str(model_path), max_num_seqs=max_slots,
                             max_model_len=context, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
-                            dtype=dtype, logprobs_mode=_LOGPROBS_MODE[logprobs], **llm_kwargs)
+                            dtype=dtype, logprobs_mode=_VLLM_LOGPROBS[logprobs], **llm_kwargs)
         self._engine = self.llm.llm_engine
         cfg = self._engine.model_config
         self.context, self.vocab_size = cfg.max_model_len, cfg.get_vocab_size()

@@ -246,8 +246,6 @@ def completion_logps(model: nn.Module, batch: Mapping[str, Any], mask: torch.Ten
     numbers agree. A batch's `temperature` [B] divides each row's logits (the policy that sampled it, as
     TRL, open-instruct and veRL score it; both numbers then are those of that tempered distribution)."""
     labels, ids = batch["labels"], batch["input_ids"]
-    temps = batch.get("temperature")
-    per_pos = None if temps is None else temps.to(torch.float32)[:, None].expand(labels.shape).reshape(-1)
     where, kw = None, {}
     if shared_prefix and getattr(model, "supports_tree", False) and "group_ids" in batch:
         from flowlm.data.pairs import causal_lengths
@@ -257,14 +255,14 @@ def completion_logps(model: nn.Module, batch: Mapping[str, Any], mask: torch.Ten
         flat = mask.reshape(-1)[shared.source]  # trunk tokens carry no label, so never trained
         where = shared.source[flat]
         targets = labels.reshape(-1)[where]
-        scale = None if per_pos is None else per_pos[where]
         ids, kw = shared.input_ids, {"tree": shared.tree}
     else:
         flat = mask.reshape(-1)
         targets = labels.reshape(-1)[flat]
-        scale = None if per_pos is None else per_pos[flat]
-    if scale is not None and bool((scale == 1).all()):
-        scale = None  # temperature 1: the same numbers without the division
+    temps, scale = batch.get("temperature"), None
+    if temps is not None and not bool((temps == 1).all()):  # temperature 1: no division, the same numbers
+        per_token = temps.float()[:, None].expand(labels.shape).reshape(-1)
+        scale = per_token[where] if where is not None else per_token[flat]
 
     def project(x: torch.Tensor, w: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         rows = x.reshape(-1, x.shape[-1])[flat]
