@@ -415,6 +415,58 @@ def test_flowlm_debug_reraises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert run_guarded(_boom) == 1 and (tmp_path / f"flowlm-crash-{os.getpid()}.log").is_file()
 
 
+PEER_DIES = """
+import os, signal, sys, torch, torch.distributed as dist
+from flowlm.cli import run_guarded
+
+def body():
+    dist.init_process_group("gloo")
+    t = torch.ones(4)
+    dist.all_reduce(t)  # both ranks are up
+    if dist.get_rank() == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.all_reduce(t)  # rank 0: its peer is gone
+    return 0
+
+sys.exit(run_guarded(body))
+"""
+
+
+def test_a_collective_failed_by_a_dead_peer_is_named_not_an_internal_error(tmp_path: Path) -> None:
+    """Two gloo ranks as torchrun starts them (RANK, WORLD_SIZE, MASTER_*); rank 1 is killed -9 between two
+    all-reduces. Rank 0's one line says a peer stopped and how to resume, not "internal error"."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+            "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    base.pop("FLOWLM_DEBUG", None)
+    procs = [subprocess.Popen([sys.executable, "-c", PEER_DIES], env={**base, "RANK": str(r)}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in (0, 1)]
+    (_, err0), (_, _) = (p.communicate(timeout=120) for p in procs)
+    assert procs[1].returncode == -signal.SIGKILL
+    assert procs[0].returncode == 1, err0
+    assert "Traceback" not in err0 and err0.count("\n") == 1, err0
+    assert err0.startswith("error: rank 0 of 2: a collective failed because another rank stopped"), err0
+    assert "rerun the same command to resume" in err0 and "internal error" not in err0
+    assert f"full traceback in {tmp_path / 'flowlm-crash-'}" in err0 and list(tmp_path.glob("flowlm-crash-*.log"))
+
+
+def test_a_peer_message_outside_a_process_group_is_still_an_internal_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same text raised with no process group (a user's socket code, say) is not blamed on a rank."""
+    monkeypatch.delenv("FLOWLM_DEBUG", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def fail() -> int:
+        raise RuntimeError("Read error [127.0.0.1]:1234: Connection reset by peer")
+
+    assert run_guarded(fail) == 1
+    assert capsys.readouterr().err.startswith("error: internal error: RuntimeError: Read error")
+
+
 @pytest.mark.parametrize("exc,code,message", [
     (FlowError("data.jsonl:3: bad"), 1, "error: data.jsonl:3: bad\n"),
     (ConfigError("override 'x' must look like key.sub=value"), 2, "error: override 'x' must look like key.sub=value\n"),

@@ -15,7 +15,8 @@ and `open_output` below implement it once for all of them.
 
 No traceback reaches a user: `run_guarded` turns a `FlowError` into `error: <message>` (its exit code), an
 unexpected exception into one `error: internal error: ...` line plus a crash log under the temp dir (exit
-1; `FLOWLM_DEBUG=1` re-raises instead), Ctrl-C into exit 130, and a closed stdout pipe (`| head`) into a
+1; `FLOWLM_DEBUG=1` re-raises instead; a collective that failed because another torchrun rank died says so
+instead of "internal error"), Ctrl-C into exit 130, and a closed stdout pipe (`| head`) into a
 quiet exit 141. Argument errors stay argparse's (usage + message, exit 2).
 """
 
@@ -187,24 +188,60 @@ def run_guarded(fn: Callable[[], int]) -> int:
             return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
         if os.environ.get("FLOWLM_DEBUG", "") not in ("", "0"):
             raise
-        print(internal_error(exc), file=sys.stderr)
+        print(peer_failure(exc) or internal_error(exc), file=sys.stderr)
         return 1
 
 
 def internal_error(exc: BaseException) -> str:
     """Save the traceback of an unexpected exception to `<tmp>/flowlm-crash-<pid>.log`; return the one-line message."""
+    lines = str(exc).strip().splitlines()
+    msg = f": {lines[0]}{' ...' if len(lines) > 1 else ''}" if lines else ""
+    return f"error: internal error: {type(exc).__name__}{msg} ({save_crash_log(exc)})"
+
+
+def save_crash_log(exc: BaseException) -> str:
+    """Write `exc`'s traceback to `<tmp>/flowlm-crash-<pid>.log`; return where it went (or why it did not)."""
     from flowlm import __version__
 
     path = Path(tempfile.gettempdir()) / f"flowlm-crash-{os.getpid()}.log"
     try:
         path.write_text(f"flowlm {__version__}, python {sys.version.split()[0]}, argv: {sys.argv!r}\n"
                         + "".join(traceback.format_exception(exc)), encoding="utf-8")
-        where = f"full traceback in {path}"
+        return f"full traceback in {path}"
     except OSError as err:
-        where = f"traceback not saved: {path}: {err.strerror}; rerun with FLOWLM_DEBUG=1 to see it"
-    lines = str(exc).strip().splitlines()
-    msg = f": {lines[0]}{' ...' if len(lines) > 1 else ''}" if lines else ""
-    return f"error: internal error: {type(exc).__name__}{msg} ({where})"
+        return f"traceback not saved: {path}: {err.strerror}; rerun with FLOWLM_DEBUG=1 to see it"
+
+
+# What gloo (and the c10d store) say when the rank at the other end of a connection has gone away.
+PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Socket closed",
+             "remote process exited", "NCCL communicator was aborted")
+
+
+def peer_failure(exc: BaseException) -> str | None:
+    """The one-line message for a collective that failed because another rank stopped, else None.
+
+    When one rank of a torchrun job dies (`kill -9`, out of memory, its own error), the others fail inside
+    their next collective with gloo's "Connection reset by peer" or a `torch.distributed.DistError`. That is
+    not a flowlm bug, so it is not reported as an internal error: the message names this rank, says the
+    cause is a peer (torchrun's failure summary names which one) and how to resume. The traceback is still
+    saved, as for any unexpected exception. torch is only looked at if the verb already imported it.
+    """
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is None or not dist.is_available() or not dist.is_initialized():
+            return None
+        rank, size = dist.get_rank(), dist.get_world_size()
+    except Exception:  # a half-torn-down process group: fall back to the internal-error line
+        return None
+    text = str(exc)
+    dist_error = getattr(dist, "DistError", None)
+    if not ((dist_error is not None and isinstance(exc, dist_error)) or any(s in text for s in PEER_GONE)):
+        return None
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    reason = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+    return (f"error: rank {rank} of {size}: a collective failed because another rank stopped (killed, crashed or "
+            f"out of memory; torchrun's summary names it); rerun the same command to resume from the last "
+            f"checkpoint. {reason} ({save_crash_log(exc)})")
 
 
 def _stdout_closed() -> bool:
