@@ -1,6 +1,7 @@
 """The runner for other model families (`flowlm.generate.hf_runner`): a full-attention HF model (a tiny
 Qwen3) decodes all live slots in one forward over a left-padded cache, and gives what transformers'
-`generate` and the training forward give; a sliding-window model keeps one cache per slot."""
+`generate` and the training forward give; so does a hybrid sliding-window model (transformers' OLMo-3),
+batched through a full cache."""
 
 from __future__ import annotations
 
@@ -95,18 +96,72 @@ def test_weights_swapped_mid_stream_keep_the_batch(qwen) -> None:
         assert versions[0] == 0 and versions[-1] == 1  # tokens after the swap carry the new version
 
 
-def test_a_sliding_window_model_keeps_one_cache_per_slot() -> None:
+@pytest.fixture(scope="module")
+def hf_olmo3():
+    """transformers' `Olmo3ForCausalLM` of the micro model: layers S, S, S, F with an 8-token window."""
+    import tempfile
+
     from transformers import AutoModelForCausalLM
 
     from flowlm.model.hf import save_pretrained
 
-    import tempfile
-
     with tempfile.TemporaryDirectory() as d:
         save_pretrained(micro_model(), None, d)
-        hf = AutoModelForCausalLM.from_pretrained(d).eval()
-    engine = Engine(hf, config=GenerateConfig(max_slots=2))
-    prompts = _prompts((3, 12))
+        return AutoModelForCausalLM.from_pretrained(d).eval()
+
+
+@pytest.mark.parametrize("slots", [1, 3, 16])
+def test_a_sliding_window_model_decodes_all_slots_in_one_batch(hf_olmo3, slots: int) -> None:
+    """A hybrid sliding-window model (its own cache keeps the last 8 keys of the sliding layers) is batched
+    through a full cache; prompts of 1-33 tokens and 24 new ones run far past the window, and greedy
+    decoding gives what transformers' `generate` (with the model's own sliding cache) gives."""
+    prompts = _prompts()
+    engine = Engine(hf_olmo3, config=GenerateConfig(max_slots=slots))
     results = engine.generate(prompts, GREEDY)
-    assert engine.runner.batched is False
-    assert [r.completions[0].tokens for r in results] == [_hf_greedy(hf, p, 24) for p in prompts]
+    assert engine.runner.batched is True and engine.runner.full_cache is True
+    assert [r.completions[0].tokens for r in results] == [_hf_greedy(hf_olmo3, p, 24) for p in prompts]
+    assert engine.runner.batch is None and engine.runner.pads == []
+
+
+def test_a_sliding_window_model_samples_the_training_forwards_logprobs(hf_olmo3) -> None:
+    """Batched sampling past the window: each token's log-prob equals the full forward's (whose sliding
+    mask is the model's own), and the per-slot path (the model's own cache) samples the same tokens."""
+    prompts = _prompts()
+    lengths = (3, 20, 7, 12, 1, 30)
+
+    def sample(per_slot: bool):
+        engine = Engine(hf_olmo3, config=GenerateConfig(max_slots=4))
+        if per_slot:
+            engine.runner.batched = False
+        for i, (p, n) in enumerate(zip(prompts, lengths)):
+            engine.submit(p, SamplingParams(temperature=1.0, max_new_tokens=n, ignore_eos=True, seed=i, n=2))
+        return sorted(engine.stream(), key=lambda r: r.request_id)
+
+    batched, per_slot = sample(False), sample(True)
+    for r, q in zip(batched, per_slot):
+        prompt = prompts[r.request_id]
+        assert [c.tokens for c in r.completions] == [c.tokens for c in q.completions]
+        for c in r.completions:
+            seq = torch.tensor([prompt + c.tokens])
+            with torch.no_grad():
+                logp = torch.log_softmax(hf_olmo3(seq[:, :-1]).logits.float(), -1)[0, len(prompt) - 1:]
+            ref = logp.gather(-1, seq[0, len(prompt):, None])[:, 0]
+            assert (torch.tensor(c.logprobs) - ref).abs().max().item() < 1e-4
+
+
+def test_an_unknown_cache_kind_keeps_one_cache_per_slot() -> None:
+    """A cache that is not a `DynamicCache` of plain or sliding layers (quantized, linear-attention hybrids)
+    is never batched: `_cache_kind` says so, and such a runner decodes slot by slot."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
+
+    from flowlm.generate.hf_runner import _cache_kind
+
+    def cache(*layers):
+        c = DynamicCache()
+        c.layers = list(layers)
+        return c
+
+    assert _cache_kind(cache(DynamicLayer(), DynamicLayer())) == "full"
+    assert _cache_kind(cache(DynamicSlidingWindowLayer(8), DynamicLayer())) == "sliding"
+    assert _cache_kind(cache(DynamicLayer(), object())) == "per_slot"
+    assert _cache_kind(cache()) == "per_slot" and _cache_kind(None) == "per_slot"

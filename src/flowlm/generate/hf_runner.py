@@ -2,15 +2,20 @@
 
 Two ways to hold the live slots' keys and values:
 
-* **Batched** (every layer of the model's cache a plain `DynamicLayer`, full attention: Qwen3, Llama,
-  Mistral without a window, ...). The live slots `0..n-1` share one `DynamicCache`, left-padded to a common
-  length, and a decode step is one forward over all of them, with an attention mask that hides each row's
-  padding and per-row position ids, as `generate` runs a left-padded batch. A prompt is prefilled on its
-  own and its cache joins the batch as new rows (the shorter side gets left padding); a finished slot's row
-  is replaced by the last row and dropped, and padding columns no live row needs are cut off.
-* **Per slot** (any other cache: sliding-window, hybrid, quantized, ...). Every slot keeps the model's own
-  `past_key_values` and a decode step runs one forward per slot. Correct for every architecture with no
-  per-model code, but without cross-slot batching.
+* **Batched** (the model's own cache a `DynamicCache` of plain `DynamicLayer`s and, for sliding-window
+  and hybrid models, `DynamicSlidingWindowLayer`s: Qwen3, Llama, Mistral, Gemma, HF OLMo-3, ...). The live
+  slots `0..n-1` share one `DynamicCache`, left-padded to a common length, and a decode step is one forward
+  over all of them, with an attention mask that hides each row's padding and per-row position ids, as
+  `generate` runs a left-padded batch. A prompt is prefilled on its own and its cache joins the batch as new
+  rows (the shorter side gets left padding); a finished slot's row is replaced by the last row and dropped,
+  and padding columns no live row needs are cut off. A sliding-window layer's own cache keeps only its last
+  window of keys, whose start differs per row, so such models are prefilled into a `DynamicCache()` built
+  without their config: every layer keeps all its keys, and the model's sliding mask (from its config, over
+  positions that left padding does not shift relative to each other) hides what lies outside the window.
+  That costs the full-length KV memory for the sliding layers, as a static cache does.
+* **Per slot** (any other cache: quantized, linear-attention hybrids, encoder-decoder, ...). Every slot keeps
+  the model's own `past_key_values` and a decode step runs one forward per slot. Correct for every
+  architecture with no per-model code, but without cross-slot batching.
 
 OLMo-3 checkpoints use `NativeRunner` instead; this path is for models of other families (adapter
 policies, teachers, judges, baselines).
@@ -36,12 +41,19 @@ def find_hf_model(model: nn.Module) -> Any | None:
     return next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
 
 
-def _batchable(cache: Any) -> bool:
-    """Whether a prefill's cache can join a left-padded batch: a `DynamicCache` of plain full-attention layers."""
-    from transformers.cache_utils import DynamicCache, DynamicLayer
+def _cache_kind(cache: Any) -> str:
+    """How a model's own prefill cache can be batched: "full" (a `DynamicCache` of plain full-attention
+    layers: it joins the batch as it is), "sliding" (the same with sliding-window layers among them:
+    prefill into a config-less `DynamicCache` instead) or "per_slot" (anything else)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
     layers = getattr(cache, "layers", None)
-    return isinstance(cache, DynamicCache) and bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+    if type(cache) is not DynamicCache or not layers:
+        return "per_slot"
+    kinds = {type(layer) for layer in layers}
+    if kinds == {DynamicLayer}:
+        return "full"
+    return "sliding" if kinds <= {DynamicLayer, DynamicSlidingWindowLayer} else "per_slot"
 
 
 def _cache_of(out: Any) -> Any:
@@ -67,6 +79,7 @@ class HFRunner:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
         self.lens = [0] * num_slots  # tokens each slot holds (its next token's position)
         self.batched: bool | None = None  # decided by the first prefill's cache
+        self.full_cache = False  # batched sliding-window model: prefill into a config-less DynamicCache
         # per slot: one cache each
         self.caches: list[Any] = [None] * num_slots
         # batched: one cache for the live slots 0..n-1, each row left-padded by pads[i]
@@ -84,11 +97,9 @@ class HFRunner:
         rows = []
         for prompt, slots in zip(prompts, slot_groups):
             ids = torch.as_tensor([list(prompt)], dtype=torch.long, device=self.device)
-            out = self.model(input_ids=ids, use_cache=True)
+            out = self._prefill_one(ids)
             rows.append(out.logits[0, -1].float())
             cache = _cache_of(out)
-            if self.batched is None:
-                self.batched = _batchable(cache)
             if self.batched:
                 self._join(cache, list(slots), len(prompt))
             else:
@@ -97,6 +108,22 @@ class HFRunner:
             for s in slots:
                 self.lens[s] = len(prompt)
         return torch.stack(rows)
+
+    def _prefill_one(self, ids: torch.Tensor) -> Any:
+        """One prompt's forward with a cache. The first one also decides the mode from the model's own cache;
+        for a sliding-window model it is redone into a full `DynamicCache` (see the module docstring)."""
+        if self.full_cache:
+            from transformers.cache_utils import DynamicCache
+
+            return self.model(input_ids=ids, use_cache=True, **{self._cache_kw: DynamicCache()})
+        out = self.model(input_ids=ids, use_cache=True)
+        if self.batched is None:
+            kind = _cache_kind(_cache_of(out))
+            self.batched = kind != "per_slot"
+            if kind == "sliding":
+                self.full_cache = True
+                return self._prefill_one(ids)
+        return out
 
     def _join(self, cache: Any, slots: list[int], length: int) -> None:
         """Append a prompt's cache to the batch as the rows `slots` (the next free ones: live slots are 0..n-1)."""
