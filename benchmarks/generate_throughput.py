@@ -13,6 +13,9 @@ prompts, same threads for every contender, fp32, sampling at temperature 1 with 
     which flowlm runs through its runner for other model families (`flowlm.generate.hf_runner`): batched
     decode over one left-padded cache, against the same runner one slot at a time (`flowlm_per_slot`,
     what it did before 2026-12-06) and HF static `generate`.
+  D (`--hf-family`): workload A on transformers' `Olmo3ForCausalLM` twin of the tiny model (three sliding
+    layers, window 128, to one full; completions run past the window), through the same runner: batched
+    over a full cache since 2026-12-07, per slot before, and HF static `generate` with its sliding cache.
 
 "useful tok/s" counts the requested tokens only; "waste" is the share of computed decode slots
 (rows x steps) that produced no useful token (padding after EOS, idle slots). Each figure is the
@@ -24,12 +27,12 @@ with `RESULT {json}`.
 
 Needs no extra (`pip install -e .`: the peers are transformers' own generation paths).
 `--large` (CUDA only) adds a ~1B-preset run with a few hundred requests (flowlm vs HF static).
-`--smoke` runs 4 + 2 (+ 4 of 4-16 tokens for C) short requests, one timed round, without continuous batching (which takes
+`--smoke` runs 4 + 2 (+ 4 of 4-16 tokens for C and D) short requests, one timed round, without continuous batching (which takes
 1-2 s per token on the loaded 2-core machine): seconds, and the numbers mean nothing.
 
 RESULT keys: `flowlm`, `peer`, `ratio`, `ratio_of_medians`, `flowlm_waste`, `peer_waste`, `B_ratio`,
-`threads`, `omp_wait_policy`, `device`, `repeats`, `table`; with C also `C_ratio` (batched / HF static) and
-`C_batched_vs_per_slot`. The tokenizer and checkpoint live in a
+`threads`, `omp_wait_policy`, `device`, `repeats`, `table`; with C and D also `C_ratio`, `D_ratio` (batched / HF static) and
+`C_batched_vs_per_slot`, `D_batched_vs_per_slot`. The tokenizer and checkpoint live in a
 temporary directory removed on success, failure, Ctrl-C and SIGTERM.
 """
 
@@ -241,11 +244,11 @@ def main() -> int:
         if args.hf_family or args.smoke:
             lengths = [16, 8, 12, 4] if args.smoke else workloads()["A"]  # smoke: seconds (per slot is slow)
             prompts = make_prompts(tok, len(lengths))
-            qwen = build_qwen3(tmp, tok, device)
-            contenders = {"flowlm": (run_flowlm, qwen), "flowlm_per_slot": (run_flowlm_per_slot, qwen),
-                          "hf_static": (run_hf_static, qwen)}
-            print("workload C (Qwen3)", file=sys.stderr, flush=True)
-            table["C"] = measure(contenders, args.repeats, tok, prompts, lengths, 64)
+            for name, label, other in (("C", "Qwen3", build_qwen3(tmp, tok, device)), ("D", "HF OLMo-3", hf)):
+                contenders = {"flowlm": (run_flowlm, other), "flowlm_per_slot": (run_flowlm_per_slot, other),
+                              "hf_static": (run_hf_static, other)}
+                print(f"workload {name} ({label})", file=sys.stderr, flush=True)
+                table[name] = measure(contenders, args.repeats, tok, prompts, lengths, 64)
         if args.large and device == "cuda":
             table["large_1b"] = run_large(tmp, args.repeats)
     print_table(table)
@@ -258,11 +261,12 @@ def main() -> int:
                "threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "device": device,
                "repeats": args.repeats,
                "table": {w: {k: round(v["tok_s"], 1) for k, v in row.items()} for w, row in table.items()}}
-    if "C" in table:
-        c = table["C"]
-        summary["C_ratio"] = round(c["flowlm"]["ratio_vs_static"], 3)
-        summary["C_batched_vs_per_slot"] = round(statistics.median(
-            x / y for x, y in zip(c["flowlm"]["rates"], c["flowlm_per_slot"]["rates"])), 3)
+    for name in ("C", "D"):
+        if name in table:
+            row = table[name]
+            summary[f"{name}_ratio"] = round(row["flowlm"]["ratio_vs_static"], 3)
+            summary[f"{name}_batched_vs_per_slot"] = round(statistics.median(
+                x / y for x, y in zip(row["flowlm"]["rates"], row["flowlm_per_slot"]["rates"])), 3)
     print("RESULT " + json.dumps(summary))
     return 0
 
