@@ -164,4 +164,13 @@ def test_an_unknown_cache_kind_keeps_one_cache_per_slot() -> None:
     assert _cache_kind(cache(DynamicLayer(), DynamicLayer())) == "full"
     assert _cache_kind(cache(DynamicSlidingWindowLayer(8), DynamicLayer())) == "sliding"
     assert _cache_kind(cache(DynamicLayer(), object())) == "per_slot"
+
+    class OwnCache(DynamicCache):  # a model's own subclass: kept whole when full, never swapped for a plain one
+        pass
+
+    own = OwnCache()
+    own.layers = [DynamicLayer()]
+    assert _cache_kind(own) == "full"
+    own.layers = [DynamicSlidingWindowLayer(8), DynamicLayer()]
+    assert _cache_kind(own) == "per_slot"
     assert _cache_kind(cache()) == "per_slot" and _cache_kind(None) == "per_slot"

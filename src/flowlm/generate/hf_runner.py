@@ -48,12 +48,14 @@ def _cache_kind(cache: Any) -> str:
     from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
     layers = getattr(cache, "layers", None)
-    if type(cache) is not DynamicCache or not layers:
+    if not isinstance(cache, DynamicCache) or not layers:
         return "per_slot"
     kinds = {type(layer) for layer in layers}
     if kinds == {DynamicLayer}:
         return "full"
-    return "sliding" if kinds <= {DynamicLayer, DynamicSlidingWindowLayer} else "per_slot"
+    # replaced by a plain DynamicCache, so only the plain class: a subclass may carry state of its own
+    plain = type(cache) is DynamicCache
+    return "sliding" if plain and kinds <= {DynamicLayer, DynamicSlidingWindowLayer} else "per_slot"
 
 
 def _cache_of(out: Any) -> Any:
