@@ -37,6 +37,16 @@ def _hf_greedy(hf, prompt: list[int], n: int) -> list[int]:
     return out[0, len(prompt):].tolist()
 
 
+def assert_training_logprobs(hf, prompt: list[int], completions) -> None:
+    """Each completion's recorded log-probs equal the full (training) forward's, to 1e-4."""
+    for c in completions:
+        seq = torch.tensor([prompt + c.tokens])
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(seq[:, :-1]).logits.float(), -1)[0, len(prompt) - 1:]
+        ref = logp.gather(-1, seq[0, len(prompt):, None])[:, 0]
+        assert (torch.tensor(c.logprobs) - ref).abs().max().item() < 1e-4
+
+
 @pytest.mark.parametrize("slots", [1, 2, 3, 16])
 def test_batched_greedy_equals_transformers_generate(qwen, slots: int) -> None:
     """Prompts of 1-33 tokens join a batch whose rows are longer and shorter than theirs (both sides padded),
@@ -58,13 +68,7 @@ def test_batched_sampling_logprobs_equal_the_training_forward(qwen) -> None:
     results = list(engine.stream())
     assert len(results) == len(prompts)
     for r in results:
-        prompt = prompts[r.request_id]
-        for c in r.completions:
-            seq = torch.tensor([prompt + c.tokens])
-            with torch.no_grad():
-                logp = torch.log_softmax(qwen(seq[:, :-1]).logits.float(), -1)[0, len(prompt) - 1:]
-            ref = logp.gather(-1, seq[0, len(prompt):, None])[:, 0]
-            assert (torch.tensor(c.logprobs) - ref).abs().max().item() < 1e-4
+        assert_training_logprobs(qwen, prompts[r.request_id], r.completions)
 
 
 def test_batched_and_per_slot_decode_sample_the_same_tokens(qwen) -> None:
@@ -139,14 +143,8 @@ def test_a_sliding_window_model_samples_the_training_forwards_logprobs(hf_olmo3)
 
     batched, per_slot = sample(False), sample(True)
     for r, q in zip(batched, per_slot):
-        prompt = prompts[r.request_id]
         assert [c.tokens for c in r.completions] == [c.tokens for c in q.completions]
-        for c in r.completions:
-            seq = torch.tensor([prompt + c.tokens])
-            with torch.no_grad():
-                logp = torch.log_softmax(hf_olmo3(seq[:, :-1]).logits.float(), -1)[0, len(prompt) - 1:]
-            ref = logp.gather(-1, seq[0, len(prompt):, None])[:, 0]
-            assert (torch.tensor(c.logprobs) - ref).abs().max().item() < 1e-4
+        assert_training_logprobs(hf_olmo3, prompts[r.request_id], r.completions)
 
 
 def test_an_unknown_cache_kind_keeps_one_cache_per_slot() -> None:
