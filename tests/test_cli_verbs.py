@@ -416,11 +416,11 @@ def test_flowlm_debug_reraises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 PEER_DIES = """
-import os, signal, sys, torch, torch.distributed as dist
+import datetime, os, signal, sys, torch, torch.distributed as dist
 from flowlm.cli import run_guarded
 
 def body():
-    dist.init_process_group("gloo")
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))  # never a hung test
     t = torch.ones(4)
     dist.all_reduce(t)  # both ranks are up
     if dist.get_rank() == 1:
