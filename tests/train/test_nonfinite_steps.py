@@ -197,3 +197,21 @@ def test_a_step_without_loss_units_applies_no_update(tmp_path, capsys):
     third = t.train_step(next(batches))
     assert third["step_empty"] == 0 and not torch.equal(t.model.weight, params["weight"])
     assert t.objective.ended == [1, 3]
+
+
+def test_metrics_jsonl_is_strict_json_with_null_for_non_finite_values(tmp_path):
+    """`NaN` is not JSON (jq and JavaScript reject it): a non-finite value, at any depth, is written as null;
+    finite values are written as they are."""
+    from flowlm.train.metrics import MetricsLogger
+
+    log = MetricsLogger(tmp_path, enabled=True)
+    log.log({"step": 1, "loss": float("nan"), "entropy": 0.5, "nested": {"a": float("inf"), "b": [1.0, float("-inf")]},
+             "name": "x"})
+    log.close()
+
+    def refuse(constant: str):
+        raise AssertionError(f"non-JSON constant {constant} in metrics.jsonl")
+
+    line = (tmp_path / "metrics.jsonl").read_text().splitlines()[0]
+    assert json.loads(line, parse_constant=refuse) == {"step": 1, "loss": None, "entropy": 0.5,
+                                                       "nested": {"a": None, "b": [1.0, None]}, "name": "x"}

@@ -6,6 +6,7 @@ Also the throughput arithmetic: tokens/s and model FLOPs utilisation against the
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -57,6 +58,17 @@ def _cpu_flags_and_ghz() -> tuple[set[str], float]:
     return flags, ghz
 
 
+def finite_or_null(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, ±inf), at any depth of dicts and lists, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
 class MetricsLogger:
     """Writes one JSON object per logged step to `metrics.jsonl` and mirrors scalars to TensorBoard."""
 
@@ -77,10 +89,13 @@ class MetricsLogger:
             self._tb = None
 
     def log(self, record: dict[str, Any]) -> None:
+        """Append `record` as one line of strict JSON: a non-finite number (an RL step with no informative
+        group has no entropy; a skipped step's loss) is written as null, never as `NaN`, which `jq`,
+        JavaScript and most JSON readers reject. TensorBoard gets the values as they are."""
         if not self.enabled:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(finite_or_null(record), allow_nan=False) + "\n")
         if self._tb is not None:
             step = int(record.get("step", 0))
             for key, val in record.items():
