@@ -233,9 +233,12 @@ def peer_failure(exc: BaseException) -> str | None:
         rank, size = dist.get_rank(), dist.get_world_size()
     except Exception:  # a half-torn-down process group: fall back to the internal-error line
         return None
+    # collectives raise RuntimeError (DistError is one); an OSError such as a broken pipe to a file is the
+    # verb's own failure, even when its text matches
     text = str(exc)
     dist_error = getattr(dist, "DistError", None)
-    if not ((dist_error is not None and isinstance(exc, dist_error)) or any(s in text for s in PEER_GONE)):
+    if not isinstance(exc, RuntimeError) or not (
+            (dist_error is not None and isinstance(exc, dist_error)) or any(s in text for s in PEER_GONE)):
         return None
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     reason = f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
