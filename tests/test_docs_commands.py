@@ -205,6 +205,8 @@ def write_inputs(ws: Path) -> None:
     jsonl(inp / "gsm8k_test.jsonl", gsm8k)
     (inp / "my_recipe.yaml").write_text(MY_RECIPE)
     jsonl(ws / "data" / "gsm8k" / "test.jsonl", gsm8k)
+    with gzip.open(ws / "data" / "gsm8k" / "train.jsonl.gz", "wt") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in gsm8k))
     jsonl(ws / "data" / "math500" / "test.jsonl", [
         {"problem": "What is $1+1$?", "solution": "$1+1=\\boxed{2}$", "answer": "2", "unique_id": "test/a/1.json"},
         {"problem": "Simplify $\\frac{4}{8}$.", "solution": "$\\boxed{\\frac12}$", "answer": "\\frac{1}{2}", "unique_id": "test/a/2.json"}])
@@ -403,6 +405,15 @@ def _check_rl_filter(r: Result) -> None:
     assert (r.cwd / "kept.jsonl").is_file()
 
 
+def _check_gsm8k_rows(out: str) -> Callable[[Result], None]:
+    def check(r: Result) -> None:
+        rows = jsonl_rows(r.cwd / out)
+        assert [row["id"] for row in rows] == ["gsm8k-0", "gsm8k-1"] and all(row["dataset"] == "gsm8k" for row in rows)
+        if out == "gsm8k_hard.jsonl":  # the filter's column
+            assert all("pass_rate" in row for row in rows)
+    return check
+
+
 def _check_generate_synopsis(r: Result) -> None:
     check_options_exist(GEN_SYNOPSIS, ["generate"])
     rows = jsonl_rows(r.cwd / "out.jsonl")
@@ -455,6 +466,9 @@ GEN_SYNOPSIS = ("flowlm generate --model CKPT [--file in.jsonl | -] [--out out.j
                 "[--no-progress]")
 RL_SYNOPSIS = ("flowlm rl filter --model CKPT --file prompts.jsonl [-k 8] [--max-pass-rate 0.625] [--out kept.jsonl] "
                "[--set temperature=0.7 --set max_new_tokens=512 --set min_pass_rate=0.1 --set verify_workers=4]")
+GSM8K_PROMPTS = "flowlm rl prompts --suite gsm8k=/data/gsm8k/train.jsonl.gz --out gsm8k_rl.jsonl"
+GSM8K_FILTER = "flowlm rl filter --model CKPT --file gsm8k_rl.jsonl --out gsm8k_hard.jsonl"
+GSM8K_GRPO = "flowlm train --objective grpo --init CKPT --data gsm8k_hard.jsonl stages.grpo.steps=100"
 VERIFY_SYNOPSIS = "flowlm verify [--file rows.jsonl | -] [--out verdicts.jsonl] [--name NAME] [--workers 2] [--timeout 60]"
 CKPT = "runs/tiny/sft/model"  # what CKPT stands for: the smoke run's SFT checkpoint
 
@@ -563,6 +577,19 @@ TABLE: dict[str, Smoke] = {
         "--set max_new_tokens=16", after=("post",),
         check=_check_rl_filter,
         shrunk="a usage synopsis: run with every optional part; 16 new tokens (a later --set wins)"),
+    GSM8K_PROMPTS: Smoke(GSM8K_PROMPTS.replace("/data/", "{W}/data/"), after=(), check=_check_gsm8k_rows("gsm8k_rl.jsonl"),
+                         shrunk="/data/gsm8k/train.jsonl.gz: a 2-row file in GSM8K's format under the workspace"),
+    GSM8K_FILTER: Smoke(
+        f"{GSM8K_PROMPTS.replace('/data/', '{W}/data/')} && {GSM8K_FILTER.replace('CKPT', CKPT)} -k 2 "
+        "--set max_new_tokens=16", after=("post",), check=_check_gsm8k_rows("gsm8k_hard.jsonl"),
+        shrunk="after the command above makes gsm8k_rl.jsonl here; 2 samples of 16 new tokens"),
+    GSM8K_GRPO: Smoke(
+        f"{GSM8K_PROMPTS.replace('/data/', '{W}/data/')} && {GSM8K_FILTER.replace('CKPT', CKPT)} -k 2 "
+        f"--set max_new_tokens=16 && {GSM8K_GRPO.replace('CKPT', CKPT).replace('steps=100', 'steps=2')} "
+        "stages.grpo.rollout.group_size=4 stages.grpo.rollout.max_new_tokens=16 stages.grpo.rollout.max_draws=1",
+        after=("post",), check=_check_model("runs/grpo", "grpo"),
+        shrunk="after the two commands above make gsm8k_hard.jsonl here; 2 steps of 4 samples x 16 new tokens, "
+               "one draw"),
     # --- docs/scale-out.md (its first command is README's torchrun) -------------------------------------------
     "torchrun --nproc_per_node 8 -m flowlm.cli run my_recipe.yaml model.preset=1b stages.pretrain.precision=bf16": Smoke(
         "torchrun --nproc_per_node 2 -m flowlm.cli run my_recipe.yaml model.preset=1b stages.pretrain.precision=bf16",

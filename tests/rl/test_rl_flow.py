@@ -21,6 +21,8 @@ import yaml
 
 from tests.cli_entry import flowlm_command
 
+REPO = Path(__file__).resolve().parents[2]
+
 CONSTRAINTS = [
     ("length_constraints:number_words", {"relation": "at least", "num_words": 3}),
     ("punctuation:no_comma", {}),
@@ -376,6 +378,20 @@ def test_rl_filter_keeps_hard_prompts_with_their_pass_rate(base, straight, tmp_p
     via = flowlm("rl", "filter", "--model", str(model), "--file", str(out), "-k", "4", "--set", "max_new_tokens=10",
                  "--set", "backend=vllm", env=fake_vllm_env(tmp_path))
     assert via.stdout == again.stdout
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "gsm8k").is_dir(), reason="../shared/data is not present")
+def test_rl_prompts_of_gsm8k_train_feed_rl_filter(straight, tmp_path):
+    """A user's RLVR start: GSM8K's training file in its published format -> `flowlm rl prompts` -> `flowlm rl
+    filter` samples and scores every row with the gsm8k verifier (the micro model solves none: all kept at 0)."""
+    rows = tmp_path / "gsm8k.jsonl"
+    flowlm("rl", "prompts", "--suite", f"gsm8k={REPO.parent / 'shared' / 'data' / 'gsm8k' / 'train.jsonl.gz'}",
+           "--max-items", "3", "--out", str(rows))
+    proc = flowlm("rl", "filter", "--model", str(straight / "rl" / "model"), "--file", str(rows), "-k", "2",
+                  "--set", "max_new_tokens=4")
+    kept = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert [r["id"] for r in kept] == ["gsm8k-0", "gsm8k-1", "gsm8k-2"] and all(r["pass_rate"] == 0 for r in kept)
+    assert "3 prompts x 2 samples" in proc.stderr and "unsampled 0, verifier errors 0" in proc.stderr
 
 
 def test_rl_filter_bad_input_is_one_line_naming_file_and_line(straight, tmp_path):

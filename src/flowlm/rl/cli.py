@@ -1,4 +1,5 @@
-"""`flowlm rl filter`: the offline difficulty filter of RL prompts (OLMo 3: 8 samples, drop pass rate > 62.5%).
+"""`flowlm rl filter`: the offline difficulty filter of RL prompts (OLMo 3: 8 samples, drop pass rate > 62.5%);
+`flowlm rl prompts`: prompt rows from benchmark-format files or the built-in training split (`flowlm.rl.prompts`).
 
     flowlm rl filter --model runs/x/dpo/model --file prompts.jsonl --out hard.jsonl
     flowlm rl filter --model CKPT --file prompts.jsonl -k 16 --max-pass-rate 0.5 --set temperature=0.7
@@ -66,7 +67,7 @@ class FilterCfg(Strict):
 
 def add_parser(subparsers: Any) -> None:
     """Register the `rl` verb on the top-level CLI."""
-    p = subparsers.add_parser("rl", help="RL tools: offline difficulty filter of prompts")
+    p = subparsers.add_parser("rl", help="RL tools: prompt rows from benchmark files, offline difficulty filter")
     verbs = p.add_subparsers(dest="rl_cmd", metavar="VERB", required=True)
     f = verbs.add_parser("filter", help="sample k answers per prompt, keep prompts whose pass rate is low enough",
                          epilog="Prompts longer than the model's context cannot be sampled: they are left out of "
@@ -78,6 +79,20 @@ def add_parser(subparsers: Any) -> None:
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. temperature=0.7, max_new_tokens=512, min_pass_rate=0.1")
     f.set_defaults(func=main)
+    r = verbs.add_parser("prompts", help="RL prompt rows (chat messages + verifier routing) from benchmark-format "
+                         "files (GSM8K, MATH, MBPP, ...) or the built-in training split",
+                         epilog="Each row is prompted as `flowlm eval --suite NAME` prompts it (chat format), so a "
+                                "model trained on the rows is scored on the same terms.")
+    r.add_argument("--suite", action="append", default=[], metavar="NAME=PATH[,...]",
+                   help="a benchmark format and its file (or folder): gsm8k, math500, math, aime, amc, humaneval, "
+                        "mbpp, ifeval, ifbench (repeatable)")
+    r.add_argument("--builtin", type=int, default=None, metavar="N",
+                   help="N prompts of the built-in tasks' training split (as a recipe's `prompts: builtin`)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the --builtin prompts (default 0)")
+    r.add_argument("--max-items", type=int, default=None, metavar="N", help="first N rows per suite")
+    r.add_argument("--out", type=Path, default=None, metavar="PATH",
+                   help="write the rows here (atomically) instead of to stdout")
+    r.set_defaults(func=prompts_main)
 
 
 def build_config(args: argparse.Namespace) -> FilterCfg:
@@ -203,6 +218,46 @@ def main(args: argparse.Namespace) -> int:
     print(f"rl filter: {len(rows)} prompts x {cfg.k} samples, mean pass rate {mean:.3f}; kept {kept}, "
           f"too easy (> {cfg.max_pass_rate:g}) {easy}, too hard (< {cfg.min_pass_rate:g}) {hard}, "
           f"unsampled {counts['unsampled']}, verifier errors {counts['verifier_errors']}{where}", file=sys.stderr)
+    return 0
+
+
+def prompts_main(args: argparse.Namespace) -> int:
+    """Run `flowlm rl prompts`: rows of every `--suite` file, then `--builtin N`; counts and warnings on stderr."""
+    from flowlm.errors import ConfigError
+    from flowlm.eval.evaluate import parse_suite_specs
+    from flowlm.rl.prompts import looks_like_test_split, suite_rows
+
+    check_output(args.out)
+    if not args.suite and args.builtin is None:
+        raise ConfigError("flowlm rl prompts: give --suite NAME=PATH (a benchmark-format file) or --builtin N")
+    if args.builtin is not None and args.builtin < 1:
+        raise ConfigError(f"--builtin must be >= 1, got {args.builtin}")
+    if args.max_items is not None and args.max_items < 1:
+        raise ConfigError(f"--max-items must be >= 1, got {args.max_items}")
+    parts: list[tuple[str, list[dict[str, Any]]]] = []
+    for name, path in parse_suite_specs(args.suite) if args.suite else []:
+        rows, source = suite_rows(name, None if path is None else Path(path), max_items=args.max_items)
+        if looks_like_test_split(source):
+            print(f"rl prompts: warning: {source} holds evaluation items: RL on these rows trains on what "
+                  f"`flowlm eval --suite {name}` scores", file=sys.stderr)
+        parts.append((f"{name} {source}", rows))
+    if args.builtin is not None:
+        from flowlm.post.teachers import builtin_rows
+
+        parts.append((f"builtin training split (seed {args.seed})", builtin_rows(args.builtin, args.seed)))
+    seen: dict[str, str] = {}
+    for label, rows in parts:  # ids key the RL accounting (rollouts.jsonl): checked before anything is written
+        for row in rows:
+            rid = str(row.get("id"))
+            if rid in seen:
+                raise FlowError(f"rl prompts: id {rid!r} of {label} is also an id of {seen[rid]}")
+            seen[rid] = label
+    with open_output(args.out) as fh:
+        for _, rows in parts:
+            for row in rows:
+                write_json_line(fh, row)
+    where = f" -> {args.out}" if args.out is not None else ""
+    print("rl prompts: " + "; ".join(f"{label}: {len(rows)} rows" for label, rows in parts) + where, file=sys.stderr)
     return 0
 
 
