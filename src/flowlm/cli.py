@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stage to run (repeatable); the stages it reads must be done, others are not touched")
     train.add_argument("--objective", help="train this objective (sft, dpo, reward_model, distill, lm) without a recipe")
     train.add_argument("--init", help="--objective: the checkpoint to start from (its tokenizer is used)")
-    train.add_argument("--data", action="append", default=[], help="--objective: jsonl / parquet file (repeatable)")
+    train.add_argument("--data", action="append", default=[], help="--objective: jsonl / parquet file (repeatable); grpo: "
+                       "prompt rows, or NAME=PATH, a benchmark-format file (gsm8k=train.jsonl.gz)")
     train.add_argument("--print-recipe", action="store_true", help="--objective: print the recipe, do not run it")
     train.set_defaults(subparser=train)
 

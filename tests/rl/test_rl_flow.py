@@ -291,6 +291,31 @@ def test_train_objective_grpo_on_a_prompts_file_runs_an_rl_stage(base, tmp_path)
     assert "--objective grpo: one --data file of prompt rows (JSONL), got 2" in proc.stderr
 
 
+def test_grpo_reads_a_benchmark_format_file_and_its_fingerprint_follows_the_file(base, tmp_path):
+    """`--data gsm8k=FILE` (a stage's `prompts: gsm8k=FILE`): GSM8K-format rows become prompt rows as `flowlm rl
+    prompts` makes them; the file's content is in the fingerprint (a rerun skips, an edit of the file reruns)."""
+    init = base / "run" / "pretrain" / "model"
+    train = tmp_path / "train.jsonl"
+    qa = [("Tom has 3 apples and buys 4 more. How many?", "3 + 4 = 7\n#### 7"), ("What is 6 times 2?", "#### 12"),
+          ("Ann has 9 pens and loses 2. How many?", "9 - 2 = 7\n#### 7"), ("What is 5 plus 5?", "#### 10")]
+    train.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in qa))
+    d = tmp_path / "run"
+    args = ("train", "--objective", "grpo", "--init", str(init), "--data", f"gsm8k={train}", "--run-dir", str(d),
+            *SMALL_GRPO, "stages.grpo.rollout.max_new_tokens=10", "stages.grpo.rollout.max_draws=1")
+    first = flowlm(*args)
+    record = json.loads((d / "flow.json").read_text())["stages"]["grpo"]
+    assert record["status"] == "done" and record["config"]["prompts"] == f"gsm8k={train.resolve()}"
+    assert str(train.resolve()) in record["inputs"]
+    drawn = {i for r in rollouts(d, "grpo") for i in r["drawn"]}
+    assert drawn and drawn <= {f"gsm8k-{i}" for i in range(4)}
+    assert "warning" not in first.stderr  # a training split: no contamination warning
+    assert "[skip] grpo" in flowlm(*args).stderr
+    train.write_text(train.read_text() + json.dumps({"question": "What is 1 plus 1?", "answer": "#### 2"}) + "\n")
+    assert "[run ] grpo" in flowlm(*args).stderr
+    proc = flowlm(*args[:6], f"gsm8k={tmp_path / 'none.jsonl'}", *args[7:], check=False)
+    assert proc.returncode == 2 and "no such benchmark file (suite gsm8k)" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_train_objective_grpo_from_a_hugging_face_checkpoint(base, tmp_path):
     """An HF checkpoint of another family (a tiny Qwen3) runs through the adapter: the rollout engine takes the
     learner's weights, named under the adapter's "hf.", at every sync (the first sync failed until 2026-12-06)."""

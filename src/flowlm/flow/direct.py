@@ -9,7 +9,8 @@ run gets the run record, the fingerprints, resume after a crash and the report f
     <NAME>      kind: train, init: the checkpoint, data: data, objective: {name: NAME}
 
 An objective that trains on rollouts (`grpo`) gets stage kind `rl` instead, with one `--data` JSONL of
-prompt rows as its `prompts` (and an empty corpus stage: the tokenizer stage needs one):
+prompt rows as its `prompts`, or a benchmark-format file as `NAME=PATH` (`gsm8k=/data/gsm8k/train.jsonl.gz`,
+read as `flowlm rl prompts` reads it), and an empty corpus stage (the tokenizer stage needs one):
 
     <NAME>      kind: rl, init: the checkpoint, prompts: the file, objective: {name: NAME}
 
@@ -55,21 +56,28 @@ def objective_recipe(objective: str, init: str, data: list[str], *, name: str | 
         raise ConfigError("--objective needs --data FILE (jsonl or parquet; repeatable)")
     if not Path(init).is_dir():
         raise ConfigError(f"--init {init}: not a checkpoint directory")
+    from flowlm.rl.prompts import benchmark_spec
+
+    rollouts = objective_class(objective).data_kind == "rollouts"
     for f in data:
+        if rollouts and benchmark_spec(f) is not None:  # gsm8k=/data/gsm8k/train.jsonl.gz: checked when read
+            continue
         if not Path(f).exists():
             raise ConfigError(f"--data {f}: no such file")
         if Path(f).is_dir():
             raise ConfigError(f"--data {f}: is a directory, not a data file (name the jsonl / parquet files in it)")
     init = str(Path(init).resolve())
-    if objective_class(objective).data_kind == "rollouts":
+    if rollouts:
         if len(data) != 1:
             raise ConfigError(f"--objective {objective}: one --data file of prompt rows (JSONL), got {len(data)}")
+        spec = benchmark_spec(data[0])
+        prompts = str(Path(data[0]).resolve()) if spec is None else f"{spec[0]}={spec[1].resolve()}"
         return {
             "name": name or objective,
             "stages": {
                 "corpus": {"kind": "corpus", "source": "files", "curate": None, "files": {}},
                 "tokenizer": {"kind": "tokenizer", "path": init},
-                objective: {**RL_DEFAULTS, "kind": "rl", "init": init, "prompts": str(Path(data[0]).resolve()),
+                objective: {**RL_DEFAULTS, "kind": "rl", "init": init, "prompts": prompts,
                             "objective": {"name": objective}},
             },
         }

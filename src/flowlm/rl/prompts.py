@@ -18,6 +18,10 @@ these rows is scored by `flowlm eval --suite NAME=TEST_FILE` on the same terms.
 A file whose name says it is a test split gets a warning on stderr (RL on it would contaminate that
 benchmark's eval); the built-in suites' held-out items are refused (`--builtin N` gives the training
 split, as a recipe's `prompts: builtin` does).
+
+An rl stage reads the same rows without the conversion step: `prompts: gsm8k=/data/gsm8k/train.jsonl.gz`
+(`benchmark_spec`; the stage's fingerprint hashes the resolved file), and so does `flowlm train --objective
+grpo --data gsm8k=PATH`.
 """
 
 from __future__ import annotations
@@ -59,6 +63,26 @@ def suite_rows(name: str, path: Path | None, *, max_items: int | None = None) ->
             row["category"] = item.category
         rows.append(row)
     return rows, suite.source
+
+
+def benchmark_spec(source: str) -> tuple[str, Path] | None:
+    """`(suite, path)` when `source` is `NAME=PATH` with NAME a benchmark format (`gsm8k=/d/train.jsonl.gz`),
+    else None (a file path, a stage name or `builtin`)."""
+    from flowlm.eval.benchmarks import BENCHMARKS
+
+    name, sep, path = source.partition("=")
+    if not sep or name.strip() not in BENCHMARKS or not path.strip():
+        return None
+    return name.strip(), Path(path.strip())
+
+
+def spec_file(source: str) -> str:
+    """What a stage reading prompts `source` hashes into its fingerprint: a benchmark spec's resolved file
+    (FlowError when it does not exist), else `source` itself."""
+    from flowlm.eval.benchmarks import resolve
+
+    spec = benchmark_spec(source)
+    return source if spec is None else str(resolve(*spec))
 
 
 def looks_like_test_split(path: str) -> bool:

@@ -4,6 +4,7 @@ the prompt rows of sampling stages."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -74,13 +75,22 @@ def bpb_eval_fn(ctx: StageContext, name: str, tok: Any) -> Callable[[torch.nn.Mo
 def prompt_rows(ctx: StageContext, name: str, source: str, *, n_builtin: int, seed: int,
                 tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Prompt rows a sampling stage reads: `builtin` (`n_builtin` training-split task prompts, of the
-    generators in `tasks` or all), an earlier data stage (its `rows`), or a JSONL file. The stage declares
-    `source` as an input (unless builtin)."""
+    generators in `tasks` or all), an earlier data stage (its `rows`), a JSONL file, or `NAME=PATH`, a
+    benchmark-format file read as `flowlm rl prompts` reads it (`flowlm.rl.prompts`). The stage declares
+    `source` as an input (unless builtin; a benchmark spec: its file, `spec_file`)."""
     from flowlm.jsonlines import iter_json_objects
     from flowlm.post.teachers import builtin_rows
+    from flowlm.rl.prompts import benchmark_spec, looks_like_test_split, suite_rows
 
     if source == "builtin":
         return builtin_rows(n_builtin, seed, tasks=tasks)
+    spec = benchmark_spec(source)
+    if spec is not None:
+        rows, path = suite_rows(*spec)
+        if looks_like_test_split(path) and ctx.world.is_main:
+            print(f"warning: stage '{name}': {path} holds evaluation items: training on them trains on what "
+                  f"`flowlm eval --suite {spec[0]}` scores", file=sys.stderr)
+        return rows
     if source in ctx.recipe.stages:
         outs = ctx.outputs[source]
         if "rows" not in outs:

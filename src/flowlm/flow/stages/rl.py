@@ -3,7 +3,7 @@
     think_rl:
       kind: rl
       init: dpo                      # an earlier stage or a checkpoint
-      prompts: builtin               # builtin | a data stage (its `rows`) | a JSONL of prompt rows
+      prompts: builtin               # builtin | a data stage (its `rows`) | a JSONL of prompt rows | gsm8k=PATH
       n_prompts: 2000                # builtin only
       steps: 200
       seq_len: 2048                  # prompt + completion tokens at most
@@ -54,7 +54,8 @@ class RLStageConfig(TrainStageConfig):
 
     kind: Literal["rl"] = "rl"  # type: ignore[assignment]
     data: str = Field(ROLLOUTS, description="fixed: an rl stage trains on its own rollouts (see prompts)")
-    prompts: str = Field("builtin", description="'builtin', a data stage (its rows) or a JSONL of prompt rows")
+    prompts: str = Field("builtin", description="'builtin', a data stage (its rows), a JSONL of prompt rows, or "
+                         "NAME=PATH: a benchmark-format file (gsm8k=/data/gsm8k/train.jsonl.gz; flowlm rl prompts)")
     n_prompts: int = Field(2000, gt=0, description="prompts: builtin: how many training-split task prompts")
     tasks: list[str] | None = Field(None, description="prompts: builtin: only these task generators (default all)")
     prompt_format: Literal["chat", "plain"] = Field(
@@ -144,8 +145,10 @@ def _inputs(ctx: StageContext, name: str, cfg: RLStageConfig) -> list[str]:
     from flowlm.flow.stages.train import _inputs as train_inputs
 
     refs = train_inputs(ctx, name, cfg)
-    if cfg.prompts != "builtin":
-        refs.append(cfg.prompts)  # a data stage (fingerprinted by its outputs) or a file (by its content)
+    if cfg.prompts != "builtin":  # a data stage (fingerprinted by its outputs), a file or a benchmark's (content)
+        from flowlm.rl.prompts import spec_file
+
+        refs.append(spec_file(cfg.prompts))
     if cfg.reward_model is not None:
         refs.append(cfg.reward_model)
     return refs

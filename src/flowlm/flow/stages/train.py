@@ -159,7 +159,9 @@ def _inputs(ctx: StageContext, name: str, cfg: TrainStageConfig) -> list[str]:
     if cfg.on_policy is not None and cfg.data == "builtin":
         return refs
     if "/" in cfg.data or data_stage(ctx, cfg.data):
-        refs.append(cfg.data)  # a path, or a data-building stage (its `store` / `pairs` output)
+        from flowlm.rl.prompts import spec_file
+
+        refs.append(spec_file(cfg.data))  # a path (a benchmark spec: its file), or a data-building stage's output
     return refs
 
 
