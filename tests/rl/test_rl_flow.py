@@ -114,6 +114,23 @@ def test_rl_stage_trains_on_informative_groups_and_records_its_rollouts(straight
     assert st["outputs"]["rollouts"] == "rl/rollouts.jsonl" and len(rollouts(straight)) == 4
 
 
+def test_run_record_and_report_summarise_the_reward_curves(straight):
+    """The stage record's `rl` summary is the per-step log's (one step per quarter here), and `flowlm report`
+    prints it as the RL table."""
+    from flowlm.rl.summary import rl_summary
+
+    summary = json.loads((straight / "flow.json").read_text())["stages"]["rl"]["metrics"]["rl"]
+    recs = steps(straight)
+    assert summary == rl_summary(json.loads(x) for x in (straight / "rl" / "metrics.jsonl").read_text().splitlines())
+    assert summary["steps"] == 4 and summary["by_quarter"]["reward"] == [r["reward"] for r in recs]
+    assert summary["by_quarter"]["reward/ifeval"] == [r["reward/ifeval"] for r in recs]
+    proc = subprocess.run([*flowlm_command(), "report", str(straight)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("│ rl ") and "ifeval" in line)
+    assert " ".join(f"{r['reward']:.3g}" for r in recs) in row and f"ifeval {recs[0]['reward/ifeval']:.3g} ->" in row
+
+
 def test_kill_9_then_resume_gives_the_same_losses_and_prompts(base, straight, tmp_path):
     d = tmp_path / "run"
     shutil.copytree(base / "run", d)

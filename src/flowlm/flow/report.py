@@ -1,5 +1,7 @@
-"""Human-readable views of a run record: the per-stage table, the BPB-by-stage table and the generation-eval
-table (eval stages: model × suite, pass@1 with majority vote and the contamination share beside it)."""
+"""Human-readable views of a run record: the per-stage table, the BPB-by-stage table, the generation-eval
+table (eval stages: model × suite, pass@1 with majority vote and the contamination share beside it) and the
+RL table (rl stages: reward by quarter of the steps, per domain, informative and truncated shares, in-loop
+pass@1 first → last; `flowlm.rl.summary`)."""
 
 from __future__ import annotations
 
@@ -44,6 +46,9 @@ def print_report(run_dir: Path, console: Console | None = None) -> dict[str, Any
         head = ", ".join(f"{k}={_fmt(m[k])}" for k in ("final_loss", "tok_s", "mfu", "vocab_size", "pretrain_tokens") if k in m)
         if isinstance(m.get("results"), dict):
             head = f"{len(m['results'])} model(s) x {len({s for r in m['results'].values() for s in r})} suite(s)"
+        reward = ((m.get("rl") or {}).get("by_quarter") or {}).get("reward")
+        if reward:
+            head = f"reward {_span(reward)}, " + head
         stages.add_row(name, st.get("kind", "?"), st.get("status", "?"), _wall(st.get("wall_s")), head)
     console.print(stages)
     rows = bpb_rows(data)
@@ -60,7 +65,48 @@ def print_report(run_dir: Path, console: Console | None = None) -> dict[str, Any
     evals = eval_rows(data)
     if evals:
         console.print(eval_table(evals))
+    rl = {name: st["metrics"]["rl"] for name, st in data.get("stages", {}).items()
+          if isinstance((st.get("metrics") or {}).get("rl"), dict)}
+    if rl:
+        console.print(rl_table(rl))
     return data
+
+
+def rl_table(summaries: dict[str, dict[str, Any]]) -> Table:
+    """rl stage × (steps, reward by quarter, per-domain reward first -> last quarter, informative and
+    truncated shares over the run, in-loop pass@1 first -> last eval). The run record has the rest."""
+    table = Table(title="RL by stage (reward: mean per quarter of the steps; by domain: first -> last quarter; "
+                        "in-loop pass@1: first -> last eval, steps in brackets)")
+    for col in ("stage", "steps", "reward", "by domain", "informative", "truncated", "in-loop pass@1"):
+        table.add_column(col, justify="right" if col in ("steps", "informative", "truncated") else "left")
+    for stage, sm in summaries.items():
+        q = sm.get("by_quarter") or {}
+        domains = "\n".join(f"{k.split('/', 1)[1]} {_span(v)}" for k, v in q.items() if k.startswith("reward/"))
+        evals = "\n".join(f"{suite} {_short(c['first'][1])} -> {_short(c['last'][1])} ({c['first'][0]}-{c['last'][0]})"
+                           for suite, c in (sm.get("generation_eval") or {}).items())
+        table.add_row(stage, str(sm.get("steps", "-")), " ".join(_short(v) for v in q.get("reward") or ()) or "-",
+                      domains or "-", _short(_overall(q.get("informative_share"))),
+                      _short(_overall(q.get("truncated_share"))), evals or "-")
+    return table
+
+
+def _short(v: Any) -> str:
+    """Three significant digits ("0.249"), "-" for None."""
+    return "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _span(values: list[Any] | None) -> str:
+    """First -> last of a per-quarter list ("0.249 -> 0.533"; "-" when empty)."""
+    vals = [v for v in values or () if v is not None]
+    if not vals:
+        return "-"
+    return _short(vals[0]) if len(vals) == 1 else f"{_short(vals[0])} -> {_short(vals[-1])}"
+
+
+def _overall(values: list[Any] | None) -> float | None:
+    """The mean of the per-quarter means (quarters are near-equal, so about the run's mean)."""
+    vals = [v for v in values or () if v is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 def eval_rows(data: dict[str, Any]) -> list[tuple[str, str, dict[str, dict[str, Any]]]]:

@@ -35,6 +35,7 @@ Bradley–Terry reward model's score to every prompt's rule rewards (Qwen3 gener
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Literal
 
 from pydantic import Field, SerializeAsAny, model_validator
@@ -211,6 +212,15 @@ def run(ctx: StageContext, name: str, cfg: RLStageConfig) -> StageResult:
         source.close()
     metrics[ROLLOUTS] = {"prompt_rows": len(source.rows), "dropped_long_prompts": source.dropped_long,
                          **{k: v for k, v in sorted(source.totals.items())}}
+    log_path = ctx.path(outputs["metrics"])
+    if log_path.is_file():  # the main rank's per-step log: reward curves and in-loop evals in a few numbers
+        from flowlm.jsonlines import iter_json_objects
+        from flowlm.rl.summary import rl_summary
+
+        try:
+            metrics["rl"] = rl_summary(row for _, row in iter_json_objects(log_path))
+        except FlowError as exc:  # the model is trained and exported: a log it cannot summarise costs no run
+            print(f"warning: stage '{name}': no RL summary in the run record: {exc}", file=sys.stderr)
     return {**outputs, ROLLOUTS: f"{name}/{ROLLOUTS}.jsonl"}, metrics
 
 
