@@ -402,6 +402,35 @@ def test_instructions_and_a_reward_model_stage_join_the_rule_rewards(base, tmp_p
     assert all(0 < r["reward"] < 1 and r["informative_share"] == 1.0 for r in recs)
 
 
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "gsm8k").is_dir(), reason="../shared/data is not present")
+def test_eval_contamination_sees_rl_prompt_files_and_data_stage_rows(base, tmp_path):
+    """An eval stage's contamination check reads all the run's training data before it: RL on four GSM8K
+    items (`prompts: gsm8k=FILE`) makes those items 100% contaminated for an eval of them (0% until
+    2026-12-07: only the corpus stage was scanned); held-out built-in items stay at 0%; the preference
+    rows of a data stage are scanned and are inputs of the stage."""
+    items = tmp_path / "gsm8k_four.jsonl"
+    with __import__("gzip").open(REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl.gz", "rt") as fh:
+        items.write_text("".join(next(fh) for _ in range(4)))
+    d = tmp_path / "run"
+    shutil.copytree(base / "run", d)
+    raw = yaml.safe_load((base / "recipe.yaml").read_text())
+    del raw["stages"]["rl"]
+    raw["stages"]["pairs"] = {"kind": "pairs", "n_prompts": 4, "seed": 1, "strong": "procedural", "weak": "weak"}
+    raw["stages"]["rl_gsm"] = {**RL, "steps": 1, "seq_len": 512, "prompts": f"gsm8k={items}",
+                               "rollout": {**RL["rollout"], "max_new_tokens": 4, "max_draws": 1}}
+    raw["stages"]["evaluate"] = {"kind": "eval", "models": ["rl_gsm"], "suites": [f"gsm8k={items}", "counting"],
+                                 "max_items": 4, "max_new_tokens": 4, "temperature": 0.0, "workers": 0}
+    (tmp_path / "gsm.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    flowlm("train", str(tmp_path / "gsm.yaml"), "--stage", "pairs", "--stage", "rl_gsm", "--stage", "evaluate",
+           "--run-dir", str(d), "--no-progress")
+    st = json.loads((d / "flow.json").read_text())["stages"]["evaluate"]
+    results = st["metrics"]["results"]["rl_gsm"]
+    assert results["gsm8k"]["contamination"] == 1.0 and results["counting"]["contamination"] == 0.0
+    assert {"rl_gsm", "corpus", "pairs", str(items.resolve()), str(items)} <= set(st["inputs"])
+    scanned = json.loads((d / "evaluate" / "results.json").read_text())["settings"]["corpora"]
+    assert "pairs/rows.jsonl" in scanned and f"gsm8k={items}" in scanned
+
+
 def test_rl_filter_keeps_hard_prompts_with_their_pass_rate(base, straight, tmp_path):
     out = tmp_path / "kept.jsonl"
     model = straight / "rl" / "model"

@@ -49,17 +49,57 @@ def contamination_report(items: Sequence[EvalItem], corpus_paths: Iterable[str |
 def training_texts(path: str | Path) -> Iterator[dict[str, Any]]:
     """The documents of one training file as `{id, text}`: a `{"text": ...}` JSONL file (plain or
     compressed) as it is, or a chat / preference file (what an SFT or DPO corpus holds, `flowlm.data.chat`)
-    one row per document, its turns' contents and reasoning joined by newlines. A bad row is a FlowError
+    one row per document, its turns' contents and reasoning joined by newlines, or RL prompt rows (verifier
+    routing and no answer to train on: the prompt's turns and a string ground truth), also as a benchmark
+    spec `NAME=PATH` (an rl stage's `prompts: gsm8k=...`, `flowlm.rl.prompts`). A bad row is a FlowError
     naming FILE:LINE."""
     from flowlm.data.chat import is_chat_file, read_chat_rows
     from flowlm.data.docs import read_jsonl
+    from flowlm.rl.prompts import benchmark_spec, suite_rows
 
+    spec = benchmark_spec(str(path))
+    if spec is not None:
+        yield from _prompt_docs(enumerate(suite_rows(*spec)[0]))
+        return
+    if _is_prompt_file(path):
+        from flowlm.jsonlines import iter_json_objects
+
+        yield from _prompt_docs(iter_json_objects(path))
+        return
     if not is_chat_file(path):
         yield from read_jsonl(path)
         return
     for i, row in enumerate(read_chat_rows(path)):
         turns = [m for key in ("messages", "prompt", "chosen", "rejected") for m in row.get(key) or ()]
         parts = [m.get(k) for m in turns for k in ("reasoning_content", "content")]
+        yield {"id": str(row.get("id", i)), "text": "\n".join(t for t in parts if isinstance(t, str) and t)}
+
+
+def _is_prompt_file(path: str | Path) -> bool:
+    """Whether a JSONL file holds RL prompt rows: its first object has verifier routing and no `text`, and
+    no assistant turn to train on (chat SFT rows with routing stay chat rows)."""
+    from flowlm.jsonlines import iter_json_objects
+
+    p = Path(path)
+    if not p.is_file() or p.name.endswith(".parquet"):
+        return False
+    try:
+        _, first = next(iter(iter_json_objects(p)), (0, None))
+    except Exception:  # noqa: BLE001 - not JSON: the reader that gets the file names the bad line
+        return False
+    if not isinstance(first, dict) or "text" in first or not {"dataset", "verifier", "verifiers"} & set(first):
+        return False
+    msgs = first.get("messages")
+    return not (isinstance(msgs, list) and any(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs))
+
+
+def _prompt_docs(rows: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    """`{id, text}` of prompt rows: every turn's content (or the `prompt` string), and the ground truth when it
+    is a string (a GSM8K solution, a MATH answer)."""
+    for i, row in rows:
+        msgs = row.get("messages")
+        parts = [m.get("content") for m in msgs if isinstance(m, dict)] if isinstance(msgs, list) else [row.get("prompt")]
+        parts.append(row.get("ground_truth"))
         yield {"id": str(row.get("id", i)), "text": "\n".join(t for t in parts if isinstance(t, str) and t)}
 
 

@@ -7,8 +7,10 @@
       n: 4
       temperature: 0.6
 
-Every suite is first checked against the run's training data (the corpus stage's JSONL corpora,
-`flowlm.eval.contamination`); the matched share is stored next to the score. Output: `<name>/results.json`
+Every suite is first checked against the run's training data before this stage
+(`flowlm.eval.contamination`): the corpus stage's JSONL corpora, the rows of every data-building stage (SFT
+rows, preference pairs), and the prompt files of earlier stages (an rl stage's `prompts:` file, or its
+benchmark spec `gsm8k=PATH`); the matched share is stored next to the score. Output: `<name>/results.json`
 (settings, per-suite summaries and every item's samples, scores and reasons); `flow.json` gets the
 summaries as `metrics.results[model][suite]`, which `flowlm report` shows as a stage × suite table.
 Benchmark files named in `suites` are declared inputs, so editing one reruns the stage.
@@ -60,14 +62,56 @@ def _suite_files(cfg: EvalStageConfig) -> list[str]:
 
 
 def _inputs(ctx: StageContext, name: str, cfg: EvalStageConfig) -> list[str]:
-    corpus = [ctx.latest("corpus", name)] if cfg.contamination else []
-    return [*cfg.models, *corpus, *_suite_files(cfg)]
+    if not cfg.contamination:
+        return [*cfg.models, *_suite_files(cfg)]
+    from flowlm.rl.prompts import spec_file
+
+    stages, files = _training_sources(ctx, name)
+    return [*cfg.models, *stages, *(spec_file(f) for f in files), *_suite_files(cfg)]
 
 
-def _corpus_files(ctx: StageContext, name: str) -> list[Path]:
-    """The run's training corpora: every JSONL output of the corpus stage."""
-    outs = ctx.outputs[ctx.latest("corpus", name)]
-    return [ctx.path(rel) for rel in outs.values() if rel.endswith(".jsonl")]
+def _training_sources(ctx: StageContext, name: str) -> tuple[list[str], list[str]]:
+    """Where the run's training data before stage `name` lives: stages (the latest corpus stage, and every
+    earlier data-building stage: SFT rows, preference pairs) and files outside the run (an earlier stage's
+    `prompts` or `data` given as a path, or as a benchmark spec `gsm8k=PATH`). Built-in prompts are
+    training-split items by construction and have no file."""
+    from flowlm.flow.stages.registry import get_kind
+    from flowlm.rl.prompts import benchmark_spec
+
+    stages, files = [ctx.latest("corpus", name)], []
+    order = list(ctx.recipe.stages)
+    for earlier in order[:order.index(name)]:
+        stage = ctx.recipe.stages[earlier]
+        if get_kind(stage.kind).makes_data:
+            stages.append(earlier)
+        for field in ("prompts", "data"):
+            source = getattr(stage, field, None)
+            if isinstance(source, str) and source not in ctx.recipe.stages and (
+                    "/" in source or benchmark_spec(source) is not None) and source not in files:
+                files.append(source)
+    return stages, files
+
+
+def _training_files(ctx: StageContext, name: str) -> list[Path | str]:
+    """The files the contamination check scans: the corpus stage's JSONL corpora, the data stages' rows,
+    and the outside files of `_training_sources` (a benchmark spec stays a spec: its rows are read)."""
+    from flowlm.rl.prompts import benchmark_spec
+
+    stages, files = _training_sources(ctx, name)
+    out: list[Path | str] = []
+    for stage in stages:
+        outs = ctx.outputs[stage]
+        rels = [rel for rel in outs.values() if rel.endswith(".jsonl")] if stage == stages[0] else \
+            [outs["rows"]] if "rows" in outs else []
+        out += [ctx.path(rel) for rel in rels]
+    return out + [f if benchmark_spec(f) is not None else Path(f) for f in files]
+
+
+def _shown(ctx: StageContext, path: Path | str) -> str:
+    """A scanned file as the results name it: relative to the run directory when inside it."""
+    if isinstance(path, Path) and path.is_relative_to(ctx.run_dir):
+        return str(path.relative_to(ctx.run_dir))
+    return str(path)
 
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:
@@ -90,12 +134,12 @@ def run(ctx: StageContext, name: str, cfg: EvalStageConfig) -> StageResult:
     suites = load_suites(parse_suite_specs(cfg.suites), max_items=cfg.max_items, seed=cfg.seed)
     sandbox = sandbox_for(suites)  # fails before any generation when code cannot be scored safely
     models = {ref: ctx.model_dir(ref) for ref in cfg.models}
-    corpora = _corpus_files(ctx, name) if cfg.contamination else []
+    corpora = _training_files(ctx, name) if cfg.contamination else []
     results = evaluate_models(models, suites, fmt=fmt, sampling=sampling, backend=cfg.backend,
                               max_slots=cfg.max_slots, workers=cfg.workers, timeout=cfg.timeout, corpus_paths=corpora)
     doc = {"settings": {"format": fmt.__dict__, "sampling": sampling.__dict__,
                         "models": {ref: str(p) for ref, p in models.items()},
-                        "corpora": [str(p.relative_to(ctx.run_dir)) for p in corpora], "sandbox": sandbox},
+                        "corpora": [_shown(ctx, p) for p in corpora], "sandbox": sandbox},
            "results": {m: {s: r.summary for s, r in by_suite.items()} for m, by_suite in results.items()},
            "items": {m: {s: r.items for s, r in by_suite.items()} for m, by_suite in results.items()}}
     out = ctx.path(name) / "results.json"
