@@ -85,3 +85,28 @@ def test_generate_only_requested_tasks() -> None:
     for it in out:
         nums = [int(v) for v in re.findall(r"-?\d+", it["prompt"])]
         assert it["answer"] == ", ".join(map(str, sorted(nums)))
+
+
+def test_generate_clean_drops_near_duplicates_of_eval_items_and_keeps_its_size() -> None:
+    """Raw training items include near-duplicates of built-in eval items (`9x + 15 = 33` beside a held-out
+    `9x - 15 = -33`); `generate_clean` drops every one the post-training decontamination finds, tops up to
+    `n`, and is a prefix-stable, deterministic stream like `generate`."""
+    from flowlm.data.decontam import DecontamCfg, Decontaminator
+    from flowlm.eval.suites import builtin_suite
+
+    raw = tasks.generate(5, 1500)
+    clean = tasks.generate_clean(5, 1500)
+    assert len(clean) == 1500 and not any(tasks.near_heldout(it) or tasks.is_heldout(it["prompt"]) for it in clean)
+    dropped = [it for it in raw if tasks.near_heldout(it)]
+    assert 0 < len(dropped) < 0.05 * len(raw)  # about 2%: mostly letter counting
+    assert [it["id"] for it in raw if not tasks.near_heldout(it)] == [it["id"] for it in clean][:len(raw) - len(dropped)]
+    assert tasks.generate_clean(5, 700) == clean[:700] and tasks.generate_clean(5, 1500) == clean
+    assert all(it["task"] == "counting" for it in tasks.generate_clean(5, 50, tasks=("counting",)))
+    # an index of the 200-item built-in suite alone (what `flowlm eval --suite builtin` scores): raw items hit
+    # it, clean ones do not
+    suite = builtin_suite("builtin", n=200)
+    index = Decontaminator([{"benchmark": "b", "item_id": it.id, "question": it.question, "answer": it.demo}
+                            for it in suite.items], DecontamCfg(mode="posttrain"))
+    def hits(items: list[tasks.Item]) -> int:
+        return sum(bool(index.scan({"id": it["id"], "text": f"{it['prompt']}\n{it['solution']}"})) for it in items)
+    assert hits(raw) > 0 and hits(clean) == 0

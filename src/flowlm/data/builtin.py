@@ -216,7 +216,8 @@ def long_docs(seed: int, n: int, *, min_bytes: int = 8_000, max_bytes: int = 32_
 
 def sft_examples(seed: int, n: int, *, no_think_fraction: float = 0.2,
                  multi_turn_fraction: float = 0.0) -> list[dict[str, Any]]:
-    """Chat examples on training-split math items: the assistant thinks (`reasoning_content`) then answers.
+    """Chat examples on training-split math items without near-duplicates of the built-in eval items
+    (`tasks.generate_clean`): the assistant thinks (`reasoning_content`) then answers.
 
     A `no_think_fraction` of them end the user turn with `/no_think` and have an empty reasoning trace
     and the worked solution as the answer (Qwen3's soft switch). A `multi_turn_fraction` of them become
@@ -228,9 +229,9 @@ def sft_examples(seed: int, n: int, *, no_think_fraction: float = 0.2,
     # Separate streams, so the single-turn draws stay as they were; the history items' stream (seed +
     # 4,000,037) is apart from the final items' (+ 2,000,003) and the post-training prompts' (+ 3,000,017).
     mt_rng = random.Random(seed + 5_000_011)
-    history = iter(tasks.generate(seed + 4_000_037, 2 * n)) if multi_turn_fraction > 0 else iter(())
+    history = iter(tasks.generate_clean(seed + 4_000_037, 2 * n)) if multi_turn_fraction > 0 else iter(())
     out = []
-    for it in tasks.generate(seed + 2_000_003, n):
+    for it in tasks.generate_clean(seed + 2_000_003, n):  # no near-duplicates of built-in eval items
         final = _final_answer(it)
         think = rng.random() >= no_think_fraction
         if multi_turn_fraction > 0 and mt_rng.random() < multi_turn_fraction:

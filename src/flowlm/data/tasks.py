@@ -8,11 +8,22 @@ solution, so tests (and verifiers) can check every item.
 
 Train / held-out split: an item is held out iff `is_heldout(prompt)` (a stable hash of the prompt text,
 1 in 10), independent of the seed, so eval items can never appear in any training mix.
+
+Near-duplicates cross the split, though: `9x + 15 = 33` can be a training item and `9x - 15 = -33` a
+held-out one, and a word problem with another name and the factors swapped is the same computation.
+Post-training data (`generate_clean`: the built-in SFT examples and the prompt rows of SFT, DPO and RL
+stages) therefore also drops every training item that the post-training decontamination (OLMo 3's 8-gram,
+0.5-overlap rule, `flowlm.data.decontam` mode `posttrain`) matches against the built-in eval suites' items
+(`EVAL_REFERENCE`: the first 1,000 held-out items of all tasks and 300 of each task, seed 0), and tops the
+set up from the stream so it keeps its size. About 2% of training items go, most of them letter counting
+(its whole space is ~100 prompts). The pretraining corpus keeps `generate`: it is decontaminated by the
+data pipeline.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import operator
 import random
@@ -181,6 +192,46 @@ def generate(seed: int, n: int, *, split: str = "train", tasks: tuple[str, ...] 
             if len(out) == n:
                 break
     return out
+
+
+EVAL_REFERENCE = 1000, 300
+"""Held-out items (seed 0) the built-in eval suites draw from: the first N of all tasks, and of each task."""
+
+
+@functools.lru_cache(maxsize=1)
+def _eval_index() -> Any:
+    """The post-training decontamination index over the built-in eval suites' items (question + solution)."""
+    from flowlm.data.decontam import DecontamCfg, Decontaminator
+
+    n_all, n_task = EVAL_REFERENCE
+    items = {it["id"]: it for it in generate(0, n_all, split="heldout")}
+    for name in GENERATORS:
+        items.update((it["id"], it) for it in generate(0, n_task, split="heldout", tasks=(name,)))
+    bench = [{"benchmark": "builtin", "item_id": i, "question": it["prompt"], "answer": it["solution"]}
+             for i, it in items.items()]
+    return Decontaminator(bench, DecontamCfg(mode="posttrain"))
+
+
+def near_heldout(item: Item) -> bool:
+    """Whether a training item (prompt and worked solution) is a near-duplicate of a built-in eval item."""
+    return _near(item["id"], f"{item['prompt']}\n{item['solution']}")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _near(item_id: str, text: str) -> bool:
+    return bool(_eval_index().scan({"id": item_id, "text": text}))
+
+
+def generate_clean(seed: int, n: int, *, tasks: tuple[str, ...] | None = None) -> list[Item]:
+    """`generate(seed, n, split="train", tasks=tasks)` without the near-duplicates of built-in eval items
+    (`near_heldout`), topped up from the same stream: the first `n` clean training items."""
+    want = n
+    while True:
+        drawn = generate(seed, want, split="train", tasks=tasks)
+        clean = [it for it in drawn if not near_heldout(it)]
+        if len(clean) >= n or len(drawn) < want:  # enough, or the stream ran out
+            return clean[:n]
+        want += (n - len(clean)) * 2 + 8
 
 
 def _stream(seed: int, names: tuple[str, ...]) -> Iterator[Item]:

@@ -382,15 +382,16 @@ BUILTIN_SEED_OFFSET = 3_000_017
 
 def builtin_rows(n: int, seed: int = 0, *, tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """`n` prompt rows from the training split of the built-in tasks (all of them, or the generators named
-    in `tasks`), with their verifier routing (as the built-in eval suite routes them) and worked solutions
-    for the procedural teachers."""
+    in `tasks`), without near-duplicates of the built-in eval items (`tasks.generate_clean`), with their
+    verifier routing (as the built-in eval suite routes them) and worked solutions for the procedural
+    teachers."""
     from flowlm.data import tasks as task_gen
 
     unknown = sorted(set(tasks or ()) - set(task_gen.GENERATORS))
     if unknown:
         raise FlowError(f"builtin tasks: unknown {', '.join(unknown)}; known: {', '.join(task_gen.GENERATORS)}")
     rows = []
-    for it in task_gen.generate(seed + BUILTIN_SEED_OFFSET, n, split="train", tasks=tuple(tasks) if tasks else None):
+    for it in task_gen.generate_clean(seed + BUILTIN_SEED_OFFSET, n, tasks=tuple(tasks) if tasks else None):
         if task_gen.is_heldout(it["prompt"]):  # the split rule is what keeps eval items out of training data
             raise FlowError(f"builtin prompt {it['id']} is on the held-out side of the split")
         verifier = {"word_problem": "gsm8k", "sorting": "sequence"}.get(it["task"], "math")
