@@ -73,8 +73,9 @@ def _inputs(ctx: StageContext, name: str, cfg: EvalStageConfig) -> list[str]:
 def _training_sources(ctx: StageContext, name: str) -> tuple[list[str], list[str]]:
     """Where the run's training data before stage `name` lives: stages (the latest corpus stage, and every
     earlier data-building stage: SFT rows, preference pairs) and files outside the run (an earlier stage's
-    `prompts` or `data` given as a path, or as a benchmark spec `gsm8k=PATH`). Built-in prompts are
-    training-split items by construction and have no file."""
+    `prompts` or `data` given as a path, or as a benchmark spec `gsm8k=PATH`). Built-in prompts have
+    no file: they are training-split items without near-duplicates of the built-in eval items
+    (`flowlm.data.tasks.generate_clean`)."""
     from flowlm.flow.stages.registry import get_kind
     from flowlm.rl.prompts import benchmark_spec
 
