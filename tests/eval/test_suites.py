@@ -225,6 +225,27 @@ def test_contamination_reads_chat_and_preference_corpora(tmp_path):
         contamination_report(items, [bad])
 
 
+def test_contamination_reads_prompt_rows_and_benchmark_specs(tmp_path):
+    """Prompt files (RL rows with routing, untagged `prompt` strings, user-only `messages`) have no answer
+    to train on; their prompts and string ground truths are scanned. A benchmark spec is read as
+    `flowlm rl prompts` reads it."""
+    from flowlm.eval.contamination import contamination_report, training_texts
+
+    items = load_suite("word_problem", n=10).items
+    files = {"rl.jsonl": {"messages": [{"role": "user", "content": items[0].question}], "dataset": "gsm8k",
+                          "ground_truth": items[0].demo},
+             "plain.jsonl": {"prompt": f"{items[1].question}\n{items[1].demo}"},
+             "user.jsonl": {"messages": [{"role": "user", "content": f"{items[2].question} {items[2].demo}"}]}}
+    for name, row in files.items():
+        (tmp_path / name).write_text(json.dumps(row) + "\n" + json.dumps({**row, "id": "other"}) + "\n")
+    rep = contamination_report(items, [tmp_path / name for name in files])
+    assert rep["matched_ids"] == sorted(it.id for it in items[:3]) and rep["docs_scanned"] == 6
+    gsm = tmp_path / "gsm8k_train.jsonl"
+    gsm.write_text(json.dumps({"question": items[3].question, "answer": items[3].demo}) + "\n")
+    assert [d["id"] for d in training_texts(f"gsm8k={gsm}")] == ["gsm8k-0"]
+    assert contamination_report(items, [f"gsm8k={gsm}"])["matched_ids"] == [items[3].id]
+
+
 def test_generation_eval_fn_runs_inside_the_train_engine_callback(micro_ckpt):
     from flowlm.eval.evaluate import make_generation_eval_fn
     from flowlm.model.hf import load_native

@@ -49,8 +49,8 @@ def contamination_report(items: Sequence[EvalItem], corpus_paths: Iterable[str |
 def training_texts(path: str | Path) -> Iterator[dict[str, Any]]:
     """The documents of one training file as `{id, text}`: a `{"text": ...}` JSONL file (plain or
     compressed) as it is, or a chat / preference file (what an SFT or DPO corpus holds, `flowlm.data.chat`)
-    one row per document, its turns' contents and reasoning joined by newlines, or RL prompt rows (verifier
-    routing and no answer to train on: the prompt's turns and a string ground truth), also as a benchmark
+    one row per document, its turns' contents and reasoning joined by newlines, or prompt rows (no answer to
+    train on, `_is_prompt_file`: the prompt's turns and a string ground truth), also as a benchmark
     spec `NAME=PATH` (an rl stage's `prompts: gsm8k=...`, `flowlm.rl.prompts`). A bad row is a FlowError
     naming FILE:LINE."""
     from flowlm.data.chat import is_chat_file, read_chat_rows
@@ -76,8 +76,9 @@ def training_texts(path: str | Path) -> Iterator[dict[str, Any]]:
 
 
 def _is_prompt_file(path: str | Path) -> bool:
-    """Whether a JSONL file holds RL prompt rows: its first object has verifier routing and no `text`, and
-    no assistant turn to train on (chat SFT rows with routing stay chat rows)."""
+    """Whether a JSONL file holds prompt rows (RL, cold-start or on-policy prompts): its first object has no
+    `text`, no preference pair and no answer to train on: `messages` without an assistant turn, or a
+    `prompt` (string or messages) without a `completion` / `response`. Chat SFT rows stay chat rows."""
     from flowlm.jsonlines import iter_json_objects
 
     p = Path(path)
@@ -87,18 +88,20 @@ def _is_prompt_file(path: str | Path) -> bool:
         _, first = next(iter(iter_json_objects(p)), (0, None))
     except Exception:  # noqa: BLE001 - not JSON: the reader that gets the file names the bad line
         return False
-    if not isinstance(first, dict) or "text" in first or not {"dataset", "verifier", "verifiers"} & set(first):
+    if not isinstance(first, dict) or "text" in first or "chosen" in first or "rejected" in first:
         return False
     msgs = first.get("messages")
-    return not (isinstance(msgs, list) and any(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs))
+    if isinstance(msgs, list):
+        return not any(isinstance(m, dict) and m.get("role") == "assistant" for m in msgs)
+    return isinstance(first.get("prompt"), (str, list)) and "completion" not in first and "response" not in first
 
 
 def _prompt_docs(rows: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[dict[str, Any]]:
     """`{id, text}` of prompt rows: every turn's content (or the `prompt` string), and the ground truth when it
     is a string (a GSM8K solution, a MATH answer)."""
     for i, row in rows:
-        msgs = row.get("messages")
-        parts = [m.get("content") for m in msgs if isinstance(m, dict)] if isinstance(msgs, list) else [row.get("prompt")]
+        turns = row.get("messages", row.get("prompt"))
+        parts = [m.get("content") for m in turns if isinstance(m, dict)] if isinstance(turns, list) else [turns]
         parts.append(row.get("ground_truth"))
         yield {"id": str(row.get("id", i)), "text": "\n".join(t for t in parts if isinstance(t, str) and t)}
 
