@@ -10,7 +10,8 @@ Train / held-out split (seed-independent, so no seed's training mix can contain 
 items): a module is held out iff `tasks.is_heldout(<path relative to stdlib>)`; a task item iff
 `tasks.is_heldout(<prompt>)`. Training mixes use only training modules and items; eval sets use only
 held-out ones, and additionally drop any item whose text also occurs as a docstring of a training
-module (the stdlib repeats some docstrings across modules).
+module (the stdlib repeats some docstrings across modules). The SFT examples (`sft_examples`) also skip
+training items that are near-duplicates of built-in eval items (`tasks.generate_clean`).
 """
 
 from __future__ import annotations
