@@ -68,6 +68,29 @@ def stages(run_dir: Path) -> dict:
     return json.loads((run_dir / "flow.json").read_text())["stages"]
 
 
+def test_eval_contamination_scans_the_sft_rows_its_model_was_trained_on(post_run, tmp_path):
+    """An eval stage's contamination check scans the data stages its models descend from: items made from
+    the SFT rows read 100% for the SFT model (the corpus alone: 0%, as until 2026-12-07), and the stage
+    declares `sft_data` (an ancestor), not `dpo_pairs` (no evaluated model descends from it)."""
+    d = tmp_path / "run"
+    shutil.copytree(post_run, d)
+    rows = [json.loads(line) for line in (post_run / "sft_data" / "rows.jsonl").read_text().splitlines()]
+    long = [r for r in rows if r["task"] == "word_problem"][:3]  # long enough to index
+    leak = tmp_path / "leak.jsonl"
+    leak.write_text("".join(json.dumps({"id": f"leak{i}", "messages": r["messages"][:1], "dataset": r["dataset"],
+                                        "ground_truth": r["ground_truth"]}) + "\n" for i, r in enumerate(long)))
+    recipe = {**BASE, "stages": {**BASE["stages"], "evaluate": {
+        "kind": "eval", "models": ["sft"], "suites": [f"jsonl={leak}", "counting"], "max_items": 3,
+        "max_new_tokens": 4, "temperature": 0.0, "workers": 0}}}
+    flowlm("train", str(write_recipe(tmp_path / "post.yaml", recipe)), "--stage", "evaluate", "--run-dir", str(d),
+           "--no-progress")
+    st = stages(d)["evaluate"]
+    assert len(long) == 3 and st["metrics"]["results"]["sft"]["jsonl"]["contamination"] == 1.0
+    assert st["metrics"]["results"]["sft"]["counting"]["contamination"] == 0.0
+    assert "sft_data" in st["inputs"] and "dpo_pairs" not in st["inputs"]
+    assert "sft_data/rows.jsonl" in json.loads((d / "evaluate" / "results.json").read_text())["settings"]["corpora"]
+
+
 def test_coldstart_accounts_for_every_candidate_and_feeds_sft(post_run):
     st = stages(post_run)
     acc = json.loads((post_run / "sft_data" / "accounting.json").read_text())

@@ -403,11 +403,11 @@ def test_instructions_and_a_reward_model_stage_join_the_rule_rewards(base, tmp_p
 
 
 @pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "gsm8k").is_dir(), reason="../shared/data is not present")
-def test_eval_contamination_sees_rl_prompt_files_and_data_stage_rows(base, tmp_path):
-    """An eval stage's contamination check reads all the run's training data before it: RL on four GSM8K
+def test_eval_contamination_sees_an_rl_prompt_spec_and_only_the_models_ancestors(base, tmp_path):
+    """An eval stage's contamination check reads the evaluated models' training data: RL on four GSM8K
     items (`prompts: gsm8k=FILE`) makes those items 100% contaminated for an eval of them (0% until
-    2026-12-07: only the corpus stage was scanned); held-out built-in items stay at 0%; the preference
-    rows of a data stage are scanned and are inputs of the stage."""
+    2026-12-07: only the corpus stage was scanned); held-out built-in items stay at 0%; a data stage no
+    evaluated model descends from (`pairs` here) is neither an input nor scanned."""
     items = tmp_path / "gsm8k_four.jsonl"
     with __import__("gzip").open(REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl.gz", "rt") as fh:
         items.write_text("".join(next(fh) for _ in range(4)))
@@ -426,9 +426,9 @@ def test_eval_contamination_sees_rl_prompt_files_and_data_stage_rows(base, tmp_p
     st = json.loads((d / "flow.json").read_text())["stages"]["evaluate"]
     results = st["metrics"]["results"]["rl_gsm"]
     assert results["gsm8k"]["contamination"] == 1.0 and results["counting"]["contamination"] == 0.0
-    assert {"rl_gsm", "corpus", "pairs", str(items.resolve()), str(items)} <= set(st["inputs"])
+    assert {"rl_gsm", "corpus", str(items.resolve())} <= set(st["inputs"]) and "pairs" not in st["inputs"]
     scanned = json.loads((d / "evaluate" / "results.json").read_text())["settings"]["corpora"]
-    assert "pairs/rows.jsonl" in scanned and f"gsm8k={items}" in scanned
+    assert f"gsm8k={items}" in scanned and not any("pairs" in f for f in scanned)
 
 
 def test_rl_filter_keeps_hard_prompts_with_their_pass_rate(base, straight, tmp_path):

@@ -7,10 +7,10 @@
       n: 4
       temperature: 0.6
 
-Every suite is first checked against the run's training data before this stage
-(`flowlm.eval.contamination`): the corpus stage's JSONL corpora, the rows of every data-building stage (SFT
-rows, preference pairs), and the prompt files of earlier stages (an rl stage's `prompts:` file, or its
-benchmark spec `gsm8k=PATH`); the matched share is stored next to the score. Output: `<name>/results.json`
+Every suite is first checked against the training data of the evaluated models (`flowlm.eval.contamination`):
+the corpus stage's JSONL corpora, the rows of every data-building stage the models descend from (SFT rows,
+preference pairs), and those stages' prompt files (an rl stage's `prompts:` file, or its benchmark spec
+`gsm8k=PATH`); the matched share is stored next to the score. Output: `<name>/results.json`
 (settings, per-suite summaries and every item's samples, scores and reasons); `flow.json` gets the
 summaries as `metrics.results[model][suite]`, which `flowlm report` shows as a stage × suite table.
 Benchmark files named in `suites` are declared inputs, so editing one reruns the stage.
@@ -66,39 +66,45 @@ def _inputs(ctx: StageContext, name: str, cfg: EvalStageConfig) -> list[str]:
         return [*cfg.models, *_suite_files(cfg)]
     from flowlm.rl.prompts import spec_file
 
-    stages, files = _training_sources(ctx, name)
+    stages, files = _training_sources(ctx, name, cfg)
     return [*cfg.models, *stages, *(spec_file(f) for f in files), *_suite_files(cfg)]
 
 
-def _training_sources(ctx: StageContext, name: str) -> tuple[list[str], list[str]]:
-    """Where the run's training data before stage `name` lives: stages (the latest corpus stage, and every
-    earlier data-building stage: SFT rows, preference pairs) and files outside the run (an earlier stage's
-    `prompts` or `data` given as a path, or as a benchmark spec `gsm8k=PATH`). Built-in prompts have
-    no file: they are training-split items without near-duplicates of the built-in eval items
-    (`flowlm.data.tasks.generate_clean`)."""
-    from flowlm.flow.stages.registry import get_kind
+def _training_sources(ctx: StageContext, name: str, cfg: EvalStageConfig) -> tuple[list[str], list[str]]:
+    """Where the training data of the evaluated models lives: stages (the latest corpus stage, and every
+    data-building stage among the models' ancestors: SFT rows, preference pairs) and files outside the run
+    (an ancestor's `prompts` or `data` given as a path, or as a benchmark spec `gsm8k=PATH`). Ancestors are
+    followed through the stages' declared inputs, so a data stage no evaluated model descends from is not
+    scanned (nor run for it). Built-in prompts have no file: they are training-split items without
+    near-duplicates of the built-in eval items (`flowlm.data.tasks.generate_clean`)."""
+    from flowlm.flow.stages.registry import declared_inputs, get_kind
     from flowlm.rl.prompts import benchmark_spec
 
     stages, files = [ctx.latest("corpus", name)], []
-    order = list(ctx.recipe.stages)
-    for earlier in order[:order.index(name)]:
-        stage = ctx.recipe.stages[earlier]
-        if get_kind(stage.kind).makes_data:
-            stages.append(earlier)
+    todo, seen = [m for m in cfg.models if m in ctx.recipe.stages], set()
+    while todo:
+        ref = todo.pop(0)
+        if ref in seen:
+            continue
+        seen.add(ref)
+        stage = ctx.recipe.stages[ref]
+        if get_kind(stage.kind).makes_data and ref not in stages:
+            stages.append(ref)
         for field in ("prompts", "data"):
             source = getattr(stage, field, None)
             if isinstance(source, str) and source not in ctx.recipe.stages and (
                     "/" in source or benchmark_spec(source) is not None) and source not in files:
                 files.append(source)
+        todo += [r for r in declared_inputs(ctx, ref, stage) if r in ctx.recipe.stages]
     return stages, files
 
 
-def _training_files(ctx: StageContext, name: str) -> list[Path | str]:
+def _training_files(ctx: StageContext, name: str, cfg: EvalStageConfig) -> list[Path | str]:
     """The files the contamination check scans: the corpus stage's JSONL corpora, the data stages' rows,
     and the outside files of `_training_sources` (a benchmark spec stays a spec: its rows are read)."""
     from flowlm.rl.prompts import benchmark_spec
 
-    stages, files = _training_sources(ctx, name)
+    stages, files = _training_sources(ctx, name, cfg)
     out: list[Path | str] = []
     for stage in stages:
         outs = ctx.outputs[stage]
@@ -135,7 +141,7 @@ def run(ctx: StageContext, name: str, cfg: EvalStageConfig) -> StageResult:
     suites = load_suites(parse_suite_specs(cfg.suites), max_items=cfg.max_items, seed=cfg.seed)
     sandbox = sandbox_for(suites)  # fails before any generation when code cannot be scored safely
     models = {ref: ctx.model_dir(ref) for ref in cfg.models}
-    corpora = _training_files(ctx, name) if cfg.contamination else []
+    corpora = _training_files(ctx, name, cfg) if cfg.contamination else []
     results = evaluate_models(models, suites, fmt=fmt, sampling=sampling, backend=cfg.backend,
                               max_slots=cfg.max_slots, workers=cfg.workers, timeout=cfg.timeout, corpus_paths=corpora)
     doc = {"settings": {"format": fmt.__dict__, "sampling": sampling.__dict__,
