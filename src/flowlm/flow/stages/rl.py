@@ -213,7 +213,7 @@ def run(ctx: StageContext, name: str, cfg: RLStageConfig) -> StageResult:
     metrics[ROLLOUTS] = {"prompt_rows": len(source.rows), "dropped_long_prompts": source.dropped_long,
                          **{k: v for k, v in sorted(source.totals.items())}}
     log_path = ctx.path(outputs["metrics"])
-    if log_path.is_file():  # the main rank's per-step log: reward curves and in-loop evals in a few numbers
+    if ctx.world.is_main and log_path.is_file():  # the per-step log: its curves and in-loop evals in a few numbers
         from flowlm.jsonlines import iter_json_objects
         from flowlm.rl.summary import rl_summary
 
