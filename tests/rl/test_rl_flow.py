@@ -241,6 +241,11 @@ def test_torchrun_learner_on_two_ranks_equals_one_process_and_resumes(base, stra
         (r["position"], r["drawn"], r["trained"]) for r in rollouts(d)]
     for a, b in zip(steps(d), steps(k)):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6) and a["reward"] == b["reward"]
+    # rank 0 sums the curves up in the record; the resumed run's re-logged step counts once
+    def summary(run: Path) -> dict:
+        return json.loads((run / "flow.json").read_text())["stages"]["rl"]["metrics"]["rl"]
+    assert summary(d)["by_quarter"]["reward"] == summary(straight)["by_quarter"]["reward"]
+    assert summary(k)["steps"] == 4 and summary(k)["by_quarter"]["reward"] == summary(d)["by_quarter"]["reward"]
 
 
 def test_torchrun_minibatches_equal_one_process_and_resume_between_two(base, tmp_path):
