@@ -8,6 +8,7 @@ test-only hook `FLOWLM_RL_KILL_AT_POSITION` (see `flowlm.rl.source`).
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import os
@@ -414,7 +415,7 @@ def test_eval_contamination_sees_an_rl_prompt_spec_and_only_the_models_ancestors
     2026-12-07: only the corpus stage was scanned); held-out built-in items stay at 0%; a data stage no
     evaluated model descends from (`pairs` here) is neither an input nor scanned."""
     items = tmp_path / "gsm8k_four.jsonl"
-    with __import__("gzip").open(REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl.gz", "rt") as fh:
+    with gzip.open(REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl.gz", "rt") as fh:
         items.write_text("".join(next(fh) for _ in range(4)))
     d = tmp_path / "run"
     shutil.copytree(base / "run", d)

@@ -74,7 +74,10 @@ def print_report(run_dir: Path, console: Console | None = None) -> dict[str, Any
 
 def rl_table(summaries: dict[str, dict[str, Any]]) -> Table:
     """rl stage × (steps, reward by quarter, per-domain reward first -> last quarter, informative and
-    truncated shares over the run, in-loop pass@1 first -> last eval). The run record has the rest."""
+    truncated shares over the run (the mean of the near-equal quarters), in-loop pass@1 first -> last eval).
+    The run record has the rest."""
+    from flowlm.rl.summary import finite_mean
+
     table = Table(title="RL by stage (reward: mean per quarter of the steps; by domain: first -> last quarter; "
                         "in-loop pass@1: first -> last eval, steps in brackets)")
     for col in ("stage", "steps", "reward", "by domain", "informative", "truncated", "in-loop pass@1"):
@@ -85,8 +88,8 @@ def rl_table(summaries: dict[str, dict[str, Any]]) -> Table:
         evals = "\n".join(f"{suite} {_short(c['first'][1])} -> {_short(c['last'][1])} ({c['first'][0]}-{c['last'][0]})"
                            for suite, c in (sm.get("generation_eval") or {}).items())
         table.add_row(stage, str(sm.get("steps", "-")), " ".join(_short(v) for v in q.get("reward") or ()) or "-",
-                      domains or "-", _short(_overall(q.get("informative_share"))),
-                      _short(_overall(q.get("truncated_share"))), evals or "-")
+                      domains or "-", _short(finite_mean(q.get("informative_share") or ())),
+                      _short(finite_mean(q.get("truncated_share") or ())), evals or "-")
     return table
 
 
@@ -103,10 +106,6 @@ def _span(values: list[Any] | None) -> str:
     return _short(vals[0]) if len(vals) == 1 else f"{_short(vals[0])} -> {_short(vals[-1])}"
 
 
-def _overall(values: list[Any] | None) -> float | None:
-    """The mean of the per-quarter means (quarters are near-equal, so about the run's mean)."""
-    vals = [v for v in values or () if v is not None]
-    return sum(vals) / len(vals) if vals else None
 
 
 def eval_rows(data: dict[str, Any]) -> list[tuple[str, str, dict[str, dict[str, Any]]]]:

@@ -225,7 +225,7 @@ def prompts_main(args: argparse.Namespace) -> int:
     """Run `flowlm rl prompts`: rows of every `--suite` file, then `--builtin N`; counts and warnings on stderr."""
     from flowlm.errors import ConfigError
     from flowlm.eval.evaluate import parse_suite_specs
-    from flowlm.rl.prompts import looks_like_test_split, suite_rows
+    from flowlm.rl.prompts import eval_file_warning, suite_rows
 
     check_output(args.out)
     if not args.suite and args.builtin is None:
@@ -237,9 +237,8 @@ def prompts_main(args: argparse.Namespace) -> int:
     parts: list[tuple[str, list[dict[str, Any]]]] = []
     for name, path in parse_suite_specs(args.suite) if args.suite else []:
         rows, source = suite_rows(name, None if path is None else Path(path), max_items=args.max_items)
-        if looks_like_test_split(source):
-            print(f"rl prompts: warning: {source} holds evaluation items: RL on these rows trains on what "
-                  f"`flowlm eval --suite {name}` scores", file=sys.stderr)
+        if (warning := eval_file_warning(name, source)) is not None:
+            print(f"rl prompts: warning: {warning}", file=sys.stderr)
         parts.append((f"{name} {source}", rows))
     if args.builtin is not None:
         from flowlm.post.teachers import builtin_rows

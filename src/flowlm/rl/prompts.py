@@ -85,9 +85,12 @@ def spec_file(source: str) -> str:
     return source if spec is None else str(resolve(*spec))
 
 
-def looks_like_test_split(path: str) -> bool:
-    """Whether a file's name says it holds evaluation items: a test split (`test.jsonl`), or a benchmark
-    published only for evaluation (HumanEval, IFEval's `input_data.jsonl`, IFBench; sanitized MBPP, whose
-    427 problems include its test split)."""
-    name = Path(path).name.lower()
-    return any(w in name for w in TEST_SPLIT_WORDS) or name.startswith(EVAL_ONLY_FILES)
+def eval_file_warning(name: str, path: str) -> str | None:
+    """The warning for training on benchmark file `path` read as suite `name`, when its name says it holds
+    evaluation items: a test split (`test.jsonl`), or a benchmark published only for evaluation (HumanEval,
+    IFEval's `input_data.jsonl`, IFBench; sanitized MBPP, whose 427 problems include its test split).
+    None for anything else (a training split)."""
+    base = Path(path).name.lower()
+    if not (any(w in base for w in TEST_SPLIT_WORDS) or base.startswith(EVAL_ONLY_FILES)):
+        return None
+    return f"{path} holds evaluation items: training on them trains on what `flowlm eval --suite {name}` scores"

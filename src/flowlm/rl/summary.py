@@ -34,7 +34,8 @@ def quarters(n: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _mean(values: Iterable[Any]) -> float | None:
+def finite_mean(values: Iterable[Any]) -> float | None:
+    """The mean of the finite numbers in `values` (None, NaN and non-numbers skipped); None when there are none."""
     vals = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
     return sum(vals) / len(vals) if vals else None
 
@@ -57,7 +58,7 @@ def rl_summary(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     parts = quarters(len(steps))
     out: dict[str, Any] = {
         "steps": len(steps),
-        "by_quarter": {k: [_mean(r.get(k) for r in steps[a:b]) for a, b in parts] for k in keys},
+        "by_quarter": {k: [finite_mean(r.get(k) for r in steps[a:b]) for a, b in parts] for k in keys},
     }
     diffs = [r["mismatch/abs_diff_max"] for r in steps if isinstance(r.get("mismatch/abs_diff_max"), (int, float))]
     if diffs:

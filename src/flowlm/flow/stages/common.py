@@ -80,16 +80,15 @@ def prompt_rows(ctx: StageContext, name: str, source: str, *, n_builtin: int, se
     `source` as an input (unless builtin; a benchmark spec: its file, `spec_file`)."""
     from flowlm.jsonlines import iter_json_objects
     from flowlm.post.teachers import builtin_rows
-    from flowlm.rl.prompts import benchmark_spec, looks_like_test_split, suite_rows
+    from flowlm.rl.prompts import benchmark_spec, eval_file_warning, suite_rows
 
     if source == "builtin":
         return builtin_rows(n_builtin, seed, tasks=tasks)
     spec = benchmark_spec(source)
     if spec is not None:
         rows, path = suite_rows(*spec)
-        if looks_like_test_split(path) and ctx.world.is_main:
-            print(f"warning: stage '{name}': {path} holds evaluation items: training on them trains on what "
-                  f"`flowlm eval --suite {spec[0]}` scores", file=sys.stderr)
+        if (warning := eval_file_warning(spec[0], path)) is not None and ctx.world.is_main:
+            print(f"warning: stage '{name}': {warning}", file=sys.stderr)
         return rows
     if source in ctx.recipe.stages:
         outs = ctx.outputs[source]

@@ -104,13 +104,9 @@ def _training_files(ctx: StageContext, name: str, cfg: EvalStageConfig) -> list[
     and the outside files of `_training_sources` (a benchmark spec stays a spec: its rows are read)."""
     from flowlm.rl.prompts import benchmark_spec
 
-    stages, files = _training_sources(ctx, name, cfg)
-    out: list[Path | str] = []
-    for stage in stages:
-        outs = ctx.outputs[stage]
-        rels = [rel for rel in outs.values() if rel.endswith(".jsonl")] if stage == stages[0] else \
-            [outs["rows"]] if "rows" in outs else []
-        out += [ctx.path(rel) for rel in rels]
+    (corpus, *data_stages), files = _training_sources(ctx, name, cfg)
+    out: list[Path | str] = [ctx.path(rel) for rel in ctx.outputs[corpus].values() if rel.endswith(".jsonl")]
+    out += [ctx.path(ctx.outputs[s]["rows"]) for s in data_stages if "rows" in ctx.outputs[s]]
     return out + [f if benchmark_spec(f) is not None else Path(f) for f in files]
 
 
