@@ -189,8 +189,13 @@ def run_guarded(fn: Callable[[], int]) -> int:
             return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
         if os.environ.get("FLOWLM_DEBUG", "") not in ("", "0"):
             raise
-        print(peer_failure(exc) or internal_error(exc), file=sys.stderr)
-        return 1
+        peer = peer_failure(exc)
+        if peer is None:
+            print(internal_error(exc), file=sys.stderr)
+            return 1
+        print(peer, file=sys.stderr)
+        leave_broken_group()
+        return 1  # only reached where os._exit is patched out
 
 
 def internal_error(exc: BaseException) -> str:
@@ -246,6 +251,24 @@ def peer_failure(exc: BaseException) -> str | None:
     return (f"error: rank {rank} of {size}: a collective failed because another rank stopped (killed, crashed or "
             f"out of memory; torchrun's summary names it); rerun the same command to resume from the last "
             f"checkpoint. {reason} ({save_crash_log(exc)})")
+
+
+def leave_broken_group() -> None:
+    """Exit this rank now, with status 1, after a peer's death broke its process group.
+
+    Destroying a gloo group whose peer has gone can abort the interpreter during finalization ("terminate
+    called without an active exception": status -6 instead of 1, and torchrun would report a second crash).
+    The exit handlers still run first (they flush logs, stop worker pools, remove temp dirs); then the rank
+    leaves without running the broken group's destructor.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    import atexit
+
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()  # CPython's own finalization step, run here so nothing is skipped
+    os._exit(1)
 
 
 def _stdout_closed() -> bool:
