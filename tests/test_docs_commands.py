@@ -431,6 +431,22 @@ def _check_slurm(r: Result) -> None:
         assert f"[skip] {name}" in r.stderr, r.stderr[-2000:]
 
 
+def _check_trace_text(r: Result) -> None:
+    trace = json.loads(r.stdout)["trace"]
+    assert trace["spans"] and trace["match_coverage"] > 0, trace  # the SFT rows hold steps of this form
+    assert "sft: sft_data/store" in r.stderr and "pretrain: tokenizer/stores/pretrain" in r.stderr, r.stderr[-2000:]
+
+
+def _check_traced_rows(r: Result) -> None:
+    rows = jsonl_rows(r.cwd / "traced.jsonl")
+    assert len(rows) == 4 and all(len(row["trace"]) == len(row["completions"]) for row in rows), rows
+
+
+def _check_trace_store(r: Result) -> None:
+    trace = json.loads(r.stdout)["trace"]
+    assert trace["docs"] and all(d["store"] == "runs/tiny/tokenizer/stores/pretrain" for d in trace["docs"]), trace
+
+
 # --- the table -----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -471,6 +487,11 @@ GSM8K_FILTER = "flowlm rl filter --model CKPT --file gsm8k_rl.jsonl --out gsm8k_
 GSM8K_GRPO = "flowlm train --objective grpo --init CKPT --data gsm8k_hard.jsonl stages.grpo.steps=100"
 VERIFY_SYNOPSIS = "flowlm verify [--file rows.jsonl | -] [--out verdicts.jsonl] [--name NAME] [--workers 2] [--timeout 60]"
 CKPT = "runs/tiny/sft/model"  # what CKPT stands for: the smoke run's SFT checkpoint
+TRACE_TEXT = 'flowlm trace --model runs/tiny-post/sft/model --text "Step 1: 16 + 28 = 44"'
+TRACE_GENERATED = ("flowlm generate --model runs/tiny-post/sft/model --file prompts.jsonl | "
+                   "flowlm trace --model runs/tiny-post/sft/model --out traced.jsonl")
+TRACE_STORE = ('flowlm trace --store runs/tiny/tokenizer/stores/pretrain --tokenizer runs/tiny/tokenizer/tokenizer '
+               '--text "def main():"')
 
 
 def multinode(cmd: str) -> str:
@@ -609,6 +630,12 @@ TABLE: dict[str, Smoke] = {
         weaker="no Slurm here: stand-ins for srun (one task per node, all on this machine) and scontrol "
                "(every node is 127.0.0.1) run the documented line, 1 process per node; it reruns the finished "
                "two-node run, which skips every stage (the docs: rerunning resumes)"),
+    # --- docs/trace.md ---------------------------------------------------------------------------------------
+    TRACE_TEXT: Smoke(TRACE_TEXT, after=("post",), check=_check_trace_text),
+    TRACE_GENERATED: Smoke(
+        TRACE_GENERATED.replace("--file prompts.jsonl", "--file prompts.jsonl --max-new-tokens 16"), after=("post",),
+        check=_check_traced_rows, shrunk="--max-new-tokens 16 for the generation"),
+    TRACE_STORE: Smoke(TRACE_STORE, check=_check_trace_store),
     # --- docs/verify.md (its first command is a usage synopsis) -------------------------------------------------
     VERIFY_SYNOPSIS: Smoke(
         "flowlm verify --file rows.jsonl --out verdicts.jsonl --name math --workers 2 --timeout 60", after=(),

@@ -5,7 +5,7 @@
     flowlm train --objective NAME --init CKPT --data FILE     one objective on your data (flowlm.flow.direct)
     flowlm eval --model DIR                                   BPB of a checkpoint on the built-in eval sets
     flowlm report RUN_DIR                                     tables from a run's flow.json
-Sub-packages add verbs (verify, data, generate) through `add_parser` / `main` in their `cli.py`.
+Sub-packages add verbs (verify, data, generate, eval, post, rl, trace) through `add_parser` / `main` in their `cli.py`.
 
 One convention for every verb that reads records (verify, generate, data): the input is `--file PATH`
 (`-`, or no `--file` while stdin is piped, reads stdin); the records go to stdout unless `--out PATH` is
@@ -38,7 +38,7 @@ from flowlm.errors import ConfigError, FlowError
 
 DEFAULT_RECIPE = "tiny"
 PLUGIN_VERBS = ("flowlm.verify.cli", "flowlm.data.cli", "flowlm.generate.cli", "flowlm.eval.cli", "flowlm.post.cli",
-                "flowlm.rl.cli")
+                "flowlm.rl.cli", "flowlm.trace.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
