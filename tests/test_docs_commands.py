@@ -320,6 +320,8 @@ def _check_base(r: Result) -> None:
     check_pip_install("torch==2.13.0")
     stages_done(r.cwd / "runs" / "tiny", BASE_STAGES)
     assert "BPB by stage" in r.stdout
+    page = (r.cwd / "runs" / "tiny" / "report.html").read_text()  # the README: the run ends with its web page
+    assert all(f'id="stage-{s}"' in page for s in BASE_STAGES) and "<h2>BPB by stage</h2>" in page
 
 
 def _check_longer(r: Result) -> None:

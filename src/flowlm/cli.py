@@ -4,7 +4,7 @@
     flowlm train RECIPE --stage NAME [...]                    run selected stages (e.g. under torchrun)
     flowlm train --objective NAME --init CKPT --data FILE     one objective on your data (flowlm.flow.direct)
     flowlm eval --model DIR                                   BPB of a checkpoint on the built-in eval sets
-    flowlm report RUN_DIR                                     tables from a run's flow.json
+    flowlm report RUN_DIR [--html [PATH]]                     tables from a run's flow.json (and its web page)
 Sub-packages add verbs (verify, data, generate, eval, post, rl, trace) through `add_parser` / `main` in their `cli.py`.
 
 One convention for every verb that reads records (verify, generate, data): the input is `--file PATH`
@@ -64,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--print-recipe", action="store_true", help="--objective: print the recipe, do not run it")
     train.set_defaults(subparser=train)
 
-    rep = sub.add_parser("report", help="print the stage and BPB tables of a run")
+    rep = sub.add_parser("report", help="print the stage and BPB tables of a run; --html writes the web page")
     rep.add_argument("run_dir", type=Path)
+    rep.add_argument("--html", nargs="?", const="", default=None, metavar="PATH",
+                     help="also write the report as one self-contained web page (default RUN_DIR/report.html)")
 
     for mod in PLUGIN_VERBS:
         try:
@@ -89,7 +91,6 @@ def cmd_train_objective(args: argparse.Namespace) -> int:
 
     from flowlm.config import apply_overrides
     from flowlm.flow.direct import objective_recipe, with_overrides
-    from flowlm.flow.report import print_report
     from flowlm.flow.runner import run_recipe
     from flowlm.flow.schema import parse_recipe
 
@@ -110,7 +111,7 @@ def cmd_train_objective(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or Path("runs") / recipe.name
     record = run_recipe(recipe, origin, overrides, run_dir, show_progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
-        print_report(record.run_dir)
+        finish_report(record.run_dir)
     return 0
 
 
@@ -119,15 +120,26 @@ def cmd_run(args: argparse.Namespace, only: list[str] | None = None) -> int:
         raise ConfigError("a recipe is required (e.g. `flowlm train tiny --stage pretrain`)")
     if "=" in args.recipe:  # `flowlm run a.b=1`: only overrides, default recipe
         args.overrides, args.recipe = [args.recipe, *args.overrides], DEFAULT_RECIPE
-    from flowlm.flow.report import print_report
     from flowlm.flow.runner import load_recipe, run_recipe
 
     recipe, origin = load_recipe(args.recipe, args.overrides)
     run_dir = args.run_dir or Path("runs") / recipe.name
     record = run_recipe(recipe, origin, args.overrides, run_dir, only=only, show_progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
-        print_report(record.run_dir)
+        finish_report(record.run_dir)
     return 0
+
+
+def finish_report(run_dir: Path) -> None:
+    """After a run: the tables on stdout and the web page `<run>/report.html` (named on stderr)."""
+    from flowlm.flow.html_report import write_html
+    from flowlm.flow.report import print_report
+
+    print_report(run_dir)
+    try:
+        print(f"report: {write_html(run_dir)}", file=sys.stderr)
+    except OSError as exc:  # the run itself succeeded: say why the page is missing, keep exit 0
+        print(f"report: {run_dir / 'report.html'} not written: {exc.strerror or exc}", file=sys.stderr)
 
 
 RESUME_HINT = "interrupted: finished stages and checkpoints are kept; rerun to resume"
@@ -160,6 +172,10 @@ def _dispatch(argv: list[str] | None) -> int:
         from flowlm.flow.report import print_report
 
         print_report(args.run_dir)
+        if args.html is not None:
+            from flowlm.flow.html_report import write_html
+
+            print(f"report: {write_html(args.run_dir, None if args.html == '' else Path(args.html))}", file=sys.stderr)
         return 0
     return int(args.func(args))
 

@@ -42,14 +42,7 @@ def print_report(run_dir: Path, console: Console | None = None) -> dict[str, Any
     for col in ("stage", "kind", "status", "wall s", "headline"):
         stages.add_column(col)
     for name, st in data.get("stages", {}).items():
-        m = st.get("metrics") or {}
-        head = ", ".join(f"{k}={_fmt(m[k])}" for k in ("final_loss", "tok_s", "mfu", "vocab_size", "pretrain_tokens") if k in m)
-        if isinstance(m.get("results"), dict):
-            head = f"{len(m['results'])} model(s) x {len({s for r in m['results'].values() for s in r})} suite(s)"
-        reward = ((m.get("rl") or {}).get("by_quarter") or {}).get("reward")
-        if reward:
-            head = f"reward {_span(reward)}, " + head
-        stages.add_row(name, st.get("kind", "?"), st.get("status", "?"), _wall(st.get("wall_s")), head)
+        stages.add_row(name, st.get("kind", "?"), st.get("status", "?"), _wall(st.get("wall_s")), headline(st))
     console.print(stages)
     rows = bpb_rows(data)
     if rows:
@@ -70,6 +63,18 @@ def print_report(run_dir: Path, console: Console | None = None) -> dict[str, Any
     if rl:
         console.print(rl_table(rl))
     return data
+
+
+def headline(st: dict[str, Any]) -> str:
+    """A stage's key numbers in one line: loss and speed, vocabulary, eval shape, RL reward first -> last."""
+    m = st.get("metrics") or {}
+    head = ", ".join(f"{k}={_fmt(m[k])}" for k in ("final_loss", "tok_s", "mfu", "vocab_size", "pretrain_tokens") if k in m)
+    if isinstance(m.get("results"), dict):
+        head = f"{len(m['results'])} model(s) x {len({s for r in m['results'].values() for s in r})} suite(s)"
+    reward = ((m.get("rl") or {}).get("by_quarter") or {}).get("reward")
+    if reward:
+        head = f"reward {_span(reward)}, " + head
+    return head
 
 
 def rl_table(summaries: dict[str, dict[str, Any]]) -> Table:
@@ -131,7 +136,7 @@ def eval_table(rows: list[tuple[str, str, dict[str, dict[str, Any]]]]) -> Table:
     return table
 
 
-def _eval_cell(summary: dict[str, Any] | None) -> str:
+def _eval_cell(summary: dict[str, Any] | None, sep: str = "\n") -> str:
     if not summary:
         return "-"
     parts = [f"pass@1 {_fmt(summary.get('pass@1'))}"]
@@ -140,7 +145,7 @@ def _eval_cell(summary: dict[str, Any] | None) -> str:
         parts.append(f"{maj} {_fmt(summary[maj])}")
     if "contamination" in summary:
         parts.append(f"contam {summary['contamination']:.0%}")
-    return "\n".join(parts)
+    return sep.join(parts)
 
 
 def _wall(v: Any) -> str:
