@@ -433,6 +433,16 @@ def _check_slurm(r: Result) -> None:
         assert f"[skip] {name}" in r.stderr, r.stderr[-2000:]
 
 
+def _check_ablate(r: Result) -> None:
+    result = json.loads((r.cwd / "runs" / "ablate-midtrain" / "ablation.json").read_text())
+    assert list(result["arms"]) == ["base", "lr_high", "seed2"]
+    shared = ["corpus", "tokenizer", "pretrain", "midtrain_2"]  # what an override of midtrain leaves alone
+    assert result["shared"] == {"lr_high": shared, "seed2": shared}, result["shared"]
+    rows = {row["key"]: row for row in result["rows"]}
+    assert rows["pretrain/final_loss"]["delta"] == {"lr_high": 0.0, "seed2": 0.0}
+    assert rows["midtrain/final_loss"]["delta"]["lr_high"] != 0.0
+
+
 def _check_trace_text(r: Result) -> None:
     trace = json.loads(r.stdout)["trace"]
     assert trace["spans"] and trace["match_coverage"] > 0, trace  # the SFT rows hold steps of this form
@@ -489,6 +499,8 @@ GSM8K_FILTER = "flowlm rl filter --model CKPT --file gsm8k_rl.jsonl --out gsm8k_
 GSM8K_GRPO = "flowlm train --objective grpo --init CKPT --data gsm8k_hard.jsonl stages.grpo.steps=100"
 VERIFY_SYNOPSIS = "flowlm verify [--file rows.jsonl | -] [--out verdicts.jsonl] [--name NAME] [--workers 2] [--timeout 60]"
 CKPT = "runs/tiny/sft/model"  # what CKPT stands for: the smoke run's SFT checkpoint
+ABLATE = ("flowlm ablate tiny --arm base --arm lr_high:stages.midtrain.optim.lr=3e-3 --arm seed2:stages.midtrain.seed=2 "
+          "--run-dir runs/ablate-midtrain")
 TRACE_TEXT = 'flowlm trace --model runs/tiny-post/sft/model --text "Step 1: 16 + 28 = 44"'
 TRACE_GENERATED = ("flowlm generate --model runs/tiny-post/sft/model --file prompts.jsonl | "
                    "flowlm trace --model runs/tiny-post/sft/model --out traced.jsonl")
@@ -553,6 +565,7 @@ TABLE: dict[str, Smoke] = {
         "flowlm post pairs --file prompts.jsonl --strong runs/big/model --weak runs/small/model --out pairs.jsonl "
         "--set teacher.max_new_tokens=16", after=("post",), check=_check_post("pairs.jsonl", "pairs", 4),
         shrunk="16 new tokens; runs/big, runs/small: the smoke run's long_context and pretrain models"),
+    ABLATE: Smoke(ABLATE + " {SMOKE}", after=(), check=_check_ablate, shrunk="smoke overrides for every arm"),
     # --- docs/eval.md ------------------------------------------------------------------------------------------
     "flowlm eval --model runs/tiny/sft/model --suite builtin": Smoke(
         "flowlm eval --model runs/tiny/sft/model --suite builtin {GEN}", after=("post",),

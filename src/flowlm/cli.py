@@ -5,7 +5,9 @@
     flowlm train --objective NAME --init CKPT --data FILE     one objective on your data (flowlm.flow.direct)
     flowlm eval --model DIR                                   BPB of a checkpoint on the built-in eval sets
     flowlm report RUN_DIR [--html [PATH]]                     tables from a run's flow.json (and its web page)
-Sub-packages add verbs (verify, data, generate, eval, post, rl, trace) through `add_parser` / `main` in their `cli.py`.
+    flowlm ablate RECIPE --arm base --arm NAME:key=value      arms of a recipe sharing unchanged stages, compared
+Sub-packages add verbs (verify, data, generate, eval, post, rl, trace) through `add_parser` / `main` in their `cli.py`,
+and `flowlm.flow.ablate` adds `ablate` the same way (`PLUGIN_VERBS`).
 
 One convention for every verb that reads records (verify, generate, data): the input is `--file PATH`
 (`-`, or no `--file` while stdin is piped, reads stdin); the records go to stdout unless `--out PATH` is
@@ -38,7 +40,7 @@ from flowlm.errors import ConfigError, FlowError
 
 DEFAULT_RECIPE = "tiny"
 PLUGIN_VERBS = ("flowlm.verify.cli", "flowlm.data.cli", "flowlm.generate.cli", "flowlm.eval.cli", "flowlm.post.cli",
-                "flowlm.rl.cli", "flowlm.trace.cli")
+                "flowlm.rl.cli", "flowlm.trace.cli", "flowlm.flow.ablate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,7 +157,7 @@ def _dispatch(argv: list[str] | None) -> int:
     # Overrides may come after options (`run tiny --run-dir d a.b=1`); argparse leaves those over.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.verb not in ("run", "train") or any(e.startswith("-") or "=" not in e for e in extra):
+        if args.verb not in ("run", "train", "ablate") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     if args.verb == "train" and not args.stage and not args.objective:
