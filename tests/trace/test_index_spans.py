@@ -110,3 +110,16 @@ def test_bm25_hand_computed():
     d1 = idf * 1 * 2.2 / (1 + 1.2 * (0.25 + 0.75 * 2 / 2.5))  # term 3 once in a 2-token document
     assert bm25([1, 3, 3], [[1, 1, 2], [2, 3]]) == pytest.approx([d0, d1])
     assert bm25([1], []) == []
+
+
+def test_trace_stage_summary_hand_checked():
+    from flowlm.flow.stages.trace import summarize
+
+    def trace(cov, longest, spans):
+        return {"match_coverage": cov, "longest_match": longest, "docs": [{"store": "s"}],
+                "spans": [{"text": t, "tokens": n, "count": 1, "docs": [0]} for t, n in spans]}
+
+    sm = summarize([trace(0.5, 3, [("a b", 3)]), trace(1.0, 20, [("long one", 12), ("x", 1)])], long_span=12)
+    assert sm["outputs"] == 2 and sm["match_coverage"] == 0.75 and sm["long_share"] == 0.5 and sm["longest"] == 20
+    assert [t["tokens"] for t in sm["top"]] == [12, 3, 1] and sm["top"][0]["store"] == "s"
+    assert summarize([], 12) == {"outputs": 0, "match_coverage": None, "long_share": None, "longest": 0, "top": []}

@@ -62,7 +62,37 @@ def print_report(run_dir: Path, console: Console | None = None) -> dict[str, Any
           if isinstance((st.get("metrics") or {}).get("rl"), dict)}
     if rl:
         console.print(rl_table(rl))
+    traces = trace_rows(data)
+    if traces:
+        table = Table(title="verbatim overlap of eval answers with the models' training data (trace stages: "
+                            "match = share of answer tokens in a verbatim match; long = share of answers with a "
+                            "long verbatim run)")
+        for col in ("stage", "model", "suite", "answers", "match", "long", "longest", "longest kept span"):
+            table.add_column(col, justify="right" if col in ("answers", "match", "long", "longest") else "left")
+        for row in traces:
+            table.add_row(*row)
+        console.print(table)
     return data
+
+
+def trace_rows(data: dict[str, Any]) -> list[list[str]]:
+    """(stage, model, suite, answers, match coverage, long share, longest run, longest kept span) per trace
+    stage, model and suite (`flowlm.flow.stages.trace`)."""
+    rows = []
+    for name, st in data.get("stages", {}).items():
+        for model, suites in ((st.get("metrics") or {}).get("traces") or {}).items():
+            for suite, sm in suites.items():
+                if not isinstance(sm, dict) or "outputs" not in sm:
+                    continue
+                top = (sm.get("top") or [{}])[0] if sm.get("top") else {}
+                span = f"{top['text'][:40]!r} ({top['tokens']} tokens)" if top else "-"
+                rows.append([name, model, suite, str(sm["outputs"]), _pct(sm.get("match_coverage")),
+                             _pct(sm.get("long_share")), str(sm.get("longest", "-")), span])
+    return rows
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{v:.0%}"
 
 
 def headline(st: dict[str, Any]) -> str:

@@ -20,7 +20,6 @@ message of `messages`) only weighs the document ranking. Output: each row plus `
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Iterator
 
 from flowlm.cli import add_io_arguments, check_output, input_path, iter_input_objects, open_output, write_json_line
 from flowlm.errors import ConfigError, FlowError
+from flowlm.trace.index import cached_index, store_key
 
 TEXT_FIELDS = ("completion", "response", "text")
 
@@ -53,32 +53,6 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=main)
 
 
-def _store_key(stores: list[Path]) -> str:
-    h = hashlib.sha256()
-    for s in stores:
-        h.update(str(s.resolve()).encode())
-        for name in ("meta.json", "tokens.npy"):
-            st = (s / name).stat()
-            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
-        h.update((s / "meta.json").read_bytes())
-    return h.hexdigest()[:16]
-
-
-def open_index(stores: list[Path], where: Path) -> Any:
-    """The index of `stores` at `where`: opened when it was built from the same stores, else built there."""
-    from flowlm.trace.index import TraceIndex
-
-    key = _store_key(stores)
-    if (where / "meta.json").is_file():
-        index = TraceIndex.open(where)
-        if index.meta.get("key") != key:
-            raise FlowError(f"--index {where}: built from other stores ({', '.join(s['path'] for s in index.stores)}); "
-                            "remove it or choose another directory")
-        return index
-    print(f"trace: indexing {len(stores)} token store(s) into {where}", file=sys.stderr)
-    return TraceIndex.build(where, stores, extra={"key": key})
-
-
 def _setup(args: argparse.Namespace, tmp: str) -> tuple[Any, Any, str]:
     """(index, tokenizer, description of the data) for the arguments."""
     from flowlm.model.tokenizer import load_tokenizer, tokenizer_hash
@@ -99,7 +73,7 @@ def _setup(args: argparse.Namespace, tmp: str) -> tuple[Any, Any, str]:
                             + "".join(f"; {s}: {why}" for s, why in lineage.skipped.items()))
         stores = [p for _, p in lineage.stores]
         tok = load_tokenizer(args.model)
-        where = args.index or lineage.run_dir / "trace_index" / _store_key(stores)
+        where = args.index or lineage.run_dir / "trace_index" / store_key(stores)
         what = ", ".join(f"{s}: {p.relative_to(lineage.run_dir) if p.is_relative_to(lineage.run_dir) else p}"
                          for s, p in lineage.stores)
         for s, why in lineage.skipped.items():
@@ -110,7 +84,7 @@ def _setup(args: argparse.Namespace, tmp: str) -> tuple[Any, Any, str]:
         stores, tok = list(args.store), load_tokenizer(args.tokenizer)
         where = args.index or Path(tmp) / "index"
         what = ", ".join(str(p) for p in stores)
-    index = open_index(stores, where)
+    index = cached_index(stores, where)
     if index.meta["tokenizer_hash"] != tokenizer_hash(tok):
         raise FlowError(f"trace: the tokenizer of {args.model or args.tokenizer} is not the one the data was "
                         f"tokenized with ({index.stores[0]['path']})")

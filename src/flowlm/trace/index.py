@@ -22,7 +22,9 @@ million tokens. Larger corpora are several indexes (one per store), as infini-gr
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -184,3 +186,30 @@ class TraceIndex:
     def document(self, doc: int) -> np.ndarray:
         """The token ids of indexed document `doc` (its separator excluded)."""
         return np.asarray(self.tokens[int(self.docs[doc]): int(self.docs[doc + 1]) - 1])
+
+
+def store_key(stores: Sequence[Path]) -> str:
+    """What identifies an index's data: the stores' resolved paths, `meta.json` bytes, and the sizes and
+    modification times of `meta.json` and `tokens.npy` (a store rewritten by a re-run stage gets a new key)."""
+    h = hashlib.sha256()
+    for s in stores:
+        h.update(str(Path(s).resolve()).encode())
+        for name in ("meta.json", "tokens.npy"):
+            st = (Path(s) / name).stat()
+            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update((Path(s) / "meta.json").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cached_index(stores: Sequence[Path], where: Path) -> TraceIndex:
+    """The index of `stores` kept at `where`: opened when it was built from the same stores (`store_key`),
+    built there when missing; an index of other stores there is an error, never silently reused."""
+    key = store_key(stores)
+    if (where / "meta.json").is_file():
+        index = TraceIndex.open(where)
+        if index.meta.get("key") != key:
+            raise FlowError(f"--index {where}: built from other stores ({', '.join(s['path'] for s in index.stores)}); "
+                            "remove it or choose another directory")
+        return index
+    print(f"trace: indexing {len(stores)} token store(s) into {where}", file=sys.stderr)
+    return TraceIndex.build(where, stores, extra={"key": key})

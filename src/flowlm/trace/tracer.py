@@ -12,7 +12,10 @@ returns a JSON-ready dict:
 - `highlight`: the character ranges of the kept spans, overlapping ones fused;
 - `coverage`: the share of the output's characters inside a kept span; `match_coverage`: the share of
   tokens inside any maximal span of at least `min_tokens` tokens, before the unigram filter (how much of
-  the output the data contains at all).
+  the output the data contains at all); `longest_match`: the longest run of output tokens found verbatim
+  in the data, before the span rules trim it to words and sentences.
+
+A span with no letter or digit (whitespace, punctuation) is never kept.
 """
 
 from __future__ import annotations
@@ -53,10 +56,12 @@ def trace_text(index: TraceIndex, tok: Any, text: str, prompt: str = "",
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     offsets = [tuple(o) for o in enc["offset_mapping"]]
     if len(ids) == 0:
-        return {"n_tokens": 0, "spans": [], "docs": [], "highlight": [], "coverage": 0.0, "match_coverage": 0.0}
+        return {"n_tokens": 0, "spans": [], "docs": [], "highlight": [], "coverage": 0.0, "match_coverage": 0.0,
+                "longest_match": 0}
     lengths = match_lengths(index, ids)
     edge, breaks = token_edges(text, offsets)
-    found = maximal_spans(lengths, edge, breaks, settings.min_tokens)
+    found = [(a, b) for a, b in maximal_spans(lengths, edge, breaks, settings.min_tokens)
+             if any(ch.isalnum() for ch in text[offsets[a][0]: offsets[b - 1][1]])]  # no whitespace-only spans
     kept = keep_rarest(found, ids, index.unigram, len(ids), settings.density) if found else []
     spans, docs, doc_slot = [], [], {}
     for start, end in kept:
@@ -89,7 +94,7 @@ def trace_text(index: TraceIndex, tok: Any, text: str, prompt: str = "",
     return {"n_tokens": int(len(ids)), "spans": spans, "docs": [docs[i] for i in order],
             "highlight": [[offsets[a][0], offsets[b - 1][1]] for a, b in merge_spans(kept)],
             "coverage": round(float(char_mask.mean()), 4),
-            "match_coverage": round(float(_covered(found, len(ids)).mean()), 4)}
+            "match_coverage": round(float(_covered(found, len(ids)).mean()), 4), "longest_match": int(max(lengths))}
 
 
 def _snippet(index: TraceIndex, tok: Any, doc: int, pos: int, length: int, context: int) -> dict[str, str]:
