@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import yaml
 from flowlm.data.store import TokenStore
 from flowlm.model.tokenizer import load_tokenizer
 from flowlm.trace.lineage import training_stores
-from tests.cli_entry import flowlm_command
+from tests.flow.test_post_flow import flowlm
 
 MICRO = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 128,
          "sliding_window": 32}
@@ -41,13 +40,6 @@ RECIPE = {
         "trace": {"kind": "trace", "eval": "evaluate", "long_span": 4},
     },
 }
-
-
-def flowlm(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*flowlm_command(), *args], capture_output=True, text=True, timeout=600, input=stdin)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"flowlm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture(scope="module")
