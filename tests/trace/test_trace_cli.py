@@ -193,6 +193,9 @@ def test_bad_input_is_one_line(run, tmp_path):
     clash = flowlm("trace", "--model", str(run / "dpo" / "model"), "--index", str(run / "trace_index" / "mine"),
                    "--text", "a", check=False)
     assert clash.returncode == 1 and "built from other stores" in clash.stderr
+    gone = flowlm("trace", "--store", str(tmp_path / "nowhere"), "--tokenizer", str(run / "tokenizer" / "tokenizer"),
+                  "--text", "a", check=False)
+    assert gone.returncode == 1 and f"{tmp_path / 'nowhere'}: not a token store" in gone.stderr
     nodocs = flowlm("trace", "--store", str(run / "tokenizer" / "stores" / "pretrain"), "--text", "a", check=False)
     assert nodocs.returncode == 2 and "--store needs --tokenizer" in nodocs.stderr
     dens = flowlm("trace", "--model", model, "--density", "0", "--text", "a", check=False)

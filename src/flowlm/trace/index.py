@@ -51,10 +51,6 @@ class TraceIndex:
     meta: dict[str, Any]
 
     @property
-    def sep(self) -> int:
-        return int(np.iinfo(self.tokens.dtype).max)
-
-    @property
     def stores(self) -> list[dict[str, Any]]:
         return list(self.meta["stores"])
 
@@ -193,6 +189,8 @@ def store_key(stores: Sequence[Path]) -> str:
     modification times of `meta.json` and `tokens.npy` (a store rewritten by a re-run stage gets a new key)."""
     h = hashlib.sha256()
     for s in stores:
+        if not (Path(s) / "meta.json").is_file() or not (Path(s) / "tokens.npy").is_file():
+            raise FlowError(f"{s}: not a token store (no meta.json / tokens.npy)")
         h.update(str(Path(s).resolve()).encode())
         for name in ("meta.json", "tokens.npy"):
             st = (Path(s) / name).stat()
