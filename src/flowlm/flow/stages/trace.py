@@ -71,7 +71,11 @@ def run(ctx: StageContext, name: str, cfg: TraceStageConfig) -> StageResult:
     lines = []
     for ref in cfg.models or stage.models:
         model_dir = ctx.model_dir(ref)
-        lineage = training_stores(model_dir)
+        try:  # a model from outside any run (an eval of a path) has no lineage to trace against
+            lineage = training_stores(model_dir)
+        except FlowError as exc:
+            metrics[ref] = {"skipped": str(exc)}
+            continue
         if not lineage.stores:
             metrics[ref] = {"skipped": "no token store among its training data"}
             continue
