@@ -1,0 +1,171 @@
+"""`tool_call` verifier: did the model call the right functions with acceptable arguments (BFCL's AST check)?
+
+A call is written the way the chat template writes assistant `tool_calls` (Qwen3 / Hermes):
+`<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>`, in the answer part of
+the completion (after `</think>`); `arguments` may also be a JSON string (OpenAI's wire format).
+`parse_tool_calls(text)` returns the calls and the problems found, and never raises.
+
+Ground truth, either form (one call, or a list for parallel calls, matched in any order):
+- plain: `{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}`: every argument must be
+  given with that value, and no other;
+- BFCL's possible answers: `{"get_weather": {"city": ["Paris", "paris"], "unit": ["c", ""]}}`: each
+  argument takes one of the listed values, `""` in the list makes it optional, and an argument not
+  listed is an error.
+
+Values compare after BFCL's normalisation: strings without case, whitespace and punctuation
+(`"New York"` equals `"new york."`), numbers by value (`2 == 2.0`; booleans are not numbers), lists
+element by element, objects key by key. The score is 1 when every expected call is matched by exactly
+one call, and there are no other calls; else 0, with the first mismatch as the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from typing import Any
+
+from flowlm.verify.base import GroundTruthError, Verdict, register
+from flowlm.verify.thinking import extract_answer
+
+CALL = re.compile(r"<tool_call>(.*?)(</tool_call>|$)", re.DOTALL)
+_PUNCT = str.maketrans("", "", string.punctuation + string.whitespace)
+
+
+def parse_tool_calls(text: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """([{"name", "arguments"}], [problems]) of the `<tool_call>` blocks in `text`; never raises."""
+    calls, problems = [], []
+    for k, m in enumerate(CALL.finditer(text or ""), 1):
+        body, closed = m.group(1).strip(), bool(m.group(2))
+        if not closed:
+            problems.append(f"call {k} is not closed with </tool_call>")
+            continue
+        try:
+            obj = json.loads(body)
+        except ValueError as exc:
+            problems.append(f"call {k} is not JSON ({exc.msg})")
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+            problems.append(f"call {k} has no function name")
+            continue
+        args = obj.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except ValueError:
+                problems.append(f"call {k} ({obj['name']}): arguments are a string that is not JSON")
+                continue
+        if not isinstance(args, dict):
+            problems.append(f"call {k} ({obj['name']}): arguments are not an object")
+            continue
+        calls.append({"name": obj["name"], "arguments": args})
+    return calls, problems
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        return v.lower().translate(_PUNCT)
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _norm(x) for k, x in v.items()}
+    return v
+
+
+def same_value(got: Any, want: Any) -> bool:
+    """BFCL's value check: normalised equality, numbers by value, booleans only equal booleans."""
+    if isinstance(got, bool) != isinstance(want, bool):
+        return False
+    return _norm(got) == _norm(want)
+
+
+def expected_calls(ground_truth: Any) -> list[tuple[str, dict[str, list[Any]], bool]]:
+    """(name, {argument: acceptable values}, strict) per expected call; `strict` (the plain form) means
+    every argument is required. Raises GroundTruthError for a malformed ground truth (a data error)."""
+    items = ground_truth if isinstance(ground_truth, list) else [ground_truth]
+    out = []
+    for item in items:
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            args = item.get("arguments", {})
+            if not isinstance(args, dict):
+                raise GroundTruthError(f"tool_call ground truth: arguments of {item['name']!r} must be an object")
+            out.append((item["name"], {k: [v] for k, v in args.items()}, True))
+        elif isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item.values())), dict):
+            name, params = next(iter(item.items()))
+            if not all(isinstance(v, list) and v for v in params.values()):
+                raise GroundTruthError(f"tool_call ground truth: each argument of {name!r} lists its acceptable values")
+            out.append((name, params, False))
+        else:
+            raise GroundTruthError(f"tool_call ground truth must be {{'name', 'arguments'}} or BFCL's "
+                                   f"{{name: {{arg: [values]}}}}, got {str(item)[:80]!r}")
+    if not out:
+        raise GroundTruthError("tool_call ground truth lists no call")
+    return out
+
+
+def _validate(ground_truth: Any, row: dict[str, Any]) -> None:
+    expected_calls(ground_truth)
+
+
+def call_problem(call: dict[str, Any], name: str, params: dict[str, list[Any]], strict: bool) -> str | None:
+    """Why `call` does not match the expected one, or None."""
+    if call["name"] != name:
+        return f"called {call['name']!r}, expected {name!r}"
+    args = call["arguments"]
+    extra = sorted(set(args) - set(params))
+    if extra:
+        return f"{name}: unexpected argument {extra[0]!r}"
+    for param, allowed in params.items():
+        optional = not strict and "" in allowed
+        if param not in args:
+            if optional:
+                continue
+            return f"{name}: missing argument {param!r}"
+        if not any(same_value(args[param], a) for a in allowed if not (a == "" and not strict)):
+            return f"{name}: {param}={str(args[param])[:40]!r} is not an accepted value"
+    return None
+
+
+@register("tool_call", "function_call", validator=_validate)
+def verify_tool_call(completion: str, ground_truth: Any, **row: Any) -> Verdict:
+    """1 when the answer's calls are exactly the expected ones (any order), else 0 with the reason."""
+    expected = expected_calls(ground_truth)
+    answer = extract_answer(completion)
+    if not answer:
+        return Verdict(0.0, "no answer after </think>")
+    calls, problems = parse_tool_calls(answer)
+    if problems:
+        return Verdict(0.0, problems[0], {"calls": len(calls)})
+    if len(calls) != len(expected):
+        return Verdict(0.0, f"{len(calls)} call(s), expected {len(expected)}", {"calls": len(calls)})
+    why = [[call_problem(c, name, params, strict) for c in calls] for name, params, strict in expected]
+    unmatched = match_calls([[w is None for w in row] for row in why])
+    if unmatched is not None:
+        first = why[unmatched][0] if len(calls) == 1 else f"no call matches {expected[unmatched][0]!r} ({why[unmatched][0]})"
+        return Verdict(0.0, first, {"calls": len(calls)})
+    return Verdict(1.0, f"correct: {', '.join(c['name'] for c in calls)}", {"calls": len(calls)})
+
+
+def match_calls(ok: list[list[bool]]) -> int | None:
+    """A one-to-one assignment of expected calls (rows) to made calls (columns) where `ok[e][c]` (Kuhn's
+    augmenting paths, so parallel calls to one function match in any order); None when every expected call
+    is matched, else the first expected call left over."""
+    owner: dict[int, int] = {}
+
+    def place(e: int, seen: set[int]) -> bool:
+        for c, good in enumerate(ok[e]):
+            if good and c not in seen:
+                seen.add(c)
+                if c not in owner or place(owner[c], seen):
+                    owner[c] = e
+                    return True
+        return False
+
+    for e in range(len(ok)):
+        if not place(e, set()):
+            return e
+    return None
