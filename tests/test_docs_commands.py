@@ -443,6 +443,12 @@ def _check_ablate(r: Result) -> None:
     assert rows["midtrain/final_loss"]["delta"]["lr_high"] != 0.0
 
 
+def _check_tools(r: Result) -> None:
+    rows = jsonl_rows(r.cwd / "tools.jsonl")
+    assert len(rows) == 4 and all(len(row["completions"]) == 1 and row["trajectory"] for row in rows), rows
+    assert "conversations done" in r.stderr
+
+
 def _check_trace_text(r: Result) -> None:
     trace = json.loads(r.stdout)["trace"]
     assert trace["spans"] and trace["match_coverage"] > 0, trace  # the SFT rows hold steps of this form
@@ -501,6 +507,8 @@ VERIFY_SYNOPSIS = "flowlm verify [--file rows.jsonl | -] [--out verdicts.jsonl] 
 CKPT = "runs/tiny/sft/model"  # what CKPT stands for: the smoke run's SFT checkpoint
 ABLATE = ("flowlm ablate tiny --arm base --arm lr_high:stages.midtrain.optim.lr=3e-3 --arm seed2:stages.midtrain.seed=2 "
           "--run-dir runs/ablate-midtrain")
+TOOLS_GEN = ("flowlm generate --model runs/tiny-post/sft/model --file prompts.jsonl --tools calculator,python "
+             "--max-tool-calls 5")
 TRACE_TEXT = 'flowlm trace --model runs/tiny-post/sft/model --text "Step 1: 16 + 28 = 44"'
 TRACE_GENERATED = ("flowlm generate --model runs/tiny-post/sft/model --file prompts.jsonl | "
                    "flowlm trace --model runs/tiny-post/sft/model --out traced.jsonl")
@@ -645,6 +653,11 @@ TABLE: dict[str, Smoke] = {
         weaker="no Slurm here: stand-ins for srun (one task per node, all on this machine) and scontrol "
                "(every node is 127.0.0.1) run the documented line, 1 process per node; it reruns the finished "
                "two-node run, which skips every stage (the docs: rerunning resumes)"),
+    TOOLS_GEN: Smoke(TOOLS_GEN.replace("calculator,python", "calculator") + " --max-new-tokens 16 --out tools.jsonl",
+                     after=("post",), check=_check_tools,
+                     shrunk="--tools calculator alone (the smoke model's 512-token context, with its 512-token "
+                            "vocabulary, cannot hold both tools' signatures; tests/tools runs python), 16 new "
+                            "tokens per turn; the rows go to tools.jsonl"),
     # --- docs/trace.md ---------------------------------------------------------------------------------------
     TRACE_TEXT: Smoke(TRACE_TEXT, after=("post",), check=_check_trace_text),
     TRACE_GENERATED: Smoke(

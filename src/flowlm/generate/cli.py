@@ -63,6 +63,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--logprobs", choices=LOGPROBS_MODES, default="raw",
                    help="completion log-probs of the raw logits (temperature 1) or of the logits divided by the "
                         "row's temperature (what RL at that temperature trains); both before top-k/top-p/min-p")
+    p.add_argument("--tools", default=None, metavar="NAMES",
+                   help="comma-separated built-in tools the model may call (calculator, python); calls are run "
+                        "and answered in the loop; chat or prompt rows, one completion each")
+    p.add_argument("--max-tool-calls", type=int, default=5, help="--tools: calls per conversation at most")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=main)
 
@@ -155,7 +159,17 @@ def main(args: argparse.Namespace) -> int:
     if problem:
         raise ConfigError(f"generate: {problem}")
     check_slots(args.n, args.max_slots, "prompt")
+    tools = None
+    if args.tools is not None:
+        from flowlm.tools.builtin import check_available, select_tools
+
+        tools = select_tools([t.strip() for t in args.tools.split(",") if t.strip()])
+        if args.max_tool_calls < 1:
+            raise ConfigError(f"generate: --max-tool-calls must be at least 1, got {args.max_tool_calls}")
+        check_available(tools)
     rows = read_rows(input_path(args.file, "generate"), base_params(args))
+    if tools is not None:
+        return _run_tools(args, rows, tools)
     engine = build_engine(args)
     check_stop_token_ids(args.stop_token_id, engine.vocab_size)
     if args.no_thinking and any(is_chat(prompt) for _, _, prompt, _ in rows):
@@ -169,6 +183,38 @@ def main(args: argparse.Namespace) -> int:
     where = f" -> {args.out}" if args.out is not None else ""
     print(f"generate: {len(rows) - len(failed)}/{len(rows)} requests done, {len(failed)} failed{where}",
           file=sys.stderr)
+    if failed:
+        raise FlowError(f"generate: {failed_lines(failed, [w for w, *_ in rows])}")
+    return 0
+
+
+def _run_tools(args: argparse.Namespace, rows: list[Row], tools: dict[str, Any]) -> int:
+    """`--tools`: every row a conversation whose tool calls are run in the loop (`flowlm.tools.loop`).
+    Output rows: the input row plus `completions` (one: the final answer, with its `tool_calls`, `turns`,
+    `tokens` and `finish_reason`) and `trajectory` (the assistant and tool messages after the input)."""
+    from flowlm.tools.loop import run_with_tools
+
+    convs = []
+    for where, _, prompt, params in rows:
+        if params.n != 1:
+            raise FlowError(f"{where}: --tools samples one conversation per row (n must be 1, got {params.n})")
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        elif not is_chat(prompt):
+            raise FlowError(f"{where}: --tools needs chat messages or a prompt string, not prompt_ids")
+        convs.append(prompt)
+    engine = build_engine(args)
+    results = run_with_tools(engine, convs, tools, [p for *_, p in rows], max_calls=args.max_tool_calls,
+                             enable_thinking=not args.no_thinking)
+    failed = {i: r["error"] for i, r in enumerate(results) if r["error"]}
+    with open_output(args.out) as out:
+        for (_, row, _, _), r in zip(rows, results):
+            comp = {"text": r["answer"], "finish_reason": r["finish_reason"], "tool_calls": r["tool_calls"],
+                    "turns": r["turns"], "tokens": r["tokens"]}
+            write_json_line(out, {**row, "completions": [comp], "trajectory": r["messages"], "error": r["error"]})
+    calls = sum(r["tool_calls"] for r in results)
+    print(f"generate: {len(rows) - len(failed)}/{len(rows)} conversations done, {calls} tool call(s) run, "
+          f"{len(failed)} failed", file=sys.stderr)
     if failed:
         raise FlowError(f"generate: {failed_lines(failed, [w for w, *_ in rows])}")
     return 0
