@@ -63,15 +63,15 @@ def seed_from(baseline: Path, arm_dir: Path) -> list[str]:
 
     record = read_record(baseline / "flow.json")
     done = {n: st for n, st in record.get("stages", {}).items() if st.get("status") == "done"}
+    for name, st in done.items():  # every output must live in a stage directory, or the copy would miss it
+        for rel in (st.get("outputs") or {}).values():
+            if isinstance(rel, str) and Path(rel).parts[0] not in done:
+                raise FlowError(f"{baseline / rel}: an output of stage '{name}' outside the stages' directories; "
+                                "cannot seed the arm from it")
     arm_dir.mkdir(parents=True)
     for name in done:
         if (baseline / name).is_dir():
             shutil.copytree(baseline / name, arm_dir / name, copy_function=_link_or_copy, symlinks=True)
-    for name, st in done.items():  # outputs that live in another stage's directory are already there
-        for rel in (st.get("outputs") or {}).values():
-            if isinstance(rel, str) and not (arm_dir / rel).exists() and (baseline / rel).exists():
-                raise FlowError(f"{baseline / rel}: an output of stage '{name}' outside its directory; "
-                                "cannot seed the arm from it")
     atomic_write_text(arm_dir / "flow.json", json.dumps({**record, "stages": done}, indent=2))
     return list(done)
 

@@ -102,7 +102,8 @@ def _bpb_section(data: dict[str, Any]) -> str:
     keys = sorted({k for _, r in rows for k in r if k.endswith("/bpb")}) + ["bpb", "heldout_loss"]
     keys = [k for k in keys if any(k in r for _, r in rows)]
     table = _table(["after", *(escape(k.replace("/bpb", "")) for k in keys)],
-                   [[escape(label), *(_fmt(r.get(k)) for k in keys)] for label, r in rows], set(range(1, len(keys) + 1)))
+                   [[escape(label), *(escape(_fmt(r.get(k))) for k in keys)] for label, r in rows],
+                   set(range(1, len(keys) + 1)))
     series = {k.replace("/bpb", ""): [(float(i), float(r[k])) for i, (_, r) in enumerate(rows)
                                       if isinstance(r.get(k), (int, float))]
               for k in keys if k != "heldout_loss"}
