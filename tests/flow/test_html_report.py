@@ -60,7 +60,7 @@ def test_the_page_of_a_run_renders_in_headless_chromium(tmp_path):
     from tests.flow.test_post_flow import BASE, flowlm, write_recipe
 
     assert CHROMIUM is not None, "CI installs chromium (.ci/run); it is missing"
-    recipe = {**BASE, "stages": {k: BASE["stages"][k] for k in ("corpus", "tokenizer", "pretrain", "sft_data", "sft")}}
+    recipe = {**BASE, "stages": {k: BASE["stages"][k] for k in ("corpus", "tokenizer", "pretrain")}}
     run = tmp_path / "run"
     proc = flowlm("run", str(write_recipe(tmp_path / "r.yaml", recipe)), "--run-dir", str(run), "--no-progress")
     assert f"report: {run / 'report.html'}" in proc.stderr and (run / "report.html").is_file()
@@ -69,16 +69,16 @@ def test_the_page_of_a_run_renders_in_headless_chromium(tmp_path):
     html = out.read_text()
     # nothing is fetched: the only URL is the SVG namespace, and no element has a source
     assert set(re.findall(r"https?://[^\"' ]+", html)) == {"http://www.w3.org/2000/svg"} and "src=" not in html
-    assert 'href="../run/sft/model"' in html  # links are relative to where the page is
+    assert 'href="../run/pretrain/model"' in html  # links are relative to where the page is
     dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", out.as_uri()],
                          capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    for stage in ("corpus", "tokenizer", "pretrain", "sft_data", "sft"):
+    for stage in ("corpus", "tokenizer", "pretrain"):
         assert f'id="stage-{stage}"' in dom.stdout
     for title in ("Run", "Stages", "BPB by stage", "Training curves"):
         assert f"<h2>{title}</h2>" in dom.stdout
-    # a chart per training stage (loss) and per BPB series: parsed as SVG, with their lines
-    assert dom.stdout.count("<polyline") >= 4 and 'data-series="loss"' in dom.stdout
+    # the BPB chart (untrained -> pretrain) and pretrain's loss and held-out BPB curves: parsed as SVG
+    assert dom.stdout.count("<polyline") >= 3 and 'data-series="loss"' in dom.stdout
     shot = tmp_path / "page.png"
     subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
                     "--window-size=1000,1400", out.as_uri()], capture_output=True, timeout=120, check=True)
