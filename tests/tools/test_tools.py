@@ -85,10 +85,11 @@ def test_the_loop_runs_calls_feeds_answers_back_and_stops(tok):
         1: [call("search", q="x"), "I cannot search."],
         2: [call("calculator", expression="1+1")] * 3,
         3: ['<tool_call>{"name": oops}</tool_call>', "Sorry."],
+        4: ["<tool_call>{broken</tool_call>"] * 4,  # never a valid call: the turns are bounded all the same
     }
     engine = ScriptedEngine(tok, script)
-    convs = [[{"role": "user", "content": f"question {i}"}] for i in range(4)]
-    res = run_with_tools(engine, convs, {"calculator": CALCULATOR}, [SamplingParams(max_new_tokens=64)] * 4,
+    convs = [[{"role": "user", "content": f"question {i}"}] for i in range(5)]
+    res = run_with_tools(engine, convs, {"calculator": CALCULATOR}, [SamplingParams(max_new_tokens=64)] * 5,
                          max_calls=2)
     a = res[0]
     assert a["answer"] == "The answer is 440040051." and a["tool_calls"] == 1 and a["turns"] == 2
@@ -107,6 +108,7 @@ def test_the_loop_runs_calls_feeds_answers_back_and_stops(tok):
     c = res[2]
     assert c["tool_calls"] == 2 and c["turns"] == 3 and c["finish_reason"] == "max_calls"
     assert res[3]["messages"][1]["content"].startswith("error: call 1 is not JSON") and res[3]["answer"] == "Sorry."
+    assert res[4]["turns"] == 3 and res[4]["tool_calls"] == 0 and res[4]["finish_reason"] == "max_calls"
 
 
 def test_a_conversation_that_outgrows_the_context_ends_with_an_error(tok):

@@ -10,7 +10,7 @@ holds `<tool_call>` blocks in its answer part (after `</think>`; parsed by
   or a malformed call, is answered with `error: ...`).
 
 The conversation is then submitted again. It ends when a reply makes no call, when `max_calls` calls
-have been made (the last reply is kept as the answer), when a reply is cut by `max_new_tokens`, or
+have been made or `max_calls` tool turns taken (the last reply is kept as the answer), when a reply is cut by `max_new_tokens`, or
 when the conversation no longer fits the model's context (`error`). Each turn is a fresh request, so
 the prefix is prefilled again; the tokens are those of the template, the same ones SFT on the
 trajectory would train on.
@@ -104,7 +104,9 @@ def run_with_tools(engine: Any, conversations: list[list[dict[str, Any]]], tools
             reasoning, answer = split_reply(raw)
             calls, problems = parse_tool_calls(answer)
             said = CALL.split(answer)[0].strip() if (calls or problems) else answer
-            if (calls or problems) and comp.finish_reason == "stop" and conv.calls < max_calls:
+            # at most `max_calls` calls, and as many tool turns (malformed calls run nothing but take a turn)
+            if (calls or problems) and comp.finish_reason == "stop" and conv.calls < max_calls \
+                    and conv.turns <= max_calls:
                 conv.calls += len(calls)
                 msg = {"role": "assistant", "content": said, "reasoning_content": reasoning,
                        "tool_calls": [{"type": "function", "function": c} for c in calls]}
@@ -116,7 +118,8 @@ def run_with_tools(engine: Any, conversations: list[list[dict[str, Any]]], tools
                     continue
             else:
                 conv.answer = answer
-                conv.finish_reason = ("max_calls" if calls and conv.calls >= max_calls else comp.finish_reason)
+                conv.finish_reason = "max_calls" if (calls or problems) and comp.finish_reason == "stop" \
+                    else comp.finish_reason
                 msg = {"role": "assistant", "content": answer, "reasoning_content": reasoning}
                 conv.messages.append(msg)
                 conv.added.append(msg)
