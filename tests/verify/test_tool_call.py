@@ -54,6 +54,28 @@ def test_bfcl_possible_answers_optional_arguments_and_numbers():
     assert verify("tool_call", call("calc_area", base=True, height=5), {"calc_area": {"base": [1], "height": [5]}}).score == 0.0
 
 
+def test_bfcl_nested_possible_answers_and_signature_types():
+    # an object's values in BFCL's possible answers are lists of accepted values, "" = the key may be absent
+    gt = {"update_user": {"user_id": [7], "info": [{"name": ["John Doe"], "email": ["j@x.com", ""]}]}}
+    assert verify("tool_call", call("update_user", user_id=7, info={"name": "john doe"}), gt).score == 1.0
+    assert verify("tool_call", call("update_user", user_id=7, info={"name": "Jane"}), gt).score == 0.0
+    assert verify("tool_call", call("update_user", user_id=7, info={"name": "John Doe", "age": 3}), gt).score == 0.0
+    rows = {"query": {"conditions": [[{"field": ["age"], "value": ["25"]}, {"field": ["job"], "value": ["x"]}]]}}
+    good = call("query", conditions=[{"field": "age", "value": "25"}, {"field": "job", "value": "x"}])
+    assert verify("tool_call", good, rows).score == 1.0
+    assert verify("tool_call", call("query", conditions=[{"field": "age", "value": "25"}]), rows).score == 0.0
+    # with the signatures in the row, types are checked: an integer argument given as a float is wrong
+    functions = [{"name": "area", "parameters": {"type": "dict", "properties": {
+        "base": {"type": "integer"}, "scale": {"type": "float"}, "label": {"type": "string"}}}}]
+    gt = {"area": {"base": [10], "scale": [2.0, ""], "label": ["", True]}}
+    assert verify("tool_call", call("area", base=10, scale=2), gt, functions=functions).score == 1.0  # int for float
+    v = verify("tool_call", call("area", base=10.0), gt, functions=functions)
+    assert v.score == 0.0 and "base='10.0' is not of type integer" in v.reason
+    assert verify("tool_call", call("area", base=10.0), gt).score == 1.0  # without signatures: values only
+    # BFCL's "variable" rule: a value of an accepted value's own type passes a mismatched signature
+    assert verify("tool_call", call("area", base=10, label=True), gt, functions=functions).score == 1.0
+
+
 def test_parallel_calls_match_in_any_order():
     gt = [{"get_weather": {"city": ["Paris", "London"]}}, {"get_weather": {"city": ["Paris"]}}]
     both = call("get_weather", city="Paris") + call("get_weather", city="London")

@@ -10,26 +10,32 @@ Ground truth, either form (one call, or a list for parallel calls, matched in an
   given with that value, and no other;
 - BFCL's possible answers: `{"get_weather": {"city": ["Paris", "paris"], "unit": ["c", ""]}}`: each
   argument takes one of the listed values, `""` in the list makes it optional, and an argument not
-  listed is an error.
+  listed is an error. An object among the accepted values is itself a map to accepted values, and so
+  are the objects of an accepted list of objects.
 
-Values compare after BFCL's normalisation: strings without case, whitespace and punctuation
-(`"New York"` equals `"new york."`), numbers by value (`2 == 2.0`; booleans are not numbers), lists
-element by element, objects key by key. The score is 1 when every expected call is matched by exactly
-one call, and there are no other calls; else 0, with the first mismatch as the reason.
+Values compare after BFCL's normalisation: strings lower-cased, without spaces and `,./-_*^`, with `'`
+read as `"` (`"New York"` equals `"new-york."`); numbers by value (`2 == 2.0`; booleans are not numbers);
+lists element by element; objects key by key. When the row carries the function signatures
+(`functions`: BFCL's `function` list or OpenAI tools), argument types are checked as BFCL does at the top
+level: an `integer` argument must be an int, a `float` one an int or a float, `string`, `boolean`,
+`array` and `dict` their own types. The score is 1 when every expected call is matched by exactly one
+call, and there are no other calls; else 0, with the first mismatch as the reason.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import string
 from typing import Any
 
 from flowlm.verify.base import GroundTruthError, Verdict, register
 from flowlm.verify.thinking import extract_answer
 
 CALL = re.compile(r"<tool_call>(.*?)(</tool_call>|$)", re.DOTALL)
-_PUNCT = str.maketrans("", "", string.punctuation + string.whitespace)
+_BFCL_STRIP = re.compile(r"[ \,\.\/\-\_\*\^]")  # BFCL's `standardize_string`
+TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "float": (float, int), "number": (float, int),
+                                      "boolean": (bool,), "array": (list,), "tuple": (list,), "dict": (dict,),
+                                      "object": (dict,)}
 
 
 def parse_tool_calls(text: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -68,7 +74,7 @@ def _norm(v: Any) -> Any:
     if isinstance(v, (int, float)):
         return float(v)
     if isinstance(v, str):
-        return v.lower().translate(_PUNCT)
+        return _BFCL_STRIP.sub("", v).lower().replace("'", '"')
     if isinstance(v, (list, tuple)):
         return [_norm(x) for x in v]
     if isinstance(v, dict):
@@ -81,6 +87,24 @@ def same_value(got: Any, want: Any) -> bool:
     if isinstance(got, bool) != isinstance(want, bool):
         return False
     return _norm(got) == _norm(want)
+
+
+def accepted(got: Any, want: Any, strict: bool) -> bool:
+    """`got` matches the accepted value `want`. In BFCL's possible answers an object's values, and those of
+    the objects in a list, are themselves lists of accepted values (`""`: the key may be left out)."""
+    if strict or not isinstance(want, (dict, list)):
+        return same_value(got, want)
+    if isinstance(want, dict):
+        if not isinstance(got, dict) or set(got) - set(want):
+            return False
+        return all((key in got and any(accepted(got[key], a, False) for a in opts if a != ""))
+                   or (key not in got and isinstance(opts, list) and "" in opts)
+                   for key, opts in want.items() if isinstance(opts, list)) and all(
+                       isinstance(o, list) for o in want.values())
+    if want and all(isinstance(w, dict) for w in want):
+        return isinstance(got, list) and len(got) == len(want) and all(
+            accepted(g, w, False) for g, w in zip(got, want))
+    return same_value(got, want)
 
 
 def expected_calls(ground_truth: Any) -> list[tuple[str, dict[str, list[Any]], bool]]:
@@ -111,11 +135,39 @@ def _validate(ground_truth: Any, row: dict[str, Any]) -> None:
     expected_calls(ground_truth)
 
 
-def call_problem(call: dict[str, Any], name: str, params: dict[str, list[Any]], strict: bool) -> str | None:
+def signatures(functions: Any) -> dict[str, dict[str, str]]:
+    """{function name: {argument: declared type}} from BFCL's `function` list or OpenAI tools (else {})."""
+    out: dict[str, dict[str, str]] = {}
+    for f in functions if isinstance(functions, list) else []:
+        f = f.get("function", f) if isinstance(f, dict) else None
+        props = ((f or {}).get("parameters") or {}).get("properties") if isinstance(f, dict) else None
+        if isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(props, dict):
+            out[f["name"]] = {k: v.get("type") for k, v in props.items() if isinstance(v, dict)}
+    return out
+
+
+def type_problem(value: Any, declared: Any) -> bool:
+    """True when `value` is not of the declared BFCL / JSON-schema type (an unknown type is not checked)."""
+    allowed = TYPES.get(declared) if isinstance(declared, str) else None
+    if allowed is None:
+        return False
+    if isinstance(value, bool) and bool not in allowed:
+        return True
+    return not isinstance(value, allowed)
+
+
+def call_problem(call: dict[str, Any], name: str, params: dict[str, list[Any]], strict: bool,
+                 types: dict[str, str] | None = None) -> str | None:
     """Why `call` does not match the expected one, or None."""
     if call["name"] != name:
         return f"called {call['name']!r}, expected {name!r}"
     args = call["arguments"]
+    for param, value in args.items():
+        # BFCL takes a value of an accepted value's own type as meant (its "variable" rule), whatever the
+        # signature says
+        if types and param in types and type_problem(value, types[param]) and not any(
+                type(value) is type(a) for a in params.get(param, []) if a != ""):
+            return f"{name}: {param}={str(value)[:40]!r} is not of type {types[param]}"
     extra = sorted(set(args) - set(params))
     if extra:
         return f"{name}: unexpected argument {extra[0]!r}"
@@ -125,7 +177,7 @@ def call_problem(call: dict[str, Any], name: str, params: dict[str, list[Any]], 
             if optional:
                 continue
             return f"{name}: missing argument {param!r}"
-        if not any(same_value(args[param], a) for a in allowed if not (a == "" and not strict)):
+        if not any(accepted(args[param], a, strict) for a in allowed if not (a == "" and not strict)):
             return f"{name}: {param}={str(args[param])[:40]!r} is not an accepted value"
     return None
 
@@ -142,7 +194,8 @@ def verify_tool_call(completion: str, ground_truth: Any, **row: Any) -> Verdict:
         return Verdict(0.0, problems[0], {"calls": len(calls)})
     if len(calls) != len(expected):
         return Verdict(0.0, f"{len(calls)} call(s), expected {len(expected)}", {"calls": len(calls)})
-    why = [[call_problem(c, name, params, strict) for c in calls] for name, params, strict in expected]
+    sigs = signatures(row.get("functions"))
+    why = [[call_problem(c, name, params, strict, sigs.get(name)) for c in calls] for name, params, strict in expected]
     unmatched = match_calls([[w is None for w in row] for row in why])
     if unmatched is not None:
         first = why[unmatched][0] if len(calls) == 1 else f"no call matches {expected[unmatched][0]!r} ({why[unmatched][0]})"
