@@ -121,7 +121,7 @@ def test_a_conversation_that_outgrows_the_context_ends_with_an_error(tok):
     assert res["error"].startswith("prompt has") and res["finish_reason"] == "length" and res["tool_calls"] >= 1
 
 
-def test_generate_with_tools_through_the_cli(tmp_path):
+def test_generate_with_tools_and_eval_on_bfcl_through_the_cli(tmp_path):
     recipe = {**BASE, "model": {"preset": "tiny", "overrides": {**BASE["model"]["overrides"], "max_seq_len": 1024}},
               "stages": {k: BASE["stages"][k] for k in ("corpus", "tokenizer", "pretrain")}}
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -142,3 +142,15 @@ def test_generate_with_tools_through_the_cli(tmp_path):
     assert wrong.returncode == 1 and f"{ids}:1: --tools needs chat messages" in wrong.stderr
     many = flowlm("generate", "--model", model, "--file", str(rows), "--tools", "calculator", "--n", "2", check=False)
     assert many.returncode == 1 and "n must be 1" in many.stderr
+    # a BFCL file as an eval suite: the functions in the prompt, the calls scored by the tool_call verifier
+    from tests.eval.test_bfcl import ANSWERS, write_bfcl
+
+    bfcl = write_bfcl(tmp_path / "bfcl")
+    ev = flowlm("eval", "--model", model, "--suite", f"bfcl={bfcl}", "--max-new-tokens", "8", "--temperature", "0",
+                "--workers", "0", "--out", str(tmp_path / "bfcl.json"))
+    res = json.loads((tmp_path / "bfcl.json").read_text())
+    summary = res["results"]["bfcl"]
+    assert summary["items"] == 2 and set(summary["by_category"]) == {"simple_python", "parallel"} and "pass@1" in summary
+    items = res["items"]["bfcl"]
+    assert [it["ground_truth"] for it in items] == [a["ground_truth"] for a in ANSWERS]
+    assert all(s["reason"] for it in items for s in it["samples"]) and ev.returncode == 0

@@ -95,7 +95,7 @@ def test_values_compare_by_bfcl_rules():
 
 
 def test_malformed_ground_truth_is_a_data_error():
-    for bad in ({"name": "f", "arguments": [1]}, {"f": {"x": []}}, [], "f(x=1)"):
+    for bad in ({"name": "f", "arguments": [1]}, {"f": {"x": 3}}, [], "f(x=1)"):
         with pytest.raises(GroundTruthError):
             validate("tool_call", bad, {})
 

@@ -11,12 +11,14 @@
 | `mbpp` | `sanitized-mbpp.json` (a JSON array) | task_id, prompt, code, test_list, test_imports | `mbpp`, tests + imports |
 | `ifeval` | `input_data.jsonl` | key, prompt, instruction_id_list, kwargs | `ifeval` + prompt |
 | `ifbench` | `IFBench_test.jsonl` | key, prompt, instruction_id_list, kwargs | `ifbench` + prompt |
+| `bfcl` | `BFCL_v4_simple_python.json` (or any AST category: multiple, parallel, live_simple, ...; JSON lines) and `possible_answer/<same name>` beside it | id, question (turns of messages), function | `tool_call`, ground truth = the possible answers, `functions` = the signatures |
 
 Prompts follow the common practice of each benchmark: math asks for the answer in `\\boxed{}`;
 HumanEval shows the function stub (plain mode: the stub itself is the prompt and the model writes the
 body, stopped at the next top-level statement); MBPP gives the task and its tests (plain mode: the
-`[BEGIN]` / `[DONE]` format of the MBPP paper). A row missing a field is a one-line `FlowError` naming
-FILE:LINE.
+`[BEGIN]` / `[DONE]` format of the MBPP paper). BFCL items are the first turn's messages with the
+functions listed by the chat template (chat format only), and a call is scored by BFCL's AST check
+(`flowlm.verify.tool_call`). A row missing a field is a one-line `FlowError` naming FILE:LINE.
 """
 
 from __future__ import annotations
@@ -34,16 +36,18 @@ FILES: dict[str, tuple[str, ...]] = {
     "gsm8k": ("test.jsonl",), "math500": ("test.jsonl",), "math": ("test.jsonl", "test.jsonl.gz"),
     "aime": ("test.jsonl",), "amc": ("test.jsonl",), "humaneval": ("HumanEval.jsonl.gz", "HumanEval.jsonl"),
     "mbpp": ("sanitized-mbpp.json",), "ifeval": ("input_data.jsonl",), "ifbench": ("IFBench_test.jsonl",),
+    "bfcl": ("BFCL_v4_simple_python.json", "BFCL_v3_simple.json"),
 }
 CODE_INSTRUCTION = "Write the complete function in a ```python code block."
 HUMANEVAL_STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 
 
 def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(`FILE:LINE` or `FILE:item N`, row) for a JSONL(.gz) file or a JSON array file."""
+    """(`FILE:LINE` or `FILE:item N`, row) for a JSONL(.gz) file or a JSON array file (a `.json` file that is
+    not an array is read as JSON lines, as BFCL publishes its data)."""
     from flowlm.jsonlines import iter_json_objects
 
-    if path.name.endswith(".json"):
+    if path.name.endswith(".json") and path.read_text(encoding="utf-8", errors="replace").lstrip()[:1] == "[":
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
@@ -122,9 +126,44 @@ def _instructions(dataset: str) -> Callable[[str, int, dict[str, Any]], EvalItem
     return read
 
 
+def bfcl_answers(path: Path) -> dict[str, Any]:
+    """BFCL's possible answers for the question file `path`: `possible_answer/<name>` beside it, by id."""
+    answers = path.parent / "possible_answer" / path.name
+    if not answers.is_file():
+        raise FlowError(f"{path}: no possible answers at {answers} (BFCL keeps them in possible_answer/ beside the "
+                        "questions; categories without them, multi-turn and irrelevance, are not AST-checked)")
+    return {str(row.get("id")): row.get("ground_truth") for _, row in _rows(answers)}
+
+
+def _bfcl(answers: dict[str, Any]) -> Callable[[str, int, dict[str, Any]], EvalItem]:
+    def read(where: str, i: int, row: dict[str, Any]) -> EvalItem:
+        iid, question, functions = _need(where, row, "id", "question", "function")
+        turns = question if isinstance(question, list) else []
+        first = turns[0] if turns and isinstance(turns[0], list) else turns
+        if not first or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in first):
+            raise FlowError(f"{where}: question must be a list of turns, each a list of messages")
+        if len(turns) > 1 and isinstance(turns[0], list):
+            raise FlowError(f"{where}: a multi-turn BFCL item ({iid}); only single-turn AST categories are read")
+        if not isinstance(functions, list) or not all(isinstance(f, dict) and "name" in f for f in functions):
+            raise FlowError(f"{where}: function must be a list of function signatures")
+        if str(iid).startswith(("simple_java", "simple_javascript")):  # BFCL converts their string values first
+            raise FlowError(f"{where}: {iid}: the Java and JavaScript categories are not read (BFCL checks them "
+                            "after converting values to those languages' types)")
+        if str(iid) not in answers:
+            raise FlowError(f"{where}: no possible answer for {iid}")
+        vrow = {"dataset": "tool_call", "ground_truth": answers[str(iid)], "functions": functions}
+        users = [m["content"] for m in first if m.get("role") == "user"]
+        return EvalItem(str(iid), users[-1] if users else first[-1]["content"], vrow, messages=tuple(first),
+                        category=str(iid).rsplit("_", 1)[0],
+                        tools=tuple({"type": "function", "function": f} for f in functions))
+
+    return read
+
+
 READERS: dict[str, Callable[[str, int, dict[str, Any]], EvalItem]] = {
     "gsm8k": _gsm8k, "math500": _math, "math": _math, "aime": _math, "amc": _math,
     "humaneval": _humaneval, "mbpp": _mbpp, "ifeval": _instructions("ifeval"), "ifbench": _instructions("ifbench"),
+    "bfcl": _bfcl({}),  # the real reader is made with the file's possible answers (read_benchmark)
 }
 BENCHMARKS = tuple(READERS)
 # (max_new_tokens, chat instruction, plain template, plain stop strings)
@@ -135,6 +174,7 @@ STYLE: dict[str, tuple[int, str, str, tuple[str, ...]]] = {
     "mbpp": (512, CODE_INSTRUCTION, "You are an expert Python programmer, and here is your task: {question}\n[BEGIN]\n",
              ("[DONE]",)),
     "ifeval": (1024, "", "{question}\n", ()),
+    "bfcl": (256, "", "{question}\n", ()),
 }
 for _name, _like in (("math", "math500"), ("aime", "math500"), ("amc", "math500"), ("ifbench", "ifeval")):
     STYLE[_name] = STYLE[_like]
@@ -158,9 +198,10 @@ def read_benchmark(name: str, path: Path) -> Suite:
     from flowlm.verify.rows import validate_row
 
     path = resolve(name, path)
+    reader = _bfcl(bfcl_answers(path)) if name == "bfcl" else READERS[name]
     items = []
     for i, (where, row) in enumerate(_rows(path)):
-        item = READERS[name](where, i, row)
+        item = reader(where, i, row)
         try:
             validate_row(item.row)
         except (GroundTruthError, UnknownVerifierError) as exc:

@@ -96,14 +96,18 @@ def _chat(item: EvalItem, suite: Suite, fmt: PromptFormat, tokenizer: Any) -> Re
                           "evaluate with the plain prompt format (--format plain)")
     if not fmt.thinking:
         require_thinking_switch(tokenizer, "thinking off (--no-thinking, thinking: false)")
+    extra = {"tools": list(item.tools)} if item.tools else {}
     text = tokenizer.apply_chat_template(chat_messages(item, suite, fmt), tokenize=False,
-                                         add_generation_prompt=True, enable_thinking=fmt.thinking)
+                                         add_generation_prompt=True, enable_thinking=fmt.thinking, **extra)
     ids = list(tokenizer.encode(text, add_special_tokens=False))
     tail = text[text.rfind("assistant"):]
     return Rendered(ids, (), turn_end_ids(tokenizer), tail.count("<think>") > tail.count("</think>"))
 
 
 def _plain(item: EvalItem, suite: Suite, fmt: PromptFormat, tokenizer: Any) -> Rendered:
+    if item.tools:
+        raise ConfigError(f"suite {suite.name}: its items offer tools, which only the chat format lists "
+                          "(drop --format plain)")
     parts = []
     for ex in examples(suite, item, fmt.fewshot):
         head = _fill(suite.plain_template, ex)

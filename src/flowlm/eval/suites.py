@@ -60,7 +60,8 @@ class EvalItem:
     few-shot prompts (None: the item cannot serve as an example). `category` is what the suite's
     per-category breakdown (`by_category` in its summary) groups the item under: a built-in item's task,
     the instruction of `builtin_instruct` / `builtin_if`, a MATH problem's subject, a JSONL row's
-    `category` column (None: the item is in no breakdown).
+    `category` column (None: the item is in no breakdown). `tools` are the functions a tool-calling item
+    offers; the chat template lists them in the system turn.
     """
 
     id: str
@@ -69,6 +70,8 @@ class EvalItem:
     messages: tuple[dict[str, Any], ...] | None = None
     demo: str | None = None
     category: str | None = None
+    tools: tuple[dict[str, Any], ...] | None = None
+    """Function signatures (OpenAI tool format) the chat template lists for this item (BFCL)."""
 
     def verifier_names(self) -> list[str]:
         from flowlm.verify.rows import pairs_of

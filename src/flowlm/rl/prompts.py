@@ -53,6 +53,9 @@ def suite_rows(name: str, path: Path | None, *, max_items: int | None = None) ->
         raise ConfigError(f"flowlm rl prompts: unknown suite '{name}'{hint}; benchmark formats: {', '.join(BENCHMARKS)}")
     if path is None:
         raise ConfigError(f"flowlm rl prompts: suite {name} needs its file: --suite {name}=PATH")
+    if name == "bfcl":  # RL rollouts render prompts without tools: the model would never see the functions
+        raise ConfigError("flowlm rl prompts: bfcl items offer tools, which RL rollouts do not list yet; "
+                          "evaluate them with flowlm eval --suite bfcl=PATH")
     suite = load_suite(name, path, n=max_items)
     fmt = PromptFormat()
     rows = []
