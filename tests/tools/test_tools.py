@@ -136,6 +136,8 @@ def test_generate_with_tools_and_eval_on_bfcl_through_the_cli(tmp_path):
     assert out[0]["trajectory"][-1]["role"] == "assistant" and "conversations done" in proc.stderr
     bad = flowlm("generate", "--model", model, "--file", str(rows), "--tools", "search", check=False)
     assert bad.returncode == 2 and "unknown tool 'search'" in bad.stderr
+    none = flowlm("generate", "--model", model, "--file", str(rows), "--tools", ",", check=False)
+    assert none.returncode == 2 and "name at least one tool" in none.stderr
     ids = tmp_path / "ids.jsonl"
     ids.write_text('{"prompt_ids": [1, 2, 3]}\n')
     wrong = flowlm("generate", "--model", model, "--file", str(ids), "--tools", "calculator", check=False)

@@ -15,7 +15,8 @@ generating gets an `"error"` in its output row and the others complete; the comm
 naming the failed lines. Output rows are the input row plus `completions` (text, tokens, logprobs,
 versions, finish_reason), `error` and `timings` (null for a time that never came), written in input
 order as soon as each prefix of the file is done (with `--out`, into a temporary file renamed into
-place at the end).
+place at the end). With `--tools NAMES` each row is a conversation whose tool calls are run in the loop
+(`flowlm.tools.loop`; docs/generate.md, Tool use).
 """
 
 from __future__ import annotations

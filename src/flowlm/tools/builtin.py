@@ -128,6 +128,8 @@ TOOLS = {t.name: t for t in (CALCULATOR, PYTHON)}
 
 def select_tools(names: list[str]) -> dict[str, Tool]:
     """The named built-in tools; an unknown name is a usage error naming the known ones."""
+    if not names:
+        raise ConfigError(f"--tools: name at least one tool ({', '.join(TOOLS)})")
     unknown = [n for n in names if n not in TOOLS]
     if unknown:
         raise ConfigError(f"--tools: unknown tool {unknown[0]!r}; built-in tools: {', '.join(TOOLS)}")
