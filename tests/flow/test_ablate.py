@@ -41,10 +41,12 @@ def test_arm_numbers_read_losses_bpb_evals_and_rewards():
         "pretrain": {"metrics": {"final_loss": 2.5, "eval": {"bpb": 1.25}}},
         "evaluate": {"metrics": {"results": {"sft": {"builtin": {"pass@1": 0.05, "maj@4": 0.1}}}}},
         "rl": {"metrics": {"final_loss": 0.0, "rl": {"by_quarter": {"reward": [0.1, 0.2, None, 0.4]}}}},
+        "trace": {"metrics": {"traces": {"sft": {"builtin": {"long_share": 0.97, "longest": 31}},
+                                         "base": {"skipped": "no token store"}}}},
         "corpus": {"metrics": {"docs": 10}}}}
     assert arm_numbers(record) == {"pretrain/final_loss": 2.5, "pretrain/bpb": 1.25,
                                    "evaluate/sft/builtin/pass@1": 0.05, "rl/final_loss": 0.0,
-                                   "rl/reward_last_quarter": 0.4}
+                                   "rl/reward_last_quarter": 0.4, "trace/sft/builtin/long_share": 0.97}
 
 
 def digest(path: Path) -> str:

@@ -18,7 +18,8 @@ rename them), so no arm changes another's files.
 
 The comparison (`<run-dir>/ablation.json`, the table on stdout, `<run-dir>/ablation.html`) lists, per
 arm, the numbers `flow.json` records: final loss and held-out BPB of every training stage, pass@1 per
-eval stage, model and suite, and RL reward (mean of the last quarter of the steps). Each arm also gets
+eval stage, model and suite, the share of answers with a long verbatim run per trace stage, model and
+suite, and RL reward (mean of the last quarter of the steps). Each arm also gets
 its own `report.html`, and every arm's difference from the baseline is shown beside it.
 """
 
@@ -96,6 +97,10 @@ def arm_numbers(record: dict[str, Any]) -> dict[str, float]:
             for suite, summary in suites.items():
                 if isinstance(summary.get("pass@1"), (int, float)):
                     out[f"{name}/{model}/{suite}/pass@1"] = float(summary["pass@1"])
+        for model, suites in (m.get("traces") or {}).items():  # trace stages: verbatim overlap of the answers
+            for suite, sm in (suites or {}).items():
+                if isinstance(sm, dict) and isinstance(sm.get("long_share"), (int, float)):
+                    out[f"{name}/{model}/{suite}/long_share"] = float(sm["long_share"])
         reward = (((m.get("rl") or {}).get("by_quarter") or {}).get("reward") or [])
         finite = [v for v in reward if isinstance(v, (int, float))]
         if finite:
