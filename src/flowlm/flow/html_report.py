@@ -16,7 +16,6 @@ page opens offline and from a copied run directory. Every value is HTML-escaped.
 
 from __future__ import annotations
 
-import json
 import os
 from html import escape
 from pathlib import Path
@@ -37,18 +36,16 @@ TRAIN_CURVES = ("loss", "eval/bpb")  # per training stage; rl stages add reward 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The rows of a stage's metrics.jsonl; a torn or bad line (a killed writer) is skipped, not fatal."""
+    from flowlm.jsonlines import BadLine, iter_lines, parse_object
+
     rows = []
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
+    if not path.is_file():
         return rows
-    for line in lines:
+    for _, raw in iter_lines(path):
         try:
-            row = json.loads(line)
-        except ValueError:
+            rows.append(parse_object(raw))
+        except BadLine:
             continue
-        if isinstance(row, dict):
-            rows.append(row)
     return rows
 
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from flowlm.post.teachers import split_reasoning
 from flowlm.tools.builtin import Tool
-from flowlm.verify.thinking import extract_answer
 from flowlm.verify.tool_call import CALL, parse_tool_calls
 
 
@@ -45,13 +45,6 @@ class Conversation:
     def result(self) -> dict[str, Any]:
         return {"messages": self.added, "answer": self.answer, "tool_calls": self.calls, "turns": self.turns,
                 "finish_reason": self.finish_reason, "tokens": self.tokens, "error": self.error}
-
-
-def split_reply(raw: str) -> tuple[str, str]:
-    """(reasoning, answer part) of a decoded reply; the think block's tags are removed."""
-    answer = extract_answer(raw)
-    reasoning = raw.split("</think>")[0].split("<think>")[-1].strip("\n") if "</think>" in raw else ""
-    return reasoning, answer
 
 
 def tool_answers(calls: list[dict[str, Any]], problems: list[str], tools: dict[str, Tool]) -> list[tuple[str, str]]:
@@ -101,7 +94,8 @@ def run_with_tools(engine: Any, conversations: list[list[dict[str, Any]]], tools
             for end in ends:
                 if end and raw.endswith(end):
                     raw = raw[: -len(end)]
-            reasoning, answer = split_reply(raw)
+            reply = split_reasoning(raw, comp.finish_reason)
+            reasoning, answer = reply["reasoning"], reply["content"]
             calls, problems = parse_tool_calls(answer)
             said = CALL.split(answer)[0].strip() if (calls or problems) else answer
             # at most `max_calls` calls, and as many tool turns (malformed calls run nothing but take a turn)

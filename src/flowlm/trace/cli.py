@@ -27,7 +27,6 @@ from typing import Any, Iterator
 
 from flowlm.cli import add_io_arguments, check_output, input_path, iter_input_objects, open_output, write_json_line
 from flowlm.errors import ConfigError, FlowError
-from flowlm.trace.index import cached_index, store_key
 
 TEXT_FIELDS = ("completion", "response", "text")
 
@@ -55,7 +54,8 @@ def add_parser(subparsers: Any) -> None:
 
 def _setup(args: argparse.Namespace, tmp: str) -> tuple[Any, Any, str]:
     """(index, tokenizer, description of the data) for the arguments."""
-    from flowlm.model.tokenizer import load_tokenizer, tokenizer_hash
+    from flowlm.model.tokenizer import load_tokenizer
+    from flowlm.trace.index import cached_index, require_tokenizer
 
     if bool(args.model) == bool(args.store):
         raise ConfigError("trace: give --model DIR (a model of a flowlm run) or --store DIR (token stores), not both")
@@ -65,37 +65,24 @@ def _setup(args: argparse.Namespace, tmp: str) -> tuple[Any, Any, str]:
     if args.context < 0:
         raise ConfigError(f"trace: --context must be >= 0, got {args.context}")
     if args.model:
-        from flowlm.trace.lineage import training_stores
+        from flowlm.trace.lineage import lineage_index, training_stores
 
         lineage = training_stores(args.model)
         if not lineage.stores:
             raise FlowError(f"{args.model}: stage '{lineage.stage}' and its ancestors trained on no token store"
                             + "".join(f"; {s}: {why}" for s, why in lineage.skipped.items()))
-        stores = [p for _, p in lineage.stores]
-        tok = load_tokenizer(args.model)
-        where = args.index or lineage.run_dir / "trace_index" / store_key(stores)
-        what = ", ".join(f"{s}: {p.relative_to(lineage.run_dir) if p.is_relative_to(lineage.run_dir) else p}"
-                         for s, p in lineage.stores)
         for s, why in lineage.skipped.items():
             print(f"trace: stage '{s}' not indexed: {why}", file=sys.stderr)
-    else:
-        if args.tokenizer is None:
-            raise ConfigError("trace: --store needs --tokenizer DIR (the tokenizer the stores were made with)")
-        stores, tok = list(args.store), load_tokenizer(args.tokenizer)
-        where = args.index or Path(tmp) / "index"
-        what = ", ".join(str(p) for p in stores)
-    index = cached_index(stores, where)
-    if index.meta["tokenizer_hash"] != tokenizer_hash(tok):
-        raise FlowError(f"trace: the tokenizer of {args.model or args.tokenizer} is not the one the data was "
-                        f"tokenized with ({index.stores[0]['path']})")
-    return index, tok, what
-
-
-def _prompt(row: dict[str, Any]) -> str:
-    if isinstance(row.get("prompt"), str):
-        return row["prompt"]
-    users = [m.get("content") for m in row.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
-    return users[-1] if users and isinstance(users[-1], str) else ""
+        index, tok = lineage_index(lineage, args.model, args.index)
+        what = ", ".join(f"{s}: {p.relative_to(lineage.run_dir) if p.is_relative_to(lineage.run_dir) else p}"
+                         for s, p in lineage.stores)
+        return index, tok, what
+    if args.tokenizer is None:
+        raise ConfigError("trace: --store needs --tokenizer DIR (the tokenizer the stores were made with)")
+    stores, tok = list(args.store), load_tokenizer(args.tokenizer)
+    index = cached_index(stores, args.index or Path(tmp) / "index")
+    require_tokenizer(index, tok, str(args.tokenizer))
+    return index, tok, ", ".join(str(p) for p in stores)
 
 
 def _outputs(where: str, row: dict[str, Any]) -> str | list[str]:
@@ -127,6 +114,7 @@ def _summary(index: Any, result: dict[str, Any]) -> Iterator[str]:
 
 def main(args: argparse.Namespace) -> int:
     from flowlm.trace.tracer import TraceSettings, trace_text
+    from flowlm.verify.rows import prompt_text
 
     if args.text is not None and args.file is not None:
         raise ConfigError("trace: give --text or --file, not both")
@@ -148,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
         covered, n = 0.0, 0
         with open_output(args.out) as fh:
             for _, row, texts in rows:
-                prompt = _prompt(row)
+                prompt = prompt_text(row)
                 outs = [texts] if isinstance(texts, str) else texts
                 traced = [trace_text(index, tok, t, prompt, settings) for t in outs]
                 covered += sum(t["coverage"] for t in traced)

@@ -184,6 +184,15 @@ class TraceIndex:
         return np.asarray(self.tokens[int(self.docs[doc]): int(self.docs[doc + 1]) - 1])
 
 
+def require_tokenizer(index: TraceIndex, tok: Any, what: str) -> None:
+    """FlowError unless `tok` (whose origin `what` names) is the tokenizer the indexed data was made with."""
+    from flowlm.model.tokenizer import tokenizer_hash
+
+    if index.meta["tokenizer_hash"] != tokenizer_hash(tok):
+        raise FlowError(f"trace: the tokenizer of {what} is not the one the data was tokenized with "
+                        f"({index.stores[0]['path']})")
+
+
 def store_key(stores: Sequence[Path]) -> str:
     """What identifies an index's data: the stores' resolved paths, `meta.json` bytes, and the sizes and
     modification times of `meta.json` and `tokens.npy` (a store rewritten by a re-run stage gets a new key)."""

@@ -104,6 +104,19 @@ def training_stores(model_dir: str | Path, _seen: frozenset[Path] = frozenset())
     return out
 
 
+def lineage_index(lineage: Lineage, model_dir: str | Path, where: Path | None = None) -> tuple[Any, Any]:
+    """(index, tokenizer) for tracing the model in `model_dir` against its lineage's stores: the index kept in
+    `where` (default `<run>/trace_index/<key>`), built there once; the model's tokenizer must be the stores'."""
+    from flowlm.model.tokenizer import load_tokenizer
+    from flowlm.trace.index import cached_index, require_tokenizer, store_key
+
+    stores = [p for _, p in lineage.stores]
+    index = cached_index(stores, where or lineage.run_dir / "trace_index" / store_key(stores))
+    tok = load_tokenizer(model_dir)
+    require_tokenizer(index, tok, str(model_dir))
+    return index, tok
+
+
 def _outside(out: Lineage, stage: str, init: Path, seen: frozenset[Path]) -> None:
     """Add the lineage of a model outside the run that `stage` starts from, or say why it is unknown."""
     from flowlm.eval.runsettings import find_run_dir

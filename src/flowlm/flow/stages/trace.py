@@ -59,9 +59,8 @@ def summarize(traces: list[dict[str, Any]], long_span: int) -> dict[str, Any]:
 
 def run(ctx: StageContext, name: str, cfg: TraceStageConfig) -> StageResult:
     from flowlm.atomic import atomic_write_text
-    from flowlm.model.tokenizer import load_tokenizer, tokenizer_hash
-    from flowlm.trace.index import cached_index, store_key
-    from flowlm.trace.lineage import training_stores
+    from flowlm.trace.index import store_key
+    from flowlm.trace.lineage import lineage_index, training_stores
     from flowlm.trace.tracer import TraceSettings, trace_text
 
     results = json.loads(ctx.path(ctx.outputs[cfg.eval]["results"]).read_text())["items"]
@@ -79,11 +78,9 @@ def run(ctx: StageContext, name: str, cfg: TraceStageConfig) -> StageResult:
         if not lineage.stores:
             metrics[ref] = {"skipped": "no token store among its training data"}
             continue
-        stores = [p for _, p in lineage.stores]
-        index = cached_index(stores, ctx.run_dir / "trace_index" / store_key(stores))
-        tok = load_tokenizer(model_dir)
-        if index.meta["tokenizer_hash"] != tokenizer_hash(tok):
-            raise FlowError(f"stage '{name}': model '{ref}' uses another tokenizer than its training stores")
+        # kept in this run, also for a model of another run (nothing is written into that one)
+        keep = ctx.run_dir / "trace_index" / store_key([p for _, p in lineage.stores])
+        index, tok = lineage_index(lineage, model_dir, keep)
         metrics[ref] = {}
         for suite, items in (results.get(ref) or {}).items():
             traces = []
