@@ -484,3 +484,25 @@ def test_rl_filter_bad_input_is_one_line_naming_file_and_line(straight, tmp_path
     assert proc.returncode == 1 and f"{bad}:2" in proc.stderr and "Traceback" not in proc.stderr
     proc = flowlm("rl", "filter", "--model", str(tmp_path / "nope"), "--file", str(bad), check=False)
     assert proc.returncode == 1 and "not a checkpoint directory" in proc.stderr
+
+
+def test_rl_stage_and_filter_with_tools_through_the_cli(base, tmp_path):
+    """`rollout.tools` in an rl stage (mode async) and `--set tools=[...]` in `flowlm rl filter`: the tools are
+    offered (the micro model never calls one: `tests/tools/test_tool_rollouts.py` runs calls), the calls are
+    logged per step, and an unknown tool is a one-line usage error in both."""
+    d = tmp_path / "run"
+    shutil.copytree(base / "run", d)
+    tools = ("stages.rl.rollout.tools=[calculator]", "stages.rl.rollout.mode=async", "stages.rl.seq_len=512")
+    flowlm("train", str(base / "recipe.yaml"), "--stage", "rl", "--run-dir", str(d), "--no-progress", *tools)
+    trained = steps(d)
+    assert len(trained) == 4 and all(r["tool_calls"] == 0.0 and r["tool_errors"] == 0.0 for r in trained)
+    proc = flowlm("train", str(base / "recipe.yaml"), "--stage", "rl", "--run-dir", str(tmp_path / "bad"),
+                  "stages.rl.rollout.tools=[search]", check=False)
+    assert proc.returncode == 2 and "unknown tool 'search'; built-in tools: calculator, python" in proc.stderr
+    model = d / "rl" / "model"
+    kept = flowlm("rl", "filter", "--model", str(model), "--file", str(base / "prompts.jsonl"), "-k", "2", "--set",
+                  "max_new_tokens=10", "--set", "max_pass_rate=1", "--set", "tools=[calculator]")
+    assert len(kept.stdout.splitlines()) == 12 and "12 prompts x 2 samples" in kept.stderr
+    proc = flowlm("rl", "filter", "--model", str(model), "--file", str(base / "prompts.jsonl"), "--set",
+                  "tools=[search]", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "unknown tool 'search'" in proc.stderr

@@ -135,6 +135,13 @@ class Completion:
     """Decoded completion (special tokens skipped), cut before a matched stop string."""
     finish_reason: str = ""
     """`stop` (EOS, stop token or stop string) or `length` (max_new_tokens or the context is full)."""
+    tool_mask: list[int] | None = None
+    """With tools (`flowlm.tools.engine.ToolEngine`): 1 for each token of a tool turn (the tool's answer and
+    the next generation prompt, written by the template, not sampled), 0 for sampled tokens; None without."""
+    tool_calls: int = 0
+    """Tool calls run for this completion (`ToolEngine`)."""
+    tool_errors: int = 0
+    """Of those, and of malformed calls, the ones answered `error: ...`."""
 
 
 @dataclass

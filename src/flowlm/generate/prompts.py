@@ -74,10 +74,12 @@ def _describe(value: Any) -> str:
             float: "a number"}.get(type(value), type(value).__name__)
 
 
-def to_prompt_ids(prompt: Prompt, tokenizer: Any, enable_thinking: bool = True) -> list[int]:
+def to_prompt_ids(prompt: Prompt, tokenizer: Any, enable_thinking: bool = True,
+                  tools: list[dict[str, Any]] | None = None) -> list[int]:
     """Token ids of a prompt: a string is encoded without special tokens, a list of message dicts is
-    rendered with the tokenizer's chat template plus the assistant generation prompt, and a list of
-    ints is taken as is. Raises `ValueError` with a one-line reason otherwise."""
+    rendered with the tokenizer's chat template plus the assistant generation prompt (and `tools`, function
+    schemas the template lists in the system turn, when given), and a list of ints is taken as is. Raises
+    `ValueError` with a one-line reason otherwise."""
     if isinstance(prompt, str):
         if tokenizer is None:
             raise ValueError("a text prompt needs a tokenizer")
@@ -88,7 +90,8 @@ def to_prompt_ids(prompt: Prompt, tokenizer: Any, enable_thinking: bool = True) 
             raise ValueError("chat messages need a tokenizer")
         from flowlm.model.tokenizer import render_ids
 
-        return render_ids(tokenizer, prompt, add_generation_prompt=True, enable_thinking=enable_thinking)
+        extra = {"tools": tools} if tools else {}
+        return render_ids(tokenizer, prompt, add_generation_prompt=True, enable_thinking=enable_thinking, **extra)
     if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
         raise ValueError("prompt must be a string, chat messages or a list of token ids")
     return prompt

@@ -55,6 +55,9 @@ class FilterCfg(Strict):
         "'Question: ...\\nAnswer:' as text (an RL-Zero stage's prompts; a `prompt` string is taken as is)")
     stop: list[str] | None = Field(None, description="strings that end a sample (plain default: the template's "
                                    "next '\\nQuestion:')")
+    tools: list[str] = Field(default_factory=list, description="built-in tools the model may call while it samples "
+                             "(as an rl stage's rollout.tools, so pass rates are those the RL run will see)")
+    max_tool_calls: int = Field(5, ge=1, description="with tools: calls per sample at most")
 
     @model_validator(mode="after")
     def _check(self) -> "FilterCfg":
@@ -62,6 +65,12 @@ class FilterCfg(Strict):
             raise ValueError(f"min_pass_rate {self.min_pass_rate} exceeds max_pass_rate {self.max_pass_rate}")
         if self.k > self.max_slots:
             raise ValueError(f"k={self.k} exceeds max_slots={self.max_slots}")
+        if self.tools:
+            from flowlm.tools.builtin import known_tools
+
+            known_tools(self.tools)
+            if self.prompt_format == "plain":
+                raise ValueError("tools need chat prompts (the template lists them), not prompt_format=plain")
         return self
 
 
@@ -149,6 +158,13 @@ def pass_rates(model: Path, rows: list[dict[str, Any]], cfg: FilterCfg, wheres: 
         engine: Any = VLLMEngine(model, max_slots=cfg.max_slots, seed=cfg.seed, enable_thinking=cfg.thinking)
     else:
         engine = Engine.from_pretrained(model, GenerateConfig(max_slots=cfg.max_slots, enable_thinking=cfg.thinking))
+    if cfg.tools:  # the rollouts an rl stage with rollout.tools samples (`flowlm.tools.engine`)
+        from flowlm.tools.builtin import check_available, select_tools
+        from flowlm.tools.engine import ToolEngine
+
+        offered = select_tools(cfg.tools)
+        check_available(offered)
+        engine = ToolEngine(engine, offered, max_calls=cfg.max_tool_calls, enable_thinking=cfg.thinking)
     prompts: list[Any] = check_prompt_rows(rows)
     stop = cfg.stop
     if cfg.prompt_format == "plain":  # as the rl stage samples RL-Zero prompts: text, no chat template

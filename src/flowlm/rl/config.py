@@ -84,6 +84,11 @@ class RolloutConfig(Strict):
         None, ge=0, description="ray: GPUs Ray gives each rollout actor (default: 1 with backend vllm, else 0)")
     stop: list[str] = Field(default_factory=list, description="strings that end a completion (plain prompts: "
                                                                   "the next '\\nQuestion:'); chat stops at <|im_end|>")
+    tools: list[str] = Field(
+        default_factory=list, description="built-in tools the policy may call while it samples (calculator, python; "
+                                          "flowlm.tools): listed in the system turn, run between turns, their "
+                                          "answers appended as tokens and masked out of the loss (mask_tool_use)")
+    max_tool_calls: int = Field(5, ge=1, description="with tools: calls (and tool turns) per completion at most")
     reward: Literal["verifier", "random"] = Field(
         "verifier", description="what the advantages come from: the verifiers' scores, or (the spurious-reward "
                                 "control of RL-Zero) a fair coin per completion; the logged reward stays the verifiers'")
@@ -130,6 +135,13 @@ class RolloutConfig(Strict):
         advantage_estimator(value)  # ValueError naming the closest known estimator
         return value
 
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, value: list[str]) -> list[str]:
+        from flowlm.tools.builtin import known_tools
+
+        return known_tools(value)
+
     @model_validator(mode="after")
     def _check(self) -> "RolloutConfig":
         if self.active_sampling and not self.filter_zero_std:
@@ -150,6 +162,8 @@ class RolloutConfig(Strict):
             raise ValueError(f"{', '.join(ray_only)} only apply to mode: ray")
         if self.backend != "vllm" and self.vllm_gpu_memory != type(self).model_fields["vllm_gpu_memory"].default:
             raise ValueError("vllm_gpu_memory only applies to backend: vllm")
+        if not self.tools and self.max_tool_calls != type(self).model_fields["max_tool_calls"].default:
+            raise ValueError("max_tool_calls only applies with tools")
         if self.prompts_per_step % self.minibatches:
             raise ValueError(f"minibatches {self.minibatches} must divide prompts_per_step {self.prompts_per_step} "
                              "(minibatches hold whole groups)")

@@ -98,7 +98,7 @@ class RolloutActor:
 
     def __init__(self, name: str, model_cls: Any, model_cfg: Any, dtype: str, tokenizer: Any, gen_cfg: Any,
                  weights: dict[str, tuple[np.ndarray, str]], version: int, threads: int,
-                 engine: tuple[str, float] = ("native", 0.0)) -> None:
+                 engine: tuple[str, float] = ("native", 0.0), tools: tuple[tuple[str, ...], int] = ((), 1)) -> None:
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
@@ -121,6 +121,14 @@ class RolloutActor:
             from flowlm.generate.engine import Engine
 
             self.engine = Engine(model, tokenizer, gen_cfg, copy_model=False, _owned=True)
+        names, max_calls = tools
+        if names:  # rollouts that call tools (`flowlm.tools.engine`): the tools run in this actor
+            from flowlm.tools.builtin import check_available, select_tools
+            from flowlm.tools.engine import ToolEngine
+
+            offered = select_tools(list(names))
+            check_available(offered)
+            self.engine = ToolEngine(self.engine, offered, max_calls=max_calls, enable_thinking=gen_cfg.enable_thinking)
         self.engine.update_weights(unpack_state(weights), version=version)  # idle: applied now
         self._lock = threading.Lock()
         self._requested = version
@@ -235,7 +243,7 @@ class RayUnit(RolloutUnit):
         self.handle = backend.rollout_cls.options(num_cpus=self.cpus, num_gpus=self.gpus,
                                                   max_concurrency=ACTOR_CONCURRENCY).remote(
             name, *backend.model_spec, backend.tokenizer_ref, backend.gen_cfg, backend.weights_ref, version, self.cpus,
-            (backend.cfg.backend, backend.cfg.vllm_gpu_memory))
+            (backend.cfg.backend, backend.cfg.vllm_gpu_memory), (tuple(backend.cfg.tools), backend.cfg.max_tool_calls))
         self._ready_ref = self.handle.ready.remote()
         self.info: dict[str, Any] | None = None  # what the actor's `ready` reported, once it has
         self.version = version  # newest version known applied

@@ -133,6 +133,7 @@ class RolloutSource:
         self.cfg, self.tokenizer, self.seed, self.max_len = cfg, tokenizer, seed, max_len
         self.log_path = Path(log_path) if log_path is not None else None
         messages = check_prompt_rows(rows)
+        self.tools = self.offered_tools(cfg, plain)
         if plain:
             if any(not isinstance(r.get("prompt"), str) for r in rows):
                 raise ConfigError("rl prompts: plain prompts need a `prompt` string in every row")
@@ -140,7 +141,8 @@ class RolloutSource:
         else:
             if not cfg.thinking:
                 require_thinking_switch(tokenizer, "rollout.thinking: false")
-            ids = [to_prompt_ids(m, tokenizer, cfg.thinking) for m in messages]
+            schemas = [t.schema for t in self.tools.values()] or None
+            ids = [to_prompt_ids(m, tokenizer, cfg.thinking, tools=schemas) for m in messages]
         keep = [i for i, x in enumerate(ids) if 0 < len(x) < max_len]  # room for at least one new token
         if not keep:
             raise FlowError(f"rl prompts: none of the {len(rows)} prompts fits in {max_len} tokens")
@@ -166,6 +168,28 @@ class RolloutSource:
         self.weights: dict[str, torch.Tensor] | None = None  # full weights for the next batch (torchrun: rank 0)
         self._actor: Any = None  # flowlm.rl.actor.AsyncRollouts (mode async), started by the first iteration
         self._async_state: dict[str, Any] = {}  # mode async: the restored in-flight prompts, until the actor starts
+
+    @staticmethod
+    def offered_tools(cfg: RolloutConfig, plain: bool) -> dict[str, Any]:
+        """The built-in tools of `cfg.tools` (`flowlm.tools.builtin`), checked to run here; {} without."""
+        if not cfg.tools:
+            return {}
+        if plain:
+            raise ConfigError("rollout.tools: tools need chat prompts (the template lists them), not prompt_format: plain")
+        from flowlm.tools.builtin import check_available, select_tools
+
+        tools = select_tools(cfg.tools)
+        check_available(tools)
+        return tools
+
+    def with_tools(self, engine: Any) -> Any:
+        """`engine` wrapped so its completions run the offered tools between turns (`flowlm.tools.engine`);
+        `engine` itself without tools."""
+        if not self.tools:
+            return engine
+        from flowlm.tools.engine import ToolEngine
+
+        return ToolEngine(engine, self.tools, max_calls=self.cfg.max_tool_calls, enable_thinking=self.cfg.thinking)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -225,10 +249,9 @@ class RolloutSource:
                                             enable_thinking=self.cfg.thinking, logprobs=self.cfg.logprobs_mode(),
                                             gpu_memory_utilization=self.cfg.vllm_gpu_memory)
             self._exports.append(engine.export_dir)
-            return engine
-        return Engine(policy, self.tokenizer, GenerateConfig(max_slots=slots, context=context,
-                                                             enable_thinking=self.cfg.thinking,
-                                                             logprobs=self.cfg.logprobs_mode()))
+            return self.with_tools(engine)
+        return self.with_tools(Engine(policy, self.tokenizer, GenerateConfig(
+            max_slots=slots, context=context, enable_thinking=self.cfg.thinking, logprobs=self.cfg.logprobs_mode())))
 
     def close(self) -> None:
         """Stop the rollout workers (modes async and ray) and the verifier processes (if any)."""
@@ -402,6 +425,11 @@ class RolloutSource:
         stats["prompts"] += 1
         stats["verifier_errors"] += errors
         stats["completions"] += len(verdicts)
+        if self.tools:
+            for key, value in (("tool_calls", sum(c.tool_calls for c in res.completions)),
+                               ("tool_errors", sum(c.tool_errors for c in res.completions))):
+                stats[f"num:{key}"] += float(value)
+                stats[f"den:{key}"] += len(verdicts)
         for key, value in ((f"reward/{domain}", scores.sum()), ("reward", scores.sum()),
                            ("completion_len", lengths.sum()),
                            ("truncated_share", sum(c.finish_reason == FINISH_LENGTH for c in res.completions))):
@@ -430,6 +458,9 @@ class RolloutSource:
             labels[r, start:start + n] = ids[len(prompt):]
             rollout_logps[r, start:start + n] = torch.tensor(comp.logprobs, dtype=torch.float32)
             versions[r, start:start + n] = torch.tensor(comp.versions, dtype=torch.int64)
+            if comp.tool_mask is not None and any(comp.tool_mask):  # tool answers: context, never trained
+                tool = start + torch.nonzero(torch.tensor(comp.tool_mask, dtype=torch.bool)).squeeze(1)
+                labels[r, tool], rollout_logps[r, tool], versions[r, tool] = IGNORE, float("nan"), -1
         n = self.cfg.group_size
         truncated = torch.tensor([c.finish_reason == FINISH_LENGTH for _, c in seqs])
         batch: dict[str, Any] = {

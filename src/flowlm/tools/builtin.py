@@ -126,14 +126,22 @@ PYTHON = Tool("python", "Run Python code in a sandbox and return what it prints.
 TOOLS = {t.name: t for t in (CALCULATOR, PYTHON)}
 
 
+def known_tools(names: list[str]) -> list[str]:
+    """`names` without repeats; ValueError naming the built-in tools for an unknown one (config validators)."""
+    unknown = [n for n in names if n not in TOOLS]
+    if unknown:
+        raise ValueError(f"unknown tool {unknown[0]!r}; built-in tools: {', '.join(TOOLS)}")
+    return list(dict.fromkeys(names))
+
+
 def select_tools(names: list[str]) -> dict[str, Tool]:
     """The named built-in tools; an unknown name is a usage error naming the known ones."""
     if not names:
         raise ConfigError(f"--tools: name at least one tool ({', '.join(TOOLS)})")
-    unknown = [n for n in names if n not in TOOLS]
-    if unknown:
-        raise ConfigError(f"--tools: unknown tool {unknown[0]!r}; built-in tools: {', '.join(TOOLS)}")
-    return {n: TOOLS[n] for n in dict.fromkeys(names)}
+    try:
+        return {n: TOOLS[n] for n in known_tools(names)}
+    except ValueError as exc:
+        raise ConfigError(f"--tools: {exc}") from None
 
 
 def check_available(tools: dict[str, Tool]) -> None:

@@ -1,0 +1,221 @@
+"""A rollout engine whose completions may call tools, token for token: what RL with tools samples from.
+
+    engine = ToolEngine(Engine(model, tok), select_tools(["calculator"]), max_calls=3)
+    results = engine.generate([prompt_ids], [SamplingParams(n=8, max_new_tokens=512, seed=0)])
+
+`ToolEngine` wraps any backend with the engine interface (`submit` / `step` / `has_unfinished`; the
+native engine or vLLM) and keeps it: `generate`, `stream`, `update_weights`, `version` and `stats` work
+as before, so the RL source, its async rollout units and its Ray actors drive it unchanged. A request
+with `n` samples is prefilled once; then each sample goes on alone:
+
+1. a turn ends (the reply ends its turn, or is cut). If its answer part (after `</think>`) holds
+   `<tool_call>` blocks (`flowlm.verify.tool_call.parse_tool_calls`), the reply ended its turn, and fewer
+   than `max_calls` calls and tool turns were made, the calls run (`flowlm.tools.builtin`; a malformed
+   call or an unknown tool is answered `error: ...`);
+2. the tool turn is appended **as token ids**: the chat template's rendering of the tool messages and
+   of the next assistant generation prompt (`tool_turn_text`), tokenized on its own. Nothing the model
+   generated is decoded and re-tokenized: the completion's ids are the sampled ids, then the tool turn's,
+   then the next turn's sampled ids, and so on (open-instruct's and veRL's tool rollouts do the same);
+3. the sample is submitted again with its whole prefix (prompt + completion so far), `n = 1`, a seed
+   derived from the request's seed, the sample's index and the turn, and `max_new_tokens` what is left
+   of the request's budget. The budget counts tool tokens too: `max_new_tokens` bounds the whole completion,
+   as it bounds what the learner trains on. A tool turn that does not fit the budget or the context ends
+   the sample, cut (`finish_reason` "length").
+
+A request's `Result` comes out of `step()` when all its samples are done. Each `Completion` holds the
+whole trajectory: `tokens`, `logprobs` and `versions` per token (tool tokens: log-prob 0.0 and the
+version of the token before them, so the oldest version is still the minimum), `tool_mask` (1 for a tool
+turn's tokens: the learner masks them out of the loss, open-instruct's `mask_tool_use`), `tool_calls` and
+`tool_errors` (answers that began `error:`); `text` and `finish_reason` are the last turn's (the reply a
+verifier scores, as without tools).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from flowlm.generate.driver import Driver
+from flowlm.generate.params import FINISH_LENGTH, FINISH_STOP, Completion, Result, SamplingParams, Timings
+from flowlm.tools.builtin import Tool
+
+_SENTINEL = "\x00flowlm-tool-answer-{}\x00"
+
+
+def tool_turn_text(tokenizer: Any, names: list[str], enable_thinking: bool = True) -> str:
+    """The text the chat template writes after an assistant turn that called tools: the tool messages
+    (each answer a placeholder that `fill_tool_turn` replaces) and
+    the next assistant generation prompt. Found by rendering a probe conversation and cutting after the
+    end-of-turn token that closes the calling turn, so any template works (flowlm's, Qwen3's)."""
+    from flowlm.model.tokenizer import turn_end_ids
+
+    calls = [{"type": "function", "function": {"name": n, "arguments": {}}} for n in names]
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": calls},
+                *({"role": "tool", "name": n, "content": _SENTINEL.format(i)} for i, n in enumerate(names))]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         enable_thinking=enable_thinking)
+    first = text.find(_SENTINEL.format(0))
+    ends = [tokenizer.convert_ids_to_tokens(t) for t in turn_end_ids(tokenizer)]
+    cut = max(text.rfind(e, 0, first) + len(e) if text.rfind(e, 0, first) >= 0 else -1 for e in ends)
+    if first < 0 or cut < 0:
+        from flowlm.errors import FlowError
+
+        raise FlowError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')}: its chat template does not render "
+                        "tool messages after an assistant turn, so tool answers cannot be appended to a rollout")
+    return text[cut:]
+
+
+def fill_tool_turn(template: str, answers: list[str]) -> str:
+    """`template` (from `tool_turn_text`) with each placeholder replaced by its answer."""
+    for i, answer in enumerate(answers):
+        template = template.replace(_SENTINEL.format(i), answer)
+    return template
+
+
+@dataclass
+class _Sample:
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    tool_mask: list[int] = field(default_factory=list)
+    calls: int = 0
+    errors: int = 0
+    turns: int = 0
+    text: str = ""
+    finish_reason: str = ""
+    done: bool = False
+
+    def completion(self) -> Completion:
+        return Completion(tokens=self.tokens, logprobs=self.logprobs, versions=self.versions, text=self.text,
+                          finish_reason=self.finish_reason, tool_mask=self.tool_mask, tool_calls=self.calls,
+                          tool_errors=self.errors)
+
+
+@dataclass
+class _Request:
+    rid: int
+    tag: Any
+    params: SamplingParams
+    prompt_ids: list[int] = field(default_factory=list)
+    samples: list[_Sample] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+
+
+class ToolEngine(Driver):
+    """The wrapped engine, with tool calls run between turns (see the module docstring)."""
+
+    def __init__(self, engine: Any, tools: dict[str, Tool], *, max_calls: int = 5,
+                 enable_thinking: bool = True) -> None:
+        from flowlm.model.tokenizer import turn_end_ids
+
+        if max_calls < 1:
+            from flowlm.errors import ConfigError
+
+            raise ConfigError(f"tool rollouts: max_calls must be at least 1, not {max_calls}")
+        self.inner, self.tools, self.max_calls = engine, tools, max_calls
+        self.enable_thinking = enable_thinking
+        tok = engine.tokenizer
+        self._ends = [tok.convert_ids_to_tokens(t) for t in turn_end_ids(tok)] + [tok.eos_token or ""]
+        self._turn_templates: dict[tuple[str, ...], str] = {}
+        self._requests: dict[int, _Request] = {}
+        self._next_id = 0
+        self._ready: list[Result] = []
+        tool_turn_text(tok, ["probe"], enable_thinking)  # fail at build time on a template without tool turns
+
+    def __getattr__(self, name: str) -> Any:  # version, stats, tokenizer, context, update_weights, prepare, ...
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def submit(self, prompt: Any, params: SamplingParams | None = None, *, tag: Any = None) -> int:
+        """As the engine's `submit`; chat messages are rendered with the tools listed in the system turn
+        (token ids are taken as they are: the caller rendered them, `to_prompt_ids(..., tools=...)`)."""
+        from flowlm.generate.prompts import ends_its_turn, is_chat, to_prompt_ids
+
+        params = params or SamplingParams()
+        if is_chat(prompt):
+            params = ends_its_turn(prompt, params, self.inner.tokenizer)
+        rid, self._next_id = self._next_id, self._next_id + 1
+        req = _Request(rid, tag, params, timings=Timings(submitted=time.perf_counter()))
+        req.samples = [_Sample() for _ in range(params.n)]
+        self._requests[rid] = req
+        if is_chat(prompt):
+            try:
+                prompt = to_prompt_ids(prompt, self.inner.tokenizer, self.enable_thinking,
+                                       tools=[t.schema for t in self.tools.values()])
+            except Exception as exc:  # untrusted input: reported on the result, as the engine's submit does
+                self._finish(req, error=f"bad prompt: {exc}")
+                return rid
+        self.inner.submit(prompt, params, tag=(rid, None))
+        return rid
+
+    def has_unfinished(self) -> bool:
+        return bool(self._requests) or bool(self._ready)
+
+    def step(self) -> list[Result]:
+        for res in self.inner.step() if self.inner.has_unfinished() else []:
+            rid, index = res.tag
+            req = self._requests[rid]
+            if index is None:  # the first turn of every sample
+                req.prompt_ids, req.timings = list(res.prompt_ids), res.timings
+                if not res.ok:
+                    self._finish(req, error=res.error)
+                    continue
+                for j, comp in enumerate(res.completions):
+                    self._turn(req, j, comp)
+            elif not res.ok:  # a continuation the engine refused: the sample ends, cut
+                req.samples[index].finish_reason, req.samples[index].done = FINISH_LENGTH, True
+            else:
+                self._turn(req, index, res.completions[0])
+            if all(s.done for s in req.samples):
+                self._finish(req)
+        done, self._ready = self._ready, []
+        return done
+
+    def _finish(self, req: _Request, error: str | None = None) -> None:
+        del self._requests[req.rid]
+        req.timings.finished = time.perf_counter()
+        comps = [] if error else [s.completion() for s in req.samples]
+        self._ready.append(Result(req.rid, req.prompt_ids, comps, req.timings, error=error, tag=req.tag))
+
+    def _turn(self, req: _Request, j: int, comp: Completion) -> None:
+        """Take one finished turn of sample `j`: end the sample, or run its calls and submit the next turn."""
+        from flowlm.post.teachers import split_reasoning
+        from flowlm.tools.loop import tool_answers
+        from flowlm.verify.tool_call import parse_tool_calls
+
+        s = req.samples[j]
+        s.tokens += comp.tokens
+        s.logprobs += comp.logprobs
+        s.versions += comp.versions
+        s.tool_mask += [0] * len(comp.tokens)
+        s.turns += 1
+        raw = self.inner.tokenizer.decode(comp.tokens, skip_special_tokens=False)
+        for end in self._ends:
+            if end and raw.endswith(end):
+                raw = raw[: -len(end)]
+        calls, problems = parse_tool_calls(split_reasoning(raw, comp.finish_reason)["content"])
+        if not (calls or problems) or comp.finish_reason != FINISH_STOP or s.calls >= self.max_calls \
+                or s.turns > self.max_calls:
+            s.text, s.finish_reason, s.done = comp.text, comp.finish_reason, True
+            return
+        answers = tool_answers(calls, problems, self.tools)
+        s.calls += len(calls)
+        s.errors += sum(text.startswith("error:") for _, text in answers)
+        names = tuple(name for name, _ in answers)
+        if names not in self._turn_templates:
+            self._turn_templates[names] = tool_turn_text(self.inner.tokenizer, list(names), self.enable_thinking)
+        turn = self.inner.tokenizer.encode(fill_tool_turn(self._turn_templates[names], [t for _, t in answers]),
+                                           add_special_tokens=False)
+        room = req.params.max_new_tokens - len(s.tokens) - len(turn)
+        if room < 1 or len(req.prompt_ids) + len(s.tokens) + len(turn) + 1 > self.inner.context:
+            s.text, s.finish_reason, s.done = comp.text, FINISH_LENGTH, True  # no room to read the answer
+            return
+        s.tokens += turn
+        s.logprobs += [0.0] * len(turn)
+        s.versions += [s.versions[-1] if s.versions else self.inner.version] * len(turn)
+        s.tool_mask += [1] * len(turn)
+        seed = None if req.params.seed is None else (req.params.seed * 1_000_003 + j * 1009 + s.turns) % (1 << 31)
+        params = replace(req.params, n=1, max_new_tokens=room, seed=seed)
+        self.inner.submit(req.prompt_ids + s.tokens, params, tag=(req.rid, j))

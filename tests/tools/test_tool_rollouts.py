@@ -1,0 +1,266 @@
+"""Rollouts that call tools (`flowlm.tools.engine.ToolEngine`, `rollout.tools`): trajectories are token ids
+end to end (the tool turn is the template's own rendering, appended as ids), tool tokens are masked in the
+batch and out of the GRPO loss, budgets and limits end samples, and the RL source lists the tools in its
+prompts and logs the calls. The policy's replies come from a scripted engine (a tiny random model never
+calls a tool), the learner is a real tiny OLMo-3."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from flowlm.errors import ConfigError
+from flowlm.generate.params import Completion, Result, SamplingParams, Timings
+from flowlm.model.tokenizer import render_ids, train_tokenizer, turn_end_ids
+from flowlm.rl.source import RolloutConfig, RolloutSource
+from flowlm.tools.builtin import CALCULATOR
+from flowlm.tools.engine import ToolEngine
+from flowlm.verify.base import Verdict, register
+
+SEEN: list[str] = []
+
+
+@register("tool_test_record")
+def _record(completion, ground_truth, **row):
+    SEEN.append(completion)
+    return Verdict(float(ground_truth in completion), "contains the ground truth")
+
+
+def call(name, **args):
+    return f'<tool_call>\n{json.dumps({"name": name, "arguments": args})}\n</tool_call>'
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from flowlm.model.tokenizer import load_tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "tok"
+    train_tokenizer(["The answer is 42. We add numbers and call tools to compute things exactly."] * 50, 400, out)
+    return load_tokenizer(out)
+
+
+class ScriptedEngine:
+    """The engine interface with scripted replies: sample j of a request replies `script(prompt text, j, turn)`;
+    every token has log-prob -0.5 and the engine's version. Records what was submitted."""
+
+    def __init__(self, tok, script, context=100_000):
+        self.tokenizer, self.script, self.context = tok, script, context
+        self.version, self.stats = 0, {"generated_tokens": 0}
+        self.submitted: list[tuple[list[int], SamplingParams]] = []
+        self.pending: list = []
+        self.next_id = 0
+
+    def update_weights(self, weights, version=None, **kw):
+        self.version = version
+        return version
+
+    def submit(self, ids, params, tag=None):
+        self.submitted.append((list(ids), params))
+        self.pending.append((self.next_id, list(ids), params, tag))
+        self.next_id += 1
+        return self.next_id - 1
+
+    def has_unfinished(self):
+        return bool(self.pending)
+
+    def step(self):
+        out = []
+        for rid, ids, params, tag in self.pending:
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+            comps = []
+            for j in range(params.n):
+                reply = self.script(text, j if tag[1] is None else tag[1], text.count("<|im_start|>tool"))
+                tokens = self.tokenizer.encode(reply, add_special_tokens=False)
+                cut = len(tokens) > params.max_new_tokens
+                tokens = tokens[: params.max_new_tokens] if cut else tokens + list(turn_end_ids(self.tokenizer))
+                comps.append(Completion(tokens=tokens, logprobs=[-0.5] * len(tokens), versions=[self.version] * len(tokens),
+                                        text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                                        finish_reason="length" if cut else "stop"))
+            out.append(Result(rid, ids, comps, Timings(), tag=tag))
+        self.pending = []
+        return out
+
+
+def calculator_script(text, j, turn):
+    """Sample 0 calls the calculator, reads its answer and answers; sample 1 answers at once, wrongly."""
+    if j == 0 and turn == 0:
+        return "<think>\nBig.\n</think>\n\n" + call("calculator", expression="48213 * 9127")
+    return "<think>\nok\n</think>\n\nThe answer is " + ("440040051." if j == 0 else "7.")
+
+
+def test_a_trajectory_is_token_ids_end_to_end_and_matches_the_template(tok):
+    prompt = [{"role": "user", "content": "q"}]
+    prompt_ids = render_ids(tok, prompt, add_generation_prompt=True, tools=[CALCULATOR.schema])
+    inner = ScriptedEngine(tok, calculator_script)
+    engine = ToolEngine(inner, {"calculator": CALCULATOR}, max_calls=3)
+    res = engine.generate([prompt_ids], [SamplingParams(n=2, max_new_tokens=200, seed=5)])[0]
+    first, second = res.completions
+    assert first.tool_calls == 1 and first.tool_errors == 0 and first.finish_reason == "stop"
+    assert second.tool_calls == 0 and second.tool_mask == [0] * len(second.tokens)
+    assert first.text == "<think>\nok\n</think>\n\nThe answer is 440040051." and second.text.endswith("is 7.")
+    # the whole trajectory is what the template renders for the same conversation (its final newline aside)
+    called = {"role": "assistant", "content": "", "reasoning_content": "Big.", "tool_calls": [
+        {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "48213 * 9127"}}}]}
+    whole = render_ids(tok, prompt + [called, {"role": "tool", "name": "calculator", "content": "440040051"},
+                                      {"role": "assistant", "content": "The answer is 440040051.",
+                                       "reasoning_content": "ok"}], tools=[CALCULATOR.schema])
+    assert whole[: len(prompt_ids) + len(first.tokens)] == prompt_ids + first.tokens
+    # the tool turn (answer + next generation prompt) is masked; the sampled turns are not
+    mask = torch.tensor(first.tool_mask, dtype=torch.bool)
+    tool_text = tok.decode(torch.tensor(first.tokens)[mask].tolist(), skip_special_tokens=False)
+    assert tool_text == "\n<|im_start|>tool\n440040051<|im_end|>\n<|im_start|>assistant\n"
+    assert all(lp == 0.0 for lp, m in zip(first.logprobs, first.tool_mask) if m)
+    assert all(lp == -0.5 for lp, m in zip(first.logprobs, first.tool_mask) if not m)
+    # the continuation was submitted as the exact ids so far (nothing decoded and re-encoded), n = 1,
+    # with what is left of the budget and a seed of its own
+    ids, params = inner.submitted[1]
+    turn1 = first.tokens.index(turn_end_ids(tok)[0]) + 1
+    assert ids == prompt_ids + first.tokens[: turn1 + int(mask.sum())]
+    assert params.n == 1 and params.max_new_tokens == 200 - turn1 - int(mask.sum()) and params.seed not in (None, 5)
+
+
+def test_limits_budgets_and_bad_calls_end_samples(tok):
+    prompt_ids = render_ids(tok, [{"role": "user", "content": "q"}], add_generation_prompt=True,
+                            tools=[CALCULATOR.schema])
+
+    def run(script, max_new_tokens=300, max_calls=2):
+        engine = ToolEngine(ScriptedEngine(tok, script), {"calculator": CALCULATOR}, max_calls=max_calls)
+        return engine.generate([prompt_ids], [SamplingParams(max_new_tokens=max_new_tokens)])[0].completions[0]
+
+    looping = run(lambda text, j, turn: call("calculator", expression="1+1"))
+    assert looping.tool_calls == 2 and looping.finish_reason == "stop" and sum(looping.tool_mask) > 0
+    assert looping.text.count("calculator") == 1  # the last reply (a third call, not run) is the text
+    bad = run(lambda text, j, turn: call("search", q="x") if turn == 0 else "done")
+    assert bad.tool_calls == 1 and bad.tool_errors == 1 and bad.text == "done"
+    assert "error: no tool named 'search'" in tok.decode(bad.tokens, skip_special_tokens=False)
+    # a call in the think block is thinking, not a call
+    thought = run(lambda text, j, turn: "<think>\n" + call("calculator", expression="2") + "\n</think>\n\nno")
+    assert thought.tool_calls == 0 and not any(thought.tool_mask)
+    # no room left for the tool's answer: the sample ends, cut, without it
+    first = len(tok.encode(call("calculator", expression="1+1"), add_special_tokens=False)) + 1
+    cut = run(lambda text, j, turn: call("calculator", expression="1+1"), max_new_tokens=first + 3)
+    assert cut.finish_reason == "length" and not any(cut.tool_mask) and len(cut.tokens) == first
+    with pytest.raises(ConfigError, match="max_calls"):
+        ToolEngine(ScriptedEngine(tok, calculator_script), {"calculator": CALCULATOR}, max_calls=0)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    from flowlm.model.config import ModelConfig
+    from flowlm.model.olmo3 import Olmo3
+
+    torch.manual_seed(0)
+    return Olmo3(ModelConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                             intermediate_size=64, max_seq_len=1024, sliding_window=16)).eval()
+
+
+def test_the_rl_source_masks_tool_tokens_out_of_the_loss_and_logs_calls(tok, model):
+    from flowlm.rl.stats import rollout_metrics
+    from flowlm.train.objectives.grpo import GRPOObjective, token_mask
+
+    rows = [{"id": f"p{i}", "prompt": f"question {i}", "dataset": "tool_test_record", "ground_truth": "440040051"}
+            for i in range(2)]
+    cfg = RolloutConfig(prompts_per_step=2, group_size=2, max_new_tokens=300, tools=["calculator"], max_tool_calls=2)
+    src = RolloutSource(rows, tok, cfg, seed=0, max_len=1024)
+    assert '"name": "calculator"' in tok.decode(src.prompt_ids[0], skip_special_tokens=False)  # listed in the prompt
+    src.bind(model)
+    src.engine = ToolEngine(ScriptedEngine(tok, calculator_script), src.tools, max_calls=2)
+    SEEN.clear()
+    batch = next(iter(src))
+    assert SEEN == ["<think>\nok\n</think>\n\nThe answer is 440040051.", "<think>\nok\n</think>\n\nThe answer is 7."] * 2
+    labelled = batch["labels"] != -100
+    assert torch.equal(labelled, ~batch["rollout_logps"].isnan())
+    assert torch.equal(labelled, batch["rollout_versions"] >= 0)
+    for r in range(4):
+        prompt = src.prompt_ids[int(batch["prompt_index"][r])]
+        ids, start = batch["input_ids"][r], len(prompt) - 1
+        text = tok.decode(ids[len(prompt):].tolist(), skip_special_tokens=False)
+        calls = r % 2 == 0  # sample 0 of each group
+        assert ("<|im_start|>tool\n440040051" in text) == calls
+        tool = tok.encode("\n<|im_start|>tool\n440040051<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+        # every completion token is labelled, except the tool turn's, whose positions predict exactly it
+        last = int(torch.nonzero(labelled[r]).max())
+        unlabelled = [j for j in range(start, last + 1) if not labelled[r, j]]
+        assert ids[[j + 1 for j in unlabelled]].tolist() == (tool if calls else [])
+    m = {k: float(v.total) / float(v.count) for k, v in rollout_metrics(batch).items() if k.startswith("tool_")}
+    assert m == {"tool_calls": 0.5, "tool_errors": 0.0}
+    # the learner trains on the sampled tokens only: the tool turns are out of the loss and of its token count
+    sampled = lambda reply: len(tok.encode(reply, add_special_tokens=False)) + 1  # noqa: E731 (+ <|im_end|>)
+    per_group = sum(sampled(calculator_script("", j, turn)) for j, turn in ((0, 0), (0, 1), (1, 0)))
+    assert int(token_mask(batch).sum()) == int(labelled.sum()) == 2 * per_group
+    out = GRPOObjective().loss(model, batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_tools_config_errors(tok):
+    rows = [{"id": "p", "prompt": "q", "dataset": "tool_test_record", "ground_truth": "1"}]
+    with pytest.raises(ValueError, match="unknown tool 'search'; built-in tools: calculator, python"):
+        RolloutConfig(tools=["search"])
+    with pytest.raises(ValueError, match="max_tool_calls only applies with tools"):
+        RolloutConfig(max_tool_calls=3)
+    with pytest.raises(ConfigError, match="tools need chat prompts"):
+        RolloutSource(rows, tok, RolloutConfig(tools=["calculator"]), seed=0, max_len=512, plain=True)
+
+
+ROW = {"id": "p0", "prompt": "question 0", "dataset": "tool_test_record", "ground_truth": "440040051"}
+
+
+def real_source(tok, **cfg) -> RolloutSource:
+    settings = {"prompts_per_step": 1, "group_size": 2, "max_new_tokens": 150, "tools": ["calculator"],
+                "max_tool_calls": 1, "temperature": 0.5, "filter_zero_std": False, "active_sampling": False, **cfg}
+    return RolloutSource([ROW], tok, RolloutConfig(**settings), seed=0, max_len=1024)
+
+
+@pytest.fixture(scope="module")
+def caller(tok):
+    """A micro OLMo-3 that has memorised one calculator call as its reply to ROW's prompt."""
+    from flowlm.model.config import ModelConfig
+    from flowlm.model.olmo3 import Olmo3
+
+    prompt = real_source(tok).prompt_ids[0]
+    reply = tok.encode(call("calculator", expression="48213 * 9127"), add_special_tokens=False) + list(turn_end_ids(tok))
+    ids = torch.tensor([prompt + reply])
+    torch.manual_seed(0)
+    model = Olmo3(ModelConfig(vocab_size=len(tok), hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                              intermediate_size=128, max_seq_len=1024, sliding_window=1024))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        logits = model(ids[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits[0, len(prompt) - 1:], ids[0, len(prompt):])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+    return model.eval(), len(prompt), len(reply)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_real_engine_rollout_with_calls_scores_as_the_learner_does(tok, caller, mode):
+    """The memorised caller sampled through the real engine by the RL source (a rollout thread in mode async):
+    the call runs, the next turn is sampled after the tool's answer, and the learner's log-prob of every
+    sampled token (the tool turn in its context) equals the engine's."""
+    from flowlm.train.objectives.grpo import GRPOObjective, token_mask
+
+    model, start, reply = caller
+    src = real_source(tok, mode=mode)
+    src.bind(model)
+    try:
+        batch = next(iter(src))
+    finally:
+        src.close()
+    labelled = batch["labels"] != -100
+    tool_turns = [tok.decode(batch["input_ids"][r].tolist(), skip_special_tokens=False).count("<|im_start|>tool\n440040051")
+                  for r in range(2)]
+    assert tool_turns == [1, 1]  # both samples called, and read the answer
+    tool = tok.encode("\n<|im_start|>tool\n440040051<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+    at = start + reply  # where the tool turn begins in each row
+    assert all(batch["input_ids"][r, at:at + len(tool)].tolist() == tool for r in range(2))
+    assert labelled[:, start - 1:at - 1].all()  # the call is trained,
+    assert not labelled[:, at - 1:at - 1 + len(tool)].any()  # the tool turn is not,
+    assert labelled[:, at - 1 + len(tool)].all()  # and the turn after it is
+    with torch.no_grad():
+        logps, _ = GRPOObjective().token_logps(model, batch, token_mask(batch))
+    assert (logps - batch["rollout_logps"].nan_to_num(0.0)).abs()[labelled].max().item() < 1e-4
