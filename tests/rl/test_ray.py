@@ -156,6 +156,16 @@ def test_ray_rollout_actors_run_an_hf_policy_behind_the_adapter(cluster, tok):
     assert (mine[labelled] - b["rollout_logps"][labelled]).abs().max().item() < 1e-4
 
 
+def test_ray_rollout_actors_run_tool_calls(cluster, tmp_path):
+    """`rollout.tools` in mode ray: the actor wraps its engine and runs the calls itself; the batch is the one the
+    sync and async modes give (`tests/tools/test_tool_rollouts.py`: the call runs, the tool turn is masked, the
+    learner's log-probs equal the actor's)."""
+    from tests.tools.test_tool_rollouts import check_real_rollouts, make_caller, make_tok
+
+    tool_tok = make_tok(tmp_path / "tok")
+    check_real_rollouts(tool_tok, make_caller(tool_tok), mode="ray", num_rollout_workers=1, num_reward_workers=0)
+
+
 def test_a_killed_rollout_actor_is_restarted_and_its_prompts_are_not_lost(cluster, tok, model, tmp_path, capsys):
     log = tmp_path / "r.jsonl"
     src = ray_source(tok, model, rows(80), log=log, async_steps=2, num_rollout_workers=2, num_reward_workers=1)

@@ -32,13 +32,16 @@ def call(name, **args):
     return f'<tool_call>\n{json.dumps({"name": name, "arguments": args})}\n</tool_call>'
 
 
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
+def make_tok(out):
     from flowlm.model.tokenizer import load_tokenizer
 
-    out = tmp_path_factory.mktemp("tok") / "tok"
     train_tokenizer(["The answer is 42. We add numbers and call tools to compute things exactly."] * 50, 400, out)
     return load_tokenizer(out)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return make_tok(tmp_path_factory.mktemp("tok") / "tok")
 
 
 class ScriptedEngine:
@@ -216,7 +219,12 @@ def real_source(tok, **cfg) -> RolloutSource:
 
 @pytest.fixture(scope="module")
 def caller(tok):
-    """A micro OLMo-3 that has memorised one calculator call as its reply to ROW's prompt."""
+    return make_caller(tok)
+
+
+def make_caller(tok):
+    """A micro OLMo-3 that has memorised one calculator call as its reply to ROW's prompt; with the prompt's
+    and the call's lengths in tokens."""
     from flowlm.model.config import ModelConfig
     from flowlm.model.olmo3 import Olmo3
 
@@ -242,10 +250,14 @@ def test_a_real_engine_rollout_with_calls_scores_as_the_learner_does(tok, caller
     """The memorised caller sampled through the real engine by the RL source (a rollout thread in mode async):
     the call runs, the next turn is sampled after the tool's answer, and the learner's log-prob of every
     sampled token (the tool turn in its context) equals the engine's."""
+    check_real_rollouts(tok, caller, mode=mode)
+
+
+def check_real_rollouts(tok, caller, **cfg):
     from flowlm.train.objectives.grpo import GRPOObjective, token_mask
 
     model, start, reply = caller
-    src = real_source(tok, mode=mode)
+    src = real_source(tok, **cfg)
     src.bind(model)
     try:
         batch = next(iter(src))
