@@ -55,6 +55,9 @@ class ScriptedEngine:
         self.pending: list = []
         self.next_id = 0
 
+    def prepare(self, ids, params):
+        return ids, (f"prompt has {len(ids)} tokens; the context is {self.context}" if len(ids) >= self.context else None)
+
     def update_weights(self, weights, version=None, **kw):
         self.version = version
         return version
@@ -147,6 +150,49 @@ def test_limits_budgets_and_bad_calls_end_samples(tok):
     assert cut.finish_reason == "length" and not any(cut.tool_mask) and len(cut.tokens) == first
     with pytest.raises(ConfigError, match="max_calls"):
         ToolEngine(ScriptedEngine(tok, calculator_script), {"calculator": CALCULATOR}, max_calls=0)
+
+
+def test_trajectories_hold_the_conversation_with_calls_answers_and_limits(tok):
+    """Per sample, the messages after the prompt: each calling turn with its reasoning and calls, each tool's
+    answer (an unknown tool or a malformed call is answered `error: ...`), the final reply; limits end samples."""
+    scripts = {
+        0: ["<think>\nBig numbers: use the calculator.\n</think>\n\n" + call("calculator", expression="48213 * 9127"),
+            "<think>\n</think>\n\nThe answer is 440040051."],
+        1: ["Let me look. " + call("search", q="x"), "I cannot search."],
+        2: ['<tool_call>{"name": oops}</tool_call>', "Sorry."],
+        3: ["<tool_call>{broken</tool_call>"] * 4,  # never a valid call: the turns are bounded all the same
+    }
+    engine = ToolEngine(ScriptedEngine(tok, lambda text, j, turn: scripts[int(text.split("question ")[1][0])][turn]),
+                        {"calculator": CALCULATOR}, max_calls=2)
+    convs = [[{"role": "user", "content": f"question {i}"}] for i in range(4)]
+    res = [r.completions[0] for r in engine.generate(convs, [SamplingParams(max_new_tokens=300)] * 4)]
+    first, answer, final = res[0].trajectory
+    assert first == {"role": "assistant", "content": "", "reasoning_content": "Big numbers: use the calculator.",
+                     "tool_calls": [{"type": "function", "function": {"name": "calculator",
+                                                                      "arguments": {"expression": "48213 * 9127"}}}]}
+    assert answer == {"role": "tool", "name": "calculator", "content": "440040051"}
+    assert final == {"role": "assistant", "content": "The answer is 440040051.", "reasoning_content": ""}
+    assert res[0].tool_calls == 1 and res[0].tool_errors == 0
+    said, unknown, _ = res[1].trajectory
+    assert said["content"] == "Let me look." and unknown["content"] == "error: no tool named 'search' (tools: calculator)"
+    assert res[1].text == "I cannot search." and res[1].tool_calls == 1 and res[1].tool_errors == 1
+    assert res[2].trajectory[1]["content"].startswith("error: call 1 is not JSON") and res[2].text == "Sorry."
+    assert res[2].tool_calls == 0 and res[2].tool_errors == 1
+    # two tool turns, then the third reply (still a broken call) ends the sample unrun
+    assert [m["role"] for m in res[3].trajectory] == ["assistant", "tool", "assistant", "tool", "assistant"]
+    assert res[3].finish_reason == "stop" and "tool_calls" not in res[3].trajectory[-1]
+
+
+def test_a_chat_prompt_is_rendered_with_the_tools_and_a_bad_one_is_reported(tok):
+    inner = ScriptedEngine(tok, lambda text, j, turn: "ok")
+    engine = ToolEngine(inner, {"calculator": CALCULATOR})
+    ids, problem = engine.prepare([{"role": "user", "content": "q"}], SamplingParams())
+    assert problem is None and ids == render_ids(tok, [{"role": "user", "content": "q"}], add_generation_prompt=True,
+                                                 tools=[CALCULATOR.schema])
+    (res,) = engine.generate([[{"role": "user", "content": "q"}]], SamplingParams(stop_token_ids=(3,)))
+    assert inner.submitted[0][0] == ids and set(inner.submitted[0][1].stop_token_ids) == {3, *turn_end_ids(tok)}
+    (bad,) = engine.generate([[{"role": "robot", "content": "q"}]])
+    assert not bad.ok and bad.error.startswith("bad prompt:") and "robot" in bad.error
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--no-thinking", action="store_true", help="chat: enable_thinking=False (hard switch)")
     p.add_argument("--switch", choices=("/think", "/no_think"), default="", help="chat: soft switch in the user turn")
     p.add_argument("--fewshot", type=int, default=0, help="worked examples before each question")
+    p.add_argument("--tools", default=None, metavar="NAME[,NAME]",
+                   help="chat: built-in tools (calculator, python) the model may call while it answers; the reply "
+                        "after its last call is scored")
+    p.add_argument("--max-tool-calls", type=int, default=None, metavar="N", help="with --tools: calls per sample (5)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (BPB: seed of the built-in sets)")
     p.add_argument("--backend", choices=("native", "vllm", "auto"), default="native")
     p.add_argument("--max-slots", type=int, default=64, help="sequences decoded together")
@@ -60,7 +64,9 @@ def main(args: argparse.Namespace) -> int:
     from flowlm.eval.harness import SamplingSettings
     from flowlm.eval.prompting import PromptFormat
 
-    fmt = PromptFormat(style=args.format, thinking=not args.no_thinking, switch=args.switch, fewshot=args.fewshot)
+    fmt = PromptFormat(style=args.format, thinking=not args.no_thinking, switch=args.switch, fewshot=args.fewshot,
+                       tools=tuple(n.strip() for n in (args.tools or "").split(",") if n.strip()),
+                       max_tool_calls=args.max_tool_calls or 5)
     sampling = SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens, seed=args.seed or 0)
     suites = load_suites(parse_suite_specs(args.suite, args.file), max_items=args.max_items)
@@ -107,6 +113,12 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--max-items must be >= 1, got {args.max_items}")
     if not math.isfinite(args.timeout) or args.timeout <= 0:
         raise ConfigError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.max_tool_calls is not None and not args.tools:
+        raise ConfigError("--max-tool-calls needs --tools")
+    if args.tools is not None and not args.suite:
+        raise ConfigError("--tools needs --suite (tools are offered to generated answers; BPB generates nothing)")
+    if args.tools is not None and not any(n.strip() for n in args.tools.split(",")):
+        raise ConfigError("--tools: name at least one tool (calculator, python)")
     if args.workers < 0:
         raise ConfigError(f"--workers must be >= 0 (0 = verify in this process), got {args.workers}")
     from flowlm.generate.params import check_slots
@@ -173,7 +185,7 @@ def print_table(summaries: dict[str, dict[str, Any]], n: int) -> None:
 
     labels = {"items": "items", "mean_reward": "reward", "pass@1": "pass@1", f"pass@{n}": f"pass@{n}",
               f"maj@{n}": f"maj@{n}", "mean_tokens": "tokens", "truncated": "at limit", "unclosed_think": "open think",
-              "contamination": "contam."}
+              "tool_use": "used tools", "tool_calls": "calls", "contamination": "contam."}
     cols = [c for c in labels if any(c in s for s in summaries.values())]
     table = Table(title="eval")
     table.add_column("suite")

@@ -120,8 +120,11 @@ def generate(engine: Any, suites: list[Suite], fmt: PromptFormat, sampling: Samp
 
 def _sample(c: Any, r: Rendered) -> dict[str, Any]:
     opened = r.think_open or "<think>" in c.text
-    return {"text": c.text, "tokens": len(c.tokens), "finish_reason": c.finish_reason,
-            "unclosed_think": opened and "</think>" not in c.text}
+    out = {"text": c.text, "tokens": len(c.tokens), "finish_reason": c.finish_reason,
+           "unclosed_think": opened and "</think>" not in c.text}
+    if c.tool_mask is not None:  # with tools: `tokens` counts the generated ones, not the tools' answers
+        out.update(tokens=len(c.tokens) - sum(c.tool_mask), tool_calls=c.tool_calls, tool_errors=c.tool_errors)
+    return out
 
 
 def score(suites: list[Suite], generated: dict[str, list[dict[str, Any]]], *, workers: int = 2,
@@ -164,6 +167,13 @@ def run_suites(engine: Any, suites: list[Suite], fmt: PromptFormat, sampling: Sa
     names = [s.name for s in suites]
     if len(set(names)) != len(names):
         raise ConfigError(f"eval: suite names must be distinct, got {names}")
+    if fmt.tools:  # the model's calls run between its turns; the reply after the last call is scored
+        from flowlm.tools.builtin import check_available, select_tools
+        from flowlm.tools.engine import ToolEngine
+
+        tools = select_tools(list(fmt.tools))
+        check_available(tools)
+        engine = ToolEngine(engine, tools, max_calls=fmt.max_tool_calls, enable_thinking=fmt.thinking)
     stats0 = dict(getattr(engine, "stats", {}))
     t0 = time.perf_counter()
     generated = generate(engine, suites, fmt, sampling, progress)

@@ -81,6 +81,10 @@ def summarize(items: Sequence[dict[str, Any]], n: int, *, majority: bool = False
         "unclosed_think": sum(bool(s.get("unclosed_think")) for s in samples) / n_samples,
         "errors": sum(1 for it in items if it.get("error")),
     }
+    if any("tool_calls" in s for s in samples):  # with tools: calls per sample, and the share that called one
+        out["tool_calls"] = sum(s.get("tool_calls", 0) for s in samples) / n_samples
+        out["tool_use"] = sum(s.get("tool_calls", 0) > 0 for s in samples) / n_samples
+        out["tool_errors"] = sum(s.get("tool_errors", 0) for s in samples) / n_samples
     if majority:
         votes = [majority_correct([s.get("answer") for s in it["samples"]], [s["score"] for s in it["samples"]])
                  if it["samples"] else 0.0 for it in items]

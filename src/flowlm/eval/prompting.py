@@ -8,6 +8,9 @@ template for base models, optionally with few-shot examples.
 - `plain`: the suite's template (`Question: {question}\\nAnswer:` by default, the format the built-in
   pretraining data uses), examples first, each followed by its worked demo; the suite's stop strings
   end the answer where a base model would start the next question.
+- `tools` (chat only): built-in tools listed in the system turn; the harness runs the model's calls
+  between turns (`flowlm.tools.engine`) and scores the reply after the last one, so an eval with and
+  without tools is the seed's no-tools / tools comparison.
 
 Rendering happens here, not in the engine, so every backend gets the same token ids.
 """
@@ -36,6 +39,11 @@ class PromptFormat:
     """Worked examples before the question (from the suite's few-shot pool, never the item itself)."""
     system: str | None = None
     """Chat: an optional system turn."""
+    tools: tuple[str, ...] = ()
+    """Chat: built-in tools (`flowlm.tools.builtin`) listed in the system turn and run while the model answers
+    (`flowlm.tools.engine.ToolEngine`); the reply after the last call is what is scored."""
+    max_tool_calls: int = 5
+    """With `tools`: calls (and tool turns) per sample at most."""
 
     def __post_init__(self) -> None:
         if self.style not in ("chat", "plain"):
@@ -44,6 +52,23 @@ class PromptFormat:
             raise ConfigError(f"switch must be '', '/think' or '/no_think', got {self.switch!r}")
         if self.fewshot < 0:
             raise ConfigError(f"fewshot must be >= 0, got {self.fewshot}")
+        if self.tools:
+            from flowlm.tools.builtin import known_tools
+
+            try:
+                object.__setattr__(self, "tools", tuple(known_tools(list(self.tools))))
+            except ValueError as exc:
+                raise ConfigError(f"tools: {exc}") from None
+            if self.style == "plain":
+                raise ConfigError("tools need the chat format (the template lists them), not plain")
+        if self.max_tool_calls < 1:
+            raise ConfigError(f"max_tool_calls must be >= 1, got {self.max_tool_calls}")
+
+    def tool_schemas(self) -> list[dict[str, Any]]:
+        """The function schemas of `tools`, as the chat template lists them."""
+        from flowlm.tools.builtin import TOOLS
+
+        return [TOOLS[n].schema for n in self.tools]
 
 
 @dataclass(frozen=True)
@@ -96,7 +121,10 @@ def _chat(item: EvalItem, suite: Suite, fmt: PromptFormat, tokenizer: Any) -> Re
                           "evaluate with the plain prompt format (--format plain)")
     if not fmt.thinking:
         require_thinking_switch(tokenizer, "thinking off (--no-thinking, thinking: false)")
-    extra = {"tools": list(item.tools)} if item.tools else {}
+    if item.tools and fmt.tools:
+        raise ConfigError(f"suite {suite.name}: its items offer their own functions (checked, not run), so "
+                          "built-in tools cannot be offered too (drop --tools for it)")
+    extra = {"tools": list(item.tools)} if item.tools else {"tools": fmt.tool_schemas()} if fmt.tools else {}
     text = tokenizer.apply_chat_template(chat_messages(item, suite, fmt), tokenize=False,
                                          add_generation_prompt=True, enable_thinking=fmt.thinking, **extra)
     ids = list(tokenizer.encode(text, add_special_tokens=False))

@@ -15,8 +15,9 @@ generating gets an `"error"` in its output row and the others complete; the comm
 naming the failed lines. Output rows are the input row plus `completions` (text, tokens, logprobs,
 versions, finish_reason), `error` and `timings` (null for a time that never came), written in input
 order as soon as each prefix of the file is done (with `--out`, into a temporary file renamed into
-place at the end). With `--tools NAMES` each row is a conversation whose tool calls are run in the loop
-(`flowlm.tools.loop`; docs/generate.md, Tool use).
+place at the end). With `--tools NAMES` each row is a conversation (a prompt string is its user turn) whose
+tool calls are run between turns (`flowlm.tools.engine`; docs/generate.md, Tool use); each completion
+then also has `tool_mask`, `tool_calls`, `tool_errors` and its `trajectory` of messages.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from flowlm.cli import (add_io_arguments, check_output, input_path, iter_input_o
                         write_json_line)
 from flowlm.errors import ConfigError, FlowError
 from flowlm.generate.params import LOGPROBS_MODES, SamplingParams, check_slots
-from flowlm.generate.prompts import is_chat, prompt_problem
+from flowlm.generate.prompts import ends_its_turn, is_chat, prompt_problem
 
 PROMPT_KEYS = ("prompt", "messages", "prompt_ids")
 SAMPLING_KEYS = tuple(f.name for f in dataclasses.fields(SamplingParams))
@@ -169,56 +170,41 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(f"generate: --max-tool-calls must be at least 1, got {args.max_tool_calls}")
         check_available(tools)
     rows = read_rows(input_path(args.file, "generate"), base_params(args))
-    if tools is not None:
-        return _run_tools(args, rows, tools)
     engine = build_engine(args)
+    if tools is not None:  # calls run between turns, token for token (`flowlm.tools.engine`)
+        from flowlm.tools.engine import ToolEngine
+
+        rows = [_conversation(row) for row in rows]
+        engine = ToolEngine(engine, tools, max_calls=args.max_tool_calls, enable_thinking=not args.no_thinking)
     check_stop_token_ids(args.stop_token_id, engine.vocab_size)
     if args.no_thinking and any(is_chat(prompt) for _, _, prompt, _ in rows):
         from flowlm.model.tokenizer import require_thinking_switch
 
         require_thinking_switch(engine.tokenizer, "--no-thinking")
     prompts = prepare_rows(engine, rows)
-    order = [engine.submit(ids, params, tag=row) for ids, (_, row, _, params) in zip(prompts, rows)]
+    # a chat prompt's reply ends its turn (the prompts are token ids from here on)
+    order = [engine.submit(ids, ends_its_turn(prompt, params, engine.tokenizer), tag=row)
+             for ids, (_, row, prompt, params) in zip(prompts, rows)]
     with open_output(args.out) as out:
-        failed = _run(engine, order, out, show=not args.no_progress)
+        failed, calls = _run(engine, order, out, show=not args.no_progress)
     where = f" -> {args.out}" if args.out is not None else ""
-    print(f"generate: {len(rows) - len(failed)}/{len(rows)} requests done, {len(failed)} failed{where}",
+    ran = f", {calls} tool call(s) run" if tools is not None else ""
+    print(f"generate: {len(rows) - len(failed)}/{len(rows)} requests done{ran}, {len(failed)} failed{where}",
           file=sys.stderr)
     if failed:
         raise FlowError(f"generate: {failed_lines(failed, [w for w, *_ in rows])}")
     return 0
 
 
-def _run_tools(args: argparse.Namespace, rows: list[Row], tools: dict[str, Any]) -> int:
-    """`--tools`: every row a conversation whose tool calls are run in the loop (`flowlm.tools.loop`).
-    Output rows: the input row plus `completions` (one: the final answer, with its `tool_calls`, `turns`,
-    `tokens` and `finish_reason`) and `trajectory` (the assistant and tool messages after the input)."""
-    from flowlm.tools.loop import run_with_tools
-
-    convs = []
-    for where, _, prompt, params in rows:
-        if params.n != 1:
-            raise FlowError(f"{where}: --tools samples one conversation per row (n must be 1, got {params.n})")
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        elif not is_chat(prompt):
-            raise FlowError(f"{where}: --tools needs chat messages or a prompt string, not prompt_ids")
-        convs.append(prompt)
-    engine = build_engine(args)
-    results = run_with_tools(engine, convs, tools, [p for *_, p in rows], max_calls=args.max_tool_calls,
-                             enable_thinking=not args.no_thinking)
-    failed = {i: r["error"] for i, r in enumerate(results) if r["error"]}
-    with open_output(args.out) as out:
-        for (_, row, _, _), r in zip(rows, results):
-            comp = {"text": r["answer"], "finish_reason": r["finish_reason"], "tool_calls": r["tool_calls"],
-                    "turns": r["turns"], "tokens": r["tokens"]}
-            write_json_line(out, {**row, "completions": [comp], "trajectory": r["messages"], "error": r["error"]})
-    calls = sum(r["tool_calls"] for r in results)
-    print(f"generate: {len(rows) - len(failed)}/{len(rows)} conversations done, {calls} tool call(s) run, "
-          f"{len(failed)} failed", file=sys.stderr)
-    if failed:
-        raise FlowError(f"generate: {failed_lines(failed, [w for w, *_ in rows])}")
-    return 0
+def _conversation(row: Row) -> Row:
+    """`--tools`: a row's prompt as a conversation (a prompt string is the user turn); token ids are refused,
+    since the tools could not be listed in them."""
+    where, raw, prompt, params = row
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    elif not is_chat(prompt):
+        raise FlowError(f"{where}: --tools needs chat messages or a prompt string, not prompt_ids")
+    return where, raw, prompt, params
 
 
 def failed_lines(failed: dict[int, str], wheres: list[str]) -> str:
@@ -229,14 +215,15 @@ def failed_lines(failed: dict[int, str], wheres: list[str]) -> str:
     return f"{len(failed)} row{'s' if len(failed) > 1 else ''} failed: {'; '.join(named)}{more}"
 
 
-def _run(engine: Any, order: list[int], out: TextIO, show: bool) -> dict[int, str]:
-    """Stream results into `out` in input order; returns {input position: error} of the failed requests."""
+def _run(engine: Any, order: list[int], out: TextIO, show: bool) -> tuple[dict[int, str], int]:
+    """Stream results into `out` in input order; returns {input position: error} of the failed requests and
+    the tool calls run (with tools)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     done: dict[int, Any] = {}
     failed: dict[int, str] = {}
-    next_pos, tokens, t0 = 0, 0, time.perf_counter()
+    next_pos, tokens, calls, t0 = 0, 0, 0, time.perf_counter()
     columns = (TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeElapsedColumn())
     # The bar lives on stderr and leaves sys.stdout alone: stdout may be the output rows.
@@ -245,6 +232,7 @@ def _run(engine: Any, order: list[int], out: TextIO, show: bool) -> dict[int, st
         for result in engine.stream():
             done[result.request_id] = result
             tokens += result.num_generated
+            calls += sum(c.tool_calls for c in result.completions)
             rate = tokens / max(time.perf_counter() - t0, 1e-9)
             bar.update(task, advance=1, rate=f"{rate:,.0f} tok/s")
             while next_pos < len(order) and order[next_pos] in done:
@@ -254,4 +242,4 @@ def _run(engine: Any, order: list[int], out: TextIO, show: bool) -> dict[int, st
                 write_json_line(out, {**res.tag, **res.to_dict()})
                 next_pos += 1
             out.flush()
-    return failed
+    return failed, calls

@@ -142,6 +142,8 @@ class Completion:
     """Tool calls run for this completion (`ToolEngine`)."""
     tool_errors: int = 0
     """Of those, and of malformed calls, the ones answered `error: ...`."""
+    trajectory: list[dict[str, Any]] | None = None
+    """With tools: the messages after the prompt (assistant turns with their calls, tool answers)."""
 
 
 @dataclass
@@ -188,11 +190,17 @@ class Result:
         """JSON-ready dict (the CLI's output row, minus the input fields)."""
         return {
             "request_id": self.request_id, "error": self.error, "prompt_ids": self.prompt_ids,
-            "completions": [{"text": c.text, "tokens": c.tokens, "logprobs": c.logprobs,
-                             "versions": c.versions, "finish_reason": c.finish_reason}
-                            for c in self.completions],
+            "completions": [_completion_dict(c) for c in self.completions],
             "timings": {"latency_s": _seconds(self.timings.latency), "ttft_s": _seconds(self.timings.ttft)},
         }
+
+
+def _completion_dict(c: Completion) -> dict[str, Any]:
+    out = {"text": c.text, "tokens": c.tokens, "logprobs": c.logprobs, "versions": c.versions,
+           "finish_reason": c.finish_reason}
+    if c.tool_mask is not None:  # with tools (`flowlm.tools.engine`)
+        out.update(tool_mask=c.tool_mask, tool_calls=c.tool_calls, tool_errors=c.tool_errors, trajectory=c.trajectory)
+    return out
 
 
 def _seconds(value: float | None) -> float | None:

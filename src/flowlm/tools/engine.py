@@ -1,4 +1,5 @@
-"""A rollout engine whose completions may call tools, token for token: what RL with tools samples from.
+"""A rollout engine whose completions may call tools, token for token: what RL, eval and `flowlm generate`
+sample from when tools are offered.
 
     engine = ToolEngine(Engine(model, tok), select_tools(["calculator"]), max_calls=3)
     results = engine.generate([prompt_ids], [SamplingParams(n=8, max_new_tokens=512, seed=0)])
@@ -20,14 +21,17 @@ with `n` samples is prefilled once; then each sample goes on alone:
    derived from the request's seed, the sample's index and the turn, and `max_new_tokens` what is left
    of the request's budget. The budget counts tool tokens too: `max_new_tokens` bounds the whole completion,
    as it bounds what the learner trains on. A tool turn that does not fit the budget or the context ends
-   the sample, cut (`finish_reason` "length").
+   the sample, cut after the call (`finish_reason` "length"; the answers are not appended).
 
 A request's `Result` comes out of `step()` when all its samples are done. Each `Completion` holds the
 whole trajectory: `tokens`, `logprobs` and `versions` per token (tool tokens: log-prob 0.0 and the
 version of the token before them, so the oldest version is still the minimum), `tool_mask` (1 for a tool
 turn's tokens: the learner masks them out of the loss, open-instruct's `mask_tool_use`), `tool_calls` and
-`tool_errors` (answers that began `error:`); `text` and `finish_reason` are the last turn's (the reply a
-verifier scores, as without tools).
+`tool_errors` (answers that began `error:`), and `trajectory`: the messages after the prompt, each
+assistant turn with its `reasoning_content` and `tool_calls` and each tool answer as a `tool` message
+(what SFT on the conversation would train on). `text` and `finish_reason` are the last turn's (the reply a
+verifier scores, as without tools). A reply that still calls tools once the limit is reached ends the
+sample: its calls are not run (its message has no `tool_calls`; its content keeps the call text).
 """
 
 from __future__ import annotations
@@ -66,6 +70,16 @@ def tool_turn_text(tokenizer: Any, names: list[str], enable_thinking: bool = Tru
     return text[cut:]
 
 
+def tool_answers(calls: list[dict[str, Any]], problems: list[str], tools: dict[str, Tool]) -> list[tuple[str, str]]:
+    """(tool name, its answer) per call, then one `error:` answer per malformed call."""
+    out = []
+    for call in calls:
+        tool = tools.get(call["name"])
+        out.append((call["name"], tool.run(call["arguments"]) if tool else
+                    f"error: no tool named {call['name']!r} (tools: {', '.join(tools)})"))
+    return out + [("error", f"error: {p}") for p in problems]
+
+
 def fill_tool_turn(template: str, answers: list[str]) -> str:
     """`template` (from `tool_turn_text`) with each placeholder replaced by its answer."""
     for i, answer in enumerate(answers):
@@ -79,6 +93,7 @@ class _Sample:
     logprobs: list[float] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
     tool_mask: list[int] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
     calls: int = 0
     errors: int = 0
     turns: int = 0
@@ -89,7 +104,11 @@ class _Sample:
     def completion(self) -> Completion:
         return Completion(tokens=self.tokens, logprobs=self.logprobs, versions=self.versions, text=self.text,
                           finish_reason=self.finish_reason, tool_mask=self.tool_mask, tool_calls=self.calls,
-                          tool_errors=self.errors)
+                          tool_errors=self.errors, trajectory=self.messages)
+
+    def end(self, text: str, finish_reason: str, message: dict[str, Any]) -> None:
+        self.text, self.finish_reason, self.done = text, finish_reason, True
+        self.messages.append(message)
 
 
 @dataclass
@@ -128,26 +147,40 @@ class ToolEngine(Driver):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
-    def submit(self, prompt: Any, params: SamplingParams | None = None, *, tag: Any = None) -> int:
-        """As the engine's `submit`; chat messages are rendered with the tools listed in the system turn
-        (token ids are taken as they are: the caller rendered them, `to_prompt_ids(..., tools=...)`)."""
-        from flowlm.generate.prompts import ends_its_turn, is_chat, to_prompt_ids
+    def _ids(self, prompt: Any) -> tuple[Any, str | None]:
+        """The prompt to hand the engine: chat messages rendered with the tools listed in the system turn
+        (token ids as they are: their caller rendered them, `to_prompt_ids(..., tools=...)`), or why not."""
+        from flowlm.generate.prompts import is_chat, to_prompt_ids
 
-        params = params or SamplingParams()
-        if is_chat(prompt):
-            params = ends_its_turn(prompt, params, self.inner.tokenizer)
+        if not is_chat(prompt):
+            return prompt, None
+        try:
+            return to_prompt_ids(prompt, self.inner.tokenizer, self.enable_thinking,
+                                 tools=[t.schema for t in self.tools.values()]), None
+        except Exception as exc:  # untrusted input: reported, as the engine reports it
+            return [], f"bad prompt: {exc}"
+
+    def prepare(self, prompt: Any, params: SamplingParams) -> tuple[list[int], str | None]:
+        """As the engine's `prepare`, for what `submit` sends: chat messages with the tools listed."""
+        ids, problem = self._ids(prompt)
+        return ([], problem) if problem else self.inner.prepare(ids, params)
+
+    def submit(self, prompt: Any, params: SamplingParams | None = None, *, tag: Any = None) -> int:
+        """As the engine's `submit` (a problem comes back on the result); chat messages get the tools listed."""
+        from flowlm.model.tokenizer import turn_end_ids
+
+        params = params or SamplingParams()  # a turn ends at the end-of-turn token, whatever the prompt's form
+        params = replace(params, stop_token_ids=tuple(dict.fromkeys((*params.stop_token_ids,
+                                                                     *turn_end_ids(self.inner.tokenizer)))))
         rid, self._next_id = self._next_id, self._next_id + 1
         req = _Request(rid, tag, params, timings=Timings(submitted=time.perf_counter()))
         req.samples = [_Sample() for _ in range(params.n)]
         self._requests[rid] = req
-        if is_chat(prompt):
-            try:
-                prompt = to_prompt_ids(prompt, self.inner.tokenizer, self.enable_thinking,
-                                       tools=[t.schema for t in self.tools.values()])
-            except Exception as exc:  # untrusted input: reported on the result, as the engine's submit does
-                self._finish(req, error=f"bad prompt: {exc}")
-                return rid
-        self.inner.submit(prompt, params, tag=(rid, None))
+        ids, problem = self._ids(prompt)
+        if problem:
+            self._finish(req, error=problem)
+        else:
+            self.inner.submit(ids, params, tag=(rid, None))
         return rid
 
     def has_unfinished(self) -> bool:
@@ -182,8 +215,7 @@ class ToolEngine(Driver):
     def _turn(self, req: _Request, j: int, comp: Completion) -> None:
         """Take one finished turn of sample `j`: end the sample, or run its calls and submit the next turn."""
         from flowlm.post.teachers import split_reasoning
-        from flowlm.tools.loop import tool_answers
-        from flowlm.verify.tool_call import parse_tool_calls
+        from flowlm.verify.tool_call import CALL, parse_tool_calls
 
         s = req.samples[j]
         s.tokens += comp.tokens
@@ -195,23 +227,29 @@ class ToolEngine(Driver):
         for end in self._ends:
             if end and raw.endswith(end):
                 raw = raw[: -len(end)]
-        calls, problems = parse_tool_calls(split_reasoning(raw, comp.finish_reason)["content"])
+        reply = split_reasoning(raw, comp.finish_reason)
+        calls, problems = parse_tool_calls(reply["content"])
         if not (calls or problems) or comp.finish_reason != FINISH_STOP or s.calls >= self.max_calls \
                 or s.turns > self.max_calls:
-            s.text, s.finish_reason, s.done = comp.text, comp.finish_reason, True
+            s.end(comp.text, comp.finish_reason, {"role": "assistant", "content": reply["content"],
+                                                  "reasoning_content": reply["reasoning"]})
             return
         answers = tool_answers(calls, problems, self.tools)
-        s.calls += len(calls)
-        s.errors += sum(text.startswith("error:") for _, text in answers)
+        called = {"role": "assistant", "content": CALL.split(reply["content"])[0].strip(),
+                  "reasoning_content": reply["reasoning"], "tool_calls": [{"type": "function", "function": c}
+                                                                          for c in calls]}
         names = tuple(name for name, _ in answers)
         if names not in self._turn_templates:
             self._turn_templates[names] = tool_turn_text(self.inner.tokenizer, list(names), self.enable_thinking)
         turn = self.inner.tokenizer.encode(fill_tool_turn(self._turn_templates[names], [t for _, t in answers]),
                                            add_special_tokens=False)
         room = req.params.max_new_tokens - len(s.tokens) - len(turn)
+        s.calls += len(calls)
+        s.errors += sum(text.startswith("error:") for _, text in answers)
         if room < 1 or len(req.prompt_ids) + len(s.tokens) + len(turn) + 1 > self.inner.context:
-            s.text, s.finish_reason, s.done = comp.text, FINISH_LENGTH, True  # no room to read the answer
+            s.end(comp.text, FINISH_LENGTH, called)  # no room for the answers: cut after the call
             return
+        s.messages += [called, *({"role": "tool", "name": name, "content": text} for name, text in answers)]
         s.tokens += turn
         s.logprobs += [0.0] * len(turn)
         s.versions += [s.versions[-1] if s.versions else self.inner.version] * len(turn)

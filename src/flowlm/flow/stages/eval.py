@@ -28,7 +28,7 @@ from flowlm.config import Strict
 from flowlm.flow.stages.registry import StageContext, StageKind, StageResult, register
 
 HEADLINE_KEYS = ("items", "n", "mean_reward", "mean_tokens", "truncated", "unclosed_think", "errors",
-                 "contamination", "contamination_unchecked", "by_category")
+                 "contamination", "contamination_unchecked", "by_category", "tool_calls", "tool_use", "tool_errors")
 
 
 class EvalStageConfig(Strict):
@@ -47,6 +47,9 @@ class EvalStageConfig(Strict):
     thinking: bool = True
     switch: Literal["", "/think", "/no_think"] = ""
     fewshot: int = Field(0, ge=0)
+    tools: list[str] = Field(default_factory=list, description="chat: built-in tools (calculator, python) the models "
+                             "may call while they answer; the reply after the last call is scored")
+    max_tool_calls: int = Field(5, ge=1, description="with tools: calls per sample at most")
     seed: int = 0
     contamination: bool = Field(True, description="check suites against the run's corpora")
     backend: Literal["native", "vllm", "auto"] = "native"
@@ -131,7 +134,8 @@ def run(ctx: StageContext, name: str, cfg: EvalStageConfig) -> StageResult:
     from flowlm.eval.harness import SamplingSettings
     from flowlm.eval.prompting import PromptFormat
 
-    fmt = PromptFormat(style=cfg.format, thinking=cfg.thinking, switch=cfg.switch, fewshot=cfg.fewshot)
+    fmt = PromptFormat(style=cfg.format, thinking=cfg.thinking, switch=cfg.switch, fewshot=cfg.fewshot,
+                       tools=tuple(cfg.tools), max_tool_calls=cfg.max_tool_calls)
     sampling = SamplingSettings(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     suites = load_suites(parse_suite_specs(cfg.suites), max_items=cfg.max_items, seed=cfg.seed)
