@@ -183,6 +183,15 @@ def test_trajectories_hold_the_conversation_with_calls_answers_and_limits(tok):
     assert res[3].finish_reason == "stop" and "tool_calls" not in res[3].trajectory[-1]
 
 
+def test_the_tool_turn_is_the_templates_and_filled_in_one_pass(tok):
+    from flowlm.tools.engine import fill_tool_turn, tool_turn_text
+
+    two = tool_turn_text(tok, ["calculator", "python"], enable_thinking=False)
+    filled = fill_tool_turn(two, ["4", "\x00flowlm-tool-answer-0\x00"])  # an answer printing a placeholder stays
+    assert filled == ("\n<|im_start|>tool\n4<|im_end|>\n<|im_start|>tool\n\x00flowlm-tool-answer-0\x00<|im_end|>\n"
+                      "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
 def test_a_chat_prompt_is_rendered_with_the_tools_and_a_bad_one_is_reported(tok):
     inner = ScriptedEngine(tok, lambda text, j, turn: "ok")
     engine = ToolEngine(inner, {"calculator": CALCULATOR})

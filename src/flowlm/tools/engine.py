@@ -36,6 +36,7 @@ sample: its calls are not run (its message has no `tool_calls`; its content keep
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -45,6 +46,7 @@ from flowlm.generate.params import FINISH_LENGTH, FINISH_STOP, Completion, Resul
 from flowlm.tools.builtin import Tool
 
 _SENTINEL = "\x00flowlm-tool-answer-{}\x00"
+_PLACEHOLDER = re.compile("\x00flowlm-tool-answer-(\\d+)\x00")
 
 
 def tool_turn_text(tokenizer: Any, names: list[str], enable_thinking: bool = True) -> str:
@@ -81,10 +83,9 @@ def tool_answers(calls: list[dict[str, Any]], problems: list[str], tools: dict[s
 
 
 def fill_tool_turn(template: str, answers: list[str]) -> str:
-    """`template` (from `tool_turn_text`) with each placeholder replaced by its answer."""
-    for i, answer in enumerate(answers):
-        template = template.replace(_SENTINEL.format(i), answer)
-    return template
+    """`template` (from `tool_turn_text`) with each placeholder replaced by its answer, in one pass (an answer
+    that prints a placeholder's text stays as it is)."""
+    return _PLACEHOLDER.sub(lambda m: answers[int(m.group(1))], template)
 
 
 @dataclass
