@@ -25,6 +25,22 @@ def micro_model(seed: int = 0, **overrides) -> Olmo3:
     return Olmo3(micro_config(init_std=0.2, **overrides)).eval()
 
 
+def end_of_turn_model(tok) -> tuple[Olmo3, int]:
+    """A micro model whose greedy reply to a chat "hi" is the end-of-turn token at once; and that token's id.
+    (Its lm_head row becomes 4x the row of the token the model chose first.)"""
+    from flowlm.generate.engine import Engine
+    from flowlm.generate.params import SamplingParams
+    from flowlm.model.tokenizer import turn_end_ids
+
+    (im_end,) = turn_end_ids(tok)
+    model = micro_model(vocab_size=len(tok))
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
+    first = Engine(model, tok).generate([[{"role": "user", "content": "hi"}]], [greedy])[0].completions[0].tokens[0]
+    with torch.no_grad():  # the end-of-turn token becomes the greedy choice wherever `first` was
+        model.lm_head.weight[im_end] = 4 * model.lm_head.weight[first]
+    return model, im_end
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads() -> None:
     torch.manual_seed(0)

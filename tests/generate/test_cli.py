@@ -14,16 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from tests.cli_entry import flowlm_command
 
 from flowlm.errors import ConfigError, FlowError
 from flowlm.generate import cli
-from flowlm.generate.params import SamplingParams
 from flowlm.model.hf import save_pretrained
 
-from .conftest import micro_model
+from .conftest import end_of_turn_model, micro_model
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -211,16 +209,8 @@ def test_entry_point_chat_replies_stop_at_the_end_of_their_turn(tok, tmp_path: P
     """A `messages` row's reply ends at `<|im_end|>` through the CLI too (it hands the engine token ids, so
     the stop must travel with them; until 2026-12-07 CLI replies ran on to `--max-new-tokens`), while a
     `prompt_ids` row runs past it."""
-    from flowlm.generate.engine import Engine
-    from flowlm.model.tokenizer import turn_end_ids
-
-    (im_end,) = turn_end_ids(tok)
+    model, im_end = end_of_turn_model(tok)
     chat = [{"role": "user", "content": "hi"}]
-    model = micro_model(vocab_size=len(tok))
-    greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
-    first = Engine(model, tok).generate([chat], [greedy])[0].completions[0].tokens[0]
-    with torch.no_grad():  # the end-of-turn token becomes the greedy choice wherever `first` was
-        model.lm_head.weight[im_end] = 4 * model.lm_head.weight[first]
     save_pretrained(model, tok, tmp_path / "ckpt")
     rows = _write(tmp_path / "in.jsonl", [json.dumps({"messages": chat}), json.dumps({"prompt_ids": [5, 6, 7]})])
     r = _run(["--model", str(tmp_path / "ckpt"), "--file", str(rows), "--temperature", "0", "--max-new-tokens", "6",

@@ -15,7 +15,7 @@ from flowlm.generate.params import SamplingParams
 from flowlm.model.hf import save_pretrained
 from flowlm.train.losses import token_logprobs
 
-from .conftest import micro_model
+from .conftest import end_of_turn_model, micro_model
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True)
 # Prompt lengths below, at and across the window (8), so decode starts with a partly and a fully
@@ -238,15 +238,10 @@ def test_a_chat_reply_stops_at_the_end_of_turn_token(tok) -> None:
     requests that did not list it themselves (`flowlm generate`, `rl filter`, on-policy distillation) ran
     past the end of the turn to `max_new_tokens`, and the verifier or the loss read what followed."""
     from flowlm.generate.prompts import ends_its_turn, to_prompt_ids
-    from flowlm.model.tokenizer import turn_end_ids
 
-    (im_end,) = turn_end_ids(tok)
+    model, im_end = end_of_turn_model(tok)
     chat = [{"role": "user", "content": "hi"}]
-    model = micro_model(vocab_size=len(tok))
     greedy = SamplingParams(temperature=0.0, max_new_tokens=6)
-    first = Engine(model, tok).generate([chat], [greedy])[0].completions[0].tokens[0]
-    with torch.no_grad():  # the end-of-turn token becomes the greedy choice wherever `first` was
-        model.lm_head.weight[im_end] = 4 * model.lm_head.weight[first]
     ids = to_prompt_ids(chat, tok)
     out = Engine(model, tok).generate([chat, ids], [greedy, greedy])
     assert out[0].completions[0].tokens == [im_end] and out[0].completions[0].finish_reason == "stop"

@@ -71,13 +71,18 @@ class ScriptedEngine:
     def has_unfinished(self):
         return bool(self.pending)
 
+    @staticmethod
+    def tool_turns(text):
+        """Tool turns in a prompt so far: flowlm's `tool` role, or a user turn of <tool_response>s (Qwen3's)."""
+        return text.count("<|im_start|>tool") + text.count("<|im_start|>user\n<tool_response>")
+
     def step(self):
         out = []
         for rid, ids, params, tag in self.pending:
             text = self.tokenizer.decode(ids, skip_special_tokens=False)
             comps = []
             for j in range(params.n):
-                reply = self.script(text, j if tag[1] is None else tag[1], text.count("<|im_start|>tool"))
+                reply = self.script(text, j if tag[1] is None else tag[1], self.tool_turns(text))
                 tokens = self.tokenizer.encode(reply, add_special_tokens=False)
                 cut = len(tokens) > params.max_new_tokens
                 tokens = tokens[: params.max_new_tokens] if cut else tokens + list(turn_end_ids(self.tokenizer))
@@ -300,12 +305,19 @@ def make_caller(tok):
     return model.eval(), len(prompt), len(reply)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_a_real_engine_rollout_with_calls_scores_as_the_learner_does(tok, caller, mode):
-    """The memorised caller sampled through the real engine by the RL source (a rollout thread in mode async):
-    the call runs, the next turn is sampled after the tool's answer, and the learner's log-prob of every
-    sampled token (the tool turn in its context) equals the engine's."""
-    check_real_rollouts(tok, caller, mode=mode)
+@pytest.mark.parametrize("mode,backend", [("sync", "native"), ("async", "native"), ("sync", "vllm")])
+def test_a_real_engine_rollout_with_calls_scores_as_the_learner_does(tok, caller, mode, backend, monkeypatch):
+    """The memorised caller sampled through the real engine by the RL source (a rollout thread in mode async;
+    backend vllm: the engine behind `tests/fake_vllm.py`, vLLM's calls and prefix-cache rules): the call runs,
+    the next turn is sampled after the tool's answer, and the learner's log-prob of every sampled token (the
+    tool turn in its context) equals the engine's."""
+    if backend == "vllm":
+        import sys
+
+        from tests import fake_vllm
+
+        monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    check_real_rollouts(tok, caller, mode=mode, backend=backend)
 
 
 def check_real_rollouts(tok, caller, **cfg):
@@ -331,3 +343,45 @@ def check_real_rollouts(tok, caller, **cfg):
     with torch.no_grad():
         logps, _ = GRPOObjective().token_logps(model, batch, token_mask(batch))
     assert (logps - batch["rollout_logps"].nan_to_num(0.0)).abs()[labelled].max().item() < 1e-4
+
+
+# A template in Qwen3's style for tool answers (written for this test): consecutive tool messages share one
+# user turn, each answer inside <tool_response> tags; a calling assistant turn writes its calls after its text.
+QWEN_STYLE = (
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' -%}{{- '<|im_start|>user' -}}{%- endif -%}"
+    "{{- '\\n<tool_response>\\n' + m.content + '\\n</tool_response>' -}}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' -%}{{- '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- elif m.role == 'assistant' -%}{{- '<|im_start|>assistant\\n' + (m.content or '') -}}"
+    "{%- for c in (m.tool_calls or []) -%}"
+    "{{- '<tool_call>\\n{\"name\": \"' + c.function.name + '\", \"arguments\": ' + (c.function.arguments | tojson) + '}\\n</tool_call>' -}}"
+    "{%- endfor -%}{{- '<|im_end|>\\n' -}}"
+    "{%- else -%}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+
+
+def test_a_template_that_writes_tool_answers_in_a_user_turn(tok, tmp_path):
+    """Qwen3's way (answers grouped in one user turn, in <tool_response> tags): the tool turn is still the
+    template's own text, and the trajectory still equals the template's rendering of the conversation."""
+    from flowlm.model.tokenizer import load_tokenizer
+    from flowlm.tools.engine import fill_tool_turn, tool_turn_text
+
+    tok.save_pretrained(tmp_path / "q")
+    qtok = load_tokenizer(tmp_path / "q")
+    qtok.chat_template = QWEN_STYLE
+    turn = fill_tool_turn(tool_turn_text(qtok, ["calculator", "calculator"]), ["6", "8"])
+    assert turn == ("\n<|im_start|>user\n<tool_response>\n6\n</tool_response>\n<tool_response>\n8\n</tool_response>"
+                    "<|im_end|>\n<|im_start|>assistant\n")
+    prompt = [{"role": "user", "content": "q"}]
+    prompt_ids = render_ids(qtok, prompt, add_generation_prompt=True)
+
+    def script(text, j, turn):
+        return call("calculator", expression="2*3") if turn == 0 else "It is 6."
+
+    res = ToolEngine(ScriptedEngine(qtok, script), {"calculator": CALCULATOR}).generate(
+        [prompt_ids], [SamplingParams(max_new_tokens=200)])[0].completions[0]
+    assert res.tool_calls == 1 and res.text == "It is 6."
+    whole = render_ids(qtok, prompt + res.trajectory)
+    assert whole[: len(prompt_ids) + len(res.tokens)] == prompt_ids + res.tokens
