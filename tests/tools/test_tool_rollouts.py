@@ -157,7 +157,8 @@ def test_limits_budgets_and_bad_calls_end_samples(tok):
         ToolEngine(ScriptedEngine(tok, calculator_script), {"calculator": CALCULATOR}, max_calls=0)
 
 
-def test_trajectories_hold_the_conversation_with_calls_answers_and_limits(tok):
+@pytest.mark.parametrize("workers", [0, 4])
+def test_trajectories_hold_the_conversation_with_calls_answers_and_limits(tok, workers):
     """Per sample, the messages after the prompt: each calling turn with its reasoning and calls, each tool's
     answer (an unknown tool or a malformed call is answered `error: ...`), the final reply; limits end samples."""
     scripts = {
@@ -168,7 +169,7 @@ def test_trajectories_hold_the_conversation_with_calls_answers_and_limits(tok):
         3: ["<tool_call>{broken</tool_call>"] * 4,  # never a valid call: the turns are bounded all the same
     }
     engine = ToolEngine(ScriptedEngine(tok, lambda text, j, turn: scripts[int(text.split("question ")[1][0])][turn]),
-                        {"calculator": CALCULATOR}, max_calls=2)
+                        {"calculator": CALCULATOR}, max_calls=2, workers=workers)
     convs = [[{"role": "user", "content": f"question {i}"}] for i in range(4)]
     res = [r.completions[0] for r in engine.generate(convs, [SamplingParams(max_new_tokens=300)] * 4)]
     first, answer, final = res[0].trajectory
@@ -195,6 +196,54 @@ def test_the_tool_turn_is_the_templates_and_filled_in_one_pass(tok):
     filled = fill_tool_turn(two, ["4", "\x00flowlm-tool-answer-0\x00"])  # an answer printing a placeholder stays
     assert filled == ("\n<|im_start|>tool\n4<|im_end|>\n<|im_start|>tool\n\x00flowlm-tool-answer-0\x00<|im_end|>\n"
                       "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+
+
+class SlowEngine(ScriptedEngine):
+    """A request is answered after `delay(prompt text)` steps, not at the next one."""
+
+    def __init__(self, tok, script, delay):
+        super().__init__(tok, script)
+        self.delay, self.left = delay, {}
+
+    def step(self):
+        for rid, ids, *_ in self.pending:
+            self.left.setdefault(rid, self.delay(self.tokenizer.decode(ids, skip_special_tokens=False)))
+            self.left[rid] -= 1
+        due, self.pending = [p for p in self.pending if self.left[p[0]] <= 0], [p for p in self.pending
+                                                                                if self.left[p[0]] > 0]
+        waiting, self.pending = self.pending, due
+        out = super().step()
+        self.pending = waiting
+        return out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_calls_run_beside_decoding_and_the_results_do_not_depend_on_it(tok, workers):
+    """With tool threads, the engine goes on stepping the other requests while a call runs (here: a long reply
+    finishes while a slow tool is still running); inline, the call holds the step. The samples are the same."""
+    import threading
+
+    from flowlm.tools.builtin import Tool
+
+    release = threading.Event()
+    slow = Tool("slow", "waits", {"type": "object", "properties": {}}, lambda args: str(release.wait(0.5)))
+    script = lambda text, j, turn: (call("slow") if turn == 0 else "done") if "question 0" in text else "long"  # noqa: E731
+    engine = ToolEngine(SlowEngine(tok, script, lambda text: 1 if "question 0" in text else 4), {"slow": slow},
+                        workers=workers)
+    order = []
+    for i in range(2):
+        engine.submit([{"role": "user", "content": f"question {i}"}], SamplingParams(max_new_tokens=200), tag=i)
+    results = {}
+    while engine.has_unfinished():
+        for res in engine.step():
+            order.append(res.tag)
+            results[res.tag] = res.completions[0]
+            release.set()  # the long reply is out: let the slow call finish
+    assert order == ([1, 0] if workers else [0, 1])
+    assert results[0].text == "done" and results[0].tool_calls == 1 and results[1].text == "long"
+    answer = results[0].trajectory[1]["content"]
+    assert answer == ("True" if workers else "False")  # inline, the call waited out its 0.5 s: nothing could set it
+    engine.close()
 
 
 def test_a_chat_prompt_is_rendered_with_the_tools_and_a_bad_one_is_reported(tok):
@@ -262,8 +311,8 @@ def test_tools_config_errors(tok):
     rows = [{"id": "p", "prompt": "q", "dataset": "tool_test_record", "ground_truth": "1"}]
     with pytest.raises(ValueError, match="unknown tool 'search'; built-in tools: calculator, python"):
         RolloutConfig(tools=["search"])
-    with pytest.raises(ValueError, match="max_tool_calls only applies with tools"):
-        RolloutConfig(max_tool_calls=3)
+    with pytest.raises(ValueError, match="max_tool_calls, tool_workers only applies with tools"):
+        RolloutConfig(max_tool_calls=3, tool_workers=0)
     with pytest.raises(ConfigError, match="tools need chat prompts"):
         RolloutSource(rows, tok, RolloutConfig(tools=["calculator"]), seed=0, max_len=512, plain=True)
 

@@ -89,6 +89,9 @@ class RolloutConfig(Strict):
                                           "flowlm.tools): listed in the system turn, run between turns, their "
                                           "answers appended as tokens and masked out of the loss (mask_tool_use)")
     max_tool_calls: int = Field(5, ge=1, description="with tools: calls (and tool turns) per completion at most")
+    tool_workers: int = Field(
+        8, ge=0, description="with tools: threads that run calls while the engine decodes the other sequences "
+                             "(0: inline, in the engine's step: a schedule that depends on the seeds alone)")
     reward: Literal["verifier", "random"] = Field(
         "verifier", description="what the advantages come from: the verifiers' scores, or (the spurious-reward "
                                 "control of RL-Zero) a fair coin per completion; the logged reward stays the verifiers'")
@@ -162,8 +165,10 @@ class RolloutConfig(Strict):
             raise ValueError(f"{', '.join(ray_only)} only apply to mode: ray")
         if self.backend != "vllm" and self.vllm_gpu_memory != type(self).model_fields["vllm_gpu_memory"].default:
             raise ValueError("vllm_gpu_memory only applies to backend: vllm")
-        if not self.tools and self.max_tool_calls != type(self).model_fields["max_tool_calls"].default:
-            raise ValueError("max_tool_calls only applies with tools")
+        tool_only = sorted(f for f in ("max_tool_calls", "tool_workers")
+                           if getattr(self, f) != type(self).model_fields[f].default)
+        if not self.tools and tool_only:
+            raise ValueError(f"{', '.join(tool_only)} only applies with tools")
         if self.prompts_per_step % self.minibatches:
             raise ValueError(f"minibatches {self.minibatches} must divide prompts_per_step {self.prompts_per_step} "
                              "(minibatches hold whole groups)")

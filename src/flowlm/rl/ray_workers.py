@@ -94,11 +94,13 @@ def unpack_state(packed: dict[str, tuple[np.ndarray, str]]) -> dict[str, torch.T
 # -- the actors (plain classes; `ray.remote` is applied by the backend, so importing needs no ray) ----------
 class RolloutActor:
     """One rollout worker: its own model (built by `model_cls(model_cfg)`: the policy's class and config, or
-    `HFCausalLM.from_config` and a transformers config) and engine."""
+    `HFCausalLM.from_config` and a transformers config) and engine (with `rollout.tools`, wrapped in
+    `flowlm.tools.engine.ToolEngine`: the calls run in this actor)."""
 
     def __init__(self, name: str, model_cls: Any, model_cfg: Any, dtype: str, tokenizer: Any, gen_cfg: Any,
                  weights: dict[str, tuple[np.ndarray, str]], version: int, threads: int,
-                 engine: tuple[str, float] = ("native", 0.0), tools: tuple[tuple[str, ...], int] = ((), 1)) -> None:
+                 engine: tuple[str, float] = ("native", 0.0),
+                 tools: tuple[tuple[str, ...], int, int] = ((), 1, 0)) -> None:
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
@@ -121,14 +123,15 @@ class RolloutActor:
             from flowlm.generate.engine import Engine
 
             self.engine = Engine(model, tokenizer, gen_cfg, copy_model=False, _owned=True)
-        names, max_calls = tools
+        names, max_calls, workers = tools
         if names:  # rollouts that call tools (`flowlm.tools.engine`): the tools run in this actor
             from flowlm.tools.builtin import check_available, select_tools
             from flowlm.tools.engine import ToolEngine
 
             offered = select_tools(list(names))
             check_available(offered)
-            self.engine = ToolEngine(self.engine, offered, max_calls=max_calls, enable_thinking=gen_cfg.enable_thinking)
+            self.engine = ToolEngine(self.engine, offered, max_calls=max_calls, enable_thinking=gen_cfg.enable_thinking,
+                                     workers=workers)
         self.engine.update_weights(unpack_state(weights), version=version)  # idle: applied now
         self._lock = threading.Lock()
         self._requested = version
@@ -243,7 +246,8 @@ class RayUnit(RolloutUnit):
         self.handle = backend.rollout_cls.options(num_cpus=self.cpus, num_gpus=self.gpus,
                                                   max_concurrency=ACTOR_CONCURRENCY).remote(
             name, *backend.model_spec, backend.tokenizer_ref, backend.gen_cfg, backend.weights_ref, version, self.cpus,
-            (backend.cfg.backend, backend.cfg.vllm_gpu_memory), (tuple(backend.cfg.tools), backend.cfg.max_tool_calls))
+            (backend.cfg.backend, backend.cfg.vllm_gpu_memory), (tuple(backend.cfg.tools), backend.cfg.max_tool_calls,
+                                                                   backend.cfg.tool_workers))
         self._ready_ref = self.handle.ready.remote()
         self.info: dict[str, Any] | None = None  # what the actor's `ready` reported, once it has
         self.version = version  # newest version known applied

@@ -189,7 +189,8 @@ class RolloutSource:
             return engine
         from flowlm.tools.engine import ToolEngine
 
-        return ToolEngine(engine, self.tools, max_calls=self.cfg.max_tool_calls, enable_thinking=self.cfg.thinking)
+        return ToolEngine(engine, self.tools, max_calls=self.cfg.max_tool_calls, enable_thinking=self.cfg.thinking,
+                          workers=self.cfg.tool_workers)
 
     @property
     def batches_per_epoch(self) -> int:

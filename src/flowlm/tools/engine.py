@@ -12,7 +12,10 @@ with `n` samples is prefilled once; then each sample goes on alone:
 1. a turn ends (the reply ends its turn, or is cut). If its answer part (after `</think>`) holds
    `<tool_call>` blocks (`flowlm.verify.tool_call.parse_tool_calls`), the reply ended its turn, and fewer
    than `max_calls` calls and tool turns were made, the calls run (`flowlm.tools.builtin`; a malformed
-   call or an unknown tool is answered `error: ...`);
+   call or an unknown tool is answered `error: ...`). They run in a pool of `workers` threads while the
+   engine goes on decoding the other sequences (a sandboxed `python` call takes ~50 ms, a few decode
+   steps); the sample waits, and goes on at the first step after its answers are in. `workers=0` runs
+   them inline, inside the step, so the schedule depends on nothing but the requests and their seeds;
 2. the tool turn is appended **as token ids**: the chat template's rendering of the tool messages and
    of the next assistant generation prompt (`tool_turn_text`), tokenized on its own. Nothing the model
    generated is decoded and re-tokenized: the completion's ids are the sampled ids, then the tool turn's,
@@ -38,6 +41,8 @@ from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -126,14 +131,21 @@ class ToolEngine(Driver):
     """The wrapped engine, with tool calls run between turns (see the module docstring)."""
 
     def __init__(self, engine: Any, tools: dict[str, Tool], *, max_calls: int = 5,
-                 enable_thinking: bool = True) -> None:
+                 enable_thinking: bool = True, workers: int = 8) -> None:
         from flowlm.model.tokenizer import turn_end_ids
 
         if max_calls < 1:
             from flowlm.errors import ConfigError
 
             raise ConfigError(f"tool rollouts: max_calls must be at least 1, not {max_calls}")
+        if workers < 0:
+            from flowlm.errors import ConfigError
+
+            raise ConfigError(f"tool rollouts: workers must be at least 0, not {workers}")
         self.inner, self.tools, self.max_calls = engine, tools, max_calls
+        # calls run in these threads while the engine decodes the other sequences (None: inline, in `step`)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="flowlm-tool") if workers else None
+        self._running: list[tuple[Future, _Request, int, dict[str, Any], int]] = []
         self.enable_thinking = enable_thinking
         tok = engine.tokenizer
         self._ends = [tok.convert_ids_to_tokens(t) for t in turn_end_ids(tok)] + [tok.eos_token or ""]
@@ -188,6 +200,9 @@ class ToolEngine(Driver):
         return bool(self._requests) or bool(self._ready)
 
     def step(self) -> list[Result]:
+        """Continue the samples whose tool answers are in, then one engine step; the requests all of whose
+        samples are done. With only tool calls running, waits (briefly) for one to finish instead."""
+        self._collect(wait=not self.inner.has_unfinished())
         for res in self.inner.step() if self.inner.has_unfinished() else []:
             rid, index = res.tag
             req = self._requests[rid]
@@ -198,14 +213,44 @@ class ToolEngine(Driver):
                     continue
                 for j, comp in enumerate(res.completions):
                     self._turn(req, j, comp)
-            elif not res.ok:  # a continuation the engine refused: the sample ends, cut
+            elif not res.ok:  # a continuation the engine refused: the sample ends, cut, with its last reply
                 req.samples[index].finish_reason, req.samples[index].done = FINISH_LENGTH, True
             else:
                 self._turn(req, index, res.completions[0])
-            if all(s.done for s in req.samples):
-                self._finish(req)
+            self._finish_if_done(req)
         done, self._ready = self._ready, []
         return done
+
+    def close(self) -> None:
+        """Stop the tool threads (calls still running are left to end on their own), then the engine."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        if hasattr(self.inner, "close"):
+            self.inner.close()
+
+    def _collect(self, wait: bool) -> None:
+        """Hand every finished tool call's answers to its sample (in the order the calls were made)."""
+        if not self._running:
+            return
+        if wait:
+            futures_wait([f for f, *_ in self._running], timeout=0.05, return_when=FIRST_COMPLETED)
+        running = []
+        for item in self._running:
+            future, req, j, called, ncalls = item
+            if not future.done():
+                running.append(item)
+                continue
+            try:
+                answers = future.result()
+            except Exception as exc:  # noqa: BLE001 - a tool never raises (Tool.run); this is the last guard
+                answers = [("error", f"error: {type(exc).__name__}: {exc}")]
+            self._answered(req, j, called, ncalls, answers)
+            self._finish_if_done(req)
+        self._running = running
+
+    def _finish_if_done(self, req: _Request) -> None:
+        if req.rid in self._requests and all(s.done for s in req.samples):
+            self._finish(req)
 
     def _finish(self, req: _Request, error: str | None = None) -> None:
         del self._requests[req.rid]
@@ -224,6 +269,7 @@ class ToolEngine(Driver):
         s.versions += comp.versions
         s.tool_mask += [0] * len(comp.tokens)
         s.turns += 1
+        s.text = comp.text
         raw = self.inner.tokenizer.decode(comp.tokens, skip_special_tokens=False)
         for end in self._ends:
             if end and raw.endswith(end):
@@ -235,20 +281,29 @@ class ToolEngine(Driver):
             s.end(comp.text, comp.finish_reason, {"role": "assistant", "content": reply["content"],
                                                   "reasoning_content": reply["reasoning"]})
             return
-        answers = tool_answers(calls, problems, self.tools)
         called = {"role": "assistant", "content": CALL.split(reply["content"])[0].strip(),
                   "reasoning_content": reply["reasoning"], "tool_calls": [{"type": "function", "function": c}
                                                                           for c in calls]}
+        if self._pool is None:
+            self._answered(req, j, called, len(calls), tool_answers(calls, problems, self.tools))
+        else:
+            self._running.append((self._pool.submit(tool_answers, calls, problems, self.tools), req, j, called,
+                                  len(calls)))
+
+    def _answered(self, req: _Request, j: int, called: dict[str, Any], ncalls: int,
+                  answers: list[tuple[str, str]]) -> None:
+        """Sample `j`'s calls are answered: append the tool turn and submit the next turn (or end it, cut)."""
+        s = req.samples[j]
         names = tuple(name for name, _ in answers)
         if names not in self._turn_templates:
             self._turn_templates[names] = tool_turn_text(self.inner.tokenizer, list(names), self.enable_thinking)
         turn = self.inner.tokenizer.encode(fill_tool_turn(self._turn_templates[names], [t for _, t in answers]),
                                            add_special_tokens=False)
         room = req.params.max_new_tokens - len(s.tokens) - len(turn)
-        s.calls += len(calls)
+        s.calls += ncalls
         s.errors += sum(text.startswith("error:") for _, text in answers)
         if room < 1 or len(req.prompt_ids) + len(s.tokens) + len(turn) + 1 > self.inner.context:
-            s.end(comp.text, FINISH_LENGTH, called)  # no room for the answers: cut after the call
+            s.end(s.text, FINISH_LENGTH, called)  # no room for the answers: cut after the call
             return
         s.messages += [called, *({"role": "tool", "name": name, "content": text} for name, text in answers)]
         s.tokens += turn
