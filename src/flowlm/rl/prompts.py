@@ -53,9 +53,10 @@ def suite_rows(name: str, path: Path | None, *, max_items: int | None = None) ->
         raise ConfigError(f"flowlm rl prompts: unknown suite '{name}'{hint}; benchmark formats: {', '.join(BENCHMARKS)}")
     if path is None:
         raise ConfigError(f"flowlm rl prompts: suite {name} needs its file: --suite {name}=PATH")
-    if name == "bfcl":  # RL rollouts render prompts without tools: the model would never see the functions
-        raise ConfigError("flowlm rl prompts: bfcl items offer tools, which RL rollouts do not list yet; "
-                          "evaluate them with flowlm eval --suite bfcl=PATH")
+    if name == "bfcl":  # rollouts list the built-in tools only: the model would never see the row's functions
+        raise ConfigError("flowlm rl prompts: bfcl items offer their own functions, which RL rollouts do not list "
+                          "(they offer the built-in tools of rollout.tools); evaluate them with flowlm eval "
+                          "--suite bfcl=PATH")
     suite = load_suite(name, path, n=max_items)
     fmt = PromptFormat()
     rows = []

@@ -4,7 +4,8 @@
 
 - `steps`: training steps logged;
 - `by_quarter`: for the reward (overall and per domain, `reward/<domain>`), the response length, the
-  entropy, the informative share and the truncated share, the mean over each quarter of the steps (fewer
+  entropy, the informative share, the truncated share and (with tools) the tool calls per completion, the
+  mean over each quarter of the steps (fewer
   parts when there are fewer than 4 steps; a part where a key was never logged, or logged as null, is None);
 - `mismatch_abs_diff_max`: the largest |engine − learner| log-prob of any step;
 - `generation_eval`: per in-loop eval suite, pass@1 at the first and at the last eval point, with their
@@ -20,7 +21,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-CURVES = ("reward", "response_len", "entropy", "informative_share", "truncated_share")
+CURVES = ("reward", "response_len", "entropy", "informative_share", "truncated_share", "tool_calls")
 
 
 def quarters(n: int) -> list[tuple[int, int]]:
