@@ -64,7 +64,8 @@ def test_generate_with_tools_and_eval_on_bfcl_through_the_cli(tmp_path):
     assert res["settings"]["format"]["tools"] == ["calculator"] and res["results"]["builtin"]["tool_use"] >= 0
     assert all("tool_calls" in s for it in res["items"]["builtin"] for s in it["samples"])
     for bad, why in ((["--tools", "search"], "unknown tool 'search'"), (["--format", "plain", "--tools", "calculator"],
-                     "tools need the chat format"), (["--max-tool-calls", "2"], "--max-tool-calls needs --tools")):
+                     "tools need the chat format"), (["--max-tool-calls", "2"], "--max-tool-calls needs --tools"),
+                     (["--tools", "calculator", "--max-tool-calls", "0"], "max_tool_calls must be >= 1, got 0")):
         proc = flowlm("eval", "--model", model, "--suite", "builtin", *bad, check=False)
         assert proc.returncode == 2 and why in proc.stderr, proc.stderr
     # a BFCL file as an eval suite: the functions in the prompt, the calls scored by the tool_call verifier

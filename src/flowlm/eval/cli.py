@@ -66,7 +66,7 @@ def main(args: argparse.Namespace) -> int:
 
     fmt = PromptFormat(style=args.format, thinking=not args.no_thinking, switch=args.switch, fewshot=args.fewshot,
                        tools=tuple(n.strip() for n in (args.tools or "").split(",") if n.strip()),
-                       max_tool_calls=args.max_tool_calls or 5)
+                       max_tool_calls=5 if args.max_tool_calls is None else args.max_tool_calls)
     sampling = SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens, seed=args.seed or 0)
     suites = load_suites(parse_suite_specs(args.suite, args.file), max_items=args.max_items)

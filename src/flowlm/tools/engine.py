@@ -143,8 +143,8 @@ class ToolEngine(Driver):
 
             raise ConfigError(f"tool rollouts: workers must be at least 0, not {workers}")
         self.inner, self.tools, self.max_calls = engine, tools, max_calls
-        # calls run in these threads while the engine decodes the other sequences (None: inline, in `step`)
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="flowlm-tool") if workers else None
+        self.workers = workers  # threads that run calls while the engine decodes (0: inline, in `step`)
+        self._pool: ThreadPoolExecutor | None = None  # started by the first call
         self._running: list[tuple[Future, _Request, int, dict[str, Any], int]] = []
         self.enable_thinking = enable_thinking
         tok = engine.tokenizer
@@ -284,9 +284,11 @@ class ToolEngine(Driver):
         called = {"role": "assistant", "content": CALL.split(reply["content"])[0].strip(),
                   "reasoning_content": reply["reasoning"], "tool_calls": [{"type": "function", "function": c}
                                                                           for c in calls]}
-        if self._pool is None:
+        if not self.workers:
             self._answered(req, j, called, len(calls), tool_answers(calls, problems, self.tools))
         else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="flowlm-tool")
             self._running.append((self._pool.submit(tool_answers, calls, problems, self.tools), req, j, called,
                                   len(calls)))
 
