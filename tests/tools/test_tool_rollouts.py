@@ -331,22 +331,31 @@ def caller(tok):
     return make_caller(tok)
 
 
+ANSWER = "<think>\nThe calculator says 440040051.\n</think>\n\nThe answer is \\boxed{440040051}."
+
+
 def make_caller(tok):
-    """A micro OLMo-3 that has memorised one calculator call as its reply to ROW's prompt; with the prompt's
-    and the call's lengths in tokens."""
+    """A micro OLMo-3 that has memorised a whole tool trajectory as its reply to ROW's prompt: a calculator
+    call, then (after the tool turn) `ANSWER`; with the prompt's and the call's lengths in tokens."""
     from flowlm.model.config import ModelConfig
     from flowlm.model.olmo3 import Olmo3
 
     prompt = real_source(tok).prompt_ids[0]
-    reply = tok.encode(call("calculator", expression="48213 * 9127"), add_special_tokens=False) + list(turn_end_ids(tok))
-    ids = torch.tensor([prompt + reply])
+    end = list(turn_end_ids(tok))
+    reply = tok.encode(call("calculator", expression="48213 * 9127"), add_special_tokens=False) + end
+    tool = tok.encode("\n<|im_start|>tool\n440040051<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+    answer = tok.encode(ANSWER, add_special_tokens=False) + end
+    ids = torch.tensor([prompt + reply + tool + answer])
+    trained = torch.ones(ids.shape[1] - 1, dtype=torch.bool)  # position j predicts token j + 1
+    trained[: len(prompt) - 1] = False
+    trained[len(prompt) + len(reply) - 1: len(prompt) + len(reply) + len(tool) - 1] = False  # the tool turn
     torch.manual_seed(0)
     model = Olmo3(ModelConfig(vocab_size=len(tok), hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
                               intermediate_size=128, max_seq_len=1024, sliding_window=1024))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(200):
+    for _ in range(250):
         logits = model(ids[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits[0, len(prompt) - 1:], ids[0, len(prompt):])
+        loss = torch.nn.functional.cross_entropy(logits[0, trained], ids[0, 1:][trained])
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -434,3 +443,42 @@ def test_a_template_that_writes_tool_answers_in_a_user_turn(tok, tmp_path):
     assert res.tool_calls == 1 and res.text == "It is 6."
     whole = render_ids(qtok, prompt + res.trajectory)
     assert whole[: len(prompt_ids) + len(res.tokens)] == prompt_ids + res.tokens
+
+
+def test_coldstart_with_a_tool_calling_teacher_keeps_whole_trajectories(tok, caller, tmp_path):
+    """`flowlm post coldstart` with `teacher.tools`: the teacher's calls run, the final reply is verified and
+    filtered, and a kept row is the whole conversation (call, tool answer, final reply) with the tools listed,
+    which SFT renders with loss on both assistant turns and none on the tool turn."""
+    from flowlm.data.chat import render_chat_example
+    from flowlm.model.hf import save_pretrained
+    from flowlm.post.coldstart import ColdStartCfg, build_coldstart
+    from flowlm.post.teachers import ModelTeacher
+    from tests.flow.test_post_flow import flowlm
+
+    model, _, _ = caller
+    row = {**ROW, "dataset": "math", "multi_step": False}
+    teacher = ModelTeacher(model=model, tokenizer=tok, temperature=0.5, max_new_tokens=200, tools=["calculator"])
+    out, acc = build_coldstart([row], teacher, ColdStartCfg(n=2, keep_per_prompt=2))
+    assert len(out) >= 1 and acc["candidates"].kept.docs == len(out)
+    kept = out[0]
+    assert [m["role"] for m in kept["messages"]] == ["user", "assistant", "tool", "assistant"]
+    assert kept["messages"][2]["content"] == "440040051" and kept["tool_calls"] == 1
+    assert kept["messages"][3]["content"] == "The answer is \\boxed{440040051}."
+    assert kept["tools"] == [CALCULATOR.schema]
+    ids, mask = render_chat_example(tok, kept)
+    text = tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False)
+    assert '"expression": "48213 * 9127"' in text and "\\boxed{440040051}" in text and "<|im_start|>tool" not in text
+    # through the CLI: a checkpoint teacher, the tools as a --set override; pairs refuse them
+    save_pretrained(model, tok, tmp_path / "teacher")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps(row) + "\n")
+    args = ("--file", str(rows), "--set", "teacher.tools=[calculator]", "--set", "teacher.max_new_tokens=200",
+            "--set", "teacher.temperature=0.5")
+    proc = flowlm("post", "coldstart", "--teacher", str(tmp_path / "teacher"), "-n", "2", *args)
+    got = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert got and got[0]["messages"][2]["role"] == "tool" and got[0]["tools"] == [CALCULATOR.schema]
+    bad = flowlm("post", "pairs", "--strong", str(tmp_path / "teacher"), "--weak", "weak", *args, check=False)
+    assert bad.returncode == 2 and "teacher.tools applies to flowlm post coldstart" in bad.stderr
+    named = flowlm("post", "coldstart", "--teacher", "procedural", "--builtin", "2", "--set",
+                   "teacher.tools=[calculator]", check=False)
+    assert named.returncode == 1 and "teacher.tools needs a model teacher" in named.stderr

@@ -165,6 +165,9 @@ def main(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     specs = _teacher_specs(args)
     pool = getattr(args, "pool", [])
+    if isinstance(cfg, PairsRun) and cfg.teacher.tools:
+        raise ConfigError("flowlm post pairs: teacher.tools applies to flowlm post coldstart (SFT rows with the "
+                          "trajectories); preference pairs compare single replies")
     if isinstance(cfg, PairsRun) and not pool and (cfg.judge_verifier or cfg.judge_options):
         raise ConfigError("flowlm post pairs: judge_verifier / judge_options apply to judge pairs (--pool); "
                           "delta pairs (--strong/--weak) have no judge")

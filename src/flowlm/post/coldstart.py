@@ -232,6 +232,9 @@ def _sft_row(p: _Prompt, resp: Response, teacher: Teacher, k: int) -> dict[str, 
     row: dict[str, Any] = {"id": f"{row_id(p.row, p.index)}#{k}", "source": "coldstart", "teacher": teacher.name,
                            "thinking": p.thinking,
                            "messages": with_mode(p.msgs, p.thinking) + [assistant_message(resp)]}
+    if resp.get("trajectory") is not None:  # a teacher with tools: its calls and their answers are trained on too
+        row.update(messages=with_mode(p.msgs, p.thinking) + resp["trajectory"],
+                   tools=getattr(teacher, "tool_schemas", None), tool_calls=resp.get("tool_calls", 0))
     row.update({key: p.row[key] for key in META_KEYS if key in p.row})
     if p.pass_rate is not None:
         row["no_think_pass_rate"] = p.pass_rate

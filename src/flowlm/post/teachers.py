@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import Field, field_validator
+
 from flowlm.config import Strict
 from flowlm.errors import FlowError
 from flowlm.verify.rows import prompt_messages  # re-exported: the chat prompt of a row
@@ -62,6 +64,18 @@ class TeacherCfg(Strict):
     """`procedural`: share of corrupted candidates (0 = every candidate is the worked solution)."""
     skill: float = 0.7
     """`weak`: per-step chance of getting a step right; a final answer is right with skill ** steps."""
+    tools: list[str] = []
+    """Model teachers, `flowlm post coldstart`: built-in tools (calculator, python) the teacher may call while
+    it answers (`flowlm.tools.engine`); a kept response is the whole trajectory, and its row lists the tools."""
+    max_tool_calls: int = Field(5, ge=1)
+    """With `tools`: calls per response at most."""
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, value: list[str]) -> list[str]:
+        from flowlm.tools.builtin import known_tools
+
+        return known_tools(value)
 
 
 # --- messages and responses -------------------------------------------------------------------------
@@ -144,7 +158,7 @@ class ModelTeacher:
 
     def __init__(self, source: str | Path | None = None, *, model: Any = None, tokenizer: Any = None,
                  temperature: float = 0.7, top_p: float = 1.0, max_new_tokens: int = 1024, max_slots: int = 64,
-                 name: str | None = None) -> None:
+                 name: str | None = None, tools: list[str] | None = None, max_tool_calls: int = 5) -> None:
         from flowlm.generate.engine import Engine, GenerateConfig
         from flowlm.generate.params import SamplingParams
         from flowlm.model.tokenizer import turn_end_ids
@@ -160,6 +174,15 @@ class ModelTeacher:
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.name = name or (Path(source).name if source is not None else type(model).__name__)
         self.stop_ids = turn_end_ids(self.tokenizer)
+        self.tool_schemas: list[dict[str, Any]] | None = None  # with tools: what the prompts (and rows) list
+        if tools:
+            from flowlm.tools.builtin import check_available, select_tools
+            from flowlm.tools.engine import ToolEngine
+
+            offered = select_tools(tools)
+            check_available(offered)
+            self.engine = ToolEngine(self.engine, offered, max_calls=max_tool_calls)
+            self.tool_schemas = [t.schema for t in offered.values()]
 
     def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int) -> list[list[Response]]:
         from flowlm.generate.params import SamplingParams
@@ -172,18 +195,31 @@ class ModelTeacher:
                                     max_new_tokens=self.max_new_tokens, stop_token_ids=self.stop_ids,
                                     seed=seed + j * n)  # completion i of prompt j: seed + j*n + i
             try:
-                ids = to_prompt_ids(with_mode(msgs, thinking), self.tokenizer, enable_thinking=thinking)
+                ids = to_prompt_ids(with_mode(msgs, thinking), self.tokenizer, enable_thinking=thinking,
+                                    tools=self.tool_schemas)
             except Exception as exc:  # noqa: BLE001 - a prompt the template rejects is one bad row
                 out[j] = _error(f"bad prompt: {str(exc)[:200]}", n)
                 continue
             order[self.engine.submit(ids, params)] = j
+        if self.tool_schemas is not None:
+            self.engine.enable_thinking = thinking  # the mode of the generation prompt after each tool turn
         for result in self.engine.stream():
             j = order[result.request_id]
             if result.error:
                 out[j] = _error(result.error, n)
             else:
-                out[j] = [split_reasoning(c.text, c.finish_reason) for c in result.completions]
+                out[j] = [_response(c) for c in result.completions]
         return out
+
+
+def _response(c: Any) -> Response:
+    """A completion as a response. With tools, `content` is the last reply's answer, `reasoning` every turn's
+    reasoning joined (what the response filters read), and `trajectory` the messages to train on."""
+    resp = split_reasoning(c.text, c.finish_reason)
+    if c.trajectory is not None:
+        turns = [str(m.get("reasoning_content") or "").strip() for m in c.trajectory if m["role"] == "assistant"]
+        resp.update(reasoning="\n\n".join(t for t in turns if t), trajectory=c.trajectory, tool_calls=c.tool_calls)
+    return resp
 
 
 # --- procedural teachers ------------------------------------------------------------------------------
@@ -420,6 +456,8 @@ def procedural_problem(row: Mapping[str, Any]) -> str | None:
 def make_teacher(spec: str, rows: Sequence[Mapping[str, Any]], cfg: TeacherCfg) -> Teacher:
     """A teacher from a CLI spec: `procedural`, `weak`, or a checkpoint directory. The named teachers refuse
     rows they cannot answer (`procedural_problem`), which would otherwise all be dropped as teacher errors."""
+    if spec in NAMED_TEACHERS and cfg.tools:
+        raise FlowError(f"teacher {spec!r}: teacher.tools needs a model teacher (a checkpoint directory)")
     if spec in NAMED_TEACHERS:
         bad = next(((i, p) for i, row in enumerate(rows) if (p := procedural_problem(row))), None)
         if bad is not None:
@@ -432,4 +470,4 @@ def make_teacher(spec: str, rows: Sequence[Mapping[str, Any]], cfg: TeacherCfg) 
     if not path.is_dir():
         raise FlowError(f"{spec}: not a checkpoint directory (teachers are a directory, 'procedural' or 'weak')")
     return ModelTeacher(path, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                        max_slots=cfg.max_slots)
+                        max_slots=cfg.max_slots, tools=cfg.tools, max_tool_calls=cfg.max_tool_calls)

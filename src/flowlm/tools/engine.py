@@ -149,7 +149,7 @@ class ToolEngine(Driver):
         self.enable_thinking = enable_thinking
         tok = engine.tokenizer
         self._ends = [tok.convert_ids_to_tokens(t) for t in turn_end_ids(tok)] + [tok.eos_token or ""]
-        self._turn_templates: dict[tuple[str, ...], str] = {}
+        self._turn_templates: dict[tuple[tuple[str, ...], bool], str] = {}
         self._requests: dict[int, _Request] = {}
         self._next_id = 0
         self._ready: list[Result] = []
@@ -296,10 +296,10 @@ class ToolEngine(Driver):
                   answers: list[tuple[str, str]]) -> None:
         """Sample `j`'s calls are answered: append the tool turn and submit the next turn (or end it, cut)."""
         s = req.samples[j]
-        names = tuple(name for name, _ in answers)
-        if names not in self._turn_templates:
-            self._turn_templates[names] = tool_turn_text(self.inner.tokenizer, list(names), self.enable_thinking)
-        turn = self.inner.tokenizer.encode(fill_tool_turn(self._turn_templates[names], [t for _, t in answers]),
+        key = (tuple(name for name, _ in answers), self.enable_thinking)
+        if key not in self._turn_templates:
+            self._turn_templates[key] = tool_turn_text(self.inner.tokenizer, list(key[0]), self.enable_thinking)
+        turn = self.inner.tokenizer.encode(fill_tool_turn(self._turn_templates[key], [t for _, t in answers]),
                                            add_special_tokens=False)
         room = req.params.max_new_tokens - len(s.tokens) - len(turn)
         s.calls += ncalls
