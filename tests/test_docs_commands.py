@@ -445,8 +445,10 @@ def _check_ablate(r: Result) -> None:
 
 def _check_tools(r: Result) -> None:
     rows = jsonl_rows(r.cwd / "tools.jsonl")
-    assert len(rows) == 4 and all(len(row["completions"]) == 1 and row["trajectory"] for row in rows), rows
-    assert "conversations done" in r.stderr
+    comps = [c for row in rows for c in row["completions"]]
+    assert len(rows) == 4 and len(comps) == 4, rows
+    assert all(c["trajectory"] and len(c["tool_mask"]) == len(c["tokens"]) for c in comps), comps
+    assert "4/4 requests done" in r.stderr and "tool call(s) run" in r.stderr
 
 
 def _check_trace_text(r: Result) -> None:
