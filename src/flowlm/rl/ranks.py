@@ -20,7 +20,10 @@ first serves the rest of a batch). The old-policy pass of each of the M minibatc
 (`_old_pass`): rank 0 broadcasts the minibatch, every rank computes the log-probs of its own share of
 the groups with the FSDP2 policy, and the shares are gathered back, so rank 0's source holds whole
 minibatches with their `old_logps` exactly as one process does. Its checkpoint state is then the same
-too: a checkpoint between two minibatches resumes with the rest of the batch, on every rank.
+too: a checkpoint between two minibatches resumes with the rest of the batch, on every rank. The other
+ranks keep their shares from that pass (with their own `old_logps`), so serving a step sends them only
+its statistics columns and key order, not the minibatch again; the rest of a batch resumed from a
+checkpoint (its old pass ran before the crash) is sent whole.
 
 The trainer normalises the loss over the global batch (its units summed over ranks), so two ranks
 compute what one process computes on the whole batch. The engine is built from the unsharded model
@@ -36,6 +39,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
+
+from flowlm.rl.stats import STAT
 
 
 class RankRollouts:
@@ -84,6 +89,9 @@ class RankRollouts:
             src.old_logps_fn = lambda policy, part: self._old_pass(local_pass, part)
         batches = iter(src) if self.rank == 0 else None
         first = True
+        held: list[dict[str, Any]] = []  # ranks > 0: their shares of this batch's minibatches, from the old pass
+        fresh = False  # rank 0: the current batch's old pass ran in this process (so the other ranks hold it)
+        served = 0  # steps of the current rollout batch served before this one
         try:
             while True:
                 new = [True]  # does this step start a rollout batch? (always, with one step per batch)
@@ -95,23 +103,42 @@ class RankRollouts:
                 gather, first = bool(new[0]) or first, False
                 if gather:
                     weights, _ = full_state(self.policy, None)  # collective: every rank
+                served = 0 if new[0] else served
                 box: list[Any] = [None]
                 if batches is not None:
                     if gather:
                         src.weights = weights
-                    box[0] = next(batches)  # a new batch: rank 0's M old-policy passes meet the loop below
+                    fresh = bool(new[0]) or fresh
+                    step = next(batches)  # a new batch: rank 0's M old-policy passes meet the loop below
+                    # the other ranks hold their shares of a batch whose old pass ran here: only the step's
+                    # statistics columns and key order travel; a batch resumed from a checkpoint travels whole
+                    box[0] = ({k: v for k, v in step.items() if k.startswith(STAT)}, list(step)) \
+                        if several and fresh else step
                 elif several and new[0]:
-                    for _ in range(src.cfg.minibatches):
-                        self._old_pass(local_pass, None)
+                    held = [self._old_pass(local_pass, None) for _ in range(src.cfg.minibatches)]
                 dist.broadcast_object_list(box, src=0)
-                yield split_batch(box[0], self.size, self.split_rule)[self.rank]
+                if self.rank == 0 or isinstance(box[0], dict):
+                    yield split_batch(step if self.rank == 0 else box[0], self.size, self.split_rule)[self.rank]
+                else:
+                    yield self._from_held(held[served % src.cfg.minibatches], *box[0])
+                served += 1
         finally:
             if self.rank == 0:
                 src.old_logps_fn = local_pass
 
+    def _from_held(self, share: dict[str, Any], stats: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+        """This rank's share of a step of a batch it holds: the minibatch's share (with its `old_logps`) and
+        this rank's rows of the step's statistics columns, in the key order of rank 0's step (the trainer
+        all-reduces metrics in that order)."""
+        from flowlm.train.batch import split_batch
+
+        rows = split_batch(stats, self.size, self.split_rule)[self.rank] if stats else {}
+        return {k: rows[k] if k.startswith(STAT) else share[k] for k in keys}
+
     def _old_pass(self, local_pass: Any, part: dict[str, Any] | None) -> Any:
         """One minibatch's old-policy log-probs, computed by every rank on its share of the groups: rank 0
-        gives `part` (and gets the whole `[B, T]` back), the other ranks give None (and get None)."""
+        gives `part` (and gets the whole `[B, T]` back); another rank gives None and gets its share of the
+        minibatch with its `old_logps`, which it serves from then on (rank 0 sends only the statistics)."""
         import torch
         import torch.distributed as dist
 
@@ -121,5 +148,6 @@ class RankRollouts:
         dist.broadcast_object_list(box, src=0)
         share = split_batch(box[0], self.size, self.split_rule)[self.rank]
         shares: list[Any] = [None] * self.size
-        dist.all_gather_object(shares, local_pass(self.policy, share))
-        return torch.cat(shares, 0) if self.rank == 0 else None
+        mine = local_pass(self.policy, share)
+        dist.all_gather_object(shares, mine)
+        return torch.cat(shares, 0) if self.rank == 0 else {**share, "old_logps": mine}
