@@ -54,6 +54,8 @@ CASES = {
                              "ratio_eager", "ratio_vs_hf_plain", "ratio_eager_vs_hf_plain_keepmem", "hf_plain_tok_s",
                              "hf_plain_keepmem_tok_s", "trl_sft_tok_s", "ratio_vs_trl", "ratio_eager_vs_trl"},
                             (), [pytest.mark.slow]),
+    "tool_rollouts.py": ({"inline_s", "threaded_s", "ratio", "calls", "samples", "call_ms", "workers", "rounds",
+                          "threads", "smoke"}, (), []),
     "trace_throughput.py": ({"tokens", "docs", "build_s", "build_ratio", "spans_per_s", "spans_ratio", "spans_only_per_s",
                              "trace_ms_per_output", "counts_equal", "queries", "spans_equal", "outputs",
                              "load_avg_start", "load_avg_end"}, ("text_corpus",), []),
