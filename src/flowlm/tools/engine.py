@@ -13,8 +13,8 @@ with `n` samples is prefilled once; then each sample goes on alone:
    `<tool_call>` blocks (`flowlm.verify.tool_call.parse_tool_calls`), the reply ended its turn, and fewer
    than `max_calls` calls and tool turns were made, the calls run (`flowlm.tools.builtin`; a malformed
    call or an unknown tool is answered `error: ...`). They run in a pool of `workers` threads while the
-   engine goes on decoding the other sequences (a sandboxed `python` call takes ~50 ms, a few decode
-   steps); the sample waits, and goes on at the first step after its answers are in. `workers=0` runs
+   engine goes on decoding the other sequences (a sandboxed `python` call takes 20-50 ms on a 2-core
+   machine, several decode steps; `benchmarks/tool_rollouts.py`); the sample waits, and goes on at the first step after its answers are in. `workers=0` runs
    them inline, inside the step, so the schedule depends on nothing but the requests and their seeds;
 2. the tool turn is appended **as token ids**: the chat template's rendering of the tool messages and
    of the next assistant generation prompt (`tool_turn_text`), tokenized on its own. Nothing the model
@@ -46,6 +46,7 @@ from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from flowlm.errors import ConfigError, FlowError
 from flowlm.generate.driver import Driver
 from flowlm.generate.params import FINISH_LENGTH, FINISH_STOP, Completion, Result, SamplingParams, Timings
 from flowlm.tools.builtin import Tool
@@ -70,8 +71,6 @@ def tool_turn_text(tokenizer: Any, names: list[str], enable_thinking: bool = Tru
     ends = [tokenizer.convert_ids_to_tokens(t) for t in turn_end_ids(tokenizer)]
     cut = max(text.rfind(e, 0, first) + len(e) if text.rfind(e, 0, first) >= 0 else -1 for e in ends)
     if first < 0 or cut < 0:
-        from flowlm.errors import FlowError
-
         raise FlowError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')}: its chat template does not render "
                         "tool messages after an assistant turn, so tool answers cannot be appended to a rollout")
     return text[cut:]
@@ -135,12 +134,8 @@ class ToolEngine(Driver):
         from flowlm.model.tokenizer import turn_end_ids
 
         if max_calls < 1:
-            from flowlm.errors import ConfigError
-
             raise ConfigError(f"tool rollouts: max_calls must be at least 1, not {max_calls}")
         if workers < 0:
-            from flowlm.errors import ConfigError
-
             raise ConfigError(f"tool rollouts: workers must be at least 0, not {workers}")
         self.inner, self.tools, self.max_calls = engine, tools, max_calls
         self.workers = workers  # threads that run calls while the engine decodes (0: inline, in `step`)
