@@ -153,7 +153,9 @@ class ModelTeacher:
     `source` is a checkpoint directory (`Engine.from_pretrained`: flowlm / HF Olmo3 natively, any other
     local HF causal LM through transformers); or pass `model=` and `tokenizer=`. The tokenizer's chat
     template renders each prompt in the requested mode (`enable_thinking`), and generation stops at
-    the end-of-turn token `<|im_end|>` when the tokenizer has one.
+    the end-of-turn token `<|im_end|>` when the tokenizer has one. With `tools` (built-in tool names) the
+    engine runs the teacher's calls between its turns (`flowlm.tools.engine`), the prompts list them, and each
+    response carries its `trajectory` (see `_response`).
     """
 
     def __init__(self, source: str | Path | None = None, *, model: Any = None, tokenizer: Any = None,

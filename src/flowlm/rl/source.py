@@ -44,7 +44,9 @@ learner divides the logits by to get the same quantity: the sampling temperature
 `masked_rows` [B] bool (a truncated completion under `mask_truncated`: its tokens leave the loss and the
 token count, the sequence still counts for per-sequence normalisation, as `advantages.mask_truncated`),
 `group_ids` [B] (group within the batch), `prompt_index` [B], and statistics as `stat_*` columns
-(`flowlm.rl.stats.rollout_metrics` turns them into typed metrics). Timings per batch:
+(`flowlm.rl.stats.rollout_metrics` turns them into typed metrics). With `tools` the engine is wrapped in
+`flowlm.tools.engine.ToolEngine` and a completion is all its turns with the tool turns between them; a tool
+turn's tokens are context, not actions: label -100, log-prob NaN, version -1 (open-instruct's `mask_tool_use`). Timings per batch:
 `time_generate_s`, `time_verify_s`, `time_sync_s` (weights into the engine) and `time_batch_s` (all of
 the learner's time inside the source for this batch; the trainer's `step_time` includes it).
 
