@@ -506,3 +506,16 @@ def test_rl_stage_and_filter_with_tools_through_the_cli(base, tmp_path):
     proc = flowlm("rl", "filter", "--model", str(model), "--file", str(base / "prompts.jsonl"), "--set",
                   "tools=[search]", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "unknown tool 'search'" in proc.stderr
+    # function-calling rows with their own functions (BFCL's format): to prompt rows, then sampled and scored
+    from tests.eval.test_bfcl import write_bfcl
+
+    bfcl, rows = write_bfcl(tmp_path / "bfcl"), tmp_path / "bfcl_rows.jsonl"
+    made = flowlm("rl", "prompts", "--suite", f"bfcl={bfcl}", "--out", str(rows))
+    assert "holds evaluation items" in made.stderr
+    assert all(json.loads(x)["tools"] for x in rows.read_text().splitlines())
+    scored = flowlm("rl", "filter", "--model", str(model), "--file", str(rows), "-k", "2", "--set",
+                    "max_new_tokens=10", "--set", "max_pass_rate=1")
+    assert [json.loads(x)["pass_rate"] for x in scored.stdout.splitlines()] == [0.0, 0.0]
+    both = flowlm("rl", "filter", "--model", str(model), "--file", str(rows), "--set", "tools=[calculator]",
+                  check=False)
+    assert both.returncode == 2 and "offers its own functions" in both.stderr

@@ -482,3 +482,30 @@ def test_coldstart_with_a_tool_calling_teacher_keeps_whole_trajectories(tok, cal
     named = flowlm("post", "coldstart", "--teacher", "procedural", "--builtin", "2", "--set",
                    "teacher.tools=[calculator]", check=False)
     assert named.returncode == 1 and "teacher.tools needs a model teacher" in named.stderr
+
+
+def test_rows_with_their_own_functions_are_listed_in_their_prompts_and_checked(tok, model, tmp_path):
+    """Function-calling RL rows (`flowlm rl prompts --suite bfcl=...`, or a user's rows with `tools`): each
+    prompt lists the row's own functions; the completions are scored by the `tool_call` verifier, never
+    run. Mixed with built-in tools that run, with plain prompts, or malformed: one-line errors."""
+    from flowlm.errors import FlowError
+    from flowlm.rl.prompts import suite_rows
+    from tests.eval.test_bfcl import write_bfcl
+
+    rows, _ = suite_rows("bfcl", write_bfcl(tmp_path / "bfcl"))
+    assert [r["dataset"] for r in rows] == ["tool_call"] * 2 and rows[0]["tools"][0]["function"]["name"] == \
+        "calculate_triangle_area"
+    cfg = dict(prompts_per_step=1, group_size=2, max_new_tokens=8, filter_zero_std=False, active_sampling=False)
+    src = RolloutSource(rows, tok, RolloutConfig(**cfg), seed=0, max_len=1024)
+    prompts = [tok.decode(ids, skip_special_tokens=False) for ids in src.prompt_ids]
+    assert '"name": "calculate_triangle_area"' in prompts[0] and "get_weather" not in prompts[0]
+    assert '"name": "get_weather"' in prompts[1]
+    src.bind(model)
+    batch = next(iter(src))  # the micro model makes no valid call: every completion scores 0, nothing raises
+    assert batch["input_ids"].shape[0] == 2
+    with pytest.raises(ConfigError, match="offers its own functions"):
+        RolloutSource(rows, tok, RolloutConfig(**cfg, tools=["calculator"]), seed=0, max_len=1024)
+    with pytest.raises(ConfigError, match="rows with `tools` need chat prompts"):
+        RolloutSource([{**rows[0], "prompt": "q"}], tok, RolloutConfig(**cfg), seed=0, max_len=1024, plain=True)
+    with pytest.raises(FlowError, match=r"row 0 \(x\): `tools` must be a non-empty list"):
+        RolloutSource([{**rows[0], "id": "x", "tools": "calculator"}], tok, RolloutConfig(**cfg), seed=0, max_len=1024)

@@ -133,6 +133,24 @@ def load_rows(path: Path | None) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, wheres
 
 
+def _with_row_functions(engine: Any, rows: list[dict[str, Any]], prompts: list[Any], params: list[Any],
+                        cfg: FilterCfg) -> tuple[list[Any], list[Any]]:
+    """The prompts of rows with their own `tools` rendered to token ids with them (a reply ends its turn);
+    the other rows as they are. Such a row under `tools` (built-in tools that run) is a ConfigError."""
+    from flowlm.generate.prompts import ends_its_turn, to_prompt_ids
+    from flowlm.rl.source import RolloutSource
+    from flowlm.tools.builtin import TOOLS
+
+    offered = [TOOLS[n].schema for n in cfg.tools] or None
+    prompts, params = list(prompts), list(params)
+    for i, row in enumerate(rows):
+        if row.get("tools") is not None:
+            params[i] = ends_its_turn(prompts[i], params[i], engine.tokenizer)
+            prompts[i] = to_prompt_ids(prompts[i], engine.tokenizer, cfg.thinking,
+                                       tools=RolloutSource.row_schemas(row, offered))
+    return prompts, params
+
+
 def prompt_seed(seed: int, prompt: list[dict[str, Any]]) -> int:
     """The sampling seed of a prompt: from `seed` and the prompt's text, so a row gets the same samples
     wherever it sits in the file (filtering a filtered file reproduces its pass rates)."""
@@ -179,6 +197,8 @@ def pass_rates(model: Path, rows: list[dict[str, Any]], cfg: FilterCfg, wheres: 
         require_thinking_switch(engine.tokenizer, "thinking=false")
     params = [SamplingParams(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                              stop=tuple(stop or ()), seed=prompt_seed(cfg.seed, p)) for p in prompts]
+    if cfg.prompt_format == "chat":  # a row's own functions (`tools`), listed in its prompt as an rl stage lists them
+        prompts, params = _with_row_functions(engine, rows, prompts, params, cfg)
     results = engine.generate(prompts, params)  # a prompt that cannot be sampled comes back at once, with its error
     skipped = {i: str(r.error) for i, r in enumerate(results) if not r.ok}
     if len(skipped) == len(rows):

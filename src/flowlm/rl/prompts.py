@@ -32,7 +32,7 @@ from typing import Any
 from flowlm.errors import ConfigError
 
 TEST_SPLIT_WORDS = ("test", "heldout", "held_out", "eval")
-EVAL_ONLY_FILES = ("humaneval", "input_data", "ifbench", "sanitized-mbpp")
+EVAL_ONLY_FILES = ("humaneval", "input_data", "ifbench", "sanitized-mbpp", "bfcl")
 
 
 def suite_rows(name: str, path: Path | None, *, max_items: int | None = None) -> tuple[list[dict[str, Any]], str]:
@@ -53,16 +53,14 @@ def suite_rows(name: str, path: Path | None, *, max_items: int | None = None) ->
         raise ConfigError(f"flowlm rl prompts: unknown suite '{name}'{hint}; benchmark formats: {', '.join(BENCHMARKS)}")
     if path is None:
         raise ConfigError(f"flowlm rl prompts: suite {name} needs its file: --suite {name}=PATH")
-    if name == "bfcl":  # rollouts list the built-in tools only: the model would never see the row's functions
-        raise ConfigError("flowlm rl prompts: bfcl items offer their own functions, which RL rollouts do not list "
-                          "(they offer the built-in tools of rollout.tools); evaluate them with flowlm eval "
-                          "--suite bfcl=PATH")
     suite = load_suite(name, path, n=max_items)
     fmt = PromptFormat()
     rows = []
     for item in suite.items:
         rid = item.id if name in item.id.lower() else f"{name}-{item.id}"  # MATH rows may number from 0
         row: dict[str, Any] = {"id": rid, "messages": chat_messages(item, suite, fmt), **item.row}
+        if item.tools:  # BFCL: the functions the prompt lists, checked by the `tool_call` verifier, never run
+            row["tools"] = list(item.tools)
         if item.category is not None:
             row["category"] = item.category
         rows.append(row)
@@ -92,7 +90,7 @@ def spec_file(source: str) -> str:
 def eval_file_warning(name: str, path: str) -> str | None:
     """The warning for training on benchmark file `path` read as suite `name`, when its name says it holds
     evaluation items: a test split (`test.jsonl`), or a benchmark published only for evaluation (HumanEval,
-    IFEval's `input_data.jsonl`, IFBench; sanitized MBPP, whose 427 problems include its test split).
+    IFEval's `input_data.jsonl`, IFBench, BFCL; sanitized MBPP, whose 427 problems include its test split).
     None for anything else (a training split)."""
     base = Path(path).name.lower()
     if not (any(w in base for w in TEST_SPLIT_WORDS) or base.startswith(EVAL_ONLY_FILES)):

@@ -2,8 +2,9 @@
 
 Shared by the rollout source (`flowlm.rl.source`), the async actor (`flowlm.rl.actor`) and `flowlm rl
 filter` (`flowlm.rl.cli`). A row holds `messages` (or a `prompt` string) and the verifier routing of
-`flowlm.verify.rows`; a verifier that raises or times out gives a score-0 verdict that
-`is_verifier_error` recognises, so it can be counted.
+`flowlm.verify.rows`, and may hold `tools`: function schemas (OpenAI's format) the chat template lists in
+the system turn for that row, whose calls are checked by a verifier (`tool_call`), never run. A verifier
+that raises or times out gives a score-0 verdict that `is_verifier_error` recognises, so it can be counted.
 """
 
 from __future__ import annotations
@@ -41,9 +42,23 @@ def prompt_of(row: dict[str, Any]) -> list[dict[str, Any]]:
     try:
         msgs = prompt_messages(row)
         validate_row(row)
+        row_tools(row)
     except (ValueError, UnknownVerifierError) as exc:
         raise ValueError(exc.args[0] if exc.args else str(exc)) from None
     return [{"role": m["role"], "content": m.get("content") or ""} for m in msgs]
+
+
+def row_tools(row: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A row's own function schemas (`tools`: a list of objects, each `{type: function, function: {name, ...}}`
+    or the bare function), or None; `ValueError` (one line) for anything else."""
+    tools = row.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list) or not tools or not all(isinstance(t, dict) for t in tools):
+        raise ValueError("`tools` must be a non-empty list of function schemas (objects)")
+    if not all(isinstance((t.get("function") or t).get("name"), str) for t in tools):
+        raise ValueError("every entry of `tools` needs a function `name`")
+    return [t if "function" in t else {"type": "function", "function": t} for t in tools]
 
 
 def check_prompt_rows(rows: Sequence[dict[str, Any]], where: str = "prompts") -> list[list[dict[str, Any]]]:

@@ -97,7 +97,7 @@ from flowlm.errors import ConfigError, FlowError
 from flowlm.rl.advantages import oversample
 from flowlm.rl.config import ACTOR_MODES, ASYNC_FIELDS, RAY_FIELDS, RolloutConfig  # noqa: F401 (re-exported)
 from flowlm.rl.old_policy import old_policy_logps, serve_steps
-from flowlm.rl.rows import check_prompt_rows, is_verifier_error, row_domain, verify_completions
+from flowlm.rl.rows import check_prompt_rows, is_verifier_error, row_domain, row_tools, verify_completions
 from flowlm.rl.stats import STAT, coin_rewards, stat_columns
 from flowlm.rl.streams import PromptStreams
 from flowlm.train.batch import SplitRule
@@ -139,12 +139,16 @@ class RolloutSource:
         if plain:
             if any(not isinstance(r.get("prompt"), str) for r in rows):
                 raise ConfigError("rl prompts: plain prompts need a `prompt` string in every row")
+            if any(r.get("tools") is not None for r in rows):
+                raise ConfigError("rl prompts: rows with `tools` need chat prompts (the template lists them), "
+                                  "not prompt_format: plain")
             ids = [to_prompt_ids(r["prompt"], tokenizer) for r in rows]
         else:
             if not cfg.thinking:
                 require_thinking_switch(tokenizer, "rollout.thinking: false")
             schemas = [t.schema for t in self.tools.values()] or None
-            ids = [to_prompt_ids(m, tokenizer, cfg.thinking, tools=schemas) for m in messages]
+            ids = [to_prompt_ids(m, tokenizer, cfg.thinking, tools=self.row_schemas(r, schemas))
+                   for m, r in zip(messages, rows)]
         keep = [i for i, x in enumerate(ids) if 0 < len(x) < max_len]  # room for at least one new token
         if not keep:
             raise FlowError(f"rl prompts: none of the {len(rows)} prompts fits in {max_len} tokens")
@@ -183,6 +187,16 @@ class RolloutSource:
         tools = select_tools(cfg.tools)
         check_available(tools)
         return tools
+
+    @staticmethod
+    def row_schemas(row: dict[str, Any], offered: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        """The functions a row's prompt lists: its own `tools` (checked by its verifier, never run), or the
+        offered built-in tools; a row with its own under `rollout.tools` is a ConfigError naming it."""
+        own = row_tools(row)
+        if own and offered:
+            raise ConfigError(f"rl prompts: row {row.get('id', '?')} offers its own functions (`tools`: checked, not "
+                              "run) and rollout.tools offers built-in tools that run: use one or the other")
+        return own or offered
 
     def with_tools(self, engine: Any) -> Any:
         """`engine` wrapped so its completions run the offered tools between turns (`flowlm.tools.engine`);
