@@ -482,6 +482,10 @@ def test_coldstart_with_a_tool_calling_teacher_keeps_whole_trajectories(tok, cal
     named = flowlm("post", "coldstart", "--teacher", "procedural", "--builtin", "2", "--set",
                    "teacher.tools=[calculator]", check=False)
     assert named.returncode == 1 and "teacher.tools needs a model teacher" in named.stderr
+    own = tmp_path / "own.jsonl"  # a row's own functions: the builders would not show them to the teacher
+    own.write_text(json.dumps({**row, "tools": [CALCULATOR.schema]}) + "\n")
+    refused = flowlm("post", "coldstart", "--teacher", str(tmp_path / "teacher"), "--file", str(own), check=False)
+    assert refused.returncode == 1 and f"{own}:1: the row offers its own functions" in refused.stderr
 
 
 def test_rows_with_their_own_functions_are_listed_in_their_prompts_and_checked(tok, model, tmp_path):

@@ -144,6 +144,10 @@ def check_prompt_row(where: str, row: dict[str, Any]) -> dict[str, Any]:
     except (ValueError, UnknownVerifierError) as exc:  # GroundTruthError is a ValueError
         msg = exc.args[0] if isinstance(exc, (GroundTruthError, UnknownVerifierError)) and exc.args else str(exc)
         raise FlowError(f"{where}: {msg}") from None
+    if row.get("tools") is not None:  # teachers render prompts without a row's own functions: it would not see them
+        raise FlowError(f"{where}: the row offers its own functions (`tools`), which the post-training builders "
+                        "do not list in the teacher's prompt (RL and eval do); give the teacher built-in tools "
+                        "with teacher.tools instead")
     return row
 
 
