@@ -94,7 +94,7 @@ def add_parser(subparsers: Any) -> None:
                                 "model trained on the rows is scored on the same terms.")
     r.add_argument("--suite", action="append", default=[], metavar="NAME=PATH[,...]",
                    help="a benchmark format and its file (or folder): gsm8k, math500, math, aime, amc, humaneval, "
-                        "mbpp, ifeval, ifbench (repeatable)")
+                        "mbpp, ifeval, ifbench, bfcl (repeatable)")
     r.add_argument("--builtin", type=int, default=None, metavar="N",
                    help="N prompts of the built-in tasks' training split (as a recipe's `prompts: builtin`)")
     r.add_argument("--seed", type=int, default=0, help="seed of the --builtin prompts (default 0)")
