@@ -298,9 +298,10 @@ def test_the_rl_source_masks_tool_tokens_out_of_the_loss_and_logs_calls(tok, mod
         assert ids[[j + 1 for j in unlabelled]].tolist() == (tool if calls else [])
     m = {k: float(v.total) / float(v.count) for k, v in rollout_metrics(batch).items() if k.startswith("tool_")}
     assert m == {"tool_calls": 0.5, "tool_errors": 0.0}
-    # the learner trains on the sampled tokens only: the tool turns are out of the loss and of its token count
     sampled = lambda reply: len(tok.encode(reply, add_special_tokens=False)) + 1  # noqa: E731 (+ <|im_end|>)
     per_group = sum(sampled(calculator_script("", j, turn)) for j, turn in ((0, 0), (0, 1), (1, 0)))
+    assert float(rollout_metrics(batch)["rollout_tokens"].value) == 2 * per_group  # sampled tokens, not tool turns
+    # the learner trains on the sampled tokens only: the tool turns are out of the loss and of its token count
     assert int(token_mask(batch).sum()) == int(labelled.sum()) == 2 * per_group
     out = GRPOObjective().loss(model, batch)
     out.loss.backward()

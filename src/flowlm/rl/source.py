@@ -409,7 +409,7 @@ class RolloutSource:
         verdicts = self._verify([self.rows[i] for i in indices for _ in range(n)], [c.text for c in comps])
         stats["time_generate_s"] += t1 - t0
         stats["time_verify_s"] += time.perf_counter() - t1
-        stats["rollout_tokens"] += sum(len(c.tokens) for c in comps)
+        stats["rollout_tokens"] += sum(len(c.tokens) - sum(c.tool_mask or ()) for c in comps)  # sampled ones
         return [self._group(i, draw, res, verdicts[k * n:(k + 1) * n], stats)
                 for k, (i, res) in enumerate(zip(indices, results))]
 
