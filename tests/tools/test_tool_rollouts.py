@@ -1,8 +1,14 @@
-"""Rollouts that call tools (`flowlm.tools.engine.ToolEngine`, `rollout.tools`): trajectories are token ids
-end to end (the tool turn is the template's own rendering, appended as ids), tool tokens are masked in the
-batch and out of the GRPO loss, budgets and limits end samples, and the RL source lists the tools in its
-prompts and logs the calls. The policy's replies come from a scripted engine (a tiny random model never
-calls a tool), the learner is a real tiny OLMo-3."""
+"""Rollouts that call tools (`flowlm.tools.engine.ToolEngine`, `rollout.tools`) and what is built on them.
+
+- On a scripted engine (replies from a script; a tiny random model never calls a tool): trajectories are
+  token ids end to end (the tool turn is the template's own rendering, flowlm's or a Qwen3-style one,
+  appended as ids), limits and budgets end samples, calls run in threads beside decoding with the same
+  samples as inline, and the RL source masks tool tokens out of the GRPO loss and logs the calls.
+- On the real engine: a micro OLMo-3 that learnt one calculator trajectory by heart (`make_caller`) is
+  sampled by the RL source in modes sync and async and through the vLLM stand-in (mode ray:
+  `tests/rl/test_ray.py`), and the learner scores every trained token as the engine did; as a cold-start
+  teacher with tools it gives SFT rows that are whole trajectories.
+- RL rows with their own functions (BFCL's format): listed in their prompts, checked, never run."""
 
 from __future__ import annotations
 
