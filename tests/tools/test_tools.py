@@ -50,22 +50,28 @@ def test_generate_with_tools_and_eval_on_bfcl_through_the_cli(tmp_path):
     assert bad.returncode == 2 and "unknown tool 'search'" in bad.stderr
     none = flowlm("generate", "--model", model, "--file", str(rows), "--tools", ",", check=False)
     assert none.returncode == 2 and "name at least one tool" in none.stderr
+    neg = flowlm("generate", "--model", model, "--file", str(rows), "--tools", "calculator", "--tool-workers", "-1",
+                 check=False)
+    assert neg.returncode == 2 and "--tool-workers must be at least 0, got -1" in neg.stderr
     ids = tmp_path / "ids.jsonl"
     ids.write_text('{"prompt_ids": [1, 2, 3]}\n')
     wrong = flowlm("generate", "--model", model, "--file", str(ids), "--tools", "calculator", check=False)
     assert wrong.returncode == 1 and f"{ids}:1: --tools needs chat messages" in wrong.stderr
     many = flowlm("generate", "--model", model, "--file", str(rows), "--tools", "calculator", "--n", "2",
-                  "--max-new-tokens", "8", "--seed", "1")
+                  "--max-new-tokens", "8", "--seed", "1", "--tool-workers", "0")
     assert all(len(json.loads(x)["completions"]) == 2 for x in many.stdout.splitlines())
     # eval with a built-in tool offered: the tool columns join the summary and the settings record it
     flowlm("eval", "--model", model, "--suite", "builtin", "--max-items", "3", "--max-new-tokens", "8", "--tools",
-           "calculator", "--workers", "0", "--no-progress", "--out", str(tmp_path / "tools.json"))
+           "calculator", "--tool-workers", "0", "--workers", "0", "--no-progress", "--out", str(tmp_path / "tools.json"))
     res = json.loads((tmp_path / "tools.json").read_text())
     assert res["settings"]["format"]["tools"] == ["calculator"] and res["results"]["builtin"]["tool_use"] >= 0
+    assert res["settings"]["format"]["tool_workers"] == 0
     assert all("tool_calls" in s for it in res["items"]["builtin"] for s in it["samples"])
     for bad, why in ((["--tools", "search"], "unknown tool 'search'"), (["--format", "plain", "--tools", "calculator"],
                      "tools need the chat format"), (["--max-tool-calls", "2"], "--max-tool-calls needs --tools"),
-                     (["--tools", "calculator", "--max-tool-calls", "0"], "max_tool_calls must be >= 1, got 0")):
+                     (["--tools", "calculator", "--max-tool-calls", "0"], "max_tool_calls must be >= 1, got 0"),
+                     (["--tool-workers", "2"], "--tool-workers needs --tools"),
+                     (["--tools", "calculator", "--tool-workers", "-1"], "tool_workers must be >= 0, got -1")):
         proc = flowlm("eval", "--model", model, "--suite", "builtin", *bad, check=False)
         assert proc.returncode == 2 and why in proc.stderr, proc.stderr
     # a BFCL file as an eval suite: the functions in the prompt, the calls scored by the tool_call verifier

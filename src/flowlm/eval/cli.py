@@ -44,6 +44,9 @@ def add_parser(subparsers: Any) -> None:
                    help="chat: built-in tools (calculator, python) the model may call while it answers; the reply "
                         "after its last call is scored")
     p.add_argument("--max-tool-calls", type=int, default=None, metavar="N", help="with --tools: calls per sample (5)")
+    p.add_argument("--tool-workers", type=int, default=None, metavar="N",
+                   help="with --tools: threads that run calls beside decoding (8; 0 = inline, a schedule that "
+                        "depends on the seeds alone)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (BPB: seed of the built-in sets)")
     p.add_argument("--backend", choices=("native", "vllm", "auto"), default="native")
     p.add_argument("--max-slots", type=int, default=64, help="sequences decoded together")
@@ -66,7 +69,8 @@ def main(args: argparse.Namespace) -> int:
 
     fmt = PromptFormat(style=args.format, thinking=not args.no_thinking, switch=args.switch, fewshot=args.fewshot,
                        tools=tuple(n.strip() for n in (args.tools or "").split(",") if n.strip()),
-                       max_tool_calls=5 if args.max_tool_calls is None else args.max_tool_calls)
+                       max_tool_calls=5 if args.max_tool_calls is None else args.max_tool_calls,
+                       tool_workers=8 if args.tool_workers is None else args.tool_workers)
     sampling = SamplingSettings(n=args.n, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens, seed=args.seed or 0)
     suites = load_suites(parse_suite_specs(args.suite, args.file), max_items=args.max_items)
@@ -115,6 +119,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     if args.max_tool_calls is not None and not args.tools:
         raise ConfigError("--max-tool-calls needs --tools")
+    if args.tool_workers is not None and not args.tools:
+        raise ConfigError("--tool-workers needs --tools")
     if args.tools is not None and not args.suite:
         raise ConfigError("--tools needs --suite (tools are offered to generated answers; BPB generates nothing)")
     if args.tools is not None and not any(n.strip() for n in args.tools.split(",")):

@@ -173,7 +173,8 @@ def run_suites(engine: Any, suites: list[Suite], fmt: PromptFormat, sampling: Sa
 
         tools = select_tools(list(fmt.tools))
         check_available(tools)
-        engine = ToolEngine(engine, tools, max_calls=fmt.max_tool_calls, enable_thinking=fmt.thinking)
+        engine = ToolEngine(engine, tools, max_calls=fmt.max_tool_calls, enable_thinking=fmt.thinking,
+                            workers=fmt.tool_workers)
     stats0 = dict(getattr(engine, "stats", {}))
     t0 = time.perf_counter()
     generated = generate(engine, suites, fmt, sampling, progress)

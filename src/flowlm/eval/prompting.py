@@ -44,6 +44,9 @@ class PromptFormat:
     (`flowlm.tools.engine.ToolEngine`); the reply after the last call is what is scored."""
     max_tool_calls: int = 5
     """With `tools`: calls (and tool turns) per sample at most."""
+    tool_workers: int = 8
+    """With `tools`: threads that run calls while the engine decodes (0: inline, a schedule that depends on
+    the seeds alone)."""
 
     def __post_init__(self) -> None:
         if self.style not in ("chat", "plain"):
@@ -63,6 +66,8 @@ class PromptFormat:
                 raise ConfigError("tools need the chat format (the template lists them), not plain")
         if self.max_tool_calls < 1:
             raise ConfigError(f"max_tool_calls must be >= 1, got {self.max_tool_calls}")
+        if self.tool_workers < 0:
+            raise ConfigError(f"tool_workers must be >= 0, got {self.tool_workers}")
 
     def tool_schemas(self) -> list[dict[str, Any]]:
         """The function schemas of `tools`, as the chat template lists them."""

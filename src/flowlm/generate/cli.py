@@ -69,6 +69,9 @@ def add_parser(subparsers: Any) -> None:
                    help="comma-separated built-in tools the model may call (calculator, python); calls are run "
                         "and answered in the loop; chat or prompt rows, one completion each")
     p.add_argument("--max-tool-calls", type=int, default=5, help="--tools: calls per conversation at most")
+    p.add_argument("--tool-workers", type=int, default=8,
+                   help="--tools: threads that run calls beside decoding (0 = inline, a schedule that depends on the "
+                        "seeds alone)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=main)
 
@@ -168,6 +171,8 @@ def main(args: argparse.Namespace) -> int:
         tools = select_tools([t.strip() for t in args.tools.split(",") if t.strip()])
         if args.max_tool_calls < 1:
             raise ConfigError(f"generate: --max-tool-calls must be at least 1, got {args.max_tool_calls}")
+        if args.tool_workers < 0:
+            raise ConfigError(f"generate: --tool-workers must be at least 0, got {args.tool_workers}")
         check_available(tools)
     rows = read_rows(input_path(args.file, "generate"), base_params(args))
     engine = build_engine(args)
@@ -175,7 +180,8 @@ def main(args: argparse.Namespace) -> int:
         from flowlm.tools.engine import ToolEngine
 
         rows = [_conversation(row) for row in rows]
-        engine = ToolEngine(engine, tools, max_calls=args.max_tool_calls, enable_thinking=not args.no_thinking)
+        engine = ToolEngine(engine, tools, max_calls=args.max_tool_calls, enable_thinking=not args.no_thinking,
+                            workers=args.tool_workers)
     check_stop_token_ids(args.stop_token_id, engine.vocab_size)
     if args.no_thinking and any(is_chat(prompt) for _, _, prompt, _ in rows):
         from flowlm.model.tokenizer import require_thinking_switch

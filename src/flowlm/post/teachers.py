@@ -69,6 +69,8 @@ class TeacherCfg(Strict):
     it answers (`flowlm.tools.engine`); a kept response is the whole trajectory, and its row lists the tools."""
     max_tool_calls: int = Field(5, ge=1)
     """With `tools`: calls per response at most."""
+    tool_workers: int = Field(8, ge=0)
+    """With `tools`: threads that run calls beside decoding (0: inline, a schedule that depends on the seeds alone)."""
 
     @field_validator("tools")
     @classmethod
@@ -160,7 +162,8 @@ class ModelTeacher:
 
     def __init__(self, source: str | Path | None = None, *, model: Any = None, tokenizer: Any = None,
                  temperature: float = 0.7, top_p: float = 1.0, max_new_tokens: int = 1024, max_slots: int = 64,
-                 name: str | None = None, tools: list[str] | None = None, max_tool_calls: int = 5) -> None:
+                 name: str | None = None, tools: list[str] | None = None, max_tool_calls: int = 5,
+                 tool_workers: int = 8) -> None:
         from flowlm.generate.engine import Engine, GenerateConfig
         from flowlm.generate.params import SamplingParams
         from flowlm.model.tokenizer import turn_end_ids
@@ -183,7 +186,7 @@ class ModelTeacher:
 
             offered = select_tools(tools)
             check_available(offered)
-            self.engine = ToolEngine(self.engine, offered, max_calls=max_tool_calls)
+            self.engine = ToolEngine(self.engine, offered, max_calls=max_tool_calls, workers=tool_workers)
             self.tool_schemas = [t.schema for t in offered.values()]
 
     def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int) -> list[list[Response]]:
@@ -472,4 +475,5 @@ def make_teacher(spec: str, rows: Sequence[Mapping[str, Any]], cfg: TeacherCfg) 
     if not path.is_dir():
         raise FlowError(f"{spec}: not a checkpoint directory (teachers are a directory, 'procedural' or 'weak')")
     return ModelTeacher(path, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                        max_slots=cfg.max_slots, tools=cfg.tools, max_tool_calls=cfg.max_tool_calls)
+                        max_slots=cfg.max_slots, tools=cfg.tools, max_tool_calls=cfg.max_tool_calls,
+                        tool_workers=cfg.tool_workers)

@@ -50,6 +50,8 @@ class EvalStageConfig(Strict):
     tools: list[str] = Field(default_factory=list, description="chat: built-in tools (calculator, python) the models "
                              "may call while they answer; the reply after the last call is scored")
     max_tool_calls: int = Field(5, ge=1, description="with tools: calls per sample at most")
+    tool_workers: int = Field(8, ge=0, description="with tools: threads that run calls beside decoding (0: inline, "
+                              "a schedule that depends on the seeds alone)")
     seed: int = 0
     contamination: bool = Field(True, description="check suites against the run's corpora")
     backend: Literal["native", "vllm", "auto"] = "native"
@@ -135,7 +137,7 @@ def run(ctx: StageContext, name: str, cfg: EvalStageConfig) -> StageResult:
     from flowlm.eval.prompting import PromptFormat
 
     fmt = PromptFormat(style=cfg.format, thinking=cfg.thinking, switch=cfg.switch, fewshot=cfg.fewshot,
-                       tools=tuple(cfg.tools), max_tool_calls=cfg.max_tool_calls)
+                       tools=tuple(cfg.tools), max_tool_calls=cfg.max_tool_calls, tool_workers=cfg.tool_workers)
     sampling = SamplingSettings(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     suites = load_suites(parse_suite_specs(cfg.suites), max_items=cfg.max_items, seed=cfg.seed)
