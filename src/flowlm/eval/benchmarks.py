@@ -47,7 +47,7 @@ def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     not an array is read as JSON lines, as BFCL publishes its data)."""
     from flowlm.jsonlines import iter_json_objects
 
-    if path.name.endswith(".json") and path.read_text(encoding="utf-8", errors="replace").lstrip()[:1] == "[":
+    if path.name.endswith(".json") and _first_byte(path) == b"[":
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
@@ -61,6 +61,15 @@ def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         return
     for lineno, row in iter_json_objects(path):
         yield f"{path}:{lineno}", row
+
+
+def _first_byte(path: Path) -> bytes:
+    """The file's first byte that is not whitespace (b"" for an empty file), read without loading the file."""
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(4096), b""):
+            if chunk.strip():
+                return chunk.lstrip()[:1]
+    return b""
 
 
 def _need(where: str, row: dict[str, Any], *keys: str) -> list[Any]:

@@ -168,12 +168,10 @@ def run_suites(engine: Any, suites: list[Suite], fmt: PromptFormat, sampling: Sa
     if len(set(names)) != len(names):
         raise ConfigError(f"eval: suite names must be distinct, got {names}")
     if fmt.tools:  # the model's calls run between its turns; the reply after the last call is scored
-        from flowlm.tools.builtin import check_available, select_tools
+        from flowlm.tools.builtin import usable_tools
         from flowlm.tools.engine import ToolEngine
 
-        tools = select_tools(list(fmt.tools))
-        check_available(tools)
-        engine = ToolEngine(engine, tools, max_calls=fmt.max_tool_calls, enable_thinking=fmt.thinking,
+        engine = ToolEngine(engine, usable_tools(list(fmt.tools)), max_calls=fmt.max_tool_calls, enable_thinking=fmt.thinking,
                             workers=fmt.tool_workers)
     stats0 = dict(getattr(engine, "stats", {}))
     t0 = time.perf_counter()

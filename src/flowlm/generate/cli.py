@@ -166,14 +166,13 @@ def main(args: argparse.Namespace) -> int:
     check_slots(args.n, args.max_slots, "prompt")
     tools = None
     if args.tools is not None:
-        from flowlm.tools.builtin import check_available, select_tools
+        from flowlm.tools.builtin import usable_tools
 
-        tools = select_tools([t.strip() for t in args.tools.split(",") if t.strip()])
         if args.max_tool_calls < 1:
             raise ConfigError(f"generate: --max-tool-calls must be at least 1, got {args.max_tool_calls}")
         if args.tool_workers < 0:
             raise ConfigError(f"generate: --tool-workers must be at least 0, got {args.tool_workers}")
-        check_available(tools)
+        tools = usable_tools([t.strip() for t in args.tools.split(",") if t.strip()])
     rows = read_rows(input_path(args.file, "generate"), base_params(args))
     engine = build_engine(args)
     if tools is not None:  # calls run between turns, token for token (`flowlm.tools.engine`)

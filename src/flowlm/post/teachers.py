@@ -181,11 +181,10 @@ class ModelTeacher:
         self.stop_ids = turn_end_ids(self.tokenizer)
         self.tool_schemas: list[dict[str, Any]] | None = None  # with tools: what the prompts (and rows) list
         if tools:
-            from flowlm.tools.builtin import check_available, select_tools
+            from flowlm.tools.builtin import usable_tools
             from flowlm.tools.engine import ToolEngine
 
-            offered = select_tools(tools)
-            check_available(offered)
+            offered = usable_tools(tools)
             self.engine = ToolEngine(self.engine, offered, max_calls=max_tool_calls, workers=tool_workers)
             self.tool_schemas = [t.schema for t in offered.values()]
 

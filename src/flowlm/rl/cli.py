@@ -133,12 +133,32 @@ def load_rows(path: Path | None) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, wheres
 
 
+def _engine(model: Path, cfg: FilterCfg) -> Any:
+    """The engine that samples the filter's rows: native or vLLM, with the rl stage's built-in tools if any."""
+    from flowlm.generate.engine import Engine, GenerateConfig
+
+    if not (model / "config.json").is_file():
+        raise FlowError(f"{model}: not a checkpoint directory (no config.json)")
+    if cfg.backend == "vllm":  # open-instruct's filtering_vllm.py path, for real-scale models on a GPU
+        from flowlm.generate.vllm_backend import VLLMEngine
+
+        engine: Any = VLLMEngine(model, max_slots=cfg.max_slots, seed=cfg.seed, enable_thinking=cfg.thinking)
+    else:
+        engine = Engine.from_pretrained(model, GenerateConfig(max_slots=cfg.max_slots, enable_thinking=cfg.thinking))
+    if not cfg.tools:
+        return engine
+    from flowlm.tools.builtin import usable_tools  # the rollouts an rl stage with rollout.tools samples
+    from flowlm.tools.engine import ToolEngine
+
+    return ToolEngine(engine, usable_tools(cfg.tools), max_calls=cfg.max_tool_calls, enable_thinking=cfg.thinking)
+
+
 def _with_row_functions(engine: Any, rows: list[dict[str, Any]], prompts: list[Any], params: list[Any],
                         cfg: FilterCfg) -> tuple[list[Any], list[Any]]:
     """The prompts of rows with their own `tools` rendered to token ids with them (a reply ends its turn);
     the other rows as they are. Such a row under `tools` (built-in tools that run) is a ConfigError."""
     from flowlm.generate.prompts import ends_its_turn, to_prompt_ids
-    from flowlm.rl.source import RolloutSource
+    from flowlm.rl.rows import prompt_functions
     from flowlm.tools.builtin import TOOLS
 
     offered = [TOOLS[n].schema for n in cfg.tools] or None
@@ -147,7 +167,7 @@ def _with_row_functions(engine: Any, rows: list[dict[str, Any]], prompts: list[A
         if row.get("tools") is not None:
             params[i] = ends_its_turn(prompts[i], params[i], engine.tokenizer)
             prompts[i] = to_prompt_ids(prompts[i], engine.tokenizer, cfg.thinking,
-                                       tools=RolloutSource.row_schemas(row, offered))
+                                       tools=prompt_functions(row, offered))
     return prompts, params
 
 
@@ -164,25 +184,10 @@ def pass_rates(model: Path, rows: list[dict[str, Any]], cfg: FilterCfg, wheres: 
     """The pass rate of every row over `cfg.k` samples (None where the prompt could not be sampled), the
     counts of the accounting line, and why each unsampled row (by index) could not be sampled. Fails when
     no prompt can be sampled at all (`wheres` names the rows, default `row N`)."""
-    from flowlm.generate.engine import Engine, GenerateConfig
     from flowlm.generate.params import SamplingParams
     from flowlm.rl.rows import check_prompt_rows, is_verifier_error, verify_completions
 
-    if not (model / "config.json").is_file():
-        raise FlowError(f"{model}: not a checkpoint directory (no config.json)")
-    if cfg.backend == "vllm":  # open-instruct's filtering_vllm.py path, for real-scale models on a GPU
-        from flowlm.generate.vllm_backend import VLLMEngine
-
-        engine: Any = VLLMEngine(model, max_slots=cfg.max_slots, seed=cfg.seed, enable_thinking=cfg.thinking)
-    else:
-        engine = Engine.from_pretrained(model, GenerateConfig(max_slots=cfg.max_slots, enable_thinking=cfg.thinking))
-    if cfg.tools:  # the rollouts an rl stage with rollout.tools samples (`flowlm.tools.engine`)
-        from flowlm.tools.builtin import check_available, select_tools
-        from flowlm.tools.engine import ToolEngine
-
-        offered = select_tools(cfg.tools)
-        check_available(offered)
-        engine = ToolEngine(engine, offered, max_calls=cfg.max_tool_calls, enable_thinking=cfg.thinking)
+    engine = _engine(model, cfg)
     prompts: list[Any] = check_prompt_rows(rows)
     stop = cfg.stop
     if cfg.prompt_format == "plain":  # as the rl stage samples RL-Zero prompts: text, no chat template

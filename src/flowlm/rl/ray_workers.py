@@ -125,12 +125,10 @@ class RolloutActor:
             self.engine = Engine(model, tokenizer, gen_cfg, copy_model=False, _owned=True)
         names, max_calls, workers = tools
         if names:  # rollouts that call tools (`flowlm.tools.engine`): the tools run in this actor
-            from flowlm.tools.builtin import check_available, select_tools
+            from flowlm.tools.builtin import usable_tools
             from flowlm.tools.engine import ToolEngine
 
-            offered = select_tools(list(names))
-            check_available(offered)
-            self.engine = ToolEngine(self.engine, offered, max_calls=max_calls, enable_thinking=gen_cfg.enable_thinking,
+            self.engine = ToolEngine(self.engine, usable_tools(list(names)), max_calls=max_calls, enable_thinking=gen_cfg.enable_thinking,
                                      workers=workers)
         self.engine.update_weights(unpack_state(weights), version=version)  # idle: applied now
         self._lock = threading.Lock()

@@ -61,6 +61,19 @@ def row_tools(row: dict[str, Any]) -> list[dict[str, Any]] | None:
     return [t if "function" in t else {"type": "function", "function": t} for t in tools]
 
 
+def prompt_functions(row: dict[str, Any], offered: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """The functions a row's prompt lists: its own `tools` (checked by its verifier, never run), or the
+    offered built-in tools (`rollout.tools`, which run); a row with its own under built-in tools is a
+    ConfigError naming it."""
+    from flowlm.errors import ConfigError
+
+    own = row_tools(row)
+    if own and offered:
+        raise ConfigError(f"rl prompts: row {row.get('id', '?')} offers its own functions (`tools`: checked, not "
+                          "run) and rollout.tools offers built-in tools that run: use one or the other")
+    return own or offered
+
+
 def check_prompt_rows(rows: Sequence[dict[str, Any]], where: str = "prompts") -> list[list[dict[str, Any]]]:
     """The chat prompt of every row, after checking its verifier routing (FlowError naming the row)."""
     out = []

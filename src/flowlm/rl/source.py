@@ -97,7 +97,7 @@ from flowlm.errors import ConfigError, FlowError
 from flowlm.rl.advantages import oversample
 from flowlm.rl.config import ACTOR_MODES, ASYNC_FIELDS, RAY_FIELDS, RolloutConfig  # noqa: F401 (re-exported)
 from flowlm.rl.old_policy import old_policy_logps, serve_steps
-from flowlm.rl.rows import check_prompt_rows, is_verifier_error, row_domain, row_tools, verify_completions
+from flowlm.rl.rows import check_prompt_rows, is_verifier_error, prompt_functions, row_domain, verify_completions
 from flowlm.rl.stats import STAT, coin_rewards, stat_columns
 from flowlm.rl.streams import PromptStreams
 from flowlm.train.batch import SplitRule
@@ -147,7 +147,7 @@ class RolloutSource:
             if not cfg.thinking:
                 require_thinking_switch(tokenizer, "rollout.thinking: false")
             schemas = [t.schema for t in self.tools.values()] or None
-            ids = [to_prompt_ids(m, tokenizer, cfg.thinking, tools=self.row_schemas(r, schemas))
+            ids = [to_prompt_ids(m, tokenizer, cfg.thinking, tools=prompt_functions(r, schemas))
                    for m, r in zip(messages, rows)]
         keep = [i for i, x in enumerate(ids) if 0 < len(x) < max_len]  # room for at least one new token
         if not keep:
@@ -182,21 +182,9 @@ class RolloutSource:
             return {}
         if plain:
             raise ConfigError("rollout.tools: tools need chat prompts (the template lists them), not prompt_format: plain")
-        from flowlm.tools.builtin import check_available, select_tools
+        from flowlm.tools.builtin import usable_tools
 
-        tools = select_tools(cfg.tools)
-        check_available(tools)
-        return tools
-
-    @staticmethod
-    def row_schemas(row: dict[str, Any], offered: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        """The functions a row's prompt lists: its own `tools` (checked by its verifier, never run), or the
-        offered built-in tools; a row with its own under `rollout.tools` is a ConfigError naming it."""
-        own = row_tools(row)
-        if own and offered:
-            raise ConfigError(f"rl prompts: row {row.get('id', '?')} offers its own functions (`tools`: checked, not "
-                              "run) and rollout.tools offers built-in tools that run: use one or the other")
-        return own or offered
+        return usable_tools(cfg.tools)
 
     def with_tools(self, engine: Any) -> Any:
         """`engine` wrapped so its completions run the offered tools between turns (`flowlm.tools.engine`);

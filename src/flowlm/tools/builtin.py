@@ -10,7 +10,8 @@ way a real tool would answer it.
   and so are the sizes of results, so `9**9**9` is refused rather than run.
 - `python(code)`: the code runs in flowlm's sandbox (`flowlm.verify.sandbox`: bubblewrap, seccomp,
   Landlock, rlimits; 10 s). The result is its stdout, its stderr, and the exit status when it failed,
-  cut at 2,000 characters. Without a sandbox the tool is not offered: `check_available` fails first.
+  cut at 2,000 characters. Without a sandbox the tool is not offered: `check_available` (and
+  `usable_tools`, which every command offering tools calls) fails first.
 """
 
 from __future__ import annotations
@@ -150,3 +151,10 @@ def check_available(tools: dict[str, Tool]) -> None:
         from flowlm.verify.sandbox import detect_backend
 
         detect_backend()  # raises SandboxUnavailable (a FlowError naming the fix) when nothing isolates
+
+
+def usable_tools(names: list[str]) -> dict[str, Tool]:
+    """`select_tools`, then `check_available`: the named tools, each able to run here."""
+    tools = select_tools(names)
+    check_available(tools)
+    return tools

@@ -49,7 +49,11 @@ from typing import Any
 from flowlm.errors import ConfigError, FlowError
 from flowlm.generate.driver import Driver
 from flowlm.generate.params import FINISH_LENGTH, FINISH_STOP, Completion, Result, SamplingParams, Timings
+from flowlm.generate.prompts import is_chat, to_prompt_ids
+from flowlm.model.tokenizer import turn_end_ids
+from flowlm.post.teachers import split_reasoning
 from flowlm.tools.builtin import Tool
+from flowlm.verify.tool_call import CALL, parse_tool_calls
 
 _SENTINEL = "\x00flowlm-tool-answer-{}\x00"
 _PLACEHOLDER = re.compile("\x00flowlm-tool-answer-(\\d+)\x00")
@@ -60,8 +64,6 @@ def tool_turn_text(tokenizer: Any, names: list[str], enable_thinking: bool = Tru
     (each answer a placeholder that `fill_tool_turn` replaces) and
     the next assistant generation prompt. Found by rendering a probe conversation and cutting after the
     end-of-turn token that closes the calling turn, so any template works (flowlm's, Qwen3's)."""
-    from flowlm.model.tokenizer import turn_end_ids
-
     calls = [{"type": "function", "function": {"name": n, "arguments": {}}} for n in names]
     messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": calls},
                 *({"role": "tool", "name": n, "content": _SENTINEL.format(i)} for i, n in enumerate(names))]
@@ -131,8 +133,6 @@ class ToolEngine(Driver):
 
     def __init__(self, engine: Any, tools: dict[str, Tool], *, max_calls: int = 5,
                  enable_thinking: bool = True, workers: int = 8) -> None:
-        from flowlm.model.tokenizer import turn_end_ids
-
         if max_calls < 1:
             raise ConfigError(f"tool rollouts: max_calls must be at least 1, not {max_calls}")
         if workers < 0:
@@ -158,8 +158,6 @@ class ToolEngine(Driver):
     def _ids(self, prompt: Any) -> tuple[Any, str | None]:
         """The prompt to hand the engine: chat messages rendered with the tools listed in the system turn
         (token ids as they are: their caller rendered them, `to_prompt_ids(..., tools=...)`), or why not."""
-        from flowlm.generate.prompts import is_chat, to_prompt_ids
-
         if not is_chat(prompt):
             return prompt, None
         try:
@@ -175,8 +173,6 @@ class ToolEngine(Driver):
 
     def submit(self, prompt: Any, params: SamplingParams | None = None, *, tag: Any = None) -> int:
         """As the engine's `submit` (a problem comes back on the result); chat messages get the tools listed."""
-        from flowlm.model.tokenizer import turn_end_ids
-
         params = params or SamplingParams()  # a turn ends at the end-of-turn token, whatever the prompt's form
         params = replace(params, stop_token_ids=tuple(dict.fromkeys((*params.stop_token_ids,
                                                                      *turn_end_ids(self.inner.tokenizer)))))
@@ -255,9 +251,6 @@ class ToolEngine(Driver):
 
     def _turn(self, req: _Request, j: int, comp: Completion) -> None:
         """Take one finished turn of sample `j`: end the sample, or run its calls and submit the next turn."""
-        from flowlm.post.teachers import split_reasoning
-        from flowlm.verify.tool_call import CALL, parse_tool_calls
-
         s = req.samples[j]
         s.tokens += comp.tokens
         s.logprobs += comp.logprobs

@@ -95,12 +95,10 @@ def accepted(got: Any, want: Any, strict: bool) -> bool:
     if strict or not isinstance(want, (dict, list)):
         return same_value(got, want)
     if isinstance(want, dict):
-        if not isinstance(got, dict) or set(got) - set(want):
+        if not isinstance(got, dict) or set(got) - set(want) or not all(isinstance(o, list) for o in want.values()):
             return False
-        return all((key in got and any(accepted(got[key], a, False) for a in opts if a != ""))
-                   or (key not in got and isinstance(opts, list) and "" in opts)
-                   for key, opts in want.items() if isinstance(opts, list)) and all(
-                       isinstance(o, list) for o in want.values())
+        return all(any(accepted(got[key], a, False) for a in opts if a != "") if key in got else "" in opts
+                   for key, opts in want.items())
     if want and all(isinstance(w, dict) for w in want):
         return isinstance(got, list) and len(got) == len(want) and all(
             accepted(g, w, False) for g, w in zip(got, want))
