@@ -182,10 +182,10 @@ GOOD = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "co
 
 @pytest.mark.parametrize("row,problem", [
     ({"messages": [{"role": "narrator", "content": "x"}, {"role": "assistant", "content": "A"}]},
-     "messages[0]: unknown role 'narrator' (expected system, user, assistant or tool)"),
+     "messages[0]: unknown role 'narrator' (expected system, user, assistant, tool or environment)"),
     ({"messages": [{"role": "user"}, {"role": "assistant", "content": "A"}]}, "messages[0]: user turn has no content"),
     ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant"}]},
-     "messages[1]: assistant turn has no content or tool_calls"),
+     "messages[1]: assistant turn has no content, tool_calls or function_calls"),
     ({"messages": [{"role": "user", "content": "Q"}]}, "no assistant turn (nothing to train on)"),
     ({"conversations": [{"from": "human", "value": "Q"}, {"from": "bot", "value": "A"}]},
      "conversations[1]: unknown ShareGPT role 'bot' (expected human, gpt, system or tool)"),

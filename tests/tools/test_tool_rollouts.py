@@ -79,8 +79,10 @@ class ScriptedEngine:
 
     @staticmethod
     def tool_turns(text):
-        """Tool turns in a prompt so far: flowlm's `tool` role, or a user turn of <tool_response>s (Qwen3's)."""
-        return text.count("<|im_start|>tool") + text.count("<|im_start|>user\n<tool_response>")
+        """Tool turns in a prompt so far: flowlm's `tool` role, a user turn of <tool_response>s (Qwen3's), or
+        OLMo 3's `environment` role."""
+        return (text.count("<|im_start|>tool") + text.count("<|im_start|>user\n<tool_response>")
+                + text.count("<|im_start|>environment"))
 
     def step(self):
         out = []

@@ -10,7 +10,10 @@ schemas, first match wins:
   or lists of messages (conversational);
 - `prompt` + `response`: the same, under the other common column name.
 
-Roles are system, user, assistant, tool. An assistant turn's reasoning is `reasoning_content` or an inline
+Roles are system, user, assistant, tool. OLMo 3's schema (its Dolci SFT data) is read too: `environment` is
+the tool role, an assistant turn's `function_calls` (Python call lines) become its `tool_calls`, and the
+system turn's `functions` the row's `tools`; both are also kept as written, so OLMo 3's template renders
+them verbatim (`flowlm.tools.formats`). An assistant turn's reasoning is `reasoning_content` or an inline
 `<think>…</think>` prefix of its content; both become `reasoning_content` (every normalised assistant turn
 has one, possibly empty) so downstream code sees one form. Tool calls are normalised to
 `{type: function, function: {name, arguments}}`; an optional `tools` column (a list or its JSON string) is
@@ -36,9 +39,11 @@ from typing import Any, Literal, NoReturn
 from flowlm.errors import FlowError
 from flowlm.jsonlines import iter_json_objects, iter_lines, parse_object
 from flowlm.model.tokenizer import last_turn_mask, render_chat  # noqa: F401  # last_turn_mask: re-exported
+from flowlm.tools.formats import functions_as_tools, parse_pythonic
 
 AssistantLoss = Literal["all", "last"]
 ROLES = ("system", "user", "assistant", "tool")
+ALIASES = {"environment": "tool"}  # OLMo 3's (Dolci's) name for the tool role
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system", "tool": "tool"}
 # Columns a schema consumes; other scalar columns (id, source, ...) are carried along unchanged.
@@ -135,6 +140,9 @@ def chat_row(row: Mapping[str, Any], *, where: str = "chat row") -> dict[str, An
     out = {k: v for k, v in row.items() if k not in _SCHEMA_COLUMNS and isinstance(v, _SCALARS)}
     out["messages"] = to_messages(row, where=where)
     tools = _tools(row, where)
+    listed = next((m["functions"] for m in out["messages"] if "functions" in m), None)
+    if not tools and listed is not None:  # OLMo 3's schema lists them in the system turn
+        tools = functions_as_tools(listed, "functions") or None
     if tools:
         out["tools"] = tools
     return out
@@ -195,8 +203,9 @@ def _message(m: Any, where: str, label: str) -> dict[str, Any]:
     if not isinstance(m, Mapping):
         _fail(where, f"{label}: expected a message object, got {type(m).__name__}")
     role = m.get("role")
+    role = ALIASES.get(role, role) if isinstance(role, str) else role
     if role not in ROLES:
-        _fail(where, f"{label}: unknown role {role!r} (expected system, user, assistant or tool)")
+        _fail(where, f"{label}: unknown role {role!r} (expected system, user, assistant, tool or environment)")
     if role == "assistant":
         return _assistant(m, where, label)
     if m.get("content") is None:
@@ -204,6 +213,12 @@ def _message(m: Any, where: str, label: str) -> dict[str, Any]:
     out = {"role": role, "content": _text(m["content"], where, label)}
     if role == "tool":
         out.update({k: m[k] for k in ("name", "tool_call_id") if isinstance(m.get(k), str)})
+    if role == "system" and m.get("functions") is not None:  # OLMo 3's schema: the functions, as written
+        try:
+            functions_as_tools(m["functions"], label)
+        except FlowError as e:
+            _fail(where, str(e))
+        out["functions"] = m["functions"]
     return out
 
 
@@ -211,8 +226,16 @@ def _assistant(m: Mapping[str, Any], where: str, label: str) -> dict[str, Any]:
     calls = m.get("tool_calls") or []
     if not isinstance(calls, list):
         _fail(where, f"{label}: tool_calls must be a list")
+    written = m.get("function_calls")  # OLMo 3's schema: the calls as Python call lines
+    if written is not None and not isinstance(written, str):
+        _fail(where, f"{label}: function_calls must be a string of Python calls")
+    if written and written.strip() and not calls:
+        parsed, problems = parse_pythonic(written)
+        if problems:
+            _fail(where, f"{label}.function_calls: {problems[0]}")
+        calls = [{"type": "function", "function": c} for c in parsed]
     if m.get("content") is None and not calls:
-        _fail(where, f"{label}: assistant turn has no content or tool_calls")
+        _fail(where, f"{label}: assistant turn has no content, tool_calls or function_calls")
     content = "" if m.get("content") is None else _text(m["content"], where, label)
     reasoning = m.get("reasoning_content")
     if reasoning is not None and not isinstance(reasoning, str):
@@ -227,6 +250,8 @@ def _assistant(m: Mapping[str, Any], where: str, label: str) -> dict[str, Any]:
     out: dict[str, Any] = {"role": "assistant", "content": content, "reasoning_content": (reasoning or "").strip("\n")}
     if calls:
         out["tool_calls"] = [_tool_call(c, where, f"{label}.tool_calls[{j}]") for j, c in enumerate(calls)]
+    if written and written.strip():
+        out["function_calls"] = written  # kept as written, for OLMo 3's template (`fit_to_template`)
     return out
 
 

@@ -214,8 +214,21 @@ def render_ids(tokenizer: Any, messages: Sequence[dict[str, Any]], **kw: Any) ->
                         "tokenizer?): chat data needs one; put a chat_template.jinja beside its tokenizer files")
     if not messages and not kw.get("add_generation_prompt"):
         return []
-    out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True, **kw)
+    messages, tools = fit_to_template(tokenizer, messages, kw.pop("tools", None))
+    out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True, tools=tools, **kw)
     return list(out["input_ids"])
+
+
+def _agreeing(ids: list[int], upto: list[int], ends: set[int]) -> int | None:
+    """Where the rendering of a conversation's prefix `upto` ends inside the whole conversation's `ids`: its
+    length when it is a prefix of `ids`; when the two differ only in the token(s) closing the prefix's last
+    turn (end-of-turn tokens on both sides), the end of the whole conversation's closing token; else None."""
+    same = next((j for j, (a, b) in enumerate(zip(ids, upto)) if a != b), min(len(ids), len(upto)))
+    if same == len(upto):
+        return same
+    if same < len(ids) and ids[same] in ends and all(t in ends for t in upto[same:]):
+        return same + 1
+    return None
 
 
 def _prefix_mask(tokenizer: Any, messages: Sequence[dict[str, Any]], ids: list[int], *, last_only: bool,
@@ -224,7 +237,9 @@ def _prefix_mask(tokenizer: Any, messages: Sequence[dict[str, Any]], ids: list[i
     assistant message i spans from the end of `messages[:i]` rendered with the (thinking-mode) generation
     prompt to the end of `messages[:i+1]`, cut after its last end-of-turn token (`<|im_end|>`, the EOS), so
     the newline between turns stays unlabelled. Needs a template whose renderings of those prefixes are prefixes of
-    the whole conversation's; FlowError when one is not (a template that re-renders earlier turns)."""
+    the whole conversation's, up to how the last turn is closed (OLMo 3's closes a conversation's last turn
+    with the EOS and the others with `<|im_end|>`); FlowError when one is not (a template that re-renders
+    earlier turns)."""
     ends = set(turn_end_ids(tokenizer))
     if tokenizer.eos_token_id is not None:
         ends.add(int(tokenizer.eos_token_id))
@@ -235,8 +250,8 @@ def _prefix_mask(tokenizer: Any, messages: Sequence[dict[str, Any]], ids: list[i
         # model must learn to write (as the marked template labels it)
         before = render_ids(tokenizer, messages[:i], add_generation_prompt=True, **{**kw, "enable_thinking": True})
         upto = render_ids(tokenizer, messages[:i + 1], **kw)
-        start, end = len(before), len(upto)
-        if ids[:start] != before or ids[:end] != upto or end <= start:
+        start, end = len(before), _agreeing(ids, upto, ends)
+        if ids[:start] != before or end is None or end <= start:
             raise FlowError(
                 f"tokenizer {getattr(tokenizer, 'name_or_path', '?')}: its chat template has no {{% generation %}} "
                 f"markers and renders messages[{i}] differently inside the whole conversation than at its end, so "
@@ -269,25 +284,62 @@ def template_renders(tokenizer: Any) -> dict[str, bool]:
     return _probed(tokenizer, "renders", probe)
 
 
+def tool_format(tokenizer: Any) -> str | None:
+    """How the chat template writes an assistant turn's tool calls, probed once per template: "olmo3" (it
+    writes OLMo 3's `function_calls` text in `<function_calls>` tags), "hermes" (it writes OpenAI-style
+    `tool_calls` as `<tool_call>` JSON: flowlm's, Qwen3's), "other" (it writes them some other way), or
+    None (it writes no calls, or there is no template). `flowlm.tools.formats` has both formats."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+
+    def probe(tok: Any) -> str | None:
+        def text(message: dict[str, Any]) -> str:
+            try:
+                return tok.apply_chat_template([_PROBE_USER, message], tokenize=False)
+            except Exception:  # noqa: BLE001 - a template that refuses the probe does not write that form
+                return ""
+
+        if "<function_calls>flowlmprobecall()" in text({"role": "assistant", "content": "",
+                                                        "function_calls": "flowlmprobecall()"}):
+            return "olmo3"
+        written = text({"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "flowlmprobecall", "arguments": {}}}]})
+        if "flowlmprobecall" not in written:
+            return None
+        return "hermes" if "<tool_call>" in written else "other"
+
+    return _probed(tokenizer, "tool_format", probe)
+
+
 def fit_to_template(tokenizer: Any, messages: Sequence[dict[str, Any]],
-                    tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """`messages` as the chat template can write them, so no field of the data is dropped silently:
+                    tools: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """`(messages, tools)` as the chat template can write them, so no field of the data is dropped silently:
+    - tool use in the template's schema (`flowlm.tools.formats`): an OLMo 3 template gets the tools in the
+      system turn's `functions`, calls as `function_calls` text and answers as `environment` turns; any other
+      template gets OpenAI's schema (a row written in OLMo 3's is converted);
     - a template that ignores `reasoning_content` (plain ChatML) gets each trace inline, as the content's
       leading `<think>\n…\n</think>\n\n` block (the R1-distill convention), rather than losing it;
     - `tools` or assistant `tool_calls` that the template would not write are a FlowError (there is no
-      neutral way to invent its tool format): use a template that renders them."""
+      neutral way to invent its tool format): use a template that renders them.
+    Converting twice changes nothing, so renderings of a conversation's prefixes agree with the whole."""
     if not getattr(tokenizer, "chat_template", None):
-        return list(messages)
+        return list(messages), tools
+    from flowlm.tools.formats import to_olmo3_messages, to_openai_messages
+
     renders = template_renders(tokenizer)
     name = getattr(tokenizer, "name_or_path", "?") or "?"
-    if tools and not renders["tools"]:
-        raise FlowError(f"the chat template of {name} does not write tool definitions (`tools`), so they would be "
-                        "left out of the rendered conversation; use a template that renders tools")
-    if not renders["tool_calls"] and any(m.get("role") == "assistant" and m.get("tool_calls") for m in messages):
-        raise FlowError(f"the chat template of {name} does not write assistant `tool_calls`, so those turns would "
-                        "render empty; use a template that renders tool calls")
+    if tool_format(tokenizer) == "olmo3":
+        messages, tools = to_olmo3_messages(list(messages), tools), None
+    else:
+        messages, tools = to_openai_messages(list(messages), tools)
+        if tools and not renders["tools"]:
+            raise FlowError(f"the chat template of {name} does not write tool definitions (`tools`), so they would "
+                            "be left out of the rendered conversation; use a template that renders tools")
+        if not renders["tool_calls"] and any(m.get("role") == "assistant" and m.get("tool_calls") for m in messages):
+            raise FlowError(f"the chat template of {name} does not write assistant `tool_calls`, so those turns "
+                            "would render empty; use a template that renders tool calls")
     if renders["reasoning"]:
-        return list(messages)
+        return messages, tools
     out = []
     for m in messages:
         trace = m.get("reasoning_content") if m.get("role") == "assistant" else None
@@ -295,7 +347,7 @@ def fit_to_template(tokenizer: Any, messages: Sequence[dict[str, Any]],
             m = {k: v for k, v in m.items() if k != "reasoning_content"}
             m["content"] = f"<think>\n{trace.strip()}\n</think>\n\n{m.get('content') or ''}"
         out.append(m)
-    return out
+    return out, tools
 
 
 def render_chat(
@@ -317,8 +369,8 @@ def render_chat(
     turns. Other templates (a Hugging Face checkpoint's own) get the same spans by rendering each
     assistant message's prefix (`_prefix_mask`).
     """
+    messages, tools = fit_to_template(tokenizer, messages, tools)
     kw = {"tools": tools, "enable_thinking": enable_thinking}
-    messages = fit_to_template(tokenizer, messages, tools)
     if not has_generation_markers(tokenizer):  # (also a tokenizer without a template: render_ids says so)
         ids = render_ids(tokenizer, messages, add_generation_prompt=add_generation_prompt, **kw)
         return ids, _prefix_mask(tokenizer, messages, ids, last_only=last_only, **kw)

@@ -9,8 +9,9 @@ native engine or vLLM) and keeps it: `generate`, `stream`, `update_weights`, `ve
 as before, so the RL source, its async rollout units and its Ray actors drive it unchanged. A request
 with `n` samples is prefilled once; then each sample goes on alone:
 
-1. a turn ends (the reply ends its turn, or is cut). If its answer part (after `</think>`) holds
-   `<tool_call>` blocks (`flowlm.verify.tool_call.parse_tool_calls`), the reply ended its turn, and fewer
+1. a turn ends (the reply ends its turn, or is cut). If its answer part (after `</think>`) holds calls in the
+   chat template's format (`flowlm.tools.formats`: `<tool_call>` JSON for flowlm's and Qwen3's templates,
+   `<function_calls>` Python calls for OLMo 3's), the reply ended its turn, and fewer
    than `max_calls` calls and tool turns were made, the calls run (`flowlm.tools.builtin`; a malformed
    call or an unknown tool is answered `error: ...`). They run in a pool of `workers` threads while the
    engine goes on decoding the other sequences (a sandboxed `python` call takes 20-50 ms on a 2-core
@@ -50,10 +51,10 @@ from flowlm.errors import ConfigError, FlowError
 from flowlm.generate.driver import Driver
 from flowlm.generate.params import FINISH_LENGTH, FINISH_STOP, Completion, Result, SamplingParams, Timings
 from flowlm.generate.prompts import is_chat, to_prompt_ids
-from flowlm.model.tokenizer import turn_end_ids
+from flowlm.model.tokenizer import fit_to_template, tool_format, turn_end_ids
 from flowlm.post.teachers import split_reasoning
 from flowlm.tools.builtin import Tool
-from flowlm.verify.tool_call import CALL, parse_tool_calls
+from flowlm.tools.formats import FORMATS, ToolFormat
 
 _SENTINEL = "\x00flowlm-tool-answer-{}\x00"
 _PLACEHOLDER = re.compile("\x00flowlm-tool-answer-(\\d+)\x00")
@@ -63,10 +64,11 @@ def tool_turn_text(tokenizer: Any, names: list[str], enable_thinking: bool = Tru
     """The text the chat template writes after an assistant turn that called tools: the tool messages
     (each answer a placeholder that `fill_tool_turn` replaces) and
     the next assistant generation prompt. Found by rendering a probe conversation and cutting after the
-    end-of-turn token that closes the calling turn, so any template works (flowlm's, Qwen3's)."""
+    end-of-turn token that closes the calling turn, so any template works (flowlm's, Qwen3's, OLMo 3's)."""
     calls = [{"type": "function", "function": {"name": n, "arguments": {}}} for n in names]
     messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": calls},
                 *({"role": "tool", "name": n, "content": _SENTINEL.format(i)} for i, n in enumerate(names))]
+    messages, _ = fit_to_template(tokenizer, messages, None)  # in the template's schema (OLMo 3: environment turns)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                          enable_thinking=enable_thinking)
     first = text.find(_SENTINEL.format(0))
@@ -92,6 +94,18 @@ def fill_tool_turn(template: str, answers: list[str]) -> str:
     """`template` (from `tool_turn_text`) with each placeholder replaced by its answer, in one pass (an answer
     that prints a placeholder's text stays as it is)."""
     return _PLACEHOLDER.sub(lambda m: answers[int(m.group(1))], template)
+
+
+def template_tool_format(tokenizer: Any) -> ToolFormat:
+    """The format the tokenizer's chat template writes calls in (`flowlm.tools.formats`), which is the one its
+    model was trained to write; FlowError for a template that writes calls another way, or none."""
+    name = tool_format(tokenizer)
+    if name in FORMATS:
+        return FORMATS[name]
+    what = "writes tool calls in a format flowlm does not read" if name else "does not write tool calls"
+    raise FlowError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?') or '?'}: its chat template {what}; flowlm's "
+                    "tool loop reads <tool_call> JSON (hermes: flowlm's, Qwen3's) and <function_calls> Python calls "
+                    "(OLMo 3's)")
 
 
 @dataclass
@@ -148,6 +162,7 @@ class ToolEngine(Driver):
         self._requests: dict[int, _Request] = {}
         self._next_id = 0
         self._ready: list[Result] = []
+        self.format = template_tool_format(tok)
         tool_turn_text(tok, ["probe"], enable_thinking)  # fail at build time on a template without tool turns
 
     def __getattr__(self, name: str) -> Any:  # version, stats, tokenizer, context, update_weights, prepare, ...
@@ -263,13 +278,13 @@ class ToolEngine(Driver):
             if end and raw.endswith(end):
                 raw = raw[: -len(end)]
         reply = split_reasoning(raw, comp.finish_reason)
-        calls, problems = parse_tool_calls(reply["content"])
+        calls, problems = self.format.parse(reply["content"])
         if not (calls or problems) or comp.finish_reason != FINISH_STOP or s.calls >= self.max_calls \
                 or s.turns > self.max_calls:
             s.end(comp.text, comp.finish_reason, {"role": "assistant", "content": reply["content"],
                                                   "reasoning_content": reply["reasoning"]})
             return
-        called = {"role": "assistant", "content": CALL.split(reply["content"])[0].strip(),
+        called = {"role": "assistant", "content": self.format.text_before_calls(reply["content"]),
                   "reasoning_content": reply["reasoning"], "tool_calls": [{"type": "function", "function": c}
                                                                           for c in calls]}
         if not self.workers:

@@ -1,9 +1,11 @@
 """`tool_call` verifier: did the model call the right functions with acceptable arguments (BFCL's AST check)?
 
-A call is written the way the chat template writes assistant `tool_calls` (Qwen3 / Hermes):
-`<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>`, in the answer part of
-the completion (after `</think>`); `arguments` may also be a JSON string (OpenAI's wire format).
-`parse_tool_calls(text)` returns the calls and the problems found, and never raises.
+A call is written the way chat templates write assistant tool calls (`flowlm.tools.formats`), in the answer
+part of the completion (after `</think>`): Qwen3's / Hermes's
+`<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>` (`arguments` may also be a
+JSON string, OpenAI's wire format), or OLMo 3's `<function_calls>get_weather(city="Paris")</function_calls>`
+(one Python call per line, literal values). `parse_tool_calls(text)` returns the calls and the problems
+found, and never raises.
 
 Ground truth, either form (one call, or a list for parallel calls, matched in any order):
 - plain: `{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}`: every argument must be
@@ -24,14 +26,13 @@ call, and there are no other calls; else 0, with the first mismatch as the reaso
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
+from flowlm.tools.formats import format_in
 from flowlm.verify.base import GroundTruthError, Verdict, register
 from flowlm.verify.thinking import extract_answer
 
-CALL = re.compile(r"<tool_call>(.*?)(</tool_call>|$)", re.DOTALL)
 _BFCL_STRIP = re.compile(r"[ \,\.\/\-\_\*\^]")  # BFCL's `standardize_string`
 TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "float": (float, int), "number": (float, int),
                                       "boolean": (bool,), "array": (list,), "tuple": (list,), "dict": (dict,),
@@ -39,33 +40,9 @@ TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "floa
 
 
 def parse_tool_calls(text: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """([{"name", "arguments"}], [problems]) of the `<tool_call>` blocks in `text`; never raises."""
-    calls, problems = [], []
-    for k, m in enumerate(CALL.finditer(text or ""), 1):
-        body, closed = m.group(1).strip(), bool(m.group(2))
-        if not closed:
-            problems.append(f"call {k} is not closed with </tool_call>")
-            continue
-        try:
-            obj = json.loads(body)
-        except ValueError as exc:
-            problems.append(f"call {k} is not JSON ({exc.msg})")
-            continue
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-            problems.append(f"call {k} has no function name")
-            continue
-        args = obj.get("arguments", {})
-        if isinstance(args, str):
-            try:
-                args = json.loads(args) if args.strip() else {}
-            except ValueError:
-                problems.append(f"call {k} ({obj['name']}): arguments are a string that is not JSON")
-                continue
-        if not isinstance(args, dict):
-            problems.append(f"call {k} ({obj['name']}): arguments are not an object")
-            continue
-        calls.append({"name": obj["name"], "arguments": args})
-    return calls, problems
+    """([{"name", "arguments"}], [problems]) of the calls in `text`, in the format its markers say
+    (`flowlm.tools.formats.format_in`: `<function_calls>` is OLMo 3's, else `<tool_call>` JSON); never raises."""
+    return format_in(text).parse(text)
 
 
 def _norm(v: Any) -> Any:

@@ -1,0 +1,283 @@
+"""How models write tool calls, and how chat templates want them written: the two formats flowlm reads.
+
+- `hermes` (flowlm's template, Qwen3, Hermes; vLLM's `hermes` parser): each call is a JSON object
+  `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`. Messages use OpenAI's schema: an assistant
+  turn's structured `tool_calls`, answers in `tool` turns, the functions in the template's `tools` argument.
+- `olmo3` (OLMo 3 Instruct; vLLM's `olmo3` parser): the calls are Python calls, one per line, inside one
+  `<function_calls>...</function_calls>` block, `get_weather(city="Paris", days=3)`. Argument values are
+  literals: Python's or JSON's (`true` / `false` / `null`). Messages use the Dolci schema: the assistant
+  turn's `function_calls` is that text, answers are `environment` turns, and the functions are a JSON
+  string in the system turn's `functions` field.
+
+Everything else in flowlm keeps messages in OpenAI's schema. Templates get their own schema when rendered
+(`flowlm.model.tokenizer.fit_to_template`), and the tool loop reads calls with the parser of the template's
+format (`format_of`). `parse_pythonic` parses with `ast` and reads values node by node: nothing the model
+wrote is evaluated, and every parser here returns `(calls, problems)` rather than raising.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from flowlm.errors import FlowError
+
+Calls = list[dict[str, Any]]
+
+HERMES_CALL = re.compile(r"<tool_call>(.*?)(</tool_call>|$)", re.DOTALL)
+OLMO3_CALLS = re.compile(r"<function_calls>(.*?)(</function_calls>|$)", re.DOTALL)
+# OLMo 3's function-calling system prompt (what its tool-use SFT data opens with), used when tools are
+# listed and the conversation has no system turn of its own.
+OLMO3_SYSTEM = ("You are a helpful function-calling AI assistant. You are provided with function signatures within "
+                "<functions></functions> XML tags. You may call one or more functions to assist with the user query. "
+                "Output any function calls within <function_calls></function_calls> XML tags. Do not make "
+                "assumptions about what values to plug into functions.")
+_NAMES = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
+
+
+def _call_or_problem(name: Any, args: Any, k: int) -> dict[str, Any] | str:
+    """A call `{name, arguments}`, or the problem with it (arguments may be a JSON string, OpenAI's wire form)."""
+    if not isinstance(name, str) or not name:
+        return f"call {k} has no function name"
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except ValueError:
+            return f"call {k} ({name}): arguments are a string that is not JSON"
+    if not isinstance(args, dict):
+        return f"call {k} ({name}): arguments are not an object"
+    return {"name": name, "arguments": args}
+
+
+def parse_hermes(text: str) -> tuple[Calls, list[str]]:
+    """([{"name", "arguments"}], [problems]) of the `<tool_call>` blocks in `text`; never raises."""
+    calls, problems = [], []
+    for k, m in enumerate(HERMES_CALL.finditer(text or ""), 1):
+        if not m.group(2):
+            problems.append(f"call {k} is not closed with </tool_call>")
+            continue
+        try:
+            obj = json.loads(m.group(1).strip())
+        except ValueError as exc:
+            problems.append(f"call {k} is not JSON ({exc.msg})")
+            continue
+        got = _call_or_problem(obj.get("name"), obj.get("arguments", {}), k) if isinstance(obj, dict) \
+            else f"call {k} has no function name"
+        (calls if isinstance(got, dict) else problems).append(got)
+    return calls, problems
+
+
+class _NotLiteral(ValueError):
+    pass
+
+
+def _literal(node: ast.AST) -> Any:
+    """The value of a literal node (numbers, strings, lists, tuples, dicts, sets; Python's and JSON's
+    constants); `_NotLiteral` for anything that would need running code."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, type(None))):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in _NAMES:
+        return _NAMES[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _literal(node.operand)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        return [_literal(e) for e in node.elts]
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        keys = [_literal(k) for k in node.keys]  # type: ignore[arg-type]
+        if all(isinstance(k, (str, int, float, bool)) or k is None for k in keys):
+            return dict(zip(keys, (_literal(v) for v in node.values)))
+    raise _NotLiteral(type(node).__name__)
+
+
+def _dotted(node: ast.AST) -> str | None:
+    """`a.b.c` for a name or an attribute chain of names (OLMo 3's tools may be namespaced), else None."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        head = _dotted(node.value)
+        return None if head is None else f"{head}.{node.attr}"
+    return None
+
+
+def _pythonic_call(node: ast.AST, k: int) -> dict[str, Any] | str:
+    if not isinstance(node, ast.Call):
+        return f"call {k} is not a function call"
+    name = _dotted(node.func)
+    if name is None:
+        return f"call {k} does not call a function by name"
+    if node.args:
+        return f"call {k} ({name}): positional arguments (write name=value)"
+    args: dict[str, Any] = {}
+    for kw in node.keywords:
+        if kw.arg is None:
+            return f"call {k} ({name}): **arguments are not allowed"
+        try:
+            args[kw.arg] = _literal(kw.value)
+        except _NotLiteral:
+            return f"call {k} ({name}): argument {kw.arg!r} is not a literal value"
+    return {"name": name, "arguments": args}
+
+
+def _statements(body: str) -> list[ast.AST] | None:
+    """The call expressions in `body` (one per statement; a `[f(), g()]` list counts as its elements)."""
+    try:
+        tree = ast.parse(body.strip(), mode="exec")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    out: list[ast.AST] = []
+    for stmt in tree.body:
+        value = stmt.value if isinstance(stmt, ast.Expr) else stmt
+        out += value.elts if isinstance(value, (ast.List, ast.Tuple)) else [value]
+    return out
+
+
+def parse_pythonic(body: str, first: int = 1) -> tuple[Calls, list[str]]:
+    """The calls in a block of Python calls (one per line, or a list of them); calls numbered from `first`.
+    A block that does not parse as a whole is read line by line, so its good calls are kept. Never raises."""
+    nodes = _statements(body)
+    if nodes is None:  # some line is broken: keep what the others say
+        calls, problems = [], []
+        for k, line in enumerate((ln for ln in body.splitlines() if ln.strip()), first):
+            got = _statements(line)
+            if got is None or len(got) != 1:
+                problems.append(f"call {k} is not Python call syntax")
+                continue
+            c, p = parse_pythonic(line, k)
+            calls += c
+            problems += p
+        return calls, problems
+    calls, problems = [], []
+    for k, node in enumerate(nodes, first):
+        try:
+            got = _pythonic_call(node, k)
+        except (RecursionError, MemoryError):
+            got = f"call {k} is nested too deeply"
+        (calls if isinstance(got, dict) else problems).append(got)
+    return calls, problems
+
+
+def parse_olmo3(text: str) -> tuple[Calls, list[str]]:
+    """([{"name", "arguments"}], [problems]) of the `<function_calls>` blocks in `text`; never raises."""
+    calls: Calls = []
+    problems: list[str] = []
+    for m in OLMO3_CALLS.finditer(text or ""):
+        k = len(calls) + len(problems) + 1
+        if not m.group(2):
+            problems.append(f"call {k} is in a block not closed with </function_calls>")
+            continue
+        if not m.group(1).strip():
+            problems.append(f"call {k}: an empty <function_calls> block")
+            continue
+        c, p = parse_pythonic(m.group(1), k)
+        calls += c
+        problems += p
+    return calls, problems
+
+
+def _value(v: Any) -> str:
+    """A call argument as OLMo 3 writes it: JSON literals (strings double-quoted, `true`, `null`)."""
+    return json.dumps(v, ensure_ascii=False)
+
+
+def pythonic(calls: list[dict[str, Any]]) -> str:
+    """`calls` (`{name, arguments}`, or OpenAI's `{type, function: {...}}`) as OLMo 3's call lines."""
+    lines = []
+    for c in calls:
+        fn = c.get("function", c)
+        args = fn.get("arguments") or {}
+        args = json.loads(args) if isinstance(args, str) and args.strip() else (args or {})
+        lines.append(f"{fn['name']}({', '.join(f'{k}={_value(v)}' for k, v in args.items())})")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ToolFormat:
+    """One way of writing calls: its name, its parser (`(calls, problems)`, never raises) and the regex of
+    its call blocks (what comes before the first is the turn's text)."""
+    name: str
+    parse: Callable[[str], tuple[Calls, list[str]]]
+    blocks: re.Pattern[str]
+    marker: str
+
+    def text_before_calls(self, content: str) -> str:
+        """The turn's own text: what comes before its first call block."""
+        return self.blocks.split(content or "")[0].strip()
+
+
+HERMES = ToolFormat("hermes", parse_hermes, HERMES_CALL, "<tool_call>")
+OLMO3 = ToolFormat("olmo3", parse_olmo3, OLMO3_CALLS, "<function_calls>")
+FORMATS = {f.name: f for f in (HERMES, OLMO3)}
+
+
+def format_in(text: str) -> ToolFormat:
+    """The format a completion writes its calls in, by its markers (`hermes` when it has none)."""
+    return OLMO3 if OLMO3.marker in (text or "") and HERMES.marker not in text else HERMES
+
+
+# -- messages in each schema -------------------------------------------------------------------------
+def functions_as_tools(value: Any, where: str) -> list[dict[str, Any]]:
+    """A `functions` field (a JSON string or a list) as OpenAI tools."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except ValueError as exc:
+            raise FlowError(f"{where}.functions is not JSON ({exc})") from None
+    if not isinstance(value, list) or not all(isinstance(f, dict) for f in value):
+        raise FlowError(f"{where}.functions must be a list of function objects")
+    return [f if f.get("type") == "function" and "function" in f else {"type": "function", "function": f}
+            for f in value]
+
+
+def to_olmo3_messages(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """OpenAI-schema messages (and the tools to list) in OLMo 3's schema: tools as the system turn's
+    `functions` (a system turn with OLMo 3's function-calling prompt is added when there is none), calls as
+    `function_calls` text, answers as `environment` turns. A turn already in OLMo 3's schema (a row read from
+    its data: raw `function_calls`, a system turn's own `functions`) is kept as written."""
+    out = [dict(m) for m in messages]
+    if tools:
+        listed = json.dumps(tools, ensure_ascii=False)
+        if out and out[0].get("role") == "system":
+            out[0].setdefault("functions", listed)
+        else:
+            out.insert(0, {"role": "system", "content": OLMO3_SYSTEM, "functions": listed})
+    for m in out:
+        if m.get("role") == "tool":
+            m["role"] = "environment"
+            m.pop("name", None), m.pop("tool_call_id", None)
+        elif m.get("role") == "assistant" and m.get("tool_calls"):
+            calls = m.pop("tool_calls")
+            if not isinstance(m.get("function_calls"), str):
+                m["function_calls"] = pythonic(calls)
+        if m.get("role") == "system" and isinstance(m.get("functions"), list):
+            m["functions"] = json.dumps(m["functions"], ensure_ascii=False)
+    return out
+
+
+def to_openai_messages(messages: list[dict[str, Any]],
+                       tools: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """Messages in OLMo 3's schema (any of its fields) as OpenAI's, and the tools to list: `environment`
+    turns become `tool` turns, `function_calls` text structured `tool_calls`, a system turn's `functions`
+    the tools (when none are given). FlowError naming the message when its calls do not parse."""
+    out = []
+    for i, m in enumerate(messages):
+        m = dict(m)
+        if m.get("role") == "environment":
+            m["role"] = "tool"
+        if "function_calls" in m:
+            text = m.pop("function_calls")
+            if m.get("role") == "assistant" and isinstance(text, str) and text.strip() and not m.get("tool_calls"):
+                calls, problems = parse_pythonic(text)
+                if problems:
+                    raise FlowError(f"messages[{i}].function_calls: {problems[0]}")
+                m["tool_calls"] = [{"type": "function", "function": c} for c in calls]
+        if "functions" in m:
+            listed = m.pop("functions")
+            if listed is not None and not tools:
+                tools = functions_as_tools(listed, f"messages[{i}]") or None
+        out.append(m)
+    return out, tools

@@ -1,0 +1,300 @@
+"""Tool-call formats (`flowlm.tools.formats`): OLMo 3's `<function_calls>` beside Hermes's `<tool_call>` JSON.
+
+- The parsers on hand-written calls: values, namespaced names, several calls, and every way a call can be
+  wrong, which is a problem and never an exception (nothing the model wrote is evaluated).
+- The chat schema: an OLMo-3-style template (written here after the format of OLMo 3 Instruct's: tools in the
+  system turn's `functions`, calls as `function_calls`, answers in `environment` turns, the last turn closed
+  with the EOS) renders OpenAI-schema conversations, and rows in OLMo 3's own schema (its Dolci data) are
+  read, rendered verbatim, and masked on the assistant turns; flowlm's template renders the same rows as
+  `<tool_call>` JSON.
+- The tool loop on that template: calls parsed in its format, `environment` turns appended token for token;
+  the `tool_call` verifier scores either format.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flowlm.errors import FlowError
+from flowlm.generate.params import SamplingParams
+from flowlm.model.tokenizer import load_tokenizer, render_chat, render_ids, tool_format
+from flowlm.tools.builtin import CALCULATOR
+from flowlm.tools.engine import ToolEngine
+from flowlm.tools.formats import OLMO3_SYSTEM, parse_hermes, parse_olmo3, pythonic
+from tests.tools.test_tool_rollouts import ScriptedEngine, make_tok
+
+# After the format of OLMo 3 Instruct's chat template (written for these tests, not copied).
+OLMO3_STYLE = (
+    "{%- if not (messages | selectattr('role', 'equalto', 'system') | list) -%}"
+    "{{- '<|im_start|>system\\nYou are a test model. You do not currently have access to any functions. "
+    "<functions></functions><|im_end|>\\n' -}}{%- endif -%}"
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'system' -%}{{- '<|im_start|>system\\n' + m.content -}}"
+    "{%- if m.get('functions') is not none -%}{{- ' <functions>' + m.functions + '</functions><|im_end|>\\n' -}}"
+    "{%- else -%}{{- ' You do not currently have access to any functions. <functions></functions><|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- elif m.role == 'user' -%}{{- '<|im_start|>user\\n' + m.content + '<|im_end|>\\n' -}}"
+    "{%- elif m.role == 'assistant' -%}{{- '<|im_start|>assistant\\n' -}}"
+    "{%- if m.get('content') is not none -%}{{- m.content -}}{%- endif -%}"
+    "{%- if m.get('function_calls') is not none -%}{{- '<function_calls>' + m.function_calls + '</function_calls>' -}}"
+    "{%- endif -%}"
+    "{%- if not loop.last -%}{{- '<|im_end|>\\n' -}}{%- else -%}{{- eos_token -}}{%- endif -%}"
+    "{%- elif m.role == 'environment' -%}{{- '<|im_start|>environment\\n' + m.content + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- if loop.last and add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+    "{%- endfor -%}")
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return make_tok(tmp_path_factory.mktemp("tok") / "tok")
+
+
+@pytest.fixture(scope="module")
+def otok(tok, tmp_path_factory):
+    """The same tokenizer with the OLMo-3-style template."""
+    path = tmp_path_factory.mktemp("otok") / "tok"
+    tok.save_pretrained(path)
+    out = load_tokenizer(path)
+    out.chat_template = OLMO3_STYLE
+    return out
+
+
+def test_olmo3_calls_parse_to_literal_values_and_never_raise():
+    calls, problems = parse_olmo3('<function_calls>get_weather(city="Paris", days=3)\n'
+                                  "weather.forecast(q='Rome', metric=true, extra=null, at=-1.5, tags=[1, 2], "
+                                  'opts={"a": [None, False]})</function_calls>')
+    assert problems == []
+    assert calls == [{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}},
+                     {"name": "weather.forecast", "arguments": {"q": "Rome", "metric": True, "extra": None,
+                                                                "at": -1.5, "tags": [1, 2],
+                                                                "opts": {"a": [None, False]}}}]
+    assert parse_olmo3("<function_calls>[f(x=1), g()]</function_calls>")[0] == [
+        {"name": "f", "arguments": {"x": 1}}, {"name": "g", "arguments": {}}]
+    assert parse_olmo3("no calls here") == ([], [])
+    # one broken line does not lose the others; calls are numbered across blocks
+    calls, problems = parse_olmo3('<function_calls>f(x=1)\ng(x=\nh(y="z")</function_calls>')
+    assert calls == [{"name": "f", "arguments": {"x": 1}}, {"name": "h", "arguments": {"y": "z"}}]
+    assert problems == ["call 2 is not Python call syntax"]
+    for text, why in (("<function_calls>f(1)</function_calls>", "call 1 (f): positional arguments (write name=value)"),
+                      ("<function_calls>f(x=__import__('os').system('id'))</function_calls>",
+                       "call 1 (f): argument 'x' is not a literal value"),
+                      ("<function_calls>f(x=a + 1)</function_calls>", "call 1 (f): argument 'x' is not a literal value"),
+                      ("<function_calls>f(**{'x': 1})</function_calls>", "call 1 (f): **arguments are not allowed"),
+                      ("<function_calls>x = 1</function_calls>", "call 1 is not a function call"),
+                      ("<function_calls>f()(x=1)</function_calls>", "call 1 does not call a function by name"),
+                      ("<function_calls>f(x=1j)</function_calls>", "call 1 (f): argument 'x' is not a literal value"),
+                      ("<function_calls>f(x=1)", "call 1 is in a block not closed with </function_calls>"),
+                      ("<function_calls> </function_calls>", "call 1: an empty <function_calls> block"),
+                      ("<function_calls>f(x=" + "[" * 5000 + "]" * 5000 + ")</function_calls>", None)):
+        calls, problems = parse_olmo3(text)
+        assert calls == [] and len(problems) == 1 and (why is None or problems[0] == why), (text[:40], problems)
+
+
+def test_calls_written_in_olmo3s_form_read_back_the_same():
+    calls = [{"name": "get_weather", "arguments": {"city": "São Paulo", "units": None, "days": [1, 2.5],
+                                                   "deep": {"k": True}, "quote": 'say "hi"\n'}},
+             {"type": "function", "function": {"name": "ns.tool", "arguments": '{"x": -3}'}}]
+    text = pythonic(calls)
+    assert text.splitlines()[1] == 'ns.tool(x=-3)'
+    assert parse_olmo3(f"<function_calls>{text}</function_calls>") == (
+        [calls[0], {"name": "ns.tool", "arguments": {"x": -3}}], [])
+    assert parse_hermes('<tool_call>{"name": "a", "arguments": "{\\"x\\": 1}"}</tool_call>') == (
+        [{"name": "a", "arguments": {"x": 1}}], [])
+
+
+def test_the_template_format_is_probed(tok, otok):
+    assert tool_format(tok) == "hermes" and tool_format(otok) == "olmo3"
+
+
+CONVERSATION = [{"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": "Checking.", "tool_calls": [
+                    {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                {"role": "tool", "name": "get_weather", "content": "18C"},
+                {"role": "assistant", "content": "It is 18C."}]
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather now",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def test_an_openai_schema_conversation_renders_in_olmo3s_schema(otok):
+    ids, mask = render_chat(otok, CONVERSATION, tools=[WEATHER])
+    functions = json.dumps([WEATHER])
+    assert otok.decode(ids, skip_special_tokens=False) == (
+        f"<|im_start|>system\n{OLMO3_SYSTEM} <functions>{functions}</functions><|im_end|>\n"
+        "<|im_start|>user\nWeather in Paris?<|im_end|>\n"
+        '<|im_start|>assistant\nChecking.<function_calls>get_weather(city="Paris")</function_calls><|im_end|>\n'
+        "<|im_start|>environment\n18C<|im_end|>\n"
+        "<|im_start|>assistant\nIt is 18C.<|endoftext|>")
+    # both assistant turns are labelled, each with its closing token; the environment turn is not
+    labelled = otok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False)
+    assert labelled == ('Checking.<function_calls>get_weather(city="Paris")</function_calls><|im_end|>'
+                        "It is 18C.<|endoftext|>")
+    # a prompt with tools (what eval and the tool loop send) lists them the same way
+    prompt = otok.decode(render_ids(otok, CONVERSATION[:1], add_generation_prompt=True, tools=[WEATHER]),
+                         skip_special_tokens=False)
+    assert prompt.endswith("Weather in Paris?<|im_end|>\n<|im_start|>assistant\n") and f"<functions>{functions}" in prompt
+
+
+DOLCI_ROW = {"id": "d1", "messages": [
+    {"role": "system", "content": "You are a helpful function-calling AI assistant.",
+     "functions": '[{"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]'},
+    {"role": "user", "content": "Weather in Paris?", "functions": None, "function_calls": None},
+    {"role": "assistant", "content": None, "function_calls": "get_weather(city='Paris')"},
+    {"role": "environment", "content": '{"temp": 18}'},
+    {"role": "assistant", "content": "It is 18C."}]}
+
+
+def test_rows_in_olmo3s_schema_are_read_rendered_verbatim_and_masked(tok, otok, tmp_path):
+    from flowlm.data.chat import chat_row, read_chat_rows, render_chat_example
+
+    row = chat_row(DOLCI_ROW)
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant", "tool", "assistant"]
+    assert row["messages"][2]["tool_calls"] == [{"type": "function", "function": {"name": "get_weather",
+                                                                                   "arguments": {"city": "Paris"}}}]
+    assert row["tools"] == [{"type": "function", "function": json.loads(DOLCI_ROW["messages"][0]["functions"])[0]}]
+    # OLMo 3's template: the row as it was written (its own functions text, its call text with its quotes)
+    ids, mask = render_chat_example(otok, row)
+    text = otok.decode(ids, skip_special_tokens=False)
+    assert (f"function-calling AI assistant. <functions>{DOLCI_ROW['messages'][0]['functions']}</functions>" in text
+            and "<function_calls>get_weather(city='Paris')</function_calls><|im_end|>\n<|im_start|>environment\n"
+                '{"temp": 18}<|im_end|>\n' in text)
+    labelled = otok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False)
+    assert labelled == "<function_calls>get_weather(city='Paris')</function_calls><|im_end|>It is 18C.<|endoftext|>"
+    # flowlm's template: the same row in its own format, the tools listed and the call as <tool_call> JSON
+    ids, mask = render_chat_example(tok, row)
+    text = tok.decode(ids, skip_special_tokens=False)
+    assert '"name": "get_weather"' in text and "<|im_start|>tool\n" in text and "environment" not in text
+    assert '{"name": "get_weather", "arguments": {"city": "Paris"}}' in tok.decode(
+        [t for t, m in zip(ids, mask) if m], skip_special_tokens=False)
+    # a call that is not Python call syntax, or functions that are not JSON: one line naming file:line
+    bad = tmp_path / "bad.jsonl"
+    broken = json.loads(json.dumps(DOLCI_ROW))
+    broken["messages"][2]["function_calls"] = "get_weather('Paris')"
+    nojson = json.loads(json.dumps(DOLCI_ROW))
+    nojson["messages"][0]["functions"] = "[{"
+    bad.write_text(json.dumps(DOLCI_ROW) + "\n" + json.dumps(broken) + "\n")
+    with pytest.raises(FlowError, match=rf"{bad}:2: messages\[2\].function_calls: call 1 \(get_weather\): "
+                                        "positional arguments"):
+        list(read_chat_rows(bad))
+    bad.write_text(json.dumps(nojson) + "\n")
+    with pytest.raises(FlowError, match=rf"{bad}:1: messages\[0\].functions is not JSON"):
+        list(read_chat_rows(bad))
+
+
+def olmo3_script(text, j, turn):
+    if turn == 0:
+        return 'Let me compute.<function_calls>calculator(expression="48213 * 9127")</function_calls>'
+    return "It is 440040051."
+
+
+def test_the_tool_loop_reads_and_answers_olmo3_calls_token_for_token(otok):
+    prompt = [{"role": "user", "content": "What is 48213 * 9127?"}]
+    tools = {"calculator": CALCULATOR}
+    engine = ToolEngine(ScriptedEngine(otok, olmo3_script), tools, workers=0)
+    assert engine.format.name == "olmo3"
+    res = engine.generate([prompt], [SamplingParams(max_new_tokens=200)])[0]
+    comp = res.completions[0]
+    assert comp.tool_calls == 1 and comp.tool_errors == 0 and comp.text == "It is 440040051."
+    assert comp.trajectory[0] == {"role": "assistant", "content": "Let me compute.", "reasoning_content": "",
+                                  "tool_calls": [{"type": "function", "function": {
+                                      "name": "calculator", "arguments": {"expression": "48213 * 9127"}}}]}
+    assert comp.trajectory[1] == {"role": "tool", "name": "calculator", "content": "440040051"}
+    tool_text = otok.decode([t for t, m in zip(comp.tokens, comp.tool_mask) if m], skip_special_tokens=False)
+    assert tool_text == "\n<|im_start|>environment\n440040051<|im_end|>\n<|im_start|>assistant\n"
+    # the prompt listed the calculator in OLMo 3's way, and the trajectory is the template's own rendering
+    # of the conversation (the last turn ends at <|im_end|> where the template closes a conversation with the EOS)
+    assert "<functions>" in otok.decode(res.prompt_ids) and '"calculator"' in otok.decode(res.prompt_ids)
+    whole = render_ids(otok, prompt + comp.trajectory, tools=[CALCULATOR.schema])
+    got = res.prompt_ids + comp.tokens
+    assert whole[:-1] == got[:-1] and otok.convert_ids_to_tokens(got[-1]) == "<|im_end|>"
+
+
+def test_the_tool_call_verifier_scores_either_format():
+    from flowlm.verify import verify_row
+
+    truth = {"get_weather": {"city": ["Paris", "paris"], "days": [3, ""]}}
+    row = {"dataset": "tool_call", "ground_truth": truth}
+    assert verify_row(row, '<function_calls>get_weather(city="Paris", days=3)</function_calls>').score == 1.0
+    assert verify_row(row, '<tool_call>{"name": "get_weather", "arguments": {"city": "paris"}}</tool_call>').score == 1.0
+    wrong = verify_row(row, '<function_calls>get_weather(city="Rome")</function_calls>')
+    assert wrong.score == 0.0 and "city" in wrong.reason
+    broken = verify_row(row, "<function_calls>get_weather(city=open('/etc/passwd').read())</function_calls>")
+    assert broken.score == 0.0 and broken.reason == "call 1 (get_weather): argument 'city' is not a literal value"
+
+
+def test_a_template_that_writes_calls_another_way_is_refused_by_name(tok, tmp_path):
+    tok.save_pretrained(tmp_path / "t")
+    other = load_tokenizer(tmp_path / "t")
+    other.chat_template = ("{%- for m in messages -%}{{- m.role + ': ' + (m.content or '') -}}"
+                           "{%- for c in (m.tool_calls or []) -%}{{- '[CALL] ' + c.function.name -}}{%- endfor -%}"
+                           "{%- endfor -%}")
+    assert tool_format(other) == "other"
+    with pytest.raises(FlowError, match="its chat template writes tool calls in a format flowlm does not read"):
+        ToolEngine(ScriptedEngine(other, olmo3_script), {"calculator": CALCULATOR})
+
+
+def olmo3_caller(otok):
+    """A micro OLMo-3 that learnt by heart one calculator trajectory in OLMo 3's format, as its reply to the
+    question below with the calculator listed (what `flowlm generate --tools calculator` renders)."""
+    import torch
+
+    from flowlm.model.config import ModelConfig
+    from flowlm.model.olmo3 import Olmo3
+
+    prompt = render_ids(otok, [{"role": "user", "content": QUESTION}], add_generation_prompt=True,
+                        tools=[CALCULATOR.schema])
+    end = otok.encode("<|im_end|>", add_special_tokens=False)
+    reply = otok.encode(olmo3_script("", 0, 0), add_special_tokens=False) + end
+    tool = otok.encode("\n<|im_start|>environment\n440040051<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+    ids = torch.tensor([prompt + reply + tool + otok.encode(olmo3_script("", 0, 1), add_special_tokens=False) + end])
+    trained = torch.ones(ids.shape[1] - 1, dtype=torch.bool)  # position j predicts token j + 1
+    trained[: len(prompt) - 1] = False
+    trained[len(prompt) + len(reply) - 1: len(prompt) + len(reply) + len(tool) - 1] = False
+    torch.manual_seed(0)
+    model = Olmo3(ModelConfig(vocab_size=len(otok), hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                              intermediate_size=128, max_seq_len=1024, sliding_window=1024))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(250):
+        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0, trained], ids[0, 1:][trained])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+    return model.eval()
+
+
+QUESTION = "What is 48213 * 9127?"
+
+
+def test_an_olmo3_format_checkpoint_calls_tools_and_trains_on_its_own_schema_through_the_cli(otok, tmp_path):
+    """A checkpoint whose template is OLMo 3's: `flowlm generate --tools` reads its `<function_calls>`, runs
+    them and appends `environment` turns; `flowlm train --objective sft` trains on rows in OLMo 3's schema
+    (Dolci's), with labels on exactly the assistant turns' tokens."""
+    from flowlm.model.hf import save_pretrained
+    from tests.flow.test_post_flow import flowlm
+
+    ckpt = tmp_path / "olmo3"
+    save_pretrained(olmo3_caller(otok), otok, ckpt)
+    assert "function_calls" in load_tokenizer(ckpt).chat_template
+    rows = tmp_path / "q.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": QUESTION}]}) + "\n")
+    flowlm("generate", "--model", str(ckpt), "--file", str(rows), "--tools", "calculator", "--temperature", "0",
+           "--max-new-tokens", "200", "--out", str(tmp_path / "o.jsonl"))
+    comp = json.loads((tmp_path / "o.jsonl").read_text())["completions"][0]
+    assert comp["tool_calls"] == 1 and comp["tool_errors"] == 0 and comp["text"] == "It is 440040051."
+    assert [m["role"] for m in comp["trajectory"]] == ["assistant", "tool", "assistant"]
+    assert comp["trajectory"][0]["tool_calls"][0]["function"] == {"name": "calculator",
+                                                                  "arguments": {"expression": "48213 * 9127"}}
+    data = tmp_path / "dolci.jsonl"
+    data.write_text("\n".join(json.dumps({**DOLCI_ROW, "id": f"d{i}"}) for i in range(8)) + "\n")
+    common = ["--no-progress", "eval.max_items=2", "eval.heldout_docs=1", "eval.tasks=[prose]", "threads=1",
+              "stages.sft.seq_len=256", "stages.sft.batch_size=2"]
+    flowlm("train", "--objective", "sft", "--init", str(ckpt), "--data", str(data), "--run-dir", str(tmp_path / "s"),
+           *common)
+    steps = [json.loads(line) for line in (tmp_path / "s" / "sft" / "metrics.jsonl").read_text().splitlines()
+             if line.strip() and "loss" in json.loads(line)]
+    labelled = otok.encode("<function_calls>get_weather(city='Paris')</function_calls><|im_end|>It is 18C.<|endoftext|>",
+                           add_special_tokens=False)
+    assert steps and sum(s["loss_tokens"] for s in steps) == 2 * 8 * len(labelled)  # 2 epochs of 8 rows
