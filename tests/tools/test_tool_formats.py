@@ -35,7 +35,9 @@ OLMO3_STYLE = (
     "{%- if m.get('functions') is not none -%}{{- ' <functions>' + m.functions + '</functions><|im_end|>\\n' -}}"
     "{%- else -%}{{- ' You do not currently have access to any functions. <functions></functions><|im_end|>\\n' -}}"
     "{%- endif -%}"
-    "{%- elif m.role == 'user' -%}{{- '<|im_start|>user\\n' + m.content + '<|im_end|>\\n' -}}"
+    "{%- elif m.role == 'user' -%}{{- '<|im_start|>user\\n' + m.content -}}"
+    "{%- if m.get('functions') is not none -%}{{- '\\n<functions>' + m.functions + '</functions>' -}}{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
     "{%- elif m.role == 'assistant' -%}{{- '<|im_start|>assistant\\n' -}}"
     "{%- if m.get('content') is not none -%}{{- m.content -}}{%- endif -%}"
     "{%- if m.get('function_calls') is not none -%}{{- '<function_calls>' + m.function_calls + '</function_calls>' -}}"
@@ -181,6 +183,14 @@ def test_rows_in_olmo3s_schema_are_read_rendered_verbatim_and_masked(tok, otok, 
     bad.write_text(json.dumps(nojson) + "\n")
     with pytest.raises(FlowError, match=rf"{bad}:1: messages\[0\].functions is not JSON"):
         list(read_chat_rows(bad))
+    # functions listed in a user turn (OLMo 3's template writes them after its text) stay there
+    in_user = json.loads(json.dumps(DOLCI_ROW))
+    in_user["messages"][1]["functions"] = in_user["messages"][0].pop("functions")
+    row = chat_row(in_user)
+    assert row["tools"][0]["function"]["name"] == "get_weather"
+    text = otok.decode(render_chat_example(otok, row)[0], skip_special_tokens=False)
+    assert text.count("<functions>") == 2 and "Weather in Paris?<|im_end|>" not in text  # the system's empty list
+    assert f"Weather in Paris?\n<functions>{in_user['messages'][1]['functions']}</functions>" in text
 
 
 def olmo3_script(text, j, turn):

@@ -12,7 +12,7 @@ schemas, first match wins:
 
 Roles are system, user, assistant, tool. OLMo 3's schema (its Dolci SFT data) is read too: `environment` is
 the tool role, an assistant turn's `function_calls` (Python call lines) become its `tool_calls`, and the
-system turn's `functions` the row's `tools`; both are also kept as written, so OLMo 3's template renders
+system (or a user) turn's `functions` the row's `tools`; both are also kept as written, so OLMo 3's template renders
 them verbatim (`flowlm.tools.formats`). An assistant turn's reasoning is `reasoning_content` or an inline
 `<think>…</think>` prefix of its content; both become `reasoning_content` (every normalised assistant turn
 has one, possibly empty) so downstream code sees one form. Tool calls are normalised to
@@ -141,7 +141,7 @@ def chat_row(row: Mapping[str, Any], *, where: str = "chat row") -> dict[str, An
     out["messages"] = to_messages(row, where=where)
     tools = _tools(row, where)
     listed = next((m["functions"] for m in out["messages"] if "functions" in m), None)
-    if not tools and listed is not None:  # OLMo 3's schema lists them in the system turn
+    if not tools and listed is not None:  # OLMo 3's schema lists them in the system (or a user) turn
         tools = functions_as_tools(listed, "functions") or None
     if tools:
         out["tools"] = tools
@@ -213,7 +213,7 @@ def _message(m: Any, where: str, label: str) -> dict[str, Any]:
     out = {"role": role, "content": _text(m["content"], where, label)}
     if role == "tool":
         out.update({k: m[k] for k in ("name", "tool_call_id") if isinstance(m.get(k), str)})
-    if role == "system" and m.get("functions") is not None:  # OLMo 3's schema: the functions, as written
+    if role in ("system", "user") and m.get("functions") is not None:  # OLMo 3's schema: as written
         try:
             functions_as_tools(m["functions"], label)
         except FlowError as e:

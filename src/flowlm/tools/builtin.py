@@ -33,6 +33,7 @@ class Tool:
     description: str
     parameters: dict[str, Any]
     fn: Callable[[dict[str, Any]], str]
+    strict: bool = True  # check the arguments against `parameters` here (an MCP server checks its own)
 
     @property
     def schema(self) -> dict[str, Any]:
@@ -42,13 +43,14 @@ class Tool:
 
     def run(self, arguments: dict[str, Any]) -> str:
         """The tool's answer to a call; an argument problem or a failure is an `error: ...` answer."""
-        required = self.parameters.get("required", [])
-        missing = [k for k in required if k not in arguments]
-        if missing:
-            return f"error: missing argument {missing[0]!r}"
-        extra = sorted(set(arguments) - set(self.parameters.get("properties", {})))
-        if extra:
-            return f"error: unknown argument {extra[0]!r}"
+        if self.strict:
+            required = self.parameters.get("required", [])
+            missing = [k for k in required if k not in arguments]
+            if missing:
+                return f"error: missing argument {missing[0]!r}"
+            extra = sorted(set(arguments) - set(self.parameters.get("properties", {})))
+            if extra:
+                return f"error: unknown argument {extra[0]!r}"
         try:
             out = self.fn(arguments)
         except Exception as exc:  # the call is model output: whatever it does, the model gets an answer
@@ -128,21 +130,42 @@ TOOLS = {t.name: t for t in (CALCULATOR, PYTHON)}
 
 
 def known_tools(names: list[str]) -> list[str]:
-    """`names` without repeats; ValueError naming the built-in tools for an unknown one (config validators)."""
-    unknown = [n for n in names if n not in TOOLS]
+    """`names` without repeats; ValueError naming the built-in tools for an unknown one (config validators).
+    An `mcp:SERVER` entry stands for the tools of an MCP server (`flowlm.tools.mcp`; checked, not started)."""
+    from flowlm.tools.mcp import check_spec, is_mcp
+
+    unknown = [n for n in names if n not in TOOLS and not is_mcp(n)]
     if unknown:
-        raise ValueError(f"unknown tool {unknown[0]!r}; built-in tools: {', '.join(TOOLS)}")
+        raise ValueError(f"unknown tool {unknown[0]!r}; built-in tools: {', '.join(TOOLS)}, or mcp:SERVER "
+                         "(an MCP server's command or URL)")
+    for n in names:
+        if is_mcp(n):
+            check_spec(n)
     return list(dict.fromkeys(names))
 
 
 def select_tools(names: list[str]) -> dict[str, Tool]:
-    """The named built-in tools; an unknown name is a usage error naming the known ones."""
+    """The named built-in tools, and the tools of each `mcp:` server (connected here); an unknown name,
+    or two tools of one name, is a usage error."""
+    from flowlm.tools.mcp import connect, is_mcp
+
     if not names:
-        raise ConfigError(f"--tools: name at least one tool ({', '.join(TOOLS)})")
+        raise ConfigError(f"--tools: name at least one tool ({', '.join(TOOLS)}, or mcp:SERVER)")
     try:
-        return {n: TOOLS[n] for n in known_tools(names)}
+        names = known_tools(names)
     except ValueError as exc:
         raise ConfigError(f"--tools: {exc}") from None
+    out: dict[str, Tool] = {}
+    where: dict[str, str] = {}
+    for name in names:
+        offered = connect(name).tools if is_mcp(name) else {name: TOOLS[name]}
+        for tool in offered.values():
+            if tool.name in out:
+                raise ConfigError(f"--tools: two tools named {tool.name!r} (from {where[tool.name]} and {name})")
+            out[tool.name], where[tool.name] = tool, name
+    if not out:
+        raise ConfigError(f"--tools: {', '.join(names)} offer no tools")
+    return out
 
 
 def check_available(tools: dict[str, Tool]) -> None:

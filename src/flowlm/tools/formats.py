@@ -237,9 +237,9 @@ def to_olmo3_messages(messages: list[dict[str, Any]], tools: list[dict[str, Any]
     """OpenAI-schema messages (and the tools to list) in OLMo 3's schema: tools as the system turn's
     `functions` (a system turn with OLMo 3's function-calling prompt is added when there is none), calls as
     `function_calls` text, answers as `environment` turns. A turn already in OLMo 3's schema (a row read from
-    its data: raw `function_calls`, a system turn's own `functions`) is kept as written."""
+    its data: raw `function_calls`, a system or user turn's own `functions`) is kept as written."""
     out = [dict(m) for m in messages]
-    if tools:
+    if tools and not any(m.get("functions") is not None for m in out):  # (a row in this schema lists its own)
         listed = json.dumps(tools, ensure_ascii=False)
         if out and out[0].get("role") == "system":
             out[0].setdefault("functions", listed)
@@ -253,7 +253,7 @@ def to_olmo3_messages(messages: list[dict[str, Any]], tools: list[dict[str, Any]
             calls = m.pop("tool_calls")
             if not isinstance(m.get("function_calls"), str):
                 m["function_calls"] = pythonic(calls)
-        if m.get("role") == "system" and isinstance(m.get("functions"), list):
+        if isinstance(m.get("functions"), list):
             m["functions"] = json.dumps(m["functions"], ensure_ascii=False)
     return out
 

@@ -1,0 +1,129 @@
+"""Tools from MCP servers (`flowlm.tools.mcp`), against a server on the official SDK (`mcp_server.py`).
+
+Listed tools become flowlm tools with the server's schemas; calls give the server's text, and every way a
+call can fail (an error result, arguments the server rejects, a timeout, a server that is gone) is an
+`error: ...` answer, never an exception. Calls from many threads share one connection. Through the
+installed command, a micro model that learnt one call to the server's `add` runs it in `flowlm generate`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from flowlm.errors import ConfigError, FlowError
+from flowlm.generate.params import SamplingParams
+from flowlm.tools import mcp
+from flowlm.tools.builtin import known_tools, select_tools
+from flowlm.tools.engine import ToolEngine
+from tests.tools.test_tool_rollouts import ScriptedEngine, call, make_tok
+
+SERVER = f"mcp:{sys.executable} {Path(__file__).with_name('mcp_server.py')}"
+
+
+
+@pytest.fixture(scope="module")
+def tools():
+    yield select_tools(["calculator", SERVER])
+    mcp.close_all()
+
+
+def test_a_servers_tools_are_offered_with_its_schemas_and_answer(tools):
+    assert list(tools) == ["calculator", "add", "weather", "fails", "count", "slow"]
+    add = tools["add"].schema["function"]
+    assert add["description"] == "Add two integers." and add["parameters"]["required"] == ["a", "b"]
+    assert add["parameters"]["properties"]["a"]["type"] == "integer"
+    assert tools["add"].run({"a": 2, "b": 3}) == "5"
+    assert tools["weather"].run({"city": "Paris"}) == "Paris: 18C, light rain"
+    assert tools["fails"].run({"reason": "x"}).startswith("error: ")  # the server's error result
+    rejected = tools["add"].run({"a": "x"})  # the server validates its own arguments
+    assert rejected.startswith("error: ") and "validation" in rejected
+    # one connection serves calls from many threads; the server's state is shared by them
+    with ThreadPoolExecutor(8) as pool:
+        counts = list(pool.map(lambda _: int(tools["count"].run({})), range(16)))
+    assert sorted(counts) == list(range(1, 17))
+
+
+def test_timeouts_dead_servers_and_bad_specs_are_answers_or_one_line_errors(tmp_path):
+    server = mcp.MCPServer(SERVER[len("mcp:"):], call_timeout=1)
+    try:
+        assert server.call("slow", {"seconds": 0.1}) == "done"
+        assert server.call("slow", {"seconds": 5}).startswith("error: ")
+        assert server.call("nope", {}).startswith("error: ")
+    finally:
+        server.close()
+    assert server.call("add", {"a": 1, "b": 2}) == f"error: the MCP server {server.spec!r} is not running"
+    with pytest.raises(FlowError, match=r"MCP server 'false': cannot connect \("):
+        mcp.MCPServer("false", connect_timeout=30)
+    for bad, why in (("mcp:", "give the server after 'mcp:'"), ("mcp:python 'x", "does not parse"),
+                     ("search", "unknown tool 'search'; built-in tools: calculator, python, or mcp:SERVER")):
+        with pytest.raises(ValueError, match=why):
+            known_tools([bad])
+    twice = f"mcp:{sys.executable}  {Path(__file__).with_name('mcp_server.py')}"  # another spec: a second server
+    with pytest.raises(ConfigError, match=f"two tools named 'add' \\(from {SERVER} and {twice}\\)"):
+        select_tools([SERVER, twice])
+    mcp.disconnect(twice)
+    assert select_tools([SERVER])["add"].run({"a": 1, "b": 2}) == "3"  # the first is still connected
+
+
+def test_the_tool_loop_runs_calls_on_the_server(tools, tmp_path):
+    tok = make_tok(tmp_path / "tok")
+
+    def script(text, j, turn):
+        return call("add", a=40, b=2) if turn == 0 else "It is 42."
+
+    res = ToolEngine(ScriptedEngine(tok, script), tools, workers=4).generate(
+        [[{"role": "user", "content": "40 + 2?"}]], [SamplingParams(n=3, max_new_tokens=300, seed=1)])[0]
+    for comp in res.completions:
+        assert comp.tool_calls == 1 and comp.text == "It is 42."
+        assert comp.trajectory[1] == {"role": "tool", "name": "add", "content": "42"}
+    assert '"name": "weather"' in tok.decode(res.prompt_ids)  # the server's tools are listed in the prompt
+
+
+def test_generate_calls_an_mcp_servers_tool_through_the_installed_command(tools, tmp_path):
+    import torch
+
+    from flowlm.model.config import ModelConfig
+    from flowlm.model.hf import save_pretrained
+    from flowlm.model.olmo3 import Olmo3
+    from flowlm.model.tokenizer import render_ids, turn_end_ids
+    from tests.flow.test_post_flow import flowlm
+
+    tok = make_tok(tmp_path / "tok")
+    question = [{"role": "user", "content": "What is 40 + 2?"}]
+    only = SERVER + " --only add"  # one tool: a shorter prompt to learn
+    prompt = render_ids(tok, question, add_generation_prompt=True, tools=[t.schema for t in select_tools([only]).values()])
+    mcp.disconnect(only)
+    end = list(turn_end_ids(tok))
+    reply = tok.encode("<think>\n\n</think>\n\n" + call("add", a=40, b=2), add_special_tokens=False) + end
+    answer = "\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n"
+    turn = tok.encode(answer, add_special_tokens=False)
+    ids = torch.tensor([prompt + reply + turn + tok.encode("<think>\n\n</think>\n\nIt is 42.", add_special_tokens=False) + end])
+    trained = torch.ones(ids.shape[1] - 1, dtype=torch.bool)
+    trained[: len(prompt) - 1] = False
+    trained[len(prompt) + len(reply) - 1: len(prompt) + len(reply) + len(turn) - 1] = False
+    torch.manual_seed(0)
+    model = Olmo3(ModelConfig(vocab_size=len(tok), hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                              intermediate_size=128, max_seq_len=2048, sliding_window=2048))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(250):
+        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0, trained], ids[0, 1:][trained])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+    save_pretrained(model.eval(), tok, tmp_path / "m")
+    rows = tmp_path / "q.jsonl"
+    rows.write_text(json.dumps({"messages": question}) + "\n")
+    proc = flowlm("generate", "--model", str(tmp_path / "m"), "--file", str(rows), "--tools", only,
+                  "--temperature", "0", "--max-new-tokens", "300", "--out", str(tmp_path / "o.jsonl"))
+    comp = json.loads((tmp_path / "o.jsonl").read_text())["completions"][0]
+    assert comp["tool_calls"] == 1 and comp["trajectory"][1] == {"role": "tool", "name": "add", "content": "42"}
+    assert comp["text"].endswith("It is 42.") and "1 tool call(s) run" in proc.stderr
+    bad = flowlm("generate", "--model", str(tmp_path / "m"), "--file", str(rows), "--tools", "mcp:false", check=False)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith(
+        "error: MCP server 'false': cannot connect (")
