@@ -175,6 +175,8 @@ def test_on_policy_distillation_samples_the_student_and_is_reproducible(post_run
     assert [r["step"] for r in steps] == [1, 2]
     # labels are the sampled completion tokens only: at most max_new_tokens per prompt, 2 prompts per step
     assert all(0 < r["loss_tokens"] <= 2 * 12 and 0 <= r["teacher_agreement"] <= 1 for r in steps)
+    # the batches' statistics are the step's metrics: the sampled tokens are the labelled ones (none cut here)
+    assert all(r["generated_tokens"] == r["loss_tokens"] and 0 <= r["truncated"] <= 2 for r in steps)
     # the same stage again (another name, another directory): the same samples, so the same losses
     d = tmp_path / "run"
     subprocess.run(["cp", "-r", str(post_run), str(d)], check=True)

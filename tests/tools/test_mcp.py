@@ -9,6 +9,7 @@ installed command, a micro model that learnt one call to the server's `add` runs
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,6 +60,10 @@ def test_timeouts_dead_servers_and_bad_specs_are_answers_or_one_line_errors(tmp_
     assert server.call("add", {"a": 1, "b": 2}) == f"error: the MCP server {server.spec!r} is not running"
     with pytest.raises(FlowError, match=r"MCP server 'false': cannot connect \("):
         mcp.MCPServer("false", connect_timeout=30)
+    # a server that never answers: a one-line error in time, and its process does not outlive the attempt
+    with pytest.raises(FlowError, match=r"MCP server 'sleep 4242.5': no tool listing within 2 s"):
+        mcp.MCPServer("sleep 4242.5", connect_timeout=2)
+    assert subprocess.run(["pgrep", "-f", "sleep 4242.5"], capture_output=True).returncode == 1
     for bad, why in (("mcp:", "give the server after 'mcp:'"), ("mcp:python 'x", "does not parse"),
                      ("search", "unknown tool 'search'; built-in tools: calculator, python, or mcp:SERVER")):
         with pytest.raises(ValueError, match=why):

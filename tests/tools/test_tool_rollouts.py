@@ -522,3 +522,49 @@ def test_rows_with_their_own_functions_are_listed_in_their_prompts_and_checked(t
         RolloutSource([{**rows[0], "prompt": "q"}], tok, RolloutConfig(**cfg), seed=0, max_len=1024, plain=True)
     with pytest.raises(FlowError, match=r"row 0 \(x\): `tools` must be a non-empty list"):
         RolloutSource([{**rows[0], "id": "x", "tools": "calculator"}], tok, RolloutConfig(**cfg), seed=0, max_len=1024)
+
+
+def test_on_policy_distillation_samples_with_tools_and_trains_on_the_sampled_tokens_only(tok, caller, tmp_path):
+    """`on_policy.tools`: the student samples through the tool loop; the batch keeps the tool's answer as
+    context (the teacher reads it) and labels only what the student sampled; the calls are counted in the
+    batch statistics, and through `flowlm train --objective distill` in the step metrics."""
+    from flowlm.model.hf import save_pretrained
+    from flowlm.train.objectives.distill import DistillConfig, DistillObjective
+    from flowlm.train.onpolicy import OnPolicyLoader
+    from tests.flow.test_post_flow import flowlm
+
+    model, start, reply = caller
+    loader = OnPolicyLoader([[{"role": "user", "content": ROW["prompt"]}]], tok, batch_size=1, seed=0,
+                            max_new_tokens=150, temperature=0.5, tools=["calculator"], max_tool_calls=1)
+    loader.bind(model)
+    batch = next(iter(loader))
+    tool = tok.encode("\n<|im_start|>tool\n440040051<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+    at = start + reply
+    assert batch["input_ids"][0, at:at + len(tool)].tolist() == tool  # the answer is in the sequence
+    labelled = batch["labels"][0] != -100  # position j predicts token j + 1
+    assert labelled[start - 1:at - 1].all() and not labelled[at - 1:at - 1 + len(tool)].any()
+    assert labelled[at - 1 + len(tool)] and not labelled[: start - 1].any()
+    assert batch["stat_sum/tool_calls"].sum() == 1 and batch["stat_sum/tool_errors"].sum() == 0
+    assert batch["stat_sum/generated_tokens"].sum() == int(labelled.sum())
+    objective = DistillObjective(DistillConfig(teacher="unused"))
+    objective.teacher = model
+    metrics = objective.loss(model, batch).metrics
+    agreement = metrics["teacher_agreement"]
+    assert float(metrics["tool_calls"].value) == 1.0 and float(agreement.total.detach() / agreement.count) == 1.0
+    # the stage, through the installed command: the calls in every step's metrics
+    save_pretrained(model, tok, tmp_path / "m")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": ROW["prompt"]}) + "\n" + json.dumps({"prompt": ROW["prompt"]}) + "\n")
+    flowlm("train", "--objective", "distill", "--init", str(tmp_path / "m"), "--data", str(prompts),
+           f"stages.distill.objective.teacher={tmp_path / 'm'}", "stages.distill.steps=2",
+           "stages.distill.on_policy={max_new_tokens: 150, temperature: 0.5, tools: [calculator], max_tool_calls: 1}",
+           "stages.distill.seq_len=1024", "stages.distill.batch_size=2", "--run-dir", str(tmp_path / "r"),
+           "--no-progress", "eval.max_items=2", "eval.heldout_docs=1", "eval.tasks=[prose]", "threads=1")
+    steps = [json.loads(x) for x in (tmp_path / "r" / "distill" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(x)]
+    assert [s["step"] for s in steps] == [1, 2] and all(s["tool_calls"] == 2 for s in steps)
+    assert all(s["loss_tokens"] == s["generated_tokens"] for s in steps)
+    bad = flowlm("train", "--objective", "distill", "--init", str(tmp_path / "m"), "--data", str(prompts),
+                 f"stages.distill.objective.teacher={tmp_path / 'm'}", "stages.distill.on_policy={tool_workers: 2}",
+                 check=False)
+    assert bad.returncode != 0 and "tool_workers only applies with tools" in bad.stderr

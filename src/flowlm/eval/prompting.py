@@ -8,7 +8,7 @@ template for base models, optionally with few-shot examples.
 - `plain`: the suite's template (`Question: {question}\\nAnswer:` by default, the format the built-in
   pretraining data uses), examples first, each followed by its worked demo; the suite's stop strings
   end the answer where a base model would start the next question.
-- `tools` (chat only): built-in tools listed in the system turn; the harness runs the model's calls
+- `tools` (chat only): tools (built-in, or `mcp:SERVER`) listed in the system turn; the harness runs the model's calls
   between turns (`flowlm.tools.engine`) and scores the reply after the last one, so an eval with and
   without tools is the seed's no-tools / tools comparison.
 
@@ -40,7 +40,7 @@ class PromptFormat:
     system: str | None = None
     """Chat: an optional system turn."""
     tools: tuple[str, ...] = ()
-    """Chat: built-in tools (`flowlm.tools.builtin`) listed in the system turn and run while the model answers
+    """Chat: tools (built-in names or `mcp:SERVER`; `flowlm.tools.builtin`) listed in the system turn and run while the model answers
     (`flowlm.tools.engine.ToolEngine`); the reply after the last call is what is scored."""
     max_tool_calls: int = 5
     """With `tools`: calls (and tool turns) per sample at most."""

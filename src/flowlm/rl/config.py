@@ -85,8 +85,8 @@ class RolloutConfig(Strict):
     stop: list[str] = Field(default_factory=list, description="strings that end a completion (plain prompts: "
                                                                   "the next '\\nQuestion:'); chat stops at <|im_end|>")
     tools: list[str] = Field(
-        default_factory=list, description="built-in tools the policy may call while it samples (calculator, python; "
-                                          "flowlm.tools): listed in the system turn, run between turns, their "
+        default_factory=list, description="tools the policy may call while it samples (built-in: calculator, python; "
+                                          "or mcp:SERVER, an MCP server's; flowlm.tools): listed in the system turn, run between turns, their "
                                           "answers appended as tokens and masked out of the loss (mask_tool_use)")
     max_tool_calls: int = Field(5, ge=1, description="with tools: calls (and tool turns) per completion at most")
     tool_workers: int = Field(

@@ -153,13 +153,13 @@ class MCPServer:
             return f"error: {_reason(exc)}"
 
     def close(self) -> None:
-        """Close the connection (a stdio server's process ends) and stop the loop's thread."""
+        """Close the connection (a stdio server's process ends) and stop the loop's thread. A server still
+        connecting (or hung) has its connection cancelled, which ends its process too."""
         if self._closing is not None:
             self._loop.call_soon_threadsafe(self._closing.set)
-            try:
-                self._owner.result(timeout=10)
-            except Exception:  # noqa: BLE001 - closing: nothing left to report to
-                pass
+        if not concurrent.futures.wait([self._owner], timeout=5).done:
+            self._owner.cancel()
+            concurrent.futures.wait([self._owner], timeout=5)
         self._client = None
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)

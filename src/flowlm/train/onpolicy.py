@@ -13,12 +13,20 @@ Before each batch the engine takes the policy's current weights (`Engine.update_
 by the engine), then samples one completion per prompt at `temperature` with a seed derived from
 (seed, epoch, position, row), so a resumed run regenerates exactly what an uninterrupted one would:
 the loader's state is only its position. Prompts are visited in a seeded permutation per epoch.
+
+With `tools` the student samples through the tool loop (`flowlm.tools.engine.ToolEngine`): its calls run
+between its turns and the tools' answers are appended as tokens, which the batch keeps as context (the
+teacher reads them too) and leaves out of the labels, as RL does (`mask_tool_use`). Calls run inline by
+default (`tool_workers=0`), so the tokens depend on the seeds alone and a resumed run regenerates them.
+Each batch carries its statistics (`stat_sum/...` columns, `flowlm.rl.stats`): generated tokens, truncated
+completions, and with tools the calls made and the calls answered with an error.
 Single process: under torchrun each rank would need the full weights for sampling (not supported;
 `bind` refuses a sharded model).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -27,6 +35,7 @@ import torch
 from torch import nn
 
 from flowlm.errors import ConfigError
+from flowlm.rl.stats import stat_columns
 from flowlm.train.losses import IGNORE
 
 
@@ -35,7 +44,8 @@ class OnPolicyLoader:
 
     def __init__(self, prompts: Sequence[list[dict[str, Any]]], tokenizer: Any, *, batch_size: int, seed: int,
                  max_new_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0, max_len: int | None = None,
-                 enable_thinking: bool = True) -> None:
+                 enable_thinking: bool = True, tools: Sequence[str] = (), max_tool_calls: int = 5,
+                 tool_workers: int = 0) -> None:
         if not prompts:
             raise ConfigError("on-policy data: no prompts")
         if batch_size <= 0 or batch_size > len(prompts):
@@ -44,10 +54,11 @@ class OnPolicyLoader:
         self.batch_size, self.seed = batch_size, seed
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.max_len, self.enable_thinking = max_len, enable_thinking
+        self.tools, self.max_tool_calls, self.tool_workers = list(tools), max_tool_calls, tool_workers
         self.epoch, self.position = 0, 0
         self.engine: Any = None
         self._policy: nn.Module | None = None
-        self.stats = {"generated_tokens": 0, "truncated": 0}
+        self.stats: Counter[str] = Counter()
 
     @property
     def batches_per_epoch(self) -> int:
@@ -62,6 +73,12 @@ class OnPolicyLoader:
         self._policy = policy
         cfg = GenerateConfig(max_slots=self.batch_size, enable_thinking=self.enable_thinking)
         self.engine = Engine(policy, self.tokenizer, cfg)
+        if self.tools:
+            from flowlm.tools.builtin import usable_tools
+            from flowlm.tools.engine import ToolEngine
+
+            self.engine = ToolEngine(self.engine, usable_tools(self.tools), max_calls=self.max_tool_calls,
+                                     enable_thinking=self.enable_thinking, workers=self.tool_workers)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
@@ -92,25 +109,34 @@ class OnPolicyLoader:
         params = [SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
                                  seed=base + i) for i in range(len(rows))]
         results = self.engine.generate([self.prompts[int(r)] for r in rows], params)
-        seqs = []
+        seqs, stats = [], Counter[str]()
         for res in results:
             if not res.ok:
                 raise ConfigError(f"on-policy data: a prompt could not be sampled ({res.error})")
             comp = res.completions[0]
-            self.stats["generated_tokens"] += len(comp.tokens)
-            self.stats["truncated"] += comp.finish_reason == FINISH_LENGTH
+            tool_mask = list(comp.tool_mask) or [0] * len(comp.tokens)
+            stats["generated_tokens"] += len(comp.tokens) - sum(tool_mask)
+            stats["truncated"] += comp.finish_reason == FINISH_LENGTH
+            if self.tools:
+                stats["tool_calls"] += comp.tool_calls
+                stats["tool_errors"] += comp.tool_errors
             ids = (list(res.prompt_ids) + list(comp.tokens))[: self.max_len]
-            seqs.append((ids, len(res.prompt_ids)))
-        return self.collate(seqs)
+            seqs.append((ids, len(res.prompt_ids), tool_mask))
+        self.stats.update(stats)
+        return {**self.collate(seqs), **stat_columns(stats, len(seqs))}
 
-    def collate(self, seqs: list[tuple[list[int], int]]) -> dict[str, torch.Tensor]:
+    def collate(self, seqs: list[tuple[list[int], int, list[int]]]) -> dict[str, torch.Tensor]:
+        """Padded rows; labels on the sampled completion tokens (not the prompt's, not the tools' answers)."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        T = max(len(ids) for ids, _ in seqs)
+        T = max(len(ids) for ids, _, _ in seqs)
         input_ids = torch.full((len(seqs), T), pad, dtype=torch.int64)
         labels = torch.full((len(seqs), T), IGNORE, dtype=torch.int64)
-        for r, (ids, n_prompt) in enumerate(seqs):
+        for r, (ids, n_prompt, tool_mask) in enumerate(seqs):
             t = torch.tensor(ids, dtype=torch.int64)
             input_ids[r, : len(ids)] = t
             # position j predicts token j + 1: targets are the completion tokens (positions n_prompt - 1 ..)
-            labels[r, n_prompt - 1: len(ids) - 1] = t[n_prompt:]
+            target = t[n_prompt:].clone()
+            tools = torch.tensor(tool_mask[: len(target)], dtype=torch.bool)
+            target[tools] = IGNORE
+            labels[r, n_prompt - 1: len(ids) - 1] = target
         return {"input_ids": input_ids, "labels": labels}

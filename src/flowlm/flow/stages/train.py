@@ -72,10 +72,29 @@ class OnPolicyConfig(Strict):
     `data` then names prompts: 'builtin' (training-split task prompts), a data stage (its rows' prompts),
     or a JSONL of prompt rows."""
 
-    max_new_tokens: int = Field(256, gt=0)
+    max_new_tokens: int = Field(256, gt=0, description="per completion, tool turns included")
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     n_prompts: int = Field(2000, gt=0, description="data: builtin: how many prompts")
+    tools: list[str] = Field(default_factory=list, description="tools the student may call while it samples "
+                             "(built-in names or mcp:SERVER; their answers are context, not targets)")
+    max_tool_calls: int = Field(5, ge=1, description="with tools: calls (and tool turns) per completion at most")
+    tool_workers: int = Field(0, ge=0, description="with tools: threads that run calls beside decoding (0: inline, "
+                                                   "so a resumed run regenerates the same tokens)")
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, value: list[str]) -> list[str]:
+        from flowlm.tools.builtin import known_tools
+
+        return known_tools(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> "OnPolicyConfig":
+        tool_only = sorted(f for f in ("max_tool_calls", "tool_workers") if f in self.model_fields_set)
+        if not self.tools and tool_only:
+            raise ValueError(f"{', '.join(tool_only)} only applies with tools")
+        return self
 
 
 class TrainStageConfig(EngineConfig):
@@ -215,7 +234,8 @@ def on_policy_loader(ctx: StageContext, name: str, cfg: TrainStageConfig, tok: A
     # SFT and pair rows: the prompt is what precedes the final answer
     prompts = [[{"role": m["role"], "content": m.get("content") or ""} for m in prompt_messages(row)] for row in rows]
     return OnPolicyLoader(prompts, tok, batch_size=cfg.batch_size, seed=cfg.seed, max_new_tokens=op.max_new_tokens,
-                          temperature=op.temperature, top_p=op.top_p, max_len=cfg.seq_len)
+                          temperature=op.temperature, top_p=op.top_p, max_len=cfg.seq_len, tools=op.tools,
+                          max_tool_calls=op.max_tool_calls, tool_workers=op.tool_workers)
 
 
 def make_loader(ctx: StageContext, name: str, cfg: TrainStageConfig, tok: Any, kind: str) -> Any:

@@ -23,6 +23,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from flowlm.errors import ConfigError
+from flowlm.rl.stats import rollout_metrics
 from flowlm.train.losses import IGNORE
 from flowlm.train.objectives.base import LossOutput, Mean, Objective, ObjectiveConfig, register_objective
 from flowlm.train.post_losses import chunked_rows, default_chunk_rows, generalized_jsd, head_weight, through_head
@@ -105,7 +106,9 @@ class DistillObjective(Objective):
             return chunked_rows(self._chunk, (s_rows, t_rows), (w, t_w), chunk)
 
         per_token, agree = through_head(model, batch["input_ids"], project, **kw).unbind(1)
-        return LossOutput(per_token.sum(), {"teacher_agreement": Mean(agree.sum(), valid.sum())})
+        # an on-policy batch's statistics (generated tokens, tool calls: `flowlm.train.onpolicy`)
+        return LossOutput(per_token.sum(), {"teacher_agreement": Mean(agree.sum(), valid.sum()),
+                                            **rollout_metrics(batch)})
 
     def _chunk(self, s: torch.Tensor, t: torch.Tensor, s_w: torch.Tensor | None,
                t_w: torch.Tensor | None) -> torch.Tensor:
