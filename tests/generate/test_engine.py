@@ -250,3 +250,21 @@ def test_a_chat_reply_stops_at_the_end_of_turn_token(tok) -> None:
     assert ends_its_turn(chat, SamplingParams(stop_token_ids=(im_end,)), tok).stop_token_ids == (im_end,)
     assert ends_its_turn(chat, SamplingParams(ignore_eos=True), tok).stop_token_ids == ()
     assert ends_its_turn("hi", greedy, tok) is greedy and ends_its_turn(ids, greedy, tok) is greedy
+
+
+def test_completion_text_keeps_think_and_tool_markup_a_tokenizer_calls_special(tok_dir: Path) -> None:
+    """Some tokenizers declare `<think>` or `<tool_call>` special, and decoding with `skip_special_tokens`
+    (vLLM's default, and this engine's until 2026-12-07) then drops the markup the verifiers and the tool loop
+    parse. A completion's text leaves out the control tokens only (`decode_reply`)."""
+    from flowlm.model.tokenizer import decode_reply, load_tokenizer
+
+    mtok = load_tokenizer(tok_dir)
+    mtok.add_special_tokens({"extra_special_tokens": ["<|im_start|>", "<|im_end|>", "<think>", "</think>",
+                                                      "<tool_call>", "</tool_call>"]})
+    ids = mtok.encode("<think>\nhm\n</think>\n\n<tool_call>\n{}\n</tool_call><|im_end|>", add_special_tokens=False)
+    assert "<think>" not in mtok.decode(ids, skip_special_tokens=True)  # the hazard
+    assert decode_reply(mtok, ids) == "<think>\nhm\n</think>\n\n<tool_call>\n{}\n</tool_call>"
+    assert decode_reply(mtok, ids, stop=("</think>",)) == "<think>\nhm\n"
+    out = Engine(micro_model(vocab_size=len(mtok)), mtok).generate(
+        ["<think>"], SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True))[0].completions[0]
+    assert out.text == decode_reply(mtok, out.tokens)

@@ -43,6 +43,7 @@ from flowlm.generate.driver import Driver, InflightUpdates
 from flowlm.generate.prompts import Prompt, check_prompt, ends_its_turn, to_prompt_ids
 from flowlm.generate.sampling import sample
 from flowlm.generate.threads import one_thread
+from flowlm.model.tokenizer import decode_reply
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -302,7 +303,7 @@ class Engine(InflightUpdates, Driver):
             return FINISH_STOP
         if params.stop and self.tokenizer is not None:
             longest = max(len(x) for x in params.stop)
-            tail = self.tokenizer.decode(c.tokens[-(longest + 8):], skip_special_tokens=True)
+            tail = decode_reply(self.tokenizer, c.tokens[-(longest + 8):])
             if any(x in tail for x in params.stop):
                 return FINISH_STOP
         if len(c.tokens) >= params.max_new_tokens or len(s.state.request.prompt_ids) + len(c.tokens) >= self.context:
@@ -332,9 +333,7 @@ class Engine(InflightUpdates, Driver):
     def _text(self, tokens: list[int], params: SamplingParams) -> str:
         if self.tokenizer is None:
             return ""
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        cuts = [text.find(x) for x in params.stop if x in text]
-        return text[:min(cuts)] if cuts else text
+        return decode_reply(self.tokenizer, tokens, params.stop)
 
 
 def _default_eos(tokenizer: Any, model: nn.Module) -> set[int]:

@@ -50,6 +50,7 @@ from flowlm.generate.params import (FINISH_LENGTH, FINISH_STOP, LOGPROBS_MODES, 
                                     Timings)
 from flowlm.generate.driver import Driver, InflightUpdates
 from flowlm.generate.prompts import Prompt, check_prompt, ends_its_turn, to_prompt_ids
+from flowlm.model.tokenizer import decode_reply
 
 
 def require_vllm() -> Any:
@@ -96,6 +97,7 @@ class VLLMEngine(InflightUpdates, Driver):
         self._next_id = 0
         self._ready: list[Result] = []
         self._live: dict[str, Result] = {}
+        self._stops: dict[str, tuple[str, ...]] = {}  # per live request: the stop strings its text is cut at
         self.stats = {"generated_tokens": 0, "steps": 0, "weight_updates": 0, "prefix_cache_resets": 0,
                       "prefix_cache_resets_refused": 0}
 
@@ -134,6 +136,7 @@ class VLLMEngine(InflightUpdates, Driver):
                 return rid
             result.completions = [Completion() for _ in range(params.n)]
             self._live[str(rid)] = result
+            self._stops[str(rid)] = tuple(params.stop)
             prompt = {"prompt_token_ids": ids, "cache_salt": self.cache_salt()}
             self._engine.add_request(str(rid), prompt, self._to_vllm(params))
         return rid
@@ -187,11 +190,13 @@ class VLLMEngine(InflightUpdates, Driver):
             c.tokens.extend(new)
             c.versions.extend([self.version] * len(new))
             self.stats["generated_tokens"] += len(new)
-            c.text = seq.text
             if seq.finish_reason:
                 c.finish_reason = FINISH_LENGTH if seq.finish_reason == "length" else FINISH_STOP
+                # flowlm's text, not vLLM's: vLLM skips every special token, markup a parser reads included
+                c.text = decode_reply(self.tokenizer, c.tokens, self._stops.get(out.request_id, ()))
         if out.finished:
             result.timings.finished = now
+            self._stops.pop(out.request_id, None)
             self._ready.append(self._live.pop(out.request_id))
 
     def _checked_state(self, state: dict[str, Any], strict: bool) -> dict[str, Any]:

@@ -89,6 +89,33 @@ def turn_end_ids(tokenizer: Any) -> tuple[int, ...]:
     return (tid,) if tid is not None else ()
 
 
+# Markup that reasoning and tool-call parsers read: kept in a completion's text even where a tokenizer
+# declares it special (some do: vLLM had to stop skipping special tokens for its Hermes parser).
+PARSED_MARKUP = (THINK, END_THINK, TOOL_CALL, END_TOOL_CALL, "<function_calls>", "</function_calls>",
+                 "<functions>", "</functions>", "<tool_response>", "</tool_response>")
+_HIDDEN: dict[int, tuple[Any, frozenset[int]]] = {}
+
+
+def hidden_ids(tokenizer: Any) -> frozenset[int]:
+    """The ids a completion's text leaves out: the tokenizer's declared special tokens (EOS, padding,
+    `<|im_start|>`, `<|im_end|>`, ...), except `PARSED_MARKUP` tokens."""
+    cached = _HIDDEN.get(id(tokenizer))
+    if cached is None or cached[0] is not tokenizer:
+        keep = {special_token_id(tokenizer, t) for t in PARSED_MARKUP}
+        cached = (tokenizer, frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", []) if i not in keep))
+        _HIDDEN[id(tokenizer)] = cached
+    return cached[1]
+
+
+def decode_reply(tokenizer: Any, tokens: Sequence[int], stop: Sequence[str] = ()) -> str:
+    """A completion's text: its tokens decoded without the tokenizer's control tokens (`hidden_ids`) but with
+    the think and tool-call markup, cut before the first `stop` string it holds."""
+    hidden = hidden_ids(tokenizer)
+    text = tokenizer.decode([t for t in tokens if t not in hidden], skip_special_tokens=False)
+    cuts = [text.find(x) for x in stop if x in text]
+    return text[:min(cuts)] if cuts else text
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> Any:
     """Train a byte-level BPE on `texts`, save it as a Hugging Face tokenizer in `out_dir`, return it.
 
