@@ -89,14 +89,11 @@ def test_the_tool_loop_runs_calls_on_the_server(tools, tmp_path):
     assert '"name": "weather"' in tok.decode(res.prompt_ids)  # the server's tools are listed in the prompt
 
 
-def test_generate_calls_an_mcp_servers_tool_through_the_installed_command(tools, tmp_path):
-    import torch
-
-    from flowlm.model.config import ModelConfig
+def test_generate_calls_an_mcp_servers_tool_through_the_installed_command(tmp_path):
     from flowlm.model.hf import save_pretrained
-    from flowlm.model.olmo3 import Olmo3
     from flowlm.model.tokenizer import render_ids, turn_end_ids
     from tests.flow.test_post_flow import flowlm
+    from tests.tools.memorize import memorize
 
     tok = make_tok(tmp_path / "tok")
     question = [{"role": "user", "content": "What is 40 + 2?"}]
@@ -105,23 +102,10 @@ def test_generate_calls_an_mcp_servers_tool_through_the_installed_command(tools,
     mcp.disconnect(only)
     end = list(turn_end_ids(tok))
     reply = tok.encode("<think>\n\n</think>\n\n" + call("add", a=40, b=2), add_special_tokens=False) + end
-    answer = "\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n"
-    turn = tok.encode(answer, add_special_tokens=False)
-    ids = torch.tensor([prompt + reply + turn + tok.encode("<think>\n\n</think>\n\nIt is 42.", add_special_tokens=False) + end])
-    trained = torch.ones(ids.shape[1] - 1, dtype=torch.bool)
-    trained[: len(prompt) - 1] = False
-    trained[len(prompt) + len(reply) - 1: len(prompt) + len(reply) + len(turn) - 1] = False
-    torch.manual_seed(0)
-    model = Olmo3(ModelConfig(vocab_size=len(tok), hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
-                              intermediate_size=128, max_seq_len=2048, sliding_window=2048))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(250):
-        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0, trained], ids[0, 1:][trained])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.05
-    save_pretrained(model.eval(), tok, tmp_path / "m")
+    turn = tok.encode("\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+    answer = tok.encode("<think>\n\n</think>\n\nIt is 42.", add_special_tokens=False) + end
+    model = memorize(len(tok), [(prompt, False), (reply, True), (turn, False), (answer, True)], context=2048)
+    save_pretrained(model, tok, tmp_path / "m")
     rows = tmp_path / "q.jsonl"
     rows.write_text(json.dumps({"messages": question}) + "\n")
     proc = flowlm("generate", "--model", str(tmp_path / "m"), "--file", str(rows), "--tools", only,

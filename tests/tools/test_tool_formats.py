@@ -248,31 +248,15 @@ def test_a_template_that_writes_calls_another_way_is_refused_by_name(tok, tmp_pa
 def olmo3_caller(otok):
     """A micro OLMo-3 that learnt by heart one calculator trajectory in OLMo 3's format, as its reply to the
     question below with the calculator listed (what `flowlm generate --tools calculator` renders)."""
-    import torch
-
-    from flowlm.model.config import ModelConfig
-    from flowlm.model.olmo3 import Olmo3
+    from tests.tools.memorize import memorize
 
     prompt = render_ids(otok, [{"role": "user", "content": QUESTION}], add_generation_prompt=True,
                         tools=[CALCULATOR.schema])
     end = otok.encode("<|im_end|>", add_special_tokens=False)
     reply = otok.encode(olmo3_script("", 0, 0), add_special_tokens=False) + end
     tool = otok.encode("\n<|im_start|>environment\n440040051<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
-    ids = torch.tensor([prompt + reply + tool + otok.encode(olmo3_script("", 0, 1), add_special_tokens=False) + end])
-    trained = torch.ones(ids.shape[1] - 1, dtype=torch.bool)  # position j predicts token j + 1
-    trained[: len(prompt) - 1] = False
-    trained[len(prompt) + len(reply) - 1: len(prompt) + len(reply) + len(tool) - 1] = False
-    torch.manual_seed(0)
-    model = Olmo3(ModelConfig(vocab_size=len(otok), hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
-                              intermediate_size=128, max_seq_len=1024, sliding_window=1024))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(250):
-        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0, trained], ids[0, 1:][trained])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.05
-    return model.eval()
+    answer = otok.encode(olmo3_script("", 0, 1), add_special_tokens=False) + end
+    return memorize(len(otok), [(prompt, False), (reply, True), (tool, False), (answer, True)])
 
 
 QUESTION = "What is 48213 * 9127?"

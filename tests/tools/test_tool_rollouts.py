@@ -346,30 +346,15 @@ ANSWER = "<think>\nThe calculator says 440040051.\n</think>\n\nThe answer is \\b
 def make_caller(tok):
     """A micro OLMo-3 that has memorised a whole tool trajectory as its reply to ROW's prompt: a calculator
     call, then (after the tool turn) `ANSWER`; with the prompt's and the call's lengths in tokens."""
-    from flowlm.model.config import ModelConfig
-    from flowlm.model.olmo3 import Olmo3
+    from tests.tools.memorize import memorize
 
     prompt = real_source(tok).prompt_ids[0]
     end = list(turn_end_ids(tok))
     reply = tok.encode(call("calculator", expression="48213 * 9127"), add_special_tokens=False) + end
     tool = tok.encode("\n<|im_start|>tool\n440040051<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
     answer = tok.encode(ANSWER, add_special_tokens=False) + end
-    ids = torch.tensor([prompt + reply + tool + answer])
-    trained = torch.ones(ids.shape[1] - 1, dtype=torch.bool)  # position j predicts token j + 1
-    trained[: len(prompt) - 1] = False
-    trained[len(prompt) + len(reply) - 1: len(prompt) + len(reply) + len(tool) - 1] = False  # the tool turn
-    torch.manual_seed(0)
-    model = Olmo3(ModelConfig(vocab_size=len(tok), hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
-                              intermediate_size=128, max_seq_len=1024, sliding_window=1024))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(250):
-        logits = model(ids[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits[0, trained], ids[0, 1:][trained])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.05
-    return model.eval(), len(prompt), len(reply)
+    model = memorize(len(tok), [(prompt, False), (reply, True), (tool, False), (answer, True)])
+    return model, len(prompt), len(reply)
 
 
 @pytest.mark.parametrize("mode,backend", [("sync", "native"), ("async", "native"), ("sync", "vllm")])
