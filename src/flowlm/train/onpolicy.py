@@ -114,7 +114,7 @@ class OnPolicyLoader:
             if not res.ok:
                 raise ConfigError(f"on-policy data: a prompt could not be sampled ({res.error})")
             comp = res.completions[0]
-            tool_mask = list(comp.tool_mask) or [0] * len(comp.tokens)
+            tool_mask = list(comp.tool_mask or []) or [0] * len(comp.tokens)
             stats["generated_tokens"] += len(comp.tokens) - sum(tool_mask)
             stats["truncated"] += comp.finish_reason == FINISH_LENGTH
             if self.tools:
