@@ -476,10 +476,12 @@ def test_coldstart_with_a_tool_calling_teacher_keeps_whole_trajectories(tok, cal
     named = flowlm("post", "coldstart", "--teacher", "procedural", "--builtin", "2", "--set",
                    "teacher.tools=[calculator]", check=False)
     assert named.returncode == 1 and "teacher.tools needs a model teacher" in named.stderr
-    own = tmp_path / "own.jsonl"  # a row's own functions: the builders would not show them to the teacher
+    own = tmp_path / "own.jsonl"  # a row's own functions (declared, not run) beside tools that run: refused
     own.write_text(json.dumps({**row, "tools": [CALCULATOR.schema]}) + "\n")
-    refused = flowlm("post", "coldstart", "--teacher", str(tmp_path / "teacher"), "--file", str(own), check=False)
-    assert refused.returncode == 1 and f"{own}:1: the row offers its own functions" in refused.stderr
+    refused = flowlm("post", "coldstart", "--teacher", str(tmp_path / "teacher"), "--file", str(own), *args[2:],
+                     check=False)
+    assert refused.returncode == 2 and "rows that list their own functions" in refused.stderr
+    assert "use one or the other" in refused.stderr.strip().splitlines()[-1]
 
 
 def test_rows_with_their_own_functions_are_listed_in_their_prompts_and_checked(tok, model, tmp_path):
@@ -553,3 +555,48 @@ def test_on_policy_distillation_samples_with_tools_and_trains_on_the_sampled_tok
                  f"stages.distill.objective.teacher={tmp_path / 'm'}", "stages.distill.on_policy={tool_workers: 2}",
                  check=False)
     assert bad.returncode != 0 and "tool_workers only applies with tools" in bad.stderr
+
+
+def test_coldstart_on_function_calling_rows_lists_their_functions_and_keeps_verified_calls(tok, tmp_path):
+    """BFCL-style rows (their own `tools`, a `tool_call` ground truth), from `flowlm rl prompts --suite bfcl=`,
+    through `flowlm post coldstart`: the teacher's prompt lists each row's functions, the `tool_call` verifier
+    keeps the right calls, and a kept row holds them as structured calls with its functions, which SFT
+    renders in the template's format. A micro teacher learnt the right call for the first row only."""
+    from flowlm.data.chat import render_chat_example
+    from flowlm.generate.prompts import to_prompt_ids
+    from flowlm.model.hf import save_pretrained
+    from flowlm.post.teachers import prompt_messages, with_mode
+    from flowlm.rl.rows import row_tools
+    from tests.eval.test_bfcl import write_bfcl
+    from tests.flow.test_post_flow import flowlm
+    from tests.tools.memorize import memorize
+
+    rows = tmp_path / "rows.jsonl"
+    flowlm("rl", "prompts", "--suite", f"bfcl={write_bfcl(tmp_path / 'bfcl')}", "--out", str(rows))
+    first = json.loads(rows.read_text().splitlines()[0])
+    assert first["dataset"] == "tool_call" and row_tools(first)[0]["function"]["name"] == "calculate_triangle_area"
+    prompt = to_prompt_ids(with_mode(prompt_messages(first), True), tok, enable_thinking=True, tools=row_tools(first))
+    reply = "<think>\nThe area function takes the base and the height.\n</think>\n\n" + call(
+        "calculate_triangle_area", base=10, height=5)
+    end = list(turn_end_ids(tok))
+    teacher = memorize(len(tok), [(prompt, False), (tok.encode(reply, add_special_tokens=False) + end, True)],
+                       context=2048)
+    save_pretrained(teacher, tok, tmp_path / "teacher")
+    out = tmp_path / "sft.jsonl"
+    proc = flowlm("post", "coldstart", "--teacher", str(tmp_path / "teacher"), "--file", str(rows), "-n", "2",
+                  "--set", "teacher.max_new_tokens=300", "--set", "teacher.temperature=0", "--out", str(out))
+    kept = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(kept) == 1 and kept[0]["tools"] == row_tools(first), proc.stderr
+    answer = kept[0]["messages"][-1]
+    assert answer["content"] == "" and answer["tool_calls"] == [{"type": "function", "function": {
+        "name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5}}}]
+    ids, mask = render_chat_example(tok, kept[0])
+    text = tok.decode(ids, skip_special_tokens=False)
+    assert '"name": "calculate_triangle_area"' in text.split("<|im_start|>user")[0]  # listed in the system turn
+    assert '{"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5}}' in tok.decode(
+        [t for t, m in zip(ids, mask) if m], skip_special_tokens=False)
+    # the second row (not learnt) is accounted for, not lost; preference pairs refuse such rows
+    assert "no_valid_candidate" in proc.stderr
+    pairs = flowlm("post", "pairs", "--strong", str(tmp_path / "teacher"), "--weak", str(tmp_path / "teacher"),
+                   "--file", str(rows), check=False)
+    assert pairs.returncode == 1 and f"{rows}:1: the row offers its own functions" in pairs.stderr

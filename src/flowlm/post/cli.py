@@ -119,7 +119,8 @@ def load_prompt_rows(args: argparse.Namespace, seed: int, teachers: tuple[str, .
             raise ConfigError(f"--builtin must be >= 1, got {args.builtin}")
         return builtin_rows(args.builtin, seed)
     source = input_path(args.file, f"post {args.post_cmd}")
-    checked = [(where, check_prompt_row(where, row)) for where, row in iter_input_objects(source)]
+    functions = args.post_cmd == "coldstart"
+    checked = [(where, check_prompt_row(where, row, functions=functions)) for where, row in iter_input_objects(source)]
     if not checked:
         raise FlowError(f"{args.file or '<stdin>'}: no prompt rows")
     for spec in teachers:  # after the row schema: a malformed row is reported as such first
@@ -129,11 +130,13 @@ def load_prompt_rows(args: argparse.Namespace, seed: int, teachers: tuple[str, .
     return [row for _, row in checked]
 
 
-def check_prompt_row(where: str, row: dict[str, Any]) -> dict[str, Any]:
+def check_prompt_row(where: str, row: dict[str, Any], *, functions: bool = True) -> dict[str, Any]:
     """`row` if it has a chat prompt and (when tagged) valid verifier routing; else one FlowError at `where`.
+    A row's own functions (`tools`) are checked, and refused where `functions` is False (preference pairs).
     Used by this CLI and the `coldstart` / `pairs` stage kinds."""
     from flowlm.post.filters import has_verifier
     from flowlm.post.teachers import prompt_messages
+    from flowlm.rl.rows import row_tools
     from flowlm.verify.base import GroundTruthError, UnknownVerifierError
     from flowlm.verify.rows import validate_row
 
@@ -141,13 +144,13 @@ def check_prompt_row(where: str, row: dict[str, Any]) -> dict[str, Any]:
         prompt_messages(row)
         if has_verifier(row):
             validate_row(row)
+        row_tools(row)
     except (ValueError, UnknownVerifierError) as exc:  # GroundTruthError is a ValueError
         msg = exc.args[0] if isinstance(exc, (GroundTruthError, UnknownVerifierError)) and exc.args else str(exc)
         raise FlowError(f"{where}: {msg}") from None
-    if row.get("tools") is not None:  # teachers render prompts without a row's own functions: it would not see them
-        raise FlowError(f"{where}: the row offers its own functions (`tools`), which the post-training builders "
-                        "do not list in the teacher's prompt (RL and eval do); give the teacher built-in tools "
-                        "with teacher.tools instead")
+    if row.get("tools") is not None and not functions:
+        raise FlowError(f"{where}: the row offers its own functions (`tools`); preference pairs are built on "
+                        "replies without them (flowlm post coldstart takes such rows)")
     return row
 
 

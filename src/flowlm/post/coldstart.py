@@ -8,6 +8,11 @@ without reasoning), then `n` candidates from the teacher, each checked by the re
 (`flowlm.post.filters.check_response`); the first `keep_per_prompt` accepted, distinct candidates
 become SFT chat rows `{"messages": [..., {"role": "assistant", "content", "reasoning_content"}], ...}`.
 
+Function-calling rows (their own `tools`, e.g. from `flowlm rl prompts --suite bfcl=...`, with a `tool_call`
+ground truth): the teacher's prompt lists the row's functions, nothing runs, and the call is the answer the
+verifier checks. A kept row has the reply's calls as structured `tool_calls` and the functions as its
+`tools`, so SFT renders them in any template's own format.
+
 Modes (Qwen3 thinking-mode fusion): a prompt is answered in non-thinking mode when its latest soft
 switch is `/no_think`, or for a deterministic `no_think_fraction` of the prompts; those rows
 carry `/no_think` at the end of the user turn and an empty `reasoning_content`, as
@@ -33,8 +38,9 @@ from flowlm.config import Strict
 from flowlm.data.accounting import StepStats, count_tokens
 from flowlm.errors import FlowError
 from flowlm.post.filters import QueryFilterCfg, ResponseFilterCfg, check_response, pass_rates, query_problem, too_easy
-from flowlm.post.teachers import (Message, Response, Teacher, assistant_message, prompt_messages, wants_no_think,
-                                  with_mode)
+from flowlm.post.teachers import (Message, Response, Teacher, assistant_message, call_message, prompt_messages,
+                                  wants_no_think, with_mode)
+from flowlm.rl.rows import row_tools
 
 META_KEYS = ("task", "dataset", "verifier", "ground_truth", "verifiers", "weights")
 """Prompt-row columns copied into every output row (the verifier routing, so the rows stay checkable)."""
@@ -127,6 +133,7 @@ class _Prompt:
     msgs: list[Message]
     thinking: bool = True
     pass_rate: float | None = None
+    functions: list[dict[str, Any]] | None = None  # the row's own (`tools`): its prompt lists them
 
 
 def build_coldstart(rows: Iterable[Mapping[str, Any]], teacher: Teacher, cfg: ColdStartCfg | None = None, *,
@@ -167,7 +174,7 @@ def _query_filter(part: Sequence[Mapping[str, Any]], start: int, cfg: ColdStartC
         if reason:
             prompts.record_drop(reason, prompt_tokens(msgs))
             continue
-        live.append(_Prompt(i, row, msgs))
+        live.append(_Prompt(i, row, msgs, functions=row_tools(dict(row))))
     if query_teacher is not None and cfg.query.k > 0 and live:
         rates = pass_rates([p.row for p in live], [p.msgs for p in live], query_teacher, k=cfg.query.k,
                            seed=cfg.seed + 7_919)
@@ -190,7 +197,9 @@ def _sample_and_filter(live: list[_Prompt], teacher: Teacher, cfg: ColdStartCfg,
     for mode in (True, False):
         group = [p for p in live if p.thinking == mode]
         if group:
-            got = teacher.sample([p.msgs for p in group], cfg.n, thinking=mode, seed=cfg.seed)
+            functions = [p.functions for p in group]
+            got = teacher.sample([p.msgs for p in group], cfg.n, thinking=mode, seed=cfg.seed,
+                                 **({"functions": functions} if any(functions) else {}))
             if len(got) != len(group):
                 raise FlowError(f"teacher {teacher.name}: {len(got)} answers for {len(group)} prompts")
             samples.update({p.index: resp for p, resp in zip(group, got)})
@@ -235,6 +244,8 @@ def _sft_row(p: _Prompt, resp: Response, teacher: Teacher, k: int) -> dict[str, 
     if resp.get("trajectory") is not None:  # a teacher with tools: its calls and their answers are trained on too
         row.update(messages=with_mode(p.msgs, p.thinking) + resp["trajectory"],
                    tools=getattr(teacher, "tool_schemas", None), tool_calls=resp.get("tool_calls", 0))
+    elif p.functions:  # a function-calling row: the reply's calls as structured calls, its functions listed
+        row.update(messages=with_mode(p.msgs, p.thinking) + [call_message(resp)], tools=p.functions)
     row.update({key: p.row[key] for key in META_KEYS if key in p.row})
     if p.pass_rate is not None:
         row["no_think_pass_rate"] = p.pass_rate

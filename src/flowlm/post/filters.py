@@ -234,7 +234,8 @@ def check_response(row: Mapping[str, Any], response: Mapping[str, Any], cfg: Res
     """The first Qwen3 response filter `response` fails (order of `RESPONSE_REASONS`), or None.
 
     The reasoning filters (guess, mismatch) apply in thinking mode only: a non-thinking answer has an
-    empty trace by design. A row may set `multi_step: false` to exempt a one-step task from `guess`."""
+    empty trace by design. A row may set `multi_step: false` to exempt a one-step task from `guess`; a row
+    with its own functions (a function-calling task: the call is the answer) is one-step unless it says so."""
     reason = format_problem(response)
     if reason is None and check_answer and cfg.min_score is not None:
         reason = wrong_answer(row, response, min_score=cfg.min_score)
@@ -242,7 +243,7 @@ def check_response(row: Mapping[str, Any], response: Mapping[str, Any], cfg: Res
         reason = repetition(response, n=cfg.repetition_ngram, max_ratio=cfg.max_repetition)
     if reason is None and thinking:
         reason = guess(response, min_words=cfg.min_reasoning_words, answer_first=cfg.check_answer_first,
-                       multi_step=bool(row.get("multi_step", True)))
+                       multi_step=bool(row.get("multi_step", row.get("tools") is None)))
     if reason is None and thinking and cfg.check_consistency:
         reason = think_summary_mismatch(response)
     if reason is None and cfg.max_foreign_script is not None:
@@ -263,7 +264,11 @@ def too_easy(pass_rate: float, *, max_pass_rate: float) -> str | None:
 def pass_rates(rows: Sequence[Mapping[str, Any]], prompts: Sequence[list[Message]], teacher: Any, *, k: int,
                seed: int) -> list[float]:
     """Share of `k` non-thinking samples per prompt that the row's verifiers accept (score 1)."""
-    samples = teacher.sample(list(prompts), k, thinking=False, seed=seed)
+    from flowlm.rl.rows import row_tools
+
+    functions = [row_tools(dict(row)) for row in rows]
+    samples = teacher.sample(list(prompts), k, thinking=False, seed=seed,
+                             **({"functions": functions} if any(functions) else {}))
     rates = []
     for row, resp in zip(rows, samples):
         ok = [format_problem(r) is None and wrong_answer(row, r) is None for r in resp]

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from pydantic import Field, field_validator
 
 from flowlm.config import Strict
-from flowlm.errors import FlowError
+from flowlm.errors import ConfigError, FlowError
 from flowlm.verify.rows import prompt_messages  # re-exported: the chat prompt of a row
 from flowlm.verify.thinking import CLOSE, OPEN
 
@@ -45,7 +45,9 @@ class Teacher(Protocol):
 
     name: str
 
-    def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int) -> list[list[Response]]:
+    def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int,
+               functions: list[list[dict[str, Any]] | None] | None = None) -> list[list[Response]]:
+        """`functions[j]`: the functions prompt j lists (a function-calling row's own; the call is the answer)."""
         ...
 
 
@@ -136,6 +138,21 @@ def completion_text(response: Mapping[str, Any]) -> str:
     return f"{OPEN}\n{response.get('reasoning') or ''}\n{CLOSE}\n\n{response.get('content') or ''}"
 
 
+def call_message(response: Mapping[str, Any]) -> Message:
+    """The assistant turn of a function-calling response: its calls (either format, `flowlm.tools.formats`) as
+    structured `tool_calls` and the text before them as its content, so any chat template writes them its own
+    way; a reply with no well-formed calls stays text (`assistant_message`)."""
+    from flowlm.tools.formats import format_in
+
+    msg = assistant_message(response)
+    fmt = format_in(msg["content"])
+    calls, problems = fmt.parse(msg["content"])
+    if calls and not problems:
+        msg.update(content=fmt.text_before_calls(msg["content"]),
+                   tool_calls=[{"type": "function", "function": c} for c in calls])
+    return msg
+
+
 def assistant_message(response: Mapping[str, Any]) -> Message:
     """The assistant turn of a training row (`reasoning_content` empty in non-thinking mode)."""
     return {"role": "assistant", "content": response.get("content") or "",
@@ -188,10 +205,14 @@ class ModelTeacher:
             self.engine = ToolEngine(self.engine, offered, max_calls=max_tool_calls, workers=tool_workers)
             self.tool_schemas = [t.schema for t in offered.values()]
 
-    def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int) -> list[list[Response]]:
+    def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int,
+               functions: list[list[dict[str, Any]] | None] | None = None) -> list[list[Response]]:
         from flowlm.generate.params import SamplingParams
         from flowlm.generate.prompts import to_prompt_ids
 
+        if functions and any(functions) and self.tool_schemas is not None:
+            raise ConfigError(f"teacher {self.name}: rows that list their own functions (`tools`: the call is the "
+                              "answer, nothing runs) and teacher.tools (tools that run): use one or the other")
         order: dict[int, int] = {}
         out: list[list[Response]] = [[] for _ in prompts]
         for j, msgs in enumerate(prompts):
@@ -200,7 +221,7 @@ class ModelTeacher:
                                     seed=seed + j * n)  # completion i of prompt j: seed + j*n + i
             try:
                 ids = to_prompt_ids(with_mode(msgs, thinking), self.tokenizer, enable_thinking=thinking,
-                                    tools=self.tool_schemas)
+                                    tools=(functions[j] if functions else None) or self.tool_schemas)
             except Exception as exc:  # noqa: BLE001 - a prompt the template rejects is one bad row
                 out[j] = _error(f"bad prompt: {str(exc)[:200]}", n)
                 continue
@@ -314,9 +335,10 @@ class _IndexedTeacher:
     def from_rows(cls, rows: Iterable[Mapping[str, Any]], **kwargs: Any) -> Any:
         return cls(_ItemIndex.rows_to_items(rows), **kwargs)
 
-    def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int) -> list[list[Response]]:
+    def sample(self, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int,
+               functions: list[list[dict[str, Any]] | None] | None = None) -> list[list[Response]]:
         out = []
-        for msgs in prompts:
+        for msgs in prompts:  # (a row with its own functions matches no built-in item: an `error` response)
             item = self.index.find(msgs)
             if item is None:
                 out.append(_error(f"{self.name} teacher: {self.missing}", n))
