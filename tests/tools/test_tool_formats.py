@@ -105,6 +105,10 @@ def test_calls_written_in_olmo3s_form_read_back_the_same():
         [calls[0], {"name": "ns.tool", "arguments": {"x": -3}}], [])
     assert parse_hermes('<tool_call>{"name": "a", "arguments": "{\\"x\\": 1}"}</tool_call>') == (
         [{"name": "a", "arguments": {"x": 1}}], [])
+    for bad, why in (("{x", "call f: its arguments are a string that is not JSON"),
+                     ("[1]", "call f: its arguments are not an object")):
+        with pytest.raises(FlowError, match=why):
+            pythonic([{"name": "f", "arguments": bad}])
 
 
 def test_the_template_format_is_probed(tok, otok):

@@ -164,7 +164,7 @@ def _query_filter(part: Sequence[Mapping[str, Any]], start: int, cfg: ColdStartC
     live: list[_Prompt] = []
     for i, row in enumerate(part, start):
         try:
-            msgs = prompt_messages(row)
+            msgs, functions = prompt_messages(row), row_tools(dict(row))
         except ValueError:
             prompts.record_in(0)
             prompts.record_drop("bad_prompt", 0)
@@ -174,7 +174,7 @@ def _query_filter(part: Sequence[Mapping[str, Any]], start: int, cfg: ColdStartC
         if reason:
             prompts.record_drop(reason, prompt_tokens(msgs))
             continue
-        live.append(_Prompt(i, row, msgs, functions=row_tools(dict(row))))
+        live.append(_Prompt(i, row, msgs, functions=functions))
     if query_teacher is not None and cfg.query.k > 0 and live:
         rates = pass_rates([p.row for p in live], [p.msgs for p in live], query_teacher, k=cfg.query.k,
                            seed=cfg.seed + 7_919)

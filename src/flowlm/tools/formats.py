@@ -190,7 +190,12 @@ def pythonic(calls: list[dict[str, Any]]) -> str:
     for c in calls:
         fn = c.get("function", c)
         args = fn.get("arguments") or {}
-        args = json.loads(args) if isinstance(args, str) and args.strip() else (args or {})
+        try:
+            args = json.loads(args) if isinstance(args, str) and args.strip() else (args or {})
+        except ValueError:
+            raise FlowError(f"call {fn['name']}: its arguments are a string that is not JSON") from None
+        if not isinstance(args, dict):
+            raise FlowError(f"call {fn['name']}: its arguments are not an object")
         lines.append(f"{fn['name']}({', '.join(f'{k}={_value(v)}' for k, v in args.items())})")
     return "\n".join(lines)
 
@@ -216,7 +221,8 @@ FORMATS = {f.name: f for f in (HERMES, OLMO3)}
 
 def format_in(text: str) -> ToolFormat:
     """The format a completion writes its calls in, by its markers (`hermes` when it has none)."""
-    return OLMO3 if OLMO3.marker in (text or "") and HERMES.marker not in text else HERMES
+    text = text or ""
+    return OLMO3 if OLMO3.marker in text and HERMES.marker not in text else HERMES
 
 
 # -- messages in each schema -------------------------------------------------------------------------

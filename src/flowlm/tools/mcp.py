@@ -26,6 +26,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import json
+import os
 import shlex
 import threading
 from typing import Any
@@ -108,8 +109,6 @@ class MCPServer:
 
         if self.spec.startswith(("http://", "https://")):
             return self.spec
-        import os
-
         argv = shlex.split(self.spec)
         return StdioServerParameters(command=argv[0], args=argv[1:], env=dict(os.environ))
 
@@ -121,20 +120,23 @@ class MCPServer:
         self._closing = asyncio.Event()
         try:
             async with Client(self._target(), read_timeout_seconds=self.call_timeout) as client:
-                tools, cursor = [], None
-                while True:
+                tools, cursor, seen = [], None, set()
+                while True:  # every page (a server that repeats a cursor is not followed round)
                     page = await client.list_tools(cursor=cursor)
                     tools += page.tools
                     cursor = page.next_cursor
-                    if not cursor:
+                    if not cursor or cursor in seen:
                         break
+                    seen.add(cursor)
                 self._client = client
                 ready.set_result(tools)
                 await self._closing.wait()
         except BaseException as exc:  # noqa: BLE001 - reported to the constructor, or ends the server
+            self._client = None
             if not ready.done():
                 ready.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
-            self._client = None
+            if not isinstance(exc, Exception):  # cancelled by `close`: the task ends cancelled
+                raise
 
     def _caller(self, name: str) -> Any:
         return lambda arguments: self.call(name, arguments)
