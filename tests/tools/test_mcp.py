@@ -116,3 +116,11 @@ def test_generate_calls_an_mcp_servers_tool_through_the_installed_command(tmp_pa
     bad = flowlm("generate", "--model", str(tmp_path / "m"), "--file", str(rows), "--tools", "mcp:false", check=False)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith(
         "error: MCP server 'false': cannot connect (")
+
+
+def test_without_the_sdk_mcp_entries_are_a_one_line_error_and_built_in_tools_still_work(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mcp", None)  # as if `mcp` were not installed
+    assert list(select_tools(["calculator"])) == ["calculator"] and known_tools([SERVER]) == [SERVER]
+    with pytest.raises(FlowError, match=r"MCP tools need the 'mcp' package, version 2 or later: "
+                                        r"pip install 'flowlm\[mcp\]'"):
+        select_tools([SERVER + " --only weather"])
