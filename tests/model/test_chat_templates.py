@@ -183,3 +183,48 @@ def test_tools_or_tool_calls_a_template_would_drop_are_an_error_naming_the_row(t
             render_chat_example(chatml, row, where="in.jsonl:3")
         ids, mask = render_chat_example(marked, row)  # flowlm's template writes both
         assert "weather" in marked.decode(ids) and any(mask)
+
+
+# After the shape of Llama 3's template (written for this test): header tokens around each role, `<|eot_id|>`
+# closing every turn, tool calls as a bare JSON object, tool answers in `ipython` turns.
+LLAMA_STYLE = (
+    "{%- for m in messages -%}"
+    "{{- '<|start_header_id|>' + ('ipython' if m.role == 'tool' else m.role) + '<|end_header_id|>\\n\\n' -}}"
+    "{{- m.content or '' -}}"
+    "{%- for c in (m.tool_calls or []) -%}"
+    "{{- '{\"name\": \"' + c.function.name + '\", \"parameters\": ' + (c.function.arguments | tojson) + '}' -}}"
+    "{%- endfor -%}{{- '<|eot_id|>' -}}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}")
+
+
+def test_a_template_whose_turns_end_with_another_token_is_probed_for_it(toks, tmp_path) -> None:
+    """The end-of-turn token is the template's own (`turn_end_ids`, probed): Llama 3's `<|eot_id|>` stops chat
+    replies and closes each labelled turn, where only `<|im_end|>` was known until 2026-12-07 (the tool loop
+    crashed on such a template, and replies ran on to the generation config's EOS); a template that writes
+    calls as bare JSON is refused by the tool loop by name."""
+    from flowlm.generate.prompts import ends_its_turn
+    from flowlm.generate.params import SamplingParams
+    from flowlm.model.tokenizer import tool_format, turn_end_ids
+    from flowlm.tools.builtin import CALCULATOR
+    from flowlm.tools.engine import ToolEngine
+
+    marked = toks[0]
+    marked.save_pretrained(tmp_path / "l")
+    llama = load_tokenizer(tmp_path / "l")
+    llama.add_special_tokens({"extra_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    llama.chat_template = LLAMA_STYLE
+    eot = llama.convert_tokens_to_ids("<|eot_id|>")
+    assert turn_end_ids(llama) == (eot,) and turn_end_ids(toks[0]) == (llama.convert_tokens_to_ids("<|im_end|>"),)
+    chat = [{"role": "user", "content": "hi"}]
+    assert ends_its_turn(chat, SamplingParams(), llama).stop_token_ids == (eot,)
+    conversation = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+    ids, mask = render_chat(llama, conversation)
+    assert _runs(llama, ids, mask) == ["b<|eot_id|>", "d<|eot_id|>"]
+    assert tool_format(llama) == "other"
+
+    class Inner:
+        tokenizer = llama
+
+    with pytest.raises(FlowError, match="writes tool calls in a format flowlm does not read"):
+        ToolEngine(Inner(), {"calculator": CALCULATOR})

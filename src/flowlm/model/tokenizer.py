@@ -83,10 +83,32 @@ def special_token_id(tokenizer: Any, token: str) -> int | None:
 
 
 def turn_end_ids(tokenizer: Any) -> tuple[int, ...]:
-    """The end-of-turn token's id (`<|im_end|>`) when the tokenizer has one: where a chat reply stops.
-    A model's EOS (`<|endoftext|>`) ends a document, not a turn, so chat sampling must stop here too."""
-    tid = special_token_id(tokenizer, IM_END)
-    return (tid,) if tid is not None else ()
+    """The end-of-turn token's id: where a chat reply stops. A model's EOS (`<|endoftext|>`) ends a document,
+    not a turn, so chat sampling must stop here too. Probed once per chat template: the first special token
+    it writes after an assistant turn's text in the middle of a conversation (`<|im_end|>` for ChatML
+    templates, flowlm's, Qwen3's and OLMo 3's; `<|eot_id|>` for Llama 3's; `<end_of_turn>` for Gemma's).
+    Without a template, or when the probe finds none, `<|im_end|>` if the tokenizer has it."""
+    def probe(tok: Any) -> tuple[int, ...]:
+        marker = "flowlmprobeend"
+        try:
+            text = tok.apply_chat_template([_PROBE_USER, {"role": "assistant", "content": marker}, _PROBE_USER],
+                                           tokenize=False)
+        except Exception:  # noqa: BLE001 - a template that refuses the probe: the fallback below
+            text = ""
+        at = text.find(marker)
+        if at >= 0:
+            special = {int(i) for i, t in getattr(tok, "added_tokens_decoder", {}).items() if getattr(t, "special", False)}
+            special |= {int(i) for i in getattr(tok, "all_special_ids", [])}
+            found = next((t for t in tok.encode(text[at + len(marker):], add_special_tokens=False) if t in special), None)
+            if found is not None:
+                return (found,)
+        tid = special_token_id(tok, IM_END)
+        return (tid,) if tid is not None else ()
+
+    if not getattr(tokenizer, "chat_template", None):
+        tid = special_token_id(tokenizer, IM_END)
+        return (tid,) if tid is not None else ()
+    return _probed(tokenizer, "turn_end", probe)
 
 
 # Markup that reasoning and tool-call parsers read: kept in a completion's text even where a tokenizer

@@ -73,7 +73,7 @@ def tool_turn_text(tokenizer: Any, names: list[str], enable_thinking: bool = Tru
                                          enable_thinking=enable_thinking)
     first = text.find(_SENTINEL.format(0))
     ends = [tokenizer.convert_ids_to_tokens(t) for t in turn_end_ids(tokenizer)]
-    cut = max(text.rfind(e, 0, first) + len(e) if text.rfind(e, 0, first) >= 0 else -1 for e in ends)
+    cut = max((text.rfind(e, 0, first) + len(e) if text.rfind(e, 0, first) >= 0 else -1 for e in ends), default=-1)
     if first < 0 or cut < 0:
         raise FlowError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')}: its chat template does not render "
                         "tool messages after an assistant turn, so tool answers cannot be appended to a rollout")
