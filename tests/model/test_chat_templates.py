@@ -186,8 +186,11 @@ def test_tools_or_tool_calls_a_template_would_drop_are_an_error_naming_the_row(t
 
 
 # After the shape of Llama 3's template (written for this test): header tokens around each role, `<|eot_id|>`
-# closing every turn, tool calls as a bare JSON object, tool answers in `ipython` turns.
+# closing every turn, the tools in a system turn as JSON, tool calls as a bare JSON object, tool answers in
+# `ipython` turns.
 LLAMA_STYLE = (
+    "{%- if tools -%}{{- '<|start_header_id|>system<|end_header_id|>\\n\\nFunctions: ' + (tools | tojson) + "
+    "'<|eot_id|>' -}}{%- endif -%}"
     "{%- for m in messages -%}"
     "{{- '<|start_header_id|>' + ('ipython' if m.role == 'tool' else m.role) + '<|end_header_id|>\\n\\n' -}}"
     "{{- m.content or '' -}}"
@@ -200,13 +203,11 @@ LLAMA_STYLE = (
 def test_a_template_whose_turns_end_with_another_token_is_probed_for_it(toks, tmp_path) -> None:
     """The end-of-turn token is the template's own (`turn_end_ids`, probed): Llama 3's `<|eot_id|>` stops chat
     replies and closes each labelled turn, where only `<|im_end|>` was known until 2026-12-07 (the tool loop
-    crashed on such a template, and replies ran on to the generation config's EOS); a template that writes
-    calls as bare JSON is refused by the tool loop by name."""
+    crashed on such a template, and replies ran on to the generation config's EOS); its calls are Llama 3's
+    bare JSON (`tests/tools/test_tool_formats.py` runs the tool loop on it)."""
     from flowlm.generate.prompts import ends_its_turn
     from flowlm.generate.params import SamplingParams
     from flowlm.model.tokenizer import tool_format, turn_end_ids
-    from flowlm.tools.builtin import CALCULATOR
-    from flowlm.tools.engine import ToolEngine
 
     marked = toks[0]
     marked.save_pretrained(tmp_path / "l")
@@ -221,10 +222,4 @@ def test_a_template_whose_turns_end_with_another_token_is_probed_for_it(toks, tm
                     {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
     ids, mask = render_chat(llama, conversation)
     assert _runs(llama, ids, mask) == ["b<|eot_id|>", "d<|eot_id|>"]
-    assert tool_format(llama) == "other"
-
-    class Inner:
-        tokenizer = llama
-
-    with pytest.raises(FlowError, match="writes tool calls in a format flowlm does not read"):
-        ToolEngine(Inner(), {"calculator": CALCULATOR})
+    assert tool_format(llama) == "llama3_json"

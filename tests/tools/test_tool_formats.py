@@ -296,3 +296,35 @@ def test_an_olmo3_format_checkpoint_calls_tools_and_trains_on_its_own_schema_thr
     labelled = otok.encode("<function_calls>get_weather(city='Paris')</function_calls><|im_end|>It is 18C.<|endoftext|>",
                            add_special_tokens=False)
     assert steps and sum(s["loss_tokens"] for s in steps) == 2 * 8 * len(labelled)  # 2 epochs of 8 rows
+
+
+def test_llama3_json_calls_are_read_run_and_answered_in_the_templates_ipython_turn(tok, tmp_path):
+    """A Llama-3-style template (`tests/model/test_chat_templates.py`: `<|eot_id|>` turns, calls as a bare
+    JSON object, answers in `ipython` turns): the loop reads a reply of JSON calls, appends the template's
+    own tool turn, and the trajectory is the template's rendering; the verifier reads such replies too."""
+    from flowlm.verify import verify_row
+    from tests.model.test_chat_templates import LLAMA_STYLE
+
+    tok.save_pretrained(tmp_path / "l")
+    llama = load_tokenizer(tmp_path / "l")
+    llama.add_special_tokens({"extra_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    llama.chat_template = LLAMA_STYLE
+    assert tool_format(llama) == "llama3_json"
+
+    def script(text, j, turn):
+        return '{"name": "calculator", "parameters": {"expression": "6 * 7"}}' if turn == 0 else "It is 42."
+
+    prompt = [{"role": "user", "content": "6 * 7?"}]
+    engine = ToolEngine(ScriptedEngine(llama, script), {"calculator": CALCULATOR}, workers=0)
+    res = engine.generate([prompt], [SamplingParams(max_new_tokens=300)])[0]
+    comp = res.completions[0]
+    assert engine.format.name == "llama3_json" and comp.tool_calls == 1 and comp.text == "It is 42."
+    assert comp.trajectory[0]["tool_calls"] == [{"type": "function", "function": {
+        "name": "calculator", "arguments": {"expression": "6 * 7"}}}] and comp.trajectory[0]["content"] == ""
+    tool_text = llama.decode([t for t, m in zip(comp.tokens, comp.tool_mask) if m], skip_special_tokens=False)
+    assert tool_text == "<|start_header_id|>ipython<|end_header_id|>\n\n42<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    whole = render_ids(llama, prompt + comp.trajectory, tools=[CALCULATOR.schema])
+    assert whole == res.prompt_ids + comp.tokens
+    row = {"dataset": "tool_call", "ground_truth": {"name": "calculator", "arguments": {"expression": "6 * 7"}}}
+    assert verify_row(row, '<|python_tag|>{"name": "calculator", "parameters": {"expression": "6 * 7"}}').score == 1.0
+    assert verify_row(row, "The answer is 42.").score == 0.0

@@ -79,10 +79,10 @@ class ScriptedEngine:
 
     @staticmethod
     def tool_turns(text):
-        """Tool turns in a prompt so far: flowlm's `tool` role, a user turn of <tool_response>s (Qwen3's), or
-        OLMo 3's `environment` role."""
+        """Tool turns in a prompt so far: flowlm's `tool` role, a user turn of <tool_response>s (Qwen3's),
+        OLMo 3's `environment` role, or Llama 3's `ipython` role."""
         return (text.count("<|im_start|>tool") + text.count("<|im_start|>user\n<tool_response>")
-                + text.count("<|im_start|>environment"))
+                + text.count("<|im_start|>environment") + text.count("<|start_header_id|>ipython"))
 
     def step(self):
         out = []

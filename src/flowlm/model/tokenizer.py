@@ -336,7 +336,8 @@ def template_renders(tokenizer: Any) -> dict[str, bool]:
 def tool_format(tokenizer: Any) -> str | None:
     """How the chat template writes an assistant turn's tool calls, probed once per template: "olmo3" (it
     writes OLMo 3's `function_calls` text in `<function_calls>` tags), "hermes" (it writes OpenAI-style
-    `tool_calls` as `<tool_call>` JSON: flowlm's, Qwen3's), "other" (it writes them some other way), or
+    `tool_calls` as `<tool_call>` JSON: flowlm's, Qwen3's), "llama3_json" (as a bare JSON object with
+    `parameters`: Llama 3's), "other" (it writes them some other way), or
     None (it writes no calls, or there is no template). `flowlm.tools.formats` has both formats."""
     if not getattr(tokenizer, "chat_template", None):
         return None
@@ -355,7 +356,10 @@ def tool_format(tokenizer: Any) -> str | None:
             {"type": "function", "function": {"name": "flowlmprobecall", "arguments": {}}}]})
         if "flowlmprobecall" not in written:
             return None
-        return "hermes" if "<tool_call>" in written else "other"
+        if "<tool_call>" in written:
+            return "hermes"
+        return "llama3_json" if re.search(r'\{\s*"name":\s*"flowlmprobecall",\s*"(parameters|arguments)"', written) \
+            else "other"
 
     return _probed(tokenizer, "tool_format", probe)
 

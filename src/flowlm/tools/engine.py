@@ -11,7 +11,8 @@ with `n` samples is prefilled once; then each sample goes on alone:
 
 1. a turn ends (the reply ends its turn, or is cut). If its answer part (after `</think>`) holds calls in the
    chat template's format (`flowlm.tools.formats`: `<tool_call>` JSON for flowlm's and Qwen3's templates,
-   `<function_calls>` Python calls for OLMo 3's), the reply ended its turn, and fewer
+   `<function_calls>` Python calls for OLMo 3's, a reply of JSON calls for Llama 3's), the reply ended its
+   turn, and fewer
    than `max_calls` calls and tool turns were made, the calls run (`flowlm.tools.builtin`; a malformed
    call or an unknown tool is answered `error: ...`). They run in a pool of `workers` threads while the
    engine goes on decoding the other sequences (a sandboxed `python` call takes 20-50 ms on a 2-core
@@ -104,8 +105,8 @@ def template_tool_format(tokenizer: Any) -> ToolFormat:
         return FORMATS[name]
     what = "writes tool calls in a format flowlm does not read" if name else "does not write tool calls"
     raise FlowError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?') or '?'}: its chat template {what}; flowlm's "
-                    "tool loop reads <tool_call> JSON (hermes: flowlm's, Qwen3's) and <function_calls> Python calls "
-                    "(OLMo 3's)")
+                    "tool loop reads <tool_call> JSON (hermes: flowlm's, Qwen3's), <function_calls> Python calls "
+                    "(OLMo 3's) and replies that are JSON calls (Llama 3's)")
 
 
 @dataclass

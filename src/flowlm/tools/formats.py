@@ -1,8 +1,11 @@
-"""How models write tool calls, and how chat templates want them written: the two formats flowlm reads.
+"""How models write tool calls, and how chat templates want them written: the formats flowlm reads.
 
 - `hermes` (flowlm's template, Qwen3, Hermes; vLLM's `hermes` parser): each call is a JSON object
   `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`. Messages use OpenAI's schema: an assistant
   turn's structured `tool_calls`, answers in `tool` turns, the functions in the template's `tools` argument.
+- `llama3_json` (Llama 3.1-3.3's templates; vLLM's `llama3_json` parser): a reply that is calls is JSON
+  objects `{"name": ..., "parameters": {...}}` separated by `;`, optionally after `<|python_tag|>`. Messages
+  use OpenAI's schema, as for `hermes` (the template writes the answers as its `ipython` turns).
 - `olmo3` (OLMo 3 Instruct; vLLM's `olmo3` parser): the calls are Python calls, one per line, inside one
   `<function_calls>...</function_calls>` block, `get_weather(city="Paris", days=3)`. Argument values are
   literals: Python's or JSON's (`true` / `false` / `null`). Messages use the Dolci schema: the assistant
@@ -28,6 +31,8 @@ from flowlm.errors import FlowError
 Calls = list[dict[str, Any]]
 
 HERMES_CALL = re.compile(r"<tool_call>(.*?)(</tool_call>|$)", re.DOTALL)
+PYTHON_TAG = "<|python_tag|>"
+JSON_CALLS = re.compile(r"^\s*(?:<\|python_tag\|>)?\s*\{.*", re.DOTALL)  # a reply that is calls, whole
 OLMO3_CALLS = re.compile(r"<function_calls>(.*?)(</function_calls>|$)", re.DOTALL)
 # OLMo 3's function-calling system prompt (what its tool-use SFT data opens with), used when tools are
 # listed and the conversation has no system turn of its own.
@@ -179,6 +184,33 @@ def parse_olmo3(text: str) -> tuple[Calls, list[str]]:
     return calls, problems
 
 
+def parse_json_calls(text: str) -> tuple[Calls, list[str]]:
+    """Llama 3's calls: a reply that is JSON objects `{"name": ..., "parameters": {...}}` (or `arguments`),
+    separated by `;`, optionally after `<|python_tag|>`. A reply that does not open with `{` makes no call;
+    one that does and is not such objects is a malformed call. Never raises."""
+    body = (text or "").strip()
+    if body.startswith(PYTHON_TAG):
+        body = body[len(PYTHON_TAG):].lstrip()
+    if not body.startswith("{"):
+        return [], []
+    calls: Calls = []
+    problems: list[str] = []
+    decoder, at, k = json.JSONDecoder(), 0, 1
+    while at < len(body):
+        try:
+            obj, end = decoder.raw_decode(body, at)
+        except (ValueError, RecursionError) as exc:
+            problems.append(f"call {k} is not JSON ({getattr(exc, 'msg', type(exc).__name__)})")
+            break
+        args = obj.get("parameters", obj.get("arguments", {})) if isinstance(obj, dict) else None
+        got = _call_or_problem(obj.get("name"), args, k) if isinstance(obj, dict) else f"call {k} has no function name"
+        (calls if isinstance(got, dict) else problems).append(got)
+        at, k = end, k + 1
+        while at < len(body) and (body[at].isspace() or body[at] == ";"):
+            at += 1
+    return calls, problems
+
+
 def _value(v: Any) -> str:
     """A call argument as OLMo 3 writes it: JSON literals (strings double-quoted, `true`, `null`)."""
     return json.dumps(v, ensure_ascii=False)
@@ -216,13 +248,19 @@ class ToolFormat:
 
 HERMES = ToolFormat("hermes", parse_hermes, HERMES_CALL, "<tool_call>")
 OLMO3 = ToolFormat("olmo3", parse_olmo3, OLMO3_CALLS, "<function_calls>")
-FORMATS = {f.name: f for f in (HERMES, OLMO3)}
+LLAMA3_JSON = ToolFormat("llama3_json", parse_json_calls, JSON_CALLS, "{")
+FORMATS = {f.name: f for f in (HERMES, OLMO3, LLAMA3_JSON)}
 
 
 def format_in(text: str) -> ToolFormat:
-    """The format a completion writes its calls in, by its markers (`hermes` when it has none)."""
+    """The format a completion writes its calls in: by its markers (`<tool_call>`, `<function_calls>`), else
+    Llama 3's bare JSON when the reply opens with `{` or `<|python_tag|>`, else `hermes` (no calls)."""
     text = text or ""
-    return OLMO3 if OLMO3.marker in text and HERMES.marker not in text else HERMES
+    if OLMO3.marker in text and HERMES.marker not in text:
+        return OLMO3
+    if HERMES.marker not in text and JSON_CALLS.match(text):
+        return LLAMA3_JSON
+    return HERMES
 
 
 # -- messages in each schema -------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 A call is written the way chat templates write assistant tool calls (`flowlm.tools.formats`), in the answer
 part of the completion (after `</think>`): Qwen3's / Hermes's
 `<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>` (`arguments` may also be a
-JSON string, OpenAI's wire format), or OLMo 3's `<function_calls>get_weather(city="Paris")</function_calls>`
-(one Python call per line, literal values). `parse_tool_calls(text)` returns the calls and the problems
+JSON string, OpenAI's wire format), OLMo 3's `<function_calls>get_weather(city="Paris")</function_calls>`
+(one Python call per line, literal values), or Llama 3's reply of JSON calls
+`{"name": "get_weather", "parameters": {"city": "Paris"}}`. `parse_tool_calls(text)` returns the calls and the problems
 found, and never raises.
 
 Ground truth, either form (one call, or a list for parallel calls, matched in any order):
@@ -40,8 +41,8 @@ TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "floa
 
 
 def parse_tool_calls(text: str) -> tuple[list[dict[str, Any]], list[str]]:
-    """([{"name", "arguments"}], [problems]) of the calls in `text`, in the format its markers say
-    (`flowlm.tools.formats.format_in`: `<function_calls>` is OLMo 3's, else `<tool_call>` JSON); never raises."""
+    """([{"name", "arguments"}], [problems]) of the calls in `text`, in the format it is written in
+    (`flowlm.tools.formats.format_in`: `<function_calls>`, `<tool_call>`, or a reply of JSON calls); never raises."""
     return format_in(text).parse(text)
 
 
