@@ -40,8 +40,8 @@ class PromptFormat:
     system: str | None = None
     """Chat: an optional system turn."""
     tools: tuple[str, ...] = ()
-    """Chat: tools (built-in names or `mcp:SERVER`; `flowlm.tools.builtin`) listed in the system turn and run while the model answers
-    (`flowlm.tools.engine.ToolEngine`); the reply after the last call is what is scored."""
+    """Chat: tools (built-in names or `mcp:SERVER`; `flowlm.tools.builtin`) listed in the system turn and run
+    while the model answers (`flowlm.tools.engine.ToolEngine`); the reply after the last call is what is scored."""
     max_tool_calls: int = 5
     """With `tools`: calls (and tool turns) per sample at most."""
     tool_workers: int = 8

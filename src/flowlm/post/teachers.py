@@ -67,8 +67,9 @@ class TeacherCfg(Strict):
     skill: float = 0.7
     """`weak`: per-step chance of getting a step right; a final answer is right with skill ** steps."""
     tools: list[str] = []
-    """Model teachers, `flowlm post coldstart`: tools (built-in calculator, python; `mcp:SERVER`) the teacher may call while
-    it answers (`flowlm.tools.engine`); a kept response is the whole trajectory, and its row lists the tools."""
+    """Model teachers, `flowlm post coldstart`: tools (built-in calculator, python; `mcp:SERVER`) the teacher may
+    call while it answers (`flowlm.tools.engine`); a kept response is the whole trajectory, and its row lists
+    the tools."""
     max_tool_calls: int = Field(5, ge=1)
     """With `tools`: calls per response at most."""
     tool_workers: int = Field(8, ge=0)
