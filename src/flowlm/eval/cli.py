@@ -41,8 +41,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--switch", choices=("/think", "/no_think"), default="", help="chat: soft switch in the user turn")
     p.add_argument("--fewshot", type=int, default=0, help="worked examples before each question")
     p.add_argument("--tools", default=None, metavar="NAME[,NAME]",
-                   help="chat: built-in tools (calculator, python) the model may call while it answers; the reply "
-                        "after its last call is scored")
+                   help="chat: tools the model may call while it answers (built-in: calculator, python; or "
+                        "mcp:COMMAND, an MCP server's); the reply after its last call is scored")
     p.add_argument("--max-tool-calls", type=int, default=None, metavar="N", help="with --tools: calls per sample (5)")
     p.add_argument("--tool-workers", type=int, default=None, metavar="N",
                    help="with --tools: threads that run calls beside decoding (8; 0 = inline, a schedule that "

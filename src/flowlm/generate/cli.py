@@ -66,8 +66,8 @@ def add_parser(subparsers: Any) -> None:
                    help="completion log-probs of the raw logits (temperature 1) or of the logits divided by the "
                         "row's temperature (what RL at that temperature trains); both before top-k/top-p/min-p")
     p.add_argument("--tools", default=None, metavar="NAMES",
-                   help="comma-separated built-in tools the model may call (calculator, python); calls are run "
-                        "and answered in the loop; chat or prompt rows, one completion each")
+                   help="comma-separated tools the model may call (built-in: calculator, python; or mcp:COMMAND, "
+                        "every tool of an MCP server); calls are run and answered in the loop; chat or prompt rows")
     p.add_argument("--max-tool-calls", type=int, default=5, help="--tools: calls per conversation at most")
     p.add_argument("--tool-workers", type=int, default=8,
                    help="--tools: threads that run calls beside decoding (0 = inline, a schedule that depends on the "
