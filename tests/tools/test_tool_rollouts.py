@@ -557,11 +557,12 @@ def test_on_policy_distillation_samples_with_tools_and_trains_on_the_sampled_tok
     assert bad.returncode != 0 and "tool_workers only applies with tools" in bad.stderr
 
 
-def test_coldstart_on_function_calling_rows_lists_their_functions_and_keeps_verified_calls(tok, tmp_path):
+def test_function_calling_rows_give_sft_rows_and_delta_pairs_with_their_functions_listed(tok, tmp_path):
     """BFCL-style rows (their own `tools`, a `tool_call` ground truth), from `flowlm rl prompts --suite bfcl=`,
     through `flowlm post coldstart`: the teacher's prompt lists each row's functions, the `tool_call` verifier
     keeps the right calls, and a kept row holds them as structured calls with its functions, which SFT
-    renders in the template's format. A micro teacher learnt the right call for the first row only."""
+    renders in the template's format. A micro teacher learnt the right call for the first row only. Then
+    `flowlm post pairs` against a weak teacher that learnt a wrong call, and DPO on the pair."""
     from flowlm.data.chat import render_chat_example
     from flowlm.generate.prompts import to_prompt_ids
     from flowlm.model.hf import save_pretrained
@@ -595,8 +596,33 @@ def test_coldstart_on_function_calling_rows_lists_their_functions_and_keeps_veri
     assert '"name": "calculate_triangle_area"' in text.split("<|im_start|>user")[0]  # listed in the system turn
     assert '{"name": "calculate_triangle_area", "arguments": {"base": 10, "height": 5}}' in tok.decode(
         [t for t, m in zip(ids, mask) if m], skip_special_tokens=False)
-    # the second row (not learnt) is accounted for, not lost; preference pairs refuse such rows
+    # the second row (not learnt) is accounted for, not lost
     assert "no_valid_candidate" in proc.stderr
-    pairs = flowlm("post", "pairs", "--strong", str(tmp_path / "teacher"), "--weak", str(tmp_path / "teacher"),
-                   "--file", str(rows), check=False)
-    assert pairs.returncode == 1 and f"{rows}:1: the row offers its own functions" in pairs.stderr
+    # delta pairs on the same rows: a weak teacher that learnt a wrong call is the rejected side; DPO trains on
+    # the pair with the functions listed in its prompt
+    wrong = reply.replace('"base": 10, "height": 5', '"base": 5, "height": 10')
+    weak = memorize(len(tok), [(prompt, False), (tok.encode(wrong, add_special_tokens=False) + end, True)],
+                    context=2048)
+    save_pretrained(weak, tok, tmp_path / "weak")
+    pairs_out = tmp_path / "pairs.jsonl"
+    flowlm("post", "pairs", "--strong", str(tmp_path / "teacher"), "--weak", str(tmp_path / "weak"), "--file", str(rows),
+           "--set", "teacher.max_new_tokens=300", "--set", "teacher.temperature=0", "--set", "n_chosen=1",
+           "--out", str(pairs_out))
+    pair = json.loads(pairs_out.read_text().splitlines()[0])
+    assert pair["tools"] == row_tools(first) and pair["rejected_correct"] is False
+    assert pair["chosen"][0]["tool_calls"][0]["function"]["arguments"] == {"base": 10, "height": 5}
+    assert pair["rejected"][0]["tool_calls"][0]["function"]["arguments"] == {"base": 5, "height": 10}
+    from flowlm.data.chat import pair_row
+    from flowlm.data.pairs import render_pair
+
+    sides = render_pair(tok, pair_row(pair))
+    for side, args in (("chosen", '"base": 10, "height": 5'), ("rejected", '"base": 5, "height": 10')):
+        ids, mask = sides[side]
+        assert '"name": "calculate_triangle_area", "description"' in tok.decode(ids[: mask.index(1)])  # listed
+        assert args in tok.decode([t for t, m in zip(ids, mask) if m])
+    flowlm("train", "--objective", "dpo", "--init", str(tmp_path / "teacher"), "--data", str(pairs_out), "--run-dir",
+           str(tmp_path / "dpo"), "stages.dpo.objective.beta=0.1", "stages.dpo.seq_len=1024", "stages.dpo.batch_size=1",
+           "--no-progress", "eval.max_items=2", "eval.heldout_docs=1", "eval.tasks=[prose]", "threads=1")
+    steps = [json.loads(x) for x in (tmp_path / "dpo" / "dpo" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(x)]
+    assert len(steps) == 1 and steps[0]["grad_norm"] > 0

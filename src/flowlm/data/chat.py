@@ -173,7 +173,8 @@ def pair_row(row: Mapping[str, Any], *, where: str = "pair row") -> dict[str, An
     for side, msgs in sides.items():
         if not msgs or any(m["role"] != "assistant" for m in msgs):
             _fail(where, f"{side} must be assistant turns after the prompt")
-    return {**out, "prompt": prompt, **sides}
+    tools = _tools(row, where)
+    return {**out, "prompt": prompt, **sides, **({"tools": tools} if tools else {})}
 
 
 # -- one message -------------------------------------------------------------------------------------

@@ -45,18 +45,21 @@ def render_pair(tok: Any, row: Mapping[str, Any], *, enable_thinking: bool = Tru
     """`{chosen: (ids, mask), rejected: (ids, mask)}` for a TRL-style preference row.
 
     The row holds `prompt` (a string or messages) and `chosen` / `rejected` (a string or the assistant
-    messages that follow the prompt). The mask marks the answer's assistant tokens only.
+    messages that follow the prompt), and `tools` when the prompt lists functions. The mask marks the
+    answer's assistant tokens only.
     """
     from flowlm.model.tokenizer import render_chat, render_ids
 
     prompt = _messages(row["prompt"], "user")
-    n_prompt = len(render_ids(tok, prompt, enable_thinking=enable_thinking, add_generation_prompt=True))
+    tools = row.get("tools") or None  # a function-calling pair: the prompt lists its functions
+    n_prompt = len(render_ids(tok, prompt, enable_thinking=enable_thinking, add_generation_prompt=True, tools=tools))
     out = {}
     for side in SIDES:
         answer = _messages(row[side], "assistant")
         # one answer message (the usual case): only its mask is needed, so a template that re-renders the
         # prompt's earlier turns (Qwen3's, without generation markers) still works
-        ids, mask = render_chat(tok, prompt + answer, enable_thinking=enable_thinking, last_only=len(answer) == 1)
+        ids, mask = render_chat(tok, prompt + answer, enable_thinking=enable_thinking, last_only=len(answer) == 1,
+                                tools=tools)
         mask = [0] * min(n_prompt, len(mask)) + list(mask[n_prompt:])
         out[side] = (ids, mask)
     return out

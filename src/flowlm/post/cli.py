@@ -119,8 +119,7 @@ def load_prompt_rows(args: argparse.Namespace, seed: int, teachers: tuple[str, .
             raise ConfigError(f"--builtin must be >= 1, got {args.builtin}")
         return builtin_rows(args.builtin, seed)
     source = input_path(args.file, f"post {args.post_cmd}")
-    functions = args.post_cmd == "coldstart"
-    checked = [(where, check_prompt_row(where, row, functions=functions)) for where, row in iter_input_objects(source)]
+    checked = [(where, check_prompt_row(where, row)) for where, row in iter_input_objects(source)]
     if not checked:
         raise FlowError(f"{args.file or '<stdin>'}: no prompt rows")
     for spec in teachers:  # after the row schema: a malformed row is reported as such first
@@ -130,10 +129,9 @@ def load_prompt_rows(args: argparse.Namespace, seed: int, teachers: tuple[str, .
     return [row for _, row in checked]
 
 
-def check_prompt_row(where: str, row: dict[str, Any], *, functions: bool = True) -> dict[str, Any]:
-    """`row` if it has a chat prompt and (when tagged) valid verifier routing; else one FlowError at `where`.
-    A row's own functions (`tools`) are checked, and refused where `functions` is False (preference pairs).
-    Used by this CLI and the `coldstart` / `pairs` stage kinds."""
+def check_prompt_row(where: str, row: dict[str, Any]) -> dict[str, Any]:
+    """`row` if it has a chat prompt, (when tagged) valid verifier routing and well-formed own functions
+    (`tools`); else one FlowError at `where`. Used by this CLI and the `coldstart` / `pairs` stage kinds."""
     from flowlm.post.filters import has_verifier
     from flowlm.post.teachers import prompt_messages
     from flowlm.rl.rows import row_tools
@@ -148,9 +146,6 @@ def check_prompt_row(where: str, row: dict[str, Any], *, functions: bool = True)
     except (ValueError, UnknownVerifierError) as exc:  # GroundTruthError is a ValueError
         msg = exc.args[0] if isinstance(exc, (GroundTruthError, UnknownVerifierError)) and exc.args else str(exc)
         raise FlowError(f"{where}: {msg}") from None
-    if row.get("tools") is not None and not functions:
-        raise FlowError(f"{where}: the row offers its own functions (`tools`); preference pairs are built on "
-                        "replies without them (flowlm post coldstart takes such rows)")
     return row
 
 

@@ -24,7 +24,9 @@ Instruct pairs (`thinking=False`) are length-controlled (OLMo 3 §5.3.1: chosen 
 Think pairs are not length-filtered. Multi-turn rows are answered on the last turn only: the prompt is
 every message before the final assistant turn, which is replaced (no ambiguity about which turn is
 preferred). Output rows are TRL preference rows `{"prompt": [messages], "chosen": [assistant msg],
-"rejected": [assistant msg], ...}`, which `flowlm.data.pairs.render_pair` reads.
+"rejected": [assistant msg], ...}`, which `flowlm.data.pairs.render_pair` reads. Function-calling rows (their
+own `tools`, a `tool_call` ground truth) are answered with their functions listed; both sides hold their
+calls as structured `tool_calls`, and the pair row keeps the functions as its `tools` (DPO lists them).
 
 Accounting: step `prompts` (pairs written vs prompts dropped by reason) and step `candidates`
 (responses sampled vs used in a pair, the rest dropped by filter reason or `unused`), both conserving.
@@ -43,8 +45,9 @@ from flowlm.errors import FlowError
 from flowlm.post.coldstart import META_KEYS, Accounting, chunks, prompt_tokens, response_tokens, row_id
 from flowlm.post.filters import (ResponseFilterCfg, check_response, contaminated, format_problem, has_verifier,
                                  markup_problem, wrong_answer)
-from flowlm.post.teachers import (Message, Response, Teacher, assistant_message, completion_text, prompt_messages,
-                                  user_text, with_mode)
+from flowlm.post.teachers import (Message, Response, Teacher, assistant_message, call_message, completion_text,
+                                  prompt_messages, user_text, with_mode)
+from flowlm.rl.rows import row_tools
 
 Judge = Callable[[list[Message], Response, Mapping[str, Any]], float]
 """`judge(prompt_messages, response, row) -> score`; `row` carries the ground truth, when there is one."""
@@ -128,9 +131,13 @@ def _too_far(a: Response, b: Response, cfg: PairCfg, count: TokenCounter) -> boo
 
 def _pair_row(row: Mapping[str, Any], index: int, msgs: list[Message], chosen: Response, rejected: Response,
               cfg: PairCfg, source: str, **extra: Any) -> dict[str, Any]:
+    functions = row_tools(dict(row))  # a function-calling row: both sides' calls structured, its functions listed
+    message = call_message if functions else assistant_message
     out: dict[str, Any] = {"id": row_id(row, index), "source": source, "thinking": cfg.thinking,
                            "prompt": with_mode(msgs, cfg.thinking),
-                           "chosen": [assistant_message(chosen)], "rejected": [assistant_message(rejected)], **extra}
+                           "chosen": [message(chosen)], "rejected": [message(rejected)], **extra}
+    if functions:
+        out["tools"] = functions
     out.update({key: row[key] for key in META_KEYS if key in row})
     return out
 
@@ -142,6 +149,7 @@ def _prompts(part: Sequence[Mapping[str, Any]], start: int, acc: Accounting,
     for i, row in enumerate(part, start):
         try:
             msgs = prompt_messages(row)
+            row_tools(dict(row))
         except ValueError:
             acc["prompts"].record_in(0)
             acc["prompts"].record_drop("bad_prompt", 0)
@@ -155,8 +163,13 @@ def _prompts(part: Sequence[Mapping[str, Any]], start: int, acc: Accounting,
     return live
 
 
-def _sample(teacher: Teacher, msgs: list[list[Message]], n: int, cfg: PairCfg) -> list[list[Response]]:
-    got = teacher.sample(msgs, n, thinking=cfg.thinking, seed=cfg.seed) if msgs else []
+def _sample(teacher: Teacher, live: list[tuple[int, Mapping[str, Any], list[Message]]], n: int,
+            cfg: PairCfg) -> list[list[Response]]:
+    """`n` answers of `teacher` to each live prompt (a function-calling row's prompt lists its functions)."""
+    msgs = [m for _, _, m in live]
+    functions = [row_tools(dict(row)) for _, row, _ in live]
+    extra = {"functions": functions} if any(functions) else {}
+    got = teacher.sample(msgs, n, thinking=cfg.thinking, seed=cfg.seed, **extra) if msgs else []
     if len(got) != len(msgs):
         raise FlowError(f"teacher {teacher.name}: {len(got)} answers for {len(msgs)} prompts")
     return got
@@ -178,8 +191,8 @@ def build_delta_pairs(rows: Iterable[Mapping[str, Any]], strong: Teacher, weak: 
     out: list[dict[str, Any]] = []
     for start, part in chunks(rows, cfg.chunk):
         live = _prompts(part, start, acc, decontam)
-        strong_out = _sample(strong, [m for _, _, m in live], cfg.n_chosen, cfg)
-        weak_out = _sample(weak, [m for _, _, m in live], 1, cfg)
+        strong_out = _sample(strong, live, cfg.n_chosen, cfg)
+        weak_out = _sample(weak, live, 1, cfg)
         for (i, row, msgs), cands, rej in zip(live, strong_out, weak_out):
             verdicts = _check_chosen(row, cands, cfg, decontam)
             chosen = next((resp for resp, why in verdicts if why is None), None)
@@ -254,7 +267,7 @@ def build_judge_pairs(rows: Iterable[Mapping[str, Any]], pool: Sequence[Teacher]
     out: list[dict[str, Any]] = []
     for start, part in chunks(rows, cfg.chunk):
         live = _prompts(part, start, acc, decontam)
-        answers = [_sample(t, [m for _, _, m in live], cfg.n_per_teacher, cfg) for t in pool]
+        answers = [_sample(t, live, cfg.n_per_teacher, cfg) for t in pool]
         for j, (i, row, msgs) in enumerate(live):
             cands = [(t.name, resp) for t, per_prompt in zip(pool, answers) for resp in per_prompt[j]]
             pair, reason, unused = _judge_pair(row, msgs, cands, judge, cfg, decontam, count)

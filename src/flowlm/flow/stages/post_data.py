@@ -86,7 +86,7 @@ def _prompt_rows(cfg: _BuilderConfig) -> list[dict[str, Any]]:
         return with_instruction(builtin_rows(cfg.n_prompts, cfg.seed), cfg)
     rows = []
     for line, row in iter_json_objects(cfg.prompts):
-        rows.append(check_prompt_row(f"{cfg.prompts}:{line}", row, functions=isinstance(cfg, ColdStartStageConfig)))
+        rows.append(check_prompt_row(f"{cfg.prompts}:{line}", row))
         if len(rows) == cfg.n_prompts:
             break
     if not rows:
