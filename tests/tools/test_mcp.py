@@ -124,3 +124,34 @@ def test_without_the_sdk_mcp_entries_are_a_one_line_error_and_built_in_tools_sti
     with pytest.raises(FlowError, match=r"MCP tools need the 'mcp' package, version 2 or later: "
                                         r"pip install 'flowlm\[mcp\]'"):
         select_tools([SERVER + " --only weather"])
+
+
+def test_an_rl_stage_samples_rollouts_that_call_an_mcp_servers_tool(tmp_path):
+    """`rollout.tools: ["mcp:..."]`: the RL source lists the server's tools in its prompts, the rollouts' calls
+    go to the server, and the answer is context in the batch, not a target (the twenty-ninth session's rule)."""
+    from flowlm.model.tokenizer import turn_end_ids
+    from tests.tools.memorize import memorize
+    from tests.tools.test_tool_rollouts import ROW, real_source
+
+    tok = make_tok(tmp_path / "tok")
+    only = SERVER + " --only add"
+    src = real_source(tok, tools=[only], max_new_tokens=300)
+    prompt = src.prompt_ids[0]
+    assert '"name": "add"' in tok.decode(prompt)
+    end = list(turn_end_ids(tok))
+    reply = tok.encode("<think>\n\n</think>\n\n" + call("add", a=440040050, b=1), add_special_tokens=False) + end
+    turn = tok.encode("\n<|im_start|>tool\n440040051<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)
+    answer = tok.encode("<think>\n\n</think>\n\nIt is 440040051.", add_special_tokens=False) + end
+    model = memorize(len(tok), [(prompt, False), (reply, True), (turn, False), (answer, True)], context=2048)
+    src.bind(model)
+    try:
+        batch = next(iter(src))
+    finally:
+        src.close()
+        mcp.disconnect(only)
+    at = len(prompt) + len(reply)
+    assert all(batch["input_ids"][r, at:at + len(turn)].tolist() == turn for r in range(2))  # the server's answer
+    labelled = batch["labels"] != -100
+    assert labelled[:, len(prompt) - 1:at - 1].all() and not labelled[:, at - 1:at - 1 + len(turn)].any()
+    calls = batch["stat_num/tool_calls"].sum() / batch["stat_den/tool_calls"].sum()
+    assert float(calls) == 1.0 and ROW["ground_truth"] == "440040051"  # one call per completion
