@@ -30,16 +30,18 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # tests.tools.memorize: the micro model that learns a trajectory by heart
 
 from flowlm.generate.engine import Engine, GenerateConfig  # noqa: E402
 from flowlm.generate.params import SamplingParams  # noqa: E402
 from flowlm.generate.prompts import to_prompt_ids  # noqa: E402
-from flowlm.model.config import ModelConfig  # noqa: E402
 from flowlm.model.olmo3 import Olmo3  # noqa: E402
 from flowlm.model.tokenizer import load_tokenizer, train_tokenizer, turn_end_ids  # noqa: E402
 from flowlm.tools.builtin import PYTHON, check_available  # noqa: E402
 from flowlm.tools.engine import ToolEngine, fill_tool_turn, tool_turn_text  # noqa: E402
+from tests.tools.memorize import memorize  # noqa: E402
 
 CALL = '<tool_call>\n{"name": "python", "arguments": {"code": "print(48213 * 9127)"}}\n</tool_call>'
 ANSWER = "<think>\nPython printed 440040051.\n</think>\n\nThe answer is 440040051."
@@ -52,20 +54,7 @@ def caller(tok) -> tuple[Olmo3, list[int]]:
     reply = tok.encode(CALL, add_special_tokens=False) + end
     tool = tok.encode(fill_tool_turn(tool_turn_text(tok, ["python"]), ["440040051"]), add_special_tokens=False)
     answer = tok.encode(ANSWER, add_special_tokens=False) + end
-    ids = torch.tensor([prompt + reply + tool + answer])
-    trained = torch.ones(ids.shape[1] - 1, dtype=torch.bool)  # position j predicts token j + 1
-    trained[: len(prompt) - 1] = False
-    trained[len(prompt) + len(reply) - 1: len(prompt) + len(reply) + len(tool) - 1] = False
-    torch.manual_seed(0)
-    model = Olmo3(ModelConfig(vocab_size=len(tok), hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
-                              intermediate_size=128, max_seq_len=1024, sliding_window=1024))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(250):
-        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0, trained], ids[0, 1:][trained])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), prompt
+    return memorize(len(tok), [(prompt, False), (reply, True), (tool, False), (answer, True)]), prompt
 
 
 def run(model: Olmo3, tok, prompt: list[int], requests: int, n: int, workers: int) -> tuple[float, int]:

@@ -257,14 +257,20 @@ def require_thinking_switch(tokenizer: Any, option: str) -> None:
 
 def render_ids(tokenizer: Any, messages: Sequence[dict[str, Any]], **kw: Any) -> list[int]:
     """Token ids of `messages` rendered with the chat template, no mask (a prompt to generate from: pass
-    `add_generation_prompt=True`); `kw` goes to `apply_chat_template` (`enable_thinking`, `tools`)."""
+    `add_generation_prompt=True`); `kw` goes to `apply_chat_template` (`enable_thinking`, `tools`). The
+    messages and tools are first fitted to the template (`fit_to_template`)."""
+    messages, tools = fit_to_template(tokenizer, messages, kw.pop("tools", None))
+    return _render_fitted(tokenizer, messages, tools=tools, **kw)
+
+
+def _render_fitted(tokenizer: Any, messages: Sequence[dict[str, Any]], **kw: Any) -> list[int]:
+    """`render_ids` of messages already fitted to the template (`render_chat`'s and the prefix masks')."""
     if not getattr(tokenizer, "chat_template", None):
         raise FlowError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')}: has no chat template (a base model's "
                         "tokenizer?): chat data needs one; put a chat_template.jinja beside its tokenizer files")
     if not messages and not kw.get("add_generation_prompt"):
         return []
-    messages, tools = fit_to_template(tokenizer, messages, kw.pop("tools", None))
-    out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True, tools=tools, **kw)
+    out = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True, **kw)
     return list(out["input_ids"])
 
 
@@ -297,8 +303,8 @@ def _prefix_mask(tokenizer: Any, messages: Sequence[dict[str, Any]], ids: list[i
     for i in turns[-1:] if last_only else turns:
         # the bare generation prompt: a non-thinking one may pre-fill the empty think block, which the
         # model must learn to write (as the marked template labels it)
-        before = render_ids(tokenizer, messages[:i], add_generation_prompt=True, **{**kw, "enable_thinking": True})
-        upto = render_ids(tokenizer, messages[:i + 1], **kw)
+        before = _render_fitted(tokenizer, messages[:i], add_generation_prompt=True, **{**kw, "enable_thinking": True})
+        upto = _render_fitted(tokenizer, messages[:i + 1], **kw)
         start, end = len(before), _agreeing(ids, upto, ends)
         if ids[:start] != before or end is None or end <= start:
             raise FlowError(
@@ -425,7 +431,7 @@ def render_chat(
     messages, tools = fit_to_template(tokenizer, messages, tools)
     kw = {"tools": tools, "enable_thinking": enable_thinking}
     if not has_generation_markers(tokenizer):  # (also a tokenizer without a template: render_ids says so)
-        ids = render_ids(tokenizer, messages, add_generation_prompt=add_generation_prompt, **kw)
+        ids = _render_fitted(tokenizer, messages, add_generation_prompt=add_generation_prompt, **kw)
         return ids, _prefix_mask(tokenizer, messages, ids, last_only=last_only, **kw)
     out = tokenizer.apply_chat_template(
         list(messages), tokenize=True, return_dict=True, return_assistant_tokens_mask=True,

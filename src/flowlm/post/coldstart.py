@@ -38,7 +38,7 @@ from flowlm.config import Strict
 from flowlm.data.accounting import StepStats, count_tokens
 from flowlm.errors import FlowError
 from flowlm.post.filters import QueryFilterCfg, ResponseFilterCfg, check_response, pass_rates, query_problem, too_easy
-from flowlm.post.teachers import (Message, Response, Teacher, assistant_message, call_message, prompt_messages,
+from flowlm.post.teachers import (Message, Response, Teacher, ask, assistant_message, call_message, prompt_messages,
                                   wants_no_think, with_mode)
 from flowlm.rl.rows import row_tools
 
@@ -197,9 +197,8 @@ def _sample_and_filter(live: list[_Prompt], teacher: Teacher, cfg: ColdStartCfg,
     for mode in (True, False):
         group = [p for p in live if p.thinking == mode]
         if group:
-            functions = [p.functions for p in group]
-            got = teacher.sample([p.msgs for p in group], cfg.n, thinking=mode, seed=cfg.seed,
-                                 **({"functions": functions} if any(functions) else {}))
+            got = ask(teacher, [p.msgs for p in group], cfg.n, thinking=mode, seed=cfg.seed,
+                      functions=[p.functions for p in group])
             if len(got) != len(group):
                 raise FlowError(f"teacher {teacher.name}: {len(got)} answers for {len(group)} prompts")
             samples.update({p.index: resp for p, resp in zip(group, got)})

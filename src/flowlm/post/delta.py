@@ -45,7 +45,7 @@ from flowlm.errors import FlowError
 from flowlm.post.coldstart import META_KEYS, Accounting, chunks, prompt_tokens, response_tokens, row_id
 from flowlm.post.filters import (ResponseFilterCfg, check_response, contaminated, format_problem, has_verifier,
                                  markup_problem, wrong_answer)
-from flowlm.post.teachers import (Message, Response, Teacher, assistant_message, call_message, completion_text,
+from flowlm.post.teachers import (Message, Response, Teacher, ask, assistant_message, call_message, completion_text,
                                   prompt_messages, user_text, with_mode)
 from flowlm.rl.rows import row_tools
 
@@ -168,8 +168,7 @@ def _sample(teacher: Teacher, live: list[tuple[int, Mapping[str, Any], list[Mess
     """`n` answers of `teacher` to each live prompt (a function-calling row's prompt lists its functions)."""
     msgs = [m for _, _, m in live]
     functions = [row_tools(dict(row)) for _, row, _ in live]
-    extra = {"functions": functions} if any(functions) else {}
-    got = teacher.sample(msgs, n, thinking=cfg.thinking, seed=cfg.seed, **extra) if msgs else []
+    got = ask(teacher, msgs, n, thinking=cfg.thinking, seed=cfg.seed, functions=functions) if msgs else []
     if len(got) != len(msgs):
         raise FlowError(f"teacher {teacher.name}: {len(got)} answers for {len(msgs)} prompts")
     return got

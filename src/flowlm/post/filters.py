@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flowlm.config import Strict
-from flowlm.post.teachers import Message, completion_text, user_text
+from flowlm.post.teachers import Message, ask, completion_text, user_text
 from flowlm.verify import math_extract
 
 _WORD = re.compile(r"\S+")
@@ -266,9 +266,7 @@ def pass_rates(rows: Sequence[Mapping[str, Any]], prompts: Sequence[list[Message
     """Share of `k` non-thinking samples per prompt that the row's verifiers accept (score 1)."""
     from flowlm.rl.rows import row_tools
 
-    functions = [row_tools(dict(row)) for row in rows]
-    samples = teacher.sample(list(prompts), k, thinking=False, seed=seed,
-                             **({"functions": functions} if any(functions) else {}))
+    samples = ask(teacher, list(prompts), k, thinking=False, seed=seed, functions=[row_tools(dict(r)) for r in rows])
     rates = []
     for row, resp in zip(rows, samples):
         ok = [format_problem(r) is None and wrong_answer(row, r) is None for r in resp]

@@ -28,10 +28,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from flowlm.config import Strict
 from flowlm.errors import ConfigError, FlowError
+from flowlm.tools.builtin import ToolNames
 from flowlm.verify.rows import prompt_messages  # re-exported: the chat prompt of a row
 from flowlm.verify.thinking import CLOSE, OPEN
 
@@ -51,6 +52,14 @@ class Teacher(Protocol):
         ...
 
 
+def ask(teacher: Teacher, prompts: list[list[Message]], n: int, *, thinking: bool, seed: int,
+        functions: Sequence[list[dict[str, Any]] | None] = ()) -> list[list[Response]]:
+    """`teacher.sample`, given `functions` only when some prompt lists its own (so a teacher written before
+    `sample` took them still answers every other row)."""
+    extra = {"functions": list(functions)} if any(functions) else {}
+    return teacher.sample(prompts, n, thinking=thinking, seed=seed, **extra)
+
+
 class TeacherCfg(Strict):
     """How the CLI builds a teacher from `--teacher/--strong/--weak PATH|procedural|weak`."""
 
@@ -66,7 +75,7 @@ class TeacherCfg(Strict):
     """`procedural`: share of corrupted candidates (0 = every candidate is the worked solution)."""
     skill: float = 0.7
     """`weak`: per-step chance of getting a step right; a final answer is right with skill ** steps."""
-    tools: list[str] = []
+    tools: ToolNames = []
     """Model teachers, `flowlm post coldstart`: tools (built-in calculator, python; `mcp:SERVER`) the teacher may
     call while it answers (`flowlm.tools.engine`); a kept response is the whole trajectory, and its row lists
     the tools."""
@@ -75,12 +84,6 @@ class TeacherCfg(Strict):
     tool_workers: int = Field(8, ge=0)
     """With `tools`: threads that run calls beside decoding (0: inline, a schedule that depends on the seeds alone)."""
 
-    @field_validator("tools")
-    @classmethod
-    def _known_tools(cls, value: list[str]) -> list[str]:
-        from flowlm.tools.builtin import known_tools
-
-        return known_tools(value)
 
 
 # --- messages and responses -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from flowlm.config import Strict
+from flowlm.tools.builtin import ToolNames
 
 ASYNC_FIELDS = {"async_steps", "max_inflight_groups", "weight_sync_timeout", "rollout_timeout", "max_worker_restarts"}
 RAY_FIELDS = {"ray_address", "num_rollout_workers", "num_reward_workers", "rollout_worker_cpus",
@@ -84,7 +85,7 @@ class RolloutConfig(Strict):
         None, ge=0, description="ray: GPUs Ray gives each rollout actor (default: 1 with backend vllm, else 0)")
     stop: list[str] = Field(default_factory=list, description="strings that end a completion (plain prompts: "
                                                                   "the next '\\nQuestion:'); chat stops at <|im_end|>")
-    tools: list[str] = Field(
+    tools: ToolNames = Field(
         default_factory=list, description="tools the policy may call while it samples (built-in: calculator, python; "
                                           "or mcp:SERVER, an MCP server's; flowlm.tools): listed in the system turn, run between turns, their "
                                           "answers appended as tokens and masked out of the loss (mask_tool_use)")
@@ -137,13 +138,6 @@ class RolloutConfig(Strict):
 
         advantage_estimator(value)  # ValueError naming the closest known estimator
         return value
-
-    @field_validator("tools")
-    @classmethod
-    def _known_tools(cls, value: list[str]) -> list[str]:
-        from flowlm.tools.builtin import known_tools
-
-        return known_tools(value)
 
     @model_validator(mode="after")
     def _check(self) -> "RolloutConfig":

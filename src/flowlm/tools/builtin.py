@@ -20,7 +20,9 @@ import ast
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
+
+from pydantic import AfterValidator
 
 from flowlm.errors import ConfigError
 
@@ -142,6 +144,10 @@ def known_tools(names: list[str]) -> list[str]:
         if is_mcp(n):
             check_spec(n)
     return list(dict.fromkeys(names))
+
+
+ToolNames = Annotated[list[str], AfterValidator(known_tools)]
+"""A config field of tool names (`rollout.tools`, `teacher.tools`, `on_policy.tools`), checked by `known_tools`."""
 
 
 def select_tools(names: list[str]) -> dict[str, Tool]:

@@ -22,6 +22,7 @@ from flowlm.config import Strict
 from flowlm.errors import ConfigError, FlowError
 from flowlm.flow.stages.common import bpb_eval_fn, export_model, hf_config_writer
 from flowlm.flow.stages.registry import StageContext, StageKind, StageResult, register
+from flowlm.tools.builtin import ToolNames
 from flowlm.train.config import EngineConfig
 from flowlm.train.objectives import ObjectiveConfig, parse_objective_config
 
@@ -76,18 +77,11 @@ class OnPolicyConfig(Strict):
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     n_prompts: int = Field(2000, gt=0, description="data: builtin: how many prompts")
-    tools: list[str] = Field(default_factory=list, description="tools the student may call while it samples "
+    tools: ToolNames = Field(default_factory=list, description="tools the student may call while it samples "
                              "(built-in names or mcp:SERVER; their answers are context, not targets)")
     max_tool_calls: int = Field(5, ge=1, description="with tools: calls (and tool turns) per completion at most")
     tool_workers: int = Field(0, ge=0, description="with tools: threads that run calls beside decoding (0: inline, "
                                                    "so a resumed run regenerates the same tokens)")
-
-    @field_validator("tools")
-    @classmethod
-    def _known_tools(cls, value: list[str]) -> list[str]:
-        from flowlm.tools.builtin import known_tools
-
-        return known_tools(value)
 
     @model_validator(mode="after")
     def _check(self) -> "OnPolicyConfig":
