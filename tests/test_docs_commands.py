@@ -199,6 +199,11 @@ def write_inputs(ws: Path) -> None:
         {"id": 1, "dataset": "math", "ground_truth": "4", "completion": "\\boxed{4}"},
         {"id": 2, "dataset": "gsm8k", "ground_truth": "#### 5", "completion": "#### 6"},
         {"id": 3, "dataset": "math", "ground_truth": "0.5", "completion": "<think>half</think> The answer is \\boxed{\\frac12}."}])
+    jsonl(inp / "toolsets.jsonl", [
+        {"id": "weather", "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]},
+        {"id": "xlam", "tools": json.dumps([{"name": "search", "description": "Find items",
+                                              "parameters": {"query": {"type": "str"}}}])}])
     jsonl(inp / "in.jsonl", [{"prompt": "Once upon a time"}, {"messages": [{"role": "user", "content": "What is 2+2?"}]}])
     gsm8k = [{"question": "Tom has 3 apples and buys 4 more. How many apples does he have?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"},
              {"question": "A box holds 6 eggs. How many eggs are in 2 boxes?", "answer": "6 * 2 = <<6*2=12>>12\n#### 12"}]
@@ -364,6 +369,13 @@ def _check_post(out: str, kind: str, prompts: int) -> Callable[[Result], None]:
         last = r.stderr.strip().splitlines()[-1]
         assert re.fullmatch(rf"post (coldstart|pairs): \d+ {kind} from {prompts} prompts( -> {out})?", last), last
     return check
+
+
+def _check_simfc(r: Result) -> None:
+    assert (r.cwd / "fc.jsonl").is_file()
+    last = r.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"post simfc: \d+ conversations from 2 tool sets -> fc.jsonl", last), last
+    assert re.search(r"conversations in +4 ", r.stderr), r.stderr  # every conversation started is accounted for
 
 
 def _check_generate(r: Result) -> None:
@@ -616,6 +628,11 @@ TABLE: dict[str, Smoke] = {
     "flowlm post pairs --builtin 100 --pool procedural --pool weak --set thinking=false --set max_length_diff=100": Smoke(
         "flowlm post pairs --builtin 100 --pool procedural --pool weak --set thinking=false --set max_length_diff=100",
         after=(), check=_check_judge_pairs),
+    "flowlm post simfc --file toolsets.jsonl --teacher runs/big/model --simulator runs/small/model --out fc.jsonl": Smoke(
+        "flowlm post simfc --file toolsets.jsonl --teacher runs/big/model --simulator runs/small/model --out fc.jsonl "
+        "--set teacher.max_new_tokens=16 --set per_toolset=2", after=("post",), check=_check_simfc,
+        shrunk="16 new tokens, 2 conversations per tool set; the smoke run's models cannot play the roles, so the "
+               "check is the accounting, not the rows"),
     # --- docs/rl.md --------------------------------------------------------------------------------------------
     RL_SYNOPSIS: Smoke(
         f"flowlm rl filter --model {CKPT} --file prompts.jsonl -k 8 --max-pass-rate 0.625 --out kept.jsonl "

@@ -1,10 +1,12 @@
-"""`flowlm post {coldstart,pairs}`: post-training data from prompt rows (JSONL in, JSONL rows out).
+"""`flowlm post {coldstart,pairs,simfc}`: post-training data from prompt rows or tool sets (JSONL in, JSONL rows out).
 
     flowlm post coldstart --builtin 200 --teacher procedural --set teacher.error_rate=0.3 --out sft.jsonl
     flowlm post coldstart --file prompts.jsonl --teacher runs/x/model --query-teacher runs/y/model -n 8 \\
         --bench gsm8k/test.jsonl --set keep_per_prompt=2 --set no_think_fraction=0.2
     flowlm post pairs --file prompts.jsonl --strong runs/big/model --weak runs/small/model --out dpo.jsonl
     flowlm post pairs --builtin 100 --pool procedural --pool weak --set thinking=false
+    flowlm post simfc --file toolsets.jsonl --teacher runs/big/model --simulator runs/sim/model --out fc.jsonl
+    flowlm post simfc --tools "mcp:python my_server.py" --teacher runs/big/model --set per_toolset=50
 
 Input rows (`--file`, or stdin, the convention of every record verb in `flowlm.cli`) hold `messages` or a
 `prompt` string, plus the verifier routing of `flowlm.verify.rows` (`dataset` + `ground_truth`, or
@@ -15,6 +17,8 @@ overrides of `ColdStartCfg` / `PairCfg` plus `teacher.*` (`TeacherCfg`) and, for
 `judge_verifier` / `judge_options.*` (a registered verifier name, checked up front). The accounting table
 goes to stderr; a bad input line, or a row a `procedural`/`weak` teacher cannot answer (no `solution`),
 stops the run with `error: FILE:LINE: ...` before any sampling, and an unwritable `--out` before any work.
+`simfc` reads tool sets instead (`flowlm.post.simfc`: rows with `tools`, or `--tools` built-in names and
+`mcp:SERVER` entries, each one tool set) and needs model teachers; its knobs are `SimFCCfg` plus `teacher.*`.
 """
 
 from __future__ import annotations
@@ -31,11 +35,18 @@ from flowlm.cli import (add_io_arguments, check_output, input_path, iter_input_o
 from flowlm.errors import ConfigError, FlowError
 from flowlm.post.coldstart import ColdStartCfg
 from flowlm.post.delta import PairCfg
+from flowlm.post.simfc import SimFCCfg
 from flowlm.post.teachers import NAMED_TEACHERS, TeacherCfg, procedural_problem
 
 
 class ColdStartRun(ColdStartCfg):
     """`flowlm post coldstart` settings: the builder's config plus how teachers are built."""
+
+    teacher: TeacherCfg = TeacherCfg()
+
+
+class SimFCRun(SimFCCfg):
+    """`flowlm post simfc` settings: the builder's config plus how the models are built (both roles)."""
 
     teacher: TeacherCfg = TeacherCfg()
 
@@ -66,7 +77,8 @@ class PairsRun(PairCfg):
 
 def add_parser(subparsers: Any) -> None:
     """Register the `post` verb on the top-level CLI."""
-    p = subparsers.add_parser("post", help="post-training data: cold-start SFT rows, DPO preference pairs")
+    p = subparsers.add_parser("post", help="post-training data: cold-start SFT rows, DPO preference pairs, "
+                                                 "simulated function-calling conversations")
     verbs = p.add_subparsers(dest="post_cmd", metavar="VERB", required=True)
     cold = verbs.add_parser("coldstart", help="rejection-sampled SFT chat rows (Qwen3 cold-start filters)")
     _common(cold)
@@ -84,6 +96,20 @@ def add_parser(subparsers: Any) -> None:
                        help="strong candidates per prompt (n_chosen), or answers per pool member (n_per_teacher)")
     for v in (cold, pairs):
         v.set_defaults(func=main)
+    sim = verbs.add_parser("simfc", help="function-calling SFT rows from tool sets, the user and the tools "
+                                         "simulated by a model (OLMo 3's SimFC)")
+    add_io_arguments(sim, "tool set rows (`tools`: function definitions)",
+                     out_help="write the output rows here (atomically) instead of to stdout")
+    sim.add_argument("--tools", action="append", default=[], metavar="NAME|mcp:SERVER",
+                     help="a tool set from built-in tools or an MCP server's tools (repeatable; instead of --file)")
+    sim.add_argument("--teacher", required=True, metavar="PATH", help="the assistant (a checkpoint directory)")
+    sim.add_argument("--simulator", default=None, metavar="PATH",
+                     help="plays the user and the functions (a checkpoint directory; default: --teacher)")
+    sim.add_argument("--bench", action="append", default=[], metavar="FILE",
+                     help="benchmark file to decontaminate the user turns against (repeatable)")
+    sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="config override, e.g. per_toolset=20, patterns=[single,parallel], teacher.temperature=0.8")
+    sim.set_defaults(func=simfc_main)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -203,6 +229,38 @@ def main(args: argparse.Namespace) -> int:
     where = f" -> {args.out}" if args.out is not None else ""
     kind = "rows" if args.post_cmd == "coldstart" else "pairs"
     print(f"post {args.post_cmd}: {len(out)} {kind} from {len(rows)} prompts{where}", file=sys.stderr)
+    return 0
+
+
+def simfc_main(args: argparse.Namespace) -> int:
+    """Run `flowlm post simfc`: tool sets checked up front (FILE:LINE), then the builder."""
+    from flowlm.config import apply_overrides, validate
+    from flowlm.post.simfc import build_simfc, tool_toolsets, toolset_rows
+    from flowlm.post.teachers import make_teacher
+
+    check_output(args.out)
+    cfg = validate(SimFCRun, apply_overrides({}, args.set), "flowlm post simfc")
+    if cfg.teacher.tools:
+        raise ConfigError("flowlm post simfc: the simulator answers the calls; teacher.tools (tools that run) "
+                          "belongs to flowlm post coldstart")
+    for role, spec in (("--teacher", args.teacher), ("--simulator", args.simulator)):
+        if spec is not None and not Path(spec).is_dir():
+            raise FlowError(f"{role} {spec}: not a checkpoint directory (simfc needs models to play its roles)")
+    if args.tools and args.file is not None:
+        raise ConfigError("flowlm post simfc: give --tools or --file, not both")
+    toolsets = tool_toolsets(args.tools) if args.tools else toolset_rows(
+        iter_input_objects(input_path(args.file, "post simfc")))
+    if not toolsets:
+        raise FlowError(f"{args.file or '<stdin>'}: no tool set rows")
+    teacher = make_teacher(args.teacher, [], cfg.teacher)
+    simulator = make_teacher(args.simulator, [], cfg.teacher) if args.simulator else None
+    out, acc = build_simfc(toolsets, teacher, simulator, cfg, decontam=load_decontam(args.bench))
+    with open_output(args.out) as fh:
+        for row in out:
+            write_json_line(fh, row)
+    print(acc.table(), file=sys.stderr)
+    where = f" -> {args.out}" if args.out is not None else ""
+    print(f"post simfc: {len(out)} conversations from {len(toolsets)} tool sets{where}", file=sys.stderr)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Stage kinds `coldstart` and `pairs`: post-training data built inside a flow (`flowlm.post`).
+"""Stage kinds `coldstart`, `pairs` and `simfc`: post-training data built inside a flow (`flowlm.post`).
 
     sft_data:
       kind: coldstart                 # rejection sampling + Qwen3 filters -> SFT chat rows
@@ -11,11 +11,16 @@
       strong: procedural
       weak: sft                       # the SFT stage's own model: its mistakes are the rejected side
       config: {thinking: true}        # PairCfg fields
+    fc_data:
+      kind: simfc                     # function-calling conversations, user and tools simulated by a model
+      toolsets: data/toolsets.jsonl   # rows with `tools`; or tools: [calculator, "mcp:python server.py"]
+      teacher: /ckpt/instruct         # an earlier stage (its model) or a checkpoint; simulator: likewise
+      config: {per_toolset: 10}       # SimFCCfg fields
 
-Both write the rows (`rows.jsonl`) and the accounting (`accounting.json`: every prompt and candidate
-kept or dropped by reason, conservation checked) and tokenize the rows with the run's tokenizer, so a
-train stage names the stage as its data (`data: sft_data`). `coldstart` outputs a token store (`store`,
-assistant masks); `pairs` outputs aligned chosen / rejected stores (`pairs`, what `dpo` and
+Each writes the rows (`rows.jsonl`) and the accounting (`accounting.json`: every prompt, candidate or
+conversation kept or dropped by reason, conservation checked) and tokenizes the rows with the run's tokenizer,
+so a train stage names the stage as its data (`data: sft_data`). `coldstart` and `simfc` output a token store
+(`store`, assistant masks); `pairs` outputs aligned chosen / rejected stores (`pairs`, what `dpo` and
 `reward_model` train on) and a token store of the chosen answers alone (`store`, for the seed's
 "SFT on the chosen side" control).
 """
@@ -25,7 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from flowlm.atomic import atomic_write_json, write_jsonl
 from flowlm.config import Strict
@@ -33,7 +38,9 @@ from flowlm.errors import FlowError
 from flowlm.flow.stages.registry import StageContext, StageKind, StageResult, register
 from flowlm.post.coldstart import ColdStartCfg
 from flowlm.post.delta import PairCfg
+from flowlm.post.simfc import SimFCCfg
 from flowlm.post.teachers import TeacherCfg
+from flowlm.tools.builtin import ToolNames
 
 NAMED_TEACHERS = ("procedural", "weak")
 
@@ -67,13 +74,37 @@ class PairsStageConfig(_BuilderConfig):
     config: PairCfg = Field(default_factory=PairCfg)
 
 
+class SimFCStageConfig(Strict):
+    """Simulated function-calling conversations (OLMo 3's SimFC) as SFT rows."""
+
+    kind: Literal["simfc"] = "simfc"
+    toolsets: str | None = Field(None, description="JSONL of tool set rows (`tools`: function definitions)")
+    tools: ToolNames = Field(default_factory=list, description="or tool sets of built-in tools / mcp:SERVER, one each")
+    teacher: str = Field(description="the assistant: an earlier stage (its model) or a checkpoint directory")
+    simulator: str | None = Field(None, description="plays the user and the functions (default: the teacher)")
+    teacher_settings: TeacherCfg = Field(default_factory=TeacherCfg, description="sampling of both models")
+    bench: list[str] = Field(default_factory=list, description="benchmark files to decontaminate the user turns against")
+    config: SimFCCfg = Field(default_factory=SimFCCfg)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SimFCStageConfig:
+        if (self.toolsets is None) == (not self.tools):
+            raise ValueError("give toolsets (a JSONL file) or tools (built-in / mcp:SERVER), one of them")
+        if self.teacher_settings.tools:
+            raise ValueError("teacher_settings.tools: the simulator answers the calls in simfc")
+        return self
+
+
 def _teacher_refs(ctx: StageContext, specs: list[str | None]) -> list[str]:
     return [s for s in specs if s is not None and s not in NAMED_TEACHERS]
 
 
 def _inputs(ctx: StageContext, name: str, cfg: Any) -> list[str]:
-    specs = [cfg.teacher, cfg.query_teacher] if isinstance(cfg, ColdStartStageConfig) else [cfg.strong, cfg.weak]
-    files = [cfg.prompts] if cfg.prompts != "builtin" else []
+    if isinstance(cfg, SimFCStageConfig):
+        specs, files = [cfg.teacher, cfg.simulator], [cfg.toolsets] if cfg.toolsets else []
+    else:
+        specs = [cfg.teacher, cfg.query_teacher] if isinstance(cfg, ColdStartStageConfig) else [cfg.strong, cfg.weak]
+        files = [cfg.prompts] if cfg.prompts != "builtin" else []
     return [ctx.latest("tokenizer", name), *_teacher_refs(ctx, specs), *files, *cfg.bench]
 
 
@@ -121,7 +152,7 @@ def with_instruction(rows: list[dict[str, Any]], cfg: _BuilderConfig) -> list[di
     return out
 
 
-def _teacher(ctx: StageContext, spec: str, rows: list[dict[str, Any]], cfg: _BuilderConfig) -> Any:
+def _teacher(ctx: StageContext, spec: str, rows: list[dict[str, Any]], cfg: _BuilderConfig | SimFCStageConfig) -> Any:
     from flowlm.post.teachers import make_teacher
 
     if spec not in NAMED_TEACHERS and spec in ctx.recipe.stages:
@@ -182,7 +213,32 @@ def run_pairs(ctx: StageContext, name: str, cfg: PairsStageConfig) -> StageResul
             "store": f"{name}/chosen"}, metrics
 
 
+def run_simfc(ctx: StageContext, name: str, cfg: SimFCStageConfig) -> StageResult:
+    """Simulate conversations over the tool sets; tokenize the kept ones with assistant masks."""
+    from flowlm.data.store import tokenize_to_store
+    from flowlm.jsonlines import iter_json_objects
+    from flowlm.post.cli import load_decontam
+    from flowlm.post.simfc import build_simfc, tool_toolsets, toolset_rows
+
+    for role, spec in (("teacher", cfg.teacher), ("simulator", cfg.simulator)):
+        if spec in NAMED_TEACHERS:
+            raise FlowError(f"stage '{name}': {role} {spec!r}: simfc needs a model (an earlier stage or a checkpoint)")
+    toolsets = tool_toolsets(cfg.tools) if cfg.tools else toolset_rows(
+        (f"{cfg.toolsets}:{line}", row) for line, row in iter_json_objects(cfg.toolsets))
+    if not toolsets:
+        raise FlowError(f"{cfg.toolsets}: no tool set rows")
+    simulator = _teacher(ctx, cfg.simulator, [], cfg) if cfg.simulator else None
+    rows, acc = build_simfc(toolsets, _teacher(ctx, cfg.teacher, [], cfg), simulator, cfg.config,
+                            decontam=load_decontam(cfg.bench))
+    out, metrics = _write(ctx, name, rows, acc)
+    store = tokenize_to_store(_tokenizer(ctx, name), rows, out / "store")
+    metrics["tokens"] = int(store.n_tokens)
+    return {"rows": f"{name}/rows.jsonl", "accounting": f"{name}/accounting.json", "store": f"{name}/store"}, metrics
+
+
 register(StageKind(name="coldstart", config=ColdStartStageConfig, run=run_coldstart, inputs=_inputs,
                    main_rank_only=True, makes_data=True))
 register(StageKind(name="pairs", config=PairsStageConfig, run=run_pairs, inputs=_inputs,
+                   main_rank_only=True, makes_data=True))
+register(StageKind(name="simfc", config=SimFCStageConfig, run=run_simfc, inputs=_inputs,
                    main_rank_only=True, makes_data=True))
