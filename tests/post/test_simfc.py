@@ -249,3 +249,16 @@ def test_a_simulator_without_a_thinking_switch_is_asked_without_one(tok):
         sim.tokenizer.chat_template = template
         build_simfc([TOOLSET], assistant(GOOD), sim, SimFCCfg(patterns=["single"], per_toolset=1))
         assert {thinking for _, _, thinking in sim.asked} == {not switched}
+
+
+def test_calls_in_any_format_are_kept_structured_with_values_typed_by_the_tool_set():
+    """An assistant writing Qwen3-Coder's XML (every value text): the tool set's schema types the values, so the
+    schema check passes and the row holds the typed call, which SFT writes in the student's own format."""
+    days = {"type": "function", "function": {"name": "forecast", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]}}}
+    xml = "<tool_call>\n<function=forecast>\n<parameter=city>\n1066\n</parameter>\n<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>"
+    toolset = {"id": "f", "tools": [days]}
+    asst = Scripted("asst", lambda m, f, t: reply(xml if len(m) == 1 else "Sunny for 3 days."))
+    sim = Scripted("sim", lambda m, f, t: reply('{"sky": "sun"}' if "You simulate" in m[-1]["content"] else "Forecast for 1066?"))
+    rows, _ = build_simfc([toolset], asst, sim, SimFCCfg(patterns=["single"], per_toolset=1))
+    assert rows[0]["messages"][1]["tool_calls"][0]["function"] == {"name": "forecast", "arguments": {"city": "1066", "days": 3}}

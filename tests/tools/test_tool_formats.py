@@ -328,3 +328,119 @@ def test_llama3_json_calls_are_read_run_and_answered_in_the_templates_ipython_tu
     row = {"dataset": "tool_call", "ground_truth": {"name": "calculator", "arguments": {"expression": "6 * 7"}}}
     assert verify_row(row, '<|python_tag|>{"name": "calculator", "parameters": {"expression": "6 * 7"}}').score == 1.0
     assert verify_row(row, "The answer is 42.").score == 0.0
+
+
+# After the format of Qwen3-Coder's chat template (written for these tests, not copied): calls as
+# `<function=NAME>` XML with one newline-framed `<parameter=KEY>` per argument (strings as they are, other
+# values as JSON), answers as `<tool_response>` blocks in a user turn.
+QWEN3_XML_STYLE = (
+    "{%- if tools -%}{{- '<|im_start|>system\\nYou may call these functions:\\n<tools>' -}}"
+    "{%- for t in tools -%}{{- '\\n' + (t.function | tojson) -}}{%- endfor -%}{{- '\\n</tools><|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'user' or m.role == 'system' -%}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}"
+    "{%- elif m.role == 'assistant' -%}{{- '<|im_start|>assistant\\n' + (m.content or '') -}}"
+    "{%- for c in (m.tool_calls or []) -%}{%- set f = c.function if c.function is defined else c -%}"
+    "{%- if not loop.first or (m.content or '') | trim -%}{{- '\\n' -}}{%- endif -%}"
+    "{{- '<tool_call>\\n<function=' + f.name + '>\\n' -}}"
+    "{%- for k, v in f.arguments | items -%}"
+    "{{- '<parameter=' + k + '>\\n' + (v if v is string else v | tojson) + '\\n</parameter>\\n' -}}{%- endfor -%}"
+    "{{- '</function>\\n</tool_call>' -}}{%- endfor -%}{{- '<|im_end|>\\n' -}}"
+    "{%- elif m.role == 'tool' -%}{%- if loop.first or loop.previtem.role != 'tool' -%}{{- '<|im_start|>user' -}}"
+    "{%- endif -%}{{- '\\n<tool_response>\\n' + m.content + '\\n</tool_response>' -}}"
+    "{%- if loop.last or loop.nextitem.role != 'tool' -%}{{- '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+
+BOOKING = {"type": "function", "function": {"name": "book", "description": "Book a table", "parameters": {
+    "type": "object", "properties": {"zip": {"type": "string"}, "people": {"type": "integer"}, "budget": {"type": "number"},
+                                     "terrace": {"type": "boolean"}, "dishes": {"type": "array"},
+                                     "contact": {"type": "object"}, "note": {"type": ["string", "null"]}}}}}
+
+
+@pytest.fixture(scope="module")
+def xtok(tok, tmp_path_factory):
+    """The same tokenizer with the Qwen3-Coder-style template."""
+    path = tmp_path_factory.mktemp("xtok") / "tok"
+    tok.save_pretrained(path)
+    out = load_tokenizer(path)
+    out.chat_template = QWEN3_XML_STYLE
+    return out
+
+
+def test_qwen3_xml_calls_are_typed_by_the_listed_functions_and_never_raise():
+    from flowlm.tools.formats import QWEN3_XML, format_in, parse_qwen3_xml
+
+    text = ("Booking it.\n<tool_call>\n<function=book>\n<parameter=zip>\n07030\n</parameter>\n<parameter=people>\n4\n"
+            "</parameter>\n<parameter=budget>\n120\n</parameter>\n<parameter=terrace>\nTrue\n</parameter>\n"
+            "<parameter=dishes>\n['soup', 'bread']\n</parameter>\n<parameter=contact>\n{\"tel\": \"555\"}\n</parameter>\n"
+            "<parameter=note>\nline one\nline two\n</parameter>\n</function>\n</tool_call>")
+    assert format_in(text) is QWEN3_XML and QWEN3_XML.text_before_calls(text) == "Booking it."
+    calls, problems = QWEN3_XML.parse(text, [BOOKING])
+    assert problems == [] and calls == [{"name": "book", "arguments": {
+        "zip": "07030", "people": 4, "budget": 120, "terrace": True, "dishes": ["soup", "bread"],
+        "contact": {"tel": "555"}, "note": "line one\nline two"}}]
+    # without the schema: JSON where the text is JSON, else the text (vLLM's rule)
+    untyped, _ = parse_qwen3_xml(text)
+    assert untyped[0]["arguments"]["people"] == 4 and untyped[0]["arguments"]["zip"] == "07030"
+    assert untyped[0]["arguments"]["terrace"] == "True" and untyped[0]["arguments"]["dishes"] == "['soup', 'bread']"
+    # a value that is not of its declared type stays text (the caller's type check reports it)
+    assert parse_qwen3_xml("<function=book><parameter=people>four</parameter></function>", [BOOKING])[0] == [
+        {"name": "book", "arguments": {"people": "four"}}]
+    # tolerated: no <tool_call> wrapper, no </parameter>; refused: no name, no </function>
+    assert parse_qwen3_xml("<function=book>\n<parameter=people>\n2\n</function>") == (
+        [{"name": "book", "arguments": {"people": 2}}], [])
+    assert parse_qwen3_xml("<tool_call>\n<function=>\n</function></tool_call>") == ([], ["call 1 has no function name"])
+    assert parse_qwen3_xml("<tool_call>\n<function=book>\n<parameter=people>\n2") == (
+        [], ["call 1 (book) is not closed with </function>"])
+    for junk in ("<function=" * 50, "<function=a><parameter=" * 30 + "x", "\x00<function=\x00>", ""):
+        parse_qwen3_xml(junk, [BOOKING])  # never raises
+
+
+def test_calls_written_by_a_qwen3_xml_template_read_back_the_same(xtok):
+    from flowlm.tools.formats import QWEN3_XML
+
+    assert tool_format(xtok) == "qwen3_xml"
+    args = {"zip": "07030", "people": 4, "budget": 99.5, "terrace": False, "dishes": ["soup"], "contact": {"tel": "5"},
+            "note": None}
+    convo = [{"role": "user", "content": "Book for 4."},
+             {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "book", "arguments": args}},
+                                                                 {"type": "function", "function": {"name": "book", "arguments": {"people": 2}}}]}]
+    text = xtok.decode(render_ids(xtok, convo, tools=[BOOKING]), skip_special_tokens=False)
+    reply = text.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0]
+    assert reply.startswith("<tool_call>\n<function=book>\n<parameter=zip>\n07030\n</parameter>")
+    assert QWEN3_XML.parse(reply, [BOOKING]) == ([{"name": "book", "arguments": args},
+                                                  {"name": "book", "arguments": {"people": 2}}], [])
+
+
+def test_the_tool_loop_reads_and_answers_qwen3_xml_calls_token_for_token(xtok):
+    def script(text, j, turn):
+        if turn == 0:
+            return "Let me compute.\n<tool_call>\n<function=calculator>\n<parameter=expression>\n6 * 7\n</parameter>\n</function>\n</tool_call>"
+        return "It is 42."
+
+    prompt = [{"role": "user", "content": "What is 6 * 7?"}]
+    engine = ToolEngine(ScriptedEngine(xtok, script), {"calculator": CALCULATOR}, workers=0)
+    assert engine.format.name == "qwen3_xml"
+    res = engine.generate([prompt], [SamplingParams(max_new_tokens=300)])[0]
+    comp = res.completions[0]
+    assert comp.tool_calls == 1 and comp.tool_errors == 0 and comp.text == "It is 42."
+    assert comp.trajectory[0]["content"] == "Let me compute." and comp.trajectory[0]["tool_calls"] == [
+        {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "6 * 7"}}}]
+    tool_text = xtok.decode([t for t, m in zip(comp.tokens, comp.tool_mask) if m], skip_special_tokens=False)
+    assert tool_text == "\n<|im_start|>user\n<tool_response>\n42\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    # the trajectory is the template's own rendering of the conversation (which adds a newline after the end)
+    whole, got = render_ids(xtok, prompt + comp.trajectory, tools=[CALCULATOR.schema]), res.prompt_ids + comp.tokens
+    assert whole[:len(got)] == got and xtok.decode(whole[len(got):]) == "\n"
+
+
+def test_the_tool_call_verifier_types_xml_calls_by_the_rows_functions():
+    from flowlm.verify import verify_row
+
+    call = "<tool_call>\n<function=book>\n<parameter=zip>\n07030\n</parameter>\n<parameter=people>\n4\n</parameter>\n</function>\n</tool_call>"
+    truth = {"book": {"zip": ["07030"], "people": [4]}}
+    assert verify_row({"dataset": "tool_call", "ground_truth": truth, "functions": [BOOKING["function"]]}, call).score == 1.0
+    assert verify_row({"dataset": "tool_call", "ground_truth": truth, "tools": [BOOKING]}, call).score == 1.0
+    wrong = verify_row({"dataset": "tool_call", "ground_truth": truth, "functions": [BOOKING["function"]]},
+                       call.replace("\n4\n", "\nfour\n"))
+    assert wrong.score == 0.0 and "not of type integer" in wrong.reason

@@ -472,7 +472,7 @@ def test_coldstart_with_a_tool_calling_teacher_keeps_whole_trajectories(tok, cal
     got = [json.loads(x) for x in proc.stdout.splitlines()]
     assert got and got[0]["messages"][2]["role"] == "tool" and got[0]["tools"] == [CALCULATOR.schema]
     bad = flowlm("post", "pairs", "--strong", str(tmp_path / "teacher"), "--weak", "weak", *args, check=False)
-    assert bad.returncode == 2 and "teacher.tools applies to flowlm post coldstart" in bad.stderr
+    assert bad.returncode == 1 and "teacher 'weak': teacher.tools needs a model teacher" in bad.stderr
     named = flowlm("post", "coldstart", "--teacher", "procedural", "--builtin", "2", "--set",
                    "teacher.tools=[calculator]", check=False)
     assert named.returncode == 1 and "teacher.tools needs a model teacher" in named.stderr
@@ -482,6 +482,46 @@ def test_coldstart_with_a_tool_calling_teacher_keeps_whole_trajectories(tok, cal
                      check=False)
     assert refused.returncode == 2 and "rows that list their own functions" in refused.stderr
     assert "use one or the other" in refused.stderr.strip().splitlines()[-1]
+
+
+def test_delta_pairs_of_tool_trajectories_train_dpo_on_the_assistant_turns_only(tok, caller, tmp_path):
+    """`flowlm post pairs` with `teacher.tools`: the strong teacher's side is its verified trajectory (call, tool
+    answer, final reply), the weak teacher's its own answer (here a wrong guess without a call), the pair lists
+    the tools, DPO's chosen mask covers both assistant turns and not the tool's answer, and `flowlm train
+    --objective dpo` trains on it."""
+    from flowlm.data.chat import pair_row
+    from flowlm.data.pairs import render_pair
+    from flowlm.model.hf import save_pretrained
+    from tests.flow.test_post_flow import flowlm
+    from tests.tools.memorize import memorize
+
+    model, _, _ = caller
+    save_pretrained(model, tok, tmp_path / "strong")
+    prompt = real_source(tok).prompt_ids[0]
+    guess = "<think>\nAbout 440 million.\n</think>\n\nThe answer is \\boxed{440000000}."
+    weak = memorize(len(tok), [(prompt, False), (tok.encode(guess, add_special_tokens=False) + list(turn_end_ids(tok)), True)])
+    save_pretrained(weak, tok, tmp_path / "weak")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({**ROW, "dataset": "math", "multi_step": False}) + "\n")
+    out = tmp_path / "pairs.jsonl"
+    flowlm("post", "pairs", "--strong", str(tmp_path / "strong"), "--weak", str(tmp_path / "weak"), "--file", str(rows),
+           "--set", "teacher.tools=[calculator]", "--set", "teacher.max_new_tokens=200", "--set", "teacher.temperature=0",
+           "--set", "n_chosen=1", "--out", str(out))
+    [pair] = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [m["role"] for m in pair["chosen"]] == ["assistant", "tool", "assistant"] and pair["tools"] == [CALCULATOR.schema]
+    assert pair["chosen"][1]["content"] == "440040051" and pair["chosen"][2]["content"] == "The answer is \\boxed{440040051}."
+    assert [m["role"] for m in pair["rejected"]] == ["assistant"] and pair["rejected_correct"] is False
+    ids, mask = render_pair(tok, pair_row(pair))["chosen"]
+    labelled = tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False)
+    assert '"expression": "48213 * 9127"' in labelled and "\\boxed{440040051}" in labelled
+    assert "<|im_start|>tool" not in labelled and "440040051<|im_end|>\n<|im_start|>assistant" not in labelled
+    assert '"name": "calculator"' in tok.decode(ids[: mask.index(1)])  # the prompt lists the tools
+    flowlm("train", "--objective", "dpo", "--init", str(tmp_path / "strong"), "--data", str(out), "--run-dir",
+           str(tmp_path / "dpo"), "stages.dpo.objective.beta=0.1", "stages.dpo.seq_len=1024", "stages.dpo.batch_size=1",
+           "--no-progress", "eval.max_items=2", "eval.heldout_docs=1", "eval.tasks=[prose]", "threads=1")
+    steps = [json.loads(x) for x in (tmp_path / "dpo" / "dpo" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(x)]
+    assert len(steps) == 1 and steps[0]["grad_norm"] > 0
 
 
 def test_rows_with_their_own_functions_are_listed_in_their_prompts_and_checked(tok, model, tmp_path):

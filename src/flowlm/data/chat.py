@@ -151,7 +151,7 @@ def chat_row(row: Mapping[str, Any], *, where: str = "chat row") -> dict[str, An
 def pair_row(row: Mapping[str, Any], *, where: str = "pair row") -> dict[str, Any]:
     """A TRL preference row normalised: `{prompt: messages, chosen: [assistant...], rejected: [...]}` plus
     the row's scalar columns. `prompt` is a string (one user turn) or messages; `chosen` / `rejected` are
-    strings or assistant messages. Without `prompt` (TRL's implicit-prompt form) both sides are whole
+    strings or assistant messages (a trajectory: assistant turns with tool answers between them). Without `prompt` (TRL's implicit-prompt form) both sides are whole
     conversations and their shared leading turns are the prompt."""
     if not isinstance(row, Mapping):
         _fail(where, f"expected an object, got {type(row).__name__}")
@@ -170,9 +170,10 @@ def pair_row(row: Mapping[str, Any], *, where: str = "pair row") -> dict[str, An
         prompt, sides = sides["chosen"][:n], {k: v[n:] for k, v in sides.items()}
     if not prompt or prompt[-1]["role"] == "assistant":
         _fail(where, "preference row: the prompt must end with a user (or tool) turn")
-    for side, msgs in sides.items():
-        if not msgs or any(m["role"] != "assistant" for m in msgs):
-            _fail(where, f"{side} must be assistant turns after the prompt")
+    for side, msgs in sides.items():  # (a side from a model with tools: its calls, their answers, its reply)
+        if not msgs or msgs[0]["role"] != "assistant" or msgs[-1]["role"] != "assistant" \
+                or any(m["role"] not in ("assistant", "tool", "environment") for m in msgs):
+            _fail(where, f"{side} must be assistant turns after the prompt (tool answers may come between them)")
     tools = _tools(row, where)
     return {**out, "prompt": prompt, **sides, **({"tools": tools} if tools else {})}
 

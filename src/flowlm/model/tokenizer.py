@@ -342,9 +342,10 @@ def template_renders(tokenizer: Any) -> dict[str, bool]:
 def tool_format(tokenizer: Any) -> str | None:
     """How the chat template writes an assistant turn's tool calls, probed once per template: "olmo3" (it
     writes OLMo 3's `function_calls` text in `<function_calls>` tags), "hermes" (it writes OpenAI-style
-    `tool_calls` as `<tool_call>` JSON: flowlm's, Qwen3's), "llama3_json" (as a bare JSON object with
+    `tool_calls` as `<tool_call>` JSON: flowlm's, Qwen3's), "qwen3_xml" (as `<function=NAME>` XML:
+    Qwen3-Coder's), "llama3_json" (as a bare JSON object with
     `parameters`: Llama 3's), "other" (it writes them some other way), or
-    None (it writes no calls, or there is no template). `flowlm.tools.formats` has both formats."""
+    None (it writes no calls, or there is no template). `flowlm.tools.formats` has the formats."""
     if not getattr(tokenizer, "chat_template", None):
         return None
 
@@ -362,6 +363,8 @@ def tool_format(tokenizer: Any) -> str | None:
             {"type": "function", "function": {"name": "flowlmprobecall", "arguments": {}}}]})
         if "flowlmprobecall" not in written:
             return None
+        if "<function=flowlmprobecall>" in written:
+            return "qwen3_xml"
         if "<tool_call>" in written:
             return "hermes"
         return "llama3_json" if re.search(r'\{\s*"name":\s*"flowlmprobecall",\s*"(parameters|arguments)"', written) \

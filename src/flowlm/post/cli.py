@@ -193,13 +193,12 @@ def main(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     specs = _teacher_specs(args)
     pool = getattr(args, "pool", [])
-    if isinstance(cfg, PairsRun) and cfg.teacher.tools:
-        raise ConfigError("flowlm post pairs: teacher.tools applies to flowlm post coldstart (SFT rows with the "
-                          "trajectories); preference pairs compare single replies")
     if isinstance(cfg, PairsRun) and not pool and (cfg.judge_verifier or cfg.judge_options):
         raise ConfigError("flowlm post pairs: judge_verifier / judge_options apply to judge pairs (--pool); "
                           "delta pairs (--strong/--weak) have no judge")
     named = tuple(dict.fromkeys(s for s in [*specs.values(), *pool] if s in NAMED_TEACHERS))
+    if cfg.teacher.tools and named:  # before the rows are checked: no row would make this work
+        raise FlowError(f"teacher {named[0]!r}: teacher.tools needs a model teacher (a checkpoint directory)")
     rows = load_prompt_rows(args, cfg.seed, named)
     decontam = load_decontam(args.bench)
     slots = cfg.teacher.max_slots

@@ -244,7 +244,7 @@ def _sft_row(p: _Prompt, resp: Response, teacher: Teacher, k: int) -> dict[str, 
         row.update(messages=with_mode(p.msgs, p.thinking) + resp["trajectory"],
                    tools=getattr(teacher, "tool_schemas", None), tool_calls=resp.get("tool_calls", 0))
     elif p.functions:  # a function-calling row: the reply's calls as structured calls, its functions listed
-        row.update(messages=with_mode(p.msgs, p.thinking) + [call_message(resp)], tools=p.functions)
+        row.update(messages=with_mode(p.msgs, p.thinking) + [call_message(resp, p.functions)], tools=p.functions)
     row.update({key: p.row[key] for key in META_KEYS if key in p.row})
     if p.pass_rate is not None:
         row["no_think_pass_rate"] = p.pass_rate

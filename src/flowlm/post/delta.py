@@ -27,6 +27,9 @@ preferred). Output rows are TRL preference rows `{"prompt": [messages], "chosen"
 "rejected": [assistant msg], ...}`, which `flowlm.data.pairs.render_pair` reads. Function-calling rows (their
 own `tools`, a `tool_call` ground truth) are answered with their functions listed; both sides hold their
 calls as structured `tool_calls`, and the pair row keeps the functions as its `tools` (DPO lists them).
+Teachers with tools (`teacher.tools`, tools that run) answer with whole trajectories: each side is the
+teacher's calls, the tools' answers and its final reply (the chosen one verified on that reply), the pair row
+lists the tools, and DPO's masks label the assistant turns only, never a tool's answer.
 
 Accounting: step `prompts` (pairs written vs prompts dropped by reason) and step `candidates`
 (responses sampled vs used in a pair, the rest dropped by filter reason or `unused`), both conserving.
@@ -115,7 +118,7 @@ def named_verifier_judge(name: str, **options: Any) -> Judge:
 
 def _same(a: Response, b: Response) -> bool:
     return all(" ".join(str(a.get(k) or "").split()) == " ".join(str(b.get(k) or "").split())
-               for k in ("reasoning", "content"))
+               for k in ("reasoning", "content")) and a.get("trajectory") == b.get("trajectory")
 
 
 def _length(resp: Response, count: TokenCounter) -> int:
@@ -130,14 +133,22 @@ def _too_far(a: Response, b: Response, cfg: PairCfg, count: TokenCounter) -> boo
 
 
 def _pair_row(row: Mapping[str, Any], index: int, msgs: list[Message], chosen: Response, rejected: Response,
-              cfg: PairCfg, source: str, **extra: Any) -> dict[str, Any]:
+              cfg: PairCfg, source: str, *, offered: list[dict[str, Any]] | None = None,
+              **extra: Any) -> dict[str, Any]:
+    """A TRL preference row. A side is one assistant turn, or, from a teacher with tools (`offered`: their
+    schemas), its whole trajectory: the turns that call, the tools' answers, the final reply."""
     functions = row_tools(dict(row))  # a function-calling row: both sides' calls structured, its functions listed
-    message = call_message if functions else assistant_message
+
+    def side(resp: Response) -> list[Message]:
+        if resp.get("trajectory") is not None:
+            return [dict(m) for m in resp["trajectory"]]
+        return [call_message(resp, functions) if functions else assistant_message(resp)]
+
     out: dict[str, Any] = {"id": row_id(row, index), "source": source, "thinking": cfg.thinking,
                            "prompt": with_mode(msgs, cfg.thinking),
-                           "chosen": [message(chosen)], "rejected": [message(rejected)], **extra}
-    if functions:
-        out["tools"] = functions
+                           "chosen": side(chosen), "rejected": side(rejected), **extra}
+    if functions or offered:
+        out["tools"] = functions or offered
     out.update({key: row[key] for key in META_KEYS if key in row})
     return out
 
@@ -174,6 +185,15 @@ def _sample(teacher: Teacher, live: list[tuple[int, Mapping[str, Any], list[Mess
     return got
 
 
+def _offered(*teachers: Teacher) -> list[dict[str, Any]] | None:
+    """The tools the teachers' prompts listed (`ModelTeacher(tools=...)`), which a pair's prompt must list too;
+    teachers offering different tools would make a pair whose sides saw different prompts: refused."""
+    offered = [getattr(t, "tool_schemas", None) for t in teachers]
+    if any(o != offered[0] for o in offered):
+        raise FlowError("preference pairs: the teachers offer different tools; both sides must see the same prompt")
+    return offered[0]
+
+
 # --- delta-learning pairs ---------------------------------------------------------------------------------
 
 
@@ -205,7 +225,8 @@ def build_delta_pairs(rows: Iterable[Mapping[str, Any]], strong: Teacher, weak: 
             extra: dict[str, Any] = {"chosen_model": strong.name, "rejected_model": weak.name}
             if has_verifier(row):
                 extra["rejected_correct"] = wrong_answer(row, rej[0]) is None
-            out.append(_pair_row(row, i, msgs, chosen, rej[0], cfg, "delta", **extra))
+            out.append(_pair_row(row, i, msgs, chosen, rej[0], cfg, "delta", offered=_offered(strong, weak),
+                                 **extra))
     acc.check()
     return out, acc
 
@@ -279,7 +300,8 @@ def build_judge_pairs(rows: Iterable[Mapping[str, Any]], pool: Sequence[Teacher]
             for resp in (chosen, rejected):
                 _count(acc, resp, None)
             acc["prompts"].record_kept(prompt_tokens(msgs))
-            out.append(_pair_row(row, i, msgs, chosen, rejected, cfg, "judge", chosen_model=c_name,
+            out.append(_pair_row(row, i, msgs, chosen, rejected, cfg, "judge", offered=_offered(*pool),
+                                 chosen_model=c_name,
                                  rejected_model=r_name, chosen_score=c_score, rejected_score=r_score))
     acc.check()
     return out, acc

@@ -316,10 +316,9 @@ def build_simfc(toolsets: Sequence[Mapping[str, Any]], assistant: Teacher, simul
     cfg = cfg or SimFCCfg()
     simulator = simulator or assistant
     acc = Accounting.of("toolsets", "conversations")
-    convs = [_Conv(ts, cfg.patterns[k % len(cfg.patterns)], True, f"{ts['id']}/{k}")
-             for ts in toolsets for k in range(cfg.per_toolset)]
-    for c in convs:
-        c.thinking = thinking_mode([], cfg.no_think_fraction, cfg.seed, c.key)
+    keys = [(ts, k, f"{ts['id']}/{k}") for ts in toolsets for k in range(cfg.per_toolset)]
+    convs = [_Conv(ts, cfg.patterns[k % len(cfg.patterns)], thinking_mode([], cfg.no_think_fraction, cfg.seed, key), key)
+             for ts, k, key in keys]
     for start in range(0, len(convs), cfg.chunk):
         _run(convs[start:start + cfg.chunk], assistant, simulator, cfg, decontam)
     rows, seen, kept_sets = [], set(), set()
@@ -411,7 +410,7 @@ def _assistant_turn(c: _Conv, resp: Response, cfg: SimFCCfg, decontam: Any | Non
         return
     content = str(resp.get("content") or "")
     fmt = format_in(content)
-    calls, problems = fmt.parse(content)
+    calls, problems = fmt.parse(content, c.toolset["tools"])
     if problems:
         c.drop = "malformed_call"
         return

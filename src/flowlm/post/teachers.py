@@ -142,15 +142,16 @@ def completion_text(response: Mapping[str, Any]) -> str:
     return f"{OPEN}\n{response.get('reasoning') or ''}\n{CLOSE}\n\n{response.get('content') or ''}"
 
 
-def call_message(response: Mapping[str, Any]) -> Message:
-    """The assistant turn of a function-calling response: its calls (either format, `flowlm.tools.formats`) as
-    structured `tool_calls` and the text before them as its content, so any chat template writes them its own
-    way; a reply with no well-formed calls stays text (`assistant_message`)."""
+def call_message(response: Mapping[str, Any], functions: Any = None) -> Message:
+    """The assistant turn of a function-calling response: its calls (any format, `flowlm.tools.formats`; values
+    written as text typed by `functions`, the functions the prompt listed) as structured `tool_calls` and the
+    text before them as its content, so any chat template writes them its own way; a reply with no
+    well-formed calls stays text (`assistant_message`)."""
     from flowlm.tools.formats import format_in
 
     msg = assistant_message(response)
     fmt = format_in(msg["content"])
-    calls, problems = fmt.parse(msg["content"])
+    calls, problems = fmt.parse(msg["content"], functions)
     if calls and not problems:
         msg.update(content=fmt.text_before_calls(msg["content"]),
                    tool_calls=[{"type": "function", "function": c} for c in calls])

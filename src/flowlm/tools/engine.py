@@ -11,7 +11,8 @@ with `n` samples is prefilled once; then each sample goes on alone:
 
 1. a turn ends (the reply ends its turn, or is cut). If its answer part (after `</think>`) holds calls in the
    chat template's format (`flowlm.tools.formats`: `<tool_call>` JSON for flowlm's and Qwen3's templates,
-   `<function_calls>` Python calls for OLMo 3's, a reply of JSON calls for Llama 3's), the reply ended its
+   `<function_calls>` Python calls for OLMo 3's, `<function=...>` XML for Qwen3-Coder's (its values typed by
+   the tools' schemas), a reply of JSON calls for Llama 3's), the reply ended its
    turn, and fewer
    than `max_calls` calls and tool turns were made, the calls run (`flowlm.tools.builtin`; a malformed
    call or an unknown tool is answered `error: ...`). They run in a pool of `workers` threads while the
@@ -105,8 +106,9 @@ def template_tool_format(tokenizer: Any) -> ToolFormat:
         return FORMATS[name]
     what = "writes tool calls in a format flowlm does not read" if name else "does not write tool calls"
     raise FlowError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?') or '?'}: its chat template {what}; flowlm's "
-                    "tool loop reads <tool_call> JSON (hermes: flowlm's, Qwen3's), <function_calls> Python calls "
-                    "(OLMo 3's) and replies that are JSON calls (Llama 3's)")
+                    "tool loop reads <tool_call> JSON (hermes: flowlm's, Qwen3's), <function=...> XML calls "
+                    "(Qwen3-Coder's), <function_calls> Python calls (OLMo 3's) and replies that are JSON calls "
+                    "(Llama 3's)")
 
 
 @dataclass
@@ -153,6 +155,7 @@ class ToolEngine(Driver):
         if workers < 0:
             raise ConfigError(f"tool rollouts: workers must be at least 0, not {workers}")
         self.inner, self.tools, self.max_calls = engine, tools, max_calls
+        self._schemas = [t.schema for t in tools.values()]  # types the values of calls written as text (XML)
         self.workers = workers  # threads that run calls while the engine decodes (0: inline, in `step`)
         self._pool: ThreadPoolExecutor | None = None  # started by the first call
         self._running: list[tuple[Future, _Request, int, dict[str, Any], int]] = []
@@ -279,7 +282,7 @@ class ToolEngine(Driver):
             if end and raw.endswith(end):
                 raw = raw[: -len(end)]
         reply = split_reasoning(raw, comp.finish_reason)
-        calls, problems = self.format.parse(reply["content"])
+        calls, problems = self.format.parse(reply["content"], self._schemas)
         if not (calls or problems) or comp.finish_reason != FINISH_STOP or s.calls >= self.max_calls \
                 or s.turns > self.max_calls:
             s.end(comp.text, comp.finish_reason, {"role": "assistant", "content": reply["content"],

@@ -6,6 +6,11 @@
 - `llama3_json` (Llama 3.1-3.3's templates; vLLM's `llama3_json` parser): a reply that is calls is JSON
   objects `{"name": ..., "parameters": {...}}` separated by `;`, optionally after `<|python_tag|>`. Messages
   use OpenAI's schema, as for `hermes` (the template writes the answers as its `ipython` turns).
+- `qwen3_xml` (Qwen3-Coder's and later Qwen templates; vLLM's `qwen3_coder` parser): each call is XML in a
+  `<tool_call>` block, `<function=get_weather>` then `<parameter=city>\nParis\n</parameter>` per argument.
+  Values are written as text (strings as they are, the rest as JSON), so they are typed back by the function's
+  schema when the caller knows it (`typed_value`), else read as JSON where they parse as JSON. Messages use
+  OpenAI's schema (the template writes the answers in a user turn's `<tool_response>` blocks).
 - `olmo3` (OLMo 3 Instruct; vLLM's `olmo3` parser): the calls are Python calls, one per line, inside one
   `<function_calls>...</function_calls>` block, `get_weather(city="Paris", days=3)`. Argument values are
   literals: Python's or JSON's (`true` / `false` / `null`). Messages use the Dolci schema: the assistant
@@ -31,6 +36,9 @@ from flowlm.errors import FlowError
 Calls = list[dict[str, Any]]
 
 HERMES_CALL = re.compile(r"<tool_call>(.*?)(</tool_call>|$)", re.DOTALL)
+# (names are bounded so that a reply full of unclosed `<function=` markers is read in linear time)
+XML_CALL = re.compile(r"(?:<tool_call>\s*)?<function=([^>\n]{0,256})>(.*?)(</function>\s*(?:</tool_call>)?|$)", re.DOTALL)
+XML_PARAM = re.compile(r"<parameter=([^>\n]{0,256})>(.*?)(?:</parameter>|(?=<parameter=)|$)", re.DOTALL)
 PYTHON_TAG = "<|python_tag|>"
 JSON_CALLS = re.compile(r"^\s*(?:<\|python_tag\|>)?\s*\{.*", re.DOTALL)  # a reply that is calls, whole
 OLMO3_CALLS = re.compile(r"<function_calls>(.*?)(</function_calls>|$)", re.DOTALL)
@@ -72,6 +80,77 @@ def parse_hermes(text: str) -> tuple[Calls, list[str]]:
         got = _call_or_problem(obj.get("name"), obj.get("arguments", {}), k) if isinstance(obj, dict) \
             else f"call {k} has no function name"
         (calls if isinstance(got, dict) else problems).append(got)
+    return calls, problems
+
+
+def _schemas(functions: Any) -> dict[str, dict[str, Any]]:
+    """{function name: {argument: its schema}} from OpenAI tools, bare functions or BFCL's `function` list."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in functions if isinstance(functions, list) else []:
+        f = f.get("function", f) if isinstance(f, dict) else None
+        props = (f.get("parameters") or {}).get("properties") if isinstance(f, dict) else None
+        if isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(props, dict):
+            out[f["name"]] = {k: v for k, v in props.items() if isinstance(v, dict)}
+    return out
+
+
+def typed_value(raw: str, schema: dict[str, Any] | None) -> Any:
+    """An XML call's argument text as a value: by the declared type when there is one (`string` as written;
+    `integer`, `number`, `boolean`; `object` / `array` as JSON or a Python literal, as templates that write
+    `| string` leave them; `null` for a nullable type), else as JSON when it parses as JSON, else as written
+    (vLLM's `qwen3_coder` rules). A value that does not read as its declared type stays text, for the
+    caller's type check."""
+    kind = (schema or {}).get("type")
+    nullable = isinstance(kind, list) and "null" in kind
+    kind = next((t for t in kind if t != "null"), None) if isinstance(kind, list) else kind
+    text = raw.strip()
+    if text.lower() in ("null", "none") and (nullable or (kind is not None and kind not in ("string", "str"))):
+        return None
+    if kind in ("string", "str") or (kind is None and schema is not None and "enum" in schema):
+        return raw
+    try:
+        if kind in ("integer", "int"):
+            return int(text)
+        if kind in ("number", "float"):
+            value = float(text)
+            return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+        if kind in ("boolean", "bool"):
+            if text.lower() in ("true", "false"):
+                return text.lower() == "true"
+            return raw
+        if kind in ("object", "dict", "array", "list", "tuple"):
+            try:
+                return json.loads(text)
+            except ValueError:
+                return _literal(ast.parse(text, mode="eval").body)
+        return json.loads(text)
+    except (ValueError, SyntaxError, RecursionError, MemoryError):
+        return raw
+
+
+def parse_qwen3_xml(text: str, functions: Any = None) -> tuple[Calls, list[str]]:
+    """([{"name", "arguments"}], [problems]) of the `<function=...>` calls in `text` (each usually in a
+    `<tool_call>` block); argument values typed by `functions` (the listed functions' schemas) when given
+    (`typed_value`). Never raises."""
+    schemas = _schemas(functions) if functions is not None else None
+    calls: Calls = []
+    problems: list[str] = []
+    for k, m in enumerate(XML_CALL.finditer(text or ""), 1):
+        name = m.group(1).strip()
+        if not name:
+            problems.append(f"call {k} has no function name")
+            continue
+        if not m.group(3):
+            problems.append(f"call {k} ({name}) is not closed with </function>")
+            continue
+        args: dict[str, Any] = {}
+        for p in XML_PARAM.finditer(m.group(2)):
+            key, raw = p.group(1).strip(), p.group(2)
+            raw = raw[1:] if raw.startswith("\n") else raw  # the template frames each value with newlines
+            raw = raw[:-1] if raw.endswith("\n") else raw
+            declared = None if schemas is None else schemas.get(name, {}).get(key, {})
+            args[key] = typed_value(raw, declared)
+        calls.append({"name": name, "arguments": args})
     return calls, problems
 
 
@@ -235,11 +314,18 @@ def pythonic(calls: list[dict[str, Any]]) -> str:
 @dataclass(frozen=True)
 class ToolFormat:
     """One way of writing calls: its name, its parser (`(calls, problems)`, never raises) and the regex of
-    its call blocks (what comes before the first is the turn's text)."""
+    its call blocks (what comes before the first is the turn's text). `typed`: the parser takes the listed
+    functions to type the argument values (formats that write values as text)."""
     name: str
-    parse: Callable[[str], tuple[Calls, list[str]]]
+    parser: Callable[..., tuple[Calls, list[str]]]
     blocks: re.Pattern[str]
     marker: str
+    typed: bool = False
+
+    def parse(self, text: str, functions: Any = None) -> tuple[Calls, list[str]]:
+        """The calls in `text` and the problems found; `functions` (the functions the prompt listed, OpenAI
+        tools or bare) types the values of formats that write them as text. Never raises."""
+        return self.parser(text, functions) if self.typed else self.parser(text)
 
     def text_before_calls(self, content: str) -> str:
         """The turn's own text: what comes before its first call block."""
@@ -247,15 +333,20 @@ class ToolFormat:
 
 
 HERMES = ToolFormat("hermes", parse_hermes, HERMES_CALL, "<tool_call>")
+QWEN3_XML = ToolFormat("qwen3_xml", parse_qwen3_xml, re.compile(r"(?:<tool_call>\s*)?<function=.*", re.DOTALL),
+                       "<function=", typed=True)
 OLMO3 = ToolFormat("olmo3", parse_olmo3, OLMO3_CALLS, "<function_calls>")
 LLAMA3_JSON = ToolFormat("llama3_json", parse_json_calls, JSON_CALLS, "{")
-FORMATS = {f.name: f for f in (HERMES, OLMO3, LLAMA3_JSON)}
+FORMATS = {f.name: f for f in (HERMES, QWEN3_XML, OLMO3, LLAMA3_JSON)}
 
 
 def format_in(text: str) -> ToolFormat:
-    """The format a completion writes its calls in: by its markers (`<tool_call>`, `<function_calls>`), else
-    Llama 3's bare JSON when the reply opens with `{` or `<|python_tag|>`, else `hermes` (no calls)."""
+    """The format a completion writes its calls in: by its markers (`<function=`, `<tool_call>`,
+    `<function_calls>`), else Llama 3's bare JSON when the reply opens with `{` or `<|python_tag|>`, else
+    `hermes` (no calls)."""
     text = text or ""
+    if QWEN3_XML.marker in text:
+        return QWEN3_XML
     if OLMO3.marker in text and HERMES.marker not in text:
         return OLMO3
     if HERMES.marker not in text and JSON_CALLS.match(text):

@@ -4,7 +4,9 @@ A call is written the way chat templates write assistant tool calls (`flowlm.too
 part of the completion (after `</think>`): Qwen3's / Hermes's
 `<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>` (`arguments` may also be a
 JSON string, OpenAI's wire format), OLMo 3's `<function_calls>get_weather(city="Paris")</function_calls>`
-(one Python call per line, literal values), or Llama 3's reply of JSON calls
+(one Python call per line, literal values), Qwen3-Coder's `<tool_call><function=get_weather><parameter=city>Paris
+</parameter></function></tool_call>` (values typed by the row's `functions` when it has them), or Llama 3's
+reply of JSON calls
 `{"name": "get_weather", "parameters": {"city": "Paris"}}`. `parse_tool_calls(text)` returns the calls and the problems
 found, and never raises.
 
@@ -40,10 +42,12 @@ TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "floa
                                       "object": (dict,)}
 
 
-def parse_tool_calls(text: str) -> tuple[list[dict[str, Any]], list[str]]:
+def parse_tool_calls(text: str, functions: Any = None) -> tuple[list[dict[str, Any]], list[str]]:
     """([{"name", "arguments"}], [problems]) of the calls in `text`, in the format it is written in
-    (`flowlm.tools.formats.format_in`: `<function_calls>`, `<tool_call>`, or a reply of JSON calls); never raises."""
-    return format_in(text).parse(text)
+    (`flowlm.tools.formats.format_in`: `<function_calls>`, `<tool_call>` JSON or XML, or a reply of JSON calls);
+    `functions` (the row's signatures: BFCL's `functions`, else its own `tools`) types the values of calls
+    written as XML. Never raises."""
+    return format_in(text).parse(text, functions)
 
 
 def _norm(v: Any) -> Any:
@@ -165,7 +169,7 @@ def verify_tool_call(completion: str, ground_truth: Any, **row: Any) -> Verdict:
     answer = extract_answer(completion)
     if not answer:
         return Verdict(0.0, "no answer after </think>")
-    calls, problems = parse_tool_calls(answer)
+    calls, problems = parse_tool_calls(answer, row.get("functions") or row.get("tools"))
     if problems:
         return Verdict(0.0, problems[0], {"calls": len(calls)})
     if len(calls) != len(expected):
