@@ -146,3 +146,41 @@ def test_a_simfc_stage_in_a_recipe_writes_rows_accounting_and_a_token_store(mode
     bad = dict(recipe, stages={**recipe["stages"], "fc_data": {**recipe["stages"]["fc_data"], "tools": ["calculator"]}})
     proc = flowlm("run", str(write_recipe(tmp_path / "bad.yaml", bad)), "--run-dir", str(tmp_path / "bad"), check=False)
     assert proc.returncode != 0 and "give toolsets (a JSONL file) or tools" in proc.stderr
+
+
+def test_model_teachers_sample_with_vllm_and_share_the_gpu(models, tmp_path, monkeypatch):
+    """`teacher.backend=vllm` (here `tests/fake_vllm.py` stands in for vLLM: flowlm's engine behind vLLM's
+    calls): the teachers sample the same greedy answers as with the native engine, each vLLM engine takes an
+    even share of the GPU's memory unless `teacher.gpu_memory_utilization` says otherwise, and `flowlm post
+    simfc` makes the same row through it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests import fake_vllm
+    from tests.cli_entry import flowlm_command
+    from tests.rl.test_rl_flow import fake_vllm_env
+
+    from flowlm.post.teachers import TeacherCfg, make_teacher
+
+    asst, sim = models
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    prompt = [[{"role": "user", "content": QUERY}]]
+    tools = [[WEATHER]]
+    native = make_teacher(str(asst), [], TeacherCfg(temperature=0, max_new_tokens=60))
+    viav = make_teacher(str(asst), [], TeacherCfg(temperature=0, max_new_tokens=60, backend="vllm"), model_teachers=2)
+    assert viav.engine.llm.gpu_memory_utilization == 0.425
+    assert viav.sample(prompt, 1, thinking=True, seed=0, functions=tools) == \
+        native.sample(prompt, 1, thinking=True, seed=0, functions=tools)
+    fixed = make_teacher(str(asst), [], TeacherCfg(backend="vllm", gpu_memory_utilization=0.3), model_teachers=2)
+    assert fixed.engine.llm.gpu_memory_utilization == 0.3
+    sets = tmp_path / "toolsets.jsonl"
+    sets.write_text(json.dumps({"id": "weather", "tools": [WEATHER]}) + "\n")
+    env = {**os.environ, **fake_vllm_env(tmp_path)}
+    proc = subprocess.run([*flowlm_command(), "post", "simfc", "--file", str(sets), "--teacher", str(asst), "--simulator",
+                           str(sim), "--set", "patterns=[single]", "--set", "per_toolset=1", "--set", "teacher.temperature=0",
+                           "--set", "teacher.max_new_tokens=60", "--set", "max_steps=2", "--set", "teacher.backend=vllm",
+                           "--out", str(tmp_path / "fc.jsonl")], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    [row] = [json.loads(x) for x in (tmp_path / "fc.jsonl").read_text().splitlines()]
+    assert row["messages"][-1]["content"] == ANSWER

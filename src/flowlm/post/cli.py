@@ -205,7 +205,8 @@ def main(args: argparse.Namespace) -> int:
     wanted = cfg.n if isinstance(cfg, ColdStartRun) else max(cfg.n_chosen, cfg.n_per_teacher)
     if any(Path(s).is_dir() for s in [*specs.values(), *pool] if s) and wanted > slots:
         raise ConfigError(f"n={wanted} exceeds teacher.max_slots={slots}")
-    teachers = {role: make_teacher(spec, rows, cfg.teacher) for role, spec in specs.items() if spec}
+    models = sum(1 for s in [*specs.values(), *pool] if s and s not in NAMED_TEACHERS)  # (vLLM: they share the GPU)
+    teachers = {role: make_teacher(spec, rows, cfg.teacher, model_teachers=models) for role, spec in specs.items() if spec}
     if isinstance(cfg, ColdStartRun):
         from flowlm.post.coldstart import build_coldstart
 
@@ -215,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
         from flowlm.post.delta import build_judge_pairs, named_verifier_judge
 
         judge = named_verifier_judge(cfg.judge_verifier, **cfg.judge_options) if cfg.judge_verifier else None
-        members = [make_teacher(spec, rows, cfg.teacher) for spec in pool]
+        members = [make_teacher(spec, rows, cfg.teacher, model_teachers=models) for spec in pool]
         out, acc = build_judge_pairs(rows, members, judge, cfg, decontam=decontam)
     else:
         from flowlm.post.delta import build_delta_pairs
@@ -251,8 +252,9 @@ def simfc_main(args: argparse.Namespace) -> int:
         iter_input_objects(input_path(args.file, "post simfc")))
     if not toolsets:
         raise FlowError(f"{args.file or '<stdin>'}: no tool set rows")
-    teacher = make_teacher(args.teacher, [], cfg.teacher)
-    simulator = make_teacher(args.simulator, [], cfg.teacher) if args.simulator else None
+    models = 2 if args.simulator else 1
+    teacher = make_teacher(args.teacher, [], cfg.teacher, model_teachers=models)
+    simulator = make_teacher(args.simulator, [], cfg.teacher, model_teachers=models) if args.simulator else None
     out, acc = build_simfc(toolsets, teacher, simulator, cfg, decontam=load_decontam(args.bench))
     with open_output(args.out) as fh:
         for row in out:

@@ -26,7 +26,7 @@ import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import Field
 
@@ -83,6 +83,11 @@ class TeacherCfg(Strict):
     """With `tools`: calls per response at most."""
     tool_workers: int = Field(8, ge=0)
     """With `tools`: threads that run calls beside decoding (0: inline, a schedule that depends on the seeds alone)."""
+    backend: Literal["native", "vllm"] = "native"
+    """Model teachers: flowlm's rollout engine, or vLLM (a CUDA machine and `pip install 'flowlm[vllm]'`)."""
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    """`vllm`: the GPU memory share of each model teacher; None: 0.85 split evenly among the command's model
+    teachers (each is its own vLLM engine on the one GPU)."""
 
 
 
@@ -175,7 +180,8 @@ class ModelTeacher:
     """Samples from a checkpoint with the rollout engine (`flowlm.generate.Engine`).
 
     `source` is a checkpoint directory (`Engine.from_pretrained`: flowlm / HF Olmo3 natively, any other
-    local HF causal LM through transformers); or pass `model=` and `tokenizer=`. The tokenizer's chat
+    local HF causal LM through transformers); or pass `model=` and `tokenizer=`. `backend="vllm"` samples with
+    vLLM instead (`flowlm.generate.vllm_backend`), taking `gpu_memory_utilization` of the GPU. The tokenizer's chat
     template renders each prompt in the requested mode (`enable_thinking`), and generation stops at
     the end-of-turn token `<|im_end|>` when the tokenizer has one. With `tools` (built-in tool names) the
     engine runs the teacher's calls between its turns (`flowlm.tools.engine`), the prompts list them, and each
@@ -185,7 +191,7 @@ class ModelTeacher:
     def __init__(self, source: str | Path | None = None, *, model: Any = None, tokenizer: Any = None,
                  temperature: float = 0.7, top_p: float = 1.0, max_new_tokens: int = 1024, max_slots: int = 64,
                  name: str | None = None, tools: list[str] | None = None, max_tool_calls: int = 5,
-                 tool_workers: int = 8) -> None:
+                 tool_workers: int = 8, backend: str = "native", gpu_memory_utilization: float = 0.85) -> None:
         from flowlm.generate.engine import Engine, GenerateConfig
         from flowlm.generate.params import SamplingParams
         from flowlm.model.tokenizer import turn_end_ids
@@ -194,7 +200,16 @@ class ModelTeacher:
         config = GenerateConfig(max_slots=max_slots)
         if (source is None) == (model is None):
             raise FlowError("ModelTeacher: give a checkpoint directory or a model, not both or neither")
-        self.engine = Engine.from_pretrained(source, config) if source is not None else Engine(model, tokenizer, config)
+        if backend == "vllm":
+            from flowlm.generate.vllm_backend import VLLMEngine
+
+            self.engine = VLLMEngine(source, tokenizer, max_slots=max_slots, gpu_memory_utilization=gpu_memory_utilization) \
+                if source is not None else VLLMEngine.from_policy(model, tokenizer, max_slots=max_slots,
+                                                                  gpu_memory_utilization=gpu_memory_utilization)
+        elif backend == "native":
+            self.engine = Engine.from_pretrained(source, config) if source is not None else Engine(model, tokenizer, config)
+        else:
+            raise FlowError(f"ModelTeacher: backend must be native or vllm, not {backend!r}")
         self.tokenizer = self.engine.tokenizer
         if self.tokenizer is None:
             raise FlowError(f"{source}: no tokenizer.json beside the model (a teacher needs the chat template)")
@@ -484,9 +499,10 @@ def procedural_problem(row: Mapping[str, Any]) -> str | None:
     return None
 
 
-def make_teacher(spec: str, rows: Sequence[Mapping[str, Any]], cfg: TeacherCfg) -> Teacher:
+def make_teacher(spec: str, rows: Sequence[Mapping[str, Any]], cfg: TeacherCfg, *, model_teachers: int = 1) -> Teacher:
     """A teacher from a CLI spec: `procedural`, `weak`, or a checkpoint directory. The named teachers refuse
-    rows they cannot answer (`procedural_problem`), which would otherwise all be dropped as teacher errors."""
+    rows they cannot answer (`procedural_problem`), which would otherwise all be dropped as teacher errors.
+    `model_teachers`: how many model teachers the command builds (vLLM engines share the GPU's memory)."""
     if spec in NAMED_TEACHERS and cfg.tools:
         raise FlowError(f"teacher {spec!r}: teacher.tools needs a model teacher (a checkpoint directory)")
     if spec in NAMED_TEACHERS:
@@ -500,6 +516,7 @@ def make_teacher(spec: str, rows: Sequence[Mapping[str, Any]], cfg: TeacherCfg) 
     path = Path(spec)
     if not path.is_dir():
         raise FlowError(f"{spec}: not a checkpoint directory (teachers are a directory, 'procedural' or 'weak')")
+    share = cfg.gpu_memory_utilization or round(0.85 / max(1, model_teachers), 3)
     return ModelTeacher(path, temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                         max_slots=cfg.max_slots, tools=cfg.tools, max_tool_calls=cfg.max_tool_calls,
-                        tool_workers=cfg.tool_workers)
+                        tool_workers=cfg.tool_workers, backend=cfg.backend, gpu_memory_utilization=share)

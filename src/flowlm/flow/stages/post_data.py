@@ -157,7 +157,16 @@ def _teacher(ctx: StageContext, spec: str, rows: list[dict[str, Any]], cfg: _Bui
 
     if spec not in NAMED_TEACHERS and spec in ctx.recipe.stages:
         spec = str(ctx.model_dir(spec))
-    return make_teacher(spec, rows, cfg.teacher_settings)
+    return make_teacher(spec, rows, cfg.teacher_settings, model_teachers=_model_teachers(cfg))
+
+
+def _model_teachers(cfg: _BuilderConfig | SimFCStageConfig) -> int:
+    """How many model teachers the stage builds (vLLM engines share the GPU's memory)."""
+    if isinstance(cfg, SimFCStageConfig):
+        specs = [cfg.teacher, cfg.simulator]
+    else:
+        specs = [cfg.teacher, cfg.query_teacher] if isinstance(cfg, ColdStartStageConfig) else [cfg.strong, cfg.weak]
+    return sum(1 for s in specs if s is not None and s not in NAMED_TEACHERS)
 
 
 def _write(ctx: StageContext, name: str, rows: list[dict[str, Any]], acc: Any) -> tuple[Path, dict[str, Any]]:
