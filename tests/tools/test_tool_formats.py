@@ -54,14 +54,18 @@ def tok(tmp_path_factory):
     return make_tok(tmp_path_factory.mktemp("tok") / "tok")
 
 
+def with_template(tok, path, template):
+    """A copy of `tok` (saved to and loaded from `path`) with another chat template."""
+    tok.save_pretrained(path)
+    out = load_tokenizer(path)
+    out.chat_template = template
+    return out
+
+
 @pytest.fixture(scope="module")
 def otok(tok, tmp_path_factory):
     """The same tokenizer with the OLMo-3-style template."""
-    path = tmp_path_factory.mktemp("otok") / "tok"
-    tok.save_pretrained(path)
-    out = load_tokenizer(path)
-    out.chat_template = OLMO3_STYLE
-    return out
+    return with_template(tok, tmp_path_factory.mktemp("otok") / "tok", OLMO3_STYLE)
 
 
 def test_olmo3_calls_parse_to_literal_values_and_never_raise():
@@ -361,11 +365,7 @@ BOOKING = {"type": "function", "function": {"name": "book", "description": "Book
 @pytest.fixture(scope="module")
 def xtok(tok, tmp_path_factory):
     """The same tokenizer with the Qwen3-Coder-style template."""
-    path = tmp_path_factory.mktemp("xtok") / "tok"
-    tok.save_pretrained(path)
-    out = load_tokenizer(path)
-    out.chat_template = QWEN3_XML_STYLE
-    return out
+    return with_template(tok, tmp_path_factory.mktemp("xtok") / "tok", QWEN3_XML_STYLE)
 
 
 def test_qwen3_xml_calls_are_typed_by_the_listed_functions_and_never_raise():

@@ -484,6 +484,18 @@ def test_coldstart_with_a_tool_calling_teacher_keeps_whole_trajectories(tok, cal
     assert "use one or the other" in refused.stderr.strip().splitlines()[-1]
 
 
+def dpo_one_step(init, data, run_dir):
+    """`flowlm train --objective dpo` on a one-pair file: one step, with a gradient."""
+    from tests.flow.test_post_flow import flowlm
+
+    flowlm("train", "--objective", "dpo", "--init", str(init), "--data", str(data), "--run-dir", str(run_dir),
+           "stages.dpo.objective.beta=0.1", "stages.dpo.seq_len=1024", "stages.dpo.batch_size=1",
+           "--no-progress", "eval.max_items=2", "eval.heldout_docs=1", "eval.tasks=[prose]", "threads=1")
+    steps = [json.loads(x) for x in (run_dir / "dpo" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(x)]
+    assert len(steps) == 1 and steps[0]["grad_norm"] > 0
+
+
 def test_delta_pairs_of_tool_trajectories_train_dpo_on_the_assistant_turns_only(tok, caller, tmp_path):
     """`flowlm post pairs` with `teacher.tools`: the strong teacher's side is its verified trajectory (call, tool
     answer, final reply), the weak teacher's its own answer (here a wrong guess without a call), the pair lists
@@ -516,12 +528,7 @@ def test_delta_pairs_of_tool_trajectories_train_dpo_on_the_assistant_turns_only(
     assert '"expression": "48213 * 9127"' in labelled and "\\boxed{440040051}" in labelled
     assert "<|im_start|>tool" not in labelled and "440040051<|im_end|>\n<|im_start|>assistant" not in labelled
     assert '"name": "calculator"' in tok.decode(ids[: mask.index(1)])  # the prompt lists the tools
-    flowlm("train", "--objective", "dpo", "--init", str(tmp_path / "strong"), "--data", str(out), "--run-dir",
-           str(tmp_path / "dpo"), "stages.dpo.objective.beta=0.1", "stages.dpo.seq_len=1024", "stages.dpo.batch_size=1",
-           "--no-progress", "eval.max_items=2", "eval.heldout_docs=1", "eval.tasks=[prose]", "threads=1")
-    steps = [json.loads(x) for x in (tmp_path / "dpo" / "dpo" / "metrics.jsonl").read_text().splitlines()
-             if "loss" in json.loads(x)]
-    assert len(steps) == 1 and steps[0]["grad_norm"] > 0
+    dpo_one_step(tmp_path / "strong", out, tmp_path / "dpo")
 
 
 def test_rows_with_their_own_functions_are_listed_in_their_prompts_and_checked(tok, model, tmp_path):
@@ -660,9 +667,4 @@ def test_function_calling_rows_give_sft_rows_and_delta_pairs_with_their_function
         ids, mask = sides[side]
         assert '"name": "calculate_triangle_area", "description"' in tok.decode(ids[: mask.index(1)])  # listed
         assert args in tok.decode([t for t, m in zip(ids, mask) if m])
-    flowlm("train", "--objective", "dpo", "--init", str(tmp_path / "teacher"), "--data", str(pairs_out), "--run-dir",
-           str(tmp_path / "dpo"), "stages.dpo.objective.beta=0.1", "stages.dpo.seq_len=1024", "stages.dpo.batch_size=1",
-           "--no-progress", "eval.max_items=2", "eval.heldout_docs=1", "eval.tasks=[prose]", "threads=1")
-    steps = [json.loads(x) for x in (tmp_path / "dpo" / "dpo" / "metrics.jsonl").read_text().splitlines()
-             if "loss" in json.loads(x)]
-    assert len(steps) == 1 and steps[0]["grad_norm"] > 0
+    dpo_one_step(tmp_path / "teacher", pairs_out, tmp_path / "dpo")
