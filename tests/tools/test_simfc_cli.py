@@ -141,6 +141,8 @@ def test_a_simfc_stage_in_a_recipe_writes_rows_accounting_and_a_token_store(mode
     assert row["messages"][-1]["content"] == ANSWER and row["tools"] == [WEATHER]
     acc = json.loads((out / "accounting.json").read_text())
     assert acc["conversations"]["kept"]["docs"] == 1 == acc["toolsets"]["kept"]["docs"]
+    report = flowlm("report", str(tmp_path / "run")).stdout
+    assert "toolsets 1/1, conversations 1/1" in " ".join(report.split())  # the stage's headline: its accounting
     store = TokenStore.open(out / "store")
     assert len(store.offsets) == 2 and store.label_mask is not None and 0 < store.label_mask.sum() < len(store.tokens)
     bad = dict(recipe, stages={**recipe["stages"], "fc_data": {**recipe["stages"]["fc_data"], "tools": ["calculator"]}})

@@ -96,9 +96,13 @@ def _pct(v: Any) -> str:
 
 
 def headline(st: dict[str, Any]) -> str:
-    """A stage's key numbers in one line: loss and speed, vocabulary, eval shape, RL reward first -> last."""
+    """A stage's key numbers in one line: loss and speed, vocabulary, eval shape, RL reward first -> last, and
+    for a post-training data stage what its accounting kept of each step (`prompts 180/200`)."""
     m = st.get("metrics") or {}
     head = ", ".join(f"{k}={_fmt(m[k])}" for k in ("final_loss", "tok_s", "mfu", "vocab_size", "pretrain_tokens") if k in m)
+    if isinstance(m.get("accounting"), dict):
+        head = ", ".join(f"{step} {(c.get('kept') or {}).get('docs', 0)}/{(c.get('in') or {}).get('docs', 0)}"
+                         for step, c in m["accounting"].items() if isinstance(c, dict))
     if isinstance(m.get("results"), dict):
         head = f"{len(m['results'])} model(s) x {len({s for r in m['results'].values() for s in r})} suite(s)"
     reward = ((m.get("rl") or {}).get("by_quarter") or {}).get("reward")
