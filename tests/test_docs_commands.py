@@ -371,6 +371,13 @@ def _check_post(out: str, kind: str, prompts: int) -> Callable[[Result], None]:
     return check
 
 
+def _check_multiturn(r: Result) -> None:
+    assert (r.cwd / "mt.jsonl").is_file()
+    last = r.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"post multiturn: \d+ rows from 4 prompts -> mt.jsonl", last), last
+    assert re.search(r"prompts +in +4 ", r.stderr), r.stderr  # every prompt is kept or dropped by reason
+
+
 def _check_simfc(r: Result) -> None:
     assert (r.cwd / "fc.jsonl").is_file()
     last = r.stderr.strip().splitlines()[-1]
@@ -628,6 +635,10 @@ TABLE: dict[str, Smoke] = {
     "flowlm post pairs --builtin 100 --pool procedural --pool weak --set thinking=false --set max_length_diff=100": Smoke(
         "flowlm post pairs --builtin 100 --pool procedural --pool weak --set thinking=false --set max_length_diff=100",
         after=(), check=_check_judge_pairs),
+    "flowlm post multiturn --file prompts.jsonl --teacher runs/big/model --simulator runs/small/model --out mt.jsonl": Smoke(
+        "flowlm post multiturn --file prompts.jsonl --teacher runs/big/model --simulator runs/small/model --out mt.jsonl "
+        "--set teacher.max_new_tokens=16", after=("post",), check=_check_multiturn,
+        shrunk="16 new tokens; the smoke run's models cannot play the user, so the check is the accounting"),
     "flowlm post simfc --file toolsets.jsonl --teacher runs/big/model --simulator runs/small/model --out fc.jsonl": Smoke(
         "flowlm post simfc --file toolsets.jsonl --teacher runs/big/model --simulator runs/small/model --out fc.jsonl "
         "--set teacher.max_new_tokens=16 --set per_toolset=2", after=("post",), check=_check_simfc,

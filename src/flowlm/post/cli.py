@@ -1,10 +1,12 @@
-"""`flowlm post {coldstart,pairs,simfc}`: post-training data from prompt rows or tool sets (JSONL in, JSONL rows out).
+"""`flowlm post {coldstart,pairs,multiturn,simfc}`: post-training data from prompt rows or tool sets (JSONL in,
+JSONL rows out).
 
     flowlm post coldstart --builtin 200 --teacher procedural --set teacher.error_rate=0.3 --out sft.jsonl
     flowlm post coldstart --file prompts.jsonl --teacher runs/x/model --query-teacher runs/y/model -n 8 \\
         --bench gsm8k/test.jsonl --set keep_per_prompt=2 --set no_think_fraction=0.2
     flowlm post pairs --file prompts.jsonl --strong runs/big/model --weak runs/small/model --out dpo.jsonl
     flowlm post pairs --builtin 100 --pool procedural --pool weak --set thinking=false
+    flowlm post multiturn --file prompts.jsonl --teacher runs/big/model --simulator runs/sim/model --set turns=3
     flowlm post simfc --file toolsets.jsonl --teacher runs/big/model --simulator runs/sim/model --out fc.jsonl
     flowlm post simfc --tools "mcp:python my_server.py" --teacher runs/big/model --set per_toolset=50
 
@@ -17,7 +19,8 @@ overrides of `ColdStartCfg` / `PairCfg` plus `teacher.*` (`TeacherCfg`) and, for
 `judge_verifier` / `judge_options.*` (a registered verifier name, checked up front). The accounting table
 goes to stderr; a bad input line, or a row a `procedural`/`weak` teacher cannot answer (no `solution`),
 stops the run with `error: FILE:LINE: ...` before any sampling, and an unwritable `--out` before any work.
-`simfc` reads tool sets instead (`flowlm.post.simfc`: rows with `tools`, or `--tools` built-in names and
+`multiturn` grows prompt rows into multi-turn prompts (`flowlm.post.multiturn`: self-talk or synthetic
+context; a `--simulator` model plays the user). `simfc` reads tool sets instead (`flowlm.post.simfc`: rows with `tools`, or `--tools` built-in names and
 `mcp:SERVER` entries, each one tool set) and needs model teachers; its knobs are `SimFCCfg` plus `teacher.*`.
 """
 
@@ -35,12 +38,19 @@ from flowlm.cli import (add_io_arguments, check_output, input_path, iter_input_o
 from flowlm.errors import ConfigError, FlowError
 from flowlm.post.coldstart import ColdStartCfg
 from flowlm.post.delta import PairCfg
+from flowlm.post.multiturn import MultiTurnCfg
 from flowlm.post.simfc import SimFCCfg
 from flowlm.post.teachers import NAMED_TEACHERS, TeacherCfg, procedural_problem
 
 
 class ColdStartRun(ColdStartCfg):
     """`flowlm post coldstart` settings: the builder's config plus how teachers are built."""
+
+    teacher: TeacherCfg = TeacherCfg()
+
+
+class MultiTurnRun(MultiTurnCfg):
+    """`flowlm post multiturn` settings: the builder's config plus how the models are built."""
 
     teacher: TeacherCfg = TeacherCfg()
 
@@ -78,7 +88,7 @@ class PairsRun(PairCfg):
 def add_parser(subparsers: Any) -> None:
     """Register the `post` verb on the top-level CLI."""
     p = subparsers.add_parser("post", help="post-training data: cold-start SFT rows, DPO preference pairs, "
-                                                 "simulated function-calling conversations")
+                                                 "multi-turn prompts, simulated function-calling conversations")
     verbs = p.add_subparsers(dest="post_cmd", metavar="VERB", required=True)
     cold = verbs.add_parser("coldstart", help="rejection-sampled SFT chat rows (Qwen3 cold-start filters)")
     _common(cold)
@@ -96,6 +106,13 @@ def add_parser(subparsers: Any) -> None:
                        help="strong candidates per prompt (n_chosen), or answers per pool member (n_per_teacher)")
     for v in (cold, pairs):
         v.set_defaults(func=main)
+    multi = verbs.add_parser("multiturn", help="multi-turn prompts from single-turn ones (self-talk or synthetic "
+                                                "context) for last-turn preference pairs")
+    _common(multi)
+    multi.add_argument("--teacher", default=None, metavar="PATH|procedural",
+                       help="answers the turns of self-talk (a checkpoint; procedural answers built-in prompts)")
+    multi.add_argument("--simulator", required=True, metavar="PATH", help="plays the user (a checkpoint directory)")
+    multi.set_defaults(func=multiturn_main)
     sim = verbs.add_parser("simfc", help="function-calling SFT rows from tool sets, the user and the tools "
                                          "simulated by a model (OLMo 3's SimFC)")
     add_io_arguments(sim, "tool set rows (`tools`: function definitions)",
@@ -229,6 +246,35 @@ def main(args: argparse.Namespace) -> int:
     where = f" -> {args.out}" if args.out is not None else ""
     kind = "rows" if args.post_cmd == "coldstart" else "pairs"
     print(f"post {args.post_cmd}: {len(out)} {kind} from {len(rows)} prompts{where}", file=sys.stderr)
+    return 0
+
+
+def multiturn_main(args: argparse.Namespace) -> int:
+    """Run `flowlm post multiturn`: prompt rows checked up front (FILE:LINE), then the builder."""
+    from flowlm.config import apply_overrides, validate
+    from flowlm.post.multiturn import build_multiturn
+    from flowlm.post.teachers import make_teacher
+
+    check_output(args.out)
+    cfg = validate(MultiTurnRun, apply_overrides({}, args.set), "flowlm post multiturn")
+    if cfg.teacher.tools:
+        raise ConfigError("flowlm post multiturn: teacher.tools belongs to flowlm post coldstart / pairs")
+    if not Path(args.simulator).is_dir():
+        raise FlowError(f"--simulator {args.simulator}: not a checkpoint directory (a model plays the user)")
+    if cfg.method == "self_talk" and args.teacher is None:
+        raise ConfigError("flowlm post multiturn: self_talk needs --teacher (it answers each turn)")
+    named = (args.teacher,) if args.teacher in NAMED_TEACHERS else ()
+    rows = load_prompt_rows(args, cfg.seed, named)
+    models = 1 + int(args.teacher is not None and args.teacher not in NAMED_TEACHERS)
+    teacher = make_teacher(args.teacher, rows, cfg.teacher, model_teachers=models) if args.teacher else None
+    simulator = make_teacher(args.simulator, rows, cfg.teacher, model_teachers=models)
+    out, acc = build_multiturn(rows, teacher, simulator, cfg, decontam=load_decontam(args.bench))
+    with open_output(args.out) as fh:
+        for row in out:
+            write_json_line(fh, row)
+    print(acc.table(), file=sys.stderr)
+    where = f" -> {args.out}" if args.out is not None else ""
+    print(f"post multiturn: {len(out)} rows from {len(rows)} prompts{where}", file=sys.stderr)
     return 0
 
 

@@ -350,7 +350,7 @@ def build_simfc(toolsets: Sequence[Mapping[str, Any]], assistant: Teacher, simul
 def _run(convs: list[_Conv], assistant: Teacher, simulator: Teacher, cfg: SimFCCfg, decontam: Any | None) -> None:
     """Build `convs` in rounds until each is done or dropped."""
     # a simulator whose template has no thinking switch is asked plainly (not with a `/no_think` it cannot read)
-    sim_thinking = cfg.simulator_thinking or not _has_switch(simulator)
+    sim_thinking = cfg.simulator_thinking or not has_switch(simulator)
     rnd = 0
     while any(c.drop is None and c.stage != "done" for c in convs):
         seed = cfg.seed + 1_000_003 * rnd
@@ -379,7 +379,7 @@ def _run(convs: list[_Conv], assistant: Teacher, simulator: Teacher, cfg: SimFCC
         rnd += 1
 
 
-def _has_switch(teacher: Teacher) -> bool:
+def has_switch(teacher: Teacher) -> bool:
     """Does a model teacher's chat template read `enable_thinking`? (Other teachers: assumed so.)"""
     from flowlm.model.tokenizer import has_thinking_switch
 
