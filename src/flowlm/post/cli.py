@@ -239,13 +239,17 @@ def main(args: argparse.Namespace) -> int:
         from flowlm.post.delta import build_delta_pairs
 
         out, acc = build_delta_pairs(rows, teachers["strong"], teachers["weak"], cfg, decontam=decontam)
+    kind = "rows" if args.post_cmd == "coldstart" else "pairs"
+    return _emit(args, out, acc, f"post {args.post_cmd}: {len(out)} {kind} from {len(rows)} prompts")
+
+
+def _emit(args: argparse.Namespace, out: list[dict[str, Any]], acc: Any, summary: str) -> int:
+    """Write the rows (atomically to `--out`, or to stdout), then the accounting table and `summary` to stderr."""
     with open_output(args.out) as fh:
         for row in out:
             write_json_line(fh, row)
     print(acc.table(), file=sys.stderr)
-    where = f" -> {args.out}" if args.out is not None else ""
-    kind = "rows" if args.post_cmd == "coldstart" else "pairs"
-    print(f"post {args.post_cmd}: {len(out)} {kind} from {len(rows)} prompts{where}", file=sys.stderr)
+    print(summary + (f" -> {args.out}" if args.out is not None else ""), file=sys.stderr)
     return 0
 
 
@@ -269,13 +273,7 @@ def multiturn_main(args: argparse.Namespace) -> int:
     teacher = make_teacher(args.teacher, rows, cfg.teacher, model_teachers=models) if args.teacher else None
     simulator = make_teacher(args.simulator, rows, cfg.teacher, model_teachers=models)
     out, acc = build_multiturn(rows, teacher, simulator, cfg, decontam=load_decontam(args.bench))
-    with open_output(args.out) as fh:
-        for row in out:
-            write_json_line(fh, row)
-    print(acc.table(), file=sys.stderr)
-    where = f" -> {args.out}" if args.out is not None else ""
-    print(f"post multiturn: {len(out)} rows from {len(rows)} prompts{where}", file=sys.stderr)
-    return 0
+    return _emit(args, out, acc, f"post multiturn: {len(out)} rows from {len(rows)} prompts")
 
 
 def simfc_main(args: argparse.Namespace) -> int:
@@ -302,13 +300,7 @@ def simfc_main(args: argparse.Namespace) -> int:
     teacher = make_teacher(args.teacher, [], cfg.teacher, model_teachers=models)
     simulator = make_teacher(args.simulator, [], cfg.teacher, model_teachers=models) if args.simulator else None
     out, acc = build_simfc(toolsets, teacher, simulator, cfg, decontam=load_decontam(args.bench))
-    with open_output(args.out) as fh:
-        for row in out:
-            write_json_line(fh, row)
-    print(acc.table(), file=sys.stderr)
-    where = f" -> {args.out}" if args.out is not None else ""
-    print(f"post simfc: {len(out)} conversations from {len(toolsets)} tool sets{where}", file=sys.stderr)
-    return 0
+    return _emit(args, out, acc, f"post simfc: {len(out)} conversations from {len(toolsets)} tool sets")
 
 
 def _teacher_specs(args: argparse.Namespace) -> dict[str, str | None]:
