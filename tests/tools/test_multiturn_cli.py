@@ -60,3 +60,31 @@ def test_multiturn_bad_input_is_one_line(simulator, tmp_path, args, msg):
     proc = flowlm(*cmd, *args, check=False)
     assert proc.returncode != 0 and msg in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_multiturn_stage_feeds_a_pairs_stage_that_prefers_on_the_last_turn(simulator, tmp_path):
+    """`kind: multiturn` in a recipe (synthetic context from the micro simulator), then `kind: pairs` with
+    `prompts: mt` and the procedural strong and weak teachers, which answer the grown row because its last
+    turn, its ground truth and its worked solution are the original row's."""
+    from tests.flow.test_post_flow import write_recipe
+
+    rows = tmp_path / "prompts.jsonl"
+    rows.write_text(json.dumps({"id": "q1", "prompt": PROMPT, "dataset": "math", "ground_truth": "42", "answer": "42",
+                                "solution": "Six sevens are 42.\nThe answer is \\boxed{42}."}) + "\n")
+    recipe = {"name": "mt", "threads": 1, "model": {"preset": "tiny"}, "stages": {
+        "corpus": {"pretrain_bytes": 20000, "midtrain_bytes": 5000, "long_docs": 1, "curate": None},
+        "tokenizer": {"path": str(simulator)},
+        "mt": {"kind": "multiturn", "prompts": str(rows), "simulator": str(simulator),
+               "teacher_settings": {"temperature": 0, "max_new_tokens": 80}, "config": {"method": "synthetic_context"}},
+        "dpo_pairs": {"kind": "pairs", "prompts": "mt", "strong": "procedural", "weak": "weak",
+                      "config": {"thinking": False}}}}
+    flowlm("run", str(write_recipe(tmp_path / "mt.yaml", recipe)), "--run-dir", str(tmp_path / "run"), "--no-progress")
+    [grown] = [json.loads(x) for x in (tmp_path / "run" / "mt" / "rows.jsonl").read_text().splitlines()]
+    assert grown["messages"] == [*CONTEXT, {"role": "user", "content": PROMPT}]
+    [pair] = [json.loads(x) for x in (tmp_path / "run" / "dpo_pairs" / "rows.jsonl").read_text().splitlines()]
+    assert [m["role"] for m in pair["prompt"]] == ["user", "assistant", "user"]
+    assert pair["prompt"][0]["content"] == CONTEXT[0]["content"] and pair["prompt"][-1]["content"].startswith(PROMPT)
+    assert pair["chosen"][0]["content"].startswith("Six sevens are 42.")
+    bad = dict(recipe, stages={**recipe["stages"], "dpo_pairs": {**recipe["stages"]["dpo_pairs"], "prompts": "corpus"}})
+    proc = flowlm("run", str(write_recipe(tmp_path / "bad.yaml", bad)), "--run-dir", str(tmp_path / "run"), check=False)
+    assert proc.returncode != 0 and "'corpus' is not an earlier multiturn stage" in proc.stderr, proc.stderr

@@ -151,8 +151,9 @@ def chat_row(row: Mapping[str, Any], *, where: str = "chat row") -> dict[str, An
 def pair_row(row: Mapping[str, Any], *, where: str = "pair row") -> dict[str, Any]:
     """A TRL preference row normalised: `{prompt: messages, chosen: [assistant...], rejected: [...]}` plus
     the row's scalar columns. `prompt` is a string (one user turn) or messages; `chosen` / `rejected` are
-    strings or assistant messages (a trajectory: assistant turns with tool answers between them). Without `prompt` (TRL's implicit-prompt form) both sides are whole
-    conversations and their shared leading turns are the prompt."""
+    strings or assistant messages (a trajectory: assistant turns with tool answers between them). Without
+    `prompt` (TRL's implicit-prompt form) both sides are whole conversations and their shared leading turns
+    are the prompt."""
     if not isinstance(row, Mapping):
         _fail(where, f"expected an object, got {type(row).__name__}")
     out = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected") and isinstance(v, _SCALARS)}

@@ -20,8 +20,9 @@ overrides of `ColdStartCfg` / `PairCfg` plus `teacher.*` (`TeacherCfg`) and, for
 goes to stderr; a bad input line, or a row a `procedural`/`weak` teacher cannot answer (no `solution`),
 stops the run with `error: FILE:LINE: ...` before any sampling, and an unwritable `--out` before any work.
 `multiturn` grows prompt rows into multi-turn prompts (`flowlm.post.multiturn`: self-talk or synthetic
-context; a `--simulator` model plays the user). `simfc` reads tool sets instead (`flowlm.post.simfc`: rows with `tools`, or `--tools` built-in names and
-`mcp:SERVER` entries, each one tool set) and needs model teachers; its knobs are `SimFCCfg` plus `teacher.*`.
+context; a `--simulator` model plays the user). `simfc` reads tool sets instead (`flowlm.post.simfc`: rows
+with `tools`, or `--tools` built-in names and `mcp:SERVER` entries, each one tool set) and needs model
+teachers; its knobs are `SimFCCfg` plus `teacher.*`.
 """
 
 from __future__ import annotations
@@ -223,7 +224,8 @@ def main(args: argparse.Namespace) -> int:
     if any(Path(s).is_dir() for s in [*specs.values(), *pool] if s) and wanted > slots:
         raise ConfigError(f"n={wanted} exceeds teacher.max_slots={slots}")
     models = sum(1 for s in [*specs.values(), *pool] if s and s not in NAMED_TEACHERS)  # (vLLM: they share the GPU)
-    teachers = {role: make_teacher(spec, rows, cfg.teacher, model_teachers=models) for role, spec in specs.items() if spec}
+    teachers = {role: make_teacher(spec, rows, cfg.teacher, model_teachers=models)
+                for role, spec in specs.items() if spec}
     if isinstance(cfg, ColdStartRun):
         from flowlm.post.coldstart import build_coldstart
 

@@ -11,7 +11,7 @@ the last turn only (`flowlm.post.delta` does: the prompt is every message before
   such rows make delta pairs filtered without an answer check, or judge pairs.
 - `synthetic_context`: a conversation comes before the prompt. The simulator writes `turns - 1` earlier
   exchanges on a related subject as JSON (`context_prompt`), and the prompt follows them unchanged, so the
-  row keeps its verifier routing.
+  row keeps its verifier routing (and a built-in row its worked solution, for the procedural teachers).
 
 Each row is a prompt row whose `messages` end with a user turn, plus `source` (the method) and `origin`
 (the row it grew from). Drops, counted in step `prompts`: `bad_prompt` (no chat prompt), `assistant_error` (an
@@ -121,8 +121,8 @@ def build_multiturn(rows: Iterable[Mapping[str, Any]], assistant: Teacher | None
             acc["prompts"].record_kept(prompt_tokens(msgs))
             kept = {"id": f"{row_id(row, i)}#{cfg.method}", "messages": grown, "source": cfg.method,
                     "origin": row_id(row, i)}
-            if cfg.method == "synthetic_context":  # the last turn is the row's own: its answer check still holds
-                kept.update({k: row[k] for k in META_KEYS if k in row})
+            if cfg.method == "synthetic_context":  # the last turn is the row's own: its answer still holds
+                kept.update({k: row[k] for k in (*META_KEYS, "answer", "solution") if k in row})
             out.append(kept)
     acc.check()
     return out, acc

@@ -317,8 +317,8 @@ def build_simfc(toolsets: Sequence[Mapping[str, Any]], assistant: Teacher, simul
     simulator = simulator or assistant
     acc = Accounting.of("toolsets", "conversations")
     keys = [(ts, k, f"{ts['id']}/{k}") for ts in toolsets for k in range(cfg.per_toolset)]
-    convs = [_Conv(ts, cfg.patterns[k % len(cfg.patterns)], thinking_mode([], cfg.no_think_fraction, cfg.seed, key), key)
-             for ts, k, key in keys]
+    convs = [_Conv(ts, cfg.patterns[k % len(cfg.patterns)],
+                   thinking_mode([], cfg.no_think_fraction, cfg.seed, key), key) for ts, k, key in keys]
     for start in range(0, len(convs), cfg.chunk):
         _run(convs[start:start + cfg.chunk], assistant, simulator, cfg, decontam)
     rows, seen, kept_sets = [], set(), set()

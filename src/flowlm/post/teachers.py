@@ -180,9 +180,9 @@ class ModelTeacher:
     """Samples from a checkpoint with the rollout engine (`flowlm.generate.Engine`).
 
     `source` is a checkpoint directory (`Engine.from_pretrained`: flowlm / HF Olmo3 natively, any other
-    local HF causal LM through transformers); or pass `model=` and `tokenizer=`. `backend="vllm"` samples with
-    vLLM instead (`flowlm.generate.vllm_backend`), taking `gpu_memory_utilization` of the GPU. The tokenizer's chat
-    template renders each prompt in the requested mode (`enable_thinking`), and generation stops at
+    local HF causal LM through transformers); or pass `model=` and `tokenizer=`. `backend="vllm"` samples
+    with vLLM instead (`flowlm.generate.vllm_backend`), taking `gpu_memory_utilization` of the GPU. The
+    tokenizer's chat template renders each prompt in the requested mode (`enable_thinking`), and generation stops at
     the end-of-turn token `<|im_end|>` when the tokenizer has one. With `tools` (built-in tool names) the
     engine runs the teacher's calls between its turns (`flowlm.tools.engine`), the prompts list them, and each
     response carries its `trajectory` (see `_response`).
@@ -203,11 +203,12 @@ class ModelTeacher:
         if backend == "vllm":
             from flowlm.generate.vllm_backend import VLLMEngine
 
-            self.engine = VLLMEngine(source, tokenizer, max_slots=max_slots, gpu_memory_utilization=gpu_memory_utilization) \
-                if source is not None else VLLMEngine.from_policy(model, tokenizer, max_slots=max_slots,
-                                                                  gpu_memory_utilization=gpu_memory_utilization)
+            share = {"max_slots": max_slots, "gpu_memory_utilization": gpu_memory_utilization}
+            self.engine = VLLMEngine(source, tokenizer, **share) if source is not None \
+                else VLLMEngine.from_policy(model, tokenizer, **share)
         elif backend == "native":
-            self.engine = Engine.from_pretrained(source, config) if source is not None else Engine(model, tokenizer, config)
+            self.engine = Engine.from_pretrained(source, config) if source is not None \
+                else Engine(model, tokenizer, config)
         else:
             raise FlowError(f"ModelTeacher: backend must be native or vllm, not {backend!r}")
         self.tokenizer = self.engine.tokenizer

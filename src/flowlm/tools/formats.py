@@ -37,7 +37,8 @@ Calls = list[dict[str, Any]]
 
 HERMES_CALL = re.compile(r"<tool_call>(.*?)(</tool_call>|$)", re.DOTALL)
 # (names are bounded so that a reply full of unclosed `<function=` markers is read in linear time)
-XML_CALL = re.compile(r"(?:<tool_call>\s*)?<function=([^>\n]{0,256})>(.*?)(</function>\s*(?:</tool_call>)?|$)", re.DOTALL)
+XML_CALL = re.compile(r"(?:<tool_call>\s*)?<function=([^>\n]{0,256})>(.*?)"
+                      r"(</function>\s*(?:</tool_call>)?|$)", re.DOTALL)
 XML_PARAM = re.compile(r"<parameter=([^>\n]{0,256})>(.*?)(?:</parameter>|(?=<parameter=)|$)", re.DOTALL)
 PYTHON_TAG = "<|python_tag|>"
 JSON_CALLS = re.compile(r"^\s*(?:<\|python_tag\|>)?\s*\{.*", re.DOTALL)  # a reply that is calls, whole

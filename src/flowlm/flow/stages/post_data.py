@@ -1,4 +1,4 @@
-"""Stage kinds `coldstart`, `pairs` and `simfc`: post-training data built inside a flow (`flowlm.post`).
+"""Stage kinds `coldstart`, `pairs`, `multiturn` and `simfc`: post-training data built inside a flow (`flowlm.post`).
 
     sft_data:
       kind: coldstart                 # rejection sampling + Qwen3 filters -> SFT chat rows
@@ -11,6 +11,13 @@
       strong: procedural
       weak: sft                       # the SFT stage's own model: its mistakes are the rejected side
       config: {thinking: true}        # PairCfg fields
+    mt_prompts:
+      kind: multiturn                 # multi-turn prompts for last-turn pairs (self-talk / synthetic context)
+      prompts: builtin
+      teacher: sft                    # answers self-talk's turns
+      simulator: /ckpt/instruct       # plays the user
+      config: {method: self_talk, turns: 3}   # MultiTurnCfg fields
+    (then a pairs stage with `prompts: mt_prompts`: the prompts of coldstart and pairs may name such a stage)
     fc_data:
       kind: simfc                     # function-calling conversations, user and tools simulated by a model
       toolsets: data/toolsets.jsonl   # rows with `tools`; or tools: [calculator, "mcp:python server.py"]
@@ -20,7 +27,7 @@
 Each writes the rows (`rows.jsonl`) and the accounting (`accounting.json`: every prompt, candidate or
 conversation kept or dropped by reason, conservation checked) and tokenizes the rows with the run's tokenizer,
 so a train stage names the stage as its data (`data: sft_data`). `coldstart` and `simfc` output a token store
-(`store`, assistant masks); `pairs` outputs aligned chosen / rejected stores (`pairs`, what `dpo` and
+(`store`, assistant masks); `multiturn` outputs prompt rows only (`rows`, no token store); `pairs` outputs aligned chosen / rejected stores (`pairs`, what `dpo` and
 `reward_model` train on) and a token store of the chosen answers alone (`store`, for the seed's
 "SFT on the chosen side" control).
 """
@@ -38,6 +45,7 @@ from flowlm.errors import FlowError
 from flowlm.flow.stages.registry import StageContext, StageKind, StageResult, register
 from flowlm.post.coldstart import ColdStartCfg
 from flowlm.post.delta import PairCfg
+from flowlm.post.multiturn import MultiTurnCfg
 from flowlm.post.simfc import SimFCCfg
 from flowlm.post.teachers import TeacherCfg
 from flowlm.tools.builtin import ToolNames
@@ -46,7 +54,8 @@ NAMED_TEACHERS = ("procedural", "weak")
 
 
 class _BuilderConfig(Strict):
-    prompts: str = Field("builtin", description="'builtin' (training-split task prompts) or a JSONL path")
+    prompts: str = Field("builtin", description="'builtin' (training-split task prompts), a JSONL path, or an "
+                                                "earlier multiturn stage (its prompt rows)")
     n_prompts: int = Field(1000, gt=0, description="builtin: how many prompts; a file: at most this many rows")
     seed: int = Field(0, description="builtin prompt seed")
     teacher_settings: TeacherCfg = Field(default_factory=TeacherCfg, description="sampling of model teachers")
@@ -74,6 +83,23 @@ class PairsStageConfig(_BuilderConfig):
     config: PairCfg = Field(default_factory=PairCfg)
 
 
+class MultiTurnStageConfig(_BuilderConfig):
+    """Multi-turn prompts (self-talk or synthetic context) for a later stage's last-turn pairs."""
+
+    kind: Literal["multiturn"] = "multiturn"
+    teacher: str | None = Field(None, description="answers self-talk's turns: procedural, a stage or a checkpoint")
+    simulator: str = Field(description="plays the user: an earlier stage (its model) or a checkpoint directory")
+    config: MultiTurnCfg = Field(default_factory=MultiTurnCfg)
+
+    @model_validator(mode="after")
+    def _needs(self) -> MultiTurnStageConfig:
+        if self.config.method == "self_talk" and self.teacher is None:
+            raise ValueError("self_talk needs a teacher (it answers each turn)")
+        if self.simulator in NAMED_TEACHERS:
+            raise ValueError(f"simulator {self.simulator!r}: a model plays the user (an earlier stage or a checkpoint)")
+        return self
+
+
 class SimFCStageConfig(Strict):
     """Simulated function-calling conversations (OLMo 3's SimFC) as SFT rows."""
 
@@ -83,7 +109,8 @@ class SimFCStageConfig(Strict):
     teacher: str = Field(description="the assistant: an earlier stage (its model) or a checkpoint directory")
     simulator: str | None = Field(None, description="plays the user and the functions (default: the teacher)")
     teacher_settings: TeacherCfg = Field(default_factory=TeacherCfg, description="sampling of both models")
-    bench: list[str] = Field(default_factory=list, description="benchmark files to decontaminate the user turns against")
+    bench: list[str] = Field(default_factory=list,
+                             description="benchmark files to decontaminate the user turns against")
     config: SimFCCfg = Field(default_factory=SimFCCfg)
 
     @model_validator(mode="after")
@@ -99,29 +126,41 @@ def _teacher_refs(ctx: StageContext, specs: list[str | None]) -> list[str]:
     return [s for s in specs if s is not None and s not in NAMED_TEACHERS]
 
 
+def _specs(cfg: Any) -> list[str | None]:
+    """The teachers a data stage names (a named teacher, an earlier stage, a checkpoint, or None)."""
+    if isinstance(cfg, (SimFCStageConfig, MultiTurnStageConfig)):
+        return [cfg.teacher, cfg.simulator]
+    return [cfg.teacher, cfg.query_teacher] if isinstance(cfg, ColdStartStageConfig) else [cfg.strong, cfg.weak]
+
+
 def _inputs(ctx: StageContext, name: str, cfg: Any) -> list[str]:
     if isinstance(cfg, SimFCStageConfig):
-        specs, files = [cfg.teacher, cfg.simulator], [cfg.toolsets] if cfg.toolsets else []
+        files = [cfg.toolsets] if cfg.toolsets else []
     else:
-        specs = [cfg.teacher, cfg.query_teacher] if isinstance(cfg, ColdStartStageConfig) else [cfg.strong, cfg.weak]
         files = [cfg.prompts] if cfg.prompts != "builtin" else []
-    return [ctx.latest("tokenizer", name), *_teacher_refs(ctx, specs), *files, *cfg.bench]
+    tokenizer = [] if isinstance(cfg, MultiTurnStageConfig) else [ctx.latest("tokenizer", name)]  # (no tokens)
+    return [*tokenizer, *_teacher_refs(ctx, _specs(cfg)), *files, *cfg.bench]
 
 
-def _prompt_rows(cfg: _BuilderConfig) -> list[dict[str, Any]]:
+def _prompt_rows(ctx: StageContext, cfg: _BuilderConfig) -> list[dict[str, Any]]:
     from flowlm.jsonlines import iter_json_objects
     from flowlm.post.cli import check_prompt_row
     from flowlm.post.teachers import builtin_rows
 
     if cfg.prompts == "builtin":
         return with_instruction(builtin_rows(cfg.n_prompts, cfg.seed), cfg)
+    source = cfg.prompts
+    if source in ctx.recipe.stages:  # an earlier multiturn stage: its prompt rows
+        if "rows" not in ctx.outputs.get(source, {}) or ctx.recipe.stages[source].kind != "multiturn":
+            raise FlowError(f"prompts: stage {source!r} is not an earlier multiturn stage (it has no prompt rows)")
+        source = str(ctx.path(ctx.outputs[source]["rows"]))
     rows = []
-    for line, row in iter_json_objects(cfg.prompts):
-        rows.append(check_prompt_row(f"{cfg.prompts}:{line}", row))
+    for line, row in iter_json_objects(source):
+        rows.append(check_prompt_row(f"{source}:{line}", row))
         if len(rows) == cfg.n_prompts:
             break
     if not rows:
-        raise FlowError(f"{cfg.prompts}: no prompt rows")
+        raise FlowError(f"{source}: no prompt rows")
     return with_instruction(rows, cfg)
 
 
@@ -153,20 +192,13 @@ def with_instruction(rows: list[dict[str, Any]], cfg: _BuilderConfig) -> list[di
 
 
 def _teacher(ctx: StageContext, spec: str, rows: list[dict[str, Any]], cfg: _BuilderConfig | SimFCStageConfig) -> Any:
+    """The teacher `spec` names; vLLM teachers split the GPU among the stage's model teachers."""
     from flowlm.post.teachers import make_teacher
 
     if spec not in NAMED_TEACHERS and spec in ctx.recipe.stages:
         spec = str(ctx.model_dir(spec))
-    return make_teacher(spec, rows, cfg.teacher_settings, model_teachers=_model_teachers(cfg))
-
-
-def _model_teachers(cfg: _BuilderConfig | SimFCStageConfig) -> int:
-    """How many model teachers the stage builds (vLLM engines share the GPU's memory)."""
-    if isinstance(cfg, SimFCStageConfig):
-        specs = [cfg.teacher, cfg.simulator]
-    else:
-        specs = [cfg.teacher, cfg.query_teacher] if isinstance(cfg, ColdStartStageConfig) else [cfg.strong, cfg.weak]
-    return sum(1 for s in specs if s is not None and s not in NAMED_TEACHERS)
+    models = sum(1 for s in _specs(cfg) if s is not None and s not in NAMED_TEACHERS)
+    return make_teacher(spec, rows, cfg.teacher_settings, model_teachers=models)
 
 
 def _write(ctx: StageContext, name: str, rows: list[dict[str, Any]], acc: Any) -> tuple[Path, dict[str, Any]]:
@@ -192,7 +224,7 @@ def run_coldstart(ctx: StageContext, name: str, cfg: ColdStartStageConfig) -> St
     from flowlm.post.cli import load_decontam
     from flowlm.post.coldstart import build_coldstart
 
-    rows = _prompt_rows(cfg)
+    rows = _prompt_rows(ctx, cfg)
     query = _teacher(ctx, cfg.query_teacher, rows, cfg) if cfg.query_teacher else None
     kept, acc = build_coldstart(rows, _teacher(ctx, cfg.teacher, rows, cfg), cfg.config,
                                 decontam=load_decontam(cfg.bench), query_teacher=query)
@@ -209,7 +241,7 @@ def run_pairs(ctx: StageContext, name: str, cfg: PairsStageConfig) -> StageResul
     from flowlm.post.cli import load_decontam
     from flowlm.post.delta import build_delta_pairs
 
-    rows = _prompt_rows(cfg)
+    rows = _prompt_rows(ctx, cfg)
     strong, weak = _teacher(ctx, cfg.strong, rows, cfg), _teacher(ctx, cfg.weak, rows, cfg)
     pairs, acc = build_delta_pairs(rows, strong, weak, cfg.config, decontam=load_decontam(cfg.bench))
     out, metrics = _write(ctx, name, pairs, acc)
@@ -220,6 +252,19 @@ def run_pairs(ctx: StageContext, name: str, cfg: PairsStageConfig) -> StageResul
     metrics["tokens"] = int(sum(st.n_tokens for st in stores.values()))
     return {"rows": f"{name}/rows.jsonl", "accounting": f"{name}/accounting.json", "pairs": f"{name}/pairs",
             "store": f"{name}/chosen"}, metrics
+
+
+def run_multiturn(ctx: StageContext, name: str, cfg: MultiTurnStageConfig) -> StageResult:
+    """Grow the prompts into multi-turn ones; the rows are prompts for a later coldstart or pairs stage."""
+    from flowlm.post.cli import load_decontam
+    from flowlm.post.multiturn import build_multiturn
+
+    rows = _prompt_rows(ctx, cfg)
+    teacher = _teacher(ctx, cfg.teacher, rows, cfg) if cfg.teacher else None
+    grown, acc = build_multiturn(rows, teacher, _teacher(ctx, cfg.simulator, rows, cfg), cfg.config,
+                                 decontam=load_decontam(cfg.bench))
+    _, metrics = _write(ctx, name, grown, acc)
+    return {"rows": f"{name}/rows.jsonl", "accounting": f"{name}/accounting.json"}, metrics
 
 
 def run_simfc(ctx: StageContext, name: str, cfg: SimFCStageConfig) -> StageResult:
@@ -251,3 +296,5 @@ register(StageKind(name="pairs", config=PairsStageConfig, run=run_pairs, inputs=
                    main_rank_only=True, makes_data=True))
 register(StageKind(name="simfc", config=SimFCStageConfig, run=run_simfc, inputs=_inputs,
                    main_rank_only=True, makes_data=True))
+register(StageKind(name="multiturn", config=MultiTurnStageConfig, run=run_multiturn, inputs=_inputs,
+                   main_rank_only=True))
