@@ -148,6 +148,15 @@ def test_rl_rollouts_through_the_vllm_backend(vllm, tok, model, mode):  # noqa: 
     assert not export.exists()  # the exported checkpoint is removed
 
 
+def test_an_unknown_logprobs_mode_is_a_config_error(ckpt):
+    """Checked before vLLM is needed (this ran into a NameError until 2026-12-07)."""
+    from flowlm.errors import ConfigError
+    from flowlm.generate.vllm_backend import VLLMEngine
+
+    with pytest.raises(ConfigError, match="logprobs must be one of raw, tempered, not 'soft'"):
+        VLLMEngine(ckpt, logprobs="soft")
+
+
 def test_the_vllm_memory_share_applies_to_backend_vllm_only():
     with pytest.raises(ValueError, match="vllm_gpu_memory only applies to backend: vllm"):
         RolloutConfig(vllm_gpu_memory=0.5)

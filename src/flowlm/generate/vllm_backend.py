@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flowlm.errors import ConfigError
 from flowlm.extras import require
 from flowlm.generate.params import (FINISH_LENGTH, FINISH_STOP, LOGPROBS_MODES, Completion, Result, SamplingParams,
                                     Timings)
