@@ -87,4 +87,4 @@ def test_a_multiturn_stage_feeds_a_pairs_stage_that_prefers_on_the_last_turn(sim
     assert pair["chosen"][0]["content"].startswith("Six sevens are 42.")
     bad = dict(recipe, stages={**recipe["stages"], "dpo_pairs": {**recipe["stages"]["dpo_pairs"], "prompts": "corpus"}})
     proc = flowlm("run", str(write_recipe(tmp_path / "bad.yaml", bad)), "--run-dir", str(tmp_path / "run"), check=False)
-    assert proc.returncode != 0 and "'corpus' is not an earlier multiturn stage" in proc.stderr, proc.stderr
+    assert proc.returncode != 0 and "stage 'corpus' made no rows" in proc.stderr, proc.stderr

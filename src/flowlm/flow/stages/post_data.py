@@ -17,7 +17,7 @@
       teacher: sft                    # answers self-talk's turns
       simulator: /ckpt/instruct       # plays the user
       config: {method: self_talk, turns: 3}   # MultiTurnCfg fields
-    (then a pairs stage with `prompts: mt_prompts`: the prompts of coldstart and pairs may name such a stage)
+    (then a pairs stage with `prompts: mt_prompts`: the prompts of coldstart and pairs may name a data stage)
     fc_data:
       kind: simfc                     # function-calling conversations, user and tools simulated by a model
       toolsets: data/toolsets.jsonl   # rows with `tools`; or tools: [calculator, "mcp:python server.py"]
@@ -54,8 +54,9 @@ NAMED_TEACHERS = ("procedural", "weak")
 
 
 class _BuilderConfig(Strict):
-    prompts: str = Field("builtin", description="'builtin' (training-split task prompts), a JSONL path, or an "
-                                                "earlier multiturn stage (its prompt rows)")
+    prompts: str = Field("builtin", description="'builtin' (training-split task prompts), a JSONL path, an "
+                                                "earlier data stage (its rows: a multiturn stage's prompts), or "
+                                                "NAME=PATH (a benchmark-format file)")
     n_prompts: int = Field(1000, gt=0, description="builtin: how many prompts; a file: at most this many rows")
     seed: int = Field(0, description="builtin prompt seed")
     teacher_settings: TeacherCfg = Field(default_factory=TeacherCfg, description="sampling of model teachers")
@@ -136,31 +137,34 @@ def _specs(cfg: Any) -> list[str | None]:
 def _inputs(ctx: StageContext, name: str, cfg: Any) -> list[str]:
     if isinstance(cfg, SimFCStageConfig):
         files = [cfg.toolsets] if cfg.toolsets else []
-    else:
-        files = [cfg.prompts] if cfg.prompts != "builtin" else []
+    else:  # a data stage (fingerprinted by its outputs), a file, or a benchmark's file
+        from flowlm.rl.prompts import spec_file
+
+        files = [spec_file(cfg.prompts)] if cfg.prompts != "builtin" else []
     tokenizer = [] if isinstance(cfg, MultiTurnStageConfig) else [ctx.latest("tokenizer", name)]  # (no tokens)
     return [*tokenizer, *_teacher_refs(ctx, _specs(cfg)), *files, *cfg.bench]
 
 
-def _prompt_rows(ctx: StageContext, cfg: _BuilderConfig) -> list[dict[str, Any]]:
+def _prompt_rows(ctx: StageContext, name: str, cfg: _BuilderConfig) -> list[dict[str, Any]]:
+    """The stage's prompt rows (at most `n_prompts`), each checked: built-in ones, a JSONL file (a bad line is
+    named FILE:LINE), an earlier data stage's rows (a `multiturn` stage's, or any other's), or `NAME=PATH`, a
+    benchmark-format file (`flowlm.flow.stages.common.prompt_rows`)."""
+    from flowlm.flow.stages.common import prompt_rows
     from flowlm.jsonlines import iter_json_objects
     from flowlm.post.cli import check_prompt_row
-    from flowlm.post.teachers import builtin_rows
+    from flowlm.rl.prompts import benchmark_spec
 
-    if cfg.prompts == "builtin":
-        return with_instruction(builtin_rows(cfg.n_prompts, cfg.seed), cfg)
-    source = cfg.prompts
-    if source in ctx.recipe.stages:  # an earlier multiturn stage: its prompt rows
-        if "rows" not in ctx.outputs.get(source, {}) or ctx.recipe.stages[source].kind != "multiturn":
-            raise FlowError(f"prompts: stage {source!r} is not an earlier multiturn stage (it has no prompt rows)")
-        source = str(ctx.path(ctx.outputs[source]["rows"]))
-    rows = []
-    for line, row in iter_json_objects(source):
-        rows.append(check_prompt_row(f"{source}:{line}", row))
-        if len(rows) == cfg.n_prompts:
-            break
+    if cfg.prompts == "builtin" or cfg.prompts in ctx.recipe.stages or benchmark_spec(cfg.prompts) is not None:
+        loaded = prompt_rows(ctx, name, cfg.prompts, n_builtin=cfg.n_prompts, seed=cfg.seed)
+        rows = [check_prompt_row(f"{cfg.prompts}: row {i + 1}", row) for i, row in enumerate(loaded[:cfg.n_prompts])]
+    else:
+        rows = []
+        for line, row in iter_json_objects(cfg.prompts):
+            rows.append(check_prompt_row(f"{cfg.prompts}:{line}", row))
+            if len(rows) == cfg.n_prompts:
+                break
     if not rows:
-        raise FlowError(f"{source}: no prompt rows")
+        raise FlowError(f"stage '{name}': {cfg.prompts}: no prompt rows")
     return with_instruction(rows, cfg)
 
 
@@ -224,7 +228,7 @@ def run_coldstart(ctx: StageContext, name: str, cfg: ColdStartStageConfig) -> St
     from flowlm.post.cli import load_decontam
     from flowlm.post.coldstart import build_coldstart
 
-    rows = _prompt_rows(ctx, cfg)
+    rows = _prompt_rows(ctx, name, cfg)
     query = _teacher(ctx, cfg.query_teacher, rows, cfg) if cfg.query_teacher else None
     kept, acc = build_coldstart(rows, _teacher(ctx, cfg.teacher, rows, cfg), cfg.config,
                                 decontam=load_decontam(cfg.bench), query_teacher=query)
@@ -241,7 +245,7 @@ def run_pairs(ctx: StageContext, name: str, cfg: PairsStageConfig) -> StageResul
     from flowlm.post.cli import load_decontam
     from flowlm.post.delta import build_delta_pairs
 
-    rows = _prompt_rows(ctx, cfg)
+    rows = _prompt_rows(ctx, name, cfg)
     strong, weak = _teacher(ctx, cfg.strong, rows, cfg), _teacher(ctx, cfg.weak, rows, cfg)
     pairs, acc = build_delta_pairs(rows, strong, weak, cfg.config, decontam=load_decontam(cfg.bench))
     out, metrics = _write(ctx, name, pairs, acc)
@@ -259,7 +263,7 @@ def run_multiturn(ctx: StageContext, name: str, cfg: MultiTurnStageConfig) -> St
     from flowlm.post.cli import load_decontam
     from flowlm.post.multiturn import build_multiturn
 
-    rows = _prompt_rows(ctx, cfg)
+    rows = _prompt_rows(ctx, name, cfg)
     teacher = _teacher(ctx, cfg.teacher, rows, cfg) if cfg.teacher else None
     grown, acc = build_multiturn(rows, teacher, _teacher(ctx, cfg.simulator, rows, cfg), cfg.config,
                                  decontam=load_decontam(cfg.bench))
