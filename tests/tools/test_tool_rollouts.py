@@ -80,9 +80,12 @@ class ScriptedEngine:
     @staticmethod
     def tool_turns(text):
         """Tool turns in a prompt so far: flowlm's `tool` role, a user turn of <tool_response>s (Qwen3's),
-        OLMo 3's `environment` role, or Llama 3's `ipython` role."""
+        OLMo 3's `environment` role, Llama 3's and 4's `ipython` role, Mistral's `[TOOL_RESULTS]`, or
+        DeepSeek's tool outputs."""
         return (text.count("<|im_start|>tool") + text.count("<|im_start|>user\n<tool_response>")
-                + text.count("<|im_start|>environment") + text.count("<|start_header_id|>ipython"))
+                + text.count("<|im_start|>environment") + text.count("<|start_header_id|>ipython")
+                + text.count("<|header_start|>ipython") + text.count("[TOOL_RESULTS]")
+                + text.count("<｜tool▁output▁begin｜>"))
 
     def step(self):
         out = []

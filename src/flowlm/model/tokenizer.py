@@ -114,7 +114,10 @@ def turn_end_ids(tokenizer: Any) -> tuple[int, ...]:
 # Markup that reasoning and tool-call parsers read: kept in a completion's text even where a tokenizer
 # declares it special (some do: vLLM had to stop skipping special tokens for its Hermes parser).
 PARSED_MARKUP = (THINK, END_THINK, TOOL_CALL, END_TOOL_CALL, "<function_calls>", "</function_calls>",
-                 "<functions>", "</functions>", "<tool_response>", "</tool_response>")
+                 "<functions>", "</functions>", "<tool_response>", "</tool_response>",
+                 "[TOOL_CALLS]", "[CALL_ID]", "[ARGS]", "<|python_tag|>", "<|python_start|>", "<|python_end|>",
+                 "<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>", "<｜tool▁call▁end｜>",
+                 "<｜tool▁calls▁end｜>")
 _HIDDEN: dict[int, tuple[Any, frozenset[int]]] = {}
 
 
@@ -343,9 +346,11 @@ def tool_format(tokenizer: Any) -> str | None:
     """How the chat template writes an assistant turn's tool calls, probed once per template: "olmo3" (it
     writes OLMo 3's `function_calls` text in `<function_calls>` tags), "hermes" (it writes OpenAI-style
     `tool_calls` as `<tool_call>` JSON: flowlm's, Qwen3's), "qwen3_xml" (as `<function=NAME>` XML:
-    Qwen3-Coder's), "llama3_json" (as a bare JSON object with
-    `parameters`: Llama 3's), "other" (it writes them some other way), or
-    None (it writes no calls, or there is no template). `flowlm.tools.formats` has the formats."""
+    Qwen3-Coder's), "mistral" (after `[TOOL_CALLS]`: Mistral's), "deepseek" (in `<｜tool▁call▁begin｜>`
+    blocks: DeepSeek's), "pythonic" (as a Python list of calls: Llama 3.2's and 4's pythonic templates),
+    "llama3_json" (as a bare JSON object with `parameters`: Llama 3's and 4's), "other" (it writes them some
+    other way), or None (it writes no calls, or there is no template). The probe call carries an id
+    (Mistral's templates refuse calls without one). `flowlm.tools.formats` has the formats."""
     if not getattr(tokenizer, "chat_template", None):
         return None
 
@@ -360,13 +365,19 @@ def tool_format(tokenizer: Any) -> str | None:
                                                         "function_calls": "flowlmprobecall()"}):
             return "olmo3"
         written = text({"role": "assistant", "content": "", "tool_calls": [
-            {"type": "function", "function": {"name": "flowlmprobecall", "arguments": {}}}]})
+            {"id": "flowlmpid", "type": "function", "function": {"name": "flowlmprobecall", "arguments": {}}}]})
         if "flowlmprobecall" not in written:
             return None
         if "<function=flowlmprobecall>" in written:
             return "qwen3_xml"
+        if "[TOOL_CALLS]" in written:
+            return "mistral"
+        if "<｜tool▁call▁begin｜>" in written:
+            return "deepseek"
         if "<tool_call>" in written:
             return "hermes"
+        if re.search(r"\[\s*flowlmprobecall\(\s*\)\s*\]", written):
+            return "pythonic"
         return "llama3_json" if re.search(r'\{\s*"name":\s*"flowlmprobecall",\s*"(parameters|arguments)"', written) \
             else "other"
 
@@ -378,7 +389,8 @@ def fit_to_template(tokenizer: Any, messages: Sequence[dict[str, Any]],
     """`(messages, tools)` as the chat template can write them, so no field of the data is dropped silently:
     - tool use in the template's schema (`flowlm.tools.formats`): an OLMo 3 template gets the tools in the
       system turn's `functions`, calls as `function_calls` text and answers as `environment` turns; any other
-      template gets OpenAI's schema (a row written in OLMo 3's is converted);
+      template gets OpenAI's schema (a row written in OLMo 3's is converted), and Mistral's its call ids
+      (`with_call_ids`: calls without an id get one, answers their call's);
     - a template that ignores `reasoning_content` (plain ChatML) gets each trace inline, as the content's
       leading `<think>\n…\n</think>\n\n` block (the R1-distill convention), rather than losing it;
     - `tools` or assistant `tool_calls` that the template would not write are a FlowError (there is no
@@ -386,7 +398,7 @@ def fit_to_template(tokenizer: Any, messages: Sequence[dict[str, Any]],
     Converting twice changes nothing, so renderings of a conversation's prefixes agree with the whole."""
     if not getattr(tokenizer, "chat_template", None):
         return list(messages), tools
-    from flowlm.tools.formats import to_olmo3_messages, to_openai_messages
+    from flowlm.tools.formats import to_olmo3_messages, to_openai_messages, with_call_ids
 
     renders = template_renders(tokenizer)
     name = getattr(tokenizer, "name_or_path", "?") or "?"
@@ -394,6 +406,8 @@ def fit_to_template(tokenizer: Any, messages: Sequence[dict[str, Any]],
         messages, tools = to_olmo3_messages(list(messages), tools), None
     else:
         messages, tools = to_openai_messages(list(messages), tools)
+        if tool_format(tokenizer) == "mistral":
+            messages = with_call_ids(messages)
         if tools and not renders["tools"]:
             raise FlowError(f"the chat template of {name} does not write tool definitions (`tools`), so they would "
                             "be left out of the rendered conversation; use a template that renders tools")

@@ -45,7 +45,7 @@ from flowlm.errors import FlowError
 from flowlm.post.coldstart import Accounting, thinking_mode
 from flowlm.post.filters import ResponseFilterCfg, check_response, contaminated
 from flowlm.post.teachers import Message, Response, Teacher, ask
-from flowlm.tools.formats import format_in
+from flowlm.tools.formats import format_in, openai_calls
 
 PATTERNS = ("single", "parallel", "multi_step", "multi_turn", "refusal")
 """SimFC's interaction kinds: one call; several calls in one turn; a call that needs an earlier one's result;
@@ -430,7 +430,7 @@ def _assistant_turn(c: _Conv, resp: Response, cfg: SimFCCfg, decontam: Any | Non
         if c.steps >= cfg.max_steps:
             c.drop = "no_final_answer"
             return
-        msg["tool_calls"] = [{"type": "function", "function": call} for call in calls]
+        msg["tool_calls"] = openai_calls(calls)
         c.pending, c.stage = calls, "results"
     elif c.pattern == "multi_turn" and c.users < cfg.user_turns:
         c.stage = "followup"
@@ -449,7 +449,8 @@ def _results(c: _Conv, responses: list[Response]) -> None:
         except ValueError:
             c.drop = "bad_result"
             return
-        answers.append({"role": "tool", "name": call["name"], "content": json.dumps(value, ensure_ascii=False)})
+        answers.append({"role": "tool", "name": call["name"], "content": json.dumps(value, ensure_ascii=False),
+                        **({"tool_call_id": call["id"]} if call.get("id") else {})})
     c.messages += answers
     c.pending, c.stage = [], "assistant"
 

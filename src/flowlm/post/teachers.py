@@ -152,14 +152,14 @@ def call_message(response: Mapping[str, Any], functions: Any = None) -> Message:
     written as text typed by `functions`, the functions the prompt listed) as structured `tool_calls` and the
     text before them as its content, so any chat template writes them its own way; a reply with no
     well-formed calls stays text (`assistant_message`)."""
-    from flowlm.tools.formats import format_in
+    from flowlm.tools.formats import format_in, openai_calls
 
     msg = assistant_message(response)
     fmt = format_in(msg["content"])
     calls, problems = fmt.parse(msg["content"], functions)
     if calls and not problems:
         msg.update(content=fmt.text_before_calls(msg["content"]),
-                   tool_calls=[{"type": "function", "function": c} for c in calls])
+                   tool_calls=openai_calls(calls))
     return msg
 
 

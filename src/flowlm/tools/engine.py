@@ -12,15 +12,16 @@ with `n` samples is prefilled once; then each sample goes on alone:
 1. a turn ends (the reply ends its turn, or is cut). If its answer part (after `</think>`) holds calls in the
    chat template's format (`flowlm.tools.formats`: `<tool_call>` JSON for flowlm's and Qwen3's templates,
    `<function_calls>` Python calls for OLMo 3's, `<function=...>` XML for Qwen3-Coder's (its values typed by
-   the tools' schemas), a reply of JSON calls for Llama 3's), the reply ended its
-   turn, and fewer
+   the tools' schemas), a reply of JSON calls or a Python list for Llama's, `[TOOL_CALLS]` for Mistral's,
+   `<｜tool▁call▁begin｜>` blocks for DeepSeek's), the reply ended its turn, and fewer
    than `max_calls` calls and tool turns were made, the calls run (`flowlm.tools.builtin`; a malformed
    call or an unknown tool is answered `error: ...`). They run in a pool of `workers` threads while the
    engine goes on decoding the other sequences (a sandboxed `python` call takes 20-50 ms on a 2-core
    machine, several decode steps; `benchmarks/tool_rollouts.py`); the sample waits, and goes on at the first step after its answers are in. `workers=0` runs
    them inline, inside the step, so the schedule depends on nothing but the requests and their seeds;
 2. the tool turn is appended **as token ids**: the chat template's rendering of the tool messages and
-   of the next assistant generation prompt (`tool_turn_text`), tokenized on its own. Nothing the model
+   of the next assistant generation prompt (`tool_turn_text`; with each call's id where the template writes
+   ids: the one the model wrote, else `call_id(n)`), tokenized on its own. Nothing the model
    generated is decoded and re-tokenized: the completion's ids are the sampled ids, then the tool turn's,
    then the next turn's sampled ids, and so on (open-instruct's and veRL's tool rollouts do the same);
 3. the sample is submitted again with its whole prefix (prompt + completion so far), `n = 1`, a seed
@@ -56,20 +57,24 @@ from flowlm.generate.prompts import is_chat, to_prompt_ids
 from flowlm.model.tokenizer import fit_to_template, tool_format, turn_end_ids
 from flowlm.post.teachers import split_reasoning
 from flowlm.tools.builtin import Tool
-from flowlm.tools.formats import FORMATS, ToolFormat
+from flowlm.tools.formats import FORMATS, ToolFormat, call_id, openai_calls
 
 _SENTINEL = "\x00flowlm-tool-answer-{}\x00"
-_PLACEHOLDER = re.compile("\x00flowlm-tool-answer-(\\d+)\x00")
+_ID_SENTINEL = "Zzq{:04d}Qq"  # a call id's place (9 letters and digits, as Mistral's templates require)
+_PLACEHOLDER = re.compile("\x00flowlm-tool-answer-(\\d+)\x00|Zzq(\\d{4})Qq")
 
 
 def tool_turn_text(tokenizer: Any, names: list[str], enable_thinking: bool = True) -> str:
     """The text the chat template writes after an assistant turn that called tools: the tool messages
-    (each answer a placeholder that `fill_tool_turn` replaces) and
+    (each answer, and each call id a template writes, a placeholder that `fill_tool_turn` replaces) and
     the next assistant generation prompt. Found by rendering a probe conversation and cutting after the
-    end-of-turn token that closes the calling turn, so any template works (flowlm's, Qwen3's, OLMo 3's)."""
-    calls = [{"type": "function", "function": {"name": n, "arguments": {}}} for n in names]
+    end-of-turn token that closes the calling turn, so any template works (flowlm's, Qwen3's, OLMo 3's,
+    Mistral's)."""
+    calls = [{"id": _ID_SENTINEL.format(i), "type": "function", "function": {"name": n, "arguments": {}}}
+             for i, n in enumerate(names)]
     messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": calls},
-                *({"role": "tool", "name": n, "content": _SENTINEL.format(i)} for i, n in enumerate(names))]
+                *({"role": "tool", "name": n, "tool_call_id": _ID_SENTINEL.format(i), "content": _SENTINEL.format(i)}
+                  for i, n in enumerate(names))]
     messages, _ = fit_to_template(tokenizer, messages, None)  # in the template's schema (OLMo 3: environment turns)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                          enable_thinking=enable_thinking)
@@ -92,10 +97,16 @@ def tool_answers(calls: list[dict[str, Any]], problems: list[str], tools: dict[s
     return out + [("error", f"error: {p}") for p in problems]
 
 
-def fill_tool_turn(template: str, answers: list[str]) -> str:
-    """`template` (from `tool_turn_text`) with each placeholder replaced by its answer, in one pass (an answer
-    that prints a placeholder's text stays as it is)."""
-    return _PLACEHOLDER.sub(lambda m: answers[int(m.group(1))], template)
+def fill_tool_turn(template: str, answers: list[str], ids: list[str] | None = None) -> str:
+    """`template` (from `tool_turn_text`) with each placeholder replaced by its answer, and each call id's by
+    `ids` (default `call_id(i)`), in one pass (an answer that prints a placeholder's text stays as it is)."""
+    def fill(m: re.Match[str]) -> str:
+        if m.group(1) is not None:
+            return answers[int(m.group(1))]
+        i = int(m.group(2))
+        return ids[i] if ids is not None and i < len(ids) else call_id(i)
+
+    return _PLACEHOLDER.sub(fill, template)
 
 
 def template_tool_format(tokenizer: Any) -> ToolFormat:
@@ -107,8 +118,9 @@ def template_tool_format(tokenizer: Any) -> ToolFormat:
     what = "writes tool calls in a format flowlm does not read" if name else "does not write tool calls"
     raise FlowError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?') or '?'}: its chat template {what}; flowlm's "
                     "tool loop reads <tool_call> JSON (hermes: flowlm's, Qwen3's), <function=...> XML calls "
-                    "(Qwen3-Coder's), <function_calls> Python calls (OLMo 3's) and replies that are JSON calls "
-                    "(Llama 3's)")
+                    "(Qwen3-Coder's), <function_calls> Python calls (OLMo 3's), replies that are JSON calls or a "
+                    "Python list of calls (Llama 3's and 4's), [TOOL_CALLS] (Mistral's) and <｜tool▁call▁begin｜> "
+                    "blocks (DeepSeek's)")
 
 
 @dataclass
@@ -288,9 +300,14 @@ class ToolEngine(Driver):
             s.end(comp.text, comp.finish_reason, {"role": "assistant", "content": reply["content"],
                                                   "reasoning_content": reply["reasoning"]})
             return
+        # each answer's call id: the one the model wrote (Mistral's layouts), else a fresh one
+        ids = [c.get("id") or call_id(s.calls + k) for k, c in enumerate(calls)]
+        ids += [call_id(s.calls + len(calls) + k) for k in range(len(problems))]
         called = {"role": "assistant", "content": self.format.text_before_calls(reply["content"]),
-                  "reasoning_content": reply["reasoning"], "tool_calls": [{"type": "function", "function": c}
-                                                                          for c in calls]}
+                  "reasoning_content": reply["reasoning"],
+                  "tool_calls": openai_calls([{**c, "id": i} if self.format.ids else {**c, "id": None}
+                                              for c, i in zip(calls, ids)])}
+        called["ids"] = ids
         if not self.workers:
             self._answered(req, j, called, len(calls), tool_answers(calls, problems, self.tools))
         else:
@@ -303,10 +320,11 @@ class ToolEngine(Driver):
                   answers: list[tuple[str, str]]) -> None:
         """Sample `j`'s calls are answered: append the tool turn and submit the next turn (or end it, cut)."""
         s = req.samples[j]
+        ids = called.pop("ids")
         key = (tuple(name for name, _ in answers), self.enable_thinking)
         if key not in self._turn_templates:
             self._turn_templates[key] = tool_turn_text(self.inner.tokenizer, list(key[0]), self.enable_thinking)
-        turn = self.inner.tokenizer.encode(fill_tool_turn(self._turn_templates[key], [t for _, t in answers]),
+        turn = self.inner.tokenizer.encode(fill_tool_turn(self._turn_templates[key], [t for _, t in answers], ids),
                                            add_special_tokens=False)
         room = req.params.max_new_tokens - len(s.tokens) - len(turn)
         s.calls += ncalls
@@ -314,7 +332,9 @@ class ToolEngine(Driver):
         if room < 1 or len(req.prompt_ids) + len(s.tokens) + len(turn) + 1 > self.inner.context:
             s.end(s.text, FINISH_LENGTH, called)  # no room for the answers: cut after the call
             return
-        s.messages += [called, *({"role": "tool", "name": name, "content": text} for name, text in answers)]
+        s.messages += [called, *({"role": "tool", "name": name, "content": text,
+                                  **({"tool_call_id": i} if self.format.ids else {})}
+                                 for (name, text), i in zip(answers, ids))]
         s.tokens += turn
         s.logprobs += [0.0] * len(turn)
         s.versions += [s.versions[-1] if s.versions else self.inner.version] * len(turn)

@@ -17,6 +17,21 @@
   turn's `function_calls` is that text, answers are `environment` turns, and the functions are a JSON
   string in the system turn's `functions` field.
 
+- `mistral` (Mistral's templates; vLLM's `mistral` parser), in any of its three layouts: after
+  `[TOOL_CALLS]`, a JSON list of `{"name", "arguments", "id"}` objects (v3 tokenizers: Mistral 7B v0.3,
+  Mixtral), or one `[TOOL_CALLS]NAME[CALL_ID]ID[ARGS]{...}` per call (v7: Mistral Large 2411, Small 3), or
+  `[TOOL_CALLS]NAME[ARGS]{...}` (v11+: Small 3.1/3.2, Magistral, Devstral). The templates that write call ids
+  require one of 9 letters and digits on every call and the same id on its answer (`tool_call_id`), so
+  `with_call_ids` gives them to calls that have none and the tool loop keeps the ones the model wrote.
+- `pythonic` (Llama 3.2's and Llama 4's Python-list templates; vLLM's `pythonic` / `llama4_pythonic` parsers):
+  a reply that is one Python list of calls, `[get_weather(city="Paris"), get_time()]`, optionally between
+  `<|python_start|>` and `<|python_end|>`. Values are literals, as for `olmo3`.
+- `deepseek` (DeepSeek V3, V3.1 and R1's templates, R1's distilled models; vLLM's `deepseek_v3` / `v31`
+  parsers): calls between `<｜tool▁call▁begin｜>` and `<｜tool▁call▁end｜>`, each
+  `NAME<｜tool▁sep｜>{...}` (V3.1) or `function<｜tool▁sep｜>NAME` then a fenced JSON block (V3, R1).
+- `llama3_json` also reads Llama 4's own template, which writes the turn's text between `<|python_start|>` and
+  `<|python_end|>`, then the calls as JSON objects.
+
 Everything else in flowlm keeps messages in OpenAI's schema. Templates get their own schema when rendered
 (`flowlm.model.tokenizer.fit_to_template`), and the tool loop reads calls with the parser of the template's
 format (`format_of`). `parse_pythonic` parses with `ast` and reads values node by node: nothing the model
@@ -42,6 +57,17 @@ XML_CALL = re.compile(r"(?:<tool_call>\s*)?<function=([^>\n]{0,256})>(.*?)"
 XML_PARAM = re.compile(r"<parameter=([^>\n]{0,256})>(.*?)(?:</parameter>|(?=<parameter=)|$)", re.DOTALL)
 PYTHON_TAG = "<|python_tag|>"
 JSON_CALLS = re.compile(r"^\s*(?:<\|python_tag\|>)?\s*\{.*", re.DOTALL)  # a reply that is calls, whole
+# Llama 4's template: the turn's text between these, then the calls (JSON objects, or a Python list)
+LLAMA4_TEXT = re.compile(r"^\s*<\|python_start\|>(.*?)(?:<\|python_end\|>|$)", re.DOTALL)
+PY_LIST = re.compile(r"^\s*(?:<\|python_start\|>\s*)?\[\s*[A-Za-z_][\w.]*\s*\(.*", re.DOTALL)
+MISTRAL_CALLS = "[TOOL_CALLS]"
+MISTRAL_BLOCKS = re.compile(r"\[TOOL_CALLS\].*", re.DOTALL)
+MISTRAL_NAME = re.compile(r"\s*([^\[\]{}\s]{1,256})\s*(?:\[CALL_ID\]\s*([^\[\]{}\s]{0,256})\s*)?(?:\[ARGS\])?\s*")
+MISTRAL_ID = re.compile(r"^[A-Za-z0-9]{9}$")
+DS_BEGIN, DS_SEP, DS_END = "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>", "<｜tool▁call▁end｜>"
+DS_CALLS = re.compile(r"<｜tool▁calls▁begin｜>.*|<｜tool▁call▁begin｜>.*", re.DOTALL)
+DS_CALL = re.compile(r"<｜tool▁call▁begin｜>(.*?)(<｜tool▁call▁end｜>|(?=<｜tool▁call▁begin｜>)|$)", re.DOTALL)
+DS_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*(?:```\s*)?$", re.DOTALL)
 OLMO3_CALLS = re.compile(r"<function_calls>(.*?)(</function_calls>|$)", re.DOTALL)
 # OLMo 3's function-calling system prompt (what its tool-use SFT data opens with), used when tools are
 # listed and the conversation has no system turn of its own.
@@ -271,6 +297,8 @@ def parse_json_calls(text: str) -> tuple[Calls, list[str]]:
     body = (text or "").strip()
     if body.startswith(PYTHON_TAG):
         body = body[len(PYTHON_TAG):].lstrip()
+    elif (m := LLAMA4_TEXT.match(body)) and "<|python_end|>" in body:  # Llama 4: the turn's text, then the calls
+        body = body[m.end():].lstrip()
     if not body.startswith("{"):
         return [], []
     calls: Calls = []
@@ -289,6 +317,153 @@ def parse_json_calls(text: str) -> tuple[Calls, list[str]]:
         while at < len(body) and (body[at].isspace() or body[at] == ";"):
             at += 1
     return calls, problems
+
+
+def _llama_text(content: str) -> str:
+    """The turn's own text in a reply of JSON calls: Llama 4's `<|python_start|>` text, else none."""
+    m = LLAMA4_TEXT.match(content or "")
+    return m.group(1).strip() if m else ""
+
+
+def parse_python_list(text: str) -> tuple[Calls, list[str]]:
+    """Llama's Python-list calls: a reply that is `[f(a=1), g(b="x")]` (optionally between `<|python_start|>`
+    and `<|python_end|>`), values read as literals (`parse_pythonic`). A reply that does not open with such a
+    list makes no call. Never raises."""
+    body = (text or "").strip()
+    if not PY_LIST.match(body):
+        return [], []
+    body = body.replace("<|python_start|>", "", 1).replace("<|python_end|>", "", 1).strip()
+    nodes = _statements(body)
+    if nodes is None:
+        return [], ["call 1 is not a Python list of calls"]
+    return parse_pythonic(body)
+
+
+def _mistral_json(body: str, k: int) -> tuple[Calls, list[str], int]:
+    """The v3 layout: the JSON list (or object) that opens `body`; (calls, problems, the next call's number)."""
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(body)
+    except (ValueError, RecursionError) as exc:
+        return [], [f"call {k} is not JSON ({getattr(exc, 'msg', type(exc).__name__)})"], k + 1
+    calls, problems = [], []
+    for item in obj if isinstance(obj, list) else [obj]:
+        args = item.get("arguments", item.get("parameters", {})) if isinstance(item, dict) else None
+        got = _call_or_problem(item.get("name"), args, k) if isinstance(item, dict) else f"call {k} has no function name"
+        if isinstance(got, dict) and isinstance(item.get("id"), str) and item["id"]:
+            got["id"] = item["id"]
+        (calls if isinstance(got, dict) else problems).append(got)
+        k += 1
+    return calls, problems, k
+
+
+def parse_mistral(text: str) -> tuple[Calls, list[str]]:
+    """([{"name", "arguments"[, "id"]}], [problems]) of the calls after `[TOOL_CALLS]` in `text`, in any of
+    Mistral's layouts (module docstring); a call's `id` is kept where the model wrote one. Never raises."""
+    calls: Calls = []
+    problems: list[str] = []
+    parts = (text or "").split(MISTRAL_CALLS)[1:]
+    k = 1
+    for part in parts:
+        body = part.lstrip()
+        if body.startswith(("[", "{")):
+            c, p, k = _mistral_json(body, k)
+            calls, problems = calls + c, problems + p
+            continue
+        m = MISTRAL_NAME.match(part)
+        if not m:
+            problems.append(f"call {k} has no function name")
+            k += 1
+            continue
+        name, call_id, rest = m.group(1), m.group(2), part[m.end():]
+        try:
+            args, _ = json.JSONDecoder().raw_decode(rest)
+        except (ValueError, RecursionError) as exc:
+            problems.append(f"call {k} ({name}): arguments are not JSON ({getattr(exc, 'msg', type(exc).__name__)})")
+            k += 1
+            continue
+        got = _call_or_problem(name, args, k)
+        if isinstance(got, dict) and call_id:
+            got["id"] = call_id
+        (calls if isinstance(got, dict) else problems).append(got)
+        k += 1
+    return calls, problems
+
+
+def parse_deepseek(text: str) -> tuple[Calls, list[str]]:
+    """([{"name", "arguments"}], [problems]) of DeepSeek's `<｜tool▁call▁begin｜>` calls in `text`: V3.1's
+    `NAME<｜tool▁sep｜>{...}`, or V3's and R1's `function<｜tool▁sep｜>NAME` and a fenced JSON block. Never raises."""
+    calls: Calls = []
+    problems: list[str] = []
+    for k, m in enumerate(DS_CALL.finditer(text or ""), 1):
+        if not m.group(2):
+            problems.append(f"call {k} is not closed with {DS_END}")
+            continue
+        head, sep, rest = m.group(1).partition(DS_SEP)
+        if not sep:
+            problems.append(f"call {k} has no {DS_SEP}")
+            continue
+        name = head.strip()
+        if name == "function" and rest.strip():  # V3 / R1: the name on the first line, then fenced JSON
+            name, _, rest = rest.strip().partition("\n")
+            name = name.strip()
+        fenced = DS_FENCE.match(rest)
+        body = (fenced.group(1) if fenced else rest).strip()
+        try:
+            args = json.loads(body) if body else {}
+        except (ValueError, RecursionError) as exc:
+            problems.append(f"call {k} ({name or '?'}): arguments are not JSON ({getattr(exc, 'msg', type(exc).__name__)})")
+            continue
+        got = _call_or_problem(name, args, k)
+        (calls if isinstance(got, dict) else problems).append(got)
+    return calls, problems
+
+
+def openai_calls(calls: Calls) -> list[dict[str, Any]]:
+    """Parsed calls as an assistant message's OpenAI `tool_calls` (a call's `id`, where the model wrote one,
+    at the top level as OpenAI has it)."""
+    out = []
+    for c in calls:
+        item: dict[str, Any] = {"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+        if c.get("id"):
+            item = {"id": c["id"], **item}
+        out.append(item)
+    return out
+
+
+def call_id(n: int) -> str:
+    """The `n`th id given to a call that has none: 9 letters and digits (`call00003`), as Mistral's templates
+    require."""
+    return f"call{n % 100000:05d}"
+
+
+def with_call_ids(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages whose every assistant call has an `id` and every tool answer a `tool_call_id` (Mistral's
+    templates refuse a conversation without them): a call without one gets `call_id(n)`, n counting the
+    conversation's calls; the answers after a calling turn take its calls' ids in order (answers beyond them
+    get fresh ones). Ids already there are kept, and converting twice changes nothing."""
+    out, n, pending = [], 0, []
+    for m in messages:
+        m = dict(m)
+        if m.get("role") == "assistant" and m.get("tool_calls"):
+            calls = []
+            for c in m["tool_calls"]:
+                c = dict(c)
+                if not c.get("id"):
+                    c["id"] = call_id(n)
+                n += 1
+                calls.append(c)
+            m["tool_calls"], pending = calls, [c["id"] for c in calls]
+        elif m.get("role") == "tool":
+            if not m.get("tool_call_id") and pending:
+                m["tool_call_id"] = pending.pop(0)
+            elif not m.get("tool_call_id"):
+                m["tool_call_id"], n = call_id(n), n + 1
+            elif m["tool_call_id"] in pending:
+                pending.remove(m["tool_call_id"])
+        else:
+            pending = []
+        out.append(m)
+    return out
 
 
 def _value(v: Any) -> str:
@@ -315,13 +490,16 @@ def pythonic(calls: list[dict[str, Any]]) -> str:
 @dataclass(frozen=True)
 class ToolFormat:
     """One way of writing calls: its name, its parser (`(calls, problems)`, never raises) and the regex of
-    its call blocks (what comes before the first is the turn's text). `typed`: the parser takes the listed
-    functions to type the argument values (formats that write values as text)."""
+    its call blocks (what comes before the first is the turn's text, unless `own_text` says what it is).
+    `typed`: the parser takes the listed functions to type the argument values (formats that write values
+    as text). `ids`: the template writes call ids, on the calls and on their answers (Mistral's)."""
     name: str
     parser: Callable[..., tuple[Calls, list[str]]]
     blocks: re.Pattern[str]
     marker: str
     typed: bool = False
+    ids: bool = False
+    own_text: Callable[[str], str] | None = None
 
     def parse(self, text: str, functions: Any = None) -> tuple[Calls, list[str]]:
         """The calls in `text` and the problems found; `functions` (the functions the prompt listed, OpenAI
@@ -330,6 +508,8 @@ class ToolFormat:
 
     def text_before_calls(self, content: str) -> str:
         """The turn's own text: what comes before its first call block."""
+        if self.own_text is not None:
+            return self.own_text(content or "")
         return self.blocks.split(content or "")[0].strip()
 
 
@@ -337,20 +517,30 @@ HERMES = ToolFormat("hermes", parse_hermes, HERMES_CALL, "<tool_call>")
 QWEN3_XML = ToolFormat("qwen3_xml", parse_qwen3_xml, re.compile(r"(?:<tool_call>\s*)?<function=.*", re.DOTALL),
                        "<function=", typed=True)
 OLMO3 = ToolFormat("olmo3", parse_olmo3, OLMO3_CALLS, "<function_calls>")
-LLAMA3_JSON = ToolFormat("llama3_json", parse_json_calls, JSON_CALLS, "{")
-FORMATS = {f.name: f for f in (HERMES, QWEN3_XML, OLMO3, LLAMA3_JSON)}
+LLAMA3_JSON = ToolFormat("llama3_json", parse_json_calls, JSON_CALLS, "{", own_text=_llama_text)
+MISTRAL = ToolFormat("mistral", parse_mistral, MISTRAL_BLOCKS, MISTRAL_CALLS, ids=True)
+PYTHONIC = ToolFormat("pythonic", parse_python_list, PY_LIST, "[", own_text=lambda content: "")
+DEEPSEEK = ToolFormat("deepseek", parse_deepseek, DS_CALLS, DS_BEGIN)
+FORMATS = {f.name: f for f in (HERMES, QWEN3_XML, OLMO3, LLAMA3_JSON, MISTRAL, PYTHONIC, DEEPSEEK)}
 
 
 def format_in(text: str) -> ToolFormat:
-    """The format a completion writes its calls in: by its markers (`<function=`, `<tool_call>`,
-    `<function_calls>`), else Llama 3's bare JSON when the reply opens with `{` or `<|python_tag|>`, else
-    `hermes` (no calls)."""
+    """The format a completion writes its calls in: by its markers (`[TOOL_CALLS]`, `<｜tool▁call▁begin｜>`,
+    `<function=`, `<tool_call>`, `<function_calls>`), else Llama's bare JSON when the reply opens with `{`,
+    `<|python_tag|>` or Llama 4's `<|python_start|>` text, else Llama's Python list when it opens with a list of
+    calls, else `hermes` (no calls)."""
     text = text or ""
+    if MISTRAL.marker in text:
+        return MISTRAL
+    if DEEPSEEK.marker in text:
+        return DEEPSEEK
     if QWEN3_XML.marker in text:
         return QWEN3_XML
     if OLMO3.marker in text and HERMES.marker not in text:
         return OLMO3
-    if HERMES.marker not in text and JSON_CALLS.match(text):
+    if HERMES.marker not in text and PY_LIST.match(text):
+        return PYTHONIC
+    if HERMES.marker not in text and (JSON_CALLS.match(text) or parse_json_calls(text)[0]):
         return LLAMA3_JSON
     return HERMES
 

@@ -5,9 +5,10 @@ part of the completion (after `</think>`): Qwen3's / Hermes's
 `<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>` (`arguments` may also be a
 JSON string, OpenAI's wire format), OLMo 3's `<function_calls>get_weather(city="Paris")</function_calls>`
 (one Python call per line, literal values), Qwen3-Coder's `<tool_call><function=get_weather><parameter=city>Paris
-</parameter></function></tool_call>` (values typed by the row's `functions` when it has them), or Llama 3's
-reply of JSON calls
-`{"name": "get_weather", "parameters": {"city": "Paris"}}`. `parse_tool_calls(text)` returns the calls and the problems
+</parameter></function></tool_call>` (values typed by the row's `functions` when it has them), Llama 3's
+reply of JSON calls `{"name": "get_weather", "parameters": {"city": "Paris"}}` (Llama 4's too), Llama's Python
+list `[get_weather(city="Paris")]`, Mistral's `[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}` (any of its
+layouts) or DeepSeek's `<｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris"}<｜tool▁call▁end｜>`. `parse_tool_calls(text)` returns the calls and the problems
 found, and never raises.
 
 Ground truth, either form (one call, or a list for parallel calls, matched in any order):
@@ -44,7 +45,8 @@ TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "floa
 
 def parse_tool_calls(text: str, functions: Any = None) -> tuple[list[dict[str, Any]], list[str]]:
     """([{"name", "arguments"}], [problems]) of the calls in `text`, in the format it is written in
-    (`flowlm.tools.formats.format_in`: `<function_calls>`, `<tool_call>` JSON or XML, or a reply of JSON calls);
+    (`flowlm.tools.formats.format_in`: `<function_calls>`, `<tool_call>` JSON or XML, `[TOOL_CALLS]`, DeepSeek's
+    blocks, or a reply of JSON calls or of a Python list of calls);
     `functions` (the row's signatures: BFCL's `functions`, else its own `tools`) types the values of calls
     written as XML. Never raises."""
     return format_in(text).parse(text, functions)
