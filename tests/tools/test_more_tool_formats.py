@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from flowlm.errors import FlowError
@@ -286,3 +288,51 @@ def test_a_template_that_writes_calls_another_way_is_still_refused_by_name(tok, 
     assert tool_format(t) == "other"
     with pytest.raises(FlowError, match="Mistral's"):
         ToolEngine(ScriptedEngine(t, calculator_script("")), {"calculator": CALCULATOR})
+
+
+QUESTION = "What is 48213 * 9127?"
+
+
+def test_a_mistral_checkpoint_calls_tools_with_ids_and_trains_on_rows_without_them_through_the_cli(tok, tmp_path):
+    """A checkpoint whose template is Mistral's v7 layout (ids required): `flowlm generate --tools` reads the
+    call it learnt, keeps its id on the answer, and `flowlm train --objective sft` trains on OpenAI-schema rows
+    with no ids, with labels on exactly the assistant turns (calls and their given ids included)."""
+    from flowlm.model.hf import save_pretrained
+    from tests.flow.test_post_flow import flowlm
+    from tests.tools.memorize import memorize
+
+    t = templated(tok, tmp_path / "tok", MISTRAL_V7_STYLE, MISTRAL_TOKENS)
+    enc = lambda s: t.encode(s, add_special_tokens=False)  # noqa: E731
+    prompt = render_ids(t, [{"role": "user", "content": QUESTION}], add_generation_prompt=True, tools=[CALCULATOR.schema])
+    model = memorize(len(t), [(prompt, False), (enc('[TOOL_CALLS]calculator[CALL_ID]k9Xr2Lm4Q[ARGS]{"expression": '
+                                                    '"48213 * 9127"}</s>'), True),
+                              (enc("[TOOL_RESULTS]k9Xr2Lm4Q[TOOL_CONTENT]440040051[/TOOL_RESULTS]"), False),
+                              (enc("It is 440040051.</s>"), True)])
+    ckpt = tmp_path / "mistral"
+    save_pretrained(model, t, ckpt)
+    assert load_tokenizer(ckpt).convert_tokens_to_ids("[TOOL_CALLS]") == t.convert_tokens_to_ids("[TOOL_CALLS]")
+    rows = tmp_path / "q.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": QUESTION}]}) + "\n")
+    flowlm("generate", "--model", str(ckpt), "--file", str(rows), "--tools", "calculator", "--temperature", "0",
+           "--max-new-tokens", "200", "--out", str(tmp_path / "o.jsonl"))
+    comp = json.loads((tmp_path / "o.jsonl").read_text())["completions"][0]
+    assert comp["tool_calls"] == 1 and comp["tool_errors"] == 0 and comp["text"] == "It is 440040051."
+    assert comp["trajectory"][0]["tool_calls"] == [{"id": "k9Xr2Lm4Q", "type": "function", "function": {
+        "name": "calculator", "arguments": {"expression": "48213 * 9127"}}}]
+    assert comp["trajectory"][1] == {"role": "tool", "name": "calculator", "content": "440040051",
+                                     "tool_call_id": "k9Xr2Lm4Q"}
+    row = {"tools": [CALCULATOR.schema], "messages": [
+        {"role": "user", "content": "6 * 7?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "6 * 7"}}}]},
+        {"role": "tool", "name": "calculator", "content": "42"},
+        {"role": "assistant", "content": "It is 42."}]}
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps({**row, "id": f"r{i}"}) for i in range(8)) + "\n")
+    flowlm("train", "--objective", "sft", "--init", str(ckpt), "--data", str(data), "--run-dir", str(tmp_path / "s"),
+           "--no-progress", "eval.max_items=2", "eval.heldout_docs=1", "eval.tasks=[prose]", "threads=1",
+           "stages.sft.seq_len=256", "stages.sft.batch_size=2")
+    steps = [json.loads(line) for line in (tmp_path / "s" / "sft" / "metrics.jsonl").read_text().splitlines()
+             if line.strip() and "loss" in json.loads(line)]
+    labelled = enc('[TOOL_CALLS]calculator[CALL_ID]call00000[ARGS]{"expression": "6 * 7"}</s>It is 42.</s>')
+    assert steps and sum(s["loss_tokens"] for s in steps) == 2 * 8 * len(labelled)  # 2 epochs of 8 rows
