@@ -27,6 +27,7 @@ import pytest
 import torch
 
 from flowlm.train.post_losses import (
+    DPO_LOSSES,
     bradley_terry_loss,
     dpo_loss,
     forward_kl,
@@ -65,6 +66,35 @@ def test_dpo_hand_checked():
     assert (out.chosen_rewards.item(), out.rejected_rewards.item()) == (0.125, -0.0625)
     with pytest.raises(ValueError, match="chosen_lengths"):
         dpo_loss(pc, pr, rc, rr, 0.5, loss_type="dpo_norm")
+
+
+def test_more_preference_losses_hand_checked():
+    pc, pr, rc, rr = (torch.tensor([x]) for x in (-1.0, -2.0, -1.5, -1.5))  # log-ratios 0.5 / -0.5, Δ = 1
+    two, four = torch.tensor([2]), torch.tensor([4])
+    # hinge, β = 0.5: max(0, 1 - 0.5) = 0.5; β = 2: max(0, 1 - 2) = 0
+    assert dpo_loss(pc, pr, rc, rr, 0.5, loss_type="hinge").losses.item() == pytest.approx(0.5)
+    assert dpo_loss(pc, pr, rc, rr, 2.0, loss_type="hinge").losses.item() == 0.0
+    # ipo, β = 0.5, 2 / 4 tokens: Δ = 0.25 + 0.125 = 0.375; (0.375 - 1)² = 0.390625
+    out = dpo_loss(pc, pr, rc, rr, 0.5, loss_type="ipo", chosen_lengths=two, rejected_lengths=four)
+    assert out.losses.item() == pytest.approx(0.390625)
+    # robust, β = 0.5, ε = 0.25: (0.75 · log(1 + e^-0.5) - 0.25 · log(1 + e^0.5)) / 0.5
+    #   = (0.75 · 0.474077 - 0.25 · 0.974077) / 0.5 = 0.224077
+    out = dpo_loss(pc, pr, rc, rr, 0.5, loss_type="robust", label_smoothing=0.25)
+    assert out.losses.item() == pytest.approx(0.224077, abs=1e-6)
+    # apo_zero, β = 2: 1 - σ(1) + σ(-1) = 2 σ(-1) = 0.537883
+    assert dpo_loss(pc, pr, rc, rr, 2.0, loss_type="apo_zero").losses.item() == pytest.approx(0.537883, abs=1e-6)
+    # simpo, β = 2, γ = 0.5, 2 / 4 tokens, no reference: 2 · (-0.5 - -0.5) - 0.5 = -0.5 -> log(1 + e^0.5) = 0.974077
+    out = dpo_loss(pc, pr, rc, rr, 2.0, loss_type="simpo", chosen_lengths=two, rejected_lengths=four)
+    assert out.losses.item() == pytest.approx(0.974077, abs=1e-6) and out.chosen_rewards.item() == -1.0
+    # the sft term, weight 0.5: NLL per chosen token 1 / 2 -> 0.474077 + 0.25
+    out = dpo_loss(pc, pr, rc, rr, 0.5, chosen_lengths=two, rejected_lengths=four, sft_weight=0.5)
+    assert out.losses.item() == pytest.approx(0.724077, abs=1e-6)
+    with pytest.raises(ValueError, match="flip probability"):
+        dpo_loss(pc, pr, rc, rr, 0.5, loss_type="robust", label_smoothing=0.5)
+    with pytest.raises(ValueError, match="exo_pair"):
+        dpo_loss(pc, pr, rc, rr, 0.5, loss_type="exo_pair")
+    with pytest.raises(ValueError, match="loss_type must be one of"):
+        dpo_loss(pc, pr, rc, rr, 0.5, loss_type="kto")
 
 
 def test_bradley_terry_hand_checked():
@@ -123,7 +153,8 @@ def test_sequence_logps_hand_checked_and_chunked_head_equals_logits():
 
 # -- DPO against TRL -------------------------------------------------------------------------------
 
-def _trl_dpo(loss_type: str, beta: float, pc, pr, rc, rr, chosen_len, rejected_len) -> torch.Tensor:
+def _trl_dpo(loss_type: str, beta: float, pc, pr, rc, rr, chosen_len, rejected_len, *, label_smoothing=0.0,
+             discopop_tau=0.05, sft_weight=0.0) -> torch.Tensor:
     """TRL's DPO loss (mean over pairs) for given sequence log-probs, through `DPOTrainer._compute_loss`."""
     from trl import DPOTrainer
 
@@ -137,9 +168,11 @@ def _trl_dpo(loss_type: str, beta: float, pc, pr, rc, rr, chosen_len, rejected_l
     zeros = torch.zeros_like(shift)
     model = lambda **kw: SimpleNamespace(log_probs=per_token, entropy=zeros, mean_logits=zeros,  # noqa: E731
                                          is_top1=zeros.bool())
+    types, weights = ([loss_type, "sft"], [1.0, sft_weight]) if sft_weight else ([loss_type], [1.0])
     stub = _trainer_stub(aux_loss_enabled=False, precompute_ref_logps=True, ld_alpha=None,
-                         f_divergence_type="reverse_kl", loss_types=[loss_type], loss_weights=[1.0], beta=beta,
-                         use_weighting=False, label_smoothing=0.0)
+                         f_divergence_type="reverse_kl", loss_types=types, loss_weights=weights, beta=beta,
+                         use_weighting=False, label_smoothing=label_smoothing,
+                         args=SimpleNamespace(discopop_tau=discopop_tau))
     ones = torch.ones(2 * P, T, dtype=torch.long)
     inputs = {"input_ids": 0 * ones, "attention_mask": ones,
               "completion_mask": completion_mask.long(), "ref_chosen_logps": rc, "ref_rejected_logps": rr}
@@ -165,6 +198,72 @@ def test_dpo_loss_and_gradients_equal_trl(ours, theirs):
     torch.testing.assert_close(pc1.grad, pc2.grad, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(pr1.grad, pr2.grad, rtol=1e-5, atol=1e-7)
     assert 0 < mine.item() < 10
+
+
+TRL_LOSSES = [(ours, theirs) for ours, theirs in DPO_LOSSES.items() if ours not in ("dpo", "dpo_norm", "simpo")]
+
+
+@pytest.mark.parametrize(("ours", "theirs"), TRL_LOSSES)
+def test_every_preference_loss_and_its_gradients_equal_trls_namesake(ours, theirs):
+    """Each loss type against `DPOTrainer`'s, on log-probs spread around the reference so every branch of the
+    bounded losses (hinge's kink, the sigmoids' tails) is exercised; with label smoothing where it applies."""
+    g = torch.Generator().manual_seed(2)
+    P = 8
+    chosen_len, rejected_len = torch.randint(1, 30, (P,), generator=g), torch.randint(1, 30, (P,), generator=g)
+    rc, rr = -(torch.rand(P, generator=g) * 40 + 1), -(torch.rand(P, generator=g) * 40 + 1)
+    pc0, pr0 = rc + torch.randn(P, generator=g) * 6, rr + torch.randn(P, generator=g) * 6
+    beta = 0.1 if ours != "ipo" else 0.5
+    smoothing = {"robust": 0.2, "exo_pair": 1e-3}.get(ours, 0.0)
+    pc1, pr1 = pc0.clone().requires_grad_(), pr0.clone().requires_grad_()
+    mine = dpo_loss(pc1, pr1, rc, rr, beta, loss_type=ours, chosen_lengths=chosen_len, rejected_lengths=rejected_len,
+                    label_smoothing=smoothing).losses.sum() / P
+    mine.backward()
+    pc2, pr2 = pc0.clone().requires_grad_(), pr0.clone().requires_grad_()
+    theirs_loss = _trl_dpo(theirs, beta, pc2, pr2, rc, rr, chosen_len, rejected_len, label_smoothing=smoothing)
+    theirs_loss.backward()
+    assert mine.item() == pytest.approx(theirs_loss.item(), rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(pc1.grad, pc2.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(pr1.grad, pr2.grad, rtol=1e-5, atol=1e-7)
+    assert pc1.grad.abs().sum() > 0
+
+
+def test_the_sft_term_equals_trls_sft_loss_type_in_a_weighted_combination():
+    g = torch.Generator().manual_seed(3)
+    P = 5
+    chosen_len, rejected_len = torch.randint(1, 30, (P,), generator=g), torch.randint(1, 30, (P,), generator=g)
+    base = [-(torch.rand(P, generator=g) * 40 + 1) for _ in range(4)]
+    pc1, pr1 = base[0].clone().requires_grad_(), base[1].clone().requires_grad_()
+    mine = dpo_loss(pc1, pr1, base[2], base[3], 0.1, chosen_lengths=chosen_len, rejected_lengths=rejected_len,
+                    sft_weight=0.3).losses.sum() / P
+    mine.backward()
+    pc2, pr2 = base[0].clone().requires_grad_(), base[1].clone().requires_grad_()
+    theirs = _trl_dpo("sigmoid", 0.1, pc2, pr2, base[2], base[3], chosen_len, rejected_len, sft_weight=0.3)
+    theirs.backward()
+    assert mine.item() == pytest.approx(theirs.item(), rel=1e-5)
+    torch.testing.assert_close(pc1.grad, pc2.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_simpo_equals_trls_cpo_trainer_and_ignores_the_reference(smoothing):
+    from trl.experimental.cpo import CPOTrainer
+
+    g = torch.Generator().manual_seed(4)
+    P = 6
+    chosen_len, rejected_len = torch.randint(1, 30, (P,), generator=g), torch.randint(1, 30, (P,), generator=g)
+    pc, pr = -(torch.rand(P, generator=g) * 40 + 1), -(torch.rand(P, generator=g) * 40 + 1)
+    pc1, pr1 = pc.clone().requires_grad_(), pr.clone().requires_grad_()
+    out = dpo_loss(pc1, pr1, torch.full((P,), 123.0), torch.full((P,), -9.0), 2.0, loss_type="simpo",
+                   chosen_lengths=chosen_len, rejected_lengths=rejected_len, simpo_gamma=0.7, label_smoothing=smoothing)
+    out.losses.mean().backward()
+    pc2, pr2 = pc.clone().requires_grad_(), pr.clone().requires_grad_()
+    stub = SimpleNamespace(alpha=0.0, loss_type="simpo", beta=2.0, simpo_gamma=0.7, label_smoothing=smoothing,
+                           accelerator=_accelerator())
+    # CPOTrainer averages log-probs over the answer tokens before its loss when loss_type is simpo
+    losses, chosen_rewards, _ = CPOTrainer.cpo_loss(stub, pc2 / chosen_len, pr2 / rejected_len)
+    losses.mean().backward()
+    torch.testing.assert_close(out.losses, losses.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.chosen_rewards, chosen_rewards, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pc1.grad, pc2.grad, rtol=1e-5, atol=1e-7)
 
 
 # -- reward model against TRL ----------------------------------------------------------------------

@@ -5,7 +5,8 @@ Every loss returns one value per unit (per pair, per token) and no mean: the obj
 the engine divides by the units of the whole accumulation group, so micro-batching and data
 parallelism equal one big batch. Each matches TRL 1.16 on the same inputs
 (`tests/train/test_post_losses.py`): `dpo_loss` = `DPOTrainer` `loss_type` `sigmoid` / `sigmoid_norm`,
-`bradley_terry_loss` = `RewardTrainer` (with `center_rewards_coefficient`), `generalized_jsd` =
+the other `DPO_LOSSES` their TRL namesakes (`simpo` = `CPOTrainer`'s), `bradley_terry_loss` =
+`RewardTrainer` (with `center_rewards_coefficient`), `generalized_jsd` =
 `GKDTrainer.generalized_jsd_loss`.
 
 Long vocabularies: `sequence_logps` and the distillation objective never hold more than one chunk of
@@ -180,32 +181,97 @@ class DPOLoss(NamedTuple):
     rejected_rewards: torch.Tensor
 
 
+# The preference losses `dpo_loss` takes, with the TRL 1.16 name each equals (`DPOTrainer` `loss_type`, or
+# `CPOTrainer` for `simpo`). `NORMALISED`: the log-ratios are per answer token (divided by each side's length).
+DPO_LOSSES = {"dpo": "sigmoid", "dpo_norm": "sigmoid_norm", "ipo": "ipo", "hinge": "hinge", "robust": "robust",
+              "exo_pair": "exo_pair", "bco_pair": "bco_pair", "nca_pair": "nca_pair", "sppo_hard": "sppo_hard",
+              "apo_zero": "apo_zero", "apo_down": "apo_down", "discopop": "discopop", "simpo": "simpo (CPOTrainer)"}
+NORMALISED = frozenset({"dpo_norm", "ipo", "simpo"})
+REFERENCE_FREE = frozenset({"simpo"})
+
+
 def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
              ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float, *,
-             loss_type: Literal["dpo", "dpo_norm"] = "dpo", chosen_lengths: torch.Tensor | None = None,
-             rejected_lengths: torch.Tensor | None = None) -> DPOLoss:
-    """DPO (Rafailov et al. 2023) per pair: `-log σ(β · (r_c - r_r))`.
+             loss_type: str = "dpo", chosen_lengths: torch.Tensor | None = None,
+             rejected_lengths: torch.Tensor | None = None, label_smoothing: float = 0.0,
+             discopop_tau: float = 0.05, simpo_gamma: float = 0.5, sft_weight: float = 0.0) -> DPOLoss:
+    """A preference loss per pair. `r = logπ(y|x) - logπ_ref(y|x)` per side, log-probabilities summed over
+    the answer tokens (divided by the side's answer tokens, clamped to at least 1, for the `NORMALISED`
+    types), `Δ = r_c - r_r`:
 
-    `dpo`: `r = logπ(y|x) - logπ_ref(y|x)`, log-probabilities summed over the answer tokens (TRL
-    `sigmoid`). `dpo_norm`: each side's log-ratio divided by its own number of answer tokens, clamped
-    to at least 1 (TRL `sigmoid_norm`; open-instruct `dpo_norm`, which averages the log-probabilities
-    of policy and reference before the difference, the same number; Tülu 3 and OLMo 3 use it, OLMo 3
-    Think with β = 5).
+    - `dpo` (Rafailov et al. 2023; TRL `sigmoid`): `-log σ(βΔ)`.
+    - `dpo_norm` (TRL `sigmoid_norm`; open-instruct `dpo_norm`, which averages the log-probabilities of
+      policy and reference before the difference, the same number; Tülu 3 and OLMo 3 use it, OLMo 3 Think
+      with β = 5): the same on per-token log-ratios.
+    - `ipo` (Azar et al. 2023): `(Δ - 1/(2β))²` on per-token log-ratios (TRL's normalisation).
+    - `hinge` (SLiC): `max(0, 1 - βΔ)`.
+    - `robust` (Chowdhury et al. 2024, labels flipped with probability ε = `label_smoothing` < 0.5):
+      `(-(1-ε) log σ(βΔ) + ε log σ(-βΔ)) / (1 - 2ε)`.
+    - `exo_pair` (Ji et al. 2024, ε = `label_smoothing` > 0): `KL(σ(±βΔ) ‖ (1-ε, ε))`.
+    - `bco_pair`: `-log σ(β r_c) - log σ(-β r_r)`; `nca_pair`: `-log σ(β r_c) - ½ log σ(-β r_c) - ½ log σ(-β r_r)`.
+    - `sppo_hard`: `(r_c - 1/(2β))² + (r_r + 1/(2β))²`.
+    - `apo_zero` / `apo_down` (D'Oosterlinck et al. 2024): `1 - σ(β r_c) + σ(β r_r)` /
+      `σ(β r_c) + 1 - σ(βΔ)`.
+    - `discopop` (Chris Lu et al. 2024): the logistic and exponential losses of `z = βΔ`, blended by
+      `σ(z / discopop_tau)`.
+    - `simpo` (Meng et al. 2024; TRL `CPOTrainer` `simpo`): reference-free, `r` is the per-token log-probability
+      alone (the reference arguments are ignored): `-(1-ε) log σ(βΔ - γ) - ε log σ(γ - βΔ)`, γ = `simpo_gamma`.
+
+    `sft_weight` adds that weight times the negative log-likelihood of the chosen answers, per token over the
+    batch given (RPO; TRL's `sft` loss type combined through `loss_weights`), to every pair's loss.
 
     The rewards returned are `β · r` with the normalisation of the loss, so reward accuracy
     (`chosen > rejected`) agrees with the sign of the margin the loss pushes on. open-instruct reports
     these; TRL's `sigmoid_norm` logs the unnormalised `β · (logπ - logπ_ref)` instead.
     """
-    chosen = policy_chosen_logps - ref_chosen_logps
-    rejected = policy_rejected_logps - ref_rejected_logps
-    if loss_type == "dpo_norm":
-        if chosen_lengths is None or rejected_lengths is None:
-            raise ValueError("dpo_norm needs chosen_lengths and rejected_lengths (answer tokens per side)")
+    if loss_type not in DPO_LOSSES:
+        raise ValueError(f"loss_type must be one of {', '.join(DPO_LOSSES)}, got {loss_type!r}")
+    if loss_type == "robust" and not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"robust: label_smoothing is a flip probability in [0, 0.5), got {label_smoothing}")
+    if loss_type == "exo_pair" and not 0 < label_smoothing < 1:
+        raise ValueError(f"exo_pair: label_smoothing must be in (0, 1) (1e-3 is the paper's), got {label_smoothing}")
+    if loss_type in REFERENCE_FREE:
+        chosen, rejected = policy_chosen_logps, policy_rejected_logps
+    else:
+        chosen = policy_chosen_logps - ref_chosen_logps
+        rejected = policy_rejected_logps - ref_rejected_logps
+    needs_lengths = loss_type in NORMALISED or sft_weight
+    if needs_lengths and (chosen_lengths is None or rejected_lengths is None):
+        raise ValueError(f"{loss_type}: needs chosen_lengths and rejected_lengths (answer tokens per side)")
+    if loss_type in NORMALISED:
         chosen = chosen / chosen_lengths.clamp_min(1).to(chosen.dtype)
         rejected = rejected / rejected_lengths.clamp_min(1).to(rejected.dtype)
-    elif loss_type != "dpo":
-        raise ValueError(f"loss_type must be 'dpo' or 'dpo_norm', got {loss_type!r}")
-    losses = -F.logsigmoid(beta * (chosen - rejected))
+    z = beta * (chosen - rejected)
+    eps = label_smoothing
+    if loss_type in ("dpo", "dpo_norm"):
+        losses = -F.logsigmoid(z)
+    elif loss_type == "ipo":
+        losses = (chosen - rejected - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - z)
+    elif loss_type == "robust":
+        losses = (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
+    elif loss_type == "exo_pair":
+        losses = (torch.sigmoid(z) * (F.logsigmoid(z) - torch.log1p(torch.tensor(-eps)))
+                  + torch.sigmoid(-z) * (F.logsigmoid(-z) - torch.log(torch.tensor(eps))))
+    elif loss_type == "bco_pair":
+        losses = -F.logsigmoid(beta * chosen) - F.logsigmoid(-beta * rejected)
+    elif loss_type == "nca_pair":
+        losses = -F.logsigmoid(beta * chosen) - 0.5 * F.logsigmoid(-beta * chosen) - 0.5 * F.logsigmoid(-beta * rejected)
+    elif loss_type == "sppo_hard":
+        losses = (chosen - 0.5 / beta) ** 2 + (rejected + 0.5 / beta) ** 2
+    elif loss_type == "apo_zero":
+        losses = 1 - torch.sigmoid(beta * chosen) + torch.sigmoid(beta * rejected)
+    elif loss_type == "apo_down":
+        losses = torch.sigmoid(beta * chosen) + 1 - torch.sigmoid(z)
+    elif loss_type == "discopop":
+        mix = torch.sigmoid(z / discopop_tau)
+        losses = -F.logsigmoid(z) * (1 - mix) + torch.exp(-z) * mix
+    else:  # simpo
+        losses = -(1 - eps) * F.logsigmoid(z - simpo_gamma) - eps * F.logsigmoid(simpo_gamma - z)
+    if sft_weight:
+        nll = -policy_chosen_logps.sum() / chosen_lengths.sum().clamp_min(1).to(policy_chosen_logps.dtype)
+        losses = losses + sft_weight * nll
     return DPOLoss(losses, (beta * chosen).detach(), (beta * rejected).detach())
 
 

@@ -27,7 +27,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from flowlm.atomic import replacing
@@ -35,7 +35,7 @@ from flowlm.data.pairs import causal_lengths, pack_rows, packed_row_len, pair_ro
 from flowlm.errors import FlowError
 from flowlm.train.objectives.base import LossOutput, Mean, Objective, ObjectiveConfig, register_objective
 from flowlm.train.parallel import World, barrier
-from flowlm.train.post_losses import dpo_loss, head_weight, sequence_logps, through_head
+from flowlm.train.post_losses import REFERENCE_FREE, dpo_loss, head_weight, sequence_logps, through_head
 
 CACHE_FORMAT = "flowlm.dpo_ref_logps/1"
 # Row length at which attention over a packed row costs as much as the rest of a layer, per unit of hidden
@@ -46,12 +46,21 @@ WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth")
 
 class DPOConfig(ObjectiveConfig):
     """DPO. OLMo 3 Think DPO: `dpo_norm` with β = 5 (open-instruct's current default); `dpo` with β = 0.1
-    is the original paper's (and TRL's) setting. β has no default on purpose: the two differ by 50x."""
+    is the original paper's (and TRL's) setting. β has no default on purpose: the two differ by 50x.
+    The other preference losses of `flowlm.train.post_losses.DPO_LOSSES` (IPO, hinge, robust, APO, SimPO,
+    ...) are a `loss_type` each; `simpo` needs no reference, so none is computed."""
 
     name: Literal["dpo"] = "dpo"
     beta: float = Field(gt=0, description="strength of the implicit KL penalty (0.1 for dpo, 5 for dpo_norm)")
-    loss_type: Literal["dpo", "dpo_norm"] = Field(
-        "dpo_norm", description="dpo: summed log-ratios (TRL sigmoid); dpo_norm: per-token averaged (TRL sigmoid_norm)")
+    loss_type: Literal["dpo", "dpo_norm", "ipo", "hinge", "robust", "exo_pair", "bco_pair", "nca_pair", "sppo_hard",
+                       "apo_zero", "apo_down", "discopop", "simpo"] = Field(
+        "dpo_norm", description="dpo: summed log-ratios (TRL sigmoid); dpo_norm: per-token averaged (TRL sigmoid_norm); "
+                                "the rest as TRL's namesakes (simpo: CPOTrainer's, reference-free)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="robust: label flip probability (< 0.5); exo_pair "
+                                                                "and simpo: label smoothing ε")
+    discopop_tau: float = Field(0.05, gt=0, description="discopop: the blend's temperature")
+    simpo_gamma: float = Field(0.5, ge=0, description="simpo: the target reward margin γ")
+    sft_weight: float = Field(0.0, ge=0, description="weight of the chosen answers' NLL added to the loss (RPO)")
     reference: str | None = Field(None, description="reference checkpoint directory; null = the initial policy")
     reference_batch_size: int = Field(8, gt=0, description="pairs per forward when precomputing reference log-probs")
     pack_length: int | None = Field(
@@ -60,6 +69,16 @@ class DPOConfig(ObjectiveConfig):
     shared_prefix: bool = Field(
         True, description="compute each pair's prompt once for both answers (flowlm.model.tree; native "
                           "models); false: the two sequences packed separately")
+
+    @model_validator(mode="after")
+    def _loss_options(self) -> "DPOConfig":
+        if self.loss_type in REFERENCE_FREE and self.reference is not None:
+            raise ValueError(f"loss_type {self.loss_type} uses no reference model: remove reference")
+        if self.loss_type == "robust" and self.label_smoothing >= 0.5:
+            raise ValueError("robust: label_smoothing is a flip probability below 0.5")
+        if self.loss_type == "exo_pair" and self.label_smoothing <= 0:
+            raise ValueError("exo_pair: label_smoothing must be above 0 (the paper uses 1e-3)")
+        return self
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -182,11 +201,14 @@ class DPOObjective(Objective):
         return hashlib.blake2b(blob.encode(), digest_size=10).hexdigest()
 
     def precompute_reference(self, data: Any, cache_dir: str | Path, *, model: nn.Module | None = None,
-                             world: World | None = None) -> Path:
+                             world: World | None = None) -> Path | None:
         """Reference log-probabilities of every pair of `data` (a `PairDataset` or a loader over one),
         read from `cache_dir` or computed once and written there. Call before training; with
         `reference: null` the model given here or to `setup` must still hold its initial weights when
-        the cache has to be computed. Under torchrun every rank calls it (ranks split the pairs)."""
+        the cache has to be computed. Under torchrun every rank calls it (ranks split the pairs).
+        A reference-free loss (`simpo`) needs none: nothing is computed, and None is returned."""
+        if self.cfg.loss_type in REFERENCE_FREE:
+            return None
         dataset = getattr(data, "dataset", data)
         world = world or self._world
         fresh = model is not None and self._initial_hash is None and self.cfg.reference is None
@@ -256,17 +278,23 @@ class DPOObjective(Objective):
         return int(batch["chosen_input_ids"].numel() + batch["rejected_input_ids"].numel())
 
     def loss(self, model: nn.Module, batch: Mapping[str, Any]) -> LossOutput:
-        if self._ref is None:
+        free = self.cfg.loss_type in REFERENCE_FREE
+        if self._ref is None and not free:
             raise FlowError("dpo: no reference log-probabilities; call precompute_reference(data, cache_dir) first")
         if "pair_index" not in batch:
             raise FlowError("dpo: batches need pair_index (build the data with PairDataset(..., with_index=True))")
         logps, lengths = pair_logps(model, batch, pack_length=self.cfg.pack_length,
                                     shared_prefix=self.cfg.shared_prefix)
         P = self.count_units(batch)
-        idx = batch["pair_index"].to(self._ref["chosen"].device)
-        ref_c, ref_r = (self._ref[side][idx].to(logps.device) for side in ("chosen", "rejected"))
-        out = dpo_loss(logps[:P], logps[P:], ref_c, ref_r, self.cfg.beta, loss_type=self.cfg.loss_type,
-                       chosen_lengths=lengths[:P], rejected_lengths=lengths[P:])
+        if free:
+            ref_c = ref_r = torch.zeros_like(logps[:P])
+        else:
+            idx = batch["pair_index"].to(self._ref["chosen"].device)
+            ref_c, ref_r = (self._ref[side][idx].to(logps.device) for side in ("chosen", "rejected"))
+        cfg = self.cfg
+        out = dpo_loss(logps[:P], logps[P:], ref_c, ref_r, cfg.beta, loss_type=cfg.loss_type,
+                       chosen_lengths=lengths[:P], rejected_lengths=lengths[P:], label_smoothing=cfg.label_smoothing,
+                       discopop_tau=cfg.discopop_tau, simpo_gamma=cfg.simpo_gamma, sft_weight=cfg.sft_weight)
         c, r = out.chosen_rewards, out.rejected_rewards
         metrics = {
             "reward_accuracy": Mean((c > r).float().sum(), P),
