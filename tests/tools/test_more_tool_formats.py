@@ -24,7 +24,8 @@ from flowlm.model.tokenizer import load_tokenizer, render_chat, render_ids, tool
 from flowlm.tools.builtin import CALCULATOR
 from flowlm.tools.engine import ToolEngine
 from flowlm.tools.formats import (DEEPSEEK, LLAMA3_JSON, MISTRAL, PYTHONIC, format_in, parse_deepseek, parse_json_calls,
-                                  parse_mistral, parse_python_list, with_call_ids)
+                                  parse_mistral, parse_python_list)
+from flowlm.tools.messages import with_call_ids
 from tests.tools.test_tool_rollouts import ScriptedEngine, make_tok
 
 MISTRAL_TOKENS = ["[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_CALLS]", "[CALL_ID]", "[ARGS]",

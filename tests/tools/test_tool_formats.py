@@ -22,7 +22,8 @@ from flowlm.generate.params import SamplingParams
 from flowlm.model.tokenizer import load_tokenizer, render_chat, render_ids, tool_format
 from flowlm.tools.builtin import CALCULATOR
 from flowlm.tools.engine import ToolEngine
-from flowlm.tools.formats import OLMO3_SYSTEM, parse_hermes, parse_olmo3, pythonic
+from flowlm.tools.formats import parse_hermes, parse_olmo3
+from flowlm.tools.messages import OLMO3_SYSTEM, pythonic
 from tests.tools.test_tool_rollouts import ScriptedEngine, make_tok
 
 # After the format of OLMo 3 Instruct's chat template (written for these tests, not copied).

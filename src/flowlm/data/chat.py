@@ -39,7 +39,8 @@ from typing import Any, Literal, NoReturn
 from flowlm.errors import FlowError
 from flowlm.jsonlines import iter_json_objects, iter_lines, parse_object
 from flowlm.model.tokenizer import last_turn_mask, render_chat  # noqa: F401  # last_turn_mask: re-exported
-from flowlm.tools.formats import functions_as_tools, parse_pythonic
+from flowlm.tools.formats import parse_pythonic
+from flowlm.tools.messages import functions_as_tools
 
 AssistantLoss = Literal["all", "last"]
 ROLES = ("system", "user", "assistant", "tool")

@@ -398,7 +398,7 @@ def fit_to_template(tokenizer: Any, messages: Sequence[dict[str, Any]],
     Converting twice changes nothing, so renderings of a conversation's prefixes agree with the whole."""
     if not getattr(tokenizer, "chat_template", None):
         return list(messages), tools
-    from flowlm.tools.formats import to_olmo3_messages, to_openai_messages, with_call_ids
+    from flowlm.tools.messages import to_olmo3_messages, to_openai_messages, with_call_ids
 
     renders = template_renders(tokenizer)
     name = getattr(tokenizer, "name_or_path", "?") or "?"

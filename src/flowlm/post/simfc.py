@@ -45,7 +45,8 @@ from flowlm.errors import FlowError
 from flowlm.post.coldstart import Accounting, thinking_mode
 from flowlm.post.filters import ResponseFilterCfg, check_response, contaminated
 from flowlm.post.teachers import Message, Response, Teacher, ask
-from flowlm.tools.formats import format_in, openai_calls
+from flowlm.tools.formats import format_in
+from flowlm.tools.messages import openai_calls
 
 PATTERNS = ("single", "parallel", "multi_step", "multi_turn", "refusal")
 """SimFC's interaction kinds: one call; several calls in one turn; a call that needs an earlier one's result;

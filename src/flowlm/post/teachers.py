@@ -152,7 +152,8 @@ def call_message(response: Mapping[str, Any], functions: Any = None) -> Message:
     written as text typed by `functions`, the functions the prompt listed) as structured `tool_calls` and the
     text before them as its content, so any chat template writes them its own way; a reply with no
     well-formed calls stays text (`assistant_message`)."""
-    from flowlm.tools.formats import format_in, openai_calls
+    from flowlm.tools.formats import format_in
+    from flowlm.tools.messages import openai_calls
 
     msg = assistant_message(response)
     fmt = format_in(msg["content"])

@@ -57,7 +57,8 @@ from flowlm.generate.prompts import is_chat, to_prompt_ids
 from flowlm.model.tokenizer import fit_to_template, tool_format, turn_end_ids
 from flowlm.post.teachers import split_reasoning
 from flowlm.tools.builtin import Tool
-from flowlm.tools.formats import FORMATS, ToolFormat, call_id, openai_calls
+from flowlm.tools.formats import FORMATS, ToolFormat
+from flowlm.tools.messages import call_id, openai_calls
 
 _SENTINEL = "\x00flowlm-tool-answer-{}\x00"
 _ID_SENTINEL = "Zzq{:04d}Qq"  # a call id's place (9 letters and digits, as Mistral's templates require)

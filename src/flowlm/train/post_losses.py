@@ -16,7 +16,7 @@ recompute each chunk's logits there; the latter keeps a lone chunk's).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
