@@ -2,7 +2,7 @@
 
 Workload, identical on every side (peer-baselines.md row 3d's geometry): the tiny OLMo-3 preset (10.5 M
 parameters) with the same seeded initial weights and one flowlm tokenizer (byte-level BPE, 8,192
-entries; `sft_throughput.build_base`); prompts `flowlm.post.teachers.builtin_rows(200)` (built-in task
+entries; `sft_throughput.build_base`); prompts `flowlm.post.procedural.builtin_rows(200)` (built-in task
 prompts: arithmetic, word problems, sorting) rendered with the tokenizer's chat template (thinking on);
 16 completions per optimizer step = 2 prompts x 8 samples, at most 64 new tokens, temperature 1; reward =
 the same flowlm verifier on both sides (rows routed by their `dataset` column: flowlm calls
@@ -105,7 +105,7 @@ def quick_sizes() -> None:
 def build_data(d: Path) -> dict[str, Any]:
     """Tokenizer, checkpoint and the prompt rows (not timed); checks both sides see the same prompt tokens."""
     from flowlm.model.tokenizer import render_chat
-    from flowlm.post.teachers import builtin_rows
+    from flowlm.post.procedural import builtin_rows
 
     tok, _ = build_base(d, TOK_BYTES)
     rows = builtin_rows(N_ROWS, 0)

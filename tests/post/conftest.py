@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from flowlm.post.teachers import builtin_rows
+from flowlm.post.procedural import builtin_rows
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,7 @@ def test_coldstart_from_builtin_prompts(tmp_path):
 
 
 def test_pairs_from_a_file_on_stdin_and_judge_pairs(tmp_path):
-    from flowlm.post.teachers import builtin_rows
+    from flowlm.post.procedural import builtin_rows
 
     prompts = "".join(json.dumps(r) + "\n" for r in builtin_rows(6))
     r = _run("pairs", "--strong", "procedural", "--weak", "weak", stdin=prompts)
@@ -101,7 +101,7 @@ def test_argument_errors_in_process(tmp_path):
 
 
 def test_decontamination_against_bench_files(tmp_path):
-    from flowlm.post.teachers import builtin_rows
+    from flowlm.post.procedural import builtin_rows
 
     wp = next(r for r in builtin_rows(12) if r["task"] == "word_problem")
     bench = tmp_path / "bench.jsonl"

@@ -8,7 +8,8 @@ from flowlm.data.decontam import DecontamCfg, Decontaminator
 from flowlm.errors import ConfigError, FlowError
 from flowlm.post.coldstart import Accounting, ColdStartCfg, build_coldstart
 from flowlm.post.filters import QueryFilterCfg, ResponseFilterCfg, check_response
-from flowlm.post.teachers import ProceduralTeacher, WeakProceduralTeacher, completion_text
+from flowlm.post.procedural import ProceduralTeacher, WeakProceduralTeacher
+from flowlm.post.teachers import completion_text
 from flowlm.verify import verify_row
 
 

@@ -7,7 +7,8 @@ import pytest
 from flowlm.errors import FlowError
 from flowlm.post.delta import PairCfg, build_delta_pairs, build_judge_pairs, named_verifier_judge, verifier_judge
 from flowlm.post.filters import ResponseFilterCfg, check_response
-from flowlm.post.teachers import ProceduralTeacher, WeakProceduralTeacher, completion_text
+from flowlm.post.procedural import ProceduralTeacher, WeakProceduralTeacher
+from flowlm.post.teachers import completion_text
 from flowlm.verify import verify_row
 
 
@@ -155,7 +156,7 @@ def test_a_rejected_answer_with_stray_think_tags_is_dropped_and_counted():
     one assistant turn, so it makes no pair (counted as `rejected_markup`); the rows written all read back."""
     from flowlm.data.chat import pair_row
     from flowlm.post.delta import build_delta_pairs
-    from flowlm.post.teachers import ProceduralTeacher, builtin_rows
+    from flowlm.post.procedural import ProceduralTeacher, builtin_rows
 
     rows = builtin_rows(4)
 

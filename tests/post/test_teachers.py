@@ -6,6 +6,7 @@ import pytest
 
 from flowlm.data import tasks
 from flowlm.errors import FlowError
+from flowlm.post import procedural as P
 from flowlm.post import teachers as T
 from flowlm.post.filters import ResponseFilterCfg, check_response
 from flowlm.verify import verify_row
@@ -52,13 +53,13 @@ def test_builtin_rows_are_training_split_and_verifiable(rows):
     assert len(rows) == 24 and len({r["task"] for r in rows}) == 5
     for r in rows:
         assert not tasks.is_heldout(r["messages"][0]["content"])
-        gold = f"<think>\n{r['solution']}\n</think>\n\n{T.final_line(r['answer'], r['solution'])}"
+        gold = f"<think>\n{r['solution']}\n</think>\n\n{P.final_line(r['answer'], r['solution'])}"
         assert verify_row(r, gold).score == 1.0, r
-    assert T.builtin_rows(24, seed=0) == rows  # deterministic
+    assert P.builtin_rows(24, seed=0) == rows  # deterministic
 
 
 def test_procedural_teacher_modes_and_determinism(rows):
-    teacher = T.ProceduralTeacher.from_rows(rows)
+    teacher = P.ProceduralTeacher.from_rows(rows)
     prompts = [r["messages"] for r in rows[:5]]
     think = teacher.sample(prompts, 2, thinking=True, seed=0)
     assert [len(x) for x in think] == [2] * 5
@@ -69,7 +70,7 @@ def test_procedural_teacher_modes_and_determinism(rows):
     unknown = teacher.sample([[{"role": "user", "content": "What is love?"}]], 3, thinking=True, seed=0)
     assert [r["finish_reason"] for r in unknown[0]] == ["error"] * 3
     with pytest.raises(FlowError):
-        T.ProceduralTeacher([], error_rate=2.0)
+        P.ProceduralTeacher([], error_rate=2.0)
 
 
 def test_procedural_noise_is_deterministic_and_each_kind_is_caught(rows):
@@ -77,23 +78,23 @@ def test_procedural_noise_is_deterministic_and_each_kind_is_caught(rows):
     expected = {"wrong_answer": "wrong_answer", "repetition": "repetition", "guess": "guess",
                 "mismatch": "think_summary_mismatch", "language_mix": "language_mix"}
     for kind, reason in expected.items():
-        teacher = T.ProceduralTeacher.from_rows(rows, error_rate=1.0, noise=(kind,))
+        teacher = P.ProceduralTeacher.from_rows(rows, error_rate=1.0, noise=(kind,))
         got = teacher.sample([r["messages"] for r in rows], 1, thinking=True, seed=3)
         for row, (resp,) in zip(rows, got):
             assert check_response(row, resp, ResponseFilterCfg(), thinking=True) == reason, (kind, row["id"], resp)
-    noisy = T.ProceduralTeacher.from_rows(rows, error_rate=0.5)
+    noisy = P.ProceduralTeacher.from_rows(rows, error_rate=0.5)
     a = noisy.sample([r["messages"] for r in rows], 4, thinking=True, seed=1)
     assert a == noisy.sample([r["messages"] for r in rows], 4, thinking=True, seed=1)
     assert a != noisy.sample([r["messages"] for r in rows], 4, thinking=True, seed=2)
 
 
 def test_weak_teacher_is_often_wrong_and_short(rows):
-    weak = T.WeakProceduralTeacher.from_rows(rows)
+    weak = P.WeakProceduralTeacher.from_rows(rows)
     got = weak.sample([r["messages"] for r in rows], 4, thinking=True, seed=0)
     right = [verify_row(r, T.completion_text(x)).score for r, per in zip(rows, got) for x in per]
     assert 0.05 < sum(right) / len(right) < 0.6
     assert all(len(x["reasoning"].split()) < 40 for per in got for x in per)
-    sure = T.WeakProceduralTeacher.from_rows(rows, skill=1.0)
+    sure = P.WeakProceduralTeacher.from_rows(rows, skill=1.0)
     perfect = sure.sample([rows[0]["messages"]], 2, thinking=False, seed=0)
     assert verify_row(rows[0], T.completion_text(perfect[0][0])).score == 1.0 and perfect[0][0]["reasoning"] == ""
 
@@ -104,12 +105,12 @@ def test_wrong_answer_is_always_wrong():
     rng = random.Random(0)
     for ans in ("5", "-3", "1, 2, 3", "4, 4, 7", "x"):
         for _ in range(20):
-            assert T.wrong_answer(ans, rng) != ans
+            assert P.wrong_answer(ans, rng) != ans
 
 
 def test_make_teacher_specs(rows, tmp_path):
     cfg = T.TeacherCfg(error_rate=0.2, skill=0.5)
-    assert isinstance(T.make_teacher("procedural", rows, cfg), T.ProceduralTeacher)
+    assert isinstance(T.make_teacher("procedural", rows, cfg), P.ProceduralTeacher)
     assert T.make_teacher("weak", rows, cfg).skill == 0.5
     with pytest.raises(FlowError, match="not a checkpoint directory"):
         T.make_teacher(str(tmp_path / "nope"), rows, cfg)

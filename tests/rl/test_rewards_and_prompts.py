@@ -77,7 +77,7 @@ def test_random_reward_drives_the_advantages_and_the_logged_reward_stays_the_ver
 def test_rl_stage_tasks_and_plain_format():
     from flowlm.errors import FlowError
     from flowlm.flow.stages.rl import RLStageConfig, plain_row
-    from flowlm.post.teachers import builtin_rows
+    from flowlm.post.procedural import builtin_rows
 
     rows = builtin_rows(40, 0, tasks=["counting", "sorting"])
     assert len(rows) == 40 and {r["task"] for r in rows} == {"counting", "sorting"}
@@ -104,7 +104,7 @@ def test_instructions_scored_alone_route_to_ifeval_only():
     """`instruction_reward: alone`: a prompt with an instruction is scored by ifeval alone (the IF domain by
     itself), with the same instruction text it gets with its task's verifier."""
     from flowlm.flow.stages.rl import RLStageConfig
-    from flowlm.post.teachers import builtin_rows
+    from flowlm.post.procedural import builtin_rows
     from flowlm.rl.instruct import add_instructions
     from flowlm.verify import verify_row
 
@@ -126,7 +126,7 @@ def test_instructions_scored_alone_route_to_ifeval_only():
 
 def test_instruction_ids_limit_the_draw_and_all_of_them_change_nothing():
     from flowlm.flow.stages.rl import RLStageConfig
-    from flowlm.post.teachers import builtin_rows
+    from flowlm.post.procedural import builtin_rows
     from flowlm.rl.instruct import INSTRUCTION_IDS, add_instructions
 
     rows = builtin_rows(40, 0, tasks=["counting", "sorting"])

@@ -41,7 +41,8 @@ from flowlm.post.coldstart import ColdStartCfg
 from flowlm.post.delta import PairCfg
 from flowlm.post.multiturn import MultiTurnCfg
 from flowlm.post.simfc import SimFCCfg
-from flowlm.post.teachers import NAMED_TEACHERS, TeacherCfg, procedural_problem
+from flowlm.post.procedural import NAMED_TEACHERS, procedural_problem
+from flowlm.post.teachers import TeacherCfg
 
 
 class ColdStartRun(ColdStartCfg):
@@ -154,7 +155,7 @@ def build_config(args: argparse.Namespace) -> ColdStartRun | PairsRun:
 def load_prompt_rows(args: argparse.Namespace, seed: int, teachers: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """`--builtin N` rows, or every row of `--file`/stdin checked up front (FILE:LINE on the first bad one),
     including that each of the named `procedural`/`weak` `teachers` can answer it."""
-    from flowlm.post.teachers import builtin_rows
+    from flowlm.post.procedural import builtin_rows
 
     if args.builtin is not None:
         if args.file is not None:

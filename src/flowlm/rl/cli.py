@@ -282,7 +282,7 @@ def prompts_main(args: argparse.Namespace) -> int:
             print(f"rl prompts: warning: {warning}", file=sys.stderr)
         parts.append((f"{name} {source}", rows))
     if args.builtin is not None:
-        from flowlm.post.teachers import builtin_rows
+        from flowlm.post.procedural import builtin_rows
 
         parts.append((f"builtin training split (seed {args.seed})", builtin_rows(args.builtin, args.seed)))
     seen: dict[str, str] = {}

@@ -79,7 +79,7 @@ def prompt_rows(ctx: StageContext, name: str, source: str, *, n_builtin: int, se
     benchmark-format file read as `flowlm rl prompts` reads it (`flowlm.rl.prompts`). The stage declares
     `source` as an input (unless builtin; a benchmark spec: its file, `spec_file`)."""
     from flowlm.jsonlines import iter_json_objects
-    from flowlm.post.teachers import builtin_rows
+    from flowlm.post.procedural import builtin_rows
     from flowlm.rl.prompts import benchmark_spec, eval_file_warning, suite_rows
 
     if source == "builtin":
