@@ -152,8 +152,8 @@ def test_a_template_that_ignores_reasoning_gets_the_trace_inline_and_trains_on_i
 
     marked, stripped, chatml = toks
     assert template_renders(marked) == template_renders(stripped) == {"reasoning": True, "tools": True,
-                                                                      "tool_calls": True}
-    assert template_renders(chatml) == {"reasoning": False, "tools": False, "tool_calls": False}
+                                                                      "tool_calls": True, "thinking": True}
+    assert template_renders(chatml) == {"reasoning": False, "tools": False, "tool_calls": False, "thinking": False}
     row = {"messages": [{"role": "user", "content": "2+2?"},
                         {"role": "assistant", "content": "4", "reasoning_content": "two and two"}]}
     ids, mask = render_chat_example(chatml, row)

@@ -337,3 +337,140 @@ def test_a_mistral_checkpoint_calls_tools_with_ids_and_trains_on_rows_without_th
              if line.strip() and "loss" in json.loads(line)]
     labelled = enc('[TOOL_CALLS]calculator[CALL_ID]call00000[ARGS]{"expression": "6 * 7"}</s>It is 42.</s>')
     assert steps and sum(s["loss_tokens"] for s in steps) == 2 * 8 * len(labelled)  # 2 epochs of 8 rows
+
+
+# gpt-oss's harmony layout (written here after it): channel messages; the reasoning in `thinking`; a call is a
+# commentary message to `functions.NAME` ending with <|call|>; answers come from `functions.NAME` as JSON strings
+HARMONY_TOKENS = ["<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>", "<|call|>", "<|constrain|>"]
+HARMONY_STYLE = (
+    "{{- '<|start|>system<|message|>Reasoning: medium\\n# Valid channels: analysis, commentary, final.<|end|>' -}}"
+    "{%- if tools -%}{{- '<|start|>developer<|message|># Tools\\n' + (tools | tojson) + '<|end|>' -}}{%- endif -%}"
+    "{%- set ns = namespace(last_call='') -%}"
+    "{%- for m in messages -%}"
+    "{%- if m.role == 'user' -%}{{- '<|start|>user<|message|>' + m.content + '<|end|>' -}}"
+    "{%- elif m.role == 'assistant' -%}"
+    "{%- if m.thinking -%}{{- '<|start|>assistant<|channel|>analysis<|message|>' + m.thinking + '<|end|>' -}}{%- endif -%}"
+    "{%- if m.tool_calls -%}{%- set c = m.tool_calls[0].function -%}"
+    "{{- '<|start|>assistant to=functions.' + c.name + '<|channel|>commentary json<|message|>' + (c.arguments | tojson) + '<|call|>' -}}"
+    "{%- set ns.last_call = c.name -%}"
+    "{%- else -%}{{- '<|start|>assistant<|channel|>final<|message|>' + m.content -}}"
+    "{%- if loop.last and not add_generation_prompt -%}{{- '<|return|>' -}}{%- else -%}{{- '<|end|>' -}}{%- endif -%}"
+    "{%- endif -%}"
+    "{%- elif m.role == 'tool' -%}"
+    "{{- '<|start|>functions.' + ns.last_call + ' to=assistant<|channel|>commentary<|message|>' + (m.content | tojson) + '<|end|>' -}}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start|>assistant' -}}{%- endif -%}")
+
+
+@pytest.fixture(scope="module")
+def htok(tok, tmp_path_factory):
+    return templated(tok, tmp_path_factory.mktemp("harmony") / "tok", HARMONY_STYLE, HARMONY_TOKENS)
+
+
+def test_harmony_replies_read_as_think_block_answer_and_calls():
+    from flowlm.model.harmony import canonical
+
+    answer = ("<|channel|>analysis<|message|>6 times 7.<|end|><|start|>assistant<|channel|>final<|message|>It is 42."
+              "<|return|>")
+    assert canonical(answer) == "<think>\n6 times 7.\n</think>\n\nIt is 42."
+    call = ("<|channel|>analysis<|message|>Use the tool.<|end|><|start|>assistant<|channel|>commentary "
+            "to=functions.calculator <|constrain|>json<|message|>{\"expression\": \"6 * 7\"}<|call|>")
+    assert canonical(call) == ('<think>\nUse the tool.\n</think>\n\n<tool_call>{"name": "calculator", '
+                               '"arguments": {"expression": "6 * 7"}}</tool_call>')
+    # the template's header order, a preamble in commentary, arguments that are not JSON (a problem later)
+    other = ("<|start|>assistant<|channel|>commentary<|message|>Checking.<|end|><|start|>assistant to=functions.f"
+             "<|channel|>commentary json<|message|>{oops<|call|>")
+    assert canonical(other) == 'Checking.<tool_call>{"name": "f", "arguments": "{oops"}</tool_call>'
+    assert canonical("<|channel|>analysis<|message|>Still thinking") == "<think>\nStill thinking"  # cut mid-thought
+    assert canonical("plain text") == "plain text" and canonical("plain<|return|>") == "plain"
+    for junk in ("<|start|>" * 50, "<|message|>" * 20, "<|channel|><|message|><|call|>", ""):
+        canonical(junk)  # never raises
+
+
+def test_a_harmony_template_is_probed_and_its_replies_end_at_return_or_call(htok):
+    from flowlm.model.harmony import is_harmony
+    from flowlm.model.tokenizer import decode_reply
+
+    assert is_harmony(htok) and tool_format(htok) == "harmony"
+    assert turn_end_ids(htok) == (htok.convert_tokens_to_ids("<|return|>"), htok.convert_tokens_to_ids("<|call|>"))
+    ids = htok.encode("<|channel|>analysis<|message|>Hm.<|end|><|start|>assistant<|channel|>final<|message|>Done."
+                      "<|return|>", add_special_tokens=False)
+    assert decode_reply(htok, ids) == "<think>\nHm.\n</think>\n\nDone."
+    assert not is_harmony(load_tokenizer_like(htok))
+
+
+def load_tokenizer_like(t):
+    """`t` with a plain ChatML template (not harmony)."""
+    import copy
+
+    other = copy.deepcopy(t)
+    other.chat_template = ("{%- for m in messages -%}{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' -}}"
+                           "{%- endfor -%}")
+    return other
+
+
+def test_sft_rows_render_their_reasoning_in_harmonys_analysis_channel_and_are_masked(htok):
+    row = [{"role": "user", "content": "6 * 7?"},
+           {"role": "assistant", "content": "", "reasoning_content": "Use the tool.", "tool_calls": [
+               {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "6 * 7"}}}]},
+           {"role": "tool", "name": "calculator", "content": "42"},
+           {"role": "assistant", "content": "It is 42.", "reasoning_content": "The tool said 42."}]
+    ids, mask = render_chat(htok, row, tools=[CALCULATOR.schema])
+    text = htok.decode(ids, skip_special_tokens=False)
+    assert "<think>" not in text and '<|message|>"42"<|end|>' in text
+    labelled = htok.decode([x for x, m in zip(ids, mask) if m], skip_special_tokens=False)
+    assert labelled == ('<|channel|>analysis<|message|>Use the tool.<|end|><|start|>assistant to=functions.calculator'
+                        '<|channel|>commentary json<|message|>{"expression": "6 * 7"}<|call|>'
+                        '<|channel|>analysis<|message|>The tool said 42.<|end|><|start|>assistant<|channel|>final'
+                        '<|message|>It is 42.<|return|>')
+
+
+def test_the_tool_loop_reads_harmony_calls_and_answers_in_the_templates_json_turn(htok):
+    reply = ('<|channel|>analysis<|message|>Use the tool.<|end|><|start|>assistant<|channel|>commentary '
+             'to=functions.calculator <|constrain|>json<|message|>{"expression": "6 * 7"}<|call|>')
+    prompt = [{"role": "user", "content": "6 * 7?"}]
+    final = "<|channel|>final<|message|>It is 42.<|return|>"
+    engine = ToolEngine(ScriptedEngine(htok, lambda text, j, turn: reply if turn == 0 else final),
+                        {"calculator": CALCULATOR}, workers=0)
+    res = engine.generate([prompt], [SamplingParams(max_new_tokens=300)])[0]
+    comp = res.completions[0]
+    assert comp.tool_calls == 1 and comp.tool_errors == 0, comp.trajectory
+    assert comp.trajectory[0] == {"role": "assistant", "content": "", "reasoning_content": "Use the tool.",
+                                  "tool_calls": [{"type": "function", "function": {
+                                      "name": "calculator", "arguments": {"expression": "6 * 7"}}}]}
+    assert comp.trajectory[1] == {"role": "tool", "name": "calculator", "content": "42"}
+    tool_text = htok.decode([x for x, m in zip(comp.tokens, comp.tool_mask) if m], skip_special_tokens=False)
+    assert tool_text == '<|start|>functions.calculator to=assistant<|channel|>commentary<|message|>"42"<|end|><|start|>assistant'
+    assert comp.text == "It is 42." and comp.finish_reason == "stop"
+
+
+def test_a_harmony_checkpoint_reasons_calls_and_answers_through_flowlm_generate(tok, tmp_path):
+    """A micro model that learnt one gpt-oss-style trajectory: the native engine stops its first reply at
+    <|call|>, the call runs, the answer goes in as the template's JSON-string turn, and the completion reads
+    as flowlm's text (the last reply's answer; each turn's analysis as its reasoning)."""
+    from flowlm.model.hf import save_pretrained
+    from tests.flow.test_post_flow import flowlm
+    from tests.tools.memorize import memorize
+
+    t = templated(tok, tmp_path / "tok", HARMONY_STYLE, HARMONY_TOKENS)
+    enc = lambda s: t.encode(s, add_special_tokens=False)  # noqa: E731
+    prompt = render_ids(t, [{"role": "user", "content": QUESTION}], add_generation_prompt=True, tools=[CALCULATOR.schema])
+    model = memorize(len(t), [
+        (prompt, False),
+        (enc('<|channel|>analysis<|message|>Multiply exactly.<|end|><|start|>assistant<|channel|>commentary '
+             'to=functions.calculator <|constrain|>json<|message|>{"expression": "48213 * 9127"}<|call|>'), True),
+        (enc('<|start|>functions.calculator to=assistant<|channel|>commentary<|message|>"440040051"<|end|>'
+             '<|start|>assistant'), False),
+        (enc("<|channel|>final<|message|>It is 440040051.<|return|>"), True)])
+    ckpt = tmp_path / "gptoss"
+    save_pretrained(model, t, ckpt)
+    rows = tmp_path / "q.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": QUESTION}]}) + "\n")
+    flowlm("generate", "--model", str(ckpt), "--file", str(rows), "--tools", "calculator", "--temperature", "0",
+           "--max-new-tokens", "200", "--out", str(tmp_path / "o.jsonl"))
+    comp = json.loads((tmp_path / "o.jsonl").read_text())["completions"][0]
+    assert comp["tool_calls"] == 1 and comp["tool_errors"] == 0 and comp["text"] == "It is 440040051."
+    assert comp["trajectory"][0]["reasoning_content"] == "Multiply exactly."
+    assert comp["trajectory"][0]["tool_calls"][0]["function"] == {"name": "calculator",
+                                                                  "arguments": {"expression": "48213 * 9127"}}
+    assert comp["trajectory"][1]["content"] == "440040051" and comp["finish_reason"] == "stop"

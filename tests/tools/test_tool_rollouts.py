@@ -19,7 +19,8 @@ import torch
 
 from flowlm.errors import ConfigError
 from flowlm.generate.params import Completion, Result, SamplingParams, Timings
-from flowlm.model.tokenizer import render_ids, train_tokenizer, turn_end_ids
+from flowlm.model.harmony import is_harmony
+from flowlm.model.tokenizer import decode_reply, render_ids, train_tokenizer, turn_end_ids
 from flowlm.rl.source import RolloutConfig, RolloutSource
 from flowlm.tools.builtin import CALCULATOR
 from flowlm.tools.engine import ToolEngine
@@ -80,12 +81,12 @@ class ScriptedEngine:
     @staticmethod
     def tool_turns(text):
         """Tool turns in a prompt so far: flowlm's `tool` role, a user turn of <tool_response>s (Qwen3's),
-        OLMo 3's `environment` role, Llama 3's and 4's `ipython` role, Mistral's `[TOOL_RESULTS]`, or
-        DeepSeek's tool outputs."""
+        OLMo 3's `environment` role, Llama 3's and 4's `ipython` role, Mistral's `[TOOL_RESULTS]`,
+        DeepSeek's tool outputs, or harmony's messages from `functions.NAME`."""
         return (text.count("<|im_start|>tool") + text.count("<|im_start|>user\n<tool_response>")
                 + text.count("<|im_start|>environment") + text.count("<|start_header_id|>ipython")
                 + text.count("<|header_start|>ipython") + text.count("[TOOL_RESULTS]")
-                + text.count("<｜tool▁output▁begin｜>"))
+                + text.count("<｜tool▁output▁begin｜>") + text.count("<|start|>functions."))
 
     def step(self):
         out = []
@@ -96,9 +97,13 @@ class ScriptedEngine:
                 reply = self.script(text, j if tag[1] is None else tag[1], self.tool_turns(text))
                 tokens = self.tokenizer.encode(reply, add_special_tokens=False)
                 cut = len(tokens) > params.max_new_tokens
-                tokens = tokens[: params.max_new_tokens] if cut else tokens + list(turn_end_ids(self.tokenizer))
+                ends = list(turn_end_ids(self.tokenizer))  # (a reply may end with its own: harmony's <|call|>)
+                tokens = tokens[: params.max_new_tokens] if cut else tokens + ([] if tokens and tokens[-1] in ends
+                                                                               else ends[:1])
+                text = (decode_reply(self.tokenizer, tokens) if is_harmony(self.tokenizer)
+                        else self.tokenizer.decode(tokens, skip_special_tokens=True))
                 comps.append(Completion(tokens=tokens, logprobs=[-0.5] * len(tokens), versions=[self.version] * len(tokens),
-                                        text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                                        text=text,
                                         finish_reason="length" if cut else "stop"))
             out.append(Result(rid, ids, comps, Timings(), tag=tag))
         self.pending = []

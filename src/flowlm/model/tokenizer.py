@@ -87,6 +87,7 @@ def turn_end_ids(tokenizer: Any) -> tuple[int, ...]:
     not a turn, so chat sampling must stop here too. Probed once per chat template: the first special token
     it writes after an assistant turn's text in the middle of a conversation (`<|im_end|>` for ChatML
     templates, flowlm's, Qwen3's and OLMo 3's; `<|eot_id|>` for Llama 3's; `<end_of_turn>` for Gemma's).
+    A harmony template (gpt-oss) ends a reply at `<|return|>` or `<|call|>` (`flowlm.model.harmony`).
     Without a template, or when the probe finds none, `<|im_end|>` if the tokenizer has it."""
     def probe(tok: Any) -> tuple[int, ...]:
         marker = "flowlmprobeend"
@@ -108,6 +109,10 @@ def turn_end_ids(tokenizer: Any) -> tuple[int, ...]:
     if not getattr(tokenizer, "chat_template", None):
         tid = special_token_id(tokenizer, IM_END)
         return (tid,) if tid is not None else ()
+    from flowlm.model import harmony
+
+    if harmony.is_harmony(tokenizer):  # gpt-oss: `<|end|>` closes each message; a reply ends at these
+        return harmony.end_ids(tokenizer)
     return _probed(tokenizer, "turn_end", probe)
 
 
@@ -134,9 +139,15 @@ def hidden_ids(tokenizer: Any) -> frozenset[int]:
 
 def decode_reply(tokenizer: Any, tokens: Sequence[int], stop: Sequence[str] = ()) -> str:
     """A completion's text: its tokens decoded without the tokenizer's control tokens (`hidden_ids`) but with
-    the think and tool-call markup, cut before the first `stop` string it holds."""
-    hidden = hidden_ids(tokenizer)
-    text = tokenizer.decode([t for t in tokens if t not in hidden], skip_special_tokens=False)
+    the think and tool-call markup, cut before the first `stop` string it holds. A harmony reply (gpt-oss) is
+    read in flowlm's text form: think block, answer, `<tool_call>` blocks (`flowlm.model.harmony.canonical`)."""
+    from flowlm.model import harmony
+
+    if harmony.is_harmony(tokenizer):
+        text = harmony.canonical(tokenizer.decode(list(tokens), skip_special_tokens=False))
+    else:
+        hidden = hidden_ids(tokenizer)
+        text = tokenizer.decode([t for t in tokens if t not in hidden], skip_special_tokens=False)
     cuts = [text.find(x) for x in stop if x in text]
     return text[:min(cuts)] if cuts else text
 
@@ -222,12 +233,13 @@ def _probed(tokenizer: Any, what: str, probe: Any) -> Any:
     return _PROBES[key]
 
 
-def _writes(tokenizer: Any, marker: str, messages: list[dict[str, Any]], **kw: Any) -> bool:
-    """Whether `marker` appears in the rendering of `messages`; True (no verdict) if the template refuses."""
+def _writes(tokenizer: Any, marker: str, messages: list[dict[str, Any]], refused: bool = True, **kw: Any) -> bool:
+    """Whether `marker` appears in the rendering of `messages`; `refused` (True: no verdict) if the template
+    refuses."""
     try:
         return marker in tokenizer.apply_chat_template(messages, tokenize=False, **kw)
     except Exception:  # noqa: BLE001 - a template that refuses the probe conversation: no verdict
-        return True
+        return refused
 
 
 def has_thinking_switch(tokenizer: Any) -> bool:
@@ -337,6 +349,9 @@ def template_renders(tokenizer: Any) -> dict[str, bool]:
             "tools": _writes(tok, "flowlmprobetool", [_PROBE_USER], tools=[tool], add_generation_prompt=True),
             "tool_calls": _writes(tok, "flowlmprobecall", [_PROBE_USER, {"role": "assistant", "content": "",
                                                                         "tool_calls": [call]}]),
+            # gpt-oss's template reads an assistant turn's reasoning from `thinking` (no verdict: False)
+            "thinking": _writes(tok, "flowlmprobethinking", [_PROBE_USER, {
+                "role": "assistant", "content": "Hi", "thinking": "flowlmprobethinking"}], refused=False),
         }
 
     return _probed(tokenizer, "renders", probe)
@@ -347,7 +362,8 @@ def tool_format(tokenizer: Any) -> str | None:
     writes OLMo 3's `function_calls` text in `<function_calls>` tags), "hermes" (it writes OpenAI-style
     `tool_calls` as `<tool_call>` JSON: flowlm's, Qwen3's), "qwen3_xml" (as `<function=NAME>` XML:
     Qwen3-Coder's), "mistral" (after `[TOOL_CALLS]`: Mistral's), "deepseek" (in `<｜tool▁call▁begin｜>`
-    blocks: DeepSeek's), "pythonic" (as a Python list of calls: Llama 3.2's and 4's pythonic templates),
+    blocks: DeepSeek's), "harmony" (as a message to `functions.NAME`: gpt-oss's), "pythonic" (as a Python
+    list of calls: Llama 3.2's and 4's pythonic templates),
     "llama3_json" (as a bare JSON object with `parameters`: Llama 3's and 4's), "other" (it writes them some
     other way), or None (it writes no calls, or there is no template). The probe call carries an id
     (Mistral's templates refuse calls without one). `flowlm.tools.formats` has the formats."""
@@ -374,6 +390,8 @@ def tool_format(tokenizer: Any) -> str | None:
             return "mistral"
         if "<｜tool▁call▁begin｜>" in written:
             return "deepseek"
+        if "to=functions.flowlmprobecall" in written:
+            return "harmony"
         if "<tool_call>" in written:
             return "hermes"
         if re.search(r"\[\s*flowlmprobecall\(\s*\)\s*\]", written):
@@ -391,8 +409,9 @@ def fit_to_template(tokenizer: Any, messages: Sequence[dict[str, Any]],
       system turn's `functions`, calls as `function_calls` text and answers as `environment` turns; any other
       template gets OpenAI's schema (a row written in OLMo 3's is converted), and Mistral's its call ids
       (`with_call_ids`: calls without an id get one, answers their call's);
-    - a template that ignores `reasoning_content` (plain ChatML) gets each trace inline, as the content's
-      leading `<think>\n…\n</think>\n\n` block (the R1-distill convention), rather than losing it;
+    - a template that ignores `reasoning_content` gets each trace in `thinking` if it reads that (gpt-oss's),
+      else inline (plain ChatML), as the content's leading `<think>\n…\n</think>\n\n` block (the
+      R1-distill convention), rather than losing it;
     - `tools` or assistant `tool_calls` that the template would not write are a FlowError (there is no
       neutral way to invent its tool format): use a template that renders them.
     Converting twice changes nothing, so renderings of a conversation's prefixes agree with the whole."""
@@ -416,6 +435,10 @@ def fit_to_template(tokenizer: Any, messages: Sequence[dict[str, Any]],
                             "would render empty; use a template that renders tool calls")
     if renders["reasoning"]:
         return messages, tools
+    if renders["thinking"]:  # gpt-oss's template: the trace goes in `thinking`
+        return [{**{k: v for k, v in m.items() if k != "reasoning_content"}, "thinking": m["reasoning_content"]}
+                if m.get("role") == "assistant" and isinstance(m.get("reasoning_content"), str)
+                and m["reasoning_content"].strip() else m for m in messages], tools
     out = []
     for m in messages:
         trace = m.get("reasoning_content") if m.get("role") == "assistant" else None

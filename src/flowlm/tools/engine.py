@@ -43,6 +43,7 @@ sample: its calls are not run (its message has no `tool_calls`; its content keep
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
@@ -54,6 +55,7 @@ from flowlm.errors import ConfigError, FlowError
 from flowlm.generate.driver import Driver
 from flowlm.generate.params import FINISH_LENGTH, FINISH_STOP, Completion, Result, SamplingParams, Timings
 from flowlm.generate.prompts import is_chat, to_prompt_ids
+from flowlm.model import harmony
 from flowlm.model.tokenizer import fit_to_template, tool_format, turn_end_ids
 from flowlm.post.teachers import split_reasoning
 from flowlm.tools.builtin import Tool
@@ -62,7 +64,9 @@ from flowlm.tools.messages import call_id, openai_calls
 
 _SENTINEL = "\x00flowlm-tool-answer-{}\x00"
 _ID_SENTINEL = "Zzq{:04d}Qq"  # a call id's place (9 letters and digits, as Mistral's templates require)
-_PLACEHOLDER = re.compile("\x00flowlm-tool-answer-(\\d+)\x00|Zzq(\\d{4})Qq")
+_JSON_SENTINEL = "\x01flowlm-json-answer-{}\x01"  # an answer the template writes as a JSON string (gpt-oss's)
+_ESCAPED = re.compile(re.escape(json.dumps(_SENTINEL)[1:-1]).replace("\\{\\}", "(\\d+)"))
+_PLACEHOLDER = re.compile("\x00flowlm-tool-answer-(\\d+)\x00|Zzq(\\d{4})Qq|\x01flowlm-json-answer-(\\d+)\x01")
 
 
 def tool_turn_text(tokenizer: Any, names: list[str], enable_thinking: bool = True) -> str:
@@ -79,7 +83,9 @@ def tool_turn_text(tokenizer: Any, names: list[str], enable_thinking: bool = Tru
     messages, _ = fit_to_template(tokenizer, messages, None)  # in the template's schema (OLMo 3: environment turns)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                          enable_thinking=enable_thinking)
-    first = text.find(_SENTINEL.format(0))
+    text = _ESCAPED.sub(lambda m: _JSON_SENTINEL.format(m.group(1)), text)  # written with `tojson`
+    first = min((at for at in (text.find(_SENTINEL.format(0)), text.find(_JSON_SENTINEL.format(0))) if at >= 0),
+                default=-1)
     ends = [tokenizer.convert_ids_to_tokens(t) for t in turn_end_ids(tokenizer)]
     cut = max((text.rfind(e, 0, first) + len(e) if text.rfind(e, 0, first) >= 0 else -1 for e in ends), default=-1)
     if first < 0 or cut < 0:
@@ -104,6 +110,8 @@ def fill_tool_turn(template: str, answers: list[str], ids: list[str] | None = No
     def fill(m: re.Match[str]) -> str:
         if m.group(1) is not None:
             return answers[int(m.group(1))]
+        if m.group(3) is not None:  # inside a JSON string the template wrote
+            return json.dumps(answers[int(m.group(3))], ensure_ascii=False)[1:-1]
         i = int(m.group(2))
         return ids[i] if ids is not None and i < len(ids) else call_id(i)
 
@@ -114,6 +122,8 @@ def template_tool_format(tokenizer: Any) -> ToolFormat:
     """The format the tokenizer's chat template writes calls in (`flowlm.tools.formats`), which is the one its
     model was trained to write; FlowError for a template that writes calls another way, or none."""
     name = tool_format(tokenizer)
+    if name == "harmony":  # gpt-oss: replies are read in flowlm's text form, calls as <tool_call> JSON
+        return FORMATS["hermes"]
     if name in FORMATS:
         return FORMATS[name]
     what = "writes tool calls in a format flowlm does not read" if name else "does not write tool calls"
@@ -180,6 +190,7 @@ class ToolEngine(Driver):
         self._next_id = 0
         self._ready: list[Result] = []
         self.format = template_tool_format(tok)
+        self._harmony = harmony.is_harmony(tok)
         tool_turn_text(tok, ["probe"], enable_thinking)  # fail at build time on a template without tool turns
 
     def __getattr__(self, name: str) -> Any:  # version, stats, tokenizer, context, update_weights, prepare, ...
@@ -291,6 +302,8 @@ class ToolEngine(Driver):
         s.turns += 1
         s.text = comp.text
         raw = self.inner.tokenizer.decode(comp.tokens, skip_special_tokens=False)
+        if self._harmony:
+            raw = harmony.canonical(raw)
         for end in self._ends:
             if end and raw.endswith(end):
                 raw = raw[: -len(end)]
