@@ -26,7 +26,8 @@ from flowlm.tools.engine import ToolEngine
 from flowlm.tools.formats import (DEEPSEEK, LLAMA3_JSON, MISTRAL, PYTHONIC, format_in, parse_deepseek, parse_json_calls,
                                   parse_mistral, parse_python_list)
 from flowlm.tools.messages import with_call_ids
-from tests.tools.test_tool_rollouts import ScriptedEngine, make_tok
+from tests.tools.test_tool_formats import with_template
+from tests.tools.test_tool_rollouts import ScriptedEngine
 
 MISTRAL_TOKENS = ["[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_CALLS]", "[CALL_ID]", "[ARGS]",
                   "[TOOL_RESULTS]", "[TOOL_CONTENT]", "[/TOOL_RESULTS]", "</s>"]
@@ -106,17 +107,10 @@ DEEPSEEK_STYLE = (
     "{%- if add_generation_prompt and ns.after_user -%}{{- '<｜Assistant｜>' -}}{%- endif -%}")
 
 
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return make_tok(tmp_path_factory.mktemp("tok") / "tok")
-
-
 def templated(tok, path, template, special):
     """A copy of `tok` with `template` and the family's markup as special tokens (as their tokenizers have it)."""
-    tok.save_pretrained(path)
-    out = load_tokenizer(path)
+    out = with_template(tok, path, template)
     out.add_special_tokens({"additional_special_tokens": special})
-    out.chat_template = template
     return out
 
 
@@ -186,22 +180,25 @@ def test_call_ids_are_given_once_and_answers_take_their_calls_ids():
     assert with_call_ids(out) == out and "id" not in convo[1]["tool_calls"][0]  # idempotent; the input is left alone
 
 
-def calculator_script(first):
+def calculator_script(first, final="It is 42."):
     def script(text, j, turn):
-        return first if turn == 0 else "It is 42."
+        return first if turn == 0 else final
     return script
 
 
-def run_loop(t, first):
-    """One question through the tool loop on `t` with a scripted first reply; (result, completion, tool turn text)."""
+def run_loop(t, first, final="It is 42.", roundtrip=True):
+    """One question through the tool loop on `t` with scripted replies (the first calls the calculator, the
+    second answers); (engine, completion, tool turn text). `roundtrip`: the trajectory renders back to the
+    tokens the loop made (sampled ids, then the template's own tool turn)."""
     prompt = [{"role": "user", "content": "6 * 7?"}]
-    engine = ToolEngine(ScriptedEngine(t, calculator_script(first)), {"calculator": CALCULATOR}, workers=0)
+    engine = ToolEngine(ScriptedEngine(t, calculator_script(first, final)), {"calculator": CALCULATOR}, workers=0)
     res = engine.generate([prompt], [SamplingParams(max_new_tokens=300)])[0]
     comp = res.completions[0]
     assert comp.tool_calls == 1 and comp.tool_errors == 0 and comp.text == "It is 42.", (comp.text, comp.trajectory)
+    assert comp.finish_reason == "stop"
     tool_text = t.decode([x for x, m in zip(comp.tokens, comp.tool_mask) if m], skip_special_tokens=False)
-    # the trajectory renders back to the tokens the loop made: sampled ids, then the template's own tool turn
-    assert render_ids(t, prompt + comp.trajectory, tools=[CALCULATOR.schema]) == res.prompt_ids + comp.tokens
+    if roundtrip:
+        assert render_ids(t, prompt + comp.trajectory, tools=[CALCULATOR.schema]) == res.prompt_ids + comp.tokens
     return engine, comp, tool_text
 
 
@@ -294,6 +291,17 @@ def test_a_template_that_writes_calls_another_way_is_still_refused_by_name(tok, 
 QUESTION = "What is 48213 * 9127?"
 
 
+def generate_with_calculator(ckpt, tmp_path):
+    """`flowlm generate --tools calculator` on QUESTION, greedy: the one completion."""
+    from tests.flow.test_post_flow import flowlm
+
+    rows = tmp_path / "q.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": QUESTION}]}) + "\n")
+    flowlm("generate", "--model", str(ckpt), "--file", str(rows), "--tools", "calculator", "--temperature", "0",
+           "--max-new-tokens", "200", "--out", str(tmp_path / "o.jsonl"))
+    return json.loads((tmp_path / "o.jsonl").read_text())["completions"][0]
+
+
 def test_a_mistral_checkpoint_calls_tools_with_ids_and_trains_on_rows_without_them_through_the_cli(tok, tmp_path):
     """A checkpoint whose template is Mistral's v7 layout (ids required): `flowlm generate --tools` reads the
     call it learnt, keeps its id on the answer, and `flowlm train --objective sft` trains on OpenAI-schema rows
@@ -312,11 +320,7 @@ def test_a_mistral_checkpoint_calls_tools_with_ids_and_trains_on_rows_without_th
     ckpt = tmp_path / "mistral"
     save_pretrained(model, t, ckpt)
     assert load_tokenizer(ckpt).convert_tokens_to_ids("[TOOL_CALLS]") == t.convert_tokens_to_ids("[TOOL_CALLS]")
-    rows = tmp_path / "q.jsonl"
-    rows.write_text(json.dumps({"messages": [{"role": "user", "content": QUESTION}]}) + "\n")
-    flowlm("generate", "--model", str(ckpt), "--file", str(rows), "--tools", "calculator", "--temperature", "0",
-           "--max-new-tokens", "200", "--out", str(tmp_path / "o.jsonl"))
-    comp = json.loads((tmp_path / "o.jsonl").read_text())["completions"][0]
+    comp = generate_with_calculator(ckpt, tmp_path)
     assert comp["tool_calls"] == 1 and comp["tool_errors"] == 0 and comp["text"] == "It is 440040051."
     assert comp["trajectory"][0]["tool_calls"] == [{"id": "k9Xr2Lm4Q", "type": "function", "function": {
         "name": "calculator", "arguments": {"expression": "48213 * 9127"}}}]
@@ -428,20 +432,13 @@ def test_sft_rows_render_their_reasoning_in_harmonys_analysis_channel_and_are_ma
 def test_the_tool_loop_reads_harmony_calls_and_answers_in_the_templates_json_turn(htok):
     reply = ('<|channel|>analysis<|message|>Use the tool.<|end|><|start|>assistant<|channel|>commentary '
              'to=functions.calculator <|constrain|>json<|message|>{"expression": "6 * 7"}<|call|>')
-    prompt = [{"role": "user", "content": "6 * 7?"}]
-    final = "<|channel|>final<|message|>It is 42.<|return|>"
-    engine = ToolEngine(ScriptedEngine(htok, lambda text, j, turn: reply if turn == 0 else final),
-                        {"calculator": CALCULATOR}, workers=0)
-    res = engine.generate([prompt], [SamplingParams(max_new_tokens=300)])[0]
-    comp = res.completions[0]
-    assert comp.tool_calls == 1 and comp.tool_errors == 0, comp.trajectory
+    # (the template writes the recipient before the channel, the model after it: no round trip)
+    _, comp, tool_text = run_loop(htok, reply, "<|channel|>final<|message|>It is 42.<|return|>", roundtrip=False)
     assert comp.trajectory[0] == {"role": "assistant", "content": "", "reasoning_content": "Use the tool.",
                                   "tool_calls": [{"type": "function", "function": {
                                       "name": "calculator", "arguments": {"expression": "6 * 7"}}}]}
     assert comp.trajectory[1] == {"role": "tool", "name": "calculator", "content": "42"}
-    tool_text = htok.decode([x for x, m in zip(comp.tokens, comp.tool_mask) if m], skip_special_tokens=False)
     assert tool_text == '<|start|>functions.calculator to=assistant<|channel|>commentary<|message|>"42"<|end|><|start|>assistant'
-    assert comp.text == "It is 42." and comp.finish_reason == "stop"
 
 
 def test_a_harmony_checkpoint_reasons_calls_and_answers_through_flowlm_generate(tok, tmp_path):
@@ -449,7 +446,6 @@ def test_a_harmony_checkpoint_reasons_calls_and_answers_through_flowlm_generate(
     <|call|>, the call runs, the answer goes in as the template's JSON-string turn, and the completion reads
     as flowlm's text (the last reply's answer; each turn's analysis as its reasoning)."""
     from flowlm.model.hf import save_pretrained
-    from tests.flow.test_post_flow import flowlm
     from tests.tools.memorize import memorize
 
     t = templated(tok, tmp_path / "tok", HARMONY_STYLE, HARMONY_TOKENS)
@@ -464,11 +460,7 @@ def test_a_harmony_checkpoint_reasons_calls_and_answers_through_flowlm_generate(
         (enc("<|channel|>final<|message|>It is 440040051.<|return|>"), True)])
     ckpt = tmp_path / "gptoss"
     save_pretrained(model, t, ckpt)
-    rows = tmp_path / "q.jsonl"
-    rows.write_text(json.dumps({"messages": [{"role": "user", "content": QUESTION}]}) + "\n")
-    flowlm("generate", "--model", str(ckpt), "--file", str(rows), "--tools", "calculator", "--temperature", "0",
-           "--max-new-tokens", "200", "--out", str(tmp_path / "o.jsonl"))
-    comp = json.loads((tmp_path / "o.jsonl").read_text())["completions"][0]
+    comp = generate_with_calculator(ckpt, tmp_path)
     assert comp["tool_calls"] == 1 and comp["tool_errors"] == 0 and comp["text"] == "It is 440040051."
     assert comp["trajectory"][0]["reasoning_content"] == "Multiply exactly."
     assert comp["trajectory"][0]["tool_calls"][0]["function"] == {"name": "calculator",

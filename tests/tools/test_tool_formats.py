@@ -24,7 +24,7 @@ from flowlm.tools.builtin import CALCULATOR
 from flowlm.tools.engine import ToolEngine
 from flowlm.tools.formats import parse_hermes, parse_olmo3
 from flowlm.tools.messages import OLMO3_SYSTEM, pythonic
-from tests.tools.test_tool_rollouts import ScriptedEngine, make_tok
+from tests.tools.test_tool_rollouts import ScriptedEngine
 
 # After the format of OLMo 3 Instruct's chat template (written for these tests, not copied).
 OLMO3_STYLE = (
@@ -48,11 +48,6 @@ OLMO3_STYLE = (
     "{%- endif -%}"
     "{%- if loop.last and add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
     "{%- endfor -%}")
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return make_tok(tmp_path_factory.mktemp("tok") / "tok")
 
 
 def with_template(tok, path, template):

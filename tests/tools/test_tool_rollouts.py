@@ -46,11 +46,6 @@ def make_tok(out):
     return load_tokenizer(out)
 
 
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return make_tok(tmp_path_factory.mktemp("tok") / "tok")
-
-
 class ScriptedEngine:
     """The engine interface with scripted replies: sample j of a request replies `script(prompt text, j, turn)`;
     every token has log-prob -0.5 and the engine's version. Records what was submitted."""
