@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,10 @@ def test_bad_input_is_one_error_line(tmp_path):
     r = _run("coldstart", "--builtin", "2", "--teacher", "procedural", "--set", "filters.max_repetitio=1")
     assert r.returncode == 2 and "did you mean 'filters.max_repetition'" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+    r = _run("coldstart", "--builtin", "2", "--teacher", "procedural", "--query-teacher", "weak",
+             "--set", "query.hard_to_verify=true")
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "error: coldstart: query.hard_to_verify needs a model as the query teacher (it is asked about each prompt)"]
 
 
 def test_argument_errors_in_process(tmp_path):
@@ -125,3 +130,11 @@ def test_a_checkpoint_as_teacher(tiny_ckpt, tmp_path, capsys):
     assert cli.main(args) == 0 and out.read_text() == ""
     err = capsys.readouterr().err
     assert "no_valid_candidate=3" in err and "candidates in       6" in err
+    # the same model as the judge of hard-to-verify prompts: each of its 8-token replies is a verdict or counted
+    args = _args("coldstart", "--builtin", "3", "--teacher", "procedural", "--query-teacher", str(tiny_ckpt),
+                 "--set", "query.hard_to_verify=true", "--set", "query.k=0", "--set", "teacher.max_new_tokens=8",
+                 "--out", str(out))
+    assert cli.main(args) == 0
+    judge = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("judge "))
+    got = re.match(r"judge\s+in\s+(\d+) .*-> kept\s+(\d+) .*?(?:unclear=(\d+))?$", judge)
+    assert got and got[1] == "3" and int(got[2]) + int(got[3] or 0) == 3, judge

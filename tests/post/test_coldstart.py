@@ -64,6 +64,46 @@ def test_query_filter_drops_prompts_answered_without_reasoning(rows):
     assert all(r["no_think_pass_rate"] < 0.5 for r in mixed)
 
 
+class Judge:
+    """A query teacher that answers the hard-to-verify question by the prompt's content (yes for a poem
+    request, gibberish for a 'maybe' marker, no otherwise) and every other prompt wrongly."""
+
+    name = "judge"
+
+    def __init__(self):
+        self.asked = []
+
+    def sample(self, prompts, n, *, thinking, seed, functions=None):
+        out = []
+        for msgs in prompts:
+            text = msgs[-1]["content"]
+            self.asked.append((text, thinking))
+            if text.startswith("Read the question below."):
+                said = "Yes." if "poem" in text else ("Hmm, hard to say." if "maybe" in text else "no")
+            else:
+                said = "The answer is 0."
+            out.append([{"reasoning": "", "content": said, "finish_reason": "stop"}] * n)
+        return out
+
+
+def test_the_query_teacher_judges_prompts_hard_to_verify_and_every_verdict_is_counted(rows):
+    rows = [dict(r, messages=[{"role": "user", "content": r["messages"][0]["content"] + extra}])
+            for r, extra in zip(rows[:6], ["", " Then write a poem about it.", "", " maybe", "", ""])]
+    judge = Judge()
+    cfg = ColdStartCfg(n=1, query=QueryFilterCfg(hard_to_verify=True))
+    out, acc = build_coldstart(rows, ProceduralTeacher.from_rows(rows), cfg, query_teacher=judge)
+    assert acc["prompts"].dropped["hard_to_verify"].docs == 1 and "too_easy" not in acc["prompts"].dropped
+    assert acc["judge"].inp.docs == 6 and acc["judge"].kept.docs == 5 and acc["judge"].dropped["unclear"].docs == 1
+    assert len(out) == 5 and not any("poem" in r["messages"][0]["content"] for r in out)  # 'maybe' stays
+    asked = [(t, thinking) for t, thinking in judge.asked if t.startswith("Read the question below.")]
+    assert len(asked) == 6 and not any(thinking for _, thinking in asked)  # once per prompt, without reasoning
+    assert "Question:\n" + rows[1]["messages"][0]["content"] in asked[1][0]
+    with pytest.raises(FlowError, match="hard_to_verify needs a model"):
+        build_coldstart(rows, ProceduralTeacher.from_rows(rows), cfg)
+    with pytest.raises(FlowError, match="hard_to_verify needs a model"):
+        build_coldstart(rows, ProceduralTeacher.from_rows(rows), cfg, query_teacher=ProceduralTeacher.from_rows(rows))
+
+
 def test_unverifiable_and_bad_prompts(rows):
     teacher = ProceduralTeacher.from_rows(rows)
     plain = [{"prompt": rows[0]["messages"][0]["content"]}, {"messages": "oops"}, rows[1]]

@@ -2,9 +2,10 @@
 
     rows, acc = build_coldstart(prompt_rows, teacher, ColdStartCfg(n=8, keep_per_prompt=1), decontam=deco)
 
-For each prompt row: the query filters (`unverifiable`, `contaminated`, and `too_easy` when a
-`query_teacher` is given: Qwen3 asked a separate instruct model, Qwen2.5-72B-Instruct, to answer
-without reasoning), then `n` candidates from the teacher, each checked by the response filters
+For each prompt row: the query filters (`unverifiable`, `contaminated`, and with a `query_teacher`
+`too_easy`: Qwen3 asked a separate instruct model, Qwen2.5-72B-Instruct, to answer without reasoning;
+with `query.hard_to_verify` also `hard_to_verify`, the same model's verdict on sub-questions and general
+writing), then `n` candidates from the teacher, each checked by the response filters
 (`flowlm.post.filters.check_response`); the first `keep_per_prompt` accepted, distinct candidates
 become SFT chat rows `{"messages": [..., {"role": "assistant", "content", "reasoning_content"}], ...}`.
 
@@ -37,7 +38,9 @@ from pydantic import model_validator
 from flowlm.config import Strict
 from flowlm.data.accounting import StepStats, count_tokens
 from flowlm.errors import FlowError
-from flowlm.post.filters import QueryFilterCfg, ResponseFilterCfg, check_response, pass_rates, query_problem, too_easy
+from flowlm.post.filters import (QueryFilterCfg, ResponseFilterCfg, check_response, hard_to_verify, pass_rates,
+                                 query_problem, too_easy)
+from flowlm.post.procedural import _IndexedTeacher
 from flowlm.post.teachers import (Message, Response, Teacher, ask, assistant_message, call_message, prompt_messages,
                                   wants_no_think, with_mode)
 from flowlm.rl.rows import row_tools
@@ -147,10 +150,13 @@ def build_coldstart(rows: Iterable[Mapping[str, Any]], teacher: Teacher, cfg: Co
     """
     cfg = cfg or ColdStartCfg()
     rows = list(rows)
-    acc = Accounting.of("prompts", "candidates")
+    if cfg.query.hard_to_verify and (query_teacher is None or isinstance(query_teacher, _IndexedTeacher)):
+        raise FlowError("coldstart: query.hard_to_verify needs a model as the query teacher (it is asked about "
+                        "each prompt)")
+    acc = Accounting.of("prompts", *(("judge",) if cfg.query.hard_to_verify else ()), "candidates")
     out: list[dict[str, Any]] = []
     for start, part in chunks(rows, cfg.chunk):
-        live = _query_filter(part, start, cfg, acc["prompts"], decontam, query_teacher)
+        live = _query_filter(part, start, cfg, acc, decontam, query_teacher)
         out += _sample_and_filter(live, teacher, cfg, acc, decontam)
     acc.check()
     if len(out) != acc["candidates"].kept.docs:
@@ -158,9 +164,12 @@ def build_coldstart(rows: Iterable[Mapping[str, Any]], teacher: Teacher, cfg: Co
     return out, acc
 
 
-def _query_filter(part: Sequence[Mapping[str, Any]], start: int, cfg: ColdStartCfg, prompts: StepStats,
+def _query_filter(part: Sequence[Mapping[str, Any]], start: int, cfg: ColdStartCfg, acc: Accounting,
                   decontam: Any | None, query_teacher: Teacher | None) -> list[_Prompt]:
-    """Prompts that survive the query filters; every prompt is recorded as input, the dropped ones by reason."""
+    """Prompts that survive the query filters; every prompt is recorded as input, the dropped ones by reason.
+    With `hard_to_verify`, step `judge` counts the prompts asked: kept, a yes or no; dropped `unclear`, any
+    other reply (its prompt stays)."""
+    prompts = acc["prompts"]
     live: list[_Prompt] = []
     for i, row in enumerate(part, start):
         try:
@@ -175,6 +184,17 @@ def _query_filter(part: Sequence[Mapping[str, Any]], start: int, cfg: ColdStartC
             prompts.record_drop(reason, prompt_tokens(msgs))
             continue
         live.append(_Prompt(i, row, msgs, functions=functions))
+    if cfg.query.hard_to_verify and live:
+        verdicts = hard_to_verify([p.msgs for p in live], query_teacher, seed=cfg.seed + 7_907)
+        for p, hard in zip(live, verdicts):
+            acc["judge"].record_in(prompt_tokens(p.msgs))
+            if hard is None:
+                acc["judge"].record_drop("unclear", prompt_tokens(p.msgs))
+            else:
+                acc["judge"].record_kept(prompt_tokens(p.msgs))
+            if hard:
+                prompts.record_drop("hard_to_verify", prompt_tokens(p.msgs))
+        live = [p for p, hard in zip(live, verdicts) if not hard]
     if query_teacher is not None and cfg.query.k > 0 and live:
         rates = pass_rates([p.row for p in live], [p.msgs for p in live], query_teacher, k=cfg.query.k,
                            seed=cfg.seed + 7_919)

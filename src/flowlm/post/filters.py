@@ -4,7 +4,9 @@ Qwen3's cold start (Qwen3 technical report §4.1, seed summary in shared/seeds) 
 
 - **queries**: drop those a model answers right *without* reasoning (sampled `k` times in non-thinking
   mode; pass rate >= `max_pass_rate` is too easy: `too_easy`) and those that cannot be verified
-  (no verifier tags: `unverifiable`); drop prompts too close to evaluation data (`contaminated`);
+  (no verifier tags: `unverifiable`; or, with `hard_to_verify`, those the same model says hold several
+  sub-questions or ask for general writing: `hard_to_verify`); drop prompts too close to evaluation data
+  (`contaminated`);
 - **responses**, in the report's order, first reason wins: (1) wrong final answer (`wrong_answer`,
   via `flowlm.verify`), (2) heavy repetition (`repetition`), (3) an answer guessed without enough
   reasoning (`guess`), (4) think trace and final summary disagree (`think_summary_mismatch`),
@@ -66,6 +68,10 @@ class QueryFilterCfg(Strict):
     """A prompt answered right in at least this share of the k non-thinking samples is too easy."""
     require_verifier: bool = True
     """Drop prompts without verifier tags (Qwen3 drops queries that are hard to verify)."""
+    hard_to_verify: bool = False
+    """Ask the query teacher (a model) whether each prompt holds several sub-questions or asks for general
+    writing, and drop those it says yes to (`hard_to_verify`; Qwen3 had Qwen2.5-72B-Instruct judge this).
+    Rules cannot tell: MATH's enumerated conditions ("(i) ... (ii) ...") look like sub-questions."""
 
 
 # --- the response checks ----------------------------------------------------------------------------
@@ -272,6 +278,26 @@ def pass_rates(rows: Sequence[Mapping[str, Any]], prompts: Sequence[list[Message
         ok = [format_problem(r) is None and wrong_answer(row, r) is None for r in resp]
         rates.append(sum(ok) / max(len(ok), 1))
     return rates
+
+
+HARD_TO_VERIFY_PROMPT = (
+    "Read the question below. Does it contain several separate sub-questions, or ask for general writing (an "
+    "essay, a story, a letter, an opinion) instead of one answer that can be checked? Reply with one word: "
+    "yes or no.\n\nQuestion:\n{question}")
+
+
+def _yes_no(response: Mapping[str, Any]) -> bool | None:
+    """True / False for a reply whose first word is yes / no (case and punctuation aside); None otherwise."""
+    words = _WORD.findall(str(response.get("content") or "").lower())
+    first = words[0].strip(".,:;!\"'*") if words else ""
+    return {"yes": True, "no": False}.get(first) if not (response.get("error") or response.get("finish_reason") == "error") else None
+
+
+def hard_to_verify(prompts: Sequence[list[Message]], judge: Any, *, seed: int) -> list[bool | None]:
+    """Per prompt, whether `judge` (asked once, non-thinking, `HARD_TO_VERIFY_PROMPT`) says it holds several
+    sub-questions or asks for general writing; None where its reply is neither yes nor no (the prompt stays)."""
+    asked = [[{"role": "user", "content": HARD_TO_VERIFY_PROMPT.format(question=user_text(msgs))}] for msgs in prompts]
+    return [_yes_no(resp[0]) if resp else None for resp in ask(judge, asked, 1, thinking=False, seed=seed)]
 
 
 def query_problem(row: Mapping[str, Any], cfg: QueryFilterCfg, *, decontam: Any | None = None) -> str | None:
