@@ -240,3 +240,39 @@ def test_rl_filter_plain_samples_the_rl_zero_prompts(tok, model, tmp_path, monke
     pass_rates(ckpt, rows, FilterCfg(k=2, max_new_tokens=4))
     prompts, params = seen[-1]
     assert prompts == [r["messages"] for r in rows] and all(p.stop == () for p in params)
+
+
+def test_rl_prompts_used_by_the_cold_start_are_excluded(tmp_path):
+    """Qwen3 takes RL queries the cold-start SFT did not use: `exclude` leaves out every prompt an SFT file
+    (or stage) holds, matched on the last user turn without its mode switch, case and spacing aside; with the
+    instructions the stage adds afterwards, so they do not hide a match."""
+    import json
+    from types import SimpleNamespace
+
+    from flowlm.errors import FlowError
+    from flowlm.flow.stages.rl import RLStageConfig, prompt_rows
+    from flowlm.post.procedural import builtin_rows
+    from flowlm.rl.prompts import exclude_seen, prompt_key
+
+    assert prompt_key({"messages": [{"role": "user", "content": "  What is 2+2?\n /no_think"}]}) == "what is 2+2?"
+    assert prompt_key({"prompt": "what is  2+2?"}) == "what is 2+2?" and prompt_key({"messages": []}) is None
+    rows = builtin_rows(40, 0)
+    sft = [{"messages": [{"role": "user", "content": r["messages"][0]["content"].upper() + " /no_think"},
+                         {"role": "assistant", "content": "x"}]} for r in rows[:15]]
+    kept, n = exclude_seen(rows, sft)
+    assert n == 15 and kept == rows[15:]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in sft))
+    settings = {"kind": "rl", "init": "x", "steps": 2, "seq_len": 64, "n_prompts": 40, "exclude": [str(path)],
+                "instructions": 1.0, "rollout": {"prompts_per_step": 2, "group_size": 2}}
+    ctx = SimpleNamespace(recipe=SimpleNamespace(stages={}))
+    counts = {}
+    got = prompt_rows(ctx, "think_rl", RLStageConfig(**settings), counts)
+    assert counts == {"excluded_prompts": 15} and len(got) == 25
+    assert [r["id"] for r in got] == [r["id"] for r in rows[15:]]
+    everything = tmp_path / "all.jsonl"
+    everything.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(FlowError, match="stage 'think_rl': every prompt is in exclude"):
+        prompt_rows(ctx, "think_rl", RLStageConfig(**{**settings, "exclude": [str(everything)]}))
+    with pytest.raises(ValueError, match="not 'builtin'"):
+        RLStageConfig(**{**settings, "exclude": ["builtin"]})

@@ -455,6 +455,19 @@ def test_rl_filter_keeps_hard_prompts_with_their_pass_rate(base, straight, tmp_p
     via = flowlm("rl", "filter", "--model", str(model), "--file", str(out), "-k", "4", "--set", "max_new_tokens=10",
                  "--set", "backend=vllm", env=fake_vllm_env(tmp_path))
     assert via.stdout == again.stdout
+    # --exclude: the prompts an SFT file holds are left out before sampling, and counted
+    from flowlm.verify.rows import prompt_messages
+
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"messages": [*prompt_messages(r), {"role": "assistant", "content": "x"}]})
+                           + "\n" for r in kept[:2]))
+    fewer = flowlm("rl", "filter", "--model", str(model), "--file", str(out), "-k", "4", "--set", "max_new_tokens=10",
+                   "--exclude", str(sft))
+    assert fewer.stdout.splitlines() == again.stdout.splitlines()[2:]
+    assert f"rl filter: {len(kept) - 2} prompts" in fewer.stderr and ", excluded (in --exclude) 2" in fewer.stderr
+    proc = flowlm("rl", "filter", "--model", str(model), "--file", str(out), "--exclude", str(out), check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+        f"error: rl filter: every prompt is in --exclude ({out})")
 
 
 @pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "gsm8k").is_dir(), reason="../shared/data is not present")

@@ -3,6 +3,7 @@
 
     flowlm rl filter --model runs/x/dpo/model --file prompts.jsonl --out hard.jsonl
     flowlm rl filter --model CKPT --file prompts.jsonl -k 16 --max-pass-rate 0.5 --set temperature=0.7
+    flowlm rl filter --model CKPT --file prompts.jsonl --exclude coldstart_sft.jsonl --out rl.jsonl
 
 Each prompt row (`messages` or a `prompt` string, plus the verifier routing of `flowlm.verify.rows`) is
 sampled `k` times through the rollout engine (seeded by `seed` and the prompt's text; a chat reply ends
@@ -13,7 +14,9 @@ verifier score (the share of correct samples for binary verifiers). Rows whose p
 easy / too hard. Sampling and verification settings are `--set key=value` overrides of `FilterCfg`.
 Input is `--file` or stdin, output stdout or `--out` (atomic; an unwritable `--out` fails before any work),
 the accounting goes to stderr; a bad input line stops the command with `error: FILE:LINE: ...` before any
-sampling (exit 1). A prompt the model cannot sample from (longer than its context, or empty once templated)
+sampling (exit 1). `--exclude FILE` (repeatable) leaves out, before sampling, the prompts that FILE's rows
+hold (`flowlm.rl.prompts.prompt_key`: the last user turn, mode switch, case and spacing aside): Qwen3's RL
+queries are ones the cold-start SFT did not use. They are counted as excluded in the accounting line. A prompt the model cannot sample from (longer than its context, or empty once templated)
 gets no pass rate: like the too easy / too hard rows it is left out of the output, named on stderr
 (`rl filter: FILE:LINE: not sampled (left out of the output): WHY`) and counted as `unsampled` in the
 accounting line; when no prompt can be sampled the command fails (exit 1).
@@ -85,6 +88,8 @@ def add_parser(subparsers: Any) -> None:
     f.add_argument("--model", required=True, type=Path, metavar="CKPT", help="checkpoint directory to sample from")
     f.add_argument("-k", type=int, default=None, help="samples per prompt (default 8)")
     f.add_argument("--max-pass-rate", type=float, default=None, help="drop prompts above this pass rate (0.625)")
+    f.add_argument("--exclude", action="append", default=[], type=Path, metavar="FILE",
+                   help="leave out prompts found in this JSONL (e.g. the cold-start SFT rows; repeatable)")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. temperature=0.7, max_new_tokens=512, min_pass_rate=0.1")
     f.set_defaults(func=main)
@@ -238,6 +243,17 @@ def main(args: argparse.Namespace) -> int:
     if not args.model.is_dir():
         raise FlowError(f"{args.model}: not a checkpoint directory")
     rows, wheres = load_rows(input_path(args.file, "rl filter"))
+    seen = 0
+    if args.exclude:
+        from flowlm.jsonlines import iter_json_objects
+        from flowlm.rl.prompts import prompt_key
+
+        keys = {k for path in args.exclude for _, row in iter_json_objects(path) if (k := prompt_key(row)) is not None}
+        keep = [i for i, row in enumerate(rows) if prompt_key(row) not in keys]
+        seen = len(rows) - len(keep)
+        rows, wheres = [rows[i] for i in keep], [wheres[i] for i in keep]
+        if not rows:
+            raise FlowError(f"rl filter: every prompt is in --exclude ({', '.join(map(str, args.exclude))})")
     rates, counts, skipped = pass_rates(args.model, rows, cfg, wheres)
     for i, why in skipped.items():
         print(f"rl filter: {wheres[i]}: not sampled (left out of the output): {why}", file=sys.stderr)
@@ -256,9 +272,11 @@ def main(args: argparse.Namespace) -> int:
     solved = [r for r in rates if r is not None]
     mean = sum(solved) / len(solved) if solved else float("nan")
     where = f" -> {args.out}" if args.out is not None else ""
+    excluded = f", excluded (in --exclude) {seen}" if args.exclude else ""
     print(f"rl filter: {len(rows)} prompts x {cfg.k} samples, mean pass rate {mean:.3f}; kept {kept}, "
           f"too easy (> {cfg.max_pass_rate:g}) {easy}, too hard (< {cfg.min_pass_rate:g}) {hard}, "
-          f"unsampled {counts['unsampled']}, verifier errors {counts['verifier_errors']}{where}", file=sys.stderr)
+          f"unsampled {counts['unsampled']}, verifier errors {counts['verifier_errors']}{excluded}{where}",
+          file=sys.stderr)
     return 0
 
 

@@ -35,6 +35,27 @@ TEST_SPLIT_WORDS = ("test", "heldout", "held_out", "eval")
 EVAL_ONLY_FILES = ("humaneval", "input_data", "ifbench", "sanitized-mbpp", "bfcl")
 
 
+def prompt_key(row: Any) -> str | None:
+    """What identifies a prompt across files: its last user turn without a trailing `/think` or `/no_think`,
+    whitespace collapsed and case folded (None: a row with no user turn or `prompt`)."""
+    from flowlm.post.teachers import user_text
+    from flowlm.verify.rows import prompt_messages
+
+    try:
+        text = user_text(prompt_messages(row)) if isinstance(row, dict) else ""
+    except ValueError:
+        return None
+    return " ".join(text.split()).casefold() or None
+
+
+def exclude_seen(rows: list[dict[str, Any]], seen: Any) -> tuple[list[dict[str, Any]], int]:
+    """`rows` without those whose prompt (`prompt_key`) is among the rows of `seen` (Qwen3 picks RL prompts
+    that the cold-start SFT did not use), and how many were left out."""
+    keys = {k for k in (prompt_key(r) for r in seen) if k is not None}
+    kept = [r for r in rows if prompt_key(r) not in keys]
+    return kept, len(rows) - len(kept)
+
+
 def suite_rows(name: str, path: Path | None, *, max_items: int | None = None) -> tuple[list[dict[str, Any]], str]:
     """The prompt rows of benchmark file `path` read as suite `name`, and the file actually read (a folder
     resolves to the suite's published file name). Raises ConfigError / FlowError as `flowlm eval` does."""

@@ -31,6 +31,9 @@ generators; `prompt_format: plain` renders them in the base-model template for R
 verifiable instruction to a share of the prompts (Instruct RL's IF domain; scored with the task's verifier,
 or by `ifeval` alone with `instruction_reward: alone`; `instruction_ids` limits which) and `reward_model` adds a
 Bradley–Terry reward model's score to every prompt's rule rewards (Qwen3 general RL); `flowlm.rl.instruct`.
+`exclude: [coldstart]` leaves out the prompts an earlier data stage (or a file) already holds: Qwen3 takes
+RL queries the cold-start SFT did not use (`flowlm.rl.prompts.exclude_seen`; the number left out is the
+`rollouts` metric `excluded_prompts`).
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class RLStageConfig(TrainStageConfig):
     prompts: str = Field("builtin", description="'builtin', a data stage (its rows), a JSONL of prompt rows, or "
                          "NAME=PATH: a benchmark-format file (gsm8k=/data/gsm8k/train.jsonl.gz; flowlm rl prompts)")
     n_prompts: int = Field(2000, gt=0, description="prompts: builtin: how many training-split task prompts")
+    exclude: list[str] = Field(default_factory=list, description="leave out prompts found in these: data stages "
+                               "(their rows, e.g. the cold-start SFT's), JSONL files or NAME=PATH benchmark files")
     tasks: list[str] | None = Field(None, description="prompts: builtin: only these task generators (default all)")
     prompt_format: Literal["chat", "plain"] = Field(
         "chat", description="chat: the chat template (rows' messages); plain: the base-model template "
@@ -124,6 +129,8 @@ class RLStageConfig(TrainStageConfig):
                              f"rollout.prompts_per_step / minibatches = {groups} (micro-batches hold whole groups)")
         if self.tasks is not None and self.prompts != "builtin":
             raise ValueError("tasks only apply to prompts: builtin")
+        if "builtin" in self.exclude:
+            raise ValueError("exclude lists data stages or files whose prompts to leave out, not 'builtin'")
         if self.instruction_reward != "with_task" and self.instructions == 0:
             raise ValueError("instruction_reward applies to prompts with instructions: set instructions > 0")
         if self.instruction_ids is not None:
@@ -152,16 +159,30 @@ def _inputs(ctx: StageContext, name: str, cfg: RLStageConfig) -> list[str]:
         refs.append(spec_file(cfg.prompts))
     if cfg.reward_model is not None:
         refs.append(cfg.reward_model)
+    if cfg.exclude:
+        from flowlm.rl.prompts import spec_file
+
+        refs += [spec_file(source) for source in cfg.exclude]
     return refs
 
 
-def prompt_rows(ctx: StageContext, name: str, cfg: RLStageConfig) -> list[dict[str, Any]]:
-    """Built-in training-split task prompts, a data stage's rows, or the rows of a JSONL file; then the
-    instructions and the reward model the stage adds (`flowlm.rl.instruct`)."""
+def prompt_rows(ctx: StageContext, name: str, cfg: RLStageConfig,
+                counts: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Built-in training-split task prompts, a data stage's rows, or the rows of a JSONL file, without those
+    found in `exclude` (their number goes in `counts["excluded_prompts"]`); then the instructions and the
+    reward model the stage adds (`flowlm.rl.instruct`)."""
     from flowlm.flow.stages.common import prompt_rows as read_prompt_rows
     from flowlm.rl.instruct import add_instructions, add_reward_model
+    from flowlm.rl.prompts import exclude_seen
 
     rows = read_prompt_rows(ctx, name, cfg.prompts, n_builtin=cfg.n_prompts, seed=cfg.seed, tasks=cfg.tasks)
+    if cfg.exclude:
+        seen = [r for source in cfg.exclude for r in read_prompt_rows(ctx, name, source, n_builtin=0, seed=0)]
+        rows, excluded = exclude_seen(rows, seen)
+        if counts is not None:
+            counts["excluded_prompts"] = excluded
+        if not rows:
+            raise FlowError(f"stage '{name}': every prompt is in exclude ({', '.join(cfg.exclude)})")
     if cfg.instructions > 0:  # to the last user turn, before a plain rendering puts it in the template
         try:
             rows = add_instructions(rows, cfg.instructions, cfg.seed, alone=cfg.instruction_reward == "alone",
@@ -204,13 +225,14 @@ def run(ctx: StageContext, name: str, cfg: RLStageConfig) -> StageResult:
                             f"{cfg.grad_accum}")
     tok = load_tokenizer(ctx.path(ctx.outputs[ctx.latest("tokenizer", name)]["tokenizer"]))
     log = ctx.path(f"{name}/{ROLLOUTS}.jsonl")
-    source = RolloutSource(prompt_rows(ctx, name, cfg), tok, cfg.rollout, seed=cfg.seed, max_len=cfg.seq_len,
+    counts: dict[str, int] = {}
+    source = RolloutSource(prompt_rows(ctx, name, cfg, counts), tok, cfg.rollout, seed=cfg.seed, max_len=cfg.seq_len,
                            log_path=log, old_logps_fn=old_logps_fn(cfg), plain=cfg.prompt_format == "plain")
     try:
         outputs, metrics = train_once(ctx, name, cfg, name, loader=source)
     finally:
         source.close()
-    metrics[ROLLOUTS] = {"prompt_rows": len(source.rows), "dropped_long_prompts": source.dropped_long,
+    metrics[ROLLOUTS] = {"prompt_rows": len(source.rows), "dropped_long_prompts": source.dropped_long, **counts,
                          **{k: v for k, v in sorted(source.totals.items())}}
     log_path = ctx.path(outputs["metrics"])
     if ctx.world.is_main and log_path.is_file():  # the per-step log: its curves and in-loop evals in a few numbers
