@@ -238,10 +238,10 @@ def test_train_objective_on_user_files(post_run, tmp_path):
                   str(tmp_path / "d"), "--no-progress", "stages.dpo.seq_len=64", "stages.dpo.batch_size=2",
                   check=False)
     assert proc.returncode != 0 and "beta" in proc.stderr and "Traceback" not in proc.stderr  # β has no default
-    # SimPO: reference-free, so no reference pass and no cache; IPO: a reference, cached
+    # SimPO and ORPO: reference-free, so no reference pass and no cache; IPO: a reference, cached
     common = ["--no-progress", "stages.dpo.seq_len=64", "stages.dpo.batch_size=2", "eval.max_items=2",
               "eval.heldout_docs=1", "eval.tasks=[prose]", "threads=1"]
-    for loss, run in (("simpo", "simpo"), ("ipo", "ipo")):
+    for loss, run in (("simpo", "simpo"), ("orpo", "orpo"), ("ipo", "ipo")):
         flowlm("train", "--objective", "dpo", "--init", str(init), "--data", str(pairs), "--run-dir", str(tmp_path / run),
                f"stages.dpo.objective.loss_type={loss}", "stages.dpo.objective.beta=2", *common)
         steps = [json.loads(line) for line in (tmp_path / run / "dpo" / "metrics.jsonl").read_text().splitlines()

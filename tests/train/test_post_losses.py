@@ -86,6 +86,10 @@ def test_more_preference_losses_hand_checked():
     # simpo, β = 2, γ = 0.5, 2 / 4 tokens, no reference: 2 · (-0.5 - -0.5) - 0.5 = -0.5 -> log(1 + e^0.5) = 0.974077
     out = dpo_loss(pc, pr, rc, rr, 2.0, loss_type="simpo", chosen_lengths=two, rejected_lengths=four)
     assert out.losses.item() == pytest.approx(0.974077, abs=1e-6) and out.chosen_rewards.item() == -1.0
+    # orpo, β = 1, 2 / 4 tokens: p = -0.5 both sides, so the odds ratio is 1: log(1 + e^0) = ln 2 = 0.693147,
+    # plus the NLL per chosen token 0.5
+    out = dpo_loss(pc, pr, rc, rr, 1.0, loss_type="orpo", chosen_lengths=two, rejected_lengths=four)
+    assert out.losses.item() == pytest.approx(1.193147, abs=1e-6)
     # the sft term, weight 0.5: NLL per chosen token 1 / 2 -> 0.474077 + 0.25
     out = dpo_loss(pc, pr, rc, rr, 0.5, chosen_lengths=two, rejected_lengths=four, sft_weight=0.5)
     assert out.losses.item() == pytest.approx(0.724077, abs=1e-6)
@@ -200,7 +204,8 @@ def test_dpo_loss_and_gradients_equal_trl(ours, theirs):
     assert 0 < mine.item() < 10
 
 
-TRL_LOSSES = [(ours, theirs) for ours, theirs in DPO_LOSSES.items() if ours not in ("dpo", "dpo_norm", "simpo")]
+TRL_LOSSES = [(ours, theirs) for ours, theirs in DPO_LOSSES.items()
+              if ours not in ("dpo", "dpo_norm", "simpo", "orpo")]
 
 
 @pytest.mark.parametrize(("ours", "theirs"), TRL_LOSSES)
@@ -264,6 +269,33 @@ def test_simpo_equals_trls_cpo_trainer_and_ignores_the_reference(smoothing):
     torch.testing.assert_close(out.losses, losses.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.chosen_rewards, chosen_rewards, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(pc1.grad, pc2.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_orpo_equals_trls_orpo_trainer_with_its_nll_term():
+    """ORPO: the chosen answers' NLL (per token over the batch) minus β · mean log σ(log odds ratio), as
+    `ORPOTrainer.get_batch_loss_metrics` adds them, on per-token log-probabilities; no reference is read."""
+    from trl.experimental.orpo import ORPOTrainer
+
+    g = torch.Generator().manual_seed(5)
+    P = 6
+    chosen_len, rejected_len = torch.randint(1, 30, (P,), generator=g), torch.randint(1, 30, (P,), generator=g)
+    # per-token log-probs between -3 and -0.05 (both sides of -ln 2, where log(1 - e^x) switches form)
+    pc, pr = -(torch.rand(P, generator=g) * 3 + 0.05) * chosen_len, -(torch.rand(P, generator=g) * 3 + 0.05) * rejected_len
+    pc1, pr1 = pc.clone().requires_grad_(), pr.clone().requires_grad_()
+    out = dpo_loss(pc1, pr1, torch.full((P,), 7.0), torch.full((P,), 7.0), 0.1, loss_type="orpo",
+                   chosen_lengths=chosen_len, rejected_lengths=rejected_len)
+    mine = out.losses.sum() / P
+    mine.backward()
+    pc2, pr2 = pc.clone().requires_grad_(), pr.clone().requires_grad_()
+    stub = SimpleNamespace(beta=0.1, accelerator=_accelerator())
+    losses, chosen_rewards, *_ = ORPOTrainer.odds_ratio_loss(stub, pc2 / chosen_len, pr2 / rejected_len)
+    nll = -pc2.sum() / chosen_len.sum()  # the NLL of the chosen tokens, averaged over the batch's tokens
+    theirs = nll - losses.mean()
+    theirs.backward()
+    assert mine.item() == pytest.approx(theirs.item(), rel=1e-5)
+    torch.testing.assert_close(out.chosen_rewards, chosen_rewards, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pc1.grad, pc2.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(pr1.grad, pr2.grad, rtol=1e-5, atol=1e-7)
 
 
 # -- reward model against TRL ----------------------------------------------------------------------

@@ -185,9 +185,16 @@ class DPOLoss(NamedTuple):
 # `CPOTrainer` for `simpo`). `NORMALISED`: the log-ratios are per answer token (divided by each side's length).
 DPO_LOSSES = {"dpo": "sigmoid", "dpo_norm": "sigmoid_norm", "ipo": "ipo", "hinge": "hinge", "robust": "robust",
               "exo_pair": "exo_pair", "bco_pair": "bco_pair", "nca_pair": "nca_pair", "sppo_hard": "sppo_hard",
-              "apo_zero": "apo_zero", "apo_down": "apo_down", "discopop": "discopop", "simpo": "simpo (CPOTrainer)"}
-NORMALISED = frozenset({"dpo_norm", "ipo", "simpo"})
-REFERENCE_FREE = frozenset({"simpo"})
+              "apo_zero": "apo_zero", "apo_down": "apo_down", "discopop": "discopop", "simpo": "simpo (CPOTrainer)",
+              "orpo": "ORPOTrainer"}
+NORMALISED = frozenset({"dpo_norm", "ipo", "simpo", "orpo"})
+REFERENCE_FREE = frozenset({"simpo", "orpo"})
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """`log(1 - exp(x))` for x < 0, computed stably on both sides of -ln 2 (x = 0 gives -inf)."""
+    x = x.clamp(max=0.0)
+    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
 def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
@@ -216,6 +223,9 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
       `σ(z / discopop_tau)`.
     - `simpo` (Meng et al. 2024; TRL `CPOTrainer` `simpo`): reference-free, `r` is the per-token log-probability
       alone (the reference arguments are ignored): `-(1-ε) log σ(βΔ - γ) - ε log σ(γ - βΔ)`, γ = `simpo_gamma`.
+    - `orpo` (Hong et al. 2024; TRL `ORPOTrainer`): reference-free, on per-token log-probabilities `p`:
+      the chosen answers' NLL (per token over the batch given) `- β log σ(log odds_c - log odds_r)`, with
+      `log odds = p - log(1 - exp(p))`.
 
     `sft_weight` adds that weight times the negative log-likelihood of the chosen answers, per token over the
     batch given (RPO; TRL's `sft` loss type combined through `loss_weights`), to every pair's loss.
@@ -267,8 +277,12 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     elif loss_type == "discopop":
         mix = torch.sigmoid(z / discopop_tau)
         losses = -F.logsigmoid(z) * (1 - mix) + torch.exp(-z) * mix
-    else:  # simpo
+    elif loss_type == "simpo":
         losses = -(1 - eps) * F.logsigmoid(z - simpo_gamma) - eps * F.logsigmoid(simpo_gamma - z)
+    else:  # orpo: the odds ratio term, and the chosen answers' NLL that is part of ORPO
+        log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))
+        losses = -beta * F.logsigmoid(log_odds)
+        sft_weight = sft_weight + 1.0
     if sft_weight:
         nll = -policy_chosen_logps.sum() / chosen_lengths.sum().clamp_min(1).to(policy_chosen_logps.dtype)
         losses = losses + sft_weight * nll

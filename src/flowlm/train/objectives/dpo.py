@@ -48,14 +48,15 @@ class DPOConfig(ObjectiveConfig):
     """DPO. OLMo 3 Think DPO: `dpo_norm` with β = 5 (open-instruct's current default); `dpo` with β = 0.1
     is the original paper's (and TRL's) setting. β has no default on purpose: the two differ by 50x.
     The other preference losses of `flowlm.train.post_losses.DPO_LOSSES` (IPO, hinge, robust, APO, SimPO,
-    ...) are a `loss_type` each; `simpo` needs no reference, so none is computed."""
+    ...) are a `loss_type` each; `simpo` and `orpo` need no reference, so none is computed."""
 
     name: Literal["dpo"] = "dpo"
     beta: float = Field(gt=0, description="strength of the implicit KL penalty (0.1 for dpo, 5 for dpo_norm)")
     loss_type: Literal["dpo", "dpo_norm", "ipo", "hinge", "robust", "exo_pair", "bco_pair", "nca_pair", "sppo_hard",
-                       "apo_zero", "apo_down", "discopop", "simpo"] = Field(
+                       "apo_zero", "apo_down", "discopop", "simpo", "orpo"] = Field(
         "dpo_norm", description="dpo: summed log-ratios (TRL sigmoid); dpo_norm: per-token averaged (TRL sigmoid_norm); "
-                                "the rest as TRL's namesakes (simpo: CPOTrainer's, reference-free)")
+                                "the rest as TRL's namesakes (simpo: CPOTrainer's, orpo: ORPOTrainer's; both "
+                                "reference-free)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="robust: label flip probability (< 0.5); exo_pair "
                                                                 "and simpo: label smoothing ε")
     discopop_tau: float = Field(0.05, gt=0, description="discopop: the blend's temperature")
@@ -206,7 +207,7 @@ class DPOObjective(Objective):
         read from `cache_dir` or computed once and written there. Call before training; with
         `reference: null` the model given here or to `setup` must still hold its initial weights when
         the cache has to be computed. Under torchrun every rank calls it (ranks split the pairs).
-        A reference-free loss (`simpo`) needs none: nothing is computed, and None is returned."""
+        A reference-free loss (`simpo`, `orpo`) needs none: nothing is computed, and None is returned."""
         if self.cfg.loss_type in REFERENCE_FREE:
             return None
         dataset = getattr(data, "dataset", data)
