@@ -177,6 +177,18 @@ def test_parquet_without_pyarrow_is_one_line_error(tmp_path: Path, monkeypatch: 
     assert "\n" not in msg and msg.startswith(f"{tmp_path / 'x.parquet'}: ") and "pip install 'pyarrow" in msg
 
 
+def test_reasoning_under_gpt_oss_and_other_names_is_read_as_reasoning_content() -> None:
+    """gpt-oss's datasets and template keep a turn's reasoning in `thinking`, some exports in `reasoning`:
+    both are read as `reasoning_content` (it was dropped, so SFT "with thinking traces" trained on answers)."""
+    for key in ("thinking", "reasoning", "reasoning_content"):
+        row = chat_row({"messages": [{"role": "user", "content": "Q"},
+                                     {"role": "assistant", "content": "A", key: "Because.\n"}]}, where="f:1")
+        assert row["messages"][1] == {"role": "assistant", "content": "A", "reasoning_content": "Because."}
+    same = chat_row({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "<think>R</think>A",
+                                                                     "thinking": "R", "reasoning": "R"}]}, where="f:1")
+    assert same["messages"][1]["reasoning_content"] == "R"
+
+
 GOOD = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}
 
 
@@ -197,6 +209,11 @@ GOOD = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "co
     ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "<think>R</think>A",
                                                       "reasoning_content": "other"}]},
      "messages[1]: both reasoning_content and a different inline <think> block"),
+    ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A", "thinking": "R",
+                                                      "reasoning_content": "S"}]},
+     "messages[1]: reasoning_content and thinking differ (one reasoning per turn)"),
+    ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A", "thinking": ["R"]}]},
+     "messages[1]: thinking must be a string"),
     ({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "", "tool_calls": [{"x": 1}]}]},
      "messages[1].tool_calls[0]: a tool call needs a function name"),
     ({"prompt": "Q", "completion": 3}, "completion must be a string or a list of messages, got int"),

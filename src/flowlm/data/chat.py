@@ -14,7 +14,8 @@ Roles are system, user, assistant, tool. OLMo 3's schema (its Dolci SFT data) is
 the tool role, an assistant turn's `function_calls` (Python call lines) become its `tool_calls`, and the
 system (or a user) turn's `functions` the row's `tools`; both are also kept as written, so OLMo 3's template renders
 them verbatim (`flowlm.tools.formats`). An assistant turn's reasoning is `reasoning_content` or an inline
-`<think>…</think>` prefix of its content; both become `reasoning_content` (every normalised assistant turn
+`<think>…</think>` prefix of its content (or `thinking`, gpt-oss's field, or `reasoning`); all become
+`reasoning_content` (every normalised assistant turn
 has one, possibly empty) so downstream code sees one form. Tool calls are normalised to
 `{type: function, function: {name, arguments}}`; an optional `tools` column (a list or its JSON string) is
 kept for rendering. A malformed row is a one-line `FlowError` naming `file:line` (for parquet the line is
@@ -203,6 +204,11 @@ def split_think(content: str) -> tuple[str | None, str]:
     return head.split("<think>")[-1].strip("\n"), answer.lstrip("\n")
 
 
+REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
+"""Where an assistant turn's reasoning may be: vLLM's and Qwen3's `reasoning_content`, gpt-oss's `thinking`
+(its chat template's, and TRL's harmony datasets'), or `reasoning`."""
+
+
 def _message(m: Any, where: str, label: str) -> dict[str, Any]:
     if not isinstance(m, Mapping):
         _fail(where, f"{label}: expected a message object, got {type(m).__name__}")
@@ -241,15 +247,19 @@ def _assistant(m: Mapping[str, Any], where: str, label: str) -> dict[str, Any]:
     if m.get("content") is None and not calls:
         _fail(where, f"{label}: assistant turn has no content, tool_calls or function_calls")
     content = "" if m.get("content") is None else _text(m["content"], where, label)
-    reasoning = m.get("reasoning_content")
-    if reasoning is not None and not isinstance(reasoning, str):
-        _fail(where, f"{label}: reasoning_content must be a string")
+    given = {k: m[k] for k in REASONING_KEYS if m.get(k) is not None}
+    for key, value in given.items():
+        if not isinstance(value, str):
+            _fail(where, f"{label}: {key} must be a string")
+    if len({v.strip() for v in given.values()}) > 1:
+        _fail(where, f"{label}: {' and '.join(given)} differ (one reasoning per turn)")
+    reasoning = next(iter(given.values()), None)
     if content.count("</think>") > 1 or content.count("<think>") > content.count("</think>"):
         _fail(where, f"{label}: malformed inline think block (want one <think>...</think> prefix)")
     inline, content = split_think(content)
     if inline is not None:
         if reasoning and reasoning.strip("\n") != inline:
-            _fail(where, f"{label}: both reasoning_content and a different inline <think> block")
+            _fail(where, f"{label}: both {next(iter(given))} and a different inline <think> block")
         reasoning = inline
     out: dict[str, Any] = {"role": "assistant", "content": content, "reasoning_content": (reasoning or "").strip("\n")}
     if calls:
