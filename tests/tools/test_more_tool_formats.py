@@ -165,6 +165,26 @@ def test_llama_and_deepseek_calls_parse_and_never_raise():
         parse_deepseek(junk), parse_python_list(junk), parse_json_calls(junk), format_in(junk)  # never raise
 
 
+def test_no_parser_raises_on_json_nested_past_the_recursion_limit():
+    """json.loads raises RecursionError, not ValueError, on deep nesting: model output like that crashed
+    `parse_hermes` (the tool loop's and the tool_call verifier's parser for flowlm's and Qwen3's templates)."""
+    from flowlm.tools.formats import FORMATS
+
+    deep = "[" * 100_000
+    replies = ["<tool_call>" + deep + "</tool_call>", '<tool_call>{"name": "f", "arguments": "' + deep + '"}</tool_call>',
+               '{"name": "f", "parameters": ' + deep, "[TOOL_CALLS]" + deep, "[TOOL_CALLS]f[ARGS]" + deep,
+               "<｜tool▁call▁begin｜>f<｜tool▁sep｜>" + deep + "<｜tool▁call▁end｜>", "[f(a=" + deep + ")]",
+               "<function_calls>f(a=" + deep + ")</function_calls>"]
+    for reply in replies:
+        calls, problems = format_in(reply).parse(reply)
+        assert calls == [] and problems, reply[:40]
+    xml = "<function=f><parameter=a>" + deep + "</parameter></function>"  # (an XML value that is not JSON is text)
+    assert format_in(xml).parse(xml) == ([{"name": "f", "arguments": {"a": deep}}], [])
+    for reply in [*replies, xml]:
+        for fmt in FORMATS.values():
+            fmt.parse(reply)  # never raises
+
+
 def test_call_ids_are_given_once_and_answers_take_their_calls_ids():
     convo = [{"role": "user", "content": "q"},
              {"role": "assistant", "content": "", "tool_calls": [
@@ -387,7 +407,8 @@ def test_harmony_replies_read_as_think_block_answer_and_calls():
     assert canonical(other) == 'Checking.<tool_call>{"name": "f", "arguments": "{oops"}</tool_call>'
     assert canonical("<|channel|>analysis<|message|>Still thinking") == "<think>\nStill thinking"  # cut mid-thought
     assert canonical("plain text") == "plain text" and canonical("plain<|return|>") == "plain"
-    for junk in ("<|start|>" * 50, "<|message|>" * 20, "<|channel|><|message|><|call|>", ""):
+    for junk in ("<|start|>" * 50, "<|message|>" * 20, "<|channel|><|message|><|call|>", "",
+                 "<|channel|>commentary to=functions.f<|message|>" + "[" * 100000 + "<|call|>"):
         canonical(junk)  # never raises
 
 

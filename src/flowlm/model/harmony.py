@@ -96,7 +96,7 @@ def canonical(raw: str) -> str:
         if m["recipient"] and m["recipient"].startswith("functions."):
             try:
                 args = json.loads(m["body"]) if m["body"].strip() else {}
-            except ValueError:
+            except (ValueError, RecursionError):
                 args = m["body"]
             calls.append("<tool_call>" + json.dumps({"name": m["recipient"][len("functions."):], "arguments": args},
                                                     ensure_ascii=False) + "</tool_call>")

@@ -78,7 +78,7 @@ def _call_or_problem(name: Any, args: Any, k: int) -> dict[str, Any] | str:
     if isinstance(args, str):
         try:
             args = json.loads(args) if args.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             return f"call {k} ({name}): arguments are a string that is not JSON"
     if not isinstance(args, dict):
         return f"call {k} ({name}): arguments are not an object"
@@ -94,8 +94,8 @@ def parse_hermes(text: str) -> tuple[Calls, list[str]]:
             continue
         try:
             obj = json.loads(m.group(1).strip())
-        except ValueError as exc:
-            problems.append(f"call {k} is not JSON ({exc.msg})")
+        except (ValueError, RecursionError) as exc:  # (nesting deeper than the parser's recursion limit)
+            problems.append(f"call {k} is not JSON ({getattr(exc, 'msg', type(exc).__name__)})")
             continue
         got = _call_or_problem(obj.get("name"), obj.get("arguments", {}), k) if isinstance(obj, dict) \
             else f"call {k} has no function name"
