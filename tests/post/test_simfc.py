@@ -234,6 +234,8 @@ def test_results_are_json_or_refused():
     assert parse_result(' ```json\n[1, 2]\n``` ') == [1, 2] and parse_result('"ok"') == "ok"
     with pytest.raises(ValueError):
         parse_result("sunny")
+    with pytest.raises(ValueError, match="nested too deeply"):  # a RecursionError would stop the builder
+        parse_result("[" * 100_000)
 
 
 def test_a_simulator_without_a_thinking_switch_is_asked_without_one(tok):

@@ -224,7 +224,10 @@ def parse_result(text: str) -> Any:
     """A simulated function result: JSON, optionally in a code fence; ValueError when it is not."""
     body = text.strip()
     fenced = re.fullmatch(r"```[\w-]*\s*\n?(.*?)\n?```", body, re.S)
-    return json.loads(fenced.group(1) if fenced else body)
+    try:
+        return json.loads(fenced.group(1) if fenced else body)
+    except RecursionError:  # nested past the parser's limit: model output, not a result
+        raise ValueError("nested too deeply") from None
 
 
 # --- the simulator's prompts --------------------------------------------------------------------------------
