@@ -187,3 +187,14 @@ def test_rl_filter_fails_when_no_prompt_fits(tmp_path, tiny_ckpt):
     r = run_flowlm("rl", "filter", "--model", str(tiny_ckpt), "--file", str(rows), "-k", "2", tmpdir=tmp_path)
     line = one_error_line(r)
     assert "none of the 1 prompts can be sampled" in line and f"{rows}:1:" in line and "context" in line
+
+
+def test_a_line_nested_past_the_json_parsers_limit_is_one_error_line(tmp_path):
+    """Through the installed commands: such a line was an 'internal error' (a RecursionError), not FILE:LINE."""
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"prompt": "2+2?", "dataset": "math", "ground_truth": "4"}\n' + "[" * 100_000 + "\n")
+    for args in (["post", "coldstart", "--file", str(deep), "--teacher", "procedural"],
+                 ["verify", "--file", str(deep)]):
+        proc = subprocess.run([*flowlm_command(), *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+            f"error: {deep}:2: invalid JSON (nested too deeply)"), proc.stderr

@@ -141,6 +141,8 @@ def parse_object(raw: bytes) -> dict[str, Any]:
         raise BadLine("invalid UTF-8") from None
     except json.JSONDecodeError as exc:
         raise BadLine(f"invalid JSON ({exc.msg})") from None
+    except RecursionError:  # json raises this, not JSONDecodeError, on nesting past its limit
+        raise BadLine("invalid JSON (nested too deeply)") from None
     if not isinstance(row, dict):
         raise BadLine(f"expected a JSON object, got {type(row).__name__}")
     return row

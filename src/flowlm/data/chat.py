@@ -126,8 +126,8 @@ def _tools(row: Mapping[str, Any], where: str) -> list[dict[str, Any]] | None:
     if isinstance(tools, str):  # parquet / HF datasets often store the tool list as a JSON string
         try:
             tools = json.loads(tools)
-        except json.JSONDecodeError as e:
-            _fail(where, f"tools is not valid JSON ({e.msg})")
+        except (json.JSONDecodeError, RecursionError) as e:
+            _fail(where, f"tools is not valid JSON ({getattr(e, 'msg', 'nested too deeply')})")
     if tools is None:
         return None
     if not isinstance(tools, list) or not all(isinstance(t, Mapping) for t in tools):

@@ -84,7 +84,7 @@ def read_parquet(path: str | Path, quarantine: Quarantine | None = None,
             # Parquet writers store metadata as a JSON string so heterogeneous dicts round-trip.
             try:
                 rec["metadata"] = json.loads(rec["metadata"])
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 _bad(quarantine, f"{path}:{row}", "metadata is not JSON", rec["metadata"])
                 continue
         try:
