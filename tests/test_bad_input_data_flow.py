@@ -180,6 +180,8 @@ def test_decon_bad_benchmark_is_one_line(docs: Path, tmp_path: Path, name: str, 
     (b"name: x\nstages: {}\nname: y\n", [":3:", "duplicate key 'name'", "line 1"]),
     (b"name: x\nstages:\n  corpus: {source: builtin, source: files}\n", [":3:", "duplicate key 'source'"]),
     (b"name: x\xff\nstages: {}\n", [":1:", "not UTF-8", "offset 7"]),
+    # an alias to its own ancestor: a RecursionError ("internal error") until 2026-12-07
+    (b"name: x\nstages:\n  a: &a {kind: train, loop: [*a]}\n", ["an alias refers to a node that contains it"]),
 ])
 def test_bad_recipe_is_one_line(tmp_path: Path, text: bytes, says: list[str]) -> None:
     recipe = tmp_path / "n.yaml"

@@ -123,7 +123,22 @@ def parse_yaml_mapping(text: str, origin: str) -> dict[str, Any]:
         raise ConfigError(f"{origin}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: a recipe must be a mapping at the top level")
+    if _holds_itself(raw):  # `a: &x [*x]`: every later walk over the recipe would recurse forever
+        raise ConfigError(f"{origin}: invalid YAML (an alias refers to a node that contains it)")
     return raw
+
+
+def _holds_itself(obj: Any) -> bool:
+    """Whether a parsed YAML value contains itself (an alias to one of its own ancestors)."""
+    stack: list[tuple[Any, frozenset[int]]] = [(obj, frozenset())]
+    while stack:
+        node, above = stack.pop()
+        if isinstance(node, (dict, list)):
+            if id(node) in above:
+                return True
+            children = node.values() if isinstance(node, dict) else node
+            stack += [(child, above | {id(node)}) for child in children]
+    return False
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
