@@ -197,6 +197,41 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
+def _pair_losses(loss_type: str, chosen: torch.Tensor, rejected: torch.Tensor, beta: float, *, eps: float,
+                 tau: float, gamma: float) -> torch.Tensor:
+    """`dpo_loss`'s per-pair loss of `loss_type` from the two sides' (normalised) log-ratios, without the NLL
+    term (see `dpo_loss` for the formulas); ε is `label_smoothing`, τ `discopop_tau`, γ `simpo_gamma`."""
+    z = beta * (chosen - rejected)
+    if loss_type in ("dpo", "dpo_norm"):
+        return -F.logsigmoid(z)
+    if loss_type == "ipo":
+        return (chosen - rejected - 1 / (2 * beta)) ** 2
+    if loss_type == "hinge":
+        return torch.relu(1 - z)
+    if loss_type == "robust":
+        return (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
+    if loss_type == "exo_pair":
+        return (torch.sigmoid(z) * (F.logsigmoid(z) - torch.log1p(torch.tensor(-eps)))
+                + torch.sigmoid(-z) * (F.logsigmoid(-z) - torch.log(torch.tensor(eps))))
+    if loss_type == "bco_pair":
+        return -F.logsigmoid(beta * chosen) - F.logsigmoid(-beta * rejected)
+    if loss_type == "nca_pair":
+        return -F.logsigmoid(beta * chosen) - 0.5 * F.logsigmoid(-beta * chosen) - 0.5 * F.logsigmoid(-beta * rejected)
+    if loss_type == "sppo_hard":
+        return (chosen - 0.5 / beta) ** 2 + (rejected + 0.5 / beta) ** 2
+    if loss_type == "apo_zero":
+        return 1 - torch.sigmoid(beta * chosen) + torch.sigmoid(beta * rejected)
+    if loss_type == "apo_down":
+        return torch.sigmoid(beta * chosen) + 1 - torch.sigmoid(z)
+    if loss_type == "discopop":
+        mix = torch.sigmoid(z / tau)
+        return -F.logsigmoid(z) * (1 - mix) + torch.exp(-z) * mix
+    if loss_type == "simpo":
+        return -(1 - eps) * F.logsigmoid(z - gamma) - eps * F.logsigmoid(gamma - z)
+    # orpo: the log odds ratio of per-token probabilities
+    return -beta * F.logsigmoid((chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected)))
+
+
 def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
              ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float, *,
              loss_type: str = "dpo", chosen_lengths: torch.Tensor | None = None,
@@ -251,37 +286,8 @@ def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Ten
     if loss_type in NORMALISED:
         chosen = chosen / chosen_lengths.clamp_min(1).to(chosen.dtype)
         rejected = rejected / rejected_lengths.clamp_min(1).to(rejected.dtype)
-    z = beta * (chosen - rejected)
-    eps = label_smoothing
-    if loss_type in ("dpo", "dpo_norm"):
-        losses = -F.logsigmoid(z)
-    elif loss_type == "ipo":
-        losses = (chosen - rejected - 1 / (2 * beta)) ** 2
-    elif loss_type == "hinge":
-        losses = torch.relu(1 - z)
-    elif loss_type == "robust":
-        losses = (-(1 - eps) * F.logsigmoid(z) + eps * F.logsigmoid(-z)) / (1 - 2 * eps)
-    elif loss_type == "exo_pair":
-        losses = (torch.sigmoid(z) * (F.logsigmoid(z) - torch.log1p(torch.tensor(-eps)))
-                  + torch.sigmoid(-z) * (F.logsigmoid(-z) - torch.log(torch.tensor(eps))))
-    elif loss_type == "bco_pair":
-        losses = -F.logsigmoid(beta * chosen) - F.logsigmoid(-beta * rejected)
-    elif loss_type == "nca_pair":
-        losses = -F.logsigmoid(beta * chosen) - 0.5 * F.logsigmoid(-beta * chosen) - 0.5 * F.logsigmoid(-beta * rejected)
-    elif loss_type == "sppo_hard":
-        losses = (chosen - 0.5 / beta) ** 2 + (rejected + 0.5 / beta) ** 2
-    elif loss_type == "apo_zero":
-        losses = 1 - torch.sigmoid(beta * chosen) + torch.sigmoid(beta * rejected)
-    elif loss_type == "apo_down":
-        losses = torch.sigmoid(beta * chosen) + 1 - torch.sigmoid(z)
-    elif loss_type == "discopop":
-        mix = torch.sigmoid(z / discopop_tau)
-        losses = -F.logsigmoid(z) * (1 - mix) + torch.exp(-z) * mix
-    elif loss_type == "simpo":
-        losses = -(1 - eps) * F.logsigmoid(z - simpo_gamma) - eps * F.logsigmoid(simpo_gamma - z)
-    else:  # orpo: the odds ratio term, and the chosen answers' NLL that is part of ORPO
-        log_odds = (chosen - rejected) - (log1mexp(chosen) - log1mexp(rejected))
-        losses = -beta * F.logsigmoid(log_odds)
+    losses = _pair_losses(loss_type, chosen, rejected, beta, eps=label_smoothing, tau=discopop_tau, gamma=simpo_gamma)
+    if loss_type == "orpo":  # the chosen answers' NLL is part of ORPO
         sft_weight = sft_weight + 1.0
     if sft_weight:
         nll = -policy_chosen_logps.sum() / chosen_lengths.sum().clamp_min(1).to(policy_chosen_logps.dtype)
