@@ -246,10 +246,9 @@ def main(args: argparse.Namespace) -> int:
     seen = 0
     if args.exclude:
         from flowlm.jsonlines import iter_json_objects
-        from flowlm.rl.prompts import prompt_key
+        from flowlm.rl.prompts import unseen
 
-        keys = {k for path in args.exclude for _, row in iter_json_objects(path) if (k := prompt_key(row)) is not None}
-        keep = [i for i, row in enumerate(rows) if prompt_key(row) not in keys]
+        keep = unseen(rows, (row for path in args.exclude for _, row in iter_json_objects(path)))
         seen = len(rows) - len(keep)
         rows, wheres = [rows[i] for i in keep], [wheres[i] for i in keep]
         if not rows:

@@ -51,9 +51,14 @@ def prompt_key(row: Any) -> str | None:
 def exclude_seen(rows: list[dict[str, Any]], seen: Any) -> tuple[list[dict[str, Any]], int]:
     """`rows` without those whose prompt (`prompt_key`) is among the rows of `seen` (Qwen3 picks RL prompts
     that the cold-start SFT did not use), and how many were left out."""
-    keys = {k for k in (prompt_key(r) for r in seen) if k is not None}
-    kept = [r for r in rows if prompt_key(r) not in keys]
+    kept = [rows[i] for i in unseen(rows, seen)]
     return kept, len(rows) - len(kept)
+
+
+def unseen(rows: list[dict[str, Any]], seen: Any) -> list[int]:
+    """The indices of `rows` whose prompt (`prompt_key`) is not among the rows of `seen`."""
+    keys = {k for k in (prompt_key(r) for r in seen) if k is not None}
+    return [i for i, r in enumerate(rows) if prompt_key(r) not in keys]
 
 
 def suite_rows(name: str, path: Path | None, *, max_items: int | None = None) -> tuple[list[dict[str, Any]], str]:
