@@ -69,7 +69,7 @@ its batch, not a regenerated one), so a resumed synchronous run regenerates exac
 uninterrupted one would (the weights come from the trainer's checkpoint). Mode async adds the prompts drawn and not yet
 consumed, regenerated first on resume (no prompt lost or replayed; see `flowlm.rl.actor`). Each batch
 appends its drawn and trained prompt ids to `log_path` (JSONL); records past the restored position are
-dropped on resume.
+dropped on resume (`flowlm.rl.rollout_log`).
 
 Test-only hook: `FLOWLM_RL_KILL_AT_POSITION=N` SIGKILLs the process when batch position N (0-based)
 has been generated, before the trainer sees it (the `kill -9` resume test).
@@ -78,7 +78,6 @@ has been generated, before the trainer sees it (the `kill -9` resume test).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -97,6 +96,7 @@ from flowlm.errors import ConfigError, FlowError
 from flowlm.rl.advantages import oversample
 from flowlm.rl.config import ACTOR_MODES, ASYNC_FIELDS, RAY_FIELDS, RolloutConfig  # noqa: F401 (re-exported)
 from flowlm.rl.old_policy import old_policy_logps, serve_steps
+from flowlm.rl.rollout_log import RolloutLog
 from flowlm.rl.rows import check_prompt_rows, is_verifier_error, prompt_functions, row_domain, verify_completions
 from flowlm.rl.stats import STAT, coin_rewards, stat_columns
 from flowlm.rl.streams import PromptStreams
@@ -170,7 +170,7 @@ class RolloutSource:
         self._policy: nn.Module | None = None
         self._pool: Any = None
         self._exports: list[Path] = []  # temporary checkpoints the vLLM backend was built from (removed at close)
-        self._log_checked = False
+        self._rollout_log = RolloutLog(self.log_path) if self.log_path is not None else None
         self.weights: dict[str, torch.Tensor] | None = None  # full weights for the next batch (torchrun: rank 0)
         self._actor: Any = None  # flowlm.rl.actor.AsyncRollouts (mode async), started by the first iteration
         self._async_state: dict[str, Any] = {}  # mode async: the restored in-flight prompts, until the actor starts
@@ -299,7 +299,8 @@ class RolloutSource:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self._policy is None or (self.engine is None and self.cfg.mode != "ray"):
             raise ConfigError("rl rollouts: bind(model) before iterating")
-        self._trim_log()
+        if self._rollout_log is not None:  # records past the restored position: an interrupted attempt's
+            self._rollout_log.trim(self.position)
         if self.cfg.mode in ACTOR_MODES and self._actor is None:
             from flowlm.rl.actor import AsyncRollouts
 
@@ -480,18 +481,6 @@ class RolloutSource:
         batch.update(stat_columns(stats, B))
         return batch
 
-    def _trim_log(self) -> None:
-        """Drop log records of batches past the restored position (an interrupted attempt's)."""
-        if self._log_checked or self.log_path is None:
-            return
-        self._log_checked = True
-        if self.log_path.exists():
-            from flowlm.atomic import atomic_write_text
-
-            lines = [ln for ln in self.log_path.read_text().splitlines()
-                     if ln.strip() and json.loads(ln)["position"] < self.position]
-            atomic_write_text(self.log_path, "".join(ln + "\n" for ln in lines))
-
     def _log(self, drawn: list[int], groups: list[Group], n_trained: int) -> None:
         if self.log_path is None:
             return
@@ -501,11 +490,9 @@ class RolloutSource:
                          "pass_rates": [round(float(g.scores.mean()), 4) for g in groups]})
 
     def append_log(self, rec: dict[str, Any]) -> None:
-        """One JSON line in `log_path` (the caller checked it is set)."""
-        assert self.log_path is not None
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(rec) + "\n")
+        """One JSON line in `log_path` (the caller checked it is set; `flowlm.rl.rollout_log`)."""
+        assert self._rollout_log is not None
+        self._rollout_log.append(rec)
 
 
 OldLogpsFn = Callable[[nn.Module, dict[str, Any]], torch.Tensor]
