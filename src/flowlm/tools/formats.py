@@ -283,15 +283,22 @@ def parse_olmo3(text: str) -> tuple[Calls, list[str]]:
     return calls, problems
 
 
+def _json_body(text: str) -> str:
+    """Where a reply's JSON calls would start: after `<|python_tag|>`, or after Llama 4's `<|python_start|>`
+    text `<|python_end|>`."""
+    body = (text or "").strip()
+    if body.startswith(PYTHON_TAG):
+        return body[len(PYTHON_TAG):].lstrip()
+    if (m := LLAMA4_TEXT.match(body)) and "<|python_end|>" in body:  # Llama 4: the turn's text, then the calls
+        return body[m.end():].lstrip()
+    return body
+
+
 def parse_json_calls(text: str) -> tuple[Calls, list[str]]:
     """Llama 3's calls: a reply that is JSON objects `{"name": ..., "parameters": {...}}` (or `arguments`),
     separated by `;`, optionally after `<|python_tag|>`. A reply that does not open with `{` makes no call;
     one that does and is not such objects is a malformed call. Never raises."""
-    body = (text or "").strip()
-    if body.startswith(PYTHON_TAG):
-        body = body[len(PYTHON_TAG):].lstrip()
-    elif (m := LLAMA4_TEXT.match(body)) and "<|python_end|>" in body:  # Llama 4: the turn's text, then the calls
-        body = body[m.end():].lstrip()
+    body = _json_body(text)
     if not body.startswith("{"):
         return [], []
     calls: Calls = []
@@ -464,6 +471,6 @@ def format_in(text: str) -> ToolFormat:
         return OLMO3
     if HERMES.marker not in text and PY_LIST.match(text):
         return PYTHONIC
-    if HERMES.marker not in text and (JSON_CALLS.match(text) or parse_json_calls(text)[0]):
+    if HERMES.marker not in text and _json_body(text).startswith("{"):
         return LLAMA3_JSON
     return HERMES
