@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from flowlm.errors import ConfigError, FlowError
+from flowlm.model import harmony
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -109,8 +110,6 @@ def turn_end_ids(tokenizer: Any) -> tuple[int, ...]:
     if not getattr(tokenizer, "chat_template", None):
         tid = special_token_id(tokenizer, IM_END)
         return (tid,) if tid is not None else ()
-    from flowlm.model import harmony
-
     if harmony.is_harmony(tokenizer):  # gpt-oss: `<|end|>` closes each message; a reply ends at these
         return harmony.end_ids(tokenizer)
     return _probed(tokenizer, "turn_end", probe)
@@ -141,8 +140,6 @@ def decode_reply(tokenizer: Any, tokens: Sequence[int], stop: Sequence[str] = ()
     """A completion's text: its tokens decoded without the tokenizer's control tokens (`hidden_ids`) but with
     the think and tool-call markup, cut before the first `stop` string it holds. A harmony reply (gpt-oss) is
     read in flowlm's text form: think block, answer, `<tool_call>` blocks (`flowlm.model.harmony.canonical`)."""
-    from flowlm.model import harmony
-
     if harmony.is_harmony(tokenizer):
         text = harmony.canonical(tokenizer.decode(list(tokens), skip_special_tokens=False))
     else:
